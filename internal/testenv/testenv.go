@@ -1,0 +1,102 @@
+// Package testenv gives tests the real components they need — a Kafka broker,
+// a NATS server, external binaries, the shared captures — and fails (under CI)
+// or skips with instructions (elsewhere) when one is missing.
+package testenv
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// InCI reports whether the tests run under CI, where a missing component fails.
+func InCI() bool { return os.Getenv("CI") != "" }
+
+// Missing fails the test under CI and skips it elsewhere, with how to provide the component.
+func Missing(t testing.TB, what, how string) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf("%s is required under CI and was not found: %s", what, how)
+	}
+	t.Skipf("%s not available (%s)", what, how)
+}
+
+// KafkaBrokers returns the addresses of the real Kafka broker started by
+// scripts/kafka.sh, from BGPEDGE_TEST_KAFKA (comma-separated host:port).
+func KafkaBrokers(t testing.TB) []string {
+	t.Helper()
+	v := os.Getenv("BGPEDGE_TEST_KAFKA")
+	if v == "" {
+		Missing(t, "Kafka broker", "run the tests with `make test`, or start one with `scripts/kafka.sh start` and set BGPEDGE_TEST_KAFKA=127.0.0.1:9092")
+	}
+	return strings.Split(v, ",")
+}
+
+// Binary returns the path of an external program (exabgp, gobgpd, tshark, …).
+func Binary(t testing.TB, name, debianPackage string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		for _, dir := range []string{"/usr/sbin", "/usr/lib/frr"} {
+			if c := filepath.Join(dir, name); fileExists(c) {
+				return c
+			}
+		}
+		Missing(t, name, "install it with `apt-get install "+debianPackage+"` (scripts/deps.sh does)")
+	}
+	return p
+}
+
+// RepoRoot is the checkout's top directory.
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("cannot locate testenv source file")
+	}
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Shared returns a path under ../shared (captures, exaBGP samples, lab configs),
+// or BGPEDGE_SHARED if set.
+func Shared(t testing.TB, elem ...string) string {
+	t.Helper()
+	base := os.Getenv("BGPEDGE_SHARED")
+	if base == "" {
+		base = filepath.Join(RepoRoot(t), "..", "shared")
+	}
+	p := filepath.Join(append([]string{base}, elem...)...)
+	if _, err := os.Stat(p); err != nil {
+		Missing(t, "shared test data "+p, "check out the steering repo's shared/ beside this one, or set BGPEDGE_SHARED")
+	}
+	return p
+}
+
+// Eventually polls cond every few milliseconds until it returns true or the
+// timeout passes, then fails the test with msg. Tests poll; they never sleep and hope.
+func Eventually(t testing.TB, timeout time.Duration, msg string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	wait := time.Millisecond
+	for {
+		if cond() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v: %s", timeout, msg)
+		}
+		time.Sleep(wait) // poll interval, not a synchronisation point
+		if wait < 100*time.Millisecond {
+			wait *= 2
+		}
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
