@@ -47,6 +47,14 @@ func NewRootCommand(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	root.AddCommand(
 		newVersionCommand(),
+		newBridgeCommand(),
+		newTailCommand(),
+		newConfigCommand(),
+		newRunCommand(),
+		newServiceCommand(),
+		newExabgpCommand(),
+		newRoutesCommand(),
+		newReplayCommand(),
 	)
 	return root
 }

@@ -1,6 +1,9 @@
 package record
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // EventSchemaVersion is the "v" of every JSON event; bump it on an incompatible change.
 const EventSchemaVersion = 1
@@ -75,6 +78,11 @@ type Route struct {
 	RD               string           `json:"rd,omitempty"`
 	Attributes       []OtherAttribute `json:"attributes,omitempty"` // attributes not broken out above
 	NLRI             []byte           `json:"nlri,omitempty"`       // raw NLRI for families carried undecoded
+	// ExaBGP keeps exaBGP's own JSON for what the fields above do not cover:
+	// "nlri" holds the NLRI object of non-IP families (flowspec match
+	// components, EVPN, VPLS, MUP, BGP-LS, …) and other keys are attributes
+	// by exaBGP's name (e.g. "bgp-prefix-sid", "aigp"). Only set by exaBGP.
+	ExaBGP map[string]json.RawMessage `json:"exabgp,omitempty"`
 
 	Policy string `json:"policy,omitempty"` // pre-policy or post-policy
 	RIB    string `json:"rib,omitempty"`    // adj-rib-in, adj-rib-out or loc-rib

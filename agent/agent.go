@@ -1,0 +1,578 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"reflect"
+	"sync"
+	"time"
+
+	"github.com/bgpedge/bgpedge/bmp"
+	"github.com/bgpedge/bgpedge/forwarder"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+var (
+	// ErrRestartRequired is returned by Apply for changes that cannot be made
+	// to a running agent (the spool's directory and limits, the state dir).
+	ErrRestartRequired = errors.New("change needs a restart")
+	// ErrNotRunning is returned by Apply before Run has started the parts.
+	ErrNotRunning = errors.New("agent is not running")
+)
+
+// Spool is what the agent needs from the spool: the BMP listener appends to
+// it and the forwarder drains it. *buffer.Spool implements it.
+type Spool interface {
+	bmp.Spool
+	forwarder.Source
+	Close() error
+}
+
+// station is the BMP listener as the agent drives it.
+type station interface {
+	Start(ctx context.Context) error
+	Addr() net.Addr
+	Close(ctx context.Context) error
+}
+
+// drainer is the forwarder as the agent drives it.
+type drainer interface {
+	Run(ctx context.Context) error
+	ActiveSink() string
+}
+
+var (
+	_ station = (*bmp.Listener)(nil)
+	_ drainer = (*forwarder.Forwarder)(nil)
+)
+
+// Builders make the agent's parts. Tests replace them; DefaultBuilders uses
+// the real packages.
+type Builders struct {
+	OpenSpool    func(cfg Config, log *slog.Logger, reg prometheus.Registerer) (Spool, error)
+	NewStation   func(cfg Config, sp Spool, log *slog.Logger, reg prometheus.Registerer) (station, error)
+	NewForwarder func(cfg Config, sp Spool, log *slog.Logger, reg prometheus.Registerer) (drainer, error)
+}
+
+// Options configure an Agent.
+type Options struct {
+	Config Config
+	Logger *slog.Logger
+	// Level is the handler's level; Apply changes it when log.level changes.
+	Level *slog.LevelVar
+	// Registry receives the agent's own metrics and serves /metrics; every
+	// part registers on a registry of its own, gathered with it, so a part
+	// rebuilt by Apply can register again.
+	Registry *prometheus.Registry
+	// Builders default to DefaultBuilders().
+	Builders *Builders
+	// Notify is told about lifecycle changes ("READY=1", "RELOADING=1",
+	// "STOPPING=1"); see SDNotify.
+	Notify func(state string)
+}
+
+// Agent runs the spool, the BMP listener, the forwarder and the HTTP server,
+// and applies configuration changes to them while running.
+type Agent struct {
+	log      *slog.Logger
+	level    *slog.LevelVar
+	reg      *prometheus.Registry
+	gather   *partGatherers
+	build    Builders
+	notify   func(string)
+	metrics  *agentMetrics
+	retryLog *limitedLogger
+
+	// applyMu serialises Run's start-up, Apply and shutdown.
+	applyMu sync.Mutex
+
+	mu        sync.Mutex // guards the fields below (read by /readyz)
+	cfg       Config
+	spool     Spool
+	spoolErr  error
+	station   *stationPart
+	fwd       *forwarderPart
+	http      *httpServer
+	applyErr  error
+	running   bool
+	appliedAt time.Time
+}
+
+type stationPart struct {
+	s   station
+	cfg bmp.Config
+	reg *prometheus.Registry
+}
+
+type forwarderPart struct {
+	d      drainer
+	cfg    ForwarderConfig
+	id     string
+	reg    *prometheus.Registry
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error
+}
+
+// New checks the configuration and registers the agent's metrics. Nothing
+// is opened or bound until Run.
+func New(opts Options) (*Agent, error) {
+	if err := opts.Config.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Level == nil {
+		opts.Level = new(slog.LevelVar)
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	b := DefaultBuilders()
+	if opts.Builders != nil {
+		b = *opts.Builders
+	}
+	if opts.Notify == nil {
+		opts.Notify = func(string) {}
+	}
+	lvl, _ := parseLevel(opts.Config.Log.Level)
+	opts.Level.Set(lvl)
+	a := &Agent{
+		log:    opts.Logger,
+		level:  opts.Level,
+		reg:    opts.Registry,
+		gather: newPartGatherers(),
+		build:  b,
+		notify: opts.Notify,
+		cfg:    opts.Config,
+	}
+	a.retryLog = newLimitedLogger(opts.Logger, time.Minute)
+	m, err := newAgentMetrics(opts.Registry, a)
+	if err != nil {
+		return nil, err
+	}
+	a.metrics = m
+	return a, nil
+}
+
+// Gatherer serves /metrics: the agent's registry and every part's.
+func (a *Agent) Gatherer() prometheus.Gatherer {
+	return prometheus.Gatherers{a.reg, a.gather}
+}
+
+// Config is the configuration currently applied.
+func (a *Agent) Config() Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
+}
+
+// Run starts every part, keeps trying the ones that fail to start (a spool
+// directory not mounted yet, an address not yet assigned) while reporting
+// unready, and on ctx's end shuts down: sources first, then the forwarder's
+// flush, then the spool, within agent.shutdown_timeout.
+func (a *Agent) Run(ctx context.Context) error {
+	a.applyMu.Lock()
+	cfg := a.Config()
+	if cfg.HTTP.Listen != "" {
+		h, err := startHTTP(cfg.HTTP, a, a.log)
+		if err != nil {
+			a.applyMu.Unlock()
+			return err
+		}
+		a.mu.Lock()
+		a.http = h
+		a.mu.Unlock()
+	}
+	a.applyMu.Unlock()
+
+	err := a.startParts(ctx)
+	if err == nil {
+		a.notify("READY=1")
+		a.log.Info("agent ready", "agent_id", cfg.Agent.ID, "bmp", a.stationAddr(), "forwarder", cfg.Forwarder.Enabled)
+		<-ctx.Done()
+	}
+	a.notify("STOPPING=1")
+	return errors.Join(err, a.shutdown())
+}
+
+// startParts opens the spool, binds the listener and starts the forwarder,
+// retrying with backoff until they all run or ctx ends.
+func (a *Agent) startParts(ctx context.Context) error {
+	wait := 250 * time.Millisecond
+	for {
+		err := a.tryStart(ctx)
+		if err == nil {
+			return nil
+		}
+		a.retryLog.Error("start", "agent not ready, retrying", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil // a stop during start-up is not a failure
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 10*time.Second)
+	}
+}
+
+func (a *Agent) tryStart(ctx context.Context) error {
+	a.applyMu.Lock()
+	defer a.applyMu.Unlock()
+	cfg := a.Config()
+	if a.spool == nil {
+		sp, err := a.build.OpenSpool(cfg, a.log.With("component", "buffer"), a.gather.register("buffer"))
+		a.mu.Lock()
+		a.spool, a.spoolErr = sp, err
+		a.mu.Unlock()
+		if err != nil {
+			a.gather.unregister("buffer")
+			a.metrics.startFailures.WithLabelValues("spool").Inc()
+			return fmt.Errorf("open spool: %w", err)
+		}
+	}
+	if a.station == nil {
+		st, err := a.startStation(ctx, cfg, a.spool)
+		if err != nil {
+			a.metrics.startFailures.WithLabelValues("bmp").Inc()
+			return err
+		}
+		a.mu.Lock()
+		a.station = st
+		a.mu.Unlock()
+	}
+	if a.fwd == nil && cfg.Forwarder.Enabled {
+		fw, err := a.newForwarder(cfg, a.spool)
+		if err != nil {
+			a.metrics.startFailures.WithLabelValues("forwarder").Inc()
+			return err
+		}
+		a.runForwarder(fw)
+	}
+	a.mu.Lock()
+	a.running = true
+	a.appliedAt = time.Now()
+	a.mu.Unlock()
+	return nil
+}
+
+func (a *Agent) startStation(ctx context.Context, cfg Config, sp Spool) (*stationPart, error) {
+	reg := prometheus.NewRegistry()
+	st, err := a.build.NewStation(cfg, sp, a.log.With("component", "bmp"), reg)
+	if err != nil {
+		return nil, fmt.Errorf("bmp listener: %w", err)
+	}
+	if err := st.Start(ctx); err != nil {
+		_ = st.Close(ctx)
+		return nil, fmt.Errorf("bmp listener: %w", err)
+	}
+	a.gather.set("bmp", reg)
+	return &stationPart{s: st, cfg: cfg.BMP, reg: reg}, nil
+}
+
+func (a *Agent) newForwarder(cfg Config, sp Spool) (*forwarderPart, error) {
+	reg := prometheus.NewRegistry()
+	d, err := a.build.NewForwarder(cfg, sp, a.log.With("component", "forwarder"), reg)
+	if err != nil {
+		return nil, fmt.Errorf("forwarder: %w", err)
+	}
+	return &forwarderPart{d: d, cfg: cfg.Forwarder, id: cfg.Agent.ID, reg: reg}, nil
+}
+
+// runForwarder starts fw's drain loop and makes it the current forwarder.
+func (a *Agent) runForwarder(fw *forwarderPart) {
+	ctx, cancel := context.WithCancel(context.Background())
+	fw.cancel, fw.done = cancel, make(chan struct{})
+	a.gather.set("forwarder", fw.reg)
+	go func() {
+		defer close(fw.done)
+		if err := fw.d.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			fw.err = err
+			a.log.Error("forwarder stopped", "err", err)
+		}
+	}()
+	a.mu.Lock()
+	a.fwd = fw
+	a.mu.Unlock()
+}
+
+// stopForwarder ends fw's drain loop and waits for its flush, at most until ctx ends.
+func stopForwarder(ctx context.Context, fw *forwarderPart) error {
+	fw.cancel()
+	select {
+	case <-fw.done:
+		return fw.err
+	case <-ctx.Done():
+		return fmt.Errorf("forwarder flush: %w", ctx.Err())
+	}
+}
+
+func (a *Agent) shutdown() error {
+	a.applyMu.Lock()
+	defer a.applyMu.Unlock()
+	cfg := a.Config()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Agent.ShutdownTimeout)
+	defer cancel()
+	start := time.Now()
+
+	a.mu.Lock()
+	st, fw, sp, h := a.station, a.fwd, a.spool, a.http
+	a.station, a.fwd, a.running = nil, nil, false
+	a.mu.Unlock()
+
+	var errs []error
+	// Sources first, so everything they accepted is in the spool before the
+	// forwarder's final flush.
+	if st != nil {
+		if err := st.s.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("close bmp listener: %w", err))
+		}
+	}
+	if fw != nil {
+		if err := stopForwarder(ctx, fw); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if sp != nil {
+		if err := sp.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close spool: %w", err))
+		}
+		a.mu.Lock()
+		a.spool = nil
+		a.mu.Unlock()
+	}
+	if h != nil {
+		if err := h.Close(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		a.log.Error("agent stopped with errors", "err", err, "took", time.Since(start))
+	} else {
+		a.log.Info("agent stopped", "took", time.Since(start))
+	}
+	return err
+}
+
+// Apply moves the running agent to next: it validates next, builds the
+// parts that changed before stopping the old ones, and keeps the old ones
+// (returning the error) if anything new fails to build. Parts that did not
+// change are untouched, so BMP sessions survive an unrelated change.
+func (a *Agent) Apply(ctx context.Context, next Config) (err error) {
+	defer func() {
+		a.mu.Lock()
+		a.applyErr = err
+		if err == nil {
+			a.cfg = next
+			a.appliedAt = time.Now()
+		}
+		a.mu.Unlock()
+		if err != nil {
+			a.metrics.applies.WithLabelValues("failed").Inc()
+		} else {
+			a.metrics.applies.WithLabelValues("applied").Inc()
+		}
+	}()
+	if err := next.Validate(); err != nil {
+		return err
+	}
+	a.applyMu.Lock()
+	defer a.applyMu.Unlock()
+	cur := a.Config()
+	a.mu.Lock()
+	running, sp, oldSt, oldFw, oldHTTP := a.running, a.spool, a.station, a.fwd, a.http
+	a.mu.Unlock()
+
+	if !reflect.DeepEqual(cur.Buffer, next.Buffer) {
+		return fmt.Errorf("buffer: %w", ErrRestartRequired)
+	}
+	if cur.Agent.StateDir != next.Agent.StateDir {
+		return fmt.Errorf("agent.state_dir: %w", ErrRestartRequired)
+	}
+	if cur.Log.Format != next.Log.Format {
+		return fmt.Errorf("log.format: %w", ErrRestartRequired)
+	}
+	if !running {
+		return ErrNotRunning
+	}
+
+	bmpChanged := !reflect.DeepEqual(cur.BMP, next.BMP)
+	fwdChanged := !reflect.DeepEqual(cur.Forwarder, next.Forwarder) ||
+		(next.Forwarder.Enabled && cur.Agent.ID != next.Agent.ID)
+	httpChanged := cur.HTTP != next.HTTP
+
+	// Build phase: nothing old is touched; on failure, undo what was built.
+	var (
+		newSt   *stationPart
+		newFw   *forwarderPart
+		newHTTP *httpServer
+		rebind  = bmpChanged && cur.BMP.Listen == next.BMP.Listen
+	)
+	undo := func() {
+		if newSt != nil {
+			_ = newSt.s.Close(ctx)
+		}
+		if newHTTP != nil {
+			_ = newHTTP.Close(ctx)
+		}
+	}
+	if httpChanged && next.HTTP.Listen != "" && (oldHTTP == nil || next.HTTP.Listen != cur.HTTP.Listen) {
+		if newHTTP, err = startHTTP(next.HTTP, a, a.log); err != nil {
+			undo()
+			return err
+		}
+	}
+	if bmpChanged && !rebind {
+		if newSt, err = a.startStation(ctx, next, sp); err != nil {
+			undo()
+			return err
+		}
+	}
+	if fwdChanged && next.Forwarder.Enabled {
+		if newFw, err = a.newForwarder(next, sp); err != nil {
+			undo()
+			return err
+		}
+	}
+	if rebind {
+		// The address is the same, so the old listener must go first; if the
+		// new one then fails, the old configuration is started again.
+		if err := oldSt.s.Close(ctx); err != nil {
+			a.log.Warn("closing bmp listener for reconfiguration", "err", err)
+		}
+		if newSt, err = a.startStation(ctx, next, sp); err != nil {
+			back, berr := a.startStation(ctx, cur, sp)
+			if berr != nil {
+				a.mu.Lock()
+				a.station = nil
+				a.mu.Unlock()
+				undo()
+				return errors.Join(err, fmt.Errorf("restore previous bmp listener: %w", berr))
+			}
+			a.mu.Lock()
+			a.station = back
+			a.mu.Unlock()
+			undo()
+			return err
+		}
+		oldSt = nil // closed above
+	}
+
+	// Swap phase.
+	lvl, _ := parseLevel(next.Log.Level)
+	a.level.Set(lvl)
+	if newHTTP != nil || (httpChanged && next.HTTP.Listen == "") {
+		a.mu.Lock()
+		a.http = newHTTP
+		a.mu.Unlock()
+		if oldHTTP != nil {
+			_ = oldHTTP.Close(ctx)
+		}
+	} else if httpChanged && oldHTTP != nil {
+		oldHTTP.setPprof(next.HTTP.Pprof)
+	}
+	if newSt != nil {
+		a.mu.Lock()
+		a.station = newSt
+		a.mu.Unlock()
+		if oldSt != nil {
+			if err := oldSt.s.Close(ctx); err != nil {
+				a.log.Warn("closing previous bmp listener", "err", err)
+			}
+		}
+	}
+	if fwdChanged {
+		if oldFw != nil {
+			// Two forwarders must never drain the spool at once.
+			if err := stopForwarder(ctx, oldFw); err != nil {
+				a.log.Warn("stopping previous forwarder", "err", err)
+			}
+			a.mu.Lock()
+			a.fwd = nil
+			a.mu.Unlock()
+			a.gather.unregister("forwarder")
+		}
+		if newFw != nil {
+			a.runForwarder(newFw)
+		}
+	}
+	a.log.Info("configuration applied", "bmp_changed", bmpChanged, "forwarder_changed", fwdChanged, "http_changed", httpChanged)
+	return nil
+}
+
+func (a *Agent) stationAddr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.station == nil || a.station.s.Addr() == nil {
+		return ""
+	}
+	return a.station.s.Addr().String()
+}
+
+// HTTPAddr is the bound address of the HTTP server, or "" if it is off.
+func (a *Agent) HTTPAddr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.http == nil {
+		return ""
+	}
+	return a.http.Addr()
+}
+
+// BMPAddr is the bound address of the BMP listener, or "" before it is bound.
+func (a *Agent) BMPAddr() string { return a.stationAddr() }
+
+// Status is what /readyz reports.
+type Status struct {
+	Ready      bool      `json:"ready"`
+	AgentID    string    `json:"agent_id"`
+	Spool      string    `json:"spool"`
+	BMP        string    `json:"bmp"`
+	Sink       string    `json:"sink"`
+	Config     string    `json:"config"`
+	AppliedAt  time.Time `json:"applied_at,omitzero"`
+	LastReload string    `json:"last_reload_error,omitempty"`
+}
+
+// Status reports readiness: the spool is open, the listener bound, the
+// configuration applied; and which sink drains the spool.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := Status{AgentID: a.cfg.Agent.ID, AppliedAt: a.appliedAt}
+	switch {
+	case a.spool != nil:
+		s.Spool = "open"
+	case a.spoolErr != nil:
+		s.Spool = "error: " + a.spoolErr.Error()
+	default:
+		s.Spool = "closed"
+	}
+	if a.station != nil && a.station.s.Addr() != nil {
+		s.BMP = "listening on " + a.station.s.Addr().String()
+	} else {
+		s.BMP = "not listening"
+	}
+	switch {
+	case !a.cfg.Forwarder.Enabled:
+		s.Sink = "disabled"
+	case a.fwd == nil:
+		s.Sink = "not running"
+	default:
+		s.Sink = a.fwd.d.ActiveSink()
+	}
+	if a.running {
+		s.Config = "applied"
+	} else {
+		s.Config = "starting"
+	}
+	if a.applyErr != nil {
+		s.LastReload = a.applyErr.Error()
+	}
+	s.Ready = a.running && a.spool != nil && a.station != nil && (!a.cfg.Forwarder.Enabled || a.fwd != nil)
+	return s
+}

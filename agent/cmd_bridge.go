@@ -1,0 +1,61 @@
+package agent
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/cobra"
+
+	"github.com/bgpedge/bgpedge/forwarder"
+)
+
+func newBridgeCommand() *cobra.Command {
+	var (
+		flags   configFlags
+		durable string
+		batch   int
+	)
+	cmd := &cobra.Command{
+		Use:   "bridge",
+		Short: "Move what the forwarder sent to NATS JetStream into Kafka (same ids, JetStream acked after Kafka)",
+		Long: `bridge consumes the forwarder's JetStream stream (forwarder.nats.stream) with a
+durable consumer and produces every message to the Kafka topic of its stream
+(forwarder.topics), with the same id and headers. A JetStream message is
+acknowledged only after Kafka acknowledged it, so data that took the offline
+path while Kafka was down still ends in Kafka. Runs until interrupted.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := flags.load()
+			if err != nil {
+				return err
+			}
+			level := new(slog.LevelVar)
+			if err := level.UnmarshalText([]byte(cfg.Log.Level)); err != nil {
+				return fmt.Errorf("log.level: %w", err)
+			}
+			log, err := NewLogger(cmd.ErrOrStderr(), cfg.Log.Format, level)
+			if err != nil {
+				return err
+			}
+			b, err := forwarder.NewBridge(forwarder.BridgeOptions{
+				Config:     cfg.ForwarderSettings(),
+				Durable:    durable,
+				Batch:      batch,
+				Logger:     log,
+				Registerer: prometheus.NewRegistry(),
+			})
+			if err != nil {
+				return err
+			}
+			log.Info("bridging jetstream to kafka", "stream", cfg.Forwarder.NATS.Stream, "durable", durable)
+			err = b.Run(cmd.Context())
+			log.Info("bridge stopped", "moved", b.Moved())
+			return err
+		},
+	}
+	flags.register(cmd.Flags())
+	cmd.Flags().StringVar(&durable, "durable", "bgpedge-bridge", "JetStream durable consumer name (a restarted bridge continues where it stopped)")
+	cmd.Flags().IntVar(&batch, "batch", 1000, "messages fetched from JetStream at once")
+	return cmd
+}

@@ -1,0 +1,108 @@
+package agent
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// configFlags are the flags every command that reads the bootstrap config takes.
+type configFlags struct {
+	file     string
+	logLevel string
+}
+
+func (f *configFlags) register(fs *pflag.FlagSet) {
+	fs.StringVarP(&f.file, "config", "c", "", "configuration file (default "+DefaultConfigFile+" when it exists)")
+	fs.StringVar(&f.logLevel, "log-level", "", "override log.level (debug, info, warn, error)")
+}
+
+func (f *configFlags) options() LoadOptions {
+	o := LoadOptions{File: f.file, FileRequired: f.file != ""}
+	if f.logLevel != "" {
+		o.Overrides = map[string]any{"log.level": f.logLevel}
+	}
+	return o
+}
+
+// load reads and validates the configuration.
+func (f *configFlags) load() (Config, error) {
+	cfg, err := Load(f.options())
+	if err != nil {
+		return Config{}, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+func newConfigCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "config",
+		Short: "Check or print the agent configuration",
+	}
+	cmd.AddCommand(newConfigValidateCommand(), newConfigShowCommand())
+	return cmd
+}
+
+func newConfigValidateCommand() *cobra.Command {
+	var flags configFlags
+	cmd := &cobra.Command{
+		Use:   "validate",
+		Short: "Check the configuration (file, environment, flags); exit non-zero naming every bad key",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := flags.load(); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "bgpedge: %v\n", err)
+				return errSilent
+			}
+			src := flags.file
+			if src == "" {
+				src = DefaultConfigFile + " (if present), defaults and environment"
+			}
+			_, err := fmt.Fprintf(cmd.OutOrStdout(), "configuration OK: %s\n", src)
+			return err
+		},
+	}
+	flags.register(cmd.Flags())
+	return cmd
+}
+
+func newConfigShowCommand() *cobra.Command {
+	var flags configFlags
+	var env bool
+	cmd := &cobra.Command{
+		Use:   "show",
+		Short: "Print the effective configuration as YAML, secrets masked",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if env {
+				for _, n := range EnvNames() {
+					fmt.Fprintln(cmd.OutOrStdout(), n)
+				}
+				return nil
+			}
+			cfg, err := Load(flags.options())
+			if err != nil {
+				return err
+			}
+			out, err := RenderYAML(cfg)
+			if err != nil {
+				return err
+			}
+			if _, err := cmd.OutOrStdout().Write(out); err != nil {
+				return err
+			}
+			if err := cfg.Validate(); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "bgpedge: warning: %v\n", err)
+				return errSilent
+			}
+			return nil
+		},
+	}
+	flags.register(cmd.Flags())
+	cmd.Flags().BoolVar(&env, "env", false, "list the environment variables that set each key instead")
+	return cmd
+}

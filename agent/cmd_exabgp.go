@@ -1,0 +1,255 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"github.com/spf13/viper"
+
+	"github.com/bgpedge/bgpedge/buffer"
+	"github.com/bgpedge/bgpedge/exabgp"
+	"github.com/bgpedge/bgpedge/forwarder"
+)
+
+// newExabgpCommand is `bgpedge exabgp`, the program exaBGP's `run` starts.
+//
+// It must never exit quickly on its own: exaBGP gives up (and exits, taking
+// every BGP session down) after the 6th start of a process within 64 s. So a
+// bad configuration or an unusable spool is logged and the process stays up,
+// degraded, reading exaBGP so it does not stall, until exaBGP closes stdin.
+func newExabgpCommand() *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "exabgp",
+		Short: "Run as an exaBGP process: spool exaBGP's events, apply route commands from central",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runExabgp(cmd.Context(), file, cmd.InOrStdin(), cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	cmd.Flags().StringVar(&file, "config", DefaultConfigFile, "configuration file (YAML); its exabgp: section configures this process")
+	return cmd
+}
+
+func runExabgp(ctx context.Context, file string, stdin io.Reader, stdout, stderr io.Writer) error {
+	level := new(slog.LevelVar)
+	// stdout is exaBGP's command channel: logs go to stderr, which exaBGP logs.
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})).With("component", "exabgp")
+	acfg, ecfg, err := loadExabgpConfig(file)
+	if err == nil {
+		err = acfg.Validate()
+	}
+	if err == nil {
+		err = ecfg.Validate()
+	}
+	if err != nil {
+		log.Error("invalid configuration: running degraded, exaBGP events are NOT spooled", "config", file, "err", err)
+		return readDegraded(ctx, stdin, log)
+	}
+	if l, lerr := parseLevel(acfg.Log.Level); lerr == nil {
+		level.Set(l)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if ecfg.MetricsListen != "" {
+		stopHTTP := serveExabgpMetrics(ecfg.MetricsListen, reg, log)
+		defer stopHTTP()
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		spool *buffer.Spool
+		fwd   = make(chan struct{})
+		fwdOn bool
+	)
+	open := func() (exabgp.Spool, error) {
+		sp, err := buffer.Open(buffer.Options{
+			Dir:        ecfg.SpoolDir(),
+			MaxBytes:   ecfg.SpoolMaxBytes,
+			Policy:     buffer.PolicyBlock,
+			Logger:     log.With("component", "buffer"),
+			Registerer: reg,
+		})
+		if err != nil {
+			return nil, err
+		}
+		mu.Lock()
+		spool = sp
+		mu.Unlock()
+		if acfg.Forwarder.Enabled {
+			f, err := forwarder.New(acfg.ForwarderSettings(), sp, Encoder(acfg), log.With("component", "forwarder"), reg)
+			if err != nil {
+				log.Error("forwarder not started: events stay in the spool", "err", err)
+			} else {
+				fwdOn = true
+				go func() {
+					defer close(fwd)
+					if err := f.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+						log.Error("forwarder stopped", "err", err)
+					}
+				}()
+			}
+		}
+		return sp, nil
+	}
+	proc, err := exabgp.New(exabgp.Options{
+		Config: ecfg, AgentID: acfg.Agent.ID, OpenSpool: open,
+		In: stdin, Out: stdout, Logger: log, Registerer: reg,
+	})
+	if err != nil {
+		log.Error("cannot start: running degraded, exaBGP events are NOT spooled", "err", err)
+		return readDegraded(ctx, stdin, log)
+	}
+	runErr := proc.Run(ctx)
+	cancel()
+	mu.Lock()
+	sp := spool
+	mu.Unlock()
+	if fwdOn {
+		select {
+		case <-fwd:
+		case <-time.After(acfg.Agent.ShutdownTimeout):
+			log.Warn("forwarder did not stop in time")
+		}
+	}
+	if sp != nil {
+		if err := sp.Close(); err != nil {
+			log.Error("close spool", "err", err)
+		}
+	}
+	if runErr != nil {
+		log.Error("exabgp process stopped", "err", runErr)
+		return errSilent
+	}
+	return nil
+}
+
+// readDegraded keeps reading exaBGP (so it does not stall and keeps its
+// sessions) and discards what it reads, until exaBGP closes stdin.
+func readDegraded(ctx context.Context, stdin io.Reader, log *slog.Logger) error {
+	done := make(chan int64, 1)
+	go func() {
+		n, _ := io.Copy(io.Discard, stdin)
+		done <- n
+	}()
+	select {
+	case n := <-done:
+		log.Warn("exabgp closed stdin; discarded bytes while degraded", "bytes", n)
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+func serveExabgpMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) func() {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Error("metrics listener not started", "addr", addr, "err", err)
+		return func() {}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics listener stopped", "err", err)
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}
+}
+
+// loadExabgpConfig reads the agent's configuration file: the exabgp: section
+// strictly into exabgp.Config, the rest through the agent's own strict
+// decoder. BGPEDGE_EXABGP_* variables override the exabgp: section.
+// TODO(lead): once agent.Config has an `exabgp` section, use Load directly.
+func loadExabgpConfig(file string) (Config, exabgp.Config, error) {
+	v := viper.NewWithOptions(viper.KeyDelimiter(keyDelim))
+	v.SetConfigType("yaml")
+	f, err := os.Open(file)
+	switch {
+	case err == nil:
+		defer f.Close()
+		if err := v.ReadConfig(f); err != nil {
+			return Config{}, exabgp.Config{}, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, file, err)
+		}
+	case errors.Is(err, os.ErrNotExist):
+		return Config{}, exabgp.Config{}, fmt.Errorf("%w: %s", ErrNoConfigFile, file)
+	default:
+		return Config{}, exabgp.Config{}, fmt.Errorf("read config: %w", err)
+	}
+	settings := v.AllSettings()
+	exSettings, _ := settings["exabgp"].(map[string]any)
+	delete(settings, "exabgp")
+	acfg, err := decodeSettings(settings)
+	if err != nil {
+		return Config{}, exabgp.Config{}, err
+	}
+	ecfg := exabgp.DefaultConfig()
+	if exSettings == nil {
+		exSettings = map[string]any{}
+	}
+	for _, kv := range os.Environ() {
+		k, val, _ := strings.Cut(kv, "=")
+		if rest, ok := strings.CutPrefix(k, "BGPEDGE_EXABGP_"); ok {
+			setEnvOverride(exSettings, strings.ToLower(rest), val)
+		}
+	}
+	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(
+			mapstructure.StringToTimeDurationHookFunc(),
+			mapstructure.StringToSliceHookFunc(","),
+		),
+		ErrorUnused:      true,
+		WeaklyTypedInput: true,
+		Result:           &ecfg,
+	})
+	if err != nil {
+		return Config{}, exabgp.Config{}, fmt.Errorf("config decoder: %w", err)
+	}
+	if err := dec.Decode(exSettings); err != nil {
+		return Config{}, exabgp.Config{}, fmt.Errorf("%w: exabgp: %w", ErrInvalidConfig, err)
+	}
+	return acfg, ecfg, nil
+}
+
+// setEnvOverride places BGPEDGE_EXABGP_POLICY_MAX_ROUTES=5 at
+// policy.max_routes, matching the longest known section name first.
+func setEnvOverride(m map[string]any, key, val string) {
+	for _, sec := range []string{"commands_nats", "commands", "policy"} {
+		if rest, ok := strings.CutPrefix(key, sec+"_"); ok {
+			path := strings.Split(strings.ReplaceAll(sec, "_", "."), ".")
+			cur := m
+			for _, p := range path {
+				next, ok := cur[p].(map[string]any)
+				if !ok {
+					next = map[string]any{}
+					cur[p] = next
+				}
+				cur = next
+			}
+			cur[rest] = val
+			return
+		}
+	}
+	m[key] = val
+}

@@ -1,0 +1,158 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	"github.com/kardianos/service"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+)
+
+func newRunCommand() *cobra.Command {
+	var flags configFlags
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the agent: BMP station, spool, forwarder and HTTP endpoints (SIGHUP reloads)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			prg := &program{ctx: cmd.Context(), flags: flags, stderr: cmd.ErrOrStderr(), stopped: make(chan struct{})}
+			sc := serviceConfig(flags.file)
+			// The service manager's signals reach cmd.Context() (see main);
+			// the run also ends when the agent stops by itself.
+			sc.Option["RunWait"] = func() {
+				select {
+				case <-cmd.Context().Done():
+				case <-prg.stopped:
+				}
+			}
+			s, err := service.New(prg, sc)
+			if err != nil {
+				return fmt.Errorf("service: %w", err)
+			}
+			if err := s.Run(); err != nil {
+				return err
+			}
+			return prg.result()
+		},
+	}
+	flags.register(cmd.Flags())
+	return cmd
+}
+
+// program adapts the agent to kardianos/service's Start/Stop lifecycle.
+type program struct {
+	ctx    context.Context
+	flags  configFlags
+	stderr io.Writer
+
+	stopped chan struct{} // closed when the agent ends by itself or is stopped
+	cancel  context.CancelFunc
+	done    chan struct{}
+	mu      sync.Mutex
+	err     error
+}
+
+var _ service.Interface = (*program)(nil)
+
+// Start must not block: it loads the configuration (a bad one fails the
+// start) and runs the agent in the background.
+func (p *program) Start(service.Service) error {
+	cfg, err := p.flags.load()
+	if err != nil {
+		fmt.Fprintf(p.stderr, "bgpedge: %v\n", err)
+		return errSilent
+	}
+	ctx, cancel := context.WithCancel(p.ctx)
+	p.cancel, p.done = cancel, make(chan struct{})
+	go func() {
+		defer close(p.done)
+		err := runAgent(ctx, cfg, p.flags, p.stderr)
+		p.mu.Lock()
+		p.err = err
+		p.mu.Unlock()
+		close(p.stopped)
+	}()
+	return nil
+}
+
+// Stop shuts the agent down and waits for it.
+func (p *program) Stop(service.Service) error {
+	if p.cancel == nil {
+		return nil
+	}
+	p.cancel()
+	<-p.done
+	return nil
+}
+
+func (p *program) result() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
+}
+
+// runAgent runs one agent until ctx ends, reloading the configuration on SIGHUP.
+func runAgent(ctx context.Context, cfg Config, flags configFlags, stderr io.Writer) error {
+	level := new(slog.LevelVar)
+	logger, err := NewLogger(stderr, cfg.Log.Format, level)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	notify := func(state string) {
+		if err := SDNotify(state); err != nil {
+			logger.Warn("sd_notify failed", "state", state, "err", err)
+		}
+	}
+	a, err := New(Options{Config: cfg, Logger: logger, Level: level, Registry: reg, Notify: notify})
+	if err != nil {
+		return err
+	}
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	runDone := make(chan error, 1)
+	go func() { runDone <- a.Run(ctx) }()
+	logger.Info("bgpedge starting", "version", Version, "commit", Commit, "config", flags.file, "agent_id", cfg.Agent.ID)
+	for {
+		select {
+		case err := <-runDone:
+			return err
+		case <-hup:
+			notify("RELOADING=1")
+			reload(ctx, a, flags, logger)
+			notify("READY=1")
+		}
+	}
+}
+
+func reload(ctx context.Context, a *Agent, flags configFlags, logger *slog.Logger) {
+	next, err := flags.load()
+	if err != nil {
+		logger.Error("reload: configuration rejected, keeping the running one", "err", err)
+		return
+	}
+	if err := a.Apply(ctx, next); err != nil {
+		if errors.Is(err, ErrRestartRequired) {
+			logger.Warn("reload: change not applied, restart the service to apply it", "err", err)
+			return
+		}
+		logger.Error("reload: failed, keeping the running configuration", "err", err)
+		return
+	}
+	logger.Info("reload: configuration applied")
+}

@@ -1,0 +1,298 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bgpedge/bgpedge/internal/testenv"
+)
+
+func TestExampleConfigsValidate(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join(testenv.RepoRoot(t), "configs", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 2 {
+		t.Fatalf("expected configs/bgpedge.yaml and configs/local.yaml, found %v", files)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			cfg, err := Load(LoadOptions{File: f, FileRequired: true})
+			if err != nil {
+				t.Fatalf("load: %v", err)
+			}
+			if err := cfg.Validate(); err != nil {
+				t.Fatalf("validate: %v", err)
+			}
+		})
+	}
+}
+
+// TestExampleDocumentsEveryKey keeps configs/bgpedge.yaml complete: every key
+// the agent accepts appears in it.
+func TestExampleDocumentsEveryKey(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join(testenv.RepoRoot(t), "configs", "bgpedge.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := configSchema(reflect.TypeOf(Config{}))
+	keys := append([]string{}, s.leaves...)
+	for m := range s.maps {
+		keys = append(keys, m)
+	}
+	for _, k := range keys {
+		parts := strings.Split(k, keyDelim)
+		leaf := parts[len(parts)-1]
+		if !bytes.Contains(doc, []byte(leaf+":")) {
+			t.Errorf("configs/bgpedge.yaml does not document %s", displayKey(k))
+		}
+	}
+}
+
+func TestBadConfigs(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want []string // every substring must appear in the error
+	}{
+		{"unknown key", "buffer:\n  dirr: /x\n", []string{"buffer.dirr: unknown key"}},
+		{"unknown section", "bufer:\n  dir: /x\n", []string{"bufer.dir: unknown key"}},
+		{"wrong type bool", "http:\n  pprof: 3\n", []string{"http.pprof:", "expected bool"}},
+		{"wrong type string list", "bmp:\n  listen: [1, 2]\n", []string{"bmp.listen:"}},
+		{"section not a mapping", "agent: 7\n", []string{"agent:"}},
+		{"bad CIDR", "bmp:\n  allow: [10.0.0.0/8, 10.0.0/8]\n", []string{"bmp.allow[1]:", "10.0.0/8"}},
+		{"bad duration", "bmp:\n  tcp_keepalive: 5y\n", []string{"bmp.tcp_keepalive:", `"5y"`}},
+		{"bad duration in forwarder", "forwarder:\n  failover_after: soon\n", []string{"forwarder.failover_after:"}},
+		{"bad size", "buffer:\n  max_bytes: lots\n", []string{"buffer.max_bytes:", "lots"}},
+		{"size too small", "buffer:\n  segment_bytes: 1KiB\n", []string{"buffer.segment_bytes:"}},
+		{"missing broker when forwarder enabled", "forwarder:\n  enabled: true\n  kafka:\n    brokers: []\n", []string{"forwarder.kafka.brokers:"}},
+		{"bad log level", "log:\n  level: loud\n", []string{"log.level:", "loud"}},
+		{"bad log format", "log:\n  format: xml\n", []string{"log.format:"}},
+		{"bad http listen", "http:\n  listen: nope\n", []string{"http.listen:"}},
+		{"bad agent id", "agent:\n  id: a.b\n", []string{"agent.id:"}},
+		{"bad policy", "buffer:\n  policy: maybe\n", []string{"buffer.policy:"}},
+		{"several errors at once", "buffer:\n  dirr: /x\nbmp:\n  tcp_keepalive: 5y\n", []string{"buffer.dirr: unknown key", "bmp.tcp_keepalive:"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := filepath.Join(t.TempDir(), "c.yaml")
+			if err := os.WriteFile(f, []byte(tt.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := Load(LoadOptions{File: f, FileRequired: true})
+			if err == nil {
+				err = cfg.Validate()
+			}
+			if err == nil {
+				t.Fatal("accepted a bad configuration")
+			}
+			if !errors.Is(err, ErrInvalidConfig) {
+				t.Errorf("error does not wrap ErrInvalidConfig: %v", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestForwarderDisabledSkipsItsValidation(t *testing.T) {
+	cfg, err := LoadBytes([]byte("forwarder:\n  enabled: false\n  kafka:\n    brokers: []\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("a disabled forwarder's section should not be required: %v", err)
+	}
+}
+
+func TestEnvironmentOverridesFileAndSetsAbsentKeys(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "c.yaml")
+	doc := "buffer:\n  dir: /from/file\nbmp:\n  listen: 127.0.0.1:1\n"
+	if err := os.WriteFile(f, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("BGPEDGE_BUFFER_DIR", "/from/env")                         // in the file
+	t.Setenv("BGPEDGE_BUFFER_MAX_BYTES", "2GiB")                        // absent from the file, unit
+	t.Setenv("BGPEDGE_HTTP_PPROF", "true")                              // bool
+	t.Setenv("BGPEDGE_BMP_ALLOW", "10.0.0.0/8,192.0.2.1")               // list
+	t.Setenv("BGPEDGE_FORWARDER_FAILOVER_AFTER", "45s")                 // duration
+	t.Setenv("BGPEDGE_FORWARDER_KAFKA_BROKERS", "k1:9092,k2:9092")      // nested list
+	t.Setenv("BGPEDGE_FORWARDER_KAFKA_SASL_PASSWORD", "hunter2-secret") // deep key
+	cfg, err := Load(LoadOptions{File: f, FileRequired: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"buffer.dir", cfg.Buffer.Dir, "/from/env"},
+		{"buffer.max_bytes", cfg.Buffer.MaxBytes, int64(2 << 30)},
+		{"http.pprof", cfg.HTTP.Pprof, true},
+		{"bmp.allow", cfg.BMP.Allow, []string{"10.0.0.0/8", "192.0.2.1"}},
+		{"bmp.listen (file)", cfg.BMP.Listen, "127.0.0.1:1"},
+		{"forwarder.failover_after", cfg.Forwarder.FailoverAfter, 45 * time.Second},
+		{"forwarder.kafka.brokers", cfg.Forwarder.Kafka.Brokers, []string{"k1:9092", "k2:9092"}},
+		{"forwarder.kafka.sasl.password", cfg.Forwarder.Kafka.SASL.Password, "hunter2-secret"},
+	}
+	for _, c := range checks {
+		if !reflect.DeepEqual(c.got, c.want) {
+			t.Errorf("%s = %#v, want %#v", c.name, c.got, c.want)
+		}
+	}
+	for _, n := range []string{"BGPEDGE_BUFFER_DIR", "BGPEDGE_FORWARDER_KAFKA_SASL_PASSWORD", "BGPEDGE_FORWARDER_TOPICS_PREFIX"} {
+		found := false
+		for _, e := range EnvNames() {
+			found = found || e == n
+		}
+		if !found {
+			t.Errorf("EnvNames lacks %s", n)
+		}
+	}
+
+	t.Setenv("BGPEDGE_BUFFER_SEGMENT_BYTES", "big")
+	if _, err := Load(LoadOptions{File: f, FileRequired: true}); err == nil || !strings.Contains(err.Error(), "buffer.segment_bytes") {
+		t.Errorf("a bad environment value should name its key, got %v", err)
+	}
+}
+
+func TestMissingExplicitFile(t *testing.T) {
+	_, err := Load(LoadOptions{File: filepath.Join(t.TempDir(), "nope.yaml"), FileRequired: true})
+	if !errors.Is(err, ErrNoConfigFile) {
+		t.Fatalf("want ErrNoConfigFile, got %v", err)
+	}
+}
+
+func TestMapKeysWithDots(t *testing.T) {
+	cfg, err := LoadBytes([]byte("forwarder:\n  topics:\n    overrides:\n      bmp.raw: raw-bmp\n      bmp.route.loc-rib: locrib\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"bmp.raw": "raw-bmp", "bmp.route.loc-rib": "locrib"}
+	if !reflect.DeepEqual(cfg.Forwarder.Topics.Overrides, want) {
+		t.Fatalf("overrides = %v, want %v", cfg.Forwarder.Topics.Overrides, want)
+	}
+}
+
+func TestRenderYAMLMasksSecretsAndRoundTrips(t *testing.T) {
+	in := DefaultConfig()
+	in.Agent.ID = "edge-1"
+	in.Forwarder.Kafka.SASL.Mechanism = "PLAIN"
+	in.Forwarder.Kafka.SASL.User = "bgpedge"
+	in.Forwarder.Kafka.SASL.Password = "s3cret-kafka"
+	in.Forwarder.NATS.Token = "s3cret-nats"
+	in.Forwarder.NATS.CredsFile = "/etc/bgpedge/nats.creds"
+	in.Forwarder.Topics.Overrides = map[string]string{"bmp.raw": "raw"}
+	in.BMP.Allow = []string{"192.0.2.0/24"}
+	out, err := RenderYAML(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"s3cret-kafka", "s3cret-nats"} {
+		if bytes.Contains(out, []byte(secret)) {
+			t.Errorf("rendered config leaks %q:\n%s", secret, out)
+		}
+	}
+	if !bytes.Contains(out, []byte("/etc/bgpedge/nats.creds")) {
+		t.Errorf("paths are not secrets and should be shown:\n%s", out)
+	}
+	back, err := LoadBytes(out)
+	if err != nil {
+		t.Fatalf("rendered config does not load back: %v\n%s", err, out)
+	}
+	again, err := RenderYAML(back)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(again, out) {
+		t.Errorf("round trip differs:\n got %s\nwant %s", again, out)
+	}
+	if back.Agent.ID != "edge-1" || back.Forwarder.Topics.Overrides["bmp.raw"] != "raw" || back.BMP.Allow[0] != "192.0.2.0/24" {
+		t.Errorf("round trip lost values: %+v", back)
+	}
+}
+
+func TestParseByteSize(t *testing.T) {
+	tests := []struct {
+		in   string
+		want ByteSize
+		err  bool
+	}{
+		{"4096", 4096, false},
+		{"64MiB", 64 << 20, false},
+		{"64mib", 64 << 20, false},
+		{"1GiB", 1 << 30, false},
+		{"512KiB", 512 << 10, false},
+		{"10MB", 10_000_000, false},
+		{"1.5GiB", 3 << 29, false},
+		{"2 MiB", 2 << 20, false},
+		{"", 0, true},
+		{"MiB", 0, true},
+		{"lots", 0, true},
+		{"99999999999TiB", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := ParseByteSize(tt.in)
+		if (err != nil) != tt.err || got != tt.want {
+			t.Errorf("ParseByteSize(%q) = %d, %v; want %d, err %v", tt.in, got, err, tt.want, tt.err)
+		}
+	}
+	if s := ByteSize(64 << 20).String(); s != "64MiB" {
+		t.Errorf("String = %q", s)
+	}
+}
+
+func TestConfigCommands(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(good, []byte("agent:\n  id: edge-7\nforwarder:\n  enabled: false\n  kafka:\n    sasl:\n      password: pw-123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, []byte("bmp:\n  allow: [300.0.0.0/8]\n  nope: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		args       []string
+		code       int
+		stdout     string
+		stderr     string
+		notInOuput string
+	}{
+		{[]string{"config", "validate", "--config", good}, 0, "configuration OK", "", ""},
+		{[]string{"config", "validate", "--config", bad}, 1, "", "bmp.nope: unknown key", ""},
+		{[]string{"config", "validate", "--config", filepath.Join(dir, "missing.yaml")}, 1, "", "not found", ""},
+		{[]string{"config", "show", "--config", good}, 0, "id: edge-7", "", "pw-123"},
+		{[]string{"config", "show", "--env"}, 0, "BGPEDGE_BUFFER_DIR", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args[:2], " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := Main(t.Context(), tt.args, strings.NewReader(""), &stdout, &stderr)
+			if code != tt.code {
+				t.Errorf("exit code %d, want %d (stderr %q)", code, tt.code, stderr.String())
+			}
+			if !strings.Contains(stdout.String(), tt.stdout) {
+				t.Errorf("stdout %q lacks %q", stdout.String(), tt.stdout)
+			}
+			if !strings.Contains(stderr.String(), tt.stderr) {
+				t.Errorf("stderr %q lacks %q", stderr.String(), tt.stderr)
+			}
+			if tt.notInOuput != "" && strings.Contains(stdout.String()+stderr.String(), tt.notInOuput) {
+				t.Errorf("output shows %q", tt.notInOuput)
+			}
+		})
+	}
+}

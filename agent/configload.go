@@ -1,0 +1,371 @@
+package agent
+
+import (
+	"encoding"
+	"errors"
+	"fmt"
+	"os"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-viper/mapstructure/v2"
+	"github.com/spf13/viper"
+)
+
+// DefaultConfigFile is where the packaged agent reads its bootstrap configuration.
+const DefaultConfigFile = "/etc/bgpedge/bgpedge.yaml"
+
+// EnvPrefix prefixes every environment variable that sets a configuration key:
+// buffer.dir is BGPEDGE_BUFFER_DIR.
+const EnvPrefix = "BGPEDGE_"
+
+// keyDelim is viper's internal key separator. It is not "." because map keys
+// (stream names such as "bmp.raw") contain dots.
+const keyDelim = "::"
+
+var (
+	// ErrInvalidConfig wraps every decoding and validation failure.
+	ErrInvalidConfig = errors.New("invalid configuration")
+	// ErrNoConfigFile is returned when an explicitly named file does not exist.
+	ErrNoConfigFile = errors.New("configuration file not found")
+)
+
+// LoadOptions says where Load reads from.
+type LoadOptions struct {
+	// File is the YAML file. Empty means DefaultConfigFile when it exists,
+	// and defaults plus environment otherwise.
+	File string
+	// FileRequired makes a missing File an error (an explicit --config).
+	FileRequired bool
+	// Overrides are applied last, keyed by dotted key (from command-line flags).
+	Overrides map[string]any
+}
+
+// Load reads the bootstrap configuration: defaults, then the YAML file, then
+// BGPEDGE_* environment variables, then overrides. Decoding is strict: an
+// unknown key or a value of the wrong shape is an error naming the key.
+// Load does not validate; call Config.Validate.
+func Load(opts LoadOptions) (Config, error) {
+	v := viper.NewWithOptions(viper.KeyDelimiter(keyDelim))
+	v.SetConfigType("yaml")
+
+	file := opts.File
+	if file == "" {
+		file = DefaultConfigFile
+	}
+	f, err := os.Open(file)
+	switch {
+	case err == nil:
+		defer f.Close()
+		if err := v.ReadConfig(f); err != nil {
+			return Config{}, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, file, err)
+		}
+	case errors.Is(err, os.ErrNotExist) && (opts.File == "" || !opts.FileRequired):
+		// No file: defaults and environment only.
+	case errors.Is(err, os.ErrNotExist):
+		return Config{}, fmt.Errorf("%w: %s", ErrNoConfigFile, file)
+	default:
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	return decode(v, opts.Overrides)
+}
+
+// LoadBytes decodes a YAML document strictly (used for fleet documents and tests).
+// Environment variables are not consulted.
+func LoadBytes(doc []byte) (Config, error) {
+	v := viper.NewWithOptions(viper.KeyDelimiter(keyDelim))
+	v.SetConfigType("yaml")
+	if err := v.ReadConfig(strings.NewReader(string(doc))); err != nil {
+		return Config{}, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return decodeSettings(v.AllSettings())
+}
+
+func decode(v *viper.Viper, overrides map[string]any) (Config, error) {
+	schema := configSchema(reflect.TypeOf(Config{}))
+	for _, k := range schema.leaves {
+		if err := v.BindEnv(k, envName(k)); err != nil {
+			return Config{}, fmt.Errorf("bind env %s: %w", k, err)
+		}
+	}
+	for k, val := range overrides {
+		v.Set(strings.ReplaceAll(k, ".", keyDelim), val)
+	}
+	return decodeSettings(v.AllSettings())
+}
+
+// envName is the environment variable for a key: buffer::max_bytes → BGPEDGE_BUFFER_MAX_BYTES.
+func envName(key string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, keyDelim, "_"))
+}
+
+// EnvNames lists every environment variable that sets a key, for documentation.
+func EnvNames() []string {
+	schema := configSchema(reflect.TypeOf(Config{}))
+	out := make([]string, 0, len(schema.leaves))
+	for _, k := range schema.leaves {
+		out = append(out, envName(k))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func decodeSettings(settings map[string]any) (Config, error) {
+	schema := configSchema(reflect.TypeOf(Config{}))
+	var errs []error
+	for _, k := range flattenKeys(settings, "") {
+		if !schema.known(k) {
+			errs = append(errs, fmt.Errorf("%s: unknown key", displayKey(k)))
+		}
+	}
+	cfg := DefaultConfig()
+	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
+		DecodeHook: mapstructure.ComposeDecodeHookFunc(
+			scalarFromStringHook,
+			mapstructure.StringToSliceHookFunc(","),
+			mapstructure.TextUnmarshallerHookFunc(),
+		),
+		ErrorUnused:      true,
+		WeaklyTypedInput: false,
+		Result:           &cfg,
+		TagName:          "mapstructure",
+	})
+	if err != nil {
+		return Config{}, fmt.Errorf("config decoder: %w", err)
+	}
+	if err := dec.Decode(settings); err != nil {
+		for _, e := range flattenDecodeErrors(err) {
+			// Unknown keys are already reported above, one line each.
+			if !strings.Contains(e.Error(), "has invalid keys") {
+				errs = append(errs, e)
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return Config{}, fmt.Errorf("%w:\n%w", ErrInvalidConfig, errors.Join(errs...))
+	}
+	return cfg, nil
+}
+
+// flattenDecodeErrors turns mapstructure's nested errors into one
+// "full.key: reason" line each.
+func flattenDecodeErrors(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []error
+		for _, e := range j.Unwrap() {
+			out = append(out, flattenDecodeErrors(e)...)
+		}
+		return out
+	}
+	de, ok := err.(*mapstructure.DecodeError)
+	if !ok {
+		if inner := errors.Unwrap(err); inner != nil {
+			return flattenDecodeErrors(inner)
+		}
+		return []error{err}
+	}
+	inner := de.Unwrap()
+	if _, ok := inner.(interface{ Unwrap() []error }); ok {
+		return flattenDecodeErrors(inner)
+	}
+	var nested *mapstructure.DecodeError
+	if errors.As(inner, &nested) {
+		return flattenDecodeErrors(inner)
+	}
+	return []error{fmt.Errorf("%s: %s", displayKey(de.Name()), reason(inner))}
+}
+
+// reason shortens mapstructure's wording to what an operator needs.
+func reason(err error) string {
+	var pe *mapstructure.ParseError
+	if errors.As(err, &pe) && pe.Err != nil {
+		return fmt.Sprintf("invalid value %v: %v", quoteValue(pe.Value), pe.Err)
+	}
+	var ue *mapstructure.UnconvertibleTypeError
+	if errors.As(err, &ue) {
+		return fmt.Sprintf("invalid value %v: expected %s", quoteValue(ue.Value), friendlyType(ue.Expected.Type()))
+	}
+	return err.Error()
+}
+
+func quoteValue(v any) string {
+	if s, ok := v.(string); ok {
+		return strconv.Quote(s)
+	}
+	return fmt.Sprintf("%v", v)
+}
+
+func friendlyType(t reflect.Type) string {
+	switch t {
+	case reflect.TypeOf(time.Duration(0)):
+		return "a duration such as 5s"
+	case reflect.TypeOf(ByteSize(0)):
+		return "a size such as 64MiB"
+	}
+	switch t.Kind() {
+	case reflect.Slice:
+		return "a list"
+	case reflect.Map, reflect.Struct:
+		return "a mapping"
+	}
+	return t.String()
+}
+
+func displayKey(k string) string { return strings.ReplaceAll(k, keyDelim, ".") }
+
+// scalarFromStringHook parses strings (environment variables, quoted YAML)
+// into booleans and numbers; integers accept size units ("64MiB").
+func scalarFromStringHook(from, to reflect.Type, data any) (any, error) {
+	s, ok := data.(string)
+	if !ok || from.Kind() != reflect.String {
+		return data, nil
+	}
+	if to == reflect.TypeOf(time.Duration(0)) {
+		d, err := time.ParseDuration(strings.TrimSpace(s))
+		if err != nil {
+			return nil, fmt.Errorf("invalid duration %q (use e.g. 500ms, 30s, 5m)", s)
+		}
+		return d, nil
+	}
+	if reflect.PointerTo(to).Implements(reflect.TypeOf((*encoding.TextUnmarshaler)(nil)).Elem()) {
+		return data, nil
+	}
+	s = strings.TrimSpace(s)
+	switch to.Kind() {
+	case reflect.Bool:
+		b, err := strconv.ParseBool(s)
+		if err != nil {
+			return nil, fmt.Errorf("invalid value %q: expected true or false", s)
+		}
+		return b, nil
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		n, err := ParseByteSize(s)
+		if err != nil {
+			return nil, fmt.Errorf("invalid value %q: expected an integer", s)
+		}
+		return int64(n), nil
+	case reflect.Float32, reflect.Float64:
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return nil, fmt.Errorf("invalid value %q: expected a number", s)
+		}
+		return f, nil
+	}
+	return data, nil
+}
+
+// schema is the set of keys a config type accepts.
+type schema struct {
+	leaves   []string        // scalar or list keys, bindable to env
+	maps     map[string]bool // keys whose children are free-form (map fields)
+	sections map[string]bool // struct keys
+}
+
+func (s schema) known(key string) bool {
+	for _, l := range s.leaves {
+		if l == key {
+			return true
+		}
+	}
+	if s.sections[key] {
+		return true
+	}
+	for m := range s.maps {
+		if key == m || strings.HasPrefix(key, m+keyDelim) {
+			return true
+		}
+	}
+	return false
+}
+
+var textUnmarshalerType = reflect.TypeOf((*encoding.TextUnmarshaler)(nil)).Elem()
+
+func configSchema(t reflect.Type) schema {
+	s := schema{maps: map[string]bool{}, sections: map[string]bool{}}
+	walkSchema(t, "", &s)
+	sort.Strings(s.leaves)
+	return s
+}
+
+func walkSchema(t reflect.Type, prefix string, s *schema) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, squash := fieldKey(f)
+		if name == "-" {
+			continue
+		}
+		ft := f.Type
+		if ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		if squash && ft.Kind() == reflect.Struct {
+			walkSchema(ft, prefix, s)
+			continue
+		}
+		key := name
+		if prefix != "" {
+			key = prefix + keyDelim + name
+		}
+		switch {
+		case isLeafStruct(ft):
+			s.leaves = append(s.leaves, key)
+		case ft.Kind() == reflect.Struct:
+			s.sections[key] = true
+			walkSchema(ft, key, s)
+		case ft.Kind() == reflect.Map:
+			s.maps[key] = true
+		default:
+			s.leaves = append(s.leaves, key)
+		}
+	}
+}
+
+func fieldKey(f reflect.StructField) (name string, squash bool) {
+	tag := f.Tag.Get("mapstructure")
+	parts := strings.Split(tag, ",")
+	for _, p := range parts[1:] {
+		if p == "squash" {
+			squash = true
+		}
+	}
+	if f.Anonymous && tag == "" {
+		squash = true
+	}
+	name = parts[0]
+	if name == "" {
+		name = strings.ToLower(f.Name)
+	}
+	return name, squash
+}
+
+func isLeafStruct(t reflect.Type) bool {
+	if t.Kind() != reflect.Struct {
+		return false
+	}
+	return reflect.PointerTo(t).Implements(textUnmarshalerType) || t == reflect.TypeOf(time.Time{})
+}
+
+// flattenKeys lists the leaf keys present in viper's nested settings.
+func flattenKeys(m map[string]any, prefix string) []string {
+	var out []string
+	for k, v := range m {
+		key := k
+		if prefix != "" {
+			key = prefix + keyDelim + k
+		}
+		if sub, ok := v.(map[string]any); ok && len(sub) > 0 {
+			out = append(out, flattenKeys(sub, key)...)
+			continue
+		}
+		out = append(out, key)
+	}
+	sort.Strings(out)
+	return out
+}

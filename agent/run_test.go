@@ -1,0 +1,413 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/bgpedge/bgpedge/bmp"
+	"github.com/bgpedge/bgpedge/buffer"
+	"github.com/bgpedge/bgpedge/internal/testenv"
+	"github.com/bgpedge/bgpedge/record"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+// buildBinary compiles cmd/bgpedge once per test binary.
+var buildOnce = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "bgpedge-agent-test-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "bgpedge")
+	_, file, _, _ := runtime.Caller(0)
+	root := filepath.Clean(filepath.Join(filepath.Dir(file), ".."))
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/bgpedge")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// logLines collects a child's JSON log lines.
+type logLines struct {
+	mu    sync.Mutex
+	lines []map[string]any
+	raw   strings.Builder
+}
+
+func (l *logLines) consume(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var m map[string]any
+		_ = json.Unmarshal(sc.Bytes(), &m)
+		l.mu.Lock()
+		l.raw.WriteString(sc.Text() + "\n")
+		if m != nil {
+			l.lines = append(l.lines, m)
+		}
+		l.mu.Unlock()
+	}
+}
+
+func (l *logLines) find(msg, key string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, m := range l.lines {
+		if m["msg"] == msg {
+			if s, ok := m[key].(string); ok {
+				return s
+			}
+		}
+	}
+	return ""
+}
+
+func (l *logLines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.raw.String()
+}
+
+// child is a `bgpedge run` process started by a test.
+type child struct {
+	cmd      *exec.Cmd
+	logs     *logLines
+	exited   chan error
+	httpAddr string
+	bmpAddr  string
+	spoolDir string
+}
+
+// startChild runs `bgpedge run --config configFile` with the spool and state
+// in a temporary directory and ephemeral ports, and waits until it is ready.
+func startChild(t *testing.T, configFile string) *child {
+	t.Helper()
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := t.TempDir()
+	c := &child{logs: &logLines{}, exited: make(chan error, 1), spoolDir: filepath.Join(tmp, "spool")}
+	c.cmd = exec.Command(bin, "run", "--config", configFile)
+	c.cmd.Dir = tmp
+	c.cmd.Env = append(os.Environ(),
+		"BGPEDGE_BUFFER_DIR="+c.spoolDir,
+		"BGPEDGE_AGENT_STATE_DIR="+filepath.Join(tmp, "state"),
+		"BGPEDGE_BMP_LISTEN=127.0.0.1:0",
+		"BGPEDGE_HTTP_LISTEN=127.0.0.1:0",
+		"BGPEDGE_LOG_FORMAT=json",
+	)
+	stderr, err := c.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	consumed := make(chan struct{})
+	go func() { c.logs.consume(stderr); close(consumed) }()
+	go func() { <-consumed; c.exited <- c.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = c.cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("agent log:\n%s", c.logs)
+		}
+	})
+	testenv.Eventually(t, 20*time.Second, "http server address in the log", func() bool {
+		c.httpAddr = c.logs.find("http server started", "addr")
+		return c.httpAddr != ""
+	})
+	st := c.waitReady(t)
+	if st.Spool != "open" {
+		t.Fatalf("unexpected status %+v", st)
+	}
+	c.bmpAddr = strings.TrimPrefix(st.BMP, "listening on ")
+	return c
+}
+
+func (c *child) waitReady(t *testing.T) Status {
+	t.Helper()
+	var st Status
+	testenv.Eventually(t, 20*time.Second, "/readyz 200", func() bool {
+		resp, err := http.Get("http://" + c.httpAddr + "/readyz")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		st = Status{}
+		_ = json.NewDecoder(resp.Body).Decode(&st)
+		return resp.StatusCode == http.StatusOK
+	})
+	return st
+}
+
+// stop sends SIGTERM and requires a clean exit.
+func (c *child) stop(t *testing.T) {
+	t.Helper()
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-c.exited:
+		if err != nil {
+			t.Fatalf("bgpedge run exited with %v after SIGTERM", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("bgpedge run did not exit within 30s of SIGTERM")
+	}
+	if !strings.Contains(c.logs.String(), `"agent stopped"`) {
+		t.Error("no clean-stop log line")
+	}
+}
+
+// spooledBMP counts the BMP records in a stopped child's spool.
+func (c *child) spooledBMP(t *testing.T) uint64 {
+	t.Helper()
+	sp, err := buffer.Open(buffer.Options{Dir: c.spoolDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	var got uint64
+	from := uint64(1)
+	for {
+		ctx, cancel := context.WithTimeout(t.Context(), 500*time.Millisecond)
+		recs, err := sp.Read(ctx, from, 4096)
+		cancel()
+		if err != nil || len(recs) == 0 {
+			return got
+		}
+		for _, r := range recs {
+			if r.Kind == record.KindBMP {
+				got++
+			}
+		}
+		from = recs[len(recs)-1].Seq + 1
+	}
+}
+
+// TestRunLocalConfigEndToEnd is the README's first command: `bgpedge run
+// --config configs/local.yaml` on a machine without Kafka starts, accepts
+// BMP sessions, spools every message, and stops cleanly on SIGTERM.
+func TestRunLocalConfigEndToEnd(t *testing.T) {
+	capture := testenv.Shared(t, "bmpdata", "raw", "gobgp-3.10.0-loopback.bmp")
+	c := startChild(t, filepath.Join(testenv.RepoRoot(t), "configs", "local.yaml"))
+	if st := c.waitReady(t); st.Sink != "disabled" || st.AgentID != "local" {
+		t.Fatalf("unexpected status %+v", st)
+	}
+
+	streams, err := bmp.LoadReplayFile(capture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stats, err := bmp.Replay(t.Context(), bmp.ReplayOptions{Streams: streams, Target: c.bmpAddr, Sessions: 3, DrainTimeout: 20 * time.Second})
+	if err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	if stats.Messages == 0 {
+		t.Fatal("the capture replayed no messages")
+	}
+	testenv.Eventually(t, 10*time.Second, "bmp and buffer metrics in /metrics", func() bool {
+		resp, err := http.Get("http://" + c.httpAddr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), "bgpedge_bmp_") && strings.Contains(string(b), "bgpedge_buffer_")
+	})
+	c.stop(t)
+
+	// The oracle: every message replayed is in the spool.
+	if got := c.spooledBMP(t); got != stats.Messages {
+		t.Fatalf("spool holds %d BMP messages, replay sent %d", got, stats.Messages)
+	}
+	t.Logf("replayed %d messages over 3 sessions; all spooled; clean exit on SIGTERM", stats.Messages)
+}
+
+// splitBMP cuts a raw BMP stream into messages by their length fields.
+func splitBMP(t *testing.T, b []byte) [][]byte {
+	t.Helper()
+	var out [][]byte
+	for len(b) > 0 {
+		if len(b) < 6 {
+			t.Fatal("truncated capture")
+		}
+		n := int(b[1])<<24 | int(b[2])<<16 | int(b[3])<<8 | int(b[4])
+		out = append(out, b[:n])
+		b = b[n:]
+	}
+	return out
+}
+
+// TestRunReloadKeepsSessions: SIGHUP re-reads the file; an unrelated change
+// (log level, pprof) applies without touching a live BMP session, and a bad
+// file is rejected while the agent keeps running.
+func TestRunReloadKeepsSessions(t *testing.T) {
+	raw, err := os.ReadFile(testenv.Shared(t, "bmpdata", "raw", "juniper-mx204-junos24__daisy-19.bmp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := splitBMP(t, raw)
+	local, err := os.ReadFile(filepath.Join(testenv.RepoRoot(t), "configs", "local.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(t.TempDir(), "bgpedge.yaml")
+	if err := os.WriteFile(conf, local, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := startChild(t, conf)
+
+	conn, err := net.Dial("tcp", c.bmpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	half := len(msgs) / 2
+	for _, m := range msgs[:half] {
+		if _, err := conn.Write(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	reloads := func(msg string) int {
+		c.logs.mu.Lock()
+		defer c.logs.mu.Unlock()
+		n := 0
+		for _, l := range c.logs.lines {
+			if l["msg"] == msg {
+				n++
+			}
+		}
+		return n
+	}
+	// A bad file first: rejected, the agent keeps running.
+	if err := os.WriteFile(conf, []byte("bmp:\n  nope: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "bad reload rejected", func() bool {
+		return reloads("reload: configuration rejected, keeping the running one") == 1
+	})
+	// Then an unrelated change.
+	changed := strings.Replace(string(local), "pprof: true", "pprof: false", 1)
+	changed = strings.Replace(changed, "level: info", "level: debug", 1)
+	if err := os.WriteFile(conf, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "reload applied", func() bool {
+		return reloads("reload: configuration applied") == 1
+	})
+	resp, err := http.Get("http://" + c.httpAddr + "/debug/pprof/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("pprof still served after reload: %d", resp.StatusCode)
+	}
+
+	// The same session carries on.
+	for _, m := range msgs[half:] {
+		if _, err := conn.Write(m); err != nil {
+			t.Fatalf("session broken by the reload: %v", err)
+		}
+	}
+	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.Copy(io.Discard, conn); err != nil {
+		t.Fatalf("waiting for the station to close the session: %v", err)
+	}
+	c.stop(t)
+	if got := c.spooledBMP(t); got != uint64(len(msgs)) {
+		t.Fatalf("spool holds %d BMP messages, sent %d on one session across two reloads", got, len(msgs))
+	}
+	if n := reloads("bmp listener started"); n != 1 {
+		t.Errorf("the BMP listener was started %d times; an unrelated reload must not restart it", n)
+	}
+}
+
+var (
+	metricName = regexp.MustCompile(`^bgpedge_[a-z]+_[a-z0-9_]+$`)
+	unitSuffix = regexp.MustCompile(`_(seconds|bytes|records|messages|sessions|segments)$`)
+)
+
+// TestMetricsLint wires the real spool, listener and forwarder and lints
+// every metric they expose: Prometheus' own lint, plus bgpedge's naming
+// rule bgpedge_<subsystem>_<name>_<unit>[_total].
+func TestMetricsLint(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Forwarder.Enabled = true
+	cfg.Forwarder.Kafka.Brokers = []string{"127.0.0.1:1"} // never reached: nothing to send
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a, err := New(Options{Config: cfg, Logger: testLogger(t), Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, a)
+
+	problems, err := testutil.GatherAndLint(a.Gatherer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+	mfs, err := a.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	subsystems := map[string]bool{}
+	for _, mf := range mfs {
+		name := mf.GetName()
+		if strings.HasPrefix(name, "go_") || strings.HasPrefix(name, "process_") {
+			continue
+		}
+		if !metricName.MatchString(name) {
+			t.Errorf("%s: does not match %s", name, metricName)
+			continue
+		}
+		subsystems[strings.Split(name, "_")[1]] = true
+		isCounter := mf.GetType().String() == "COUNTER"
+		if isCounter != strings.HasSuffix(name, "_total") {
+			t.Errorf("%s (%s): counters and only counters end in _total", name, mf.GetType())
+		}
+		if typ := mf.GetType().String(); typ == "HISTOGRAM" || typ == "SUMMARY" {
+			if !unitSuffix.MatchString(name) {
+				t.Errorf("%s: a histogram needs a unit suffix (%s)", name, unitSuffix)
+			}
+		}
+	}
+	for _, s := range []string{"agent", "buffer", "bmp", "forwarder"} {
+		if !subsystems[s] {
+			t.Errorf("no bgpedge_%s_* metric exposed; is the part wired?", s)
+		}
+	}
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package bmp_test
+
+const raceEnabled = false

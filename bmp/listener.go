@@ -1,0 +1,299 @@
+package bmp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bgpedge/bgpedge/record"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Spool is where sessions put what routers send. Append returns once the
+// records are durable and may block (honouring ctx) while the spool is full;
+// it must not keep references to the records' byte slices after it returns.
+// *buffer.Spool implements it.
+type Spool interface {
+	Append(ctx context.Context, recs ...record.Record) (first uint64, err error)
+}
+
+// ErrListenerClosed is returned by Start on a listener that was closed.
+var ErrListenerClosed = errors.New("bmp: listener closed")
+
+// Listener accepts BMP sessions from routers and spools every message they
+// send, in order, one reader goroutine per session.
+//
+// Lifecycle: NewListener, Start (binds and begins accepting), Addr, Close.
+// Serve combines them for callers that want one blocking call.
+type Listener struct {
+	cfg   Config
+	spool Spool
+	log   *slog.Logger
+	m     *metrics
+	allow []netip.Prefix
+
+	mu       sync.Mutex
+	ln       net.Listener
+	sessions map[*session]struct{}
+	closed   bool
+
+	closing atomic.Bool
+	wg      sync.WaitGroup
+
+	// appendCtx bounds spool appends: it is cancelled only when a Close
+	// deadline passes, so sessions can flush what they already read.
+	appendCtx    context.Context
+	cancelAppend context.CancelFunc
+
+	refusedLog logLimiter
+	acceptLog  logLimiter
+}
+
+// NewListener validates cfg and registers the listener's metrics. A nil
+// logger discards logs; a nil registerer skips registration.
+func NewListener(cfg Config, spool Spool, logger *slog.Logger, reg prometheus.Registerer) (*Listener, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if spool == nil {
+		return nil, errors.New("bmp: listener needs a spool")
+	}
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("bmp: register metrics: %w", err)
+	}
+	l := &Listener{
+		cfg:      cfg,
+		spool:    spool,
+		log:      logger,
+		m:        m,
+		sessions: make(map[*session]struct{}),
+	}
+	for _, a := range cfg.Allow {
+		p, _ := parseAllow(a) // Validate checked it
+		l.allow = append(l.allow, p)
+	}
+	l.appendCtx, l.cancelAppend = context.WithCancel(context.Background())
+	return l, nil
+}
+
+// Start binds the listen address and accepts sessions in the background
+// until Close. ctx only bounds the bind.
+func (l *Listener) Start(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return ErrListenerClosed
+	}
+	if l.ln != nil {
+		return errors.New("bmp: listener already started")
+	}
+	lc := net.ListenConfig{KeepAlive: -1}
+	if ka := l.cfg.TCPKeepalive; ka > 0 {
+		// Idle and interval alike: a vanished router is noticed after ~4×ka.
+		lc.KeepAliveConfig = net.KeepAliveConfig{Enable: true, Idle: ka, Interval: ka, Count: 3}
+	}
+	ln, err := lc.Listen(ctx, "tcp", l.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("bmp: listen: %w", err)
+	}
+	l.ln = ln
+	l.log.Info("bmp listener started", "addr", ln.Addr().String())
+	l.wg.Add(1)
+	go l.acceptLoop(ln)
+	return nil
+}
+
+// Addr is the bound address (useful with port 0), or nil before Start.
+func (l *Listener) Addr() net.Addr {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ln == nil {
+		return nil
+	}
+	return l.ln.Addr()
+}
+
+// ActiveSessions is the number of open router sessions.
+func (l *Listener) ActiveSessions() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.sessions)
+}
+
+// Serve starts the listener and runs it until ctx is done, then closes it,
+// giving sessions shutdownTimeout to flush to the spool.
+func (l *Listener) Serve(ctx context.Context, shutdownTimeout time.Duration) error {
+	if err := l.Start(ctx); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancel()
+	return l.Close(cctx)
+}
+
+// Close stops accepting, ends every session and waits for them to flush what
+// they read to the spool, followed by a synthetic peer-down record for each
+// peer that was still up (the station can no longer vouch for it; the router
+// sends a fresh Peer Up when it reconnects). If ctx ends first, pending
+// appends are abandoned (counted in bgpedge_bmp_messages_dropped_total) and
+// ctx's error is returned.
+func (l *Listener) Close(ctx context.Context) error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	l.closing.Store(true)
+	var err error
+	if l.ln != nil {
+		err = l.ln.Close()
+	}
+	for s := range l.sessions {
+		s.conn.Close() // wakes the reader; it flushes, then exits
+	}
+	l.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { l.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		l.cancelAppend()
+		<-done
+		return fmt.Errorf("bmp: close: %w", ctx.Err())
+	}
+	l.cancelAppend()
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("bmp: close: %w", err)
+	}
+	return nil
+}
+
+func (l *Listener) acceptLoop(ln net.Listener) {
+	defer l.wg.Done()
+	backoff := time.Duration(0)
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if l.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: wait rather than spin.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			if l.acceptLog.allow() {
+				l.log.Warn("bmp accept failed", "err", err, "retry_in", backoff)
+			}
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		l.admit(conn)
+	}
+}
+
+// admit turns a connection into a session, or refuses it.
+func (l *Listener) admit(conn net.Conn) {
+	remote := addrPort(conn.RemoteAddr())
+	if !l.allowed(remote.Addr()) {
+		l.refuse(conn, remote, RefuseNotAllowed)
+		return
+	}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		conn.Close()
+		return
+	}
+	if len(l.sessions) >= l.cfg.MaxSessions {
+		l.mu.Unlock()
+		l.refuse(conn, remote, RefuseMaxSessions)
+		return
+	}
+	s := newSession(l, conn, remote)
+	l.sessions[s] = struct{}{}
+	l.wg.Add(1)
+	l.mu.Unlock()
+
+	l.m.accepted.Inc()
+	l.m.active.Inc()
+	go func() {
+		defer l.wg.Done()
+		s.run()
+		l.mu.Lock()
+		delete(l.sessions, s)
+		l.mu.Unlock()
+		l.m.active.Dec()
+	}()
+}
+
+func (l *Listener) refuse(conn net.Conn, remote netip.AddrPort, reason string) {
+	conn.Close()
+	l.m.refused.WithLabelValues(reason).Inc()
+	if n, ok := l.refusedLog.allowCount(); ok {
+		l.log.Warn("bmp connection refused", "router", remote.String(), "reason", reason, "suppressed_since_last", n)
+	}
+}
+
+func (l *Listener) allowed(a netip.Addr) bool {
+	if len(l.allow) == 0 {
+		return true
+	}
+	a = a.Unmap()
+	for _, p := range l.allow {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if t, ok := a.(*net.TCPAddr); ok {
+		ap := t.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// logLimiter lets one log line through per interval and counts the rest, so
+// a connection flood cannot flood the log too.
+type logLimiter struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+const logInterval = time.Second
+
+func (ll *logLimiter) allow() bool {
+	_, ok := ll.allowCount()
+	return ok
+}
+
+func (ll *logLimiter) allowCount() (suppressed int, ok bool) {
+	ll.mu.Lock()
+	defer ll.mu.Unlock()
+	now := time.Now()
+	if now.Sub(ll.last) < logInterval {
+		ll.suppressed++
+		return 0, false
+	}
+	ll.last = now
+	n := ll.suppressed
+	ll.suppressed = 0
+	return n, true
+}

@@ -1,0 +1,124 @@
+package bmp
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Session close reasons: the complete set of values of the reason label of
+// bgpedge_bmp_sessions_closed_total (plus the framing reasons of FrameError).
+const (
+	CloseEOF               = "eof"                // the router closed the connection between messages
+	CloseReadError         = "read-error"         // reset or other socket error
+	CloseInitiationTimeout = "initiation-timeout" // no whole first message in time
+	CloseIdleTimeout       = "idle-timeout"       // silent for longer than idle_timeout
+	CloseShutdown          = "shutdown"           // the listener was closed
+	CloseSpoolFailed       = "spool-failed"       // appending gave up at the shutdown deadline
+)
+
+// Refusal reasons of bgpedge_bmp_sessions_refused_total.
+const (
+	RefuseNotAllowed  = "not-allowed"
+	RefuseMaxSessions = "max-sessions"
+)
+
+// numTypes is the number of message-type label values: the seven RFC types and "unknown".
+const numTypes = 8
+
+func typeIndex(t byte) int {
+	if t < 7 {
+		return int(t)
+	}
+	return 7
+}
+
+type metrics struct {
+	active        prometheus.Gauge
+	accepted      prometheus.Counter
+	refused       *prometheus.CounterVec
+	closed        *prometheus.CounterVec
+	framingErrors *prometheus.CounterVec
+	messages      [numTypes]prometheus.Counter
+	bytes         [numTypes]prometheus.Counter
+	appendSeconds prometheus.Histogram
+	appendErrors  prometheus.Counter
+	syntheticDown prometheus.Counter
+	dropped       prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		active: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bgpedge_bmp_sessions_active",
+			Help: "BMP router sessions currently open.",
+		}),
+		accepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bgpedge_bmp_sessions_accepted_total",
+			Help: "BMP connections accepted as router sessions.",
+		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bgpedge_bmp_sessions_refused_total",
+			Help: "BMP connections closed right after accept, by reason (not-allowed, max-sessions).",
+		}, []string{"reason"}),
+		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bgpedge_bmp_sessions_closed_total",
+			Help: "BMP sessions ended, by reason.",
+		}, []string{"reason"}),
+		framingErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "bgpedge_bmp_framing_errors_total",
+			Help: "Byte streams that were not valid BMP, by reason (each closes its session).",
+		}, []string{"reason"}),
+		appendSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "bgpedge_bmp_append_duration_seconds",
+			Help:    "Time a session waited for the spool to make a batch durable, retries included; long waits are backpressure.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+		}),
+		appendErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bgpedge_bmp_append_errors_total",
+			Help: "Failed spool appends; the batch is retried and the session stops reading meanwhile.",
+		}),
+		syntheticDown: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bgpedge_bmp_synthetic_peer_downs_total",
+			Help: "Synthetic peer-down records spooled for peers still up when their session ended.",
+		}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bgpedge_bmp_messages_dropped_total",
+			Help: "Messages read from a router but not spooled because the shutdown deadline passed while the spool refused them.",
+		}),
+	}
+	msgs := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bgpedge_bmp_messages_received_total",
+		Help: "BMP messages received and spooled, by message type.",
+	}, []string{"type"})
+	byts := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "bgpedge_bmp_received_bytes_total",
+		Help: "Bytes of BMP messages received and spooled, by message type.",
+	}, []string{"type"})
+	for i := range numTypes {
+		name := MsgType(i).String()
+		m.messages[i] = msgs.WithLabelValues(name)
+		m.bytes[i] = byts.WithLabelValues(name)
+	}
+	// Pre-create the bounded label values so dashboards see zeros, not gaps.
+	for _, r := range []string{RefuseNotAllowed, RefuseMaxSessions} {
+		m.refused.WithLabelValues(r)
+	}
+	for _, r := range []string{ReasonBadVersion, ReasonShortLength, ReasonLongLength, ReasonTruncated} {
+		m.framingErrors.WithLabelValues(r)
+		m.closed.WithLabelValues(r)
+	}
+	for _, r := range []string{CloseEOF, CloseReadError, CloseInitiationTimeout, CloseIdleTimeout, CloseShutdown, CloseSpoolFailed} {
+		m.closed.WithLabelValues(r)
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{
+		m.active, m.accepted, m.refused, m.closed, m.framingErrors, msgs, byts,
+		m.appendSeconds, m.appendErrors, m.syntheticDown, m.dropped,
+	} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,224 @@
+package bmp
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	bolt "go.etcd.io/bbolt"
+)
+
+// What BGP leaves to session negotiation — Add-Path per family and
+// direction, 4-octet AS — is learnt from the two OPENs of each Peer Up and
+// needed to parse every later Route Monitoring message of that peer. Because
+// decoding happens when the forwarder drains the spool, possibly after a
+// restart and possibly re-delivering records, the state is:
+//
+//   - durable: a small bbolt file in the state directory, written before
+//     the Peer Up's events are emitted (so before the forwarder can ack it);
+//   - versioned by spool sequence number: a Route Monitoring record is
+//     decoded with the newest Peer Up state older than itself, so records
+//     re-delivered after a crash decode as they did the first time even if
+//     a later Peer Up of the same peer changed its capabilities.
+
+// peerStateVersions bounds the history kept per peer.
+const peerStateVersions = 8
+
+// peerVersion is the negotiated state from one Peer Up.
+type peerVersion struct {
+	Seq uint64 `json:"seq"`
+	AS4 bool   `json:"as4"`
+	// Families (gobgp Family values) with Add-Path path ids, per RIB direction.
+	In     []uint32 `json:"in,omitempty"`      // Adj-RIB-In: peer sends, router receives
+	Out    []uint32 `json:"out,omitempty"`     // Adj-RIB-Out: router sends, peer receives
+	LocRIB []uint32 `json:"loc_rib,omitempty"` // Loc-RIB (RFC 9069): any Add-Path mention
+}
+
+type peerRecord struct {
+	Versions []peerVersion `json:"versions"`
+}
+
+// direction selects which Add-Path set applies to a message.
+type direction uint8
+
+const (
+	dirIn direction = iota
+	dirOut
+	dirLocRIB
+)
+
+func (v *peerVersion) options(dir direction, as2 bool) pathOptions {
+	var fams []uint32
+	switch dir {
+	case dirIn:
+		fams = v.In
+	case dirOut:
+		fams = v.Out
+	case dirLocRIB:
+		fams = v.LocRIB
+	}
+	o := pathOptions{as2: as2}
+	if len(fams) > 0 {
+		o.addPath = make(map[bgp.Family]bool, len(fams))
+		for _, f := range fams {
+			o.addPath[bgp.Family(f)] = true
+		}
+	}
+	return o
+}
+
+// negotiate derives a peer's state from the router's (sent) and the peer's
+// (received) OPEN. Add-Path applies router←peer when the peer may send and
+// the router may receive; router→peer (Adj-RIB-Out, RFC 8671) the reverse.
+func negotiate(seq uint64, sent, recv openCaps) peerVersion {
+	v := peerVersion{Seq: seq, AS4: sent.as4 && recv.as4}
+	fams := map[bgp.Family]bool{}
+	for f := range sent.addPath {
+		fams[f] = true
+	}
+	for f := range recv.addPath {
+		fams[f] = true
+	}
+	for f := range fams {
+		s, r := sent.addPath[f], recv.addPath[f]
+		if r&bgp.BGP_ADD_PATH_SEND != 0 && s&bgp.BGP_ADD_PATH_RECEIVE != 0 {
+			v.In = append(v.In, uint32(f))
+		}
+		if s&bgp.BGP_ADD_PATH_SEND != 0 && r&bgp.BGP_ADD_PATH_RECEIVE != 0 {
+			v.Out = append(v.Out, uint32(f))
+		}
+		if s != bgp.BGP_ADD_PATH_NONE || r != bgp.BGP_ADD_PATH_NONE {
+			v.LocRIB = append(v.LocRIB, uint32(f))
+		}
+	}
+	slices.Sort(v.In)
+	slices.Sort(v.Out)
+	slices.Sort(v.LocRIB)
+	return v
+}
+
+// peerStore holds the per-peer state, in memory and (with a directory) on disk.
+type peerStore struct {
+	mu    sync.Mutex
+	peers map[string]*peerRecord
+	db    *bolt.DB // nil: memory only
+}
+
+var peersBucket = []byte("peers")
+
+// peerStateFile is the state file's name inside the state directory.
+const peerStateFile = "bmp-peers.db"
+
+func openPeerStore(dir string) (*peerStore, error) {
+	s := &peerStore{peers: map[string]*peerRecord{}}
+	if dir == "" {
+		return s, nil
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("bmp peer state: %w", err)
+	}
+	db, err := bolt.Open(filepath.Join(dir, peerStateFile), 0o640, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("bmp peer state: open: %w", err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(peersBucket)
+		if err != nil {
+			return err
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var r peerRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return nil // an unreadable entry is dropped: its next Peer Up restores it
+			}
+			s.peers[string(k)] = &r
+			return nil
+		})
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("bmp peer state: load: %w", err)
+	}
+	s.db = db
+	return s, nil
+}
+
+func (s *peerStore) close() error {
+	if s.db == nil {
+		return nil
+	}
+	return s.db.Close()
+}
+
+func peerStoreKey(router string, k PeerKey) string {
+	return router + "|" + peerTypeName(k.Type) + "|" + hex.EncodeToString(k.Distinguisher[:]) + "|" + k.Address.String()
+}
+
+// lookup returns the state in force for a record with sequence seq (the
+// newest version older than seq; with seq 0, the newest).
+func (s *peerStore) lookup(key string, seq uint64) (peerVersion, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.peers[key]
+	if r == nil {
+		return peerVersion{}, false
+	}
+	for i := len(r.Versions) - 1; i >= 0; i-- {
+		if seq == 0 || r.Versions[i].Seq < seq {
+			return r.Versions[i], true
+		}
+	}
+	return peerVersion{}, false
+}
+
+// record stores a Peer Up's state, durably when a directory is configured.
+// A re-delivered Peer Up (same seq) replaces its earlier version.
+func (s *peerStore) record(key string, v peerVersion) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.peers[key]
+	if r == nil {
+		r = &peerRecord{}
+		s.peers[key] = r
+	}
+	i, found := slices.BinarySearchFunc(r.Versions, v.Seq, func(a peerVersion, seq uint64) int {
+		switch {
+		case a.Seq < seq:
+			return -1
+		case a.Seq > seq:
+			return 1
+		}
+		return 0
+	})
+	if found {
+		if equalVersion(r.Versions[i], v) {
+			return nil
+		}
+		r.Versions[i] = v
+	} else {
+		r.Versions = slices.Insert(r.Versions, i, v)
+		if len(r.Versions) > peerStateVersions {
+			r.Versions = r.Versions[len(r.Versions)-peerStateVersions:]
+		}
+	}
+	if s.db == nil {
+		return nil
+	}
+	val, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(peersBucket).Put([]byte(key), val)
+	})
+}
+
+func equalVersion(a, b peerVersion) bool {
+	return a.Seq == b.Seq && a.AS4 == b.AS4 && slices.Equal(a.In, b.In) && slices.Equal(a.Out, b.Out) && slices.Equal(a.LocRIB, b.LocRIB)
+}

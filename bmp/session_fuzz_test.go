@@ -1,0 +1,146 @@
+package bmp
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"path/filepath"
+	"testing"
+
+	"github.com/bgpedge/bgpedge/bmp/capture"
+	"github.com/bgpedge/bgpedge/internal/testenv"
+)
+
+// FuzzFramer feeds arbitrary byte streams, in arbitrary read sizes, through
+// the Framer the way a session drives it (batching while Buffered) and checks
+// it against a plain reference walk: same messages, same error reason, no
+// read while Buffered is true, and never a panic or an oversized allocation.
+// Seeds are the real captures, read from the shared data at fuzz time.
+func FuzzFramer(f *testing.F) {
+	dir := testenv.Shared(f, "bmpdata")
+	var files []string
+	for _, pattern := range []string{"raw/*", "pcap/*/*"} {
+		m, _ := filepath.Glob(filepath.Join(dir, pattern))
+		files = append(files, m...)
+	}
+	for _, file := range files {
+		streams, err := capture.Open(file)
+		if err != nil {
+			f.Fatalf("%s: %v", file, err)
+		}
+		for _, s := range streams {
+			data := s.Data
+			if len(data) > 64<<10 {
+				data = data[:64<<10] // the seed corpus stays small; the tail is truncated on purpose
+			}
+			f.Add(data, uint16(1460), uint32(4096))
+		}
+	}
+	f.Add([]byte{3, 0, 0, 0, 5, 0}, uint16(1), uint32(64))
+	f.Add([]byte{3, 0xff, 0xff, 0xff, 0xff, 0}, uint16(6), uint32(64))
+
+	f.Fuzz(func(t *testing.T, stream []byte, readSize uint16, maxMsg uint32) {
+		max := HeaderLen + int(maxMsg%(256<<10))
+		r := &checkedReader{data: stream, size: int(readSize)%8192 + 1}
+		fr := NewFramer(r, max, 0)
+		r.fr = fr
+
+		wantMsgs, wantReason := referenceWalk(stream, max)
+		var batch [][]byte
+		count := 0
+		var err error
+		flush := func() {
+			// The session appends the batch here: its slices must still hold
+			// the message bytes, even though earlier batches may be overwritten.
+			for i, m := range batch {
+				if count+i >= len(wantMsgs) || string(m) != string(wantMsgs[count+i]) {
+					t.Fatalf("message %d differs from the reference", count+i)
+				}
+			}
+			count += len(batch)
+			batch = batch[:0]
+		}
+	loop:
+		for {
+			var msg []byte
+			msg, err = fr.Next()
+			if err != nil {
+				break
+			}
+			batch = append(batch, msg)
+			for fr.Buffered() {
+				msg, err = fr.Next()
+				if err != nil {
+					break loop
+				}
+				batch = append(batch, msg)
+			}
+			flush()
+		}
+		flush()
+		if count != len(wantMsgs) {
+			t.Fatalf("framer returned %d messages, reference %d", count, len(wantMsgs))
+		}
+		var fe *FrameError
+		switch {
+		case errors.Is(err, io.EOF):
+			if wantReason != "" {
+				t.Fatalf("clean EOF, reference says %s", wantReason)
+			}
+		case errors.As(err, &fe):
+			if fe.Reason != wantReason {
+				t.Fatalf("reason %s, reference %s", fe.Reason, wantReason)
+			}
+		default:
+			t.Fatalf("unexpected error %v", err)
+		}
+		if r.readWhileBuffered {
+			t.Fatal("framer read from the socket while a whole message was buffered")
+		}
+	})
+}
+
+// referenceWalk frames a whole stream by its length fields, the obvious way.
+func referenceWalk(b []byte, max int) (msgs [][]byte, reason string) {
+	for len(b) > 0 {
+		if len(b) < HeaderLen {
+			return msgs, ReasonTruncated
+		}
+		if b[0] != 3 && b[0] != 4 {
+			return msgs, ReasonBadVersion
+		}
+		n := binary.BigEndian.Uint32(b[1:5])
+		switch {
+		case n < HeaderLen:
+			return msgs, ReasonShortLength
+		case uint64(n) > uint64(max):
+			return msgs, ReasonLongLength
+		case int(n) > len(b):
+			return msgs, ReasonTruncated
+		}
+		msgs = append(msgs, b[:n])
+		b = b[n:]
+	}
+	return msgs, ""
+}
+
+// checkedReader serves a stream in fixed-size reads and notes a read made
+// while the framer still had a whole message buffered.
+type checkedReader struct {
+	data              []byte
+	size              int
+	fr                *Framer
+	readWhileBuffered bool
+}
+
+func (r *checkedReader) Read(p []byte) (int, error) {
+	if r.fr != nil && r.fr.Buffered() {
+		r.readWhileBuffered = true
+	}
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), r.size)], r.data)
+	r.data = r.data[n:]
+	return n, nil
+}

@@ -1,0 +1,344 @@
+package buffer
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/bgpedge/bgpedge/record"
+)
+
+const fullDiskDirEnv = "BGPEDGE_BUFFER_FULLDISK_DIR"
+
+// TestFullDiskChild is the child of TestFullDisk. Under a lowered
+// RLIMIT_FSIZE (SIGXFSZ ignored, so writes fail with EFBIG) it appends until
+// Append fails, checks that every later append fails cleanly and that all
+// acknowledged records still read back, raises the limit (space returns) and
+// appends again, then fills up once more and closes. It reports like
+// TestCrashChild: "A first crc..." per acknowledged append.
+func TestFullDiskChild(t *testing.T) {
+	dir := os.Getenv(fullDiskDirEnv)
+	if dir == "" {
+		t.Skip("child process of TestFullDisk")
+	}
+	signal.Ignore(syscall.SIGXFSZ)
+	say := func(format string, args ...any) { fmt.Printf(format+"\n", args...) }
+	s, err := Open(Options{Dir: dir, SegmentBytes: 64 << 20})
+	if err != nil {
+		say("E open: %v", err)
+		return
+	}
+	rng := rand.New(rand.NewPCG(11, 11))
+	ctx := context.Background()
+	appendOne := func() error {
+		recs := testRecords(rng, 1+rng.IntN(20), 100+rng.IntN(4000))
+		first, err := s.Append(ctx, recs...)
+		if err != nil {
+			return err
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "A %d", first)
+		for _, r := range recs {
+			fmt.Fprintf(&b, " %d", crc32.ChecksumIEEE(r.Payload))
+		}
+		say("%s", b.String())
+		return nil
+	}
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+		say("E getrlimit: %v", err)
+		return
+	}
+	for round := 0; round < 2; round++ {
+		for i := 0; i < 20; i++ {
+			if err := appendOne(); err != nil {
+				say("E append before limit: %v", err)
+				return
+			}
+		}
+		st, err := os.Stat(s.segs[len(s.segs)-1].path)
+		if err != nil {
+			say("E stat: %v", err)
+			return
+		}
+		low := syscall.Rlimit{Cur: uint64(st.Size()) + 200<<10, Max: lim.Max}
+		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &low); err != nil {
+			say("E setrlimit: %v", err)
+			return
+		}
+		var full error
+		for i := 0; i < 10_000 && full == nil; i++ {
+			full = appendOne()
+		}
+		if !errors.Is(full, ErrFull) {
+			say("E append under the limit failed with %v, want ErrFull", full)
+			return
+		}
+		say("F %v", full)
+		// A smaller batch may still fit below the limit; anything else
+		// than success or ErrFull is a failure.
+		for i := 0; i < 5; i++ {
+			if err := appendOne(); err != nil && !errors.Is(err, ErrFull) {
+				say("E append while full: %v", err)
+				return
+			}
+		}
+		if n := len(readAll(t, s, 1)); n == 0 {
+			say("E nothing readable while full")
+			return
+		}
+		if round == 1 {
+			break // close while still full
+		}
+		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+			say("E setrlimit: %v", err)
+			return
+		}
+		if err := appendOne(); err != nil {
+			say("E append after space returned: %v", err)
+			return
+		}
+		say("R recovered")
+	}
+	if err := s.Close(); err != nil {
+		say("E close while full: %v", err)
+		return
+	}
+	say("D done")
+}
+
+// TestFullDisk shows a full disk (RLIMIT_FSIZE in a child process) makes
+// Append fail with ErrFull, loses and corrupts nothing acknowledged, and
+// that appends work again once space returns, in the same process and in a
+// new one.
+func TestFullDisk(t *testing.T) {
+	if os.Getenv(fullDiskDirEnv) != "" {
+		t.Skip("parent only")
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestFullDiskChild$", "-test.v=false")
+	cmd.Env = append(os.Environ(), fullDiskDirEnv+"="+dir)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	o := &crashOracle{crc: map[uint64]uint32{}}
+	var full, recovered, done bool
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "F "):
+			full = true
+			if !strings.Contains(line, "file too large") {
+				t.Errorf("full-disk error does not name the cause: %s", line)
+			}
+		case strings.HasPrefix(line, "R "):
+			recovered = true
+		case strings.HasPrefix(line, "D "):
+			done = true
+		}
+		o.consume(t, line)
+	}
+	if len(o.childErrs) > 0 || !full || !recovered || !done {
+		t.Fatalf("child errors %q; full %v recovered %v done %v\n%s", o.childErrs, full, recovered, done, out)
+	}
+	// No acks were made, so every acknowledged append must read back.
+	o.maxAck = 0
+	o.verify(t, dir, 0)
+	t.Logf("%d acknowledged records survived two full-disk episodes", len(o.crc))
+}
+
+// corruptSetup writes records over several small segments, closes the
+// spool, and returns the records and the path of a middle segment.
+func corruptSetup(t *testing.T, dir string) ([]record.Record, string) {
+	t.Helper()
+	s := openTest(t, Options{Dir: dir, SegmentBytes: 64 << 10})
+	rng := rand.New(rand.NewPCG(12, 12))
+	var all []record.Record
+	for i := 0; i < 60; i++ {
+		recs := testRecords(rng, 10, 500)
+		first, err := s.Append(context.Background(), recs...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j := range recs {
+			recs[j].Seq = first + uint64(j)
+		}
+		all = append(all, recs...)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	files, err := listSegments(dir)
+	if err != nil || len(files) < 4 {
+		t.Fatalf("%d segments, %v", len(files), err)
+	}
+	return all, files[1].path
+}
+
+func TestCorruptSegmentQuarantined(t *testing.T) {
+	tests := []struct {
+		name    string
+		corrupt func(t *testing.T, path string, recs []record.Record, first uint64)
+	}{
+		{"payload bytes", func(t *testing.T, path string, recs []record.Record, first uint64) {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			i := bytes.Index(b, recs[first+2-1].Payload)
+			if i < 0 {
+				t.Fatal("payload not found in segment")
+			}
+			writeAt(t, path, i+100, bytes.Repeat([]byte{0xff}, 16))
+		}},
+		{"both meta pages", func(t *testing.T, path string, _ []record.Record, _ uint64) {
+			writeAt(t, path, 0, make([]byte, 8192))
+		}},
+		{"truncated", func(t *testing.T, path string, _ []record.Record, _ uint64) {
+			st, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(path, st.Size()/2); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"every data page overwritten", func(t *testing.T, path string, _ []record.Record, _ uint64) {
+			st, err := os.Stat(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			junk := make([]byte, st.Size()-8192)
+			rng := rand.New(rand.NewPCG(1, 3))
+			for i := range junk {
+				junk[i] = byte(rng.Uint32())
+			}
+			writeAt(t, path, 8192, junk)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			all, path := corruptSetup(t, dir)
+			var lo, hi uint64 // the corrupted segment holds [lo, hi)
+			files, _ := listSegments(dir)
+			lo, hi = files[1].first, files[2].first
+			tt.corrupt(t, path, all, lo)
+
+			s := openTest(t, Options{Dir: dir, SegmentBytes: 64 << 10})
+			if _, err := os.Stat(path + quarantineSuffix); err != nil {
+				t.Fatalf("segment not moved aside: %v\n%s", err, s.logs)
+			}
+			if q := testutil.ToFloat64(s.m.quarantined); q != 1 {
+				t.Fatalf("quarantined counter %v", q)
+			}
+			if !strings.Contains(s.logs.String(), "spool segment quarantined") {
+				t.Fatalf("quarantine not logged:\n%s", s.logs)
+			}
+			got := readAll(t, s.Spool, 1)
+			if len(got) != len(all)-int(hi-lo) {
+				t.Fatalf("read %d records, want %d (all but %d..%d)", len(got), len(all)-int(hi-lo), lo, hi-1)
+			}
+			for _, r := range got {
+				if r.Seq >= lo && r.Seq < hi {
+					t.Fatalf("seq %d from the quarantined segment was read", r.Seq)
+				}
+				if err := sameRecord(r, all[r.Seq-1]); err != nil {
+					t.Fatalf("seq %d: %v", r.Seq, err)
+				}
+			}
+			first, err := s.Append(context.Background(), all[0])
+			if err != nil || first != uint64(len(all))+1 {
+				t.Fatalf("append after quarantine: %d, %v", first, err)
+			}
+			// Acks pass over the lost range.
+			if err := s.AckThrough(lo - 1); err != nil {
+				t.Fatal(err)
+			}
+			if f := s.FirstUnacked(); f != hi {
+				t.Fatalf("first unacked %d, want %d", f, hi)
+			}
+		})
+	}
+}
+
+// TestCorruptBlockFoundByRead damages a block while the spool is open:
+// Read skips it (counted and logged) and hands out everything else.
+func TestCorruptBlockFoundByRead(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, Options{Dir: dir, SegmentBytes: 64 << 10})
+	rng := rand.New(rand.NewPCG(13, 13))
+	var all []record.Record
+	for i := 0; i < 30; i++ {
+		recs := testRecords(rng, 10, 500)
+		if _, err := s.Append(context.Background(), recs...); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, recs...)
+	}
+	files, _ := listSegments(dir)
+	b, err := os.ReadFile(files[0].path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Records 11..20 are the second block of the first segment.
+	i := bytes.Index(b, all[14].Payload)
+	if i < 0 {
+		t.Fatal("payload not found")
+	}
+	writeAt(t, files[0].path, i+10, []byte("corrupted"))
+	got := readAll(t, s.Spool, 1)
+	if len(got) != len(all)-10 {
+		t.Fatalf("read %d records, want %d", len(got), len(all)-10)
+	}
+	for _, r := range got {
+		if r.Seq >= 11 && r.Seq <= 20 {
+			t.Fatalf("seq %d of the damaged block was returned", r.Seq)
+		}
+		if err := sameRecord(r, all[r.Seq-1]); err != nil {
+			t.Fatalf("seq %d: %v", r.Seq, err)
+		}
+	}
+	if d := testutil.ToFloat64(s.m.dropped.WithLabelValues(dropCorrupt)); d != 10 {
+		t.Fatalf("dropped{corrupt} = %v, want 10", d)
+	}
+	if !strings.Contains(s.logs.String(), "spool block unreadable") {
+		t.Fatalf("not logged:\n%s", s.logs)
+	}
+	if err := s.AckThrough(10); err != nil {
+		t.Fatal(err)
+	}
+	if f := s.FirstUnacked(); f != 21 {
+		t.Fatalf("first unacked %d, want 21 (the damaged block counts as gone)", f)
+	}
+}
+
+func writeAt(t *testing.T, path string, off int, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, int64(off)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var _ = filepath.Join

@@ -1,0 +1,291 @@
+package buffer
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+const (
+	segPrefix        = "seg-"
+	segSuffix        = ".db"
+	quarantineSuffix = ".quarantined"
+	tmpSuffix        = ".tmp"
+)
+
+// Bucket and key names; functions because bbolt wants []byte and package
+// state must not be mutable.
+func bucketBlocks() []byte { return []byte("blocks") }
+func bucketMeta() []byte   { return []byte("meta") }
+func keyAcked() []byte     { return []byte("acked") }
+func keyData() []byte      { return []byte{0} }
+
+// Each block lives in its own nested bucket blocks/<first seq>, as the only
+// value (key 0). bbolt rewrites a whole leaf, values included, whenever a key
+// is added to it, and never splits a leaf of four keys or fewer: with blocks
+// stored inline every commit would rewrite the last three blocks again (a
+// measured 3-4x write amplification). A nested bucket's pages are written
+// once; only the small parent leaf of bucket headers is rewritten.
+func putBlock(b *bolt.Bucket, first uint64, value []byte) error {
+	sub, err := b.CreateBucket(seqKey(first))
+	if err != nil {
+		return err
+	}
+	return sub.Put(keyData(), value)
+}
+
+// blockValue returns the block stored under key k (valid inside the tx).
+func blockValue(b *bolt.Bucket, k []byte) ([]byte, error) {
+	sub := b.Bucket(k)
+	if sub == nil {
+		return nil, fmt.Errorf("block %x is not a bucket: %w", k, ErrCorrupt)
+	}
+	v := sub.Get(keyData())
+	if v == nil {
+		return nil, fmt.Errorf("block %x has no data: %w", k, ErrCorrupt)
+	}
+	return v, nil
+}
+
+// segment is one bbolt file holding the consecutive seqs [first, end).
+// first is also in the file name, so an empty segment still records the
+// next seq to hand out after a restart.
+type segment struct {
+	first     uint64
+	end       uint64
+	path      string
+	db        *bolt.DB
+	size      int64     // bytes on disk
+	lastWrite time.Time // last commit, for max_age
+}
+
+func segmentName(first uint64) string {
+	return fmt.Sprintf("%s%020d%s", segPrefix, first, segSuffix)
+}
+
+type segFile struct {
+	first uint64
+	path  string
+}
+
+// listSegments returns the segment files in dir in seq order.
+func listSegments(dir string) ([]segFile, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("list spool dir: %w", err)
+	}
+	var out []segFile
+	for _, e := range ents {
+		n := e.Name()
+		if !strings.HasPrefix(n, segPrefix) || !strings.HasSuffix(n, segSuffix) || !e.Type().IsRegular() {
+			continue
+		}
+		first, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(n, segPrefix), segSuffix), 10, 64)
+		if err != nil || first == 0 {
+			continue
+		}
+		out = append(out, segFile{first: first, path: filepath.Join(dir, n)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].first < out[j].first })
+	return out, nil
+}
+
+func boltOptions(readOnly bool) *bolt.Options {
+	return &bolt.Options{
+		// The directory lock already excludes other processes; this only
+		// turns an unexpected second opener into an error instead of a hang.
+		Timeout:        time.Second,
+		FreelistType:   bolt.FreelistMapType,
+		NoFreelistSync: true,
+		// Without the truncate-and-fsync on growth the file grows by its own
+		// writes; fdatasync on commit persists the new size, and the file
+		// size stays the true on-disk footprint.
+		NoGrowSync: true,
+		ReadOnly:   readOnly,
+	}
+}
+
+// segmentInfo is what verification learns about a segment file.
+type segmentInfo struct {
+	end   uint64
+	acked uint64
+}
+
+// openSegment opens and fully verifies a segment: every block key is in
+// sequence and every chunk's CRC matches. Verifying everything costs one read
+// of the backlog at start-up; in exchange a segment is either fully readable
+// or quarantined, and a crash can never leave a half-readable segment behind.
+func openSegment(sf segFile, readOnly bool) (*segment, segmentInfo, error) {
+	db, err := safeOpen(sf.path, readOnly)
+	if err != nil {
+		return nil, segmentInfo{}, fmt.Errorf("open segment %s: %w", filepath.Base(sf.path), err)
+	}
+	info, err := verifySegment(db, sf.first)
+	if err != nil {
+		_ = db.Close()
+		return nil, segmentInfo{}, fmt.Errorf("verify segment %s: %w", filepath.Base(sf.path), err)
+	}
+	st, err := os.Stat(sf.path)
+	if err != nil {
+		_ = db.Close()
+		return nil, segmentInfo{}, fmt.Errorf("stat segment: %w", err)
+	}
+	return &segment{first: sf.first, end: info.end, path: sf.path, db: db, size: st.Size(), lastWrite: st.ModTime()}, info, nil
+}
+
+func verifySegment(db *bolt.DB, first uint64) (segmentInfo, error) {
+	info := segmentInfo{end: first}
+	err := safeView(db, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketBlocks())
+		m := tx.Bucket(bucketMeta())
+		if b == nil || m == nil {
+			return fmt.Errorf("missing buckets: %w", ErrCorrupt)
+		}
+		if v := m.Get(keyAcked()); v != nil {
+			if len(v) != 8 {
+				return fmt.Errorf("bad acked watermark: %w", ErrCorrupt)
+			}
+			info.acked = binary.BigEndian.Uint64(v)
+		}
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			if len(k) != 8 {
+				return fmt.Errorf("bad block key %x: %w", k, ErrCorrupt)
+			}
+			if seq := binary.BigEndian.Uint64(k); seq != info.end {
+				return fmt.Errorf("block key %d, want %d: %w", seq, info.end, ErrCorrupt)
+			}
+			v, err := blockValue(b, k)
+			if err != nil {
+				return err
+			}
+			n, err := verifyBlock(v)
+			if err != nil {
+				return fmt.Errorf("block %d: %w", info.end, err)
+			}
+			info.end += uint64(n)
+		}
+		return nil
+	})
+	return info, err
+}
+
+// errPanic marks a panic inside bbolt, which is how it reports many kinds of
+// page corruption.
+var errPanic = errors.New("bbolt panicked reading the file")
+
+// safeView runs fn in a read transaction, turning panics and memory faults
+// (bbolt reads through mmap) into errors.
+func safeView(db *bolt.DB, fn func(*bolt.Tx) error) (err error) {
+	prev := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(prev)
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v: %w", errPanic, r, ErrCorrupt)
+		}
+	}()
+	return db.View(fn)
+}
+
+// safeOpen opens a bbolt file, turning panics and memory faults into errors:
+// without a synced free list bbolt walks every page while opening.
+func safeOpen(path string, readOnly bool) (db *bolt.DB, err error) {
+	prev := debug.SetPanicOnFault(true)
+	defer func() {
+		debug.SetPanicOnFault(prev)
+		if r := recover(); r != nil {
+			db, err = nil, fmt.Errorf("%w: %v: %w", errPanic, r, ErrCorrupt)
+		}
+	}()
+	return bolt.Open(path, 0o640, boltOptions(readOnly))
+}
+
+// createSegment makes a new empty segment starting at first. It is built
+// under a temporary name and renamed into place, so a crash never leaves a
+// half-initialised segment behind; the directory is synced so the file
+// survives power loss.
+func createSegment(dir string, first, acked uint64) (*segment, error) {
+	path := filepath.Join(dir, segmentName(first))
+	tmp := path + tmpSuffix
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale segment: %w", err)
+	}
+	db, err := bolt.Open(tmp, 0o640, boltOptions(false))
+	if err != nil {
+		_ = os.Remove(tmp)
+		return nil, fmt.Errorf("create segment: %w", err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		if _, err := tx.CreateBucketIfNotExists(bucketBlocks()); err != nil {
+			return err
+		}
+		m, err := tx.CreateBucketIfNotExists(bucketMeta())
+		if err != nil {
+			return err
+		}
+		return m.Put(keyAcked(), binary.BigEndian.AppendUint64(nil, acked))
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err == nil {
+		// Reopened under its final name, which bbolt puts in its errors.
+		db, err = bolt.Open(path, 0o640, boltOptions(false))
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		_ = os.Remove(path)
+		return nil, fmt.Errorf("create segment: %w", err)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("stat segment: %w", err)
+	}
+	return &segment{first: first, end: first, path: path, db: db, size: st.Size(), lastWrite: time.Now()}, nil
+}
+
+// removeTemps deletes segments whose creation was interrupted.
+func removeTemps(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("list spool dir: %w", err)
+	}
+	for _, e := range ents {
+		if n := e.Name(); strings.HasPrefix(n, segPrefix) && strings.HasSuffix(n, tmpSuffix) {
+			if err := os.Remove(filepath.Join(dir, n)); err != nil {
+				return fmt.Errorf("remove interrupted segment: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync dir: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync dir: %w", err)
+	}
+	return nil
+}
+
+func seqKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(make([]byte, 0, 8), seq) }

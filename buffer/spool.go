@@ -1,0 +1,1053 @@
+package buffer
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/bgpedge/bgpedge/record"
+)
+
+// Sentinel errors.
+var (
+	// ErrClosed is returned by Append and Read once Close has been called.
+	ErrClosed = errors.New("spool closed")
+	// ErrFull wraps commit failures caused by a full disk (ENOSPC, EDQUOT) or
+	// a file size limit (EFBIG). Nothing was written; callers back off and retry.
+	ErrFull = errors.New("spool disk full")
+	// ErrInUse means another process holds the spool directory.
+	ErrInUse = errors.New("spool in use by another process")
+	// ErrReadOnly is returned by Append and Ack on a spool opened read-only.
+	ErrReadOnly = errors.New("spool opened read-only")
+	// ErrTooLarge is returned when one Append call exceeds 1 GiB encoded.
+	ErrTooLarge = errors.New("records too large for one append")
+	// ErrUnknownSeq is returned when acknowledging a seq not yet appended.
+	ErrUnknownSeq = errors.New("seq not yet appended")
+)
+
+type appendReq struct {
+	chunk []byte
+	n     int
+	done  chan appendResult
+}
+
+type appendResult struct {
+	first uint64
+	err   error
+}
+
+// seqRange is an inclusive range of seqs.
+type seqRange struct{ lo, hi uint64 }
+
+// Spool is the durable, segmented write-ahead buffer. All methods are safe
+// for concurrent use.
+type Spool struct {
+	opts     Options
+	log      *slog.Logger
+	m        *metrics
+	lockFile *os.File
+
+	reqs       chan *appendReq // unbuffered: a send succeeds only if the writer takes it
+	kick       chan struct{}
+	stop       chan struct{}
+	writerDone chan struct{}
+	waiting    atomic.Int64 // appenders past the capacity check, not yet taken by the writer
+	reqPool    sync.Pool
+	closeOnce  sync.Once
+	closeErr   error
+
+	// Owned by the writer goroutine.
+	wbuf      []byte
+	persisted uint64 // acked watermark known to be durable
+	failing   bool   // last commit failed; log the recovery once
+	timer     *time.Timer
+
+	mu      sync.Mutex
+	segs    []*segment // in seq order; the last one is the active segment
+	next    uint64     // next seq to hand out
+	acked   uint64     // every seq ≤ acked is acknowledged (or gone)
+	pending []seqRange // acknowledged ranges above acked+1, sorted, disjoint
+	bad     []seqRange // unreadable blocks found by Read, skipped
+	bytes   int64
+	closed  bool
+	dataCh  chan struct{} // closed and replaced after each commit
+	spaceCh chan struct{} // closed and replaced when bytes shrink
+
+	cacheMu sync.Mutex
+	cache   blockCache
+}
+
+// blockCache keeps the last partially read block decoded, so a reader asking
+// for fewer records than a block holds does not copy and decode it again.
+type blockCache struct {
+	seg   *segment
+	first uint64
+	recs  []record.Record
+}
+
+// Stats is a snapshot of the spool.
+type Stats struct {
+	Records      uint64    // unacknowledged records
+	Bytes        int64     // segment files on disk
+	Segments     int       // segment files in use
+	FirstSeq     uint64    // first unacknowledged seq (0 if none)
+	LastSeq      uint64    // last seq handed out (0 if none ever)
+	AckedThrough uint64    // contiguous acknowledgement watermark
+	OldestTime   time.Time // receive time of the first unacknowledged record (zero if none)
+}
+
+// Open opens (or creates) the spool in opts.Dir, verifies every segment and
+// quarantines the ones that fail, and starts the writer.
+func Open(opts Options) (*Spool, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if !opts.ReadOnly {
+		if err := os.MkdirAll(opts.Dir, 0o750); err != nil {
+			return nil, fmt.Errorf("buffer: create dir: %w", err)
+		}
+	}
+	lf, err := lockDir(opts.Dir, opts.ReadOnly)
+	if err != nil {
+		return nil, fmt.Errorf("buffer: %w", err)
+	}
+	s := &Spool{
+		opts:       opts,
+		log:        opts.Logger,
+		lockFile:   lf,
+		reqs:       make(chan *appendReq),
+		kick:       make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+		writerDone: make(chan struct{}),
+		dataCh:     make(chan struct{}),
+		spaceCh:    make(chan struct{}),
+		timer:      time.NewTimer(time.Hour),
+	}
+	s.timer.Stop()
+	s.reqPool.New = func() any { return &appendReq{done: make(chan appendResult, 1)} }
+	s.m = newMetrics()
+	if err := s.load(); err != nil {
+		s.closeFiles()
+		return nil, fmt.Errorf("buffer: %w", err)
+	}
+	if err := s.m.register(s, opts.Registerer); err != nil {
+		s.closeFiles()
+		return nil, fmt.Errorf("buffer: %w", err)
+	}
+	if opts.ReadOnly {
+		close(s.writerDone)
+	} else {
+		go s.writer()
+	}
+	st := s.counts()
+	s.log.Info("spool opened", "dir", opts.Dir, "segments", st.Segments, "bytes", st.Bytes,
+		"records", st.Records, "first_seq", st.FirstSeq, "next_seq", s.next)
+	return s, nil
+}
+
+func (s *Spool) load() error {
+	if !s.opts.ReadOnly {
+		if err := removeTemps(s.opts.Dir); err != nil {
+			return err
+		}
+	}
+	files, err := listSegments(s.opts.Dir)
+	if err != nil {
+		return err
+	}
+	// lastEnd is where the last good segment ends; qFloor bounds the seqs of
+	// a quarantined segment after it.
+	lastEnd, qFloor := uint64(1), uint64(0)
+	for _, f := range files {
+		if f.first < lastEnd {
+			s.quarantine(f.path, fmt.Errorf("starts at seq %d inside the previous segment (ends before %d): %w", f.first, lastEnd, ErrCorrupt))
+			continue
+		}
+		seg, info, err := openSegment(f, s.opts.ReadOnly)
+		if err != nil {
+			if errors.Is(err, bolt.ErrTimeout) {
+				return fmt.Errorf("%s: %w", f.path, ErrInUse)
+			}
+			// Seqs in an unreadable segment must never be handed out again: a
+			// record takes at least one byte on disk, so first+size is past
+			// every seq it could hold.
+			if st, serr := os.Stat(f.path); serr == nil {
+				qFloor = max(qFloor, f.first+uint64(st.Size()))
+			}
+			s.quarantine(f.path, err)
+			continue
+		}
+		s.acked = max(s.acked, info.acked)
+		s.segs = append(s.segs, seg)
+		s.bytes += seg.size
+		lastEnd, qFloor = seg.end, 0
+	}
+	floor := max(lastEnd, qFloor)
+	s.next = floor
+	if s.opts.ReadOnly {
+		s.advanceLocked()
+		return nil
+	}
+	if len(s.segs) == 0 || s.segs[len(s.segs)-1].end < floor {
+		seg, err := createSegment(s.opts.Dir, floor, s.acked)
+		if err != nil {
+			return err
+		}
+		s.segs = append(s.segs, seg)
+		s.bytes += seg.size
+	}
+	s.persisted = s.acked
+	for len(s.segs) > 1 && s.segs[0].end-1 <= s.acked {
+		seg := s.segs[0]
+		s.segs = s.segs[1:]
+		s.bytes -= seg.size
+		s.closeAndRemove(seg)
+	}
+	s.advanceLocked()
+	return nil
+}
+
+// quarantine renames an unusable segment file aside and reports it.
+func (s *Spool) quarantine(path string, cause error) {
+	if s.opts.ReadOnly {
+		s.log.Error("spool segment failed verification (read-only: left in place)", "segment", filepath.Base(path), "err", cause)
+		return
+	}
+	dst := path + quarantineSuffix
+	if _, err := os.Stat(dst); err == nil {
+		dst = fmt.Sprintf("%s.%d%s", path, time.Now().UnixNano(), quarantineSuffix)
+	}
+	s.m.quarantined.Inc()
+	if err := os.Rename(path, dst); err != nil {
+		s.log.Error("spool segment failed verification and could not be moved aside", "segment", filepath.Base(path), "err", cause, "rename_err", err)
+		return
+	}
+	_ = syncDir(s.opts.Dir)
+	s.log.Error("spool segment quarantined", "segment", filepath.Base(path), "moved_to", filepath.Base(dst), "err", cause)
+}
+
+// Append makes recs durable and returns the seq of the first; the others
+// follow in order. It blocks while the spool is full under policy block.
+// If it returns an error, none of recs was stored.
+func (s *Spool) Append(ctx context.Context, recs ...record.Record) (uint64, error) {
+	if s.opts.ReadOnly {
+		return 0, ErrReadOnly
+	}
+	select {
+	case <-s.stop:
+		return 0, ErrClosed
+	default:
+	}
+	if len(recs) == 0 {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.next, nil
+	}
+	start := time.Now()
+	if err := s.waitSpace(ctx); err != nil {
+		return 0, err
+	}
+	s.waiting.Add(1)
+	req := s.reqPool.Get().(*appendReq)
+	var err error
+	if req.chunk, err = appendChunk(req.chunk[:0], recs); err != nil {
+		s.waiting.Add(-1)
+		s.putReq(req)
+		return 0, fmt.Errorf("buffer: append: %w", err)
+	}
+	req.n = len(recs)
+	select {
+	case s.reqs <- req:
+	case <-ctx.Done():
+		s.waiting.Add(-1)
+		s.putReq(req)
+		return 0, ctx.Err()
+	case <-s.stop:
+		s.waiting.Add(-1)
+		s.putReq(req)
+		return 0, ErrClosed
+	}
+	// Once the writer has the records they may become durable, so the caller
+	// waits for the outcome rather than its context.
+	res := <-req.done
+	s.putReq(req)
+	s.m.appendDuration.Observe(time.Since(start).Seconds())
+	return res.first, res.err
+}
+
+func (s *Spool) putReq(r *appendReq) {
+	if cap(r.chunk) > 2*s.opts.BatchBytes {
+		r.chunk = nil
+	}
+	s.reqPool.Put(r)
+}
+
+// waitSpace implements policy block: wait while the disk budget is used up.
+func (s *Spool) waitSpace(ctx context.Context) error {
+	if s.opts.Policy != PolicyBlock || s.opts.MaxBytes <= 0 {
+		return nil
+	}
+	counted := false
+	for {
+		s.mu.Lock()
+		if s.bytes < s.opts.MaxBytes {
+			s.mu.Unlock()
+			return nil
+		}
+		ch := s.spaceCh
+		s.maybeKickLocked()
+		s.mu.Unlock()
+		if !counted {
+			s.m.blocked.Inc()
+			counted = true
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.stop:
+			return ErrClosed
+		}
+	}
+}
+
+func (s *Spool) writer() {
+	defer close(s.writerDone)
+	period := time.Second
+	if s.opts.MaxAge > 0 {
+		period = min(period, max(s.opts.MaxAge/4, 10*time.Millisecond))
+	}
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	batch := make([]*appendReq, 0, 256)
+	for {
+		select {
+		case r := <-s.reqs:
+			s.waiting.Add(-1)
+			batch = s.gather(append(batch[:0], r))
+			s.commit(batch)
+			clear(batch)
+		case <-s.kick:
+			s.maintain(false)
+		case <-tick.C:
+			s.maintain(true)
+		case <-s.stop:
+			for {
+				select {
+				case r := <-s.reqs:
+					s.waiting.Add(-1)
+					s.commit([]*appendReq{r})
+					continue
+				default:
+				}
+				break
+			}
+			s.mu.Lock()
+			acked := s.acked
+			s.mu.Unlock()
+			s.persistAcked(acked)
+			return
+		}
+	}
+}
+
+// gather coalesces concurrent appenders into one commit. It waits (at most
+// MaxDelay) only while other appenders are known to be on their way, so a
+// lone appender pays no delay.
+func (s *Spool) gather(batch []*appendReq) []*appendReq {
+	n, size := batch[0].n, len(batch[0].chunk)
+	var deadline time.Time
+loop:
+	for n < s.opts.BatchRecords && size < s.opts.BatchBytes {
+		select {
+		case r := <-s.reqs:
+			s.waiting.Add(-1)
+			batch = append(batch, r)
+			n, size = n+r.n, size+len(r.chunk)
+			continue
+		default:
+		}
+		if s.opts.MaxDelay <= 0 || s.waiting.Load() <= 0 {
+			break
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(s.opts.MaxDelay)
+		}
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			break
+		}
+		s.timer.Reset(wait)
+		select {
+		case r := <-s.reqs:
+			s.timer.Stop()
+			s.waiting.Add(-1)
+			batch = append(batch, r)
+			n, size = n+r.n, size+len(r.chunk)
+		case <-s.timer.C:
+			break loop
+		}
+	}
+	return batch
+}
+
+func (s *Spool) commit(batch []*appendReq) {
+	n := 0
+	for _, r := range batch {
+		n += r.n
+	}
+	var value []byte
+	if len(batch) == 1 {
+		value = batch[0].chunk
+	} else {
+		s.wbuf = s.wbuf[:0]
+		for _, r := range batch {
+			s.wbuf = append(s.wbuf, r.chunk...)
+		}
+		value = s.wbuf
+	}
+	start := time.Now()
+	first, err := s.write(value, n)
+	if err != nil {
+		reason := "io"
+		if errors.Is(err, ErrFull) {
+			reason = "full"
+		}
+		s.m.commitErrors.WithLabelValues(reason).Inc()
+		if !s.failing {
+			s.log.Error("spool commit failed; appends fail until it succeeds again", "reason", reason, "err", err)
+			s.failing = true
+		}
+		err = fmt.Errorf("buffer: commit: %w", err)
+		for _, r := range batch {
+			r.done <- appendResult{err: err}
+		}
+		return
+	}
+	if s.failing {
+		s.log.Info("spool commits succeed again")
+		s.failing = false
+	}
+	s.m.commitDuration.Observe(time.Since(start).Seconds())
+	s.m.batchRecords.Observe(float64(n))
+	s.m.appended.Add(float64(n))
+	seq := first
+	for _, r := range batch {
+		n := uint64(r.n) // r belongs to its appender again once answered
+		r.done <- appendResult{first: seq}
+		seq += n
+	}
+	if cap(s.wbuf) > 2*s.opts.BatchBytes {
+		s.wbuf = nil
+	}
+	s.mu.Lock()
+	act := s.segs[len(s.segs)-1]
+	rotate := act.size >= s.opts.SegmentBytes && act.end > act.first
+	s.mu.Unlock()
+	if rotate {
+		_ = s.rotate()
+	}
+	s.maintain(false)
+}
+
+// write stores one block in the active segment.
+func (s *Spool) write(value []byte, n int) (uint64, error) {
+	s.mu.Lock()
+	seg := s.segs[len(s.segs)-1]
+	first, acked := s.next, s.acked
+	s.mu.Unlock()
+	err := update(seg.db, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketBlocks())
+		// Keys only ever grow: full pages waste no space.
+		b.FillPercent = 1
+		if err := putBlock(b, first, value); err != nil {
+			return err
+		}
+		if acked > s.persisted {
+			return tx.Bucket(bucketMeta()).Put(keyAcked(), binary.BigEndian.AppendUint64(nil, acked))
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, classify(err)
+	}
+	if acked > s.persisted {
+		s.persisted = acked
+	}
+	size := seg.size
+	if st, err := os.Stat(seg.path); err == nil {
+		size = st.Size()
+	}
+	now := time.Now()
+	s.mu.Lock()
+	s.next = first + uint64(n)
+	seg.end = s.next
+	s.bytes += size - seg.size
+	seg.size = size
+	seg.lastWrite = now
+	close(s.dataCh)
+	s.dataCh = make(chan struct{})
+	s.mu.Unlock()
+	return first, nil
+}
+
+// update runs fn in a write transaction. bbolt rolls back a failed commit
+// itself (and rebuilds its free list), so the file stays as it was before.
+func update(db *bolt.DB, fn func(*bolt.Tx) error) (err error) {
+	tx, err := db.Begin(true)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			func() {
+				defer func() { _ = recover() }()
+				_ = tx.Rollback()
+			}()
+			err = fmt.Errorf("%w: %v: %w", errPanic, r, ErrCorrupt)
+		}
+	}()
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+func classify(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EFBIG) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: %w", ErrFull, err)
+	}
+	return err
+}
+
+// maintain runs in the writer: it persists the ack watermark, deletes fully
+// acknowledged segments and enforces capacity and age.
+func (s *Spool) maintain(tick bool) {
+	s.mu.Lock()
+	acked := s.acked
+	act := s.segs[len(s.segs)-1]
+	activeAcked := act.end > act.first && act.end-1 <= acked
+	over := s.opts.MaxBytes > 0 && s.bytes >= s.opts.MaxBytes
+	deletable := len(s.segs) > 1 && s.segs[0].end-1 <= acked
+	s.mu.Unlock()
+	// Under pressure a fully acknowledged active segment is rotated so it can
+	// be deleted; otherwise a budget smaller than a segment could deadlock.
+	if over && activeAcked && s.rotate() == nil {
+		deletable = true
+	}
+	if deletable || tick {
+		s.persistAcked(acked)
+	}
+	s.deleteAcked()
+	if s.opts.Policy == PolicyDropOldest && s.opts.MaxBytes > 0 {
+		s.enforce(dropCapacity, func(seg *segment) bool { return s.bytes > s.opts.MaxBytes })
+	}
+	if tick && s.opts.MaxAge > 0 {
+		cutoff := time.Now().Add(-s.opts.MaxAge)
+		s.enforce(dropAge, func(seg *segment) bool { return seg.end > seg.first && seg.lastWrite.Before(cutoff) })
+	}
+}
+
+// persistAcked makes the watermark durable in the active segment. Deleting
+// a segment waits for this, so an acknowledged and deleted segment can never
+// come back as unacknowledged, even if its unlink is lost to a power cut.
+func (s *Spool) persistAcked(acked uint64) {
+	if acked <= s.persisted {
+		return
+	}
+	s.mu.Lock()
+	seg := s.segs[len(s.segs)-1]
+	s.mu.Unlock()
+	err := update(seg.db, func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta()).Put(keyAcked(), binary.BigEndian.AppendUint64(nil, acked))
+	})
+	if err != nil {
+		s.log.Debug("spool could not persist ack watermark", "err", err)
+		return
+	}
+	s.persisted = acked
+}
+
+func (s *Spool) deleteAcked() {
+	for {
+		s.mu.Lock()
+		if len(s.segs) < 2 {
+			s.mu.Unlock()
+			return
+		}
+		seg := s.segs[0]
+		if seg.end > seg.first && seg.end-1 > s.persisted {
+			s.mu.Unlock()
+			return
+		}
+		s.segs = s.segs[1:]
+		s.bytes -= seg.size
+		s.spaceFreedLocked()
+		s.mu.Unlock()
+		s.closeAndRemove(seg)
+	}
+}
+
+// enforce drops oldest segments while cond holds for the oldest one,
+// rotating the active segment first when it is the only one.
+func (s *Spool) enforce(reason string, cond func(oldest *segment) bool) {
+	for {
+		s.mu.Lock()
+		seg := s.segs[0]
+		if !cond(seg) {
+			s.mu.Unlock()
+			return
+		}
+		if len(s.segs) == 1 {
+			s.mu.Unlock()
+			if seg.end == seg.first || s.rotate() != nil {
+				return
+			}
+			continue
+		}
+		s.segs = s.segs[1:]
+		s.bytes -= seg.size
+		lo := max(seg.first, s.acked+1)
+		var lost uint64
+		if seg.end > lo {
+			lost = seg.end - lo
+			for _, p := range s.pending {
+				if p.lo >= lo && p.hi < seg.end {
+					lost -= p.hi - p.lo + 1
+				}
+			}
+			s.acked = seg.end - 1
+		}
+		s.advanceLocked()
+		s.spaceFreedLocked()
+		s.mu.Unlock()
+		if lost > 0 {
+			s.m.dropped.WithLabelValues(reason).Add(float64(lost))
+			s.log.Warn("spool dropped unacknowledged records", "reason", reason,
+				"first_seq", lo, "last_seq", seg.end-1, "records", lost, "segment", filepath.Base(seg.path))
+		}
+		s.closeAndRemove(seg)
+	}
+}
+
+func (s *Spool) rotate() error {
+	s.mu.Lock()
+	next, acked := s.next, s.acked
+	act := s.segs[len(s.segs)-1]
+	s.mu.Unlock()
+	if act.first == next {
+		return nil
+	}
+	seg, err := createSegment(s.opts.Dir, next, acked)
+	if err != nil {
+		s.log.Warn("spool could not start a new segment; the active one keeps growing", "err", err)
+		return err
+	}
+	s.persisted = max(s.persisted, acked)
+	s.mu.Lock()
+	s.segs = append(s.segs, seg)
+	s.bytes += seg.size
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *Spool) closeAndRemove(seg *segment) {
+	s.cacheMu.Lock()
+	if s.cache.seg == seg {
+		s.cache = blockCache{}
+	}
+	s.cacheMu.Unlock()
+	// Close waits for read transactions still running on the file.
+	_ = seg.db.Close()
+	if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("spool could not delete segment", "segment", filepath.Base(seg.path), "err", err)
+	}
+}
+
+func (s *Spool) spaceFreedLocked() {
+	close(s.spaceCh)
+	s.spaceCh = make(chan struct{})
+}
+
+// maybeKickLocked wakes the writer when acknowledgements let it delete a
+// segment or, under pressure, rotate a fully acknowledged active one.
+func (s *Spool) maybeKickLocked() {
+	if s.opts.ReadOnly {
+		return
+	}
+	act := s.segs[len(s.segs)-1]
+	if (len(s.segs) > 1 && s.segs[0].end-1 <= s.acked) ||
+		(s.opts.MaxBytes > 0 && s.bytes >= s.opts.MaxBytes && act.end > act.first && act.end-1 <= s.acked) {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// AckThrough acknowledges every seq ≤ seq.
+func (s *Spool) AckThrough(seq uint64) error {
+	if s.opts.ReadOnly {
+		return ErrReadOnly
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if seq >= s.next {
+		return fmt.Errorf("buffer: ack through %d (next is %d): %w", seq, s.next, ErrUnknownSeq)
+	}
+	if seq <= s.acked {
+		return nil
+	}
+	s.acked = seq
+	s.advanceLocked()
+	s.maybeKickLocked()
+	return nil
+}
+
+// Ack acknowledges one seq. Out-of-order acks are remembered in memory until
+// the gap below them closes; after a restart they are delivered again.
+func (s *Spool) Ack(seq uint64) error {
+	if s.opts.ReadOnly {
+		return ErrReadOnly
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if seq == 0 || seq >= s.next {
+		return fmt.Errorf("buffer: ack %d (next is %d): %w", seq, s.next, ErrUnknownSeq)
+	}
+	if seq <= s.acked {
+		return nil
+	}
+	s.pending = insertRange(s.pending, seqRange{seq, seq})
+	s.advanceLocked()
+	s.maybeKickLocked()
+	return nil
+}
+
+// insertRange adds r to a sorted list of disjoint ranges, merging neighbours.
+func insertRange(rs []seqRange, r seqRange) []seqRange {
+	i := sort.Search(len(rs), func(i int) bool { return rs[i].hi+1 >= r.lo })
+	j := i
+	for j < len(rs) && rs[j].lo <= r.hi+1 {
+		r.lo = min(r.lo, rs[j].lo)
+		r.hi = max(r.hi, rs[j].hi)
+		j++
+	}
+	if i == j {
+		rs = append(rs, seqRange{})
+		copy(rs[i+1:], rs[i:])
+		rs[i] = r
+		return rs
+	}
+	rs[i] = r
+	return append(rs[:i+1], rs[j:]...)
+}
+
+// advanceLocked moves the watermark over acknowledged ranges and over seqs
+// that no longer exist (deleted, dropped or quarantined).
+func (s *Spool) advanceLocked() {
+	for {
+		for len(s.pending) > 0 && s.pending[0].lo <= s.acked+1 {
+			s.acked = max(s.acked, s.pending[0].hi)
+			s.pending = s.pending[1:]
+		}
+		f := s.acked + 1
+		moved := false
+		for _, seg := range s.segs {
+			if seg.end <= f {
+				continue
+			}
+			if seg.first > f {
+				s.acked = seg.first - 1
+				moved = true
+			}
+			break
+		}
+		if !moved {
+			return
+		}
+	}
+}
+
+// FirstUnacked is the lowest seq not yet acknowledged; where a forwarder
+// starts reading after a restart.
+func (s *Spool) FirstUnacked() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.advanceLocked()
+	return s.acked + 1
+}
+
+// Read returns up to maxRecords records with seq ≥ from, in seq order,
+// blocking until at least one exists or ctx is done. Records that no longer
+// exist (acknowledged and deleted, dropped, unreadable) are skipped. The
+// returned records do not alias spool memory that changes later.
+func (s *Spool) Read(ctx context.Context, from uint64, maxRecords int) ([]record.Record, error) {
+	if maxRecords <= 0 {
+		maxRecords = 1
+	}
+	for {
+		s.mu.Lock()
+		ch := s.dataCh
+		s.mu.Unlock()
+		select {
+		case <-s.stop:
+			return nil, ErrClosed
+		default:
+		}
+		recs, err := s.readAvailable(from, maxRecords)
+		if err != nil || len(recs) > 0 {
+			return recs, err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.stop:
+			return nil, ErrClosed
+		}
+	}
+}
+
+// corruptRangeError reports an unreadable block, seqs [lo, hi).
+type corruptRangeError struct {
+	lo, hi uint64
+	err    error
+}
+
+func (e *corruptRangeError) Error() string {
+	return fmt.Sprintf("seqs %d to %d unreadable: %v", e.lo, e.hi-1, e.err)
+}
+func (e *corruptRangeError) Unwrap() error { return e.err }
+
+func (s *Spool) readAvailable(from uint64, maxRecords int) ([]record.Record, error) {
+	for attempt := 0; ; attempt++ {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return nil, ErrClosed
+		}
+		from = max(from, 1)
+		for _, b := range s.bad {
+			if from >= b.lo && from <= b.hi {
+				from = b.hi + 1
+			}
+		}
+		var seg *segment
+		for _, sg := range s.segs {
+			if sg.end > max(from, sg.first) {
+				seg = sg
+				break
+			}
+		}
+		if seg == nil {
+			s.mu.Unlock()
+			return nil, nil
+		}
+		from = max(from, seg.first)
+		end := seg.end
+		s.mu.Unlock()
+		recs, err := s.readSegment(seg, from, end, maxRecords)
+		if err == nil {
+			if len(recs) == 0 {
+				// Cannot happen for a verified segment; avoid spinning.
+				return nil, fmt.Errorf("buffer: read %d: no block in segment %s", from, filepath.Base(seg.path))
+			}
+			return recs, nil
+		}
+		if errors.Is(err, bolt.ErrDatabaseNotOpen) && attempt < 100 {
+			continue // segment deleted or closed under us: look again
+		}
+		var cerr *corruptRangeError
+		if errors.As(err, &cerr) {
+			s.skipCorrupt(seg, cerr)
+			continue
+		}
+		return nil, fmt.Errorf("buffer: read %d: %w", from, err)
+	}
+}
+
+// skipCorrupt handles unreadable data found after start-up: the range is
+// counted as dropped, logged, and skipped from now on. The file itself is
+// quarantined at the next start, when verification fails.
+func (s *Spool) skipCorrupt(seg *segment, cerr *corruptRangeError) {
+	s.mu.Lock()
+	lo := max(cerr.lo, s.acked+1)
+	var lost uint64
+	if cerr.hi > lo {
+		lost = cerr.hi - lo
+		s.pending = insertRange(s.pending, seqRange{lo, cerr.hi - 1})
+	}
+	s.bad = insertRange(s.bad, seqRange{cerr.lo, cerr.hi - 1})
+	s.advanceLocked()
+	s.mu.Unlock()
+	s.m.dropped.WithLabelValues(dropCorrupt).Add(float64(lost))
+	s.log.Error("spool block unreadable; its records are skipped", "segment", filepath.Base(seg.path),
+		"first_seq", cerr.lo, "last_seq", cerr.hi-1, "unacknowledged", lost, "err", cerr.err)
+}
+
+func (s *Spool) readSegment(seg *segment, from, end uint64, maxRecords int) ([]record.Record, error) {
+	out := make([]record.Record, 0, min(uint64(maxRecords), end-from))
+	// Serve from the decoded block kept by the previous partial read.
+	s.cacheMu.Lock()
+	if c := s.cache; c.seg == seg && from >= c.first && from < c.first+uint64(len(c.recs)) {
+		i := int(from - c.first)
+		j := min(len(c.recs), i+maxRecords)
+		out = append(out, c.recs[i:j]...)
+		from += uint64(j - i)
+		if j == len(c.recs) {
+			s.cache = blockCache{}
+		}
+	}
+	s.cacheMu.Unlock()
+	if len(out) == maxRecords || from >= end {
+		return out, nil
+	}
+	err := safeView(seg.db, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketBlocks())
+		c := b.Cursor()
+		k, _ := c.Seek(seqKey(from))
+		if k == nil {
+			k, _ = c.Last()
+		} else if binary.BigEndian.Uint64(k) > from {
+			if pk, _ := c.Prev(); pk != nil {
+				k = pk
+			} else {
+				k, _ = c.First()
+			}
+		}
+		for ; k != nil && len(out) < maxRecords; k, _ = c.Next() {
+			bf := binary.BigEndian.Uint64(k)
+			v, err := blockValue(b, k)
+			var recs []record.Record
+			if err == nil {
+				recs, err = decodeBlock(bytes.Clone(v), bf, nil)
+			}
+			if err != nil {
+				hi := end
+				if nk, _ := c.Next(); nk != nil {
+					hi = binary.BigEndian.Uint64(nk)
+				}
+				return &corruptRangeError{lo: bf, hi: hi, err: err}
+			}
+			be := bf + uint64(len(recs))
+			if be <= from {
+				continue
+			}
+			i := int(from - min(from, bf))
+			j := min(len(recs), i+maxRecords-len(out))
+			out = append(out, recs[i:j]...)
+			from = bf + uint64(j)
+			if j < len(recs) {
+				s.cacheMu.Lock()
+				s.cache = blockCache{seg: seg, first: bf, recs: recs}
+				s.cacheMu.Unlock()
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, errPanic) {
+			// The page structure itself is broken: skip the rest of the segment.
+			return nil, &corruptRangeError{lo: from, hi: end, err: err}
+		}
+		if len(out) > 0 && errors.As(err, new(*corruptRangeError)) {
+			return out, nil // hand out what was good; the next read hits the bad block
+		}
+		return nil, err
+	}
+	return out, nil
+}
+
+// Stats returns a snapshot, including the receive time of the oldest
+// unacknowledged record (one block read).
+func (s *Spool) Stats() Stats {
+	st := s.counts()
+	if st.Records > 0 {
+		if recs, err := s.readAvailable(st.FirstSeq, 1); err == nil && len(recs) == 1 {
+			st.OldestTime = recs[0].Time
+		}
+	}
+	return st
+}
+
+func (s *Spool) counts() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.advanceLocked()
+	st := Stats{Bytes: s.bytes, Segments: len(s.segs), AckedThrough: s.acked}
+	if s.next > 1 {
+		st.LastSeq = s.next - 1
+	}
+	f := s.acked + 1
+	for _, seg := range s.segs {
+		if lo := max(seg.first, f); seg.end > lo {
+			st.Records += seg.end - lo
+		}
+	}
+	for _, p := range s.pending {
+		st.Records -= min(st.Records, p.hi-p.lo+1)
+	}
+	if st.Records > 0 {
+		st.FirstSeq = f
+	}
+	return st
+}
+
+func (s *Spool) oldestAge() time.Duration {
+	t := s.Stats().OldestTime
+	if t.IsZero() {
+		return 0
+	}
+	return max(0, time.Since(t))
+}
+
+// Close stops the writer after committing appends already handed to it,
+// persists the ack watermark and closes the files. It is idempotent.
+func (s *Spool) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		<-s.writerDone
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		s.closeErr = s.closeFiles()
+		if s.opts.Registerer != nil {
+			s.m.unregister(s.opts.Registerer)
+		}
+	})
+	return s.closeErr
+}
+
+func (s *Spool) closeFiles() error {
+	var errs []error
+	s.mu.Lock()
+	segs := s.segs
+	s.mu.Unlock()
+	for _, seg := range segs {
+		if err := seg.db.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close %s: %w", filepath.Base(seg.path), err))
+		}
+	}
+	if s.lockFile != nil {
+		_ = s.lockFile.Close()
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("buffer: close: %w", err)
+	}
+	return nil
+}

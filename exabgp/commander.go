@@ -1,0 +1,147 @@
+package exabgp
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"log/slog"
+	"time"
+)
+
+// commander writes commands to exaBGP and matches its acks.
+//
+// Matching rule: exaBGP answers the commands of one process in the order it
+// completes them, and some commands are never answered. bgpedge therefore
+// keeps at most ONE command outstanding: the next command is written only
+// after the previous one was answered, or timed out and then sat as a
+// "ghost" for one more ack_timeout. An ack that arrives during the ghost
+// period is the late answer of the timed-out command and is discarded
+// (counted as late), so it can never be credited to the next command. An ack
+// later than 2×ack_timeout, or an ack nobody waits for, is counted as
+// unmatched. Commands are rare (central's route changes), so serialising
+// them costs little: exaBGP acks an announce in well under a millisecond.
+type commander struct {
+	out     *bufio.Writer
+	timeout time.Duration
+	reqs    chan *pendingCmd
+	acks    chan Ack
+	m       *metrics
+	log     *slog.Logger
+}
+
+type pendingCmd struct {
+	ctx  context.Context
+	line string
+	done chan cmdResult
+}
+
+type cmdResult struct {
+	result string // done, error, timeout
+	reason string
+}
+
+func newCommander(out io.Writer, timeout time.Duration, m *metrics, log *slog.Logger) *commander {
+	return &commander{
+		out:     bufio.NewWriter(out),
+		timeout: timeout,
+		reqs:    make(chan *pendingCmd, 256),
+		acks:    make(chan Ack, 1024),
+		m:       m,
+		log:     log,
+	}
+}
+
+// onAck is called by the stdin reader; it never blocks.
+func (c *commander) onAck(a Ack) {
+	select {
+	case c.acks <- a:
+	default:
+		c.m.acks.WithLabelValues("unmatched").Inc()
+	}
+}
+
+// Do writes one command line and waits for its ack, the ack timeout, or ctx.
+func (c *commander) Do(ctx context.Context, line string) cmdResult {
+	p := &pendingCmd{ctx: ctx, line: line, done: make(chan cmdResult, 1)}
+	select {
+	case c.reqs <- p:
+	case <-ctx.Done():
+		return cmdResult{ResultTimeout, "not sent: command queue full"}
+	}
+	select {
+	case r := <-p.done:
+		return r
+	case <-ctx.Done():
+		return cmdResult{ResultTimeout, "gave up waiting for exabgp"}
+	}
+}
+
+func (c *commander) run(ctx context.Context) {
+	for {
+		var p *pendingCmd
+		select {
+		case <-ctx.Done():
+			return
+		case p = <-c.reqs:
+		}
+		if p.ctx.Err() != nil {
+			p.done <- cmdResult{ResultTimeout, "not sent: caller gave up while queued"}
+			continue
+		}
+		c.drainStray()
+		if _, err := c.out.WriteString(p.line + "\n"); err == nil {
+			err = c.out.Flush()
+			if err != nil {
+				p.done <- cmdResult{ResultError, "write to exabgp: " + err.Error()}
+				continue
+			}
+		} else {
+			p.done <- cmdResult{ResultError, "write to exabgp: " + err.Error()}
+			continue
+		}
+		timer := time.NewTimer(c.timeout)
+		select {
+		case a := <-c.acks:
+			timer.Stop()
+			c.m.acks.WithLabelValues(a.String()).Inc()
+			switch a {
+			case AckDone:
+				p.done <- cmdResult{ResultDone, ""}
+			case AckShutdown:
+				p.done <- cmdResult{ResultError, "exabgp is shutting down"}
+			default:
+				p.done <- cmdResult{ResultError, "exabgp rejected the command"}
+			}
+		case <-timer.C:
+			p.done <- cmdResult{ResultTimeout, "no ack from exabgp within " + c.timeout.String()}
+			c.log.Warn("exabgp did not acknowledge a command", "command", p.line, "timeout", c.timeout)
+			ghost := time.NewTimer(c.timeout)
+			select {
+			case <-c.acks:
+				ghost.Stop()
+				c.m.acks.WithLabelValues("late").Inc()
+			case <-ghost.C:
+			case <-ctx.Done():
+				ghost.Stop()
+				return
+			}
+		case <-ctx.Done():
+			timer.Stop()
+			p.done <- cmdResult{ResultError, "shutting down"}
+			return
+		}
+	}
+}
+
+// drainStray discards acks nobody is waiting for (e.g. later than the ghost
+// period) so they cannot answer the next command.
+func (c *commander) drainStray() {
+	for {
+		select {
+		case <-c.acks:
+			c.m.acks.WithLabelValues("unmatched").Inc()
+		default:
+			return
+		}
+	}
+}

@@ -1,0 +1,112 @@
+package exabgp
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/bgpedge/bgpedge/record"
+)
+
+// Output streams of exaBGP records.
+const (
+	StreamRoute  = "exabgp.route"
+	StreamPeer   = "exabgp.peer"
+	StreamRaw    = "exabgp.raw"
+	StreamErrors = "exabgp.errors"
+)
+
+// ErrWrongKind is returned for a record that is not record.KindExaBGP.
+var ErrWrongKind = errors.New("exabgp encoder: record is not an exabgp line")
+
+// Encoder turns a spooled exaBGP line into output messages. It is stateless
+// and safe for concurrent use.
+type Encoder struct {
+	// AgentID prefixes event ids: "<agent>:<seq>:<index>".
+	AgentID string
+	// Raw also emits the line as received on exabgp.raw (first output).
+	Raw bool
+}
+
+// decodeErrorData is the Data of a decode-error event.
+type decodeErrorData struct {
+	Error string `json:"error"`
+	Line  string `json:"line"`
+}
+
+// Encode emits, in a fixed order: the raw line (if enabled), then either the
+// normalised events (one per prefix on exabgp.route, or one on exabgp.peer)
+// or a decode-error event on exabgp.errors. Route events are keyed by
+// neighbor and prefix so one prefix of one peer stays in one partition; other
+// events by neighbor. A line that does not decode is never an error of
+// Encode: it is kept raw and reported on exabgp.errors.
+func (e *Encoder) Encode(rec record.Record, emit func(stream string, key, value []byte)) error {
+	if rec.Kind != record.KindExaBGP {
+		return fmt.Errorf("%w: kind %s", ErrWrongKind, rec.Kind)
+	}
+	events, streams, keys := e.events(rec)
+	n := len(events)
+	if e.Raw {
+		n++
+	}
+	idx := 0
+	nextID := func() string {
+		id := e.AgentID + ":" + strconv.FormatUint(rec.Seq, 10)
+		if n > 1 {
+			id += ":" + strconv.Itoa(idx)
+		}
+		idx++
+		return id
+	}
+	if e.Raw {
+		nextID()
+		emit(StreamRaw, rec.Key, rec.Payload)
+	}
+	for i := range events {
+		ev := &events[i]
+		ev.ID = nextID()
+		ev.Agent = e.AgentID
+		ev.Seq = rec.Seq
+		ev.ReceivedAt = rec.Time.UTC()
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return fmt.Errorf("marshal event: %w", err)
+		}
+		emit(streams[i], keys[i], b)
+	}
+	return nil
+}
+
+func (e *Encoder) events(rec record.Record) ([]record.Event, []string, [][]byte) {
+	m, err := ParseEvent(rec.Payload)
+	var evs []record.Event
+	if err == nil {
+		evs, err = Normalise(m)
+	}
+	if err != nil {
+		ev := record.Event{V: record.EventSchemaVersion, Type: TypeDecodeError, Source: "exabgp",
+			Data: decodeErrorData{Error: err.Error(), Line: string(rec.Payload)}}
+		if len(rec.Key) > 0 {
+			ev.Peer = &record.Peer{Address: string(rec.Key), Type: "exabgp"}
+		}
+		return []record.Event{ev}, []string{StreamErrors}, [][]byte{rec.Key}
+	}
+	streams := make([]string, len(evs))
+	keys := make([][]byte, len(evs))
+	for i := range evs {
+		ev := &evs[i]
+		peer := ""
+		if ev.Peer != nil {
+			peer = ev.Peer.Address
+		}
+		if ev.Type == TypeRoute && ev.Route != nil {
+			streams[i] = StreamRoute
+			keys[i] = []byte(peer + "|" + ev.Route.Family + "|" + ev.Route.Prefix)
+			continue
+		}
+		streams[i] = StreamPeer
+		keys[i] = []byte(peer)
+	}
+	return evs, streams, keys
+}

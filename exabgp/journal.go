@@ -1,0 +1,163 @@
+package exabgp
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+)
+
+// JournalEntry is one injected route or flow that should be announced.
+type JournalEntry struct {
+	Key       string    `json:"key"`
+	Verb      string    `json:"verb"`
+	Neighbors []string  `json:"neighbors,omitempty"`
+	Body      string    `json:"command"` // without the neighbor selector
+	RequestID string    `json:"request_id,omitempty"`
+	Added     time.Time `json:"added"`
+}
+
+// Line is the exaBGP command that announces the entry to its neighbors.
+func (e JournalEntry) Line() string { return withSelector(e.Neighbors, e.Body) }
+
+// Journal is the durable desired state: the routes and flows central asked
+// for. It is small (bounded by policy.max_routes) and rewritten whole on each
+// change, atomically (temporary file, fsync, rename, directory fsync), so a
+// crash leaves either the old or the new state, never a torn file.
+type Journal struct {
+	path string
+	mu   sync.Mutex
+	ents map[string]JournalEntry
+}
+
+type journalFile struct {
+	Version int            `json:"version"`
+	Entries []JournalEntry `json:"entries"`
+}
+
+// OpenJournal loads the journal at path (a missing file is an empty journal).
+func OpenJournal(path string) (*Journal, error) {
+	j := &Journal{path: path, ents: map[string]JournalEntry{}}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return j, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read journal: %w", err)
+	}
+	var f journalFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, fmt.Errorf("decode journal %s: %w", path, err)
+	}
+	for _, e := range f.Entries {
+		j.ents[e.Key] = e
+	}
+	return j, nil
+}
+
+// Len is the number of entries.
+func (j *Journal) Len() int {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return len(j.ents)
+}
+
+// Has reports whether key is journaled.
+func (j *Journal) Has(key string) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	_, ok := j.ents[key]
+	return ok
+}
+
+// Entries returns the entries sorted by key.
+func (j *Journal) Entries() []JournalEntry {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.sortedLocked()
+}
+
+func (j *Journal) sortedLocked() []JournalEntry {
+	out := make([]JournalEntry, 0, len(j.ents))
+	for _, e := range j.ents {
+		out = append(out, e)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Key < out[b].Key })
+	return out
+}
+
+// Put adds or replaces an entry and persists the journal.
+func (j *Journal) Put(e JournalEntry) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	old, had := j.ents[e.Key]
+	j.ents[e.Key] = e
+	if err := j.saveLocked(); err != nil {
+		if had {
+			j.ents[e.Key] = old
+		} else {
+			delete(j.ents, e.Key)
+		}
+		return err
+	}
+	return nil
+}
+
+// Delete removes an entry, if present, and persists the journal.
+func (j *Journal) Delete(key string) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	old, had := j.ents[key]
+	if !had {
+		return nil
+	}
+	delete(j.ents, key)
+	if err := j.saveLocked(); err != nil {
+		j.ents[key] = old
+		return err
+	}
+	return nil
+}
+
+func (j *Journal) saveLocked() error {
+	b, err := json.MarshalIndent(journalFile{Version: 1, Entries: j.sortedLocked()}, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode journal: %w", err)
+	}
+	dir := filepath.Dir(j.path)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("journal dir: %w", err)
+	}
+	tmp, err := os.CreateTemp(dir, ".routes-*.tmp")
+	if err != nil {
+		return fmt.Errorf("journal temp file: %w", err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write journal: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("sync journal: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close journal: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), j.path); err != nil {
+		return fmt.Errorf("replace journal: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open journal dir: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync journal dir: %w", err)
+	}
+	return nil
+}

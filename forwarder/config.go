@@ -1,0 +1,342 @@
+package forwarder
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/IBM/sarama"
+)
+
+// Config is the `forwarder:` section of the agent's configuration.
+type Config struct {
+	// AgentID names this edge host in message ids, headers and NATS subjects.
+	// The agent fills it from agent.id when it is left empty here.
+	AgentID string `mapstructure:"agent_id"`
+	// FailoverAfter is how long Kafka must have been unreachable before the
+	// forwarder drains to NATS JetStream instead.
+	FailoverAfter time.Duration `mapstructure:"failover_after"`
+	// FailbackAfter is how long Kafka must have been healthy, while draining
+	// to JetStream, before the forwarder returns to it (hysteresis).
+	FailbackAfter time.Duration `mapstructure:"failback_after"`
+	// ProbeInterval is how often an unhealthy Kafka is probed.
+	ProbeInterval time.Duration `mapstructure:"probe_interval"`
+	// BackoffMin and BackoffMax bound the exponential backoff (with jitter)
+	// between attempts while every sink is down.
+	BackoffMin time.Duration `mapstructure:"backoff_min"`
+	BackoffMax time.Duration `mapstructure:"backoff_max"`
+	// ReadBatch is how many spool records are read at once.
+	ReadBatch int `mapstructure:"read_batch"`
+	// MaxInFlight bounds the output messages handed to a sink and not yet acknowledged.
+	MaxInFlight int `mapstructure:"max_in_flight"`
+	// AckInterval is how often the acknowledged prefix is reported to the spool.
+	AckInterval time.Duration `mapstructure:"ack_interval"`
+	// ShutdownTimeout bounds the final flush when the forwarder stops.
+	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`
+
+	Kafka  KafkaConfig  `mapstructure:"kafka"`
+	NATS   NATSConfig   `mapstructure:"nats"`
+	Topics TopicsConfig `mapstructure:"topics"`
+	DLQ    DLQConfig    `mapstructure:"dlq"`
+}
+
+// KafkaConfig configures the primary sink.
+type KafkaConfig struct {
+	Brokers  []string `mapstructure:"brokers"`
+	ClientID string   `mapstructure:"client_id"`
+	// Version is the Kafka protocol version to speak, e.g. "3.9.0".
+	Version string `mapstructure:"version"`
+	// Compression is none, gzip, snappy, lz4 or zstd.
+	Compression    string        `mapstructure:"compression"`
+	FlushBytes     int           `mapstructure:"flush_bytes"`
+	FlushMessages  int           `mapstructure:"flush_messages"`
+	FlushFrequency time.Duration `mapstructure:"flush_frequency"`
+	// MaxMessageBytes is the largest produce request (and so message) sent.
+	MaxMessageBytes int           `mapstructure:"max_message_bytes"`
+	RetryMax        int           `mapstructure:"retry_max"`
+	RetryBackoff    time.Duration `mapstructure:"retry_backoff"`
+	DialTimeout     time.Duration `mapstructure:"dial_timeout"`
+	// CreateTopics creates missing topics at connect; when false a missing
+	// topic fails the connect, naming it.
+	CreateTopics      bool      `mapstructure:"create_topics"`
+	Partitions        int32     `mapstructure:"partitions"`
+	ReplicationFactor int16     `mapstructure:"replication_factor"`
+	TLS               TLSConfig `mapstructure:"tls"`
+	SASL              SASL      `mapstructure:"sasl"`
+}
+
+// TLSConfig is shared by the Kafka and NATS sinks.
+type TLSConfig struct {
+	Enabled            bool   `mapstructure:"enabled"`
+	CAFile             string `mapstructure:"ca_file"`
+	CertFile           string `mapstructure:"cert_file"`
+	KeyFile            string `mapstructure:"key_file"`
+	ServerName         string `mapstructure:"server_name"`
+	InsecureSkipVerify bool   `mapstructure:"insecure_skip_verify"`
+}
+
+// SASL configures Kafka authentication.
+type SASL struct {
+	// Mechanism is "" (off), PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+	Mechanism string `mapstructure:"mechanism"`
+	User      string `mapstructure:"user"`
+	Password  string `mapstructure:"password"`
+}
+
+// NATSConfig configures the JetStream sink used while Kafka is down.
+type NATSConfig struct {
+	// Enabled turns failover on; without it the spool just grows while Kafka is down.
+	Enabled bool   `mapstructure:"enabled"`
+	URL     string `mapstructure:"url"`
+	// Stream is the JetStream stream; SubjectPrefix starts every subject:
+	// <subject_prefix>.<agent_id>.<stream>.
+	Stream        string `mapstructure:"stream"`
+	SubjectPrefix string `mapstructure:"subject_prefix"`
+	// CreateStream creates the stream when it is missing.
+	CreateStream bool          `mapstructure:"create_stream"`
+	Replicas     int           `mapstructure:"replicas"`
+	MaxPending   int           `mapstructure:"max_pending"`
+	AckTimeout   time.Duration `mapstructure:"ack_timeout"`
+	CredsFile    string        `mapstructure:"creds_file"`
+	NKeySeedFile string        `mapstructure:"nkey_seed_file"`
+	User         string        `mapstructure:"user"`
+	Password     string        `mapstructure:"password"`
+	Token        string        `mapstructure:"token"`
+	TLS          TLSConfig     `mapstructure:"tls"`
+}
+
+// TopicsConfig maps output streams (bmp.raw, bmp.route.pre-policy, …) to Kafka topics.
+type TopicsConfig struct {
+	// Prefix starts every topic name: the default "bgpedge." gives bgpedge.bmp.raw.
+	Prefix string `mapstructure:"prefix"`
+	// ShortRouteNames drops the "route." part of route streams, so that with
+	// an empty prefix the names are bbmp2kafka-style: bmp.pre-policy, bmp.loc-rib.
+	ShortRouteNames bool `mapstructure:"short_route_names"`
+	// Overrides names the topic of a stream outright (no prefix applied).
+	Overrides map[string]string `mapstructure:"overrides"`
+	// Ensure lists the streams whose topics are checked (and created, with
+	// kafka.create_topics) when connecting; topics of other streams are
+	// checked when their first message is sent.
+	Ensure []string `mapstructure:"ensure"`
+}
+
+// Streams lists every output stream the encoders of bgpedge emit.
+func Streams() []string {
+	return []string{
+		"bmp.raw", "bmp.route.pre-policy", "bmp.route.post-policy", "bmp.route.loc-rib",
+		"bmp.route.adj-rib-out", "bmp.peer", "bmp.stats", "bmp.router", "bmp.errors",
+		"exabgp.route", "exabgp.peer", "exabgp.raw", "exabgp.errors", StreamDLQ,
+	}
+}
+
+// DLQConfig configures the dead-letter output for records that cannot be encoded.
+type DLQConfig struct {
+	// Enabled sends such records, raw, to the dlq stream; when false they
+	// are dropped, counted and logged.
+	Enabled bool `mapstructure:"enabled"`
+}
+
+// DefaultConfig returns the defaults documented in configs/.
+func DefaultConfig() Config {
+	return Config{
+		FailoverAfter:   30 * time.Second,
+		FailbackAfter:   10 * time.Second,
+		ProbeInterval:   2 * time.Second,
+		BackoffMin:      250 * time.Millisecond,
+		BackoffMax:      30 * time.Second,
+		ReadBatch:       2048,
+		MaxInFlight:     50000,
+		AckInterval:     100 * time.Millisecond,
+		ShutdownTimeout: 10 * time.Second,
+		Kafka: KafkaConfig{
+			Brokers:           []string{"127.0.0.1:9092"},
+			ClientID:          "bgpedge",
+			Version:           "3.9.0",
+			Compression:       "none",
+			FlushBytes:        1 << 20,
+			FlushMessages:     0,
+			FlushFrequency:    5 * time.Millisecond,
+			MaxMessageBytes:   4 << 20,
+			RetryMax:          5,
+			RetryBackoff:      200 * time.Millisecond,
+			DialTimeout:       5 * time.Second,
+			CreateTopics:      true,
+			Partitions:        6,
+			ReplicationFactor: 1,
+		},
+		NATS: NATSConfig{
+			URL:           "nats://127.0.0.1:4222",
+			Stream:        "BGPEDGE",
+			SubjectPrefix: "bgpedge",
+			CreateStream:  true,
+			Replicas:      1,
+			MaxPending:    4096,
+			AckTimeout:    10 * time.Second,
+		},
+		Topics: TopicsConfig{Prefix: "bgpedge.", Ensure: Streams()},
+		DLQ:    DLQConfig{Enabled: true},
+	}
+}
+
+// Validate checks the section without touching the network; errors name the full key.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(key, msg string, args ...any) {
+		errs = append(errs, fmt.Errorf("forwarder.%s: %s", key, fmt.Sprintf(msg, args...)))
+	}
+	if c.AgentID == "" {
+		bad("agent_id", "must not be empty")
+	} else if strings.ContainsAny(c.AgentID, ".*> \t:") {
+		bad("agent_id", "must not contain '.', '*', '>', ':' or spaces (it is a NATS subject token)")
+	}
+	positive := map[string]time.Duration{
+		"failover_after": c.FailoverAfter, "failback_after": c.FailbackAfter,
+		"probe_interval": c.ProbeInterval, "backoff_min": c.BackoffMin, "backoff_max": c.BackoffMax,
+		"ack_interval": c.AckInterval, "shutdown_timeout": c.ShutdownTimeout,
+		"kafka.retry_backoff": c.Kafka.RetryBackoff, "kafka.dial_timeout": c.Kafka.DialTimeout,
+		"nats.ack_timeout": c.NATS.AckTimeout,
+	}
+	for k, v := range positive {
+		if v <= 0 {
+			bad(k, "must be positive")
+		}
+	}
+	if c.BackoffMax < c.BackoffMin {
+		bad("backoff_max", "must not be below backoff_min")
+	}
+	if c.ReadBatch < 1 || c.ReadBatch > 1<<20 {
+		bad("read_batch", "must be between 1 and 1048576")
+	}
+	if c.MaxInFlight < 1 {
+		bad("max_in_flight", "must be at least 1")
+	}
+	k := c.Kafka
+	if len(k.Brokers) == 0 {
+		bad("kafka.brokers", "at least one broker is required")
+	}
+	for _, b := range k.Brokers {
+		if !strings.Contains(b, ":") {
+			bad("kafka.brokers", "%q is not host:port", b)
+		}
+	}
+	if _, err := sarama.ParseKafkaVersion(k.Version); err != nil {
+		bad("kafka.version", "%v", err)
+	}
+	if _, err := compressionCodec(k.Compression); err != nil {
+		bad("kafka.compression", "%v", err)
+	}
+	if k.FlushBytes < 0 || k.FlushMessages < 0 || k.FlushFrequency < 0 {
+		bad("kafka.flush_bytes", "flush settings must not be negative")
+	}
+	if k.MaxMessageBytes < 1024 {
+		bad("kafka.max_message_bytes", "must be at least 1024")
+	}
+	if k.RetryMax < 1 {
+		bad("kafka.retry_max", "must be at least 1 (the idempotent producer needs retries)")
+	}
+	if k.Partitions < 1 {
+		bad("kafka.partitions", "must be at least 1")
+	}
+	if k.ReplicationFactor < 1 {
+		bad("kafka.replication_factor", "must be at least 1")
+	}
+	switch strings.ToUpper(k.SASL.Mechanism) {
+	case "":
+	case sarama.SASLTypePlaintext, sarama.SASLTypeSCRAMSHA256, sarama.SASLTypeSCRAMSHA512:
+		if k.SASL.User == "" {
+			bad("kafka.sasl.user", "is required with a SASL mechanism")
+		}
+	default:
+		bad("kafka.sasl.mechanism", "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, not %q", k.SASL.Mechanism)
+	}
+	validateTLS("kafka.tls", k.TLS, bad)
+	n := c.NATS
+	if n.Enabled {
+		if n.URL == "" {
+			bad("nats.url", "is required when nats.enabled is true")
+		}
+		if n.Stream == "" || strings.ContainsAny(n.Stream, ".*> ") {
+			bad("nats.stream", "must be a non-empty name without '.', '*', '>' or spaces")
+		}
+		if n.SubjectPrefix == "" || strings.ContainsAny(n.SubjectPrefix, "*> ") {
+			bad("nats.subject_prefix", "must be non-empty, without wildcards or spaces")
+		}
+		if n.Replicas < 1 || n.Replicas > 5 {
+			bad("nats.replicas", "must be between 1 and 5")
+		}
+		if n.MaxPending < 1 {
+			bad("nats.max_pending", "must be at least 1")
+		}
+		auth := 0
+		for _, s := range []string{n.CredsFile, n.NKeySeedFile, n.Token} {
+			if s != "" {
+				auth++
+			}
+		}
+		if n.User != "" {
+			auth++
+		}
+		if auth > 1 {
+			bad("nats.creds_file", "set only one of creds_file, nkey_seed_file, user/password or token")
+		}
+		validateTLS("nats.tls", n.TLS, bad)
+	}
+	for stream, topic := range c.Topics.Overrides {
+		if topic == "" || strings.ContainsAny(topic, " /\\") {
+			bad("topics.overrides."+stream, "%q is not a valid topic name", topic)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validateTLS(key string, t TLSConfig, bad func(string, string, ...any)) {
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		bad(key+".cert_file", "cert_file and key_file must be set together")
+	}
+	if !t.Enabled && (t.CAFile != "" || t.CertFile != "" || t.ServerName != "" || t.InsecureSkipVerify) {
+		bad(key+".enabled", "must be true when other TLS settings are given")
+	}
+}
+
+func compressionCodec(name string) (sarama.CompressionCodec, error) {
+	switch strings.ToLower(name) {
+	case "", "none":
+		return sarama.CompressionNone, nil
+	case "gzip":
+		return sarama.CompressionGZIP, nil
+	case "snappy":
+		return sarama.CompressionSnappy, nil
+	case "lz4":
+		return sarama.CompressionLZ4, nil
+	case "zstd":
+		return sarama.CompressionZSTD, nil
+	}
+	return sarama.CompressionNone, fmt.Errorf("must be none, gzip, snappy, lz4 or zstd, not %q", name)
+}
+
+// Topic is the Kafka topic of an output stream.
+func (t TopicsConfig) Topic(stream string) string {
+	if o, ok := t.Overrides[stream]; ok {
+		return o
+	}
+	if t.ShortRouteNames {
+		stream = strings.Replace(stream, ".route.", ".", 1)
+	}
+	return t.Prefix + stream
+}
+
+// Subject is the NATS subject of an output stream.
+func (n NATSConfig) Subject(agentID, stream string) string {
+	return n.SubjectPrefix + "." + agentID + "." + stream
+}
+
+// StreamOfSubject recovers the output stream from a subject made by Subject.
+func (n NATSConfig) StreamOfSubject(subject string) (string, bool) {
+	rest, ok := strings.CutPrefix(subject, n.SubjectPrefix+".")
+	if !ok {
+		return "", false
+	}
+	_, stream, ok := strings.Cut(rest, ".")
+	return stream, ok && stream != ""
+}

@@ -1,0 +1,503 @@
+package forwarder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bgpedge/bgpedge/record"
+)
+
+// Source is what the forwarder needs from the spool.
+type Source interface {
+	// Read returns records with seq ≥ from, in order, blocking until at least
+	// one exists or ctx is done.
+	Read(ctx context.Context, from uint64, maxRecords int) ([]record.Record, error)
+	// AckThrough marks every record ≤ seq delivered.
+	AckThrough(seq uint64) error
+	// FirstUnacked is where delivery resumes after a restart.
+	FirstUnacked() uint64
+}
+
+// Sink names reported by ActiveSink.
+const (
+	SinkKafka = "kafka"
+	SinkNATS  = "nats"
+	SinkNone  = "none"
+)
+
+// Forwarder drains a Source to Kafka, failing over to NATS JetStream.
+type Forwarder struct {
+	cfg       Config
+	src       Source
+	enc       Encoder
+	primary   Sink
+	secondary Sink // nil when NATS is disabled
+	logger    *slog.Logger
+	m         *metrics
+
+	active atomic.Value // string
+	states stateClock
+}
+
+// New builds a forwarder from cfg; it does not connect anything until Run.
+func New(cfg Config, src Source, enc Encoder, logger *slog.Logger, reg prometheus.Registerer) (*Forwarder, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("component", "forwarder")
+	if _, err := SaramaConfig(cfg.Kafka); err != nil {
+		return nil, err
+	}
+	var secondary Sink
+	if cfg.NATS.Enabled {
+		if _, err := NATSOptions(cfg.NATS, ""); err != nil {
+			return nil, err
+		}
+		secondary = NewNATSSink(cfg.NATS, cfg.AgentID, logger)
+	}
+	return newForwarder(cfg, src, enc, NewKafkaSink(cfg.Kafka, cfg.Topics, logger), secondary, logger, reg)
+}
+
+func newForwarder(cfg Config, src Source, enc Encoder, primary, secondary Sink, logger *slog.Logger, reg prometheus.Registerer) (*Forwarder, error) {
+	if src == nil || enc == nil || primary == nil {
+		return nil, errors.New("forwarder: source, encoder and primary sink are required")
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	f := &Forwarder{cfg: cfg, src: src, enc: enc, primary: primary, secondary: secondary, logger: logger}
+	f.active.Store(SinkNone)
+	f.states.init(SinkNone)
+	m, err := newMetrics(reg, &f.states)
+	if err != nil {
+		return nil, err
+	}
+	f.m = m
+	return f, nil
+}
+
+// ActiveSink is the sink currently draining the spool: kafka, nats, or
+// none while no sink is connected. The agent reports it on /readyz.
+func (f *Forwarder) ActiveSink() string { return f.active.Load().(string) }
+
+func (f *Forwarder) setActive(name string) {
+	if f.active.Swap(name) != name {
+		f.states.set(name)
+		f.m.setActive(name)
+	}
+}
+
+// Run drains the spool until ctx is done, then flushes what is in flight
+// within forwarder.shutdown_timeout and closes the sinks. It returns nil
+// on a clean stop and an error only for a broken source.
+func (f *Forwarder) Run(ctx context.Context) error {
+	var (
+		kafkaDownSince time.Time
+		useSecondary   bool
+		bo             = backoff{min: f.cfg.BackoffMin, max: f.cfg.BackoffMax}
+		logged         bool // the current outage has been logged
+	)
+	defer f.setActive(SinkNone)
+	for ctx.Err() == nil {
+		if useSecondary {
+			stop := make(chan struct{})
+			probeDone := make(chan struct{})
+			pctx, cancelProbe := context.WithCancel(ctx)
+			go func() {
+				defer close(probeDone)
+				if f.watchPrimary(pctx) {
+					close(stop)
+				}
+			}()
+			f.logger.Warn("kafka unavailable, draining to nats", "down_for", time.Since(kafkaDownSince).Round(time.Second))
+			f.m.failovers.Inc()
+			res, err := f.session(ctx, f.secondary, stop)
+			cancelProbe()
+			<-probeDone
+			if err != nil {
+				return err
+			}
+			select {
+			case <-stop:
+				f.logger.Info("kafka healthy again, returning to it")
+				useSecondary, kafkaDownSince, logged = false, time.Time{}, false
+				bo.reset()
+				continue
+			default:
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			f.logger.Warn("nats unavailable too, the spool grows until a sink returns", "err", res.err)
+			useSecondary = false // try Kafka first, then NATS again
+			if !bo.sleep(ctx) {
+				return nil
+			}
+			continue
+		}
+
+		res, err := f.session(ctx, f.primary, nil)
+		if err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if res.delivered {
+			kafkaDownSince, logged = time.Time{}, false
+			bo.reset()
+		}
+		if kafkaDownSince.IsZero() {
+			kafkaDownSince = res.failedAt
+			if kafkaDownSince.IsZero() {
+				kafkaDownSince = time.Now()
+			}
+		}
+		if !logged {
+			f.logger.Warn("kafka unavailable, retrying with backoff", "err", res.err)
+			logged = true
+		} else {
+			f.logger.Debug("kafka still unavailable", "err", res.err)
+		}
+		if f.secondary != nil && time.Since(kafkaDownSince) >= f.cfg.FailoverAfter {
+			useSecondary = true
+			continue
+		}
+		wait := bo.next()
+		if f.secondary != nil {
+			if left := f.cfg.FailoverAfter - time.Since(kafkaDownSince); left < wait {
+				wait = max(left, 0)
+			}
+		}
+		if !sleepCtx(ctx, wait) {
+			return nil
+		}
+	}
+	return nil
+}
+
+// watchPrimary probes Kafka until it has been healthy for failback_after
+// without interruption; it reports whether that happened before ctx ended.
+func (f *Forwarder) watchPrimary(ctx context.Context) bool {
+	p, ok := f.primary.(Prober)
+	if !ok {
+		return false
+	}
+	var healthySince time.Time
+	t := time.NewTicker(f.cfg.ProbeInterval)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, f.cfg.ProbeInterval+f.cfg.Kafka.DialTimeout)
+		err := p.Probe(pctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return false
+		case err != nil:
+			healthySince = time.Time{}
+		case healthySince.IsZero():
+			healthySince = time.Now()
+		}
+		if !healthySince.IsZero() && time.Since(healthySince) >= f.cfg.FailbackAfter {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+		}
+	}
+}
+
+type sessionResult struct {
+	delivered bool      // at least one message was acknowledged
+	err       error     // why the sink session ended (nil: ctx or stop)
+	failedAt  time.Time // when it failed: the outage starts there, not after the flush
+}
+
+// session connects sink and drains the spool into it until ctx ends, stop
+// closes, or the sink fails. It returns an error only when the source fails.
+func (f *Forwarder) session(ctx context.Context, sink Sink, stop <-chan struct{}) (sessionResult, error) {
+	name := sink.Name()
+	cctx, cancel := context.WithTimeout(ctx, f.cfg.Kafka.DialTimeout+f.cfg.NATS.AckTimeout)
+	err := sink.Connect(cctx)
+	cancel()
+	if err != nil {
+		f.m.errors.WithLabelValues(name, "connect").Inc()
+		return sessionResult{err: err, failedAt: time.Now()}, nil
+	}
+	f.setActive(name)
+	defer f.setActive(SinkNone)
+
+	sctx, cancelSession := context.WithCancel(ctx)
+	defer cancelSession()
+	if stop != nil {
+		go func() {
+			select {
+			case <-stop:
+				cancelSession()
+			case <-sctx.Done():
+			}
+		}()
+	}
+	var delivered atomic.Bool
+	tr := newTracker(cancelSession, func(m *Outgoing) {
+		delivered.Store(true)
+		f.m.messages.WithLabelValues(name).Inc()
+		f.m.bytes.WithLabelValues(name).Add(float64(len(m.Value)))
+	})
+
+	// Acks reach the spool from a ticker, not per message: AckThrough is a
+	// spool transaction.
+	var ackErr error
+	var ackWG sync.WaitGroup
+	ackStop := make(chan struct{})
+	commit := func() {
+		wm, n := tr.watermark()
+		if n > 0 {
+			f.m.records.WithLabelValues(name).Add(float64(n))
+			if err := f.src.AckThrough(wm); err != nil && ackErr == nil {
+				ackErr = fmt.Errorf("spool ack: %w", err)
+				cancelSession()
+			}
+			f.m.ackedSeq.Set(float64(wm))
+		}
+	}
+	ackWG.Add(1)
+	go func() {
+		defer ackWG.Done()
+		t := time.NewTicker(f.cfg.AckInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ackStop:
+				return
+			case <-t.C:
+				commit()
+			}
+		}
+	}()
+
+	readErr := f.pump(sctx, sink, tr)
+
+	// Flush: wait for what is in flight, bounded, then close the sink.
+	fctx, cancelFlush := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.ShutdownTimeout)
+	if tr.failure() == nil {
+		tr.drain(fctx)
+	}
+	if err := sink.Close(fctx); err != nil {
+		f.logger.Warn("sink close", "sink", name, "err", err)
+	}
+	cancelFlush()
+	close(ackStop)
+	ackWG.Wait()
+	commit()
+
+	res := sessionResult{delivered: delivered.Load(), err: tr.failure(), failedAt: tr.failedSince()}
+	if res.err != nil {
+		f.m.errors.WithLabelValues(name, "write").Inc()
+	}
+	if ackErr != nil {
+		return res, ackErr
+	}
+	if readErr != nil && ctx.Err() == nil && sctx.Err() == nil {
+		return res, readErr
+	}
+	return res, nil
+}
+
+// pump reads, encodes and writes until ctx ends or the session fails.
+func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker) error {
+	from := f.src.FirstUnacked()
+	batch := make([]*Outgoing, 0, f.cfg.ReadBatch)
+	counts := make([]int, 0, f.cfg.ReadBatch)
+	for {
+		recs, err := f.src.Read(ctx, from, f.cfg.ReadBatch)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("spool read: %w", err)
+		}
+		if len(recs) == 0 {
+			continue
+		}
+		batch = batch[:0]
+		counts = counts[:0]
+		for i := range recs {
+			n := len(batch)
+			batch = f.encode(recs[i], batch)
+			counts = append(counts, len(batch)-n)
+		}
+		if err := tr.waitRoom(ctx, len(batch), f.cfg.MaxInFlight); err != nil {
+			// Nothing of this batch is registered: a failed or stopped
+			// session re-reads it from the watermark next time.
+			return nil
+		}
+		for i := range recs {
+			tr.add(recs[i].Seq, counts[i])
+		}
+		from = recs[len(recs)-1].Seq + 1
+		if len(batch) == 0 {
+			continue
+		}
+		if err := sink.Write(ctx, batch, tr.ack); err != nil {
+			return nil
+		}
+		batch = make([]*Outgoing, 0, f.cfg.ReadBatch)
+	}
+}
+
+// encode appends rec's output messages, or one dead letter, to out.
+func (f *Forwarder) encode(rec record.Record, out []*Outgoing) []*Outgoing {
+	start := len(out)
+	err := f.enc.Encode(rec, func(m Message) {
+		out = append(out, &Outgoing{Seq: rec.Seq, Index: m.Index, Stream: m.Stream, Key: m.Key, Value: m.Value})
+	})
+	if err != nil {
+		out = out[:start]
+		if !f.cfg.DLQ.Enabled {
+			f.m.deadLetters.WithLabelValues("dropped").Inc()
+			f.logger.Warn("record cannot be encoded, dropped (dlq disabled)", "seq", rec.Seq, "kind", rec.Kind, "err", err)
+			return out
+		}
+		f.m.deadLetters.WithLabelValues("sent").Inc()
+		f.logger.Debug("record cannot be encoded, sent to dlq", "seq", rec.Seq, "kind", rec.Kind, "err", err)
+		m := &Outgoing{Seq: rec.Seq, Index: -1, ID: MessageID(f.cfg.AgentID, rec.Seq, -1), Stream: StreamDLQ, Key: rec.Key, Value: rec.Payload}
+		m.Headers = f.headers(rec, m, Header{Key: HeaderError, Value: err.Error()})
+		return append(out, m)
+	}
+	msgs := out[start:]
+	if !uniqueIndexes(msgs) {
+		// Ids must be unique (JetStream drops a repeated Nats-Msg-Id as a
+		// duplicate): number by emit order instead.
+		for i, m := range msgs {
+			m.Index = i
+			if len(msgs) == 1 {
+				m.Index = -1
+			}
+		}
+	}
+	for _, m := range msgs {
+		m.ID = MessageID(f.cfg.AgentID, rec.Seq, m.Index)
+		m.Headers = f.headers(rec, m)
+	}
+	return out
+}
+
+// uniqueIndexes reports whether the encoder gave every message of a record
+// its own index (≥ -1, -1 only for a lone message).
+func uniqueIndexes(msgs []*Outgoing) bool {
+	switch len(msgs) {
+	case 0:
+		return true
+	case 1:
+		return msgs[0].Index >= -1
+	}
+	if len(msgs) <= 16 {
+		for i, a := range msgs {
+			if a.Index < 0 {
+				return false
+			}
+			for _, b := range msgs[:i] {
+				if a.Index == b.Index {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	seen := make(map[int]struct{}, len(msgs))
+	for _, m := range msgs {
+		if _, dup := seen[m.Index]; dup || m.Index < 0 {
+			return false
+		}
+		seen[m.Index] = struct{}{}
+	}
+	return true
+}
+
+func (f *Forwarder) headers(rec record.Record, m *Outgoing, extra ...Header) []Header {
+	h := make([]Header, 0, 5+len(extra))
+	h = append(h,
+		Header{HeaderID, m.ID},
+		Header{HeaderKind, rec.Kind.String()},
+		Header{HeaderRouter, rec.Source},
+		Header{HeaderAgent, f.cfg.AgentID},
+		Header{HeaderStream, m.Stream})
+	return append(h, extra...)
+}
+
+// backoff is exponential with full jitter in [d/2, d).
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func (b *backoff) reset() { b.cur = 0 }
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(b.cur*2, b.max)
+	}
+	half := b.cur / 2
+	return half + rand.N(half+1)
+}
+
+func (b *backoff) sleep(ctx context.Context) bool { return sleepCtx(ctx, b.next()) }
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// stateClock accumulates the time spent with each sink active.
+type stateClock struct {
+	mu    sync.Mutex
+	cur   string
+	since time.Time
+	total map[string]time.Duration
+}
+
+func (s *stateClock) init(state string) {
+	s.cur, s.since, s.total = state, time.Now(), map[string]time.Duration{}
+}
+
+func (s *stateClock) set(state string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	s.total[s.cur] += now.Sub(s.since)
+	s.cur, s.since = state, now
+}
+
+func (s *stateClock) seconds(state string) float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := s.total[state]
+	if s.cur == state {
+		d += time.Since(s.since)
+	}
+	return d.Seconds()
+}

@@ -1,0 +1,310 @@
+package forwarder
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/bgpedge/bgpedge/internal/testenv"
+	"github.com/bgpedge/bgpedge/record"
+)
+
+// fakeSink acknowledges asynchronously, like the real sinks, and can be made
+// to fail selected messages or refuse connections.
+type fakeSink struct {
+	name string
+
+	mu        sync.Mutex
+	connected bool
+	refuse    bool
+	failOnce  map[string]bool // ids to fail the first time they are written
+	got       map[string]int  // id → times acknowledged successfully
+	pending   sync.WaitGroup
+	connects  int
+}
+
+var _ Sink = (*fakeSink)(nil)
+
+func newFakeSink(name string) *fakeSink {
+	return &fakeSink{name: name, failOnce: map[string]bool{}, got: map[string]int{}}
+}
+
+func (s *fakeSink) Name() string { return s.name }
+
+func (s *fakeSink) Connect(context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.connects++
+	if s.refuse {
+		return ErrUnavailable
+	}
+	s.connected = true
+	return nil
+}
+
+func (s *fakeSink) Write(_ context.Context, batch []*Outgoing, ack AckFunc) error {
+	s.pending.Add(1)
+	go func() {
+		defer s.pending.Done()
+		for _, m := range batch {
+			s.mu.Lock()
+			var err error
+			switch {
+			case !s.connected:
+				err = ErrNotConnected
+			case s.failOnce[m.ID]:
+				delete(s.failOnce, m.ID)
+				err = errors.New("injected failure")
+			default:
+				s.got[m.ID]++
+			}
+			s.mu.Unlock()
+			ack(m, err)
+		}
+	}()
+	return nil
+}
+
+func (s *fakeSink) Close(context.Context) error {
+	s.pending.Wait()
+	s.mu.Lock()
+	s.connected = false
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *fakeSink) ids() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]int, len(s.got))
+	for k, v := range s.got {
+		out[k] = v
+	}
+	return out
+}
+
+// splitEncoder emits one message per byte of the payload, to exercise
+// records with several outputs.
+var splitEncoder = EncoderFunc(func(rec record.Record, emit func(Message)) error {
+	if len(rec.Payload) == 0 {
+		return ErrEmptyPayload
+	}
+	for i, b := range rec.Payload {
+		emit(Message{Stream: "test.split", Key: rec.Key, Value: []byte{b}, Index: i})
+	}
+	return nil
+})
+
+func unitConfig() Config {
+	cfg := DefaultConfig()
+	cfg.AgentID = "a1"
+	cfg.AckInterval = 5 * time.Millisecond
+	cfg.BackoffMin = time.Millisecond
+	cfg.BackoffMax = 10 * time.Millisecond
+	cfg.ReadBatch = 7
+	cfg.MaxInFlight = 20
+	return cfg
+}
+
+func TestForwarderWatermarkAndRetry(t *testing.T) {
+	src := newMemSource()
+	sink := newFakeSink(SinkKafka)
+	// Fail a message in the middle of a multi-message record: the record must
+	// be sent again, and the spool acked past it only after that.
+	sink.failOnce["a1:5:1"] = true
+	f, err := newForwarder(unitConfig(), src, splitEncoder, sink, nil, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		src.Append(record.Record{Kind: record.KindBMP, Key: []byte("r1"), Payload: []byte{byte(i), 1, 2}})
+	}
+	startForwarder(t, f)
+	testenv.Eventually(t, 10*time.Second, "spool acked through 50", func() bool { return src.Acked() == 50 })
+
+	got := sink.ids()
+	for seq := 1; seq <= 50; seq++ {
+		for idx := range 3 {
+			if id := MessageID("a1", uint64(seq), idx); got[id] == 0 {
+				t.Errorf("id %s never delivered", id)
+			}
+		}
+	}
+	if sink.connects < 2 {
+		t.Errorf("connects = %d, want a reconnect after the injected failure", sink.connects)
+	}
+}
+
+func TestForwarderDeadLetter(t *testing.T) {
+	src := newMemSource()
+	sink := newFakeSink(SinkKafka)
+	reg := prometheus.NewRegistry()
+	f, err := newForwarder(unitConfig(), src, Raw{}, sink, nil, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.Append(bmpRecord("192.0.2.1", 40))
+	src.Append(record.Record{Kind: record.Kind(99), Key: []byte("x"), Payload: []byte("poison")})
+	src.Append(bmpRecord("192.0.2.1", 40))
+	startForwarder(t, f)
+	testenv.Eventually(t, 10*time.Second, "spool acked through 3", func() bool { return src.Acked() == 3 })
+	got := sink.ids()
+	for _, id := range []string{"a1:1", "a1:2", "a1:3"} {
+		if got[id] != 1 {
+			t.Errorf("id %s delivered %d times, want 1", id, got[id])
+		}
+	}
+	if v := testutil.ToFloat64(f.m.deadLetters.WithLabelValues("sent")); v != 1 {
+		t.Errorf("dead letters sent = %v, want 1", v)
+	}
+}
+
+func TestForwarderFailoverAndBack(t *testing.T) {
+	src := newMemSource()
+	primary := newFakeSink(SinkKafka)
+	primary.refuse = true
+	secondary := newFakeSink(SinkNATS)
+	cfg := unitConfig()
+	cfg.FailoverAfter = 50 * time.Millisecond
+	cfg.FailbackAfter = 50 * time.Millisecond
+	cfg.ProbeInterval = 10 * time.Millisecond
+	prober := &probingSink{fakeSink: primary}
+	f, err := newForwarder(cfg, src, Raw{}, prober, secondary, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.Append(bmpRecord("r", 10), bmpRecord("r", 10))
+	startForwarder(t, f)
+	testenv.Eventually(t, 10*time.Second, "failover to nats", func() bool { return f.ActiveSink() == SinkNATS })
+	testenv.Eventually(t, 10*time.Second, "drained to nats", func() bool { return src.Acked() == 2 })
+	primary.mu.Lock()
+	primary.refuse = false
+	primary.mu.Unlock()
+	testenv.Eventually(t, 10*time.Second, "back on kafka", func() bool { return f.ActiveSink() == SinkKafka })
+	src.Append(bmpRecord("r", 10))
+	testenv.Eventually(t, 10*time.Second, "record 3 acked", func() bool { return src.Acked() == 3 })
+	if primary.ids()["a1:3"] != 1 {
+		t.Errorf("record 3 did not go to kafka after failback: %v", primary.ids())
+	}
+	if secondary.ids()["a1:1"] != 1 || secondary.ids()["a1:2"] != 1 {
+		t.Errorf("records 1, 2 did not go to nats: %v", secondary.ids())
+	}
+}
+
+type probingSink struct{ *fakeSink }
+
+func (p *probingSink) Probe(context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.refuse {
+		return ErrUnavailable
+	}
+	return nil
+}
+
+func TestConfigValidate(t *testing.T) {
+	valid := func() Config { c := DefaultConfig(); c.AgentID = "edge1"; return c }
+	tests := []struct {
+		name   string
+		mutate func(*Config)
+		want   string // substring of the error, "" for valid
+	}{
+		{"defaults", func(*Config) {}, ""},
+		{"no agent", func(c *Config) { c.AgentID = "" }, "forwarder.agent_id"},
+		{"dotted agent", func(c *Config) { c.AgentID = "a.b" }, "forwarder.agent_id"},
+		{"no brokers", func(c *Config) { c.Kafka.Brokers = nil }, "forwarder.kafka.brokers: at least one broker is required"},
+		{"bad compression", func(c *Config) { c.Kafka.Compression = "brotli" }, "forwarder.kafka.compression"},
+		{"zstd", func(c *Config) { c.Kafka.Compression = "zstd" }, ""},
+		{"bad sasl", func(c *Config) { c.Kafka.SASL.Mechanism = "GSSAPI" }, "forwarder.kafka.sasl.mechanism"},
+		{"scram without user", func(c *Config) { c.Kafka.SASL.Mechanism = "SCRAM-SHA-512" }, "forwarder.kafka.sasl.user"},
+		{"tls half cert", func(c *Config) { c.Kafka.TLS = TLSConfig{Enabled: true, CertFile: "x"} }, "forwarder.kafka.tls.cert_file"},
+		{"nats no url", func(c *Config) { c.NATS.Enabled = true; c.NATS.URL = "" }, "forwarder.nats.url"},
+		{"nats two auths", func(c *Config) { c.NATS.Enabled = true; c.NATS.Token = "t"; c.NATS.User = "u" }, "forwarder.nats.creds_file"},
+		{"backoff order", func(c *Config) { c.BackoffMax = time.Millisecond }, "forwarder.backoff_max"},
+		{"version", func(c *Config) { c.Kafka.Version = "x" }, "forwarder.kafka.version"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := valid()
+			tt.mutate(&c)
+			err := c.Validate()
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v, want it to mention %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestTopicNames(t *testing.T) {
+	tests := []struct {
+		cfg    TopicsConfig
+		stream string
+		want   string
+	}{
+		{TopicsConfig{Prefix: "bgpedge."}, "bmp.route.pre-policy", "bgpedge.bmp.route.pre-policy"},
+		{TopicsConfig{Prefix: "", ShortRouteNames: true}, "bmp.route.pre-policy", "bmp.pre-policy"},
+		{TopicsConfig{Prefix: "", ShortRouteNames: true}, "bmp.raw", "bmp.raw"},
+		{TopicsConfig{Prefix: "x.", Overrides: map[string]string{"dlq": "dead"}}, "dlq", "dead"},
+	}
+	for _, tt := range tests {
+		if got := tt.cfg.Topic(tt.stream); got != tt.want {
+			t.Errorf("Topic(%q) with %+v = %q, want %q", tt.stream, tt.cfg, got, tt.want)
+		}
+	}
+	n := NATSConfig{SubjectPrefix: "bgpedge"}
+	subj := n.Subject("edge1", "bmp.route.loc-rib")
+	if subj != "bgpedge.edge1.bmp.route.loc-rib" {
+		t.Errorf("subject = %q", subj)
+	}
+	if s, ok := n.StreamOfSubject(subj); !ok || s != "bmp.route.loc-rib" {
+		t.Errorf("StreamOfSubject(%q) = %q, %v", subj, s, ok)
+	}
+}
+
+func TestMessageID(t *testing.T) {
+	for _, tt := range []struct {
+		seq uint64
+		idx int
+		id  string
+	}{{1, -1, "e:1"}, {42, 0, "e:42:0"}, {1 << 40, 7, "e:1099511627776:7"}} {
+		id := MessageID("e", tt.seq, tt.idx)
+		if id != tt.id {
+			t.Errorf("MessageID = %q, want %q", id, tt.id)
+		}
+		a, s, i, err := ParseMessageID(id)
+		if err != nil || a != "e" || s != tt.seq || i != tt.idx {
+			t.Errorf("ParseMessageID(%q) = %q %d %d %v", id, a, s, i, err)
+		}
+	}
+	for _, bad := range []string{"", "e", "e:x", "e:1:-1", "e:1:2:3"} {
+		if _, _, _, err := ParseMessageID(bad); err == nil {
+			t.Errorf("ParseMessageID(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestMetricsLint(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	if _, err := newForwarder(unitConfig(), newMemSource(), Raw{}, newFakeSink(SinkKafka), nil, nil, reg); err != nil {
+		t.Fatal(err)
+	}
+	problems, err := testutil.GatherAndLint(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("metric %s: %s", p.Metric, p.Text)
+	}
+}

@@ -1,0 +1,206 @@
+package forwarder
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// NATSSink publishes to a JetStream stream with asynchronous, acknowledged
+// publishes and Nats-Msg-Id set to the message id, so the stream drops
+// duplicates within its duplicate window.
+type NATSSink struct {
+	cfg    NATSConfig
+	agent  string
+	logger *slog.Logger
+
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	pending chan pendingPub
+	done    chan struct{}
+}
+
+type pendingPub struct {
+	fut jetstream.PubAckFuture
+	m   *Outgoing
+	ack AckFunc
+}
+
+var _ Sink = (*NATSSink)(nil)
+
+// NewNATSSink returns an unconnected JetStream sink.
+func NewNATSSink(cfg NATSConfig, agentID string, logger *slog.Logger) *NATSSink {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &NATSSink{cfg: cfg, agent: agentID, logger: logger}
+}
+
+// Name implements Sink.
+func (n *NATSSink) Name() string { return "nats" }
+
+// NATSOptions are the connection options for cfg: auth, TLS, and no
+// background reconnects (the forwarder reconnects itself, with backoff).
+func NATSOptions(cfg NATSConfig, name string) ([]nats.Option, error) {
+	opts := []nats.Option{nats.Name(name), nats.Timeout(5 * time.Second), nats.NoReconnect()}
+	switch {
+	case cfg.CredsFile != "":
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	case cfg.NKeySeedFile != "":
+		o, err := nats.NkeyOptionFromSeed(cfg.NKeySeedFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats nkey seed: %w", err)
+		}
+		opts = append(opts, o)
+	case cfg.User != "":
+		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
+	case cfg.Token != "":
+		opts = append(opts, nats.Token(cfg.Token))
+	}
+	t, err := buildTLS(cfg.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("nats tls: %w", err)
+	}
+	if t != nil {
+		opts = append(opts, nats.Secure(t))
+	}
+	return opts, nil
+}
+
+// EnsureStream checks that cfg.Stream exists, creating it (file storage,
+// subjects <subject_prefix>.>) when allowed.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg NATSConfig) error {
+	_, err := js.Stream(ctx, cfg.Stream)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("nats stream %s: %w: %w", cfg.Stream, ErrUnavailable, err)
+	}
+	if !cfg.CreateStream {
+		return fmt.Errorf("nats stream %s: %w (forwarder.nats.create_stream is false)", cfg.Stream, ErrMissingTopic)
+	}
+	_, err = js.CreateStream(ctx, jetstream.StreamConfig{
+		Name:     cfg.Stream,
+		Subjects: []string{cfg.SubjectPrefix + ".>"},
+		Storage:  jetstream.FileStorage,
+		Replicas: cfg.Replicas,
+	})
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		return fmt.Errorf("create nats stream %s: %w", cfg.Stream, err)
+	}
+	return nil
+}
+
+// Connect implements Sink.
+func (n *NATSSink) Connect(ctx context.Context) error {
+	opts, err := NATSOptions(n.cfg, "bgpedge-forwarder-"+n.agent)
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(n.cfg.URL, opts...)
+	if err != nil {
+		return fmt.Errorf("nats connect: %w: %w", ErrUnavailable, err)
+	}
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(n.cfg.MaxPending),
+		jetstream.WithPublishAsyncTimeout(n.cfg.AckTimeout))
+	if err != nil {
+		nc.Close()
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, n.cfg.AckTimeout)
+	defer cancel()
+	if err := EnsureStream(cctx, js, n.cfg); err != nil {
+		nc.Close()
+		return err
+	}
+	n.nc, n.js = nc, js
+	n.pending = make(chan pendingPub, n.cfg.MaxPending)
+	n.done = make(chan struct{})
+	go n.collect(n.pending, n.done)
+	return nil
+}
+
+// collect waits for each publish's ack in publish order; JetStream answers
+// roughly in order, so waiting on the oldest first costs nothing.
+func (n *NATSSink) collect(pending <-chan pendingPub, done chan<- struct{}) {
+	defer close(done)
+	for p := range pending {
+		select {
+		case <-p.fut.Ok():
+			p.ack(p.m, nil)
+		case err := <-p.fut.Err():
+			p.ack(p.m, fmt.Errorf("nats publish: %w", err))
+		}
+	}
+}
+
+// Write implements Sink.
+func (n *NATSSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc) error {
+	if n.js == nil {
+		for _, m := range batch {
+			ack(m, ErrNotConnected)
+		}
+		return ErrNotConnected
+	}
+	for i, m := range batch {
+		msg := &nats.Msg{Subject: n.cfg.Subject(n.agent, m.Stream), Data: m.Value, Header: nats.Header{}}
+		for _, h := range m.Headers {
+			msg.Header.Set(h.Key, h.Value)
+		}
+		if len(m.Key) > 0 {
+			msg.Header.Set(HeaderKey, base64.StdEncoding.EncodeToString(m.Key))
+		}
+		fut, err := n.js.PublishMsgAsync(msg, jetstream.WithMsgID(m.ID), jetstream.WithStallWait(n.cfg.AckTimeout))
+		if err == nil {
+			select {
+			case n.pending <- pendingPub{fut: fut, m: m, ack: ack}:
+				continue
+			case <-ctx.Done():
+				// The future is lost with its ack: report the message failed;
+				// a duplicate is harmless, a gap is not.
+				err = ctx.Err()
+			}
+		}
+		for _, r := range batch[i:] {
+			ack(r, fmt.Errorf("nats publish: %w: %w", ErrUnavailable, err))
+		}
+		return err
+	}
+	return nil
+}
+
+// Close implements Sink.
+func (n *NATSSink) Close(ctx context.Context) error {
+	if n.nc == nil {
+		return nil
+	}
+	nc, pending, done := n.nc, n.pending, n.done
+	n.nc, n.js, n.pending = nil, nil, nil
+	close(pending)
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("nats close: %w", ctx.Err())
+	}
+	nc.Close()
+	if err == nil {
+		return nil
+	}
+	// Closing the connection fails the outstanding futures; wait for them so
+	// every message is reported.
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); <-done }()
+	wg.Wait()
+	return err
+}

@@ -1,0 +1,145 @@
+package forwarder
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// Header names carried by every output message (Kafka headers, NATS headers).
+const (
+	HeaderID     = "bgpedge-id"
+	HeaderKind   = "bgpedge-kind"
+	HeaderRouter = "bgpedge-router"
+	HeaderAgent  = "bgpedge-agent"
+	HeaderStream = "bgpedge-stream"
+	// HeaderKey carries the partitioning key on NATS (base64), which has no
+	// key of its own, so the bridge can restore it.
+	HeaderKey = "bgpedge-key"
+	// HeaderError is set on dead letters: why the record could not be encoded.
+	HeaderError = "bgpedge-error"
+)
+
+// Header is one message header.
+type Header struct {
+	Key   string
+	Value string
+}
+
+// Outgoing is a message ready for a sink.
+type Outgoing struct {
+	Seq     uint64 // spool seq of the record it came from
+	Index   int    // position within the record's outputs, -1 for a lone output
+	ID      string // <agent-id>:<seq>[:<index>]
+	Stream  string
+	Key     []byte
+	Value   []byte
+	Headers []Header
+}
+
+// MessageID is the stable id of a record's output message: "<agent>:<seq>",
+// with ":<index>" when the record has several outputs.
+func MessageID(agent string, seq uint64, index int) string {
+	b := make([]byte, 0, len(agent)+24)
+	b = append(b, agent...)
+	b = append(b, ':')
+	b = strconv.AppendUint(b, seq, 10)
+	if index >= 0 {
+		b = append(b, ':')
+		b = strconv.AppendInt(b, int64(index), 10)
+	}
+	return string(b)
+}
+
+// ParseMessageID splits an id made by MessageID; index is -1 when absent.
+func ParseMessageID(id string) (agent string, seq uint64, index int, err error) {
+	parts := strings.Split(id, ":")
+	if len(parts) < 2 || len(parts) > 3 {
+		return "", 0, 0, fmt.Errorf("parse id %q: want agent:seq[:index]", id)
+	}
+	seq, err = strconv.ParseUint(parts[1], 10, 64)
+	if err != nil {
+		return "", 0, 0, fmt.Errorf("parse id %q: %w", id, err)
+	}
+	index = -1
+	if len(parts) == 3 {
+		i, err := strconv.Atoi(parts[2])
+		if err != nil || i < 0 {
+			return "", 0, 0, fmt.Errorf("parse id %q: bad index", id)
+		}
+		index = i
+	}
+	return parts[0], seq, index, nil
+}
+
+// AckFunc reports the outcome of one message handed to a sink: err is nil
+// once the destination has durably accepted it.
+type AckFunc func(m *Outgoing, err error)
+
+// Sink is a destination. A sink is used by one goroutine at a time for
+// Connect/Write/Close, while acks arrive on other goroutines.
+type Sink interface {
+	// Name is a short stable name for logs and metric labels: kafka, nats.
+	Name() string
+	// Connect opens the connection and checks (or creates) the destination's
+	// topics or stream. It fails with an error wrapping ErrUnavailable when
+	// the destination cannot be reached.
+	Connect(ctx context.Context) error
+	// Write hands the batch over and may return before it is acknowledged.
+	// Every message of the batch is reported to ack exactly once — also when
+	// Write fails — at the latest when Close returns.
+	Write(ctx context.Context, batch []*Outgoing, ack AckFunc) error
+	// Close flushes what was written and disconnects, honouring ctx's deadline.
+	Close(ctx context.Context) error
+}
+
+// Prober is implemented by sinks that can check their destination's health
+// without being connected, so an idle primary can be watched for recovery.
+type Prober interface {
+	Probe(ctx context.Context) error
+}
+
+// Errors that drive the forwarder's failover.
+var (
+	// ErrUnavailable means the destination could not be reached.
+	ErrUnavailable = errors.New("destination unavailable")
+	// ErrMissingTopic means a topic is missing and may not be created.
+	ErrMissingTopic = errors.New("missing topic")
+	// ErrNotConnected is returned by Write before Connect.
+	ErrNotConnected = errors.New("sink not connected")
+)
+
+func buildTLS(c TLSConfig) (*tls.Config, error) {
+	if !c.Enabled {
+		return nil, nil
+	}
+	t := &tls.Config{
+		ServerName:         c.ServerName,
+		InsecureSkipVerify: c.InsecureSkipVerify, //nolint:gosec // an explicit operator choice
+		MinVersion:         tls.VersionTLS12,
+	}
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("read ca file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ca file %s: no certificates", c.CAFile)
+		}
+		t.RootCAs = pool
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load client certificate: %w", err)
+		}
+		t.Certificates = []tls.Certificate{cert}
+	}
+	return t, nil
+}

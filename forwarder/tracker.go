@@ -1,0 +1,158 @@
+package forwarder
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"time"
+)
+
+// tracker follows one sink session's records from hand-over to ack and
+// computes the watermark: the highest seq below which every record's
+// messages are all acknowledged. A failed message stops the watermark at its
+// record for good (the session then ends and the next one re-reads from it).
+type tracker struct {
+	mu       sync.Mutex
+	room     *sync.Cond
+	entries  []entry // in seq order; entries[head:] are not yet below the watermark
+	head     int
+	inflight int
+	done     uint64 // watermark: every record ≤ done is fully acked (0: none yet)
+	doneRecs int    // records that passed the watermark, for metrics
+	err      error  // first failure
+	failedAt time.Time
+	onFail   func()
+	onRecord func(n int) // called with records newly below the watermark
+	onMsg    func(m *Outgoing)
+}
+
+type entry struct {
+	seq       uint64
+	remaining int
+	failed    bool
+}
+
+func newTracker(onFail func(), onMsg func(*Outgoing)) *tracker {
+	t := &tracker{onFail: onFail, onMsg: onMsg}
+	t.room = sync.NewCond(&t.mu)
+	return t
+}
+
+// add registers a record and how many messages it was encoded into.
+func (t *tracker) add(seq uint64, msgs int) {
+	t.mu.Lock()
+	t.entries = append(t.entries, entry{seq: seq, remaining: msgs})
+	t.inflight += msgs
+	t.advance()
+	t.mu.Unlock()
+}
+
+// ack is the sinks' AckFunc.
+func (t *tracker) ack(m *Outgoing, err error) {
+	t.mu.Lock()
+	live := t.entries[t.head:]
+	i := sort.Search(len(live), func(i int) bool { return live[i].seq >= m.Seq })
+	if i == len(live) || live[i].seq != m.Seq {
+		t.mu.Unlock()
+		return // already counted (duplicate report): never double-count
+	}
+	e := &live[i]
+	t.inflight--
+	first := false
+	if err != nil {
+		e.failed = true
+		if t.err == nil {
+			t.err, t.failedAt, first = err, time.Now(), true
+		}
+	} else {
+		e.remaining--
+		if e.remaining == 0 {
+			t.advance()
+		}
+	}
+	t.room.Broadcast()
+	t.mu.Unlock()
+	if err == nil && t.onMsg != nil {
+		t.onMsg(m)
+	}
+	if first && t.onFail != nil {
+		t.onFail()
+	}
+}
+
+// advance moves the watermark over fully acked records; t.mu held.
+func (t *tracker) advance() {
+	for t.head < len(t.entries) {
+		e := t.entries[t.head]
+		if e.remaining > 0 || e.failed {
+			break
+		}
+		t.done = e.seq
+		t.doneRecs++
+		t.head++
+	}
+	// Compact once the dead prefix dominates, keeping appends amortised O(1).
+	if t.head > 4096 && t.head*2 > len(t.entries) {
+		n := copy(t.entries, t.entries[t.head:])
+		t.entries = t.entries[:n]
+		t.head = 0
+	}
+}
+
+// waitRoom blocks until n more messages fit under max in flight, the
+// session failed, or ctx ends. A batch larger than max is let through alone.
+func (t *tracker) waitRoom(ctx context.Context, n, max int) error {
+	stop := context.AfterFunc(ctx, func() {
+		t.mu.Lock()
+		t.room.Broadcast()
+		t.mu.Unlock()
+	})
+	defer stop()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for t.inflight > 0 && t.inflight+n > max && t.err == nil && ctx.Err() == nil {
+		t.room.Wait()
+	}
+	if t.err != nil {
+		return t.err
+	}
+	return ctx.Err()
+}
+
+// drain blocks until nothing is in flight or ctx ends.
+func (t *tracker) drain(ctx context.Context) {
+	stop := context.AfterFunc(ctx, func() {
+		t.mu.Lock()
+		t.room.Broadcast()
+		t.mu.Unlock()
+	})
+	defer stop()
+	t.mu.Lock()
+	for t.inflight > 0 && ctx.Err() == nil {
+		t.room.Wait()
+	}
+	t.mu.Unlock()
+}
+
+// watermark returns the highest fully acked seq (0 if none) and how many
+// records passed it since the last call.
+func (t *tracker) watermark() (uint64, int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := t.doneRecs
+	t.doneRecs = 0
+	return t.done, n
+}
+
+func (t *tracker) failure() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.err
+}
+
+// failedSince is when the first message failed (zero if none did).
+func (t *tracker) failedSince() time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.failedAt
+}

@@ -1,0 +1,309 @@
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+)
+
+// SaramaConfig is a client configuration for tests: modern protocol version
+// and a client id naming the test, so broker logs say who connected.
+func SaramaConfig(t testing.TB) *sarama.Config {
+	t.Helper()
+	cfg := sarama.NewConfig()
+	cfg.Version = sarama.V4_0_0_0 // scripts/kafka.sh runs Kafka 4.x
+	cfg.ClientID = "bgpedge-test"
+	cfg.Metadata.Retry.Max = 10
+	cfg.Metadata.Retry.Backoff = 200 * time.Millisecond
+	return cfg
+}
+
+// NewTopic creates a topic with a name unique to this test and run, with the
+// given number of partitions (replication factor 1), waits until every
+// partition has a leader, and deletes it when the test ends.
+func NewTopic(t testing.TB, brokers []string, partitions int32) string {
+	t.Helper()
+	topic := uniqueTopic(t)
+	admin, err := sarama.NewClusterAdmin(brokers, SaramaConfig(t))
+	if err != nil {
+		t.Fatalf("kafka admin on %v: %v", brokers, err)
+	}
+	defer admin.Close()
+	detail := &sarama.TopicDetail{NumPartitions: partitions, ReplicationFactor: 1}
+	if err := admin.CreateTopic(topic, detail, false); err != nil {
+		t.Fatalf("create topic %s: %v", topic, err)
+	}
+	t.Cleanup(func() {
+		a, err := sarama.NewClusterAdmin(brokers, SaramaConfig(t))
+		if err != nil {
+			t.Logf("delete topic %s: %v", topic, err)
+			return
+		}
+		defer a.Close()
+		if err := a.DeleteTopic(topic); err != nil && !errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
+			t.Logf("delete topic %s: %v", topic, err)
+		}
+	})
+	client, err := sarama.NewClient(brokers, SaramaConfig(t))
+	if err != nil {
+		t.Fatalf("kafka client on %v: %v", brokers, err)
+	}
+	defer client.Close()
+	Eventually(t, 30*time.Second, "leaders for every partition of "+topic, func() bool {
+		if err := client.RefreshMetadata(topic); err != nil {
+			return false
+		}
+		ps, err := client.Partitions(topic)
+		if err != nil || len(ps) != int(partitions) {
+			return false
+		}
+		for _, p := range ps {
+			if _, err := client.Leader(topic, p); err != nil {
+				return false
+			}
+		}
+		return true
+	})
+	return topic
+}
+
+func uniqueTopic(t testing.TB) string {
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatalf("random topic suffix: %v", err)
+	}
+	name := strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
+			return r
+		}
+		return '-'
+	}, t.Name())
+	if len(name) > 180 {
+		name = name[:180]
+	}
+	return "test." + name + "." + hex.EncodeToString(b[:])
+}
+
+// ConsumeAll reads topic from the oldest offset of every partition until n
+// messages have arrived, and fails the test if that takes longer than timeout.
+// Messages come back in arrival order; per partition that is offset order.
+func ConsumeAll(t testing.TB, brokers []string, topic string, n int, timeout time.Duration) []*sarama.ConsumerMessage {
+	t.Helper()
+	cfg := SaramaConfig(t)
+	cfg.Consumer.Return.Errors = true
+	cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
+	consumer, err := sarama.NewConsumer(brokers, cfg)
+	if err != nil {
+		t.Fatalf("kafka consumer on %v: %v", brokers, err)
+	}
+	defer consumer.Close()
+	partitions, err := consumer.Partitions(topic)
+	if err != nil {
+		t.Fatalf("partitions of %s: %v", topic, err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	msgs := make(chan *sarama.ConsumerMessage)
+	errs := make(chan error, len(partitions))
+	var wg sync.WaitGroup
+	for _, p := range partitions {
+		pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
+		if err != nil {
+			t.Fatalf("consume %s/%d: %v", topic, p, err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer pc.AsyncClose()
+			for {
+				select {
+				case m := <-pc.Messages():
+					select {
+					case msgs <- m:
+					case <-ctx.Done():
+						return
+					}
+				case e := <-pc.Errors():
+					if e != nil {
+						errs <- e
+					}
+					return
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	defer wg.Wait()
+	defer cancel()
+
+	out := make([]*sarama.ConsumerMessage, 0, n)
+	for len(out) < n {
+		select {
+		case m := <-msgs:
+			out = append(out, m)
+		case err := <-errs:
+			t.Fatalf("consume %s after %d of %d messages: %v", topic, len(out), n, err)
+		case <-ctx.Done():
+			t.Fatalf("consume %s: got %d of %d messages within %v", topic, len(out), n, timeout)
+		}
+	}
+	return out
+}
+
+// TopicMessageCount is the number of messages stored in topic: the sum over
+// its partitions of newest minus oldest offset. Tests compare it with what they
+// consumed to prove there are no extra (duplicate) messages.
+func TopicMessageCount(t testing.TB, brokers []string, topic string) int64 {
+	t.Helper()
+	client, err := sarama.NewClient(brokers, SaramaConfig(t))
+	if err != nil {
+		t.Fatalf("kafka client on %v: %v", brokers, err)
+	}
+	defer client.Close()
+	ps, err := client.Partitions(topic)
+	if err != nil {
+		t.Fatalf("partitions of %s: %v", topic, err)
+	}
+	var total int64
+	for _, p := range ps {
+		newest, err := client.GetOffset(topic, p, sarama.OffsetNewest)
+		if err != nil {
+			t.Fatalf("newest offset of %s/%d: %v", topic, p, err)
+		}
+		oldest, err := client.GetOffset(topic, p, sarama.OffsetOldest)
+		if err != nil {
+			t.Fatalf("oldest offset of %s/%d: %v", topic, p, err)
+		}
+		total += newest - oldest
+	}
+	return total
+}
+
+// Kafka is a private broker owned by one test, started through
+// scripts/kafka.sh on its own ports and data directory, so the test may stop,
+// kill and restart it without disturbing the shared broker other packages'
+// tests are using at the same time.
+type Kafka struct {
+	script string
+	env    []string
+	addr   string
+	dir    string
+	mu     sync.Mutex
+}
+
+// KafkaControl starts a private Kafka broker for the calling test (5 to 15
+// seconds on a busy two-core machine) and stops it when the test ends. It
+// needs scripts/kafka.sh (from BGPEDGE_KAFKA_SH, else the checkout) and the
+// jars it caches; `make test` provides both.
+func KafkaControl(t testing.TB) *Kafka {
+	t.Helper()
+	script := os.Getenv("BGPEDGE_KAFKA_SH")
+	if script == "" {
+		script = filepath.Join(RepoRoot(t), "scripts", "kafka.sh")
+	}
+	if _, err := os.Stat(script); err != nil {
+		Missing(t, "scripts/kafka.sh", "set BGPEDGE_KAFKA_SH to its path or run the tests with `make test`")
+	}
+	for _, bin := range []string{"java", "bash"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			Missing(t, bin, "scripts/deps.sh installs it")
+		}
+	}
+	port, cport := freePort(t), freePort(t)
+	for cport == port {
+		cport = freePort(t)
+	}
+	dir := t.TempDir()
+	k := &Kafka{
+		script: script,
+		addr:   net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+		dir:    dir,
+		env: append(os.Environ(),
+			"BGPEDGE_KAFKA_HOST=127.0.0.1",
+			"BGPEDGE_KAFKA_PORT="+strconv.Itoa(port),
+			"BGPEDGE_KAFKA_CONTROLLER_PORT="+strconv.Itoa(cport),
+			"BGPEDGE_KAFKA_DIR="+dir,
+		),
+	}
+	if os.Getenv("BGPEDGE_KAFKA_JVM_OPTS") == "" {
+		// C1 only starts the broker in about half the time on a busy machine;
+		// a private broker serves one test, not throughput measurements.
+		k.env = append(k.env, "BGPEDGE_KAFKA_JVM_OPTS=-XX:TieredStopAtLevel=1")
+	}
+	t.Cleanup(func() {
+		if out, err := k.run("stop"); err != nil {
+			t.Errorf("stop private kafka: %v\n%s", err, out)
+		}
+	})
+	k.Start(t)
+	return k
+}
+
+// Brokers is the bootstrap address list of the private broker.
+func (k *Kafka) Brokers() []string { return []string{k.addr} }
+
+// Start starts the broker on its existing data (a restart after Stop or Kill
+// keeps every acknowledged message) and returns when it serves metadata.
+func (k *Kafka) Start(t testing.TB) {
+	t.Helper()
+	if out, err := k.run("start", "--keep-data"); err != nil {
+		t.Fatalf("start private kafka on %s: %v\n%s", k.addr, err, out)
+	}
+}
+
+// Stop shuts the broker down cleanly (SIGTERM) and returns when it has exited.
+func (k *Kafka) Stop(t testing.TB) {
+	t.Helper()
+	if out, err := k.run("stop"); err != nil {
+		t.Fatalf("stop private kafka on %s: %v\n%s", k.addr, err, out)
+	}
+}
+
+// Kill ends the broker with SIGKILL, as a crash or power loss would.
+func (k *Kafka) Kill(t testing.TB) {
+	t.Helper()
+	if out, err := k.run("kill"); err != nil {
+		t.Fatalf("kill private kafka on %s: %v\n%s", k.addr, err, out)
+	}
+}
+
+// LogFile is the broker's server.log, worth attaching to a failure message.
+func (k *Kafka) LogFile() string { return filepath.Join(k.dir, "logs", "server.log") }
+
+func (k *Kafka) run(args ...string) ([]byte, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	cmd := exec.Command("bash", append([]string{k.script}, args...)...)
+	cmd.Env = k.env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("kafka.sh %s: %w", strings.Join(args, " "), err)
+	}
+	return out, nil
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("find a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}

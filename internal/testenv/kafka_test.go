@@ -1,0 +1,78 @@
+package testenv
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+)
+
+// TestKafkaControl checks the private-broker helper that outage tests rely on:
+// messages acknowledged before a clean stop and before a SIGKILL are still
+// there after each restart, and the broker is really unreachable while down.
+func TestKafkaControl(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a private broker three times; skipped with -short")
+	}
+	k := KafkaControl(t)
+	brokers := k.Brokers()
+	topic := NewTopic(t, brokers, 2)
+
+	produce := func(t *testing.T, values ...string) {
+		t.Helper()
+		cfg := SaramaConfig(t)
+		cfg.Producer.RequiredAcks = sarama.WaitForAll
+		cfg.Producer.Idempotent = true
+		cfg.Net.MaxOpenRequests = 1
+		cfg.Producer.Return.Successes = true
+		p, err := sarama.NewSyncProducer(brokers, cfg)
+		if err != nil {
+			t.Fatalf("producer: %v", err)
+		}
+		defer p.Close()
+		for _, v := range values {
+			if _, _, err := p.SendMessage(&sarama.ProducerMessage{Topic: topic, Value: sarama.StringEncoder(v)}); err != nil {
+				t.Fatalf("send %s: %v", v, err)
+			}
+		}
+	}
+	values := func(ms []*sarama.ConsumerMessage) map[string]bool {
+		set := make(map[string]bool, len(ms))
+		for _, m := range ms {
+			set[string(m.Value)] = true
+		}
+		return set
+	}
+
+	produce(t, "a", "b", "c")
+	k.Stop(t)
+	cfg := SaramaConfig(t)
+	cfg.Metadata.Retry.Max = 0
+	cfg.Net.DialTimeout = 2 * time.Second
+	if c, err := sarama.NewClient(brokers, cfg); err == nil {
+		c.Close()
+		t.Fatalf("client connected to %v while the broker was stopped", brokers)
+	} else if !errors.Is(err, sarama.ErrOutOfBrokers) {
+		t.Logf("connect while stopped: %v", err)
+	}
+
+	k.Start(t)
+	produce(t, "d")
+	got := values(ConsumeAll(t, brokers, topic, 4, 60*time.Second))
+	for _, v := range []string{"a", "b", "c", "d"} {
+		if !got[v] {
+			t.Fatalf("after a clean restart %q is missing (have %v)", v, got)
+		}
+	}
+
+	k.Kill(t)
+	k.Start(t)
+	got = values(ConsumeAll(t, brokers, topic, 4, 60*time.Second))
+	if len(got) != 4 {
+		t.Fatalf("after a crash and restart got %v, want a b c d", got)
+	}
+	if n := TopicMessageCount(t, brokers, topic); n != 4 {
+		t.Fatalf("topic holds %d messages after the crash, want 4", n)
+	}
+}

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# deps.sh — install what the tests need, idempotently: Debian packages (only
+# when one is missing, so a warm machine makes no network call), a JDK and
+# Maven for the Kafka broker, the Kafka jars, and the Go modules.
+#
+# Environment:
+#   BGPEDGE_DEBS        extra Debian packages to require, space-separated
+#   BGPEDGE_SKIP_APT=1  never call apt-get (report what is missing and go on)
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+# The Debian packages the tests use. Extend this list when a test needs a new
+# external component (the package name, not the binary name).
+debs=(
+	exabgp
+	gobgpd
+	frr
+	tshark
+	nats-server
+	kcat
+	rpm
+	default-jdk-headless
+	maven
+	${BGPEDGE_DEBS:-}
+)
+
+log() { printf 'deps.sh: %s\n' "$*" >&2; }
+
+missing=()
+for p in "${debs[@]}"; do
+	[[ -n $p ]] || continue
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+		missing+=("$p")
+	fi
+done
+# A JDK or Maven installed some other way is as good as Debian's.
+if command -v java >/dev/null && command -v mvn >/dev/null; then
+	keep=()
+	for p in "${missing[@]}"; do
+		[[ $p == default-jdk-headless || $p == maven ]] || keep+=("$p")
+	done
+	missing=("${keep[@]}")
+fi
+
+if ((${#missing[@]} > 0)); then
+	if [[ ${BGPEDGE_SKIP_APT:-} == 1 ]]; then
+		log "missing Debian packages (not installing, BGPEDGE_SKIP_APT=1): ${missing[*]}"
+	else
+		sudo=()
+		if [[ $(id -u) != 0 ]]; then
+			command -v sudo >/dev/null || {
+				log "need root or sudo to install: ${missing[*]}"
+				exit 1
+			}
+			sudo=(sudo)
+		fi
+		log "installing Debian packages: ${missing[*]}"
+		export DEBIAN_FRONTEND=noninteractive
+		"${sudo[@]}" apt-get update -qq
+		# tshark asks whether non-root users may capture; the default (no) is fine.
+		"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	fi
+fi
+
+for bin in java mvn go; do
+	command -v "$bin" >/dev/null || {
+		log "$bin not found after installation"
+		exit 1
+	}
+done
+
+# The broker jars (cached; a no-op once downloaded).
+"$root/scripts/kafka.sh" fetch
+
+go mod download

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# fuzz.sh — run every `func FuzzXxx` in the repository's test files for
+# FUZZTIME each (default 10s), one target at a time. Targets are discovered
+# afresh each run, so a new one is fuzzed without editing anything.
+# A failing input is saved by go test under <pkg>/testdata/fuzz/<FuzzXxx>/;
+# commit it, it becomes a regression test.
+#
+# Environment:
+#   FUZZTIME      time per target [10s]
+#   FUZZ_COUNTS   also write "passed failed" to this file
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+fuzztime=${FUZZTIME:-10s}
+log=$(mktemp "${TMPDIR:-/tmp}/bgpedge-fuzz.XXXXXX")
+trap 'rm -f "$log"' EXIT
+
+passed=0 failed=0
+# tools/ is a separate module; hidden directories are not ours.
+targets=$(grep -rEo --include='*_test.go' --exclude-dir=tools --exclude-dir='.*' \
+	'^func Fuzz[A-Za-z0-9_]+\(' . |
+	sed -E 's#^\./##; s#:func (Fuzz[A-Za-z0-9_]+)\($#:\1#' | sort || true)
+while IFS=: read -r file name; do
+	[[ -n $name ]] || continue
+	dir=./$(dirname "$file")
+	t0=$SECONDS
+	if go test -run '^$' -fuzz "^${name}\$" -fuzztime "$fuzztime" "$dir" >"$log" 2>&1; then
+		passed=$((passed + 1))
+		echo "--- PASS: $name ($dir, $((SECONDS - t0))s)"
+	else
+		failed=$((failed + 1))
+		cat "$log"
+		echo "--- FAIL: $name ($dir, $((SECONDS - t0))s)"
+	fi
+done <<<"$targets"
+echo "fuzz: $passed passed, $failed failed"
+if [[ -n ${FUZZ_COUNTS:-} ]]; then
+	echo "$passed $failed" >"$FUZZ_COUNTS"
+fi
+((failed == 0))

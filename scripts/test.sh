@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# test.sh — the whole test run (`make test`, and CI through .ci/run):
+#   1. scripts/deps.sh (Debian packages, JDK/Maven, Kafka jars, Go modules)
+#   2. a real Kafka broker from scripts/kafka.sh, stopped on exit whatever happens
+#   3. go vet ./...
+#   4. go test -race over every package, summarised (one line per test,
+#      full output of failures)
+#   5. every FuzzXxx target in the repository for FUZZTIME (default 10s),
+#      through scripts/fuzz.sh
+# It ends with a plain "N passed, N failed, N skipped" line and exits non-zero
+# when any step failed.
+#
+# Environment:
+#   FUZZTIME               time per fuzz target [10s]; 0 skips fuzzing
+#   BGPEDGE_TEST_TIMEOUT   go test -timeout [30m]
+#   BGPEDGE_TEST_PKGS      packages to test [./...]
+#   BGPEDGE_TEST_RUN       go test -run pattern [all tests]
+#   BGPEDGE_SKIP_DEPS=1    do not run scripts/deps.sh
+#   BGPEDGE_KAFKA_PORT     broker port [9092] (see scripts/kafka.sh for the rest)
+#   BGPEDGE_TEST_KAFKA     when already set, use that broker and start none
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+fuzztime=${FUZZTIME:-10s}
+timeout=${BGPEDGE_TEST_TIMEOUT:-30m}
+read -r -a pkgs <<<"${BGPEDGE_TEST_PKGS:-./...}"
+t_start=$SECONDS
+status=0
+
+step() { printf '\n==> %s\n' "$*"; }
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/bgpedge-test.XXXXXX")
+started_kafka=false
+cleanup() {
+	local rc=$?
+	if [[ $started_kafka == true ]]; then
+		"$root/scripts/kafka.sh" stop || true
+	fi
+	rm -rf "$work"
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [[ ${BGPEDGE_SKIP_DEPS:-} != 1 ]]; then
+	step "dependencies (scripts/deps.sh)"
+	t0=$SECONDS
+	"$root/scripts/deps.sh"
+	echo "dependencies ready in $((SECONDS - t0))s"
+fi
+
+export BGPEDGE_KAFKA_SH=$root/scripts/kafka.sh
+if [[ -z ${BGPEDGE_TEST_KAFKA:-} ]]; then
+	step "Kafka broker (scripts/kafka.sh start)"
+	export BGPEDGE_KAFKA_HOST=${BGPEDGE_KAFKA_HOST:-127.0.0.1}
+	export BGPEDGE_KAFKA_PORT=${BGPEDGE_KAFKA_PORT:-9092}
+	if "$root/scripts/kafka.sh" status >/dev/null; then
+		echo "reusing the broker already running on $BGPEDGE_KAFKA_HOST:$BGPEDGE_KAFKA_PORT"
+	else
+		started_kafka=true
+		"$root/scripts/kafka.sh" start
+	fi
+	export BGPEDGE_TEST_KAFKA=$BGPEDGE_KAFKA_HOST:$BGPEDGE_KAFKA_PORT
+fi
+echo "BGPEDGE_TEST_KAFKA=$BGPEDGE_TEST_KAFKA"
+
+step "go vet"
+if ! go vet "${pkgs[@]}"; then
+	echo "go vet: FAILED"
+	status=1
+fi
+
+step "go test -race (timeout $timeout)"
+go build -o "$work/testsummary" ./scripts/testsummary
+run=()
+[[ -n ${BGPEDGE_TEST_RUN:-} ]] && run=(-run "$BGPEDGE_TEST_RUN")
+t0=$SECONDS
+set +e
+go test -race -count=1 -timeout "$timeout" -json "${run[@]}" "${pkgs[@]}" 2>&1 |
+	"$work/testsummary" -counts "$work/counts"
+test_rc=("${PIPESTATUS[@]}")
+set -e
+echo "go test took $((SECONDS - t0))s"
+if [[ ${test_rc[0]} != 0 || ${test_rc[1]} != 0 ]]; then
+	status=1
+fi
+read -r passed failed skipped <"$work/counts" || {
+	passed=0 failed=1 skipped=0
+}
+
+fuzz_passed=0 fuzz_failed=0
+if [[ $fuzztime != 0 && $fuzztime != 0s ]]; then
+	step "fuzzing, $fuzztime per target (scripts/fuzz.sh)"
+	if ! FUZZTIME=$fuzztime FUZZ_COUNTS=$work/fuzzcounts "$root/scripts/fuzz.sh"; then
+		status=1
+	fi
+	read -r fuzz_passed fuzz_failed <"$work/fuzzcounts" || fuzz_failed=1
+fi
+
+if [[ $failed != 0 ]]; then
+	status=1
+fi
+echo
+echo "test.sh finished in $((SECONDS - t_start))s (tests and fuzz targets counted together)"
+echo "$((passed + fuzz_passed)) passed, $((failed + fuzz_failed)) failed, $skipped skipped"
+exit "$status"
