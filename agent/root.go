@@ -55,6 +55,7 @@ func NewRootCommand(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newExabgpCommand(),
 		newRoutesCommand(),
 		newReplayCommand(),
+		newBufferCommand(),
 	)
 	return root
 }

@@ -42,10 +42,11 @@ const (
 	ErrReasonNotification = "bgp-notification"
 	ErrReasonTLV          = "tlv"        // information/stats TLVs malformed
 	ErrReasonPeerState    = "peer-state" // the per-peer state could not be stored
-	ErrReasonRecordKind   = "record-kind"
 )
 
-var errorReasons = []string{ErrReasonBMPHeader, ErrReasonBMPBody, ErrReasonBGPHeader, ErrReasonUpdate, ErrReasonAttribute, ErrReasonOpen, ErrReasonNotification, ErrReasonTLV, ErrReasonPeerState, ErrReasonRecordKind}
+func errorReasons() []string {
+	return []string{ErrReasonBMPHeader, ErrReasonBMPBody, ErrReasonBGPHeader, ErrReasonUpdate, ErrReasonAttribute, ErrReasonOpen, ErrReasonNotification, ErrReasonTLV, ErrReasonPeerState}
+}
 
 // ErrUnsupportedKind is returned for records that are not BMP.
 var ErrUnsupportedKind = errors.New("bmp: record kind is not bmp")
@@ -178,7 +179,9 @@ type decodeMetrics struct {
 }
 
 // Message type label values of bgpedge_bmp_decoded_messages_total.
-var msgTypeLabels = []string{"route-monitoring", "stats", "peer-down", "peer-up", "initiation", "termination", "route-mirroring", "unknown", "synthetic-peer-down"}
+func msgTypeLabels() []string {
+	return []string{"route-monitoring", "stats", "peer-down", "peer-up", "initiation", "termination", "route-mirroring", "unknown", "synthetic-peer-down"}
+}
 
 func newDecodeMetrics(reg prometheus.Registerer) (*decodeMetrics, error) {
 	m := &decodeMetrics{
@@ -199,10 +202,10 @@ func newDecodeMetrics(reg prometheus.Registerer) (*decodeMetrics, error) {
 			Help: "Route Monitoring messages whose Add-Path use was inferred from their content because no Peer Up told it (e.g. Loc-RIB without Peer Up) or the Peer Up's did not fit.",
 		}),
 	}
-	for _, t := range msgTypeLabels {
+	for _, t := range msgTypeLabels() {
 		m.decoded.WithLabelValues(t)
 	}
-	for _, r := range errorReasons {
+	for _, r := range errorReasons() {
 		m.errors.WithLabelValues(r)
 	}
 	for _, r := range []string{"adj-rib-in", "adj-rib-out", "loc-rib"} {
@@ -321,7 +324,7 @@ func (d *Decoder) Decode(rec record.Record, emit func(record.Event)) error {
 func (d *Decoder) fail(c *msgCtx, reason string, err error) {
 	d.m.errors.WithLabelValues(reason).Inc()
 	ev := c.event(EventDecodeError)
-	if c.typ.HasPerPeerHeader() {
+	if c.typ.HasPerPeerHeader() && c.rec.Kind == record.KindBMP {
 		if ph, perr := ParsePeerHeader(c.msg); perr == nil {
 			ev.Peer = peerOf(&ph)
 			ev.Timestamp = timestamp(ph.Timestamp)
@@ -488,7 +491,7 @@ func (d *Decoder) routeMonitoring(c *msgCtx, pdu []byte) {
 // up as a run of zero-length prefixes.
 func decodeWithInference(body []byte, state peerVersion, known bool, dir direction, as2 bool) (decodedUpdate, bool, error) {
 	none := pathOptions{as2: as2}
-	all := pathOptions{as2: as2, addPath: allAddPath}
+	all := pathOptions{as2: as2, addPath: allAddPath()}
 	if known {
 		first := state.options(dir, as2)
 		du, err := decodeUpdate(body, first)
@@ -525,7 +528,7 @@ func decodeWithInference(body []byte, state peerVersion, known bool, dir directi
 }
 
 // allAddPath switches Add-Path on for every family decoded into prefixes.
-var allAddPath = func() map[bgp.Family]bool {
+func allAddPath() map[bgp.Family]bool {
 	m := map[bgp.Family]bool{}
 	for _, f := range []bgp.Family{bgp.RF_IPv4_UC, bgp.RF_IPv6_UC, bgp.RF_IPv4_MC, bgp.RF_IPv6_MC,
 		bgp.RF_IPv4_MPLS, bgp.RF_IPv6_MPLS, bgp.RF_IPv4_VPN, bgp.RF_IPv6_VPN,
@@ -533,7 +536,7 @@ var allAddPath = func() map[bgp.Family]bool {
 		m[f] = true
 	}
 	return m
-}()
+}
 
 func (d *Decoder) peerUp(c *msgCtx, m *biobmp.PeerUpNotification) {
 	ph, err := ParsePeerHeader(c.msg)

@@ -35,7 +35,7 @@ const (
 	attrPrefixSID   = 40
 )
 
-// errBGP is the root of BGP payload decoding failures.
+// Structural failures of BGP payloads; attribute-level failures keep the message.
 var (
 	errBGPHeader = errors.New("bad bgp header")
 	errUpdate    = errors.New("malformed update")

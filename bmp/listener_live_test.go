@@ -52,6 +52,12 @@ func TestLiveGoBGP(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// GoBGP registers its BMP watchers only once connected: wait for the
+	// session (Initiation, both peers' and the Loc-RIB Peer Up) before routes flow.
+	testenv.Eventually(t, 30*time.Second, "BMP session up", func() bool {
+		return countTypes(readAllRecords(t, sp))[int(MsgPeerUp)] >= 3
+	})
+
 	// Routes from B, then C (overlapping B's first prefixes, so Loc-RIB changes).
 	var bPaths []*apiutil.Path
 	for i := range v4Routes {
@@ -73,8 +79,25 @@ func TestLiveGoBGP(t *testing.T) {
 	}
 	rm := func() int { return countTypes(readAllRecords(t, sp))[int(MsgRouteMonitoring)] }
 	// Pre-policy, post-policy and Loc-RIB each carry every route at least once.
+	last := time.Now()
 	testenv.Eventually(t, 60*time.Second, "route monitoring for all routes", func() bool {
-		return rm() >= 3*(v4Routes+v6Routes+cRoutes)
+		n := rm()
+		if time.Since(last) > 5*time.Second {
+			last = time.Now()
+			byPeer := map[string]int{}
+			for _, r := range readAllRecords(t, sp) {
+				if r.Kind == record.KindBMP && r.Payload[5] == 0 {
+					byPeer[fmt.Sprintf("type%d/flags%#x/%d.%d.%d.%d", r.Payload[6], r.Payload[7], r.Payload[28], r.Payload[29], r.Payload[30], r.Payload[31])]++
+				}
+			}
+			t.Logf("spool: %v %v", countTypes(readAllRecords(t, sp)), byPeer)
+			a.srv.ListPeer(context.Background(), &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
+				for _, af := range p.AfiSafis {
+					t.Logf("A peer %s %v: %+v", p.Conf.NeighborAddress, af.Config.Family, af.State)
+				}
+			})
+		}
+		return n >= 3*(v4Routes+v6Routes+cRoutes)
 	})
 
 	// B withdraws 1,000 IPv4 routes.

@@ -110,7 +110,7 @@ type peerStore struct {
 	db    *bolt.DB // nil: memory only
 }
 
-var peersBucket = []byte("peers")
+const peersBucket = "peers"
 
 // peerStateFile is the state file's name inside the state directory.
 const peerStateFile = "bmp-peers.db"
@@ -128,7 +128,7 @@ func openPeerStore(dir string) (*peerStore, error) {
 		return nil, fmt.Errorf("bmp peer state: open: %w", err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(peersBucket)
+		b, err := tx.CreateBucketIfNotExists([]byte(peersBucket))
 		if err != nil {
 			return err
 		}
@@ -215,7 +215,7 @@ func (s *peerStore) record(key string, v peerVersion) error {
 		return err
 	}
 	return s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(peersBucket).Put([]byte(key), val)
+		return tx.Bucket([]byte(peersBucket)).Put([]byte(key), val)
 	})
 }
 

@@ -46,7 +46,7 @@ type Config struct {
 	// Policy is "block" (default) or "drop-oldest".
 	Policy Policy `mapstructure:"policy"`
 	// BatchRecords bounds the records coalesced into one commit (one fsync).
-	// Default 2000.
+	// Default 4000.
 	BatchRecords int `mapstructure:"batch_records"`
 	// BatchBytes bounds the encoded bytes coalesced into one commit.
 	// Default 4 MiB.
@@ -64,7 +64,7 @@ func DefaultConfig() Config {
 		SegmentBytes: 64 * mib,
 		MaxBytes:     1 * gib,
 		Policy:       PolicyBlock,
-		BatchRecords: 2000,
+		BatchRecords: 4000,
 		BatchBytes:   4 * mib,
 		MaxDelay:     2 * time.Millisecond,
 	}
@@ -108,6 +108,10 @@ func (c Config) Validate() error {
 
 // Options converts the configuration into spool options.
 func (c Config) Options(logger *slog.Logger, reg prometheus.Registerer) Options {
+	delay := c.MaxDelay
+	if delay == 0 {
+		delay = -1 // configured "no wait"; a zero Options.MaxDelay means the default
+	}
 	return Options{
 		Dir:          c.Dir,
 		SegmentBytes: c.SegmentBytes,
@@ -116,15 +120,15 @@ func (c Config) Options(logger *slog.Logger, reg prometheus.Registerer) Options 
 		Policy:       c.Policy,
 		BatchRecords: c.BatchRecords,
 		BatchBytes:   c.BatchBytes,
-		MaxDelay:     c.MaxDelay,
+		MaxDelay:     delay,
 		Logger:       logger,
 		Registerer:   reg,
 	}
 }
 
 // Options configures Open. Zero values take the defaults of DefaultConfig,
-// except MaxBytes (0: no capacity limit), MaxAge (0: no age limit) and
-// MaxDelay (0: never wait for more appenders).
+// except MaxBytes (0: no capacity limit) and MaxAge (0: no age limit). A
+// negative MaxDelay means never wait for more appenders.
 type Options struct {
 	Dir          string
 	SegmentBytes int64
@@ -161,8 +165,8 @@ func (o Options) withDefaults() (Options, error) {
 	if o.BatchBytes <= 0 {
 		o.BatchBytes = d.BatchBytes
 	}
-	if o.MaxDelay < 0 {
-		o.MaxDelay = 0
+	if o.MaxDelay == 0 {
+		o.MaxDelay = d.MaxDelay
 	}
 	if o.MaxBytes < 0 || o.MaxAge < 0 {
 		return o, errors.New("buffer: options: max_bytes and max_age must not be negative")

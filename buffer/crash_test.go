@@ -138,6 +138,7 @@ func TestCrashOracle(t *testing.T) {
 	if os.Getenv(crashDirEnv) != "" {
 		t.Skip("parent only")
 	}
+	t.Parallel() // waits on fsync; overlaps with the other slow tests
 	dir := t.TempDir()
 	if keep := os.Getenv("BGPEDGE_BUFFER_CRASH_KEEP"); keep != "" {
 		dir = keep // leave the spool behind for inspection

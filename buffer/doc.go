@@ -1,2 +1,40 @@
-// Package buffer is the spool: a durable, segmented write-ahead buffer on bbolt with group commit, capacity limits, backpressure and acknowledgements.
+// Package buffer is the spool: a durable, segmented write-ahead buffer on
+// bbolt with group commit, capacity limits, backpressure and
+// acknowledgements. Sources Append records; the forwarder Reads them from a
+// cursor and acknowledges them; nothing Append returned for is lost before
+// it is acknowledged.
+//
+// Layout. The directory holds segment files seg-<first seq, 20 digits>.db,
+// each a bbolt database with a "blocks" bucket and a "meta" bucket. One
+// group commit stores one block: a nested bucket keyed by the block's first
+// seq (big-endian) whose single value is the encoded records of every Append
+// coalesced into that commit, with a CRC-32C per Append (see block.go). The
+// meta bucket holds the acknowledgement watermark as of the last commit. A
+// LOCK file (flock) keeps a second process out: it gets ErrInUse.
+//
+// Writes. Append encodes its records in the caller's goroutine and hands
+// them to a single writer goroutine, which puts everything queued (bounded by
+// BatchRecords and BatchBytes, waiting at most MaxDelay and only while other
+// appenders are on their way) into one bbolt transaction and commits it; bbolt
+// fdatasyncs the data pages, then the meta page. Seqs are assigned at commit,
+// so a failed commit (disk full: ErrFull) leaves no trace and consumes no seq.
+// The active segment is rotated once it reaches SegmentBytes; a new segment is
+// built under a temporary name and renamed into place.
+//
+// Acknowledgements. AckThrough/Ack move an in-memory watermark; the writer
+// persists it with the next commit (or within a second) and always before it
+// deletes a fully acknowledged segment, so a deleted segment can never come
+// back as unacknowledged. After a crash the watermark may lag: a few
+// acknowledged records are delivered again (at least once).
+//
+// Capacity. Bytes are the segment files' sizes. Policy block makes Append wait
+// while they exceed MaxBytes; policy drop-oldest deletes whole oldest segments
+// instead, counting and logging every unacknowledged record dropped. MaxAge
+// drops segments whose newest record is older, under either policy.
+//
+// Faults. At Open every segment is verified completely (bbolt structure,
+// block sequence, every CRC; bbolt panics and memory faults are recovered).
+// A segment that fails is renamed to *.quarantined, logged and counted, and
+// its seqs are never handed out again. A block found damaged later by Read is
+// skipped, counted as dropped (reason corrupt) and logged.
 package buffer

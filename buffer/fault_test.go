@@ -128,6 +128,7 @@ func TestFullDisk(t *testing.T) {
 	if os.Getenv(fullDiskDirEnv) != "" {
 		t.Skip("parent only")
 	}
+	t.Parallel() // waits on fsync; overlaps with the other slow tests
 	dir := t.TempDir()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestFullDiskChild$", "-test.v=false")
 	cmd.Env = append(os.Environ(), fullDiskDirEnv+"="+dir)
@@ -192,6 +193,7 @@ func corruptSetup(t *testing.T, dir string) ([]record.Record, string) {
 }
 
 func TestCorruptSegmentQuarantined(t *testing.T) {
+	t.Parallel() // waits on fsync; overlaps with the other slow tests
 	tests := []struct {
 		name    string
 		corrupt func(t *testing.T, path string, recs []record.Record, first uint64)

@@ -35,6 +35,7 @@ func (m *spoolModel) unacked() uint64 { return m.next - 1 - m.acked - uint64(len
 // deletion happen all the time) and compares every answer with spoolModel.
 // Reproduce a failure with BGPEDGE_BUFFER_MODEL_SEED=<seed>.
 func TestModel(t *testing.T) {
+	t.Parallel() // waits on fsync; overlaps with the other slow tests
 	seeds := 12
 	base := uint64(time.Now().UnixNano())
 	if v := os.Getenv("BGPEDGE_BUFFER_MODEL_SEED"); v != "" {

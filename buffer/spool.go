@@ -63,7 +63,7 @@ type Spool struct {
 	kick       chan struct{}
 	stop       chan struct{}
 	writerDone chan struct{}
-	waiting    atomic.Int64 // appenders past the capacity check, not yet taken by the writer
+	inflight   atomic.Int64 // appenders past the capacity check that have not returned yet
 	reqPool    sync.Pool
 	closeOnce  sync.Once
 	closeErr   error
@@ -260,11 +260,11 @@ func (s *Spool) Append(ctx context.Context, recs ...record.Record) (uint64, erro
 	if err := s.waitSpace(ctx); err != nil {
 		return 0, err
 	}
-	s.waiting.Add(1)
+	s.inflight.Add(1)
+	defer s.inflight.Add(-1)
 	req := s.reqPool.Get().(*appendReq)
 	var err error
 	if req.chunk, err = appendChunk(req.chunk[:0], recs); err != nil {
-		s.waiting.Add(-1)
 		s.putReq(req)
 		return 0, fmt.Errorf("buffer: append: %w", err)
 	}
@@ -272,11 +272,9 @@ func (s *Spool) Append(ctx context.Context, recs ...record.Record) (uint64, erro
 	select {
 	case s.reqs <- req:
 	case <-ctx.Done():
-		s.waiting.Add(-1)
 		s.putReq(req)
 		return 0, ctx.Err()
 	case <-s.stop:
-		s.waiting.Add(-1)
 		s.putReq(req)
 		return 0, ErrClosed
 	}
@@ -336,7 +334,6 @@ func (s *Spool) writer() {
 	for {
 		select {
 		case r := <-s.reqs:
-			s.waiting.Add(-1)
 			batch = s.gather(append(batch[:0], r))
 			s.commit(batch)
 			clear(batch)
@@ -348,7 +345,6 @@ func (s *Spool) writer() {
 			for {
 				select {
 				case r := <-s.reqs:
-					s.waiting.Add(-1)
 					s.commit([]*appendReq{r})
 					continue
 				default:
@@ -365,8 +361,9 @@ func (s *Spool) writer() {
 }
 
 // gather coalesces concurrent appenders into one commit. It waits (at most
-// MaxDelay) only while other appenders are known to be on their way, so a
-// lone appender pays no delay.
+// MaxDelay) only while appenders other than those in the batch are inside
+// Append: on their way, or just answered by the previous commit and likely
+// to come straight back. A lone appender pays no delay.
 func (s *Spool) gather(batch []*appendReq) []*appendReq {
 	n, size := batch[0].n, len(batch[0].chunk)
 	var deadline time.Time
@@ -374,13 +371,12 @@ loop:
 	for n < s.opts.BatchRecords && size < s.opts.BatchBytes {
 		select {
 		case r := <-s.reqs:
-			s.waiting.Add(-1)
 			batch = append(batch, r)
 			n, size = n+r.n, size+len(r.chunk)
 			continue
 		default:
 		}
-		if s.opts.MaxDelay <= 0 || s.waiting.Load() <= 0 {
+		if s.opts.MaxDelay < 0 || s.inflight.Load() <= int64(len(batch)) {
 			break
 		}
 		if deadline.IsZero() {
@@ -394,7 +390,6 @@ loop:
 		select {
 		case r := <-s.reqs:
 			s.timer.Stop()
-			s.waiting.Add(-1)
 			batch = append(batch, r)
 			n, size = n+r.n, size+len(r.chunk)
 		case <-s.timer.C:
@@ -795,7 +790,8 @@ func (s *Spool) FirstUnacked() uint64 {
 // Read returns up to maxRecords records with seq ≥ from, in seq order,
 // blocking until at least one exists or ctx is done. Records that no longer
 // exist (acknowledged and deleted, dropped, unreadable) are skipped. The
-// returned records do not alias spool memory that changes later.
+// returned records do not alias spool memory that changes later. On a
+// read-only spool Read never waits and may return no records.
 func (s *Spool) Read(ctx context.Context, from uint64, maxRecords int) ([]record.Record, error) {
 	if maxRecords <= 0 {
 		maxRecords = 1
@@ -810,8 +806,8 @@ func (s *Spool) Read(ctx context.Context, from uint64, maxRecords int) ([]record
 		default:
 		}
 		recs, err := s.readAvailable(from, maxRecords)
-		if err != nil || len(recs) > 0 {
-			return recs, err
+		if err != nil || len(recs) > 0 || s.opts.ReadOnly {
+			return recs, err // nothing can arrive in a read-only spool
 		}
 		select {
 		case <-ch:
@@ -1006,6 +1002,15 @@ func (s *Spool) counts() Stats {
 		st.FirstSeq = f
 	}
 	return st
+}
+
+// Quarantined lists the segment files of dir that were moved aside.
+func Quarantined(dir string) ([]string, error) {
+	m, err := filepath.Glob(filepath.Join(dir, segPrefix+"*"+quarantineSuffix))
+	if err != nil {
+		return nil, fmt.Errorf("buffer: %w", err)
+	}
+	return m, nil
 }
 
 func (s *Spool) oldestAge() time.Duration {

@@ -228,7 +228,10 @@ func withSelector(neighbors []string, body string) string {
 	return strings.Join(parts, ", ") + " " + body
 }
 
-func (p *Policy) checkPrefix(s, what string) (netip.Prefix, error) {
+// checkPrefix checks that a prefix lies in the allowed prefixes and, for
+// routes (not flow rules, which usually match single hosts), that it is not
+// longer than the configured maximum.
+func (p *Policy) checkPrefix(s, what string, maxLen bool) (netip.Prefix, error) {
 	pf, err := netip.ParsePrefix(s)
 	if err != nil {
 		return netip.Prefix{}, reject("invalid %s %q", what, s)
@@ -240,7 +243,7 @@ func (p *Policy) checkPrefix(s, what string) (netip.Prefix, error) {
 	if pf.Addr().Is6() {
 		max = p.cfg.MaxPrefixLengthV6
 	}
-	if pf.Bits() > max {
+	if maxLen && pf.Bits() > max {
 		return netip.Prefix{}, reject("%s %s is longer than /%d", what, pf, max)
 	}
 	for _, a := range p.prefixes {
@@ -256,7 +259,7 @@ func (p *Policy) renderRoute(req *Request, c *Command) error {
 	if r == nil || req.Flow != nil {
 		return reject("%s needs a route and no flow", req.Verb)
 	}
-	pf, err := p.checkPrefix(r.Prefix, "prefix")
+	pf, err := p.checkPrefix(r.Prefix, "prefix", true)
 	if err != nil {
 		return err
 	}
@@ -362,7 +365,7 @@ func (p *Policy) renderFlow(req *Request, c *Command) error {
 	var m strings.Builder
 	n := 0
 	if f.Match.Destination != "" {
-		pf, err := p.checkPrefix(f.Match.Destination, "flow destination")
+		pf, err := p.checkPrefix(f.Match.Destination, "flow destination", false)
 		if err != nil {
 			return err
 		}
@@ -370,7 +373,7 @@ func (p *Policy) renderFlow(req *Request, c *Command) error {
 		n++
 	}
 	if f.Match.Source != "" {
-		pf, err := p.checkPrefix(f.Match.Source, "flow source")
+		pf, err := p.checkPrefix(f.Match.Source, "flow source", false)
 		if err != nil {
 			return err
 		}

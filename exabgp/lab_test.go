@@ -401,7 +401,7 @@ func apiutilDelete(p *apiutil.Path) apiutil.DeletePathRequest {
 }
 
 func (g *gobgpPeer) shutdownPeer() error {
-	return g.s.ShutdownPeer(context.Background(), &api.ShutdownPeerRequest{Address: g.exaAddr, Communication: "test"})
+	return g.s.ResetPeer(context.Background(), &api.ResetPeerRequest{Address: g.exaAddr})
 }
 
 func (g *gobgpPeer) adjOutHas(t *testing.T, prefix string) bool {
@@ -411,3 +411,5 @@ func (g *gobgpPeer) adjOutHas(t *testing.T, prefix string) bool {
 		func(p bgp.NLRI, _ []*apiutil.Path) { found = found || p.String() == prefix })
 	return err == nil && found
 }
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }

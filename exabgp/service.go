@@ -126,7 +126,10 @@ func (s *service) serveNATS(ctx context.Context, nc *nats.Conn, subject string) 
 		return fmt.Errorf("subscribe %s: %w", subject, err)
 	}
 	<-ctx.Done()
-	return sub.Unsubscribe()
+	if err := sub.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		return err
+	}
+	return nil
 }
 
 // ErrNoNATSURL is returned when commands are enabled without a NATS URL.

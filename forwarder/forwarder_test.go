@@ -308,3 +308,64 @@ func TestMetricsLint(t *testing.T) {
 		t.Errorf("metric %s: %s", p.Metric, p.Text)
 	}
 }
+
+func TestEncodeIndexes(t *testing.T) {
+	tests := []struct {
+		name string
+		enc  Encoder
+		want []string
+	}{
+		{"raw single", Raw{}, []string{"a1:9"}},
+		{"given indexes kept", EncoderFunc(func(_ record.Record, emit func(Message)) error {
+			emit(Message{Stream: "s", Index: 0})
+			emit(Message{Stream: "s", Index: 2})
+			return nil
+		}), []string{"a1:9:0", "a1:9:2"}},
+		{"duplicate indexes renumbered", EncoderFunc(func(_ record.Record, emit func(Message)) error {
+			emit(Message{Stream: "s"})
+			emit(Message{Stream: "s"})
+			return nil
+		}), []string{"a1:9:0", "a1:9:1"}},
+		{"stream encoder single", StreamEncoderFunc(func(_ record.Record, emit func(string, []byte, []byte)) error {
+			emit("s", nil, nil)
+			return nil
+		}), []string{"a1:9"}},
+		{"stream encoder several", StreamEncoderFunc(func(_ record.Record, emit func(string, []byte, []byte)) error {
+			emit("s", nil, nil)
+			emit("t", nil, nil)
+			emit("s", nil, nil)
+			return nil
+		}), []string{"a1:9:0", "a1:9:1", "a1:9:2"}},
+		{"encode error is a dead letter", Mux{}, []string{"a1:9"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := newForwarder(unitConfig(), newMemSource(), tt.enc, newFakeSink(SinkKafka), nil, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := bmpRecord("r", 10)
+			rec.Seq = 9
+			out := f.encode(rec, nil)
+			var got []string
+			for _, m := range out {
+				got = append(got, m.ID)
+				if headerValue2(m.Headers, HeaderID) != m.ID {
+					t.Errorf("id header %q != id %q", headerValue2(m.Headers, HeaderID), m.ID)
+				}
+			}
+			if strings.Join(got, ",") != strings.Join(tt.want, ",") {
+				t.Errorf("ids %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func headerValue2(hs []Header, key string) string {
+	for _, h := range hs {
+		if h.Key == key {
+			return h.Value
+		}
+	}
+	return ""
+}

@@ -17,8 +17,9 @@ log=$(mktemp "${TMPDIR:-/tmp}/bgpedge-fuzz.XXXXXX")
 trap 'rm -f "$log"' EXIT
 
 passed=0 failed=0
-# tools/ is a separate module; hidden directories are not ours.
-targets=$(grep -rEo --include='*_test.go' --exclude-dir=tools --exclude-dir='.*' \
+# tools/ is a separate module; testdata/ holds inputs, not packages.
+targets=$(grep -rEo --include='*_test.go' --exclude-dir=tools --exclude-dir=testdata \
+	--exclude-dir=.git --exclude-dir=.cache \
 	'^func Fuzz[A-Za-z0-9_]+\(' . |
 	sed -E 's#^\./##; s#:func (Fuzz[A-Za-z0-9_]+)\($#:\1#' | sort || true)
 while IFS=: read -r file name; do

@@ -23,7 +23,8 @@ step() { echo "package-test: $*"; }
 for c in dpkg dpkg-deb rpm systemd-analyze; do
 	command -v "$c" >/dev/null || fail "$c not found (scripts/deps.sh installs it)"
 done
-if dpkg-query -W -f='${Status}' bgpedge 2>/dev/null | grep -q installed; then
+installed() { [[ $(dpkg-query -W -f='${Status}' bgpedge 2>/dev/null || true) == *" installed" ]]; }
+if installed; then
 	fail "a bgpedge package is already installed on this machine; refusing to touch it"
 fi
 
@@ -31,7 +32,7 @@ work=$(mktemp -d)
 user_existed=0
 getent passwd bgpedge >/dev/null && user_existed=1
 cleanup() {
-	if dpkg-query -W -f='${Status}' bgpedge 2>/dev/null | grep -q 'ok'; then
+	if [[ -n $(dpkg-query -W -f='${Status}' bgpedge 2>/dev/null || true) ]]; then
 		dpkg --purge bgpedge >/dev/null 2>&1 || true
 	fi
 	if [[ $user_existed == 0 ]]; then
@@ -59,13 +60,13 @@ arch=$(dpkg --print-architecture)
 deb=$(ls "$work"/a/bgpedge_*_"$arch".deb)
 
 step "deb metadata and contents"
-dpkg-deb --info "$deb" | grep -q 'Package: bgpedge' || fail "deb control"
+grep -q 'Package: bgpedge' <<<"$(dpkg-deb --info "$deb")" || fail "deb control"
 listing=$(dpkg-deb --contents "$deb")
 for want in './usr/bin/bgpedge' './etc/bgpedge/bgpedge.yaml' './etc/bgpedge/exabgp.conf' \
 	'./usr/lib/systemd/system/bgpedge.service' './var/lib/bgpedge/'; do
 	grep -q " $want\$" <<<"$listing" || fail "deb lacks $want"
 done
-dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | grep -qx /etc/bgpedge/bgpedge.yaml ||
+grep -qx /etc/bgpedge/bgpedge.yaml <<<"$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)" ||
 	fail "bgpedge.yaml is not a conffile"
 
 step "dpkg -i"
@@ -83,7 +84,7 @@ check_stat /etc/bgpedge 750 root bgpedge
 check_stat /etc/bgpedge/bgpedge.yaml 640 root bgpedge
 check_stat /var/lib/bgpedge 750 bgpedge bgpedge
 check_stat /usr/lib/systemd/system/bgpedge.service 644 root root
-/usr/bin/bgpedge version | grep -q 'bgpedge 1.0.0' || fail "installed binary does not report its version"
+grep -q 'bgpedge 1.0.0' <<<"$(/usr/bin/bgpedge version)" || fail "installed binary does not report its version"
 # ExecStartPre runs as the service user: it must be able to read the config.
 runuser -u bgpedge -- /usr/bin/bgpedge config validate --config /etc/bgpedge/bgpedge.yaml >/dev/null ||
 	fail "the bgpedge user cannot validate the installed configuration"
@@ -99,8 +100,8 @@ step "exposure $score"
 step "upgrade keeps a modified conffile"
 echo "# local change" >>/etc/bgpedge/bgpedge.yaml
 VERSION=1.0.1 DIST="$work/c" scripts/package.sh "$arch" >/dev/null
-dpkg -i "$work"/c/bgpedge_1.0.1_"$arch".deb >/dev/null
-/usr/bin/bgpedge version | grep -q 'bgpedge 1.0.1' || fail "upgrade did not replace the binary"
+dpkg -i "$work"/c/bgpedge_1.0.1*_"$arch".deb >/dev/null
+grep -q 'bgpedge 1.0.1' <<<"$(/usr/bin/bgpedge version)" || fail "upgrade did not replace the binary"
 grep -q '^# local change$' /etc/bgpedge/bgpedge.yaml || fail "upgrade replaced the modified conffile"
 check_stat /var/lib/bgpedge 750 bgpedge bgpedge
 
@@ -116,17 +117,17 @@ step "purge removes configuration and spool"
 dpkg --purge bgpedge >/dev/null
 [[ ! -e /etc/bgpedge ]] || fail "purge left /etc/bgpedge"
 [[ ! -e /var/lib/bgpedge ]] || fail "purge left /var/lib/bgpedge"
-dpkg-query -W -f='${Status}' bgpedge 2>/dev/null | grep -q 'ok installed' && fail "still installed after purge"
+installed && fail "still installed after purge"
 
 for rpmfile in "$work"/a/*.rpm; do
 	step "rpm $(basename "$rpmfile")"
-	rpm -qip "$rpmfile" | grep -q '^Name *: bgpedge' || fail "rpm -qip"
+	grep -q '^Name *: bgpedge' <<<"$(rpm -qip "$rpmfile")" || fail "rpm -qip"
 	files=$(rpm -qlp "$rpmfile")
 	for want in /usr/bin/bgpedge /etc/bgpedge/bgpedge.yaml /etc/bgpedge/exabgp.conf \
 		/usr/lib/systemd/system/bgpedge.service /var/lib/bgpedge; do
 		grep -qx "$want" <<<"$files" || fail "rpm lacks $want"
 	done
-	rpm -qp --configfiles "$rpmfile" | grep -qx /etc/bgpedge/bgpedge.yaml || fail "bgpedge.yaml is not %config"
+	grep -qx /etc/bgpedge/bgpedge.yaml <<<"$(rpm -qp --configfiles "$rpmfile")" || fail "bgpedge.yaml is not %config"
 	scripts=$(rpm -qp --scripts "$rpmfile")
 	grep -q 'useradd --system' <<<"$scripts" || fail "rpm scripts do not create the user"
 	# Every systemctl call is guarded.

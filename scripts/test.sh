@@ -100,6 +100,13 @@ if [[ $fuzztime != 0 && $fuzztime != 0s ]]; then
 	read -r fuzz_passed fuzz_failed <"$work/fuzzcounts" || fuzz_failed=1
 fi
 
+# Stop the broker now rather than in the exit trap, so the counts below are
+# the last lines of the log.
+if [[ $started_kafka == true ]]; then
+	"$root/scripts/kafka.sh" stop 2>&1 || true
+	started_kafka=false
+fi
+
 if [[ $failed != 0 ]]; then
 	status=1
 fi

@@ -1,0 +1,219 @@
+package forwarder
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bgpedge/bgpedge/bmp"
+	"github.com/bgpedge/bgpedge/buffer"
+	"github.com/bgpedge/bgpedge/internal/testenv"
+	"github.com/bgpedge/bgpedge/record"
+)
+
+// recordingSpool remembers what was spooled, so the oracle knows every
+// record (and so every output id) that must reach Kafka.
+type recordingSpool struct {
+	*buffer.Spool
+	mu   sync.Mutex
+	recs []record.Record
+}
+
+func (s *recordingSpool) Append(ctx context.Context, recs ...record.Record) (uint64, error) {
+	first, err := s.Spool.Append(ctx, recs...)
+	if err != nil {
+		return first, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, r := range recs {
+		r.Seq = first + uint64(i)
+		r.Key = append([]byte(nil), r.Key...)
+		r.Payload = append([]byte(nil), r.Payload...)
+		s.recs = append(s.recs, r)
+	}
+	return first, nil
+}
+
+func bmpEncoder(t testing.TB, agent string) Encoder {
+	t.Helper()
+	be, err := bmp.NewEncoder(bmp.EncoderOptions{Encoding: bmp.DefaultEncoding(), AgentID: agent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = be.Close() })
+	return EncoderFunc(func(rec record.Record, emit func(Message)) error {
+		return be.Encode(rec, func(o bmp.Output) {
+			emit(Message{Stream: o.Stream, Key: o.Key, Value: o.Value, Index: o.Index})
+		})
+	})
+}
+
+// Every shared capture, replayed over TCP into the BMP station, reaches Kafka
+// through the spool and the forwarder with the bmp encoder: every output id
+// in the right topic with the right key, 0 missing, and the route events of
+// one prefix of one peer in order (acceptance 1).
+func TestEndToEndCapturesToKafka(t *testing.T) {
+	t.Parallel()
+	brokers := testenv.KafkaBrokers(t)
+	dir := testenv.Shared(t, "bmpdata")
+	var files []string
+	for _, pattern := range []string{"raw/*", "pcap/*/*"} {
+		m, err := filepath.Glob(filepath.Join(dir, pattern))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, m...)
+	}
+	var streams [][]byte
+	for _, f := range files {
+		s, err := bmp.LoadReplayFile(f)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		streams = append(streams, s...)
+	}
+
+	sp, err := buffer.Open(buffer.Options{Dir: t.TempDir(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spool := &recordingSpool{Spool: sp}
+	cfg := testConfig(t, brokers)
+	cfg.Topics.Ensure = append(bmp.Streams(), StreamDLQ)
+	deleteTopicsAtEnd(t, brokers, cfg, cfg.Topics.Ensure...)
+	f, err := New(cfg, sp, bmpEncoder(t, cfg.AgentID), testLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopFwd := startForwarder(t, f)
+	t.Cleanup(func() { stopFwd(); _ = sp.Close() })
+
+	bcfg := bmp.DefaultConfig()
+	bcfg.Listen = "127.0.0.1:0"
+	l, err := bmp.NewListener(bcfg, spool, testLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := l.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close(context.Background()) })
+	stats, err := bmp.Replay(ctx, bmp.ReplayOptions{Streams: streams, Target: l.Addr().String(), DrainTimeout: 2 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Synthetic peer-downs (sessions that end with peers up) add records.
+	testenv.Eventually(t, 30*time.Second, "every message spooled", func() bool {
+		spool.mu.Lock()
+		defer spool.mu.Unlock()
+		n := uint64(0)
+		for _, r := range spool.recs {
+			if r.Kind == record.KindBMP {
+				n++
+			}
+		}
+		if n > stats.Messages {
+			t.Fatalf("%d BMP records spooled, only %d messages sent", n, stats.Messages)
+		}
+		return n == stats.Messages
+	})
+	last := spool.recs[len(spool.recs)-1].Seq
+	testenv.Eventually(t, 5*time.Minute, "spool drained to kafka", func() bool { return sp.FirstUnacked() > last })
+
+	// The expected outputs: the same records through a second encoder.
+	type want struct{ stream, key string }
+	expected := map[string]want{}
+	oracleEnc := bmpEncoder(t, cfg.AgentID)
+	for _, r := range spool.recs {
+		if err := oracleEnc.Encode(r, func(m Message) {
+			expected[MessageID(cfg.AgentID, r.Seq, m.Index)] = want{m.Stream, string(m.Key)}
+		}); err != nil {
+			expected[MessageID(cfg.AgentID, r.Seq, -1)] = want{StreamDLQ, string(r.Key)}
+		}
+	}
+
+	var (
+		mu       sync.Mutex
+		got      = map[string]int{}
+		wrong    []string
+		lastSeen = map[string][2]int{} // route key → (seq, index) of its latest first-seen event
+		disorder int
+	)
+	topicStream := map[string]string{}
+	for _, s := range cfg.Topics.Ensure {
+		topicStream[cfg.Topics.Topic(s)] = s
+	}
+	o := &checkOracle{check: func(m *sarama.ConsumerMessage) {
+		id := headerValue(m.Headers, HeaderID)
+		mu.Lock()
+		defer mu.Unlock()
+		got[id]++
+		w, ok := expected[id]
+		stream := topicStream[m.Topic]
+		if !ok || w.stream != stream || w.key != string(m.Key) {
+			if len(wrong) < 10 {
+				wrong = append(wrong, fmt.Sprintf("%s in %s key %q (want %+v, known %v)", id, stream, m.Key, w, ok))
+			}
+			return
+		}
+		if got[id] > 1 || !strings.HasPrefix(stream, "bmp.route.") {
+			return
+		}
+		_, seq, idx, _ := ParseMessageID(id)
+		k := stream + "|" + string(m.Key)
+		if p, ok := lastSeen[k]; ok && (p[0] > int(seq) || p[0] == int(seq) && p[1] > idx) {
+			disorder++
+		}
+		lastSeen[k] = [2]int{int(seq), idx}
+	}}
+	for topic := range topicStream {
+		consumeChecked(t, brokers, o, topic)
+	}
+	testenv.Eventually(t, 3*time.Minute, "every expected id in kafka", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for id := range expected {
+			if got[id] > 0 {
+				n++
+			}
+		}
+		return n == len(expected)
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(wrong) > 0 {
+		t.Errorf("messages in the wrong topic or with the wrong key:\n%s", strings.Join(wrong, "\n"))
+	}
+	if disorder > 0 {
+		t.Errorf("%d route events out of order for their prefix and peer", disorder)
+	}
+	perStream := map[string]int{}
+	dups := 0
+	for id, n := range got {
+		perStream[expected[id].stream]++
+		dups += n - 1
+	}
+	names := make([]string, 0, len(perStream))
+	for s := range perStream {
+		names = append(names, s)
+	}
+	sort.Strings(names)
+	var b strings.Builder
+	for _, s := range names {
+		fmt.Fprintf(&b, " %s=%d", s, perStream[s])
+	}
+	t.Logf("%d captures, %d sessions, %d BMP messages spooled, %d output messages expected, 0 missing, %d duplicates, %d route keys in order; per stream:%s",
+		len(files), len(streams), len(spool.recs), len(expected), dups, len(lastSeen), b.String())
+}
