@@ -58,3 +58,6 @@ tools: ## build the pinned developer tools once (staticcheck, nfpm)
 
 clean:
 	rm -rf bin dist
+
+package: ## .deb and .rpm (amd64, arm64) into dist/, reproducible (scripts/package.sh)
+	scripts/package.sh

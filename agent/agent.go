@@ -270,12 +270,12 @@ func (a *Agent) startStation(ctx context.Context, cfg Config, sp Spool) (*statio
 		return nil, fmt.Errorf("bmp listener: %w", err)
 	}
 	a.gather.set("bmp", reg)
-	return &stationPart{s: st, cfg: cfg.BMP, reg: reg}, nil
+	return &stationPart{s: st, cfg: cfg.BMP.Config, reg: reg}, nil
 }
 
 func (a *Agent) newForwarder(cfg Config, sp Spool) (*forwarderPart, error) {
 	reg := prometheus.NewRegistry()
-	d, err := a.build.NewForwarder(cfg, sp, a.log.With("component", "forwarder"), reg)
+	d, err := a.build.NewForwarder(cfg, sp, a.log, reg) // forwarder.New tags its own logs
 	if err != nil {
 		return nil, fmt.Errorf("forwarder: %w", err)
 	}
@@ -400,8 +400,10 @@ func (a *Agent) Apply(ctx context.Context, next Config) (err error) {
 		return ErrNotRunning
 	}
 
-	bmpChanged := !reflect.DeepEqual(cur.BMP, next.BMP)
+	bmpChanged := !reflect.DeepEqual(cur.BMP.Config, next.BMP.Config)
+	// The encoding is the forwarder's business: the listener spools raw bytes.
 	fwdChanged := !reflect.DeepEqual(cur.Forwarder, next.Forwarder) ||
+		!reflect.DeepEqual(cur.BMP.Encoding, next.BMP.Encoding) ||
 		(next.Forwarder.Enabled && cur.Agent.ID != next.Agent.ID)
 	httpChanged := cur.HTTP != next.HTTP
 

@@ -163,6 +163,7 @@ func testConfig(t *testing.T) Config {
 	cfg.Agent.ShutdownTimeout = 10 * time.Second
 	cfg.Buffer.Dir = filepath.Join(t.TempDir(), "spool")
 	cfg.BMP.Listen = "127.0.0.1:0"
+	cfg.BMP.Encoding.StateDir = filepath.Join(cfg.Agent.StateDir, "bmp")
 	cfg.HTTP.Listen = "127.0.0.1:0"
 	cfg.Forwarder.Enabled = false
 	return cfg

@@ -3,26 +3,22 @@ package agent
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/go-viper/mapstructure/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
-	"github.com/spf13/viper"
 
 	"github.com/bgpedge/bgpedge/buffer"
 	"github.com/bgpedge/bgpedge/exabgp"
 	"github.com/bgpedge/bgpedge/forwarder"
+	"github.com/bgpedge/bgpedge/record"
 )
 
 // newExabgpCommand is `bgpedge exabgp`, the program exaBGP's `run` starts.
@@ -94,7 +90,7 @@ func runExabgp(ctx context.Context, file string, stdin io.Reader, stdout, stderr
 		spool = sp
 		mu.Unlock()
 		if acfg.Forwarder.Enabled {
-			f, err := forwarder.New(acfg.ForwarderSettings(), sp, Encoder(acfg), log.With("component", "forwarder"), reg)
+			f, err := forwarder.New(acfg.ForwarderSettings(), sp, exabgpEncoder(acfg), log.With("component", "forwarder"), reg)
 			if err != nil {
 				log.Error("forwarder not started: events stay in the spool", "err", err)
 			} else {
@@ -178,78 +174,18 @@ func serveExabgpMetrics(addr string, reg *prometheus.Registry, log *slog.Logger)
 	}
 }
 
-// loadExabgpConfig reads the agent's configuration file: the exabgp: section
-// strictly into exabgp.Config, the rest through the agent's own strict
-// decoder. BGPEDGE_EXABGP_* variables override the exabgp: section.
-// TODO(lead): once agent.Config has an `exabgp` section, use Load directly.
+// loadExabgpConfig reads the agent's configuration file (strictly, with
+// BGPEDGE_* overrides); its exabgp: section configures this process.
 func loadExabgpConfig(file string) (Config, exabgp.Config, error) {
-	v := viper.NewWithOptions(viper.KeyDelimiter(keyDelim))
-	v.SetConfigType("yaml")
-	f, err := os.Open(file)
-	switch {
-	case err == nil:
-		defer f.Close()
-		if err := v.ReadConfig(f); err != nil {
-			return Config{}, exabgp.Config{}, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, file, err)
-		}
-	case errors.Is(err, os.ErrNotExist):
-		return Config{}, exabgp.Config{}, fmt.Errorf("%w: %s", ErrNoConfigFile, file)
-	default:
-		return Config{}, exabgp.Config{}, fmt.Errorf("read config: %w", err)
-	}
-	settings := v.AllSettings()
-	exSettings, _ := settings["exabgp"].(map[string]any)
-	delete(settings, "exabgp")
-	acfg, err := decodeSettings(settings)
+	cfg, err := Load(LoadOptions{File: file, FileRequired: true})
 	if err != nil {
 		return Config{}, exabgp.Config{}, err
 	}
-	ecfg := exabgp.DefaultConfig()
-	if exSettings == nil {
-		exSettings = map[string]any{}
-	}
-	for _, kv := range os.Environ() {
-		k, val, _ := strings.Cut(kv, "=")
-		if rest, ok := strings.CutPrefix(k, "BGPEDGE_EXABGP_"); ok {
-			setEnvOverride(exSettings, strings.ToLower(rest), val)
-		}
-	}
-	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
-		DecodeHook: mapstructure.ComposeDecodeHookFunc(
-			mapstructure.StringToTimeDurationHookFunc(),
-			mapstructure.StringToSliceHookFunc(","),
-		),
-		ErrorUnused:      true,
-		WeaklyTypedInput: true,
-		Result:           &ecfg,
-	})
-	if err != nil {
-		return Config{}, exabgp.Config{}, fmt.Errorf("config decoder: %w", err)
-	}
-	if err := dec.Decode(exSettings); err != nil {
-		return Config{}, exabgp.Config{}, fmt.Errorf("%w: exabgp: %w", ErrInvalidConfig, err)
-	}
-	return acfg, ecfg, nil
+	return cfg, cfg.ExaBGP, nil
 }
 
-// setEnvOverride places BGPEDGE_EXABGP_POLICY_MAX_ROUTES=5 at
-// policy.max_routes, matching the longest known section name first.
-func setEnvOverride(m map[string]any, key, val string) {
-	for _, sec := range []string{"commands_nats", "commands", "policy"} {
-		if rest, ok := strings.CutPrefix(key, sec+"_"); ok {
-			path := strings.Split(strings.ReplaceAll(sec, "_", "."), ".")
-			cur := m
-			for _, p := range path {
-				next, ok := cur[p].(map[string]any)
-				if !ok {
-					next = map[string]any{}
-					cur[p] = next
-				}
-				cur = next
-			}
-			cur[rest] = val
-			return
-		}
-	}
-	m[key] = val
+// exabgpEncoder adapts exabgp's encoder to the forwarder's seam.
+func exabgpEncoder(cfg Config) forwarder.Encoder {
+	ex := &exabgp.Encoder{AgentID: cfg.ForwarderSettings().AgentID, Raw: cfg.ExaBGP.RawStream}
+	return forwarder.Mux{record.KindExaBGP: forwarder.StreamEncoderFunc(ex.Encode)}
 }

@@ -66,7 +66,8 @@ var _ service.Interface = (*program)(nil)
 // Start must not block: it loads the configuration (a bad one fails the
 // start) and runs the agent in the background.
 func (p *program) Start(service.Service) error {
-	cfg, err := p.flags.load()
+	src := &configSource{opts: p.flags.options()}
+	cfg, err := src.load()
 	if err != nil {
 		fmt.Fprintf(p.stderr, "bgpedge: %v\n", err)
 		return errSilent
@@ -75,7 +76,7 @@ func (p *program) Start(service.Service) error {
 	p.cancel, p.done = cancel, make(chan struct{})
 	go func() {
 		defer close(p.done)
-		err := runAgent(ctx, cfg, p.flags, p.stderr)
+		err := runAgent(ctx, cfg, src, p.stderr)
 		p.mu.Lock()
 		p.err = err
 		p.mu.Unlock()
@@ -100,48 +101,78 @@ func (p *program) result() error {
 	return p.err
 }
 
-// runAgent runs one agent until ctx ends, reloading the configuration on SIGHUP.
-func runAgent(ctx context.Context, cfg Config, flags configFlags, stderr io.Writer) error {
+// runAgent runs one agent until ctx ends, reloading the configuration on
+// SIGHUP and applying central documents when fleet is enabled.
+func runAgent(ctx context.Context, cfg Config, src *configSource, stderr io.Writer, onStart ...func(*Agent)) error {
 	level := new(slog.LevelVar)
 	logger, err := NewLogger(stderr, cfg.Log.Format, level)
 	if err != nil {
 		return err
+	}
+	var fleet *fleetWatcher
+	if cfg.Fleet.Enabled {
+		fleet = &fleetWatcher{cfg: cfg.Fleet, agentID: cfg.Agent.ID, src: src, store: lastGood{dir: cfg.Agent.StateDir}, log: logger}
+		// Start from the last document that applied: central may be unreachable.
+		if d, ok, err := fleet.store.load(); err != nil {
+			logger.Warn("fleet: ignoring the last-good document", "err", err)
+		} else if ok {
+			if c, err := loadWithOverlay(src.opts, d.Value); err != nil {
+				logger.Warn("fleet: the last-good document no longer applies over the local configuration", "err", err)
+			} else {
+				cfg = c
+				src.setOverlay(d.Value)
+				fleet.applied = d
+				logger.Info("fleet: starting from the last-good document", "key", d.Key, "revision", d.Revision, "sha256", d.SHA256)
+			}
+		}
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	var a *Agent
+	var fleetOnce sync.Once
 	notify := func(state string) {
 		if err := SDNotify(state); err != nil {
 			logger.Warn("sd_notify failed", "state", state, "err", err)
 		}
+		if state == "READY=1" && fleet != nil {
+			// Central documents apply to a running agent only.
+			fleetOnce.Do(func() {
+				fleet.apply = a.Apply
+				go fleet.run(ctx)
+			})
+		}
 	}
-	a, err := New(Options{Config: cfg, Logger: logger, Level: level, Registry: reg, Notify: notify})
+	a, err = New(Options{Config: cfg, Logger: logger, Level: level, Registry: reg, Notify: notify})
 	if err != nil {
 		return err
 	}
 
+	for _, f := range onStart {
+		f(a)
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	runDone := make(chan error, 1)
 	go func() { runDone <- a.Run(ctx) }()
-	logger.Info("bgpedge starting", "version", Version, "commit", Commit, "config", flags.file, "agent_id", cfg.Agent.ID)
+	logger.Info("bgpedge starting", "version", Version, "commit", Commit, "config", src.opts.File, "agent_id", cfg.Agent.ID)
 	for {
 		select {
 		case err := <-runDone:
 			return err
 		case <-hup:
 			notify("RELOADING=1")
-			reload(ctx, a, flags, logger)
+			reload(ctx, a, src, logger)
 			notify("READY=1")
 		}
 	}
 }
 
-func reload(ctx context.Context, a *Agent, flags configFlags, logger *slog.Logger) {
-	next, err := flags.load()
+func reload(ctx context.Context, a *Agent, src *configSource, logger *slog.Logger) {
+	next, err := src.load()
 	if err != nil {
 		logger.Error("reload: configuration rejected, keeping the running one", "err", err)
 		return

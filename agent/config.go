@@ -23,11 +23,12 @@ type Config struct {
 	HTTP      HTTPConfig      `mapstructure:"http"`
 	Log       LogConfig       `mapstructure:"log"`
 	Buffer    buffer.Config   `mapstructure:"buffer"`
-	BMP       bmp.Config      `mapstructure:"bmp"`
+	BMP       BMPConfig       `mapstructure:"bmp"`
 	Forwarder ForwarderConfig `mapstructure:"forwarder"`
 	// ExaBGP configures `bgpedge exabgp`, the process exaBGP starts; `run`
 	// does not use it.
 	ExaBGP exabgp.Config `mapstructure:"exabgp"`
+	Fleet  FleetConfig   `mapstructure:"fleet"`
 }
 
 // AgentConfig is the `agent:` section.
@@ -57,6 +58,13 @@ type LogConfig struct {
 	Format string `mapstructure:"format"`
 }
 
+// BMPConfig is the `bmp:` section: the listener's settings and, under
+// bmp.encoding, what the forwarder publishes for each BMP message.
+type BMPConfig struct {
+	bmp.Config `mapstructure:",squash"`
+	Encoding   bmp.Encoding `mapstructure:"encoding"`
+}
+
 // ForwarderConfig is the `forwarder:` section: forwarder.Config plus the
 // switch that lets the agent run as a spool only (no Kafka needed).
 type ForwarderConfig struct {
@@ -82,9 +90,10 @@ func DefaultConfig() Config {
 		HTTP:      HTTPConfig{Listen: "127.0.0.1:9611"},
 		Log:       LogConfig{Level: "info", Format: "json"},
 		Buffer:    buffer.DefaultConfig(),
-		BMP:       bmp.DefaultConfig(),
+		BMP:       BMPConfig{Config: bmp.DefaultConfig(), Encoding: defaultEncoding()},
 		Forwarder: ForwarderConfig{Enabled: true, Config: forwarder.DefaultConfig()},
 		ExaBGP:    exabgp.DefaultConfig(),
+		Fleet:     DefaultFleetConfig(),
 	}
 }
 
@@ -132,7 +141,10 @@ func (c Config) Validate() error {
 	if err := c.Buffer.Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := c.BMP.Validate(); err != nil {
+	if err := c.BMP.Config.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.BMP.Encoding.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if c.Forwarder.Enabled {
@@ -143,10 +155,20 @@ func (c Config) Validate() error {
 	if err := c.ExaBGP.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := c.Fleet.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w:\n%w", ErrInvalidConfig, err)
 	}
 	return nil
+}
+
+func defaultEncoding() bmp.Encoding {
+	e := bmp.DefaultEncoding()
+	// Per-peer decoding state (Add-Path, 4-octet AS) must survive restarts.
+	e.StateDir = "/var/lib/bgpedge/bmp"
+	return e
 }
 
 func parseLevel(s string) (slog.Level, error) {

@@ -52,6 +52,7 @@ func NewRootCommand(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newConfigCommand(),
 		newRunCommand(),
 		newServiceCommand(),
+		newFleetCommand(),
 		newExabgpCommand(),
 		newRoutesCommand(),
 		newReplayCommand(),

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -128,8 +129,12 @@ func newServiceCommand() *cobra.Command {
 			action := args[0]
 			if action == "status" {
 				st, err := s.Status()
+				if errors.Is(err, service.ErrNotInstalled) {
+					_, err = fmt.Fprintf(cmd.OutOrStdout(), "bgpedge service: not installed (%s)\n", service.Platform())
+					return err
+				}
 				if err != nil {
-					return fmt.Errorf("service status: %w", err)
+					return fmt.Errorf("service status (%s): %w", service.Platform(), err)
 				}
 				name := map[service.Status]string{
 					service.StatusRunning: "running", service.StatusStopped: "stopped",

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -490,41 +491,37 @@ func (d *Decoder) routeMonitoring(c *msgCtx, pdu []byte) {
 // several do) the one with fewer /0 prefixes: a path id read as NLRI shows
 // up as a run of zero-length prefixes.
 func decodeWithInference(body []byte, state peerVersion, known bool, dir direction, as2 bool) (decodedUpdate, bool, error) {
-	none := pathOptions{as2: as2}
-	all := pathOptions{as2: as2, addPath: allAddPath()}
+	candidates := []pathOptions{{as2: as2}, {as2: as2, addPath: allAddPath()}}
 	if known {
 		first := state.options(dir, as2)
-		du, err := decodeUpdate(body, first)
-		if err == nil {
-			return du, false, nil
-		}
-		for _, alt := range []pathOptions{none, all} {
-			if maps.Equal(alt.addPath, first.addPath) {
-				continue
+		candidates = slices.DeleteFunc(candidates, func(o pathOptions) bool { return maps.Equal(o.addPath, first.addPath) })
+		candidates = append([]pathOptions{first}, candidates...)
+	}
+	var (
+		best    decodedUpdate
+		bestErr error
+		bestIdx = -1
+	)
+	for i, o := range candidates {
+		du, err := decodeUpdate(body, o)
+		if err != nil {
+			if bestIdx < 0 && bestErr == nil {
+				bestErr = err // the first reading's error is the one reported
 			}
-			if du2, err2 := decodeUpdate(body, alt); err2 == nil {
-				return du2, true, nil
-			}
+			continue
 		}
-		return du, false, err
-	}
-	du, err := decodeUpdate(body, none)
-	if err == nil && du.zeroLen == 0 {
-		return du, false, nil // the other reading could only tie: no need to try it
-	}
-	duAP, errAP := decodeUpdate(body, all)
-	switch {
-	case err == nil && errAP == nil:
-		if duAP.zeroLen < du.zeroLen {
-			return duAP, true, nil
+		if bestIdx < 0 || du.zeroLen < best.zeroLen {
+			best, bestIdx = du, i
 		}
-		return du, false, nil
-	case err == nil:
-		return du, false, nil
-	case errAP == nil:
-		return duAP, true, nil
+		if best.zeroLen == 0 {
+			break // no other reading can do better
+		}
 	}
-	return du, false, err
+	if bestIdx < 0 {
+		return decodedUpdate{}, false, bestErr
+	}
+	// Without a Peer Up the plain reading is the default, not an inference.
+	return best, bestIdx > 0, nil
 }
 
 // allAddPath switches Add-Path on for every family decoded into prefixes.
@@ -570,6 +567,14 @@ func (d *Decoder) peerUp(c *msgCtx, m *biobmp.PeerUpNotification) {
 	// State is stored even from a partly decoded Peer Up: an OPEN that did
 	// not decode contributes no capabilities, which is the safe default.
 	v := negotiate(c.rec.Seq, sentCaps, recvCaps)
+	key := peerStoreKey(c.router, ph.Key())
+	if ph.Type == PeerTypeLocRIB {
+		// Some routers (Huawei VRP) send one Loc-RIB Peer Up per address
+		// family for the same instance: each adds to, not replaces, the last.
+		if prev, ok := d.peers.lookup(key, c.rec.Seq); ok {
+			v = mergeVersions(prev, v)
+		}
+	}
 	pu.Negotiated.FourOctetAS = v.AS4
 	for _, f := range v.In {
 		pu.Negotiated.AddPathIn = append(pu.Negotiated.AddPathIn, *familyRef(bgp.Family(f)))
@@ -577,7 +582,7 @@ func (d *Decoder) peerUp(c *msgCtx, m *biobmp.PeerUpNotification) {
 	for _, f := range v.Out {
 		pu.Negotiated.AddPathOut = append(pu.Negotiated.AddPathOut, *familyRef(bgp.Family(f)))
 	}
-	if err := d.peers.record(peerStoreKey(c.router, ph.Key()), v); err != nil {
+	if err := d.peers.record(key, v); err != nil {
 		d.log.Error("bmp peer state not stored", "router", c.router, "peer", ph.Address, "err", err)
 		d.fail(c, ErrReasonPeerState, err)
 	}

@@ -219,6 +219,16 @@ func (s *peerStore) record(key string, v peerVersion) error {
 	})
 }
 
+// mergeVersions adds b's families to a's; the result has b's sequence number.
+func mergeVersions(a, b peerVersion) peerVersion {
+	union := func(x, y []uint32) []uint32 {
+		out := slices.Concat(x, y)
+		slices.Sort(out)
+		return slices.Compact(out)
+	}
+	return peerVersion{Seq: b.Seq, AS4: a.AS4 || b.AS4, In: union(a.In, b.In), Out: union(a.Out, b.Out), LocRIB: union(a.LocRIB, b.LocRIB)}
+}
+
 func equalVersion(a, b peerVersion) bool {
 	return a.Seq == b.Seq && a.AS4 == b.AS4 && slices.Equal(a.In, b.In) && slices.Equal(a.Out, b.Out) && slices.Equal(a.LocRIB, b.LocRIB)
 }

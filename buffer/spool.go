@@ -171,12 +171,21 @@ func (s *Spool) load() error {
 	// lastEnd is where the last good segment ends; qFloor bounds the seqs of
 	// a quarantined segment after it.
 	lastEnd, qFloor := uint64(1), uint64(0)
-	for _, f := range files {
+	for i, f := range files {
 		if f.first < lastEnd {
 			s.quarantine(f.path, fmt.Errorf("starts at seq %d inside the previous segment (ends before %d): %w", f.first, lastEnd, ErrCorrupt))
 			continue
 		}
 		seg, info, err := openSegment(f, s.opts.ReadOnly)
+		rolledBack := false
+		if err != nil && !errors.Is(err, bolt.ErrTimeout) && !s.opts.ReadOnly && i == len(files)-1 {
+			// The newest segment may end in a commit a power cut interrupted.
+			if rerr := rollbackLastCommit(f); rerr == nil {
+				s.log.Warn("spool rolled back the interrupted last commit of its newest segment", "segment", filepath.Base(f.path), "err", err)
+				rolledBack = true
+				seg, info, err = openSegment(f, false)
+			}
+		}
 		if err != nil {
 			if errors.Is(err, bolt.ErrTimeout) {
 				return fmt.Errorf("%s: %w", f.path, ErrInUse)
@@ -194,6 +203,11 @@ func (s *Spool) load() error {
 		s.segs = append(s.segs, seg)
 		s.bytes += seg.size
 		lastEnd, qFloor = seg.end, 0
+		if rolledBack {
+			// If the damage was not a torn commit after all, the rolled-back
+			// seqs may have been acknowledged and delivered: never reuse them.
+			qFloor = f.first + uint64(seg.size)
+		}
 	}
 	floor := max(lastEnd, qFloor)
 	s.next = floor
@@ -477,9 +491,14 @@ func (s *Spool) write(value []byte, n int) (uint64, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, classify(err)
+		return 0, classify(err) // rolled back: no trace on disk or in memory
 	}
-	if acked > s.persisted {
+	// Committed in bbolt (page cache). If the sync fails the records are of
+	// unknown durability: the appenders get the error and will retry, and
+	// the state still advances so bbolt and the spool agree and no seq is
+	// reused; if the records survive they are delivered twice (at least once).
+	syncErr := seg.db.Sync()
+	if acked > s.persisted && syncErr == nil {
 		s.persisted = acked
 	}
 	size := seg.size
@@ -496,6 +515,9 @@ func (s *Spool) write(value []byte, n int) (uint64, error) {
 	close(s.dataCh)
 	s.dataCh = make(chan struct{})
 	s.mu.Unlock()
+	if syncErr != nil {
+		return 0, classify(fmt.Errorf("sync: %w", syncErr))
+	}
 	return first, nil
 }
 
@@ -570,6 +592,9 @@ func (s *Spool) persistAcked(acked uint64) {
 	err := update(seg.db, func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMeta()).Put(keyAcked(), binary.BigEndian.AppendUint64(nil, acked))
 	})
+	if err == nil {
+		err = seg.db.Sync()
+	}
 	if err != nil {
 		s.log.Debug("spool could not persist ack watermark", "err", err)
 		return

@@ -19,6 +19,9 @@ type JournalEntry struct {
 	Body      string    `json:"command"` // without the neighbor selector
 	RequestID string    `json:"request_id,omitempty"`
 	Added     time.Time `json:"added"`
+	// Request is the accepted request, checked again against the policy in
+	// force before each replay.
+	Request *Request `json:"request,omitempty"`
 }
 
 // Line is the exaBGP command that announces the entry to its neighbors.

@@ -33,7 +33,7 @@ func v6Prefix(i int) netip.Prefix {
 	return netip.MustParsePrefix(fmt.Sprintf("2001:db8:%x::/48", i+1))
 }
 
-func flowNLRI(t *testing.T, i int) bgp.NLRI {
+func flowNLRI(t testing.TB, i int) bgp.NLRI {
 	t.Helper()
 	comps, err := bgp.ParseFlowSpecComponents(bgp.RF_FS_IPv4_UC, fmt.Sprintf("destination 203.0.113.%d/32 protocol tcp destination-port ==80", i))
 	if err != nil {
@@ -47,7 +47,7 @@ func flowNLRI(t *testing.T, i int) bgp.NLRI {
 }
 
 // labRoutes builds GoBGP paths with every attribute kind.
-func labRoutes(t *testing.T, withdraw bool) []*pathSpec {
+func labRoutes(t testing.TB, withdraw bool) []*pathSpec {
 	t.Helper()
 	var out []*pathSpec
 	nh4, _ := bgp.NewPathAttributeNextHop(netip.MustParseAddr("192.0.2.254"))
@@ -93,7 +93,7 @@ type pathSpec struct {
 	withdraw bool
 }
 
-func (g *gobgpPeer) apply(t *testing.T, specs []*pathSpec) {
+func (g *gobgpPeer) apply(t testing.TB, specs []*pathSpec) {
 	t.Helper()
 	for _, s := range specs {
 		p := mustPath(t, s.fam, s.nlri, s.withdraw, s.attrs...)
@@ -109,7 +109,7 @@ func (g *gobgpPeer) apply(t *testing.T, specs []*pathSpec) {
 	}
 }
 
-func (g *gobgpPeer) marker(t *testing.T) {
+func (g *gobgpPeer) marker(t testing.TB) {
 	t.Helper()
 	nh, _ := bgp.NewPathAttributeNextHop(netip.MustParseAddr("192.0.2.254"))
 	nlri, _ := bgp.NewIPAddrPrefix(netip.MustParsePrefix(markerRoute))
@@ -218,7 +218,7 @@ func TestExaBGPIngestRealPeers(t *testing.T) {
 // waitSpooled waits until GoBGP has sent the marker route and the events
 // exaBGP handed over have stopped growing and are all durable. exaBGP gives
 // no signal of its own for "everything received so far was written".
-func waitSpooled(t *testing.T, g *gobgpPeer, metrics string, atLeast int) {
+func waitSpooled(t testing.TB, g *gobgpPeer, metrics string, atLeast int) {
 	t.Helper()
 	testenv.Eventually(t, 30*time.Second, "marker route sent by GoBGP", func() bool {
 		return g.adjOutHas(t, markerRoute)

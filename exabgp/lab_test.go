@@ -41,7 +41,7 @@ var (
 )
 
 // bgpedgeBinary builds cmd/bgpedge once per test run: exaBGP `run`s it.
-func bgpedgeBinary(t *testing.T) string {
+func bgpedgeBinary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "bgpedge-exabgp-test-")
@@ -71,7 +71,7 @@ func labAddrs() (gobgpAddr, exaAddr string) {
 	return fmt.Sprintf("127.%d.%d.2", b, c), fmt.Sprintf("127.%d.%d.3", b, c)
 }
 
-func freePort(t *testing.T, host string) int {
+func freePort(t testing.TB, host string) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
@@ -90,7 +90,7 @@ type gobgpPeer struct {
 
 // startGoBGP runs GoBGP AS 65001 on addr, passive towards exaBGP at exaAddr
 // over iBGP (so next hops and LOCAL_PREF pass unchanged).
-func startGoBGP(t *testing.T, addr, exaAddr string) *gobgpPeer {
+func startGoBGP(t testing.TB, addr, exaAddr string) *gobgpPeer {
 	t.Helper()
 	s := gobgp.NewBgpServer()
 	go s.Serve()
@@ -126,7 +126,7 @@ func (g *gobgpPeer) established() bool {
 }
 
 // adjIn lists the prefixes GoBGP received from exaBGP in family.
-func (g *gobgpPeer) adjIn(t *testing.T, family bgp.Family) map[string]bool {
+func (g *gobgpPeer) adjIn(t testing.TB, family bgp.Family) map[string]bool {
 	t.Helper()
 	out := map[string]bool{}
 	err := g.s.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_ADJ_IN, Name: g.exaAddr, Family: family},
@@ -137,7 +137,7 @@ func (g *gobgpPeer) adjIn(t *testing.T, family bgp.Family) map[string]bool {
 	return out
 }
 
-func mustPath(t *testing.T, fam bgp.Family, nlri bgp.NLRI, withdraw bool, attrs ...bgp.PathAttributeInterface) *apiutil.Path {
+func mustPath(t testing.TB, fam bgp.Family, nlri bgp.NLRI, withdraw bool, attrs ...bgp.PathAttributeInterface) *apiutil.Path {
 	t.Helper()
 	return &apiutil.Path{Family: fam, Nlri: nlri, Attrs: attrs, Withdrawal: withdraw, Age: time.Now().Unix()}
 }
@@ -145,7 +145,7 @@ func mustPath(t *testing.T, fam bgp.Family, nlri bgp.NLRI, withdraw bool, attrs 
 // exaBGP runs Debian's exabgp with one neighbor (GoBGP) and one process
 // (the bgpedge binary with the given YAML config).
 type exaBGP struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	cmd     *exec.Cmd
 	logMu   sync.Mutex
@@ -191,7 +191,7 @@ neighbor %s {
 `, bin, yaml, g.addr, g.exaAddr, g.exaAddr, g.port)
 }
 
-func startExaBGP(t *testing.T, dir, conf string) *exaBGP {
+func startExaBGP(t testing.TB, dir, conf string) *exaBGP {
 	t.Helper()
 	bin := testenv.Binary(t, "exabgp", "exabgp")
 	confPath := filepath.Join(dir, "exabgp.conf")
@@ -283,7 +283,7 @@ func (e *exaBGP) childPID() int {
 }
 
 // labConfig writes the bgpedge YAML for the exabgp process.
-func labConfig(t *testing.T, dir, metricsAddr string, extra string) string {
+func labConfig(t testing.TB, dir, metricsAddr string, extra string) string {
 	t.Helper()
 	y := fmt.Sprintf(`agent:
   id: edge-test
@@ -326,7 +326,7 @@ func metric(addr, name string) float64 {
 }
 
 // readSpool opens the spool read-only and returns every record in it.
-func readSpool(t *testing.T, dir string) []record.Record {
+func readSpool(t testing.TB, dir string) []record.Record {
 	t.Helper()
 	sp, err := buffer.Open(buffer.Options{Dir: dir, ReadOnly: true})
 	if err != nil {
@@ -349,7 +349,7 @@ func readSpool(t *testing.T, dir string) []record.Record {
 }
 
 // decodeAll runs every spooled record through the encoder.
-func decodeAll(t *testing.T, recs []record.Record) (routes, peers, errs []string, byPrefix map[string][]record.Event, types map[string]int) {
+func decodeAll(t testing.TB, recs []record.Record) (routes, peers, errs []string, byPrefix map[string][]record.Event, types map[string]int) {
 	t.Helper()
 	enc := &Encoder{AgentID: "edge-test"}
 	byPrefix = map[string][]record.Event{}
@@ -380,7 +380,7 @@ func decodeAll(t *testing.T, recs []record.Record) (routes, peers, errs []string
 	return
 }
 
-func startNATS(t *testing.T) string {
+func startNATS(t testing.TB) string {
 	t.Helper()
 	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true})
 	if err != nil {
@@ -394,7 +394,9 @@ func startNATS(t *testing.T) string {
 	return ns.ClientURL()
 }
 
-func apiutilAdd(p *apiutil.Path) apiutil.AddPathRequest { return apiutil.AddPathRequest{Paths: []*apiutil.Path{p}} }
+func apiutilAdd(p *apiutil.Path) apiutil.AddPathRequest {
+	return apiutil.AddPathRequest{Paths: []*apiutil.Path{p}}
+}
 
 func apiutilDelete(p *apiutil.Path) apiutil.DeletePathRequest {
 	return apiutil.DeletePathRequest{Paths: []*apiutil.Path{p}}
@@ -404,7 +406,7 @@ func (g *gobgpPeer) shutdownPeer() error {
 	return g.s.ResetPeer(context.Background(), &api.ResetPeerRequest{Address: g.exaAddr})
 }
 
-func (g *gobgpPeer) adjOutHas(t *testing.T, prefix string) bool {
+func (g *gobgpPeer) adjOutHas(t testing.TB, prefix string) bool {
 	t.Helper()
 	found := false
 	err := g.s.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_ADJ_OUT, Name: g.exaAddr, Family: bgp.RF_IPv4_UC},
@@ -413,3 +415,6 @@ func (g *gobgpPeer) adjOutHas(t *testing.T, prefix string) bool {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func readFile(p string) ([]byte, error)  { return os.ReadFile(p) }
+func writeFile(p string, b []byte) error { return os.WriteFile(p, b, 0o644) }

@@ -40,6 +40,10 @@ type Options struct {
 	Registerer prometheus.Registerer
 }
 
+// eofGrace bounds how long the process keeps retrying the spool once exaBGP
+// has closed stdin.
+const eofGrace = 30 * time.Second
+
 // Process is bgpedge running as an exaBGP process.
 type Process struct {
 	opts    Options
@@ -51,6 +55,8 @@ type Process struct {
 	queue   chan record.Record
 	ups     chan string
 	journal *Journal
+	// lineCounters are resolved once: the reader's hot path does no label lookup.
+	lineCounters [4]prometheus.Counter
 }
 
 // JournalPath is where the injected routes are kept.
@@ -85,7 +91,11 @@ func New(opts Options) (*Process, error) {
 	}
 	m.injected.Set(float64(j.Len()))
 	cmd := newCommander(opts.Out, cfg.Commands.AckTimeout, m, opts.Logger)
-	return &Process{
+	var lc [4]prometheus.Counter
+	for _, k := range []LineKind{LineEmpty, LineEvent, LineAck, LineOutput} {
+		lc[k] = m.lines.WithLabelValues(k.String())
+	}
+	return &Process{lineCounters: lc,
 		opts: opts, cfg: cfg, log: opts.Logger, m: m, cmd: cmd, journal: j,
 		svc: &service{policy: policy, maxRoutes: cfg.Policy.MaxRoutes, journal: j, cmd: cmd,
 			limiter: rate.NewLimiter(rate.Limit(cfg.Policy.RatePerSecond), cfg.Policy.RateBurst), m: m, log: opts.Logger},
@@ -152,6 +162,12 @@ func (p *Process) Run(ctx context.Context) error {
 			return err
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-time.After(eofGrace):
+			// exaBGP is gone and the spool is not taking events (cannot open,
+			// or appends keep failing): give up rather than linger forever.
+			p.log.Error("spool unavailable after exabgp closed stdin; giving up", "grace", eofGrace)
+			cancel()
+			return <-spoolDone
 		}
 	case err := <-spoolDone:
 		return err
@@ -221,7 +237,7 @@ func (p *Process) handleLine(line []byte) {
 		line = line[:n-1]
 	}
 	kind, ack := ClassifyLine(line)
-	p.m.lines.WithLabelValues(kind.String()).Inc()
+	p.lineCounters[kind].Inc()
 	switch kind {
 	case LineEvent:
 	case LineAck:

@@ -69,7 +69,7 @@ func (s *service) apply(ctx context.Context, req *Request) Reply {
 		return rep
 	}
 	if c.Announce {
-		err = s.journal.Put(JournalEntry{Key: c.Key, Verb: c.Verb, Neighbors: c.Neighbors, Body: c.Body, RequestID: req.ID, Added: time.Now().UTC()})
+		err = s.journal.Put(JournalEntry{Key: c.Key, Verb: c.Verb, Neighbors: c.Neighbors, Body: c.Body, RequestID: req.ID, Added: time.Now().UTC(), Request: req})
 	} else {
 		err = s.journal.Delete(c.Key)
 	}
@@ -86,6 +86,13 @@ func (s *service) apply(ctx context.Context, req *Request) Reply {
 // neighbor is "", else those that apply to neighbor, scoped to it.
 func (s *service) replay(ctx context.Context, neighbor string) {
 	for _, e := range s.journal.Entries() {
+		if e.Request != nil {
+			// The policy may have been narrowed since: replay only what it still allows.
+			if _, err := s.policy.Check(e.Request); err != nil {
+				s.log.Warn("journaled route no longer allowed by policy: not announced again (withdraw it to remove it)", "key", e.Key, "reason", err)
+				continue
+			}
+		}
 		line := e.Line()
 		if neighbor != "" {
 			if len(e.Neighbors) > 0 && !slices.Contains(e.Neighbors, neighbor) {

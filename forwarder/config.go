@@ -146,7 +146,7 @@ func DefaultConfig() Config {
 		BackoffMin:      250 * time.Millisecond,
 		BackoffMax:      30 * time.Second,
 		ReadBatch:       2048,
-		MaxInFlight:     50000,
+		MaxInFlight:     100000,
 		AckInterval:     100 * time.Millisecond,
 		ShutdownTimeout: 10 * time.Second,
 		Kafka: KafkaConfig{

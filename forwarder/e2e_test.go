@@ -109,6 +109,7 @@ func TestEndToEndCapturesToKafka(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = l.Close(context.Background()) })
+	t0 := time.Now()
 	stats, err := bmp.Replay(ctx, bmp.ReplayOptions{Streams: streams, Target: l.Addr().String(), DrainTimeout: 2 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +130,9 @@ func TestEndToEndCapturesToKafka(t *testing.T) {
 		return n == stats.Messages
 	})
 	last := spool.recs[len(spool.recs)-1].Seq
+	t.Logf("replayed and spooled in %v", time.Since(t0).Round(time.Millisecond))
 	testenv.Eventually(t, 5*time.Minute, "spool drained to kafka", func() bool { return sp.FirstUnacked() > last })
+	t.Logf("drained to kafka after %v", time.Since(t0).Round(time.Millisecond))
 
 	// The expected outputs: the same records through a second encoder.
 	type want struct{ stream, key string }
@@ -180,6 +183,7 @@ func TestEndToEndCapturesToKafka(t *testing.T) {
 	for topic := range topicStream {
 		consumeChecked(t, brokers, o, topic)
 	}
+	t.Logf("oracle encoded after %v", time.Since(t0).Round(time.Millisecond))
 	testenv.Eventually(t, 3*time.Minute, "every expected id in kafka", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -191,6 +195,7 @@ func TestEndToEndCapturesToKafka(t *testing.T) {
 		}
 		return n == len(expected)
 	})
+	t.Logf("oracle consumed after %v", time.Since(t0).Round(time.Millisecond))
 	mu.Lock()
 	defer mu.Unlock()
 	if len(wrong) > 0 {

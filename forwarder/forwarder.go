@@ -45,6 +45,9 @@ type Forwarder struct {
 
 	active atomic.Value // string
 	states stateClock
+
+	stateMu sync.Mutex
+	state   string // last logged state: kafka, nats, kafka-down, down
 }
 
 // New builds a forwarder from cfg; it does not connect anything until Run.
@@ -98,6 +101,23 @@ func (f *Forwarder) setActive(name string) {
 	}
 }
 
+// transition logs a change of the forwarder's state once, however often
+// the same state is re-entered (a retry loop), and reports whether it changed.
+func (f *Forwarder) transition(state, msg string, args ...any) bool {
+	f.stateMu.Lock()
+	defer f.stateMu.Unlock()
+	if f.state == state {
+		return false
+	}
+	f.state = state
+	level := slog.LevelWarn
+	if state == SinkKafka {
+		level = slog.LevelInfo
+	}
+	f.logger.Log(context.Background(), level, msg, args...)
+	return true
+}
+
 // Run drains the spool until ctx is done, then flushes what is in flight
 // within forwarder.shutdown_timeout and closes the sinks. It returns nil
 // on a clean stop and an error only for a broken source.
@@ -120,8 +140,6 @@ func (f *Forwarder) Run(ctx context.Context) error {
 					close(stop)
 				}
 			}()
-			f.logger.Warn("kafka unavailable, draining to nats", "down_for", time.Since(kafkaDownSince).Round(time.Second))
-			f.m.failovers.Inc()
 			res, err := f.session(ctx, f.secondary, stop)
 			cancelProbe()
 			<-probeDone
@@ -130,7 +148,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			}
 			select {
 			case <-stop:
-				f.logger.Info("kafka healthy again, returning to it")
+				f.logger.Info("kafka healthy again, returning to it", "healthy_for", f.cfg.FailbackAfter)
 				useSecondary, kafkaDownSince, logged = false, time.Time{}, false
 				bo.reset()
 				continue
@@ -139,7 +157,7 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			f.logger.Warn("nats unavailable too, the spool grows until a sink returns", "err", res.err)
+			f.transition("down", "kafka and nats unavailable, the spool grows until one returns", "err", res.err)
 			useSecondary = false // try Kafka first, then NATS again
 			if !bo.sleep(ctx) {
 				return nil
@@ -165,11 +183,11 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			}
 		}
 		if !logged {
-			f.logger.Warn("kafka unavailable, retrying with backoff", "err", res.err)
+			f.transition("kafka-down", "kafka unavailable, retrying with backoff", "err", res.err,
+				"failover_after", f.cfg.FailoverAfter, "nats_enabled", f.secondary != nil)
 			logged = true
-		} else {
-			f.logger.Debug("kafka still unavailable", "err", res.err)
 		}
+		f.logger.Debug("kafka still unavailable", "err", res.err)
 		if f.secondary != nil && time.Since(kafkaDownSince) >= f.cfg.FailoverAfter {
 			useSecondary = true
 			continue
@@ -239,6 +257,11 @@ func (f *Forwarder) session(ctx context.Context, sink Sink, stop <-chan struct{}
 	}
 	f.setActive(name)
 	defer f.setActive(SinkNone)
+	if name == SinkNATS && f.transition(name, "draining to nats while kafka is unavailable") {
+		f.m.failovers.Inc()
+	} else if name != SinkNATS {
+		f.transition(name, "draining to "+name)
+	}
 
 	sctx, cancelSession := context.WithCancel(ctx)
 	defer cancelSession()
@@ -252,10 +275,11 @@ func (f *Forwarder) session(ctx context.Context, sink Sink, stop <-chan struct{}
 		}()
 	}
 	var delivered atomic.Bool
+	msgCount, byteCount := f.m.messages.WithLabelValues(name), f.m.bytes.WithLabelValues(name)
 	tr := newTracker(cancelSession, func(m *Outgoing) {
 		delivered.Store(true)
-		f.m.messages.WithLabelValues(name).Inc()
-		f.m.bytes.WithLabelValues(name).Add(float64(len(m.Value)))
+		msgCount.Inc()
+		byteCount.Add(float64(len(m.Value)))
 	})
 
 	// Acks reach the spool from a ticker, not per message: AckThrough is a

@@ -69,7 +69,7 @@ func SaramaConfig(c KafkaConfig) (*sarama.Config, error) {
 	sc.Producer.Flush.Bytes = c.FlushBytes
 	sc.Producer.Flush.Messages = c.FlushMessages
 	sc.Producer.Flush.Frequency = c.FlushFrequency
-	sc.ChannelBufferSize = 4096
+	sc.ChannelBufferSize = 16384
 	if sc.Producer.Compression, err = compressionCodec(c.Compression); err != nil {
 		return nil, fmt.Errorf("kafka compression: %w", err)
 	}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -178,7 +177,8 @@ func (n *NATSSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc) er
 	return nil
 }
 
-// Close implements Sink.
+// Close implements Sink: waits for the outstanding acks up to ctx's
+// deadline, then disconnects.
 func (n *NATSSink) Close(ctx context.Context) error {
 	if n.nc == nil {
 		return nil
@@ -193,14 +193,9 @@ func (n *NATSSink) Close(ctx context.Context) error {
 		err = fmt.Errorf("nats close: %w", ctx.Err())
 	}
 	nc.Close()
-	if err == nil {
-		return nil
-	}
-	// Closing the connection fails the outstanding futures; wait for them so
-	// every message is reported.
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); <-done }()
-	wg.Wait()
+	// After the deadline the remaining futures fail (connection closed or
+	// publish timeout); waiting keeps the promise that every message is
+	// reported by the time Close returns.
+	<-done
 	return err
 }

@@ -23,8 +23,9 @@ debs=(
 	rpm
 	default-jdk-headless
 	maven
-	${BGPEDGE_DEBS:-}
 )
+read -r -a extra <<<"${BGPEDGE_DEBS:-}"
+debs+=("${extra[@]}")
 
 log() { printf 'deps.sh: %s\n' "$*" >&2; }
 

@@ -78,7 +78,8 @@ fetch() {
 			-Dkafka.version="$version" \
 			dependency:copy-dependencies \
 			-DincludeScope=runtime \
-			-DoutputDirectory="$tmp" >&2 || {
+			-DoutputDirectory="$tmp" >"$cache/kafka-$version.mvn.log" 2>&1 || {
+			cat "$cache/kafka-$version.mvn.log" >&2
 			rm -rf "$tmp"
 			die "maven could not resolve org.apache.kafka:kafka_2.13:$version"
 		}
@@ -99,8 +100,9 @@ java_tool() {
 	fetch
 	local class=$1
 	shift
-	# shellcheck disable=SC2086
-	java -Xmx512m -Djava.awt.headless=true ${TOOL_JVM_OPTS:-} \
+	local opts
+	read -r -a opts <<<"${TOOL_JVM_OPTS:-}"
+	java -Xmx512m -Djava.awt.headless=true "${opts[@]}" \
 		-Dlog4j2.configurationFile="$here/kafka/log4j2-tools.properties" \
 		-cp "$(classpath)" "$class" "$@"
 }
@@ -223,10 +225,12 @@ start() {
 	fi
 	# setsid: the broker must not receive the terminal's or test runner's
 	# signals; only stop/kill end it. No inherited fds, or CI would wait on it.
+	local jvm_opts
+	read -r -a jvm_opts <<<"${BGPEDGE_KAFKA_JVM_OPTS:-}"
 	setsid java -Xms128m -Xmx"$heap" \
 		-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
 		-XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
-		${BGPEDGE_KAFKA_JVM_OPTS:-} \
+		"${jvm_opts[@]}" \
 		-Dlog4j2.configurationFile="$here/kafka/log4j2-broker.properties" \
 		-Dkafka.logs.dir="$logs" \
 		-cp "$(classpath)" kafka.Kafka "$config" \

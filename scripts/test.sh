@@ -33,6 +33,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/bgpedge-test.XXXXXX")
 started_kafka=false
+# shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
 	local rc=$?
 	if [[ $started_kafka == true ]]; then

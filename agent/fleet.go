@@ -1,0 +1,424 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/viper"
+)
+
+// FleetConfig is the `fleet:` section: central configuration from a NATS
+// JetStream key-value bucket.
+type FleetConfig struct {
+	// Enabled watches the bucket and applies what central publishes.
+	Enabled bool `mapstructure:"enabled"`
+	// URL of the NATS servers (comma-separated).
+	URL string `mapstructure:"url"`
+	// CredsFile or Token authenticate to NATS.
+	CredsFile string `mapstructure:"creds_file"`
+	Token     string `mapstructure:"token"`
+	// Bucket holds the documents: key agent.<agent id> wins over group.<group>.
+	Bucket string `mapstructure:"bucket"`
+	// StatusBucket receives this agent's status under key <agent id>.
+	StatusBucket string `mapstructure:"status_bucket"`
+	// Group selects the group document.
+	Group string `mapstructure:"group"`
+}
+
+// DefaultFleetConfig is off, with the documented bucket names.
+func DefaultFleetConfig() FleetConfig {
+	return FleetConfig{
+		URL:          "nats://127.0.0.1:4222",
+		Bucket:       "bgpedge-fleet",
+		StatusBucket: "bgpedge-fleet-status",
+		Group:        "default",
+	}
+}
+
+// Validate checks the section; errors name the full key.
+func (c FleetConfig) Validate() error {
+	if !c.Enabled {
+		return nil
+	}
+	var errs []error
+	if c.URL == "" {
+		errs = append(errs, errors.New("fleet.url: is required when fleet.enabled is true"))
+	}
+	for key, v := range map[string]string{"bucket": c.Bucket, "status_bucket": c.StatusBucket, "group": c.Group} {
+		if v == "" || strings.ContainsAny(v, ".*> \t/") {
+			errs = append(errs, fmt.Errorf("fleet.%s: %q must be a non-empty name without '.', '*', '>', '/' or spaces", key, v))
+		}
+	}
+	if c.CredsFile != "" && c.Token != "" {
+		errs = append(errs, errors.New("fleet.creds_file: set creds_file or token, not both"))
+	}
+	return errors.Join(errs...)
+}
+
+// ErrFleetSection is returned for a central document that tries to change
+// the fleet section itself (it could cut the agent off from central).
+var ErrFleetSection = errors.New("a fleet document must not contain the fleet section")
+
+// FleetDoc is one central configuration document.
+type FleetDoc struct {
+	Key      string `json:"key"` // agent.<id> or group.<group>
+	Revision uint64 `json:"revision"`
+	SHA256   string `json:"sha256"`
+	Value    []byte `json:"-"`
+}
+
+func newFleetDoc(key string, rev uint64, value []byte) FleetDoc {
+	sum := sha256.Sum256(value)
+	return FleetDoc{Key: key, Revision: rev, SHA256: hex.EncodeToString(sum[:]), Value: value}
+}
+
+// FleetStatus is what an agent reports to the status bucket (shaped after
+// OpAMP's RemoteConfigStatus).
+type FleetStatus struct {
+	Agent    string    `json:"agent"`
+	Key      string    `json:"key,omitempty"`
+	Revision uint64    `json:"revision"`
+	SHA256   string    `json:"sha256,omitempty"`
+	State    string    `json:"state"` // applying, applied, failed
+	Error    string    `json:"error,omitempty"`
+	Time     time.Time `json:"time"`
+	Version  string    `json:"version"`
+}
+
+// Fleet states.
+const (
+	FleetApplying = "applying"
+	FleetApplied  = "applied"
+	FleetFailed   = "failed"
+)
+
+// configSource loads the effective configuration: the local file and
+// environment with the current central document merged over the file.
+type configSource struct {
+	opts LoadOptions
+
+	mu      sync.Mutex
+	overlay []byte
+}
+
+func (s *configSource) setOverlay(doc []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.overlay = doc
+}
+
+// load reads and validates: defaults < file < central document < environment < flags.
+func (s *configSource) load() (Config, error) {
+	s.mu.Lock()
+	overlay := s.overlay
+	s.mu.Unlock()
+	return loadWithOverlay(s.opts, overlay)
+}
+
+func loadWithOverlay(opts LoadOptions, overlay []byte) (Config, error) {
+	if len(overlay) == 0 {
+		cfg, err := Load(opts)
+		if err != nil {
+			return Config{}, err
+		}
+		return cfg, cfg.Validate()
+	}
+	if err := checkFleetDoc(overlay); err != nil {
+		return Config{}, err
+	}
+	v := viper.NewWithOptions(viper.KeyDelimiter(keyDelim))
+	v.SetConfigType("yaml")
+	file := opts.File
+	if file == "" {
+		file = DefaultConfigFile
+	}
+	if b, err := os.ReadFile(file); err == nil {
+		if err := v.ReadConfig(bytes.NewReader(b)); err != nil {
+			return Config{}, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, file, err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) || opts.FileRequired {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	if err := v.MergeConfig(bytes.NewReader(overlay)); err != nil {
+		return Config{}, fmt.Errorf("%w: central document: %w", ErrInvalidConfig, err)
+	}
+	cfg, err := decode(v, opts.Overrides)
+	if err != nil {
+		return Config{}, err
+	}
+	return cfg, cfg.Validate()
+}
+
+// checkFleetDoc decodes a central document on its own, strictly.
+func checkFleetDoc(doc []byte) error {
+	v := viper.NewWithOptions(viper.KeyDelimiter(keyDelim))
+	v.SetConfigType("yaml")
+	if err := v.ReadConfig(bytes.NewReader(doc)); err != nil {
+		return fmt.Errorf("%w: central document: %w", ErrInvalidConfig, err)
+	}
+	if v.IsSet("fleet") {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, ErrFleetSection)
+	}
+	if _, err := decodeSettings(v.AllSettings()); err != nil {
+		return err
+	}
+	return nil
+}
+
+// lastGood is the last central document that applied, kept on disk so the
+// agent starts from it when central is unreachable.
+type lastGood struct {
+	dir string
+}
+
+func (l lastGood) paths() (doc, meta string) {
+	return filepath.Join(l.dir, "fleet-last-good.yaml"), filepath.Join(l.dir, "fleet-last-good.json")
+}
+
+// save replaces the last-good document atomically: a crash leaves either
+// the old pair or the new one (the meta file, written last, names the hash).
+func (l lastGood) save(d FleetDoc) error {
+	if err := os.MkdirAll(l.dir, 0o750); err != nil {
+		return fmt.Errorf("fleet: state dir: %w", err)
+	}
+	docPath, metaPath := l.paths()
+	meta, err := json.Marshal(d)
+	if err != nil {
+		return err
+	}
+	if err := writeAtomic(docPath, d.Value); err != nil {
+		return err
+	}
+	return writeAtomic(metaPath, meta)
+}
+
+// load returns the last-good document, or ok=false if there is none or it
+// does not match its recorded hash.
+func (l lastGood) load() (FleetDoc, bool, error) {
+	docPath, metaPath := l.paths()
+	meta, err := os.ReadFile(metaPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return FleetDoc{}, false, nil
+	}
+	if err != nil {
+		return FleetDoc{}, false, fmt.Errorf("fleet: last-good: %w", err)
+	}
+	var d FleetDoc
+	if err := json.Unmarshal(meta, &d); err != nil {
+		return FleetDoc{}, false, fmt.Errorf("fleet: last-good meta: %w", err)
+	}
+	value, err := os.ReadFile(docPath)
+	if err != nil {
+		return FleetDoc{}, false, fmt.Errorf("fleet: last-good: %w", err)
+	}
+	if got := newFleetDoc(d.Key, d.Revision, value); got.SHA256 != d.SHA256 {
+		return FleetDoc{}, false, fmt.Errorf("fleet: last-good document does not match its hash")
+	}
+	d.Value = value
+	return d, true, nil
+}
+
+func writeAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// fleetConnect dials NATS with the section's credentials.
+func fleetConnect(c FleetConfig, name string) (*nats.Conn, error) {
+	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(false)}
+	if c.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(c.CredsFile))
+	}
+	if c.Token != "" {
+		opts = append(opts, nats.Token(c.Token))
+	}
+	nc, err := nats.Connect(c.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: connect %s: %w", c.URL, err)
+	}
+	return nc, nil
+}
+
+// bucket opens a key-value bucket, creating it when missing.
+func bucket(ctx context.Context, js jetstream.JetStream, name string) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, name)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: name, History: 5})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, name)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fleet: bucket %s: %w", name, err)
+	}
+	return kv, nil
+}
+
+// fleetWatcher applies central documents to a running agent.
+type fleetWatcher struct {
+	cfg     FleetConfig
+	agentID string
+	src     *configSource
+	store   lastGood
+	apply   func(context.Context, Config) error
+	log     *slog.Logger
+
+	mu      sync.Mutex
+	applied FleetDoc // the document in effect (zero: none)
+}
+
+// run watches the agent's and the group's keys until ctx ends, reconnecting
+// with backoff while central is unreachable (the agent keeps running on
+// what it has).
+func (w *fleetWatcher) run(ctx context.Context) {
+	wait := time.Second
+	for ctx.Err() == nil {
+		err := w.watch(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		w.log.Warn("fleet: central unreachable, keeping the current configuration", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, time.Minute)
+	}
+}
+
+func (w *fleetWatcher) watch(ctx context.Context) error {
+	nc, err := fleetConnect(w.cfg, "bgpedge-agent-"+w.agentID)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("fleet: jetstream: %w", err)
+	}
+	kv, err := bucket(ctx, js, w.cfg.Bucket)
+	if err != nil {
+		return err
+	}
+	status, err := bucket(ctx, js, w.cfg.StatusBucket)
+	if err != nil {
+		return err
+	}
+	agentKey, groupKey := "agent."+w.agentID, "group."+w.cfg.Group
+	watcher, err := kv.WatchFiltered(ctx, []string{agentKey, groupKey})
+	if err != nil {
+		return fmt.Errorf("fleet: watch: %w", err)
+	}
+	defer watcher.Stop()
+
+	docs := map[string]FleetDoc{}
+	initial := true
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-watcher.Updates():
+			if !ok {
+				return errors.New("fleet: watcher closed")
+			}
+			if e != nil {
+				if e.Operation() == jetstream.KeyValuePut {
+					docs[e.Key()] = newFleetDoc(e.Key(), e.Revision(), e.Value())
+				} else {
+					delete(docs, e.Key())
+				}
+				if initial {
+					continue // apply once the initial values are all in
+				}
+			}
+			initial = false
+			d, ok := docs[agentKey]
+			if !ok {
+				d, ok = docs[groupKey]
+			}
+			if !ok {
+				continue // nothing central: local configuration only
+			}
+			w.applyDoc(ctx, status, d)
+		}
+	}
+}
+
+// applyDoc decodes d strictly over the local configuration, validates it,
+// and applies it; the agent keeps the old parts if anything fails.
+func (w *fleetWatcher) applyDoc(ctx context.Context, status jetstream.KeyValue, d FleetDoc) {
+	w.mu.Lock()
+	cur := w.applied
+	w.mu.Unlock()
+	if cur.SHA256 == d.SHA256 && cur.Key == d.Key {
+		w.report(ctx, status, d, FleetApplied, nil)
+		return
+	}
+	w.report(ctx, status, d, FleetApplying, nil)
+	cfg, err := loadWithOverlay(w.src.opts, d.Value)
+	if err == nil {
+		err = w.apply(ctx, cfg)
+	}
+	if err != nil {
+		w.log.Error("fleet: document not applied, keeping the current configuration", "key", d.Key, "revision", d.Revision, "err", err)
+		w.report(ctx, status, d, FleetFailed, err)
+		return
+	}
+	w.src.setOverlay(d.Value)
+	w.mu.Lock()
+	w.applied = d
+	w.mu.Unlock()
+	if err := w.store.save(d); err != nil {
+		w.log.Error("fleet: saving last-good document", "err", err)
+	}
+	w.log.Info("fleet: document applied", "key", d.Key, "revision", d.Revision, "sha256", d.SHA256)
+	w.report(ctx, status, d, FleetApplied, nil)
+}
+
+func (w *fleetWatcher) report(ctx context.Context, status jetstream.KeyValue, d FleetDoc, state string, err error) {
+	st := FleetStatus{Agent: w.agentID, Key: d.Key, Revision: d.Revision, SHA256: d.SHA256, State: state, Time: time.Now().UTC(), Version: Version}
+	if err != nil {
+		st.Error = err.Error()
+	}
+	b, _ := json.Marshal(st)
+	if _, err := status.Put(ctx, w.agentID, b); err != nil {
+		w.log.Warn("fleet: reporting status", "err", err)
+	}
+}

@@ -1,0 +1,222 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bgpedge/bgpedge/internal/testenv"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+func startNATS(t *testing.T) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+func fleetKV(t *testing.T, url, name string) jetstream.KeyValue {
+	t.Helper()
+	kv, closeConn, err := (&fleetFlags{conn: FleetConfig{URL: url}}).open(t.Context(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(closeConn)
+	return kv
+}
+
+func readStatus(t *testing.T, kv jetstream.KeyValue, agent string) FleetStatus {
+	t.Helper()
+	e, err := kv.Get(t.Context(), agent)
+	if err != nil {
+		return FleetStatus{}
+	}
+	var st FleetStatus
+	if err := json.Unmarshal(e.Value(), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func push(t *testing.T, url string, args ...string) (string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code := Main(t.Context(), append([]string{"fleet", "push", "--nats", url}, args...), strings.NewReader(""), &out, &errOut)
+	if code != 0 {
+		return out.String(), errors.New(errOut.String())
+	}
+	return out.String(), nil
+}
+
+// TestFleetApplyKeepOldAndLastGood drives a running agent from a NATS KV
+// bucket: group document, agent document overriding it, a bad document
+// kept out (status failed, old configuration running), last-good on disk
+// used at the next start while central is down.
+func TestFleetApplyKeepOldAndLastGood(t *testing.T) {
+	ns := startNATS(t)
+	url := ns.ClientURL()
+	dir := t.TempDir()
+	local := filepath.Join(dir, "bgpedge.yaml")
+	stateDir := filepath.Join(dir, "state")
+	doc := "agent:\n  id: edge-1\n  state_dir: " + stateDir + "\nbuffer:\n  dir: " + filepath.Join(dir, "spool") +
+		"\nbmp:\n  listen: 127.0.0.1:0\nhttp:\n  listen: \"\"\nforwarder:\n  enabled: false\n" +
+		"fleet:\n  enabled: true\n  url: " + url + "\n  group: pop-a\n"
+	if err := os.WriteFile(local, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src := &configSource{opts: LoadOptions{File: local, FileRequired: true}}
+	cfg, err := src.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := &fakeParts{}
+	level := new(slog.LevelVar)
+	a, err := New(Options{Config: cfg, Logger: testLogger(t), Level: level, Builders: parts.builders()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, a)
+	w := &fleetWatcher{cfg: cfg.Fleet, agentID: "edge-1", src: src, store: lastGood{dir: stateDir}, apply: a.Apply, log: testLogger(t)}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { w.run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	status := fleetKV(t, url, "bgpedge-fleet-status")
+	docs := fleetKV(t, url, "bgpedge-fleet")
+	writeDoc := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+
+	// 1. The group's document applies.
+	out, err := push(t, url, "--group", "pop-a", "--file", writeDoc("group.yaml", "log:\n  level: debug\n"))
+	if err != nil {
+		t.Fatalf("push: %v", err)
+	}
+	if !strings.Contains(out, "pushed group.pop-a revision") {
+		t.Fatalf("push output %q", out)
+	}
+	testenv.Eventually(t, 10*time.Second, "group document applied", func() bool {
+		st := readStatus(t, status, "edge-1")
+		return st.State == FleetApplied && st.Key == "group.pop-a" && level.Level() == slog.LevelDebug
+	})
+
+	// 2. The agent's own document wins over the group's.
+	if _, err := push(t, url, "--agent", "edge-1", "--file", writeDoc("agent.yaml", "log:\n  level: warn\nbmp:\n  max_sessions: 5\n")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "agent document applied", func() bool {
+		st := readStatus(t, status, "edge-1")
+		return st.State == FleetApplied && st.Key == "agent.edge-1" && a.Config().BMP.MaxSessions == 5
+	})
+	if level.Level() != slog.LevelWarn {
+		t.Fatalf("level %v, want warn", level.Level())
+	}
+	good := readStatus(t, status, "edge-1")
+
+	// 3. push refuses a bad document before sending it…
+	if _, err := push(t, url, "--agent", "edge-1", "--file", writeDoc("bad.yaml", "bmp:\n  nope: 1\n")); err == nil || !strings.Contains(err.Error(), "bmp.nope: unknown key") {
+		t.Fatalf("push of a bad document: %v", err)
+	}
+	// …and a stale compare-and-set revision.
+	if _, err := push(t, url, "--agent", "edge-1", "--revision", "1", "--file", writeDoc("stale.yaml", "log:\n  level: info\n")); err == nil || !strings.Contains(err.Error(), "revision conflict") {
+		t.Fatalf("push on a stale revision: %v", err)
+	}
+	// 4. A bad document written around push: status failed, old config kept.
+	if _, err := docs.Put(t.Context(), "agent.edge-1", []byte("bmp:\n  max_sessions: 0\n")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "bad document reported failed", func() bool {
+		st := readStatus(t, status, "edge-1")
+		return st.State == FleetFailed && strings.Contains(st.Error, "bmp.max_sessions")
+	})
+	if a.Config().BMP.MaxSessions != 5 || !a.Status().Ready {
+		t.Fatal("a failed document changed the running agent")
+	}
+
+	// 5. The last good document is on disk, matching what was applied.
+	d, ok, err := lastGood{dir: stateDir}.load()
+	if err != nil || !ok {
+		t.Fatalf("last-good: %v %v", ok, err)
+	}
+	if d.SHA256 != good.SHA256 || d.Key != "agent.edge-1" || !strings.Contains(string(d.Value), "max_sessions: 5") {
+		t.Fatalf("last-good %+v, applied %+v", d, good)
+	}
+
+	// 6. Central down: a new start uses the last-good document.
+	cancel()
+	<-done
+	ns.Shutdown()
+	logs := &lockedBuffer{}
+	started := make(chan *Agent, 1)
+	runCtx, stopRun := context.WithCancel(t.Context())
+	runDone := make(chan error, 1)
+	src2 := &configSource{opts: LoadOptions{File: local, FileRequired: true}}
+	cfg2, err := src2.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		runDone <- runAgent(runCtx, cfg2, src2, logs, func(a *Agent) { started <- a })
+	}()
+	a2 := <-started
+	testenv.Eventually(t, 15*time.Second, "restarted agent ready", func() bool { return a2.Status().Ready })
+	if got := a2.Config().BMP.MaxSessions; got != 5 {
+		t.Fatalf("restart while central is down runs max_sessions %d, want 5 from the last-good document", got)
+	}
+	if !strings.Contains(logs.String(), "fleet: starting from the last-good document") {
+		t.Fatalf("no last-good log line:\n%s", logs.String())
+	}
+	stopRun()
+	if err := <-runDone; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+}
+
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestFleetDocumentMustNotChangeFleet(t *testing.T) {
+	err := checkFleetDoc([]byte("fleet:\n  enabled: false\n"))
+	if !errors.Is(err, ErrFleetSection) {
+		t.Fatalf("want ErrFleetSection, got %v", err)
+	}
+	if err := checkFleetDoc([]byte("log:\n  level: debug\n")); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,227 @@
+package forwarder
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bgpedge/bgpedge/buffer"
+	"github.com/bgpedge/bgpedge/internal/testenv"
+	"github.com/bgpedge/bgpedge/record"
+)
+
+// benchRecords is the number of spooled records the drain benchmarks use
+// (BGPEDGE_BENCH_RECORDS, default 5,000,000).
+func benchRecords(b *testing.B) int {
+	n := 5_000_000
+	if v := os.Getenv("BGPEDGE_BENCH_RECORDS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1000 {
+			b.Fatalf("BGPEDGE_BENCH_RECORDS=%q: want a number ≥ 1000", v)
+		}
+	}
+	return n
+}
+
+// fillSpool opens a spool in a temporary directory and appends n records of
+// size bytes (payload) from the given routers.
+func fillSpool(b *testing.B, n, size int) *buffer.Spool {
+	b.Helper()
+	sp, err := buffer.Open(buffer.Options{Dir: b.TempDir(), SegmentBytes: 256 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = sp.Close() })
+	batch := make([]record.Record, 0, 1000)
+	routers := []string{"192.0.2.1", "192.0.2.2", "198.51.100.7", "203.0.113.9"}
+	for i := 0; i < n; {
+		batch = batch[:0]
+		for j := 0; j < 1000 && i < n; j, i = j+1, i+1 {
+			batch = append(batch, bmpRecord(routers[i%len(routers)], size))
+		}
+		if _, err := sp.Append(context.Background(), batch...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return sp
+}
+
+// drain runs f until the spool is fully acked and returns the elapsed time.
+func drain(b *testing.B, f *Forwarder, sp *buffer.Spool, last uint64) time.Duration {
+	b.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() { done <- f.Run(ctx) }()
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for sp.FirstUnacked() <= last {
+		select {
+		case err := <-done:
+			b.Fatalf("forwarder stopped: %v", err)
+		case <-t.C:
+		}
+	}
+	d := time.Since(start)
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	return d
+}
+
+var perfRate = regexp.MustCompile(`(\d+) records sent, ([\d.]+) records/sec`)
+
+// producerPerformance runs Kafka's own ProducerPerformance with the same
+// record count and size, acks=all and idempotence, and returns records/s.
+func producerPerformance(b *testing.B, brokers []string, topic string, n, size int) float64 {
+	b.Helper()
+	script := os.Getenv("BGPEDGE_KAFKA_SH")
+	if script == "" {
+		script = filepath.Join(testenv.RepoRoot(b), "scripts", "kafka.sh")
+	}
+	cmd := exec.Command("bash", script, "perf", "--topic", topic, "--num-records", strconv.Itoa(n),
+		"--record-size", strconv.Itoa(size), "--throughput", "-1",
+		"--producer-props", "bootstrap.servers="+brokers[0], "acks=all", "enable.idempotence=true",
+		"max.in.flight.requests.per.connection=5")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		b.Fatalf("ProducerPerformance: %v\n%s", err, out)
+	}
+	m := perfRate.FindAllSubmatch(out, -1)
+	if len(m) == 0 {
+		b.Fatalf("ProducerPerformance output not understood:\n%s", out)
+	}
+	rate, _ := strconv.ParseFloat(string(m[len(m)-1][2]), 64)
+	return rate
+}
+
+func createTopic(b *testing.B, brokers []string, topic string, partitions int32) {
+	b.Helper()
+	admin, err := sarama.NewClusterAdmin(brokers, testenv.SaramaConfig(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer admin.Close()
+	if err := admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: partitions, ReplicationFactor: 1}, false); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		a, err := sarama.NewClusterAdmin(brokers, testenv.SaramaConfig(b))
+		if err == nil {
+			_ = a.DeleteTopic(topic)
+			_ = a.Close()
+		}
+	})
+}
+
+// BenchmarkDrainKafka drains spooled ~200 B records to Kafka and compares the
+// rate with Kafka's ProducerPerformance in the same run (same size, acks=all,
+// idempotence, same partition count). Run once: -benchtime=1x.
+func BenchmarkDrainKafka(b *testing.B) {
+	brokers := testenv.KafkaBrokers(b)
+	n, size := benchRecords(b), 200
+	sp := fillSpool(b, n, size)
+	cfg := testConfig(b, brokers)
+	cfg.Topics.Ensure = []string{StreamBMPRaw}
+	cfg.Kafka.Partitions = 6
+	deleteTopicsAtEnd(b, brokers, cfg, StreamBMPRaw)
+	f, err := New(cfg, sp, Raw{}, nil, prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	d := drain(b, f, sp, uint64(n))
+	b.StopTimer()
+	ours := float64(n) / d.Seconds()
+
+	perfTopic := cfg.Topics.Prefix + "perf"
+	createTopic(b, brokers, perfTopic, cfg.Kafka.Partitions)
+	ref := producerPerformance(b, brokers, perfTopic, n, size)
+	b.ReportMetric(ours, "records/s")
+	b.ReportMetric(ref, "ref-records/s")
+	b.ReportMetric(ours/ref, "ratio")
+	fmt.Printf("drain-kafka records=%d size=%d forwarder=%.0f/s (%.1f MB/s) producer-performance=%.0f/s ratio=%.2f\n",
+		n, size, ours, ours*float64(size)/1e6, ref, ours/ref)
+}
+
+// BenchmarkDrainJetStream drains spooled ~200 B records to an embedded
+// JetStream server (Kafka unreachable, failover after 1 ms).
+func BenchmarkDrainJetStream(b *testing.B) {
+	n, size := benchRecords(b)/5, 200
+	sp := fillSpool(b, n, size)
+	ns := testenv.StartNATS(b)
+	cfg := testConfig(b, []string{"127.0.0.1:1"})
+	cfg.FailoverAfter = time.Millisecond
+	cfg.FailbackAfter = time.Hour
+	cfg.NATS.Enabled = true
+	cfg.NATS.URL = ns.URL()
+	f, err := New(cfg, sp, Raw{}, nil, prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	d := drain(b, f, sp, uint64(n))
+	b.StopTimer()
+	rate := float64(n) / d.Seconds()
+	b.ReportMetric(rate, "records/s")
+	fmt.Printf("drain-jetstream records=%d size=%d forwarder=%.0f/s (%.1f MB/s)\n", n, size, rate, rate*float64(size)/1e6)
+}
+
+// BenchmarkDrainBMPJSON drains the 100k-route capture through the bmp
+// encoder (raw message plus one JSON event per route) and reports route
+// events per second delivered to Kafka.
+func BenchmarkDrainBMPJSON(b *testing.B) {
+	brokers := testenv.KafkaBrokers(b)
+	msgs, err := loadCapture(testenv.Shared(b, "bmpdata", "raw", "gobgp-3.10-all-dump-100k.bmp.gz"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	sp, err := buffer.Open(buffer.Options{Dir: b.TempDir(), SegmentBytes: 256 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = sp.Close() })
+	for i := 0; i < len(msgs); i += 1000 {
+		recs := make([]record.Record, 0, 1000)
+		for j := i; j < min(i+1000, len(msgs)); j++ {
+			recs = append(recs, killRecord(msgs, 1, uint64(j+1)))
+		}
+		if _, err := sp.Append(context.Background(), recs...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cfg := testConfig(b, brokers)
+	cfg.Kafka.Partitions = 6
+	cfg.Topics.Ensure = []string{"bmp.raw", "bmp.route.pre-policy", "bmp.route.post-policy", "bmp.route.loc-rib", "bmp.peer", "bmp.stats", "bmp.router", "bmp.errors", StreamDLQ}
+	deleteTopicsAtEnd(b, brokers, cfg, cfg.Topics.Ensure...)
+	enc := bmpEncoder(b, cfg.AgentID)
+	var routes int
+	counting := EncoderFunc(func(rec record.Record, emit func(Message)) error {
+		return enc.Encode(rec, func(m Message) {
+			if len(m.Stream) > 10 && m.Stream[:10] == "bmp.route." {
+				routes++
+			}
+			emit(m)
+		})
+	})
+	f, err := New(cfg, sp, counting, nil, prometheus.NewRegistry())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	d := drain(b, f, sp, uint64(len(msgs)))
+	b.StopTimer()
+	b.ReportMetric(float64(routes)/d.Seconds(), "route-events/s")
+	fmt.Printf("drain-bmp-json bmp-messages=%d route-events=%d (raw messages too) in %v: %.0f route events/s, %.0f BMP messages/s\n",
+		len(msgs), routes, d.Round(time.Millisecond), float64(routes)/d.Seconds(), float64(len(msgs))/d.Seconds())
+}

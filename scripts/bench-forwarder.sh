@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Forwarder benchmark (docs/BENCHMARKS.md, section "Forwarder"): drain of
+# spooled ~200 B records to Kafka against Kafka's own ProducerPerformance
+# (same record count and size, acks=all, idempotence on, same partition
+# count) in the same run; route events per second through the bmp encoder;
+# drain rate to NATS JetStream (embedded server).
+#
+#   scripts/bench-forwarder.sh                 # 5,000,000 records
+#   BGPEDGE_BENCH_RECORDS=1000000 scripts/bench-forwarder.sh
+#
+# Uses the broker of scripts/kafka.sh on 127.0.0.1:9092, starting it (and
+# stopping it again at the end) when it is not running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export BGPEDGE_BENCH_RECORDS=${BGPEDGE_BENCH_RECORDS:-5000000}
+started=false
+if ! scripts/kafka.sh status >/dev/null 2>&1; then
+	scripts/kafka.sh start
+	started=true
+fi
+cleanup() { if $started; then scripts/kafka.sh stop; fi; }
+trap cleanup EXIT
+export BGPEDGE_TEST_KAFKA=${BGPEDGE_TEST_KAFKA:-$(scripts/kafka.sh brokers)}
+
+cmd=(go test -run '^$' -bench 'BenchmarkDrainKafka|BenchmarkDrainBMPJSON|BenchmarkDrainJetStream' -benchtime 1x -timeout 60m ./forwarder/)
+echo "\$ BGPEDGE_BENCH_RECORDS=$BGPEDGE_BENCH_RECORDS ${cmd[*]}"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+"${cmd[@]}" | grep -v '^time='
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
