@@ -240,9 +240,7 @@ func (a *Agent) tryStart(ctx context.Context) error {
 			a.metrics.startFailures.WithLabelValues("bmp").Inc()
 			return err
 		}
-		a.mu.Lock()
-		a.station = st
-		a.mu.Unlock()
+		a.setStation(st)
 	}
 	if a.fwd == nil && cfg.Forwarder.Enabled {
 		fw, err := a.newForwarder(cfg, a.spool)
@@ -250,7 +248,10 @@ func (a *Agent) tryStart(ctx context.Context) error {
 			a.metrics.startFailures.WithLabelValues("forwarder").Inc()
 			return err
 		}
-		a.runForwarder(fw)
+		if err := a.runForwarder(fw); err != nil {
+			a.metrics.startFailures.WithLabelValues("forwarder").Inc()
+			return err
+		}
 	}
 	a.mu.Lock()
 	a.running = true
@@ -269,8 +270,15 @@ func (a *Agent) startStation(ctx context.Context, cfg Config, sp Spool) (*statio
 		_ = st.Close(ctx)
 		return nil, fmt.Errorf("bmp listener: %w", err)
 	}
-	a.gather.set("bmp", reg)
 	return &stationPart{s: st, cfg: cfg.BMP.Config, reg: reg}, nil
+}
+
+// setStation makes st the current listener, its metrics the ones served.
+func (a *Agent) setStation(st *stationPart) {
+	a.gather.set("bmp", st.reg)
+	a.mu.Lock()
+	a.station = st
+	a.mu.Unlock()
 }
 
 func (a *Agent) newForwarder(cfg Config, sp Spool) (*forwarderPart, error) {
@@ -282,8 +290,26 @@ func (a *Agent) newForwarder(cfg Config, sp Spool) (*forwarderPart, error) {
 	return &forwarderPart{d: d, cfg: cfg.Forwarder, id: cfg.Agent.ID, reg: reg}, nil
 }
 
+// preparer is a forwarder that takes resources it cannot share with its
+// predecessor (the BMP decoding state) only when it is about to run.
+type preparer interface {
+	Prepare() error
+	Discard()
+}
+
+func (fw *forwarderPart) discard() {
+	if p, ok := fw.d.(preparer); ok {
+		p.Discard()
+	}
+}
+
 // runForwarder starts fw's drain loop and makes it the current forwarder.
-func (a *Agent) runForwarder(fw *forwarderPart) {
+func (a *Agent) runForwarder(fw *forwarderPart) error {
+	if p, ok := fw.d.(preparer); ok {
+		if err := p.Prepare(); err != nil {
+			return fmt.Errorf("forwarder: %w", err)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	fw.cancel, fw.done = cancel, make(chan struct{})
 	a.gather.set("forwarder", fw.reg)
@@ -297,6 +323,7 @@ func (a *Agent) runForwarder(fw *forwarderPart) {
 	a.mu.Lock()
 	a.fwd = fw
 	a.mu.Unlock()
+	return nil
 }
 
 // stopForwarder ends fw's drain loop and waits for its flush, at most until ctx ends.
@@ -418,6 +445,9 @@ func (a *Agent) Apply(ctx context.Context, next Config) (err error) {
 		if newSt != nil {
 			_ = newSt.s.Close(ctx)
 		}
+		if newFw != nil {
+			newFw.discard()
+		}
 		if newHTTP != nil {
 			_ = newHTTP.Close(ctx)
 		}
@@ -455,16 +485,50 @@ func (a *Agent) Apply(ctx context.Context, next Config) (err error) {
 				undo()
 				return errors.Join(err, fmt.Errorf("restore previous bmp listener: %w", berr))
 			}
-			a.mu.Lock()
-			a.station = back
-			a.mu.Unlock()
+			a.setStation(back)
 			undo()
 			return err
 		}
 		oldSt = nil // closed above
 	}
 
-	// Swap phase.
+	// Swap phase. The forwarder goes first: its new instance can only take
+	// the decoding state once the old one let go of it, so it is the one
+	// swap that can still fail, and then everything is rolled back.
+	if fwdChanged {
+		if oldFw != nil {
+			// Two forwarders must never drain the spool at once.
+			if err := stopForwarder(ctx, oldFw); err != nil {
+				a.log.Warn("stopping previous forwarder", "err", err)
+			}
+			a.mu.Lock()
+			a.fwd = nil
+			a.mu.Unlock()
+			a.gather.unregister("forwarder")
+		}
+		if newFw != nil {
+			if err := a.runForwarder(newFw); err != nil {
+				undo()
+				if rebind { // the old listener was closed to free its address
+					if back, berr := a.startStation(ctx, cur, sp); berr == nil {
+						a.setStation(back)
+					} else {
+						err = errors.Join(err, fmt.Errorf("restore previous bmp listener: %w", berr))
+					}
+				}
+				if cur.Forwarder.Enabled {
+					back, berr := a.newForwarder(cur, sp)
+					if berr == nil {
+						berr = a.runForwarder(back)
+					}
+					if berr != nil {
+						return errors.Join(err, fmt.Errorf("restore previous forwarder: %w", berr))
+					}
+				}
+				return err
+			}
+		}
+	}
 	lvl, _ := parseLevel(next.Log.Level)
 	a.level.Set(lvl)
 	if newHTTP != nil || (httpChanged && next.HTTP.Listen == "") {
@@ -478,28 +542,11 @@ func (a *Agent) Apply(ctx context.Context, next Config) (err error) {
 		oldHTTP.setPprof(next.HTTP.Pprof)
 	}
 	if newSt != nil {
-		a.mu.Lock()
-		a.station = newSt
-		a.mu.Unlock()
+		a.setStation(newSt)
 		if oldSt != nil {
 			if err := oldSt.s.Close(ctx); err != nil {
 				a.log.Warn("closing previous bmp listener", "err", err)
 			}
-		}
-	}
-	if fwdChanged {
-		if oldFw != nil {
-			// Two forwarders must never drain the spool at once.
-			if err := stopForwarder(ctx, oldFw); err != nil {
-				a.log.Warn("stopping previous forwarder", "err", err)
-			}
-			a.mu.Lock()
-			a.fwd = nil
-			a.mu.Unlock()
-			a.gather.unregister("forwarder")
-		}
-		if newFw != nil {
-			a.runForwarder(newFw)
 		}
 	}
 	a.log.Info("configuration applied", "bmp_changed", bmpChanged, "forwarder_changed", fwdChanged, "http_changed", httpChanged)

@@ -327,6 +327,12 @@ func TestApplyForwarderFailureKeepsOld(t *testing.T) {
 		t.Fatal(err)
 	}
 	startAgent(t, a)
+	running := func() int32 {
+		parts.mu.Lock()
+		defer parts.mu.Unlock()
+		return parts.drainers[0].running.Load()
+	}
+	testenv.Eventually(t, 5*time.Second, "forwarder running", func() bool { return running() == 1 })
 	parts.mu.Lock()
 	parts.fwdErr = errors.New("cannot build")
 	parts.mu.Unlock()
@@ -335,10 +341,7 @@ func TestApplyForwarderFailureKeepsOld(t *testing.T) {
 	if err := a.Apply(t.Context(), next); err == nil {
 		t.Fatal("Apply succeeded with a failing forwarder build")
 	}
-	parts.mu.Lock()
-	running := parts.drainers[0].running.Load()
-	parts.mu.Unlock()
-	if running != 1 {
+	if running() != 1 {
 		t.Fatal("the running forwarder was stopped by a failed Apply")
 	}
 	if got := a.Status().Sink; got != "kafka" {
@@ -432,3 +435,70 @@ func TestLimitedLogger(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestApplyRealForwarderSwap swaps the real forwarder, whose BMP encoder
+// holds a state file only one instance may open: the new one must get it
+// once the old one let go, not wait for it.
+func TestApplyRealForwarderSwap(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Forwarder.Enabled = true
+	cfg.Forwarder.Kafka.Brokers = []string{"127.0.0.1:1"} // nothing to send: never dialled successfully
+	a, err := New(Options{Config: cfg, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, a)
+	for i := range 3 {
+		next := a.Config()
+		next.Forwarder.ReadBatch = 100 + i
+		start := time.Now()
+		if err := a.Apply(t.Context(), next); err != nil {
+			t.Fatalf("apply %d: %v", i, err)
+		}
+		if took := time.Since(start); took > 4*time.Second {
+			t.Fatalf("apply %d took %v: waiting for the decoding state lock", i, took)
+		}
+		if !a.Status().Ready {
+			t.Fatalf("not ready after apply %d: %+v", i, a.Status())
+		}
+	}
+}
+
+type failingPrepare struct{ fakeDrainer }
+
+func (*failingPrepare) Prepare() error { return errors.New("state in use") }
+func (*failingPrepare) Discard()       {}
+
+func TestApplyForwarderPrepareFailureRestoresOld(t *testing.T) {
+	parts := &fakeParts{}
+	cfg := testConfig(t)
+	cfg.Forwarder.Enabled = true
+	b := parts.builders()
+	build := b.NewForwarder
+	var calls atomic.Int32
+	b.NewForwarder = func(c Config, sp Spool, l *slog.Logger, r prometheus.Registerer) (drainer, error) {
+		if calls.Add(1) == 2 { // the replacement
+			return &failingPrepare{fakeDrainer{stopped: make(chan struct{})}}, nil
+		}
+		return build(c, sp, l, r)
+	}
+	a, err := New(Options{Config: cfg, Logger: testLogger(t), Builders: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, a)
+	next := a.Config()
+	next.Forwarder.ReadBatch = 5
+	if err := a.Apply(t.Context(), next); err == nil || !strings.Contains(err.Error(), "state in use") {
+		t.Fatalf("want the prepare error, got %v", err)
+	}
+	if a.Config().Forwarder.ReadBatch == 5 {
+		t.Fatal("configuration changed although the apply failed")
+	}
+	if st := a.Status(); !st.Ready || st.Sink != "kafka" {
+		t.Fatalf("previous forwarder not restored: %+v", st)
+	}
+	if calls.Load() != 3 {
+		t.Fatalf("forwarder builds %d, want 3 (old, failing new, restored old)", calls.Load())
+	}
+}

@@ -34,31 +34,33 @@ func DefaultBuilders() Builders {
 }
 
 // newForwarder builds the forwarder with the BMP encoder. The encoder holds
-// the per-peer decoding state, so it lives exactly as long as the forwarder.
+// the per-peer decoding state (a file only one process may hold), so it is
+// opened in Prepare, once the previous forwarder has stopped, and closed
+// when this one stops.
 func newForwarder(cfg Config, sp Spool, log *slog.Logger, reg prometheus.Registerer) (drainer, error) {
-	enc, err := bmp.NewEncoder(bmp.EncoderOptions{
+	if err := cfg.BMP.Encoding.Validate(); err != nil {
+		return nil, err
+	}
+	ef := &encodingForwarder{opts: bmp.EncoderOptions{
 		Encoding:   cfg.BMP.Encoding,
 		AgentID:    cfg.ForwarderSettings().AgentID,
 		Logger:     log,
 		Registerer: reg,
-	})
+	}}
+	f, err := forwarder.New(cfg.ForwarderSettings(), sp, bmpEncoder(ef), log, reg)
 	if err != nil {
-		return nil, fmt.Errorf("bmp encoder: %w", err)
-	}
-	f, err := forwarder.New(cfg.ForwarderSettings(), sp, bmpEncoder(enc), log, reg)
-	if err != nil {
-		_ = enc.Close()
 		return nil, err
 	}
-	return &encodingForwarder{Forwarder: f, enc: enc}, nil
+	ef.Forwarder = f
+	return ef, nil
 }
 
 // bmpEncoder adapts bmp's encoder (which does not import forwarder) to the
 // forwarder's seam. `run` spools BMP records only: exaBGP events go through
 // the `bgpedge exabgp` process's own spool.
-func bmpEncoder(enc *bmp.Encoder) forwarder.Encoder {
+func bmpEncoder(ef *encodingForwarder) forwarder.Encoder {
 	f := forwarder.EncoderFunc(func(rec record.Record, emit func(forwarder.Message)) error {
-		return enc.Encode(rec, func(o bmp.Output) {
+		return ef.enc.Encode(rec, func(o bmp.Output) {
 			emit(forwarder.Message{Stream: o.Stream, Key: o.Key, Value: o.Value, Index: o.Index})
 		})
 	})
@@ -67,11 +69,38 @@ func bmpEncoder(enc *bmp.Encoder) forwarder.Encoder {
 
 type encodingForwarder struct {
 	*forwarder.Forwarder
-	enc *bmp.Encoder
+	opts bmp.EncoderOptions
+	enc  *bmp.Encoder // set by Prepare, before Run; the forwarder encodes only while running
+}
+
+var _ preparer = (*encodingForwarder)(nil)
+
+// Prepare opens the encoder and its decoding state.
+func (f *encodingForwarder) Prepare() error {
+	if f.enc != nil {
+		return nil
+	}
+	enc, err := bmp.NewEncoder(f.opts)
+	if err != nil {
+		return fmt.Errorf("bmp encoder: %w", err)
+	}
+	f.enc = enc
+	return nil
+}
+
+// Discard releases what Prepare took, for a forwarder that will not run.
+func (f *encodingForwarder) Discard() {
+	if f.enc != nil {
+		_ = f.enc.Close()
+		f.enc = nil
+	}
 }
 
 // Run drains until ctx ends, then releases the encoder's state.
 func (f *encodingForwarder) Run(ctx context.Context) error {
+	if err := f.Prepare(); err != nil {
+		return err
+	}
 	err := f.Forwarder.Run(ctx)
 	return errors.Join(err, f.enc.Close())
 }

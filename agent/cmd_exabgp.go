@@ -59,6 +59,9 @@ func runExabgp(ctx context.Context, file string, stdin io.Reader, stdout, stderr
 	if l, lerr := parseLevel(acfg.Log.Level); lerr == nil {
 		level.Set(l)
 	}
+	if l, lerr := NewLogger(stderr, acfg.Log.Format, level); lerr == nil {
+		log = l.With("component", "exabgp")
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -94,7 +97,9 @@ func runExabgp(ctx context.Context, file string, stdin io.Reader, stdout, stderr
 			if err != nil {
 				log.Error("forwarder not started: events stay in the spool", "err", err)
 			} else {
+				mu.Lock()
 				fwdOn = true
+				mu.Unlock()
 				go func() {
 					defer close(fwd)
 					if err := f.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -116,9 +121,9 @@ func runExabgp(ctx context.Context, file string, stdin io.Reader, stdout, stderr
 	runErr := proc.Run(ctx)
 	cancel()
 	mu.Lock()
-	sp := spool
+	sp, forwarding := spool, fwdOn
 	mu.Unlock()
-	if fwdOn {
+	if forwarding {
 		select {
 		case <-fwd:
 		case <-time.After(acfg.Agent.ShutdownTimeout):

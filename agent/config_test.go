@@ -276,9 +276,11 @@ func TestConfigCommands(t *testing.T) {
 		{[]string{"config", "validate", "--config", filepath.Join(dir, "missing.yaml")}, 1, "", "not found", ""},
 		{[]string{"config", "show", "--config", good}, 0, "id: edge-7", "", "pw-123"},
 		{[]string{"config", "show", "--env"}, 0, "BGPEDGE_BUFFER_DIR", "", ""},
+		{[]string{"run", "--config", bad}, 1, "", "bmp.nope: unknown key", ""},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args[:2], " "), func(t *testing.T) {
+			t.Chdir(t.TempDir()) // nothing may be created in the checkout
 			var stdout, stderr bytes.Buffer
 			code := Main(t.Context(), tt.args, strings.NewReader(""), &stdout, &stderr)
 			if code != tt.code {

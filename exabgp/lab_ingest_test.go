@@ -254,3 +254,66 @@ func mustJSON(v any) string {
 	}
 	return string(b)
 }
+
+// TestExaBGPApiOptions: exaBGP's output options that change the JSON every
+// process of a neighbor receives — api.compact, negotiated, packets with
+// consolidate — still decode into the same route events.
+func TestExaBGPApiOptions(t *testing.T) {
+	bin := bgpedgeBinary(t)
+	gAddr, eAddr := labAddrs()
+	g := startGoBGP(t, gAddr, eAddr)
+	dir := t.TempDir()
+	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t, "127.0.0.1"))
+	yaml := labConfig(t, dir, metrics, "")
+	api := `api {
+        processes [ bgpedge ];
+        neighbor-changes;
+        negotiated;
+        receive {
+            parsed;
+            packets;
+            consolidate;
+            update;
+            open;
+        }
+        send {
+            packets;
+            update;
+        }
+    }`
+	e := startExaBGP(t, dir, exabgpConfAPI(bin, yaml, g, api), "exabgp.api.compact=true")
+	testenv.Eventually(t, 30*time.Second, "exaBGP session with GoBGP established", g.established)
+	const routes = 50
+	nh, _ := bgp.NewPathAttributeNextHop(netip.MustParseAddr("192.0.2.254"))
+	var specs []*pathSpec
+	for i := range routes {
+		nlri, _ := bgp.NewIPAddrPrefix(v4Prefix(i))
+		specs = append(specs, &pathSpec{fam: bgp.RF_IPv4_UC, nlri: nlri, attrs: []bgp.PathAttributeInterface{
+			bgp.NewPathAttributeOrigin(0), nh, bgp.NewPathAttributeMultiExitDisc(uint32(i)), bgp.NewPathAttributeLocalPref(100)}})
+	}
+	g.apply(t, specs)
+	g.marker(t)
+	waitSpooled(t, g, metrics, routes)
+	e.stop()
+	recs := readSpool(t, filepath.Join(dir, "exabgp", "spool"))
+	_, _, errs, byPrefix, types := decodeAll(t, recs)
+	if len(errs) > 0 {
+		t.Fatalf("decode errors: %s", errs[0])
+	}
+	compact, hex := false, false
+	for _, r := range recs {
+		compact = compact || strings.Contains(string(r.Payload), `"192.0.2.254": [ "100.64.`)
+		hex = hex || strings.Contains(string(r.Payload), `"body": "0x`)
+	}
+	if !compact || !hex {
+		t.Fatalf("exaBGP did not use the options (compact %v, hex %v): %s", compact, hex, recs[len(recs)/2].Payload)
+	}
+	for i := range routes {
+		p := v4Prefix(i).String()
+		evs := byPrefix[p]
+		if len(evs) == 0 || evs[0].Route.Action != "announce" || evs[0].Route.NextHop != "192.0.2.254" || evs[0].Route.MED == nil || *evs[0].Route.MED != uint32(i) {
+			t.Fatalf("%s: %s", p, mustJSON(evs))
+		}
+	}
+	t.Logf("%d records: %v", len(recs), types)
+}

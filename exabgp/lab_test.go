@@ -154,7 +154,25 @@ type exaBGP struct {
 	confArg string
 }
 
+const defaultAPI = `api {
+        processes [ bgpedge ];
+        neighbor-changes;
+        receive {
+            parsed;
+            update;
+            notification;
+            open;
+            keepalive;
+            refresh;
+        }
+    }`
+
 func exabgpConf(bin, yaml string, g *gobgpPeer) string {
+	return exabgpConfAPI(bin, yaml, g, defaultAPI)
+}
+
+// exabgpConfAPI is exaBGP's configuration with a given api block.
+func exabgpConfAPI(bin, yaml string, g *gobgpPeer, apiBlock string) string {
 	return fmt.Sprintf(`process bgpedge {
     run %s exabgp --config %s;
     encoder json;
@@ -175,23 +193,12 @@ neighbor %s {
     capability {
         route-refresh;
     }
-    api {
-        processes [ bgpedge ];
-        neighbor-changes;
-        receive {
-            parsed;
-            update;
-            notification;
-            open;
-            keepalive;
-            refresh;
-        }
-    }
+    %s
 }
-`, bin, yaml, g.addr, g.exaAddr, g.exaAddr, g.port)
+`, bin, yaml, g.addr, g.exaAddr, g.exaAddr, g.port, apiBlock)
 }
 
-func startExaBGP(t testing.TB, dir, conf string) *exaBGP {
+func startExaBGP(t testing.TB, dir, conf string, env ...string) *exaBGP {
 	t.Helper()
 	bin := testenv.Binary(t, "exabgp", "exabgp")
 	confPath := filepath.Join(dir, "exabgp.conf")
@@ -202,6 +209,7 @@ func startExaBGP(t testing.TB, dir, conf string) *exaBGP {
 	cmd.Env = append(os.Environ(),
 		"exabgp.daemon.user=root", "exabgp.daemon.daemonize=false", "exabgp.api.cli=false",
 		"exabgp.log.destination=stdout", "exabgp.api.ack=true", "exabgp.api.respawn=true")
+	cmd.Env = append(cmd.Env, env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.StdoutPipe()
 	if err != nil {

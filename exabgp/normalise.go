@@ -47,7 +47,7 @@ func Normalise(m *Message) ([]record.Event, error) {
 		base.Peer.IPv6 = true
 	}
 	if m.Type == "update" && n.Message != nil && (n.Message.Update != nil || n.Message.EOR != nil) {
-		evs, err := normaliseUpdate(base, n.Message)
+		evs, err := normaliseUpdate(base, n.Message, ribOf(n.Direction))
 		if err != nil || len(evs) > 0 {
 			return evs, err
 		}
@@ -124,12 +124,21 @@ func rawOrNil(r json.RawMessage) json.RawMessage {
 	return r
 }
 
-func normaliseUpdate(base record.Event, msg *UpdateMessage) ([]record.Event, error) {
+// ribOf says which RIB an UPDATE belongs to: what exaBGP received from the
+// peer (adj-rib-in), or what it sent to it (adj-rib-out, with `send { parsed; }`).
+func ribOf(direction string) string {
+	if direction == "send" || direction == "out" {
+		return "adj-rib-out"
+	}
+	return "adj-rib-in"
+}
+
+func normaliseUpdate(base record.Event, msg *UpdateMessage, rib string) ([]record.Event, error) {
 	if msg.EOR != nil {
 		e := base
 		e.Type = TypeRoute
 		afi, safi, fam := family(msg.EOR.AFI + " " + msg.EOR.SAFI)
-		e.Route = &record.Route{Action: "end-of-rib", EndOfRIB: true, AFI: afi, SAFI: safi, Family: fam, RIB: "adj-rib-in"}
+		e.Route = &record.Route{Action: "end-of-rib", EndOfRIB: true, AFI: afi, SAFI: safi, Family: fam, RIB: rib}
 		return []record.Event{e}, nil
 	}
 	u := msg.Update
@@ -140,7 +149,7 @@ func normaliseUpdate(base record.Event, msg *UpdateMessage) ([]record.Event, err
 	var out []record.Event
 	for _, fam := range sortedKeys(u.Withdraw) {
 		for _, raw := range u.Withdraw[fam] {
-			r, err := routeFromNLRI(raw, fam)
+			r, err := routeFromNLRI(raw, fam, rib)
 			if err != nil {
 				return nil, err
 			}
@@ -155,7 +164,7 @@ func normaliseUpdate(base record.Event, msg *UpdateMessage) ([]record.Event, err
 		byNH := u.Announce[fam]
 		for _, nh := range sortedKeys(byNH) {
 			for _, raw := range byNH[nh] {
-				r, err := routeFromNLRI(raw, fam)
+				r, err := routeFromNLRI(raw, fam, rib)
 				if err != nil {
 					return nil, err
 				}
@@ -217,9 +226,9 @@ func family(s string) (uint16, uint8, string) {
 	return afiNums[a], safiNums[sf], name
 }
 
-func routeFromNLRI(raw json.RawMessage, fam string) (*record.Route, error) {
+func routeFromNLRI(raw json.RawMessage, fam, rib string) (*record.Route, error) {
 	afi, safi, name := family(fam)
-	r := &record.Route{AFI: afi, SAFI: safi, Family: name, RIB: "adj-rib-in"}
+	r := &record.Route{AFI: afi, SAFI: safi, Family: name, RIB: rib}
 	raw = bytes.TrimSpace(raw)
 	if len(raw) > 0 && raw[0] == '"' {
 		// compact mode: the NLRI is the bare prefix

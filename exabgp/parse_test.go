@@ -203,6 +203,32 @@ func TestNormaliseFields(t *testing.T) {
 				Data: sessionData{Direction: "receive", LocalAS: 65002, Open: json.RawMessage(`{ "version": 4, "router_id": "127.0.0.2" }`)}}},
 		},
 		{
+			name: "sent update is adj-rib-out",
+			line: `{"exabgp":"5.0.0","type":"update","neighbor":{"address":{"local":"127.0.0.3","peer":"127.0.0.2"},"asn":{"local":65002,"peer":65001},"direction":"out","message":{"update":{"withdraw":{"ipv4 unicast":[{"nlri":"10.0.0.0/8"}]}}}}}`,
+			want: []record.Event{{V: 1, Type: "route", Source: "exabgp", Router: "127.0.0.3", Peer: &record.Peer{Address: "127.0.0.2", AS: 65001, Type: "exabgp"},
+				Route: &record.Route{Action: "withdraw", Prefix: "10.0.0.0/8", AFI: 1, SAFI: 1, Family: "ipv4-unicast", RIB: "adj-rib-out"}}},
+		},
+		{
+			name: "fsm",
+			line: `{"exabgp":"5.0.0","type":"fsm","neighbor":{"address":{"local":"127.0.0.3","peer":"127.0.0.2"},"asn":{"local":65002,"peer":65001},"router-id":"127.0.0.3","state":"established"}}`,
+			want: []record.Event{{V: 1, Type: "fsm", Source: "exabgp", Router: "127.0.0.3", Peer: &record.Peer{Address: "127.0.0.2", AS: 65001, Type: "exabgp"},
+				Data: sessionData{LocalAS: 65002, RouterID: "127.0.0.3", State: "established"}}},
+		},
+		{
+			name: "signal",
+			line: `{"exabgp":"5.0.0","type":"signal","neighbor":{"address":{"local":"127.0.0.3","peer":"127.0.0.2"},"asn":{"local":65002,"peer":65001},"code":1,"name":"SIGHUP"}}`,
+			want: []record.Event{{V: 1, Type: "signal", Source: "exabgp", Router: "127.0.0.3", Peer: &record.Peer{Address: "127.0.0.2", AS: 65001, Type: "exabgp"},
+				Data: sessionData{LocalAS: 65002, Code: json.RawMessage(`1`), Name: "SIGHUP"}}},
+		},
+		{
+			name: "4.2 confederation and set",
+			line: `{"exabgp":"4.0.1","type":"update","neighbor":{"address":{"local":"127.0.0.3","peer":"127.0.0.2"},"asn":{"local":65002,"peer":65001},"direction":"receive","message":{"update":{"attribute":{"as-path":[1,2],"as-set":[3],"confederation-path":[64512],"atomic-aggregate":true,"aggregator":"( 65001:192.0.2.1 )","originator-id":"192.0.2.9","cluster-list":["192.0.2.10"]},"announce":{"ipv4 unicast":{"null":[{"nlri":"10.0.0.0/8"}]}}}}}}`,
+			want: []record.Event{{V: 1, Type: "route", Source: "exabgp", Router: "127.0.0.3", Peer: &record.Peer{Address: "127.0.0.2", AS: 65001, Type: "exabgp"},
+				Route: &record.Route{Action: "announce", Prefix: "10.0.0.0/8", AFI: 1, SAFI: 1, Family: "ipv4-unicast", ASPath: []uint32{1, 2, 3},
+					ASPathSegments:  []record.ASPathSegment{{Type: "confed-sequence", ASNs: []uint32{64512}}, {Type: "sequence", ASNs: []uint32{1, 2}}, {Type: "set", ASNs: []uint32{3}}},
+					AtomicAggregate: true, Aggregator: "65001:192.0.2.1", OriginatorID: "192.0.2.9", ClusterList: []string{"192.0.2.10"}, RIB: "adj-rib-in"}}},
+		},
+		{
 			name: "exabgp shutdown",
 			line: `{ "exabgp": "4.0.1", "time": 1795238477.3211005, "host" : "vm", "pid" : 17345, "ppid" : 1, "type": "notification", "notification": "shutdown" }`,
 			want: []record.Event{{V: 1, Type: TypeShutdown, Source: "exabgp", Timestamp: &ts, Data: sessionData{Host: "vm", PID: 17345, Notification: json.RawMessage(`"shutdown"`)}}},

@@ -161,7 +161,7 @@ func (p *Process) Run(ctx context.Context) error {
 		case err := <-spoolDone:
 			return err
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil // the spooler drains what it can (see drain)
 		case <-time.After(eofGrace):
 			// exaBGP is gone and the spool is not taking events (cannot open,
 			// or appends keep failing): give up rather than linger forever.

@@ -1,2 +1,34 @@
-// Package forwarder drains the spool to Kafka, or to NATS JetStream while Kafka is unreachable, at least once.
+// Package forwarder drains the spool to Kafka, or to NATS JetStream while
+// Kafka is unreachable, at least once.
+//
+// It owns the seams around that: Source (what it needs of the spool),
+// Encoder (records to output messages; packages bmp and exabgp implement
+// it), and Sink (Connect/Write/Close, with a per-message ack), and the two
+// sinks: KafkaSink (sarama AsyncProducer: idempotent, acks from all in-sync
+// replicas, one request in flight per broker) and NATSSink (JetStream async
+// publish with every PubAck checked and Nats-Msg-Id set).
+//
+// Delivery: a record is acknowledged to the spool only when every one of its
+// output messages was acknowledged, and only as part of the contiguous
+// prefix of such records (the watermark). When a message fails, the sink
+// session ends, what is in flight settles, and the next session re-reads from
+// the watermark: later records that already arrived are sent again. So
+// delivery is at least once; duplicates carry the same id
+// ("<agent-id>:<seq>[:<index>]", Kafka header bgpedge-id and NATS
+// Nats-Msg-Id) for consumers to drop. A record that cannot be encoded goes,
+// raw, to the dlq stream with the error in a header; it never blocks the
+// queue.
+//
+// Failover: after forwarder.failover_after of Kafka failures the forwarder
+// drains to JetStream, probes Kafka, and returns once Kafka has been healthy
+// for forwarder.failback_after. With both down the spool grows and the
+// sinks are retried with exponential backoff and jitter. The Bridge moves
+// what went to JetStream into Kafka, acknowledging JetStream only after
+// Kafka did.
+//
+// JetStream acknowledges a publish once the message is in the stream's
+// store, which nats-server fsyncs only every sync_interval (2 minutes by
+// default): a power loss of a single JetStream server can lose acknowledged
+// messages. Use a replicated stream (forwarder.nats.replicas: 3) or a
+// shorter sync_interval on the server.
 package forwarder

@@ -97,6 +97,43 @@ func TestEndToEndCapturesToKafka(t *testing.T) {
 	stopFwd := startForwarder(t, f)
 	t.Cleanup(func() { stopFwd(); _ = sp.Close() })
 
+	var (
+		mu       sync.Mutex
+		got      = map[string]int{}
+		where    = map[string][2]string{} // id → stream and key where it was first seen
+		lastSeen = map[string][2]int{}    // route key → (seq, index) of its latest first-seen event
+		disorder int
+	)
+	topicStream := map[string]string{}
+	for _, s := range cfg.Topics.Ensure {
+		topicStream[cfg.Topics.Topic(s)] = s
+	}
+	o := &checkOracle{check: func(m *sarama.ConsumerMessage) {
+		id := headerValue(m.Headers, HeaderID)
+		stream := topicStream[m.Topic]
+		mu.Lock()
+		defer mu.Unlock()
+		got[id]++
+		if got[id] > 1 {
+			return
+		}
+		where[id] = [2]string{stream, string(m.Key)}
+		if !strings.HasPrefix(stream, "bmp.route.") {
+			return
+		}
+		_, seq, idx, _ := ParseMessageID(id)
+		k := stream + "|" + string(m.Key)
+		if p, ok := lastSeen[k]; ok && (p[0] > int(seq) || p[0] == int(seq) && p[1] > idx) {
+			disorder++
+		}
+		lastSeen[k] = [2]int{int(seq), idx}
+	}}
+	// Consume while the forwarder drains: the topics exist once it connected.
+	testenv.Eventually(t, time.Minute, "forwarder connected to kafka", func() bool { return f.ActiveSink() == SinkKafka })
+	for topic := range topicStream {
+		consumeChecked(t, brokers, o, topic)
+	}
+
 	bcfg := bmp.DefaultConfig()
 	bcfg.Listen = "127.0.0.1:0"
 	l, err := bmp.NewListener(bcfg, spool, testLogger(t), prometheus.NewRegistry())
@@ -131,9 +168,6 @@ func TestEndToEndCapturesToKafka(t *testing.T) {
 	})
 	last := spool.recs[len(spool.recs)-1].Seq
 	t.Logf("replayed and spooled in %v", time.Since(t0).Round(time.Millisecond))
-	testenv.Eventually(t, 5*time.Minute, "spool drained to kafka", func() bool { return sp.FirstUnacked() > last })
-	t.Logf("drained to kafka after %v", time.Since(t0).Round(time.Millisecond))
-
 	// The expected outputs: the same records through a second encoder.
 	type want struct{ stream, key string }
 	expected := map[string]want{}
@@ -145,59 +179,38 @@ func TestEndToEndCapturesToKafka(t *testing.T) {
 			expected[MessageID(cfg.AgentID, r.Seq, -1)] = want{StreamDLQ, string(r.Key)}
 		}
 	}
-
-	var (
-		mu       sync.Mutex
-		got      = map[string]int{}
-		wrong    []string
-		lastSeen = map[string][2]int{} // route key → (seq, index) of its latest first-seen event
-		disorder int
-	)
-	topicStream := map[string]string{}
-	for _, s := range cfg.Topics.Ensure {
-		topicStream[cfg.Topics.Topic(s)] = s
-	}
-	o := &checkOracle{check: func(m *sarama.ConsumerMessage) {
-		id := headerValue(m.Headers, HeaderID)
-		mu.Lock()
-		defer mu.Unlock()
-		got[id]++
-		w, ok := expected[id]
-		stream := topicStream[m.Topic]
-		if !ok || w.stream != stream || w.key != string(m.Key) {
-			if len(wrong) < 10 {
-				wrong = append(wrong, fmt.Sprintf("%s in %s key %q (want %+v, known %v)", id, stream, m.Key, w, ok))
-			}
-			return
-		}
-		if got[id] > 1 || !strings.HasPrefix(stream, "bmp.route.") {
-			return
-		}
-		_, seq, idx, _ := ParseMessageID(id)
-		k := stream + "|" + string(m.Key)
-		if p, ok := lastSeen[k]; ok && (p[0] > int(seq) || p[0] == int(seq) && p[1] > idx) {
-			disorder++
-		}
-		lastSeen[k] = [2]int{int(seq), idx}
-	}}
-	for topic := range topicStream {
-		consumeChecked(t, brokers, o, topic)
-	}
 	t.Logf("oracle encoded after %v", time.Since(t0).Round(time.Millisecond))
-	testenv.Eventually(t, 3*time.Minute, "every expected id in kafka", func() bool {
+	testenv.Eventually(t, 5*time.Minute, "spool drained to kafka", func() bool { return sp.FirstUnacked() > last })
+	t.Logf("drained to kafka after %v", time.Since(t0).Round(time.Millisecond))
+
+	testenv.Eventually(t, 3*time.Minute, "as many ids in kafka as expected", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		n := 0
-		for id := range expected {
-			if got[id] > 0 {
-				n++
-			}
-		}
-		return n == len(expected)
+		return len(got) >= len(expected)
 	})
 	t.Logf("oracle consumed after %v", time.Since(t0).Round(time.Millisecond))
 	mu.Lock()
 	defer mu.Unlock()
+	var wrong []string
+	missing := 0
+	for id := range expected {
+		if got[id] == 0 {
+			missing++
+		}
+	}
+	if missing > 0 {
+		t.Errorf("%d of %d expected ids missing in kafka", missing, len(expected))
+	}
+	for id, w := range expected {
+		if g := where[id]; g != [2]string{w.stream, w.key} && len(wrong) < 10 {
+			wrong = append(wrong, fmt.Sprintf("%s in %s key %q, want %s key %q", id, g[0], g[1], w.stream, w.key))
+		}
+	}
+	for id := range got {
+		if _, ok := expected[id]; !ok && len(wrong) < 10 {
+			wrong = append(wrong, fmt.Sprintf("unexpected id %q", id))
+		}
+	}
 	if len(wrong) > 0 {
 		t.Errorf("messages in the wrong topic or with the wrong key:\n%s", strings.Join(wrong, "\n"))
 	}
@@ -219,6 +232,6 @@ func TestEndToEndCapturesToKafka(t *testing.T) {
 	for _, s := range names {
 		fmt.Fprintf(&b, " %s=%d", s, perStream[s])
 	}
-	t.Logf("%d captures, %d sessions, %d BMP messages spooled, %d output messages expected, 0 missing, %d duplicates, %d route keys in order; per stream:%s",
-		len(files), len(streams), len(spool.recs), len(expected), dups, len(lastSeen), b.String())
+	t.Logf("%d captures, %d sessions, %d BMP messages spooled, %d output messages expected, %d missing, %d duplicates, %d route keys in order; per stream:%s",
+		len(files), len(streams), len(spool.recs), len(expected), missing, dups, len(lastSeen), b.String())
 }

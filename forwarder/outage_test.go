@@ -136,13 +136,23 @@ func TestKafkaOutageFailsOverToJetStream(t *testing.T) {
 	stopFwd()
 
 	moved := bridgeAll(t, cfg)
-	var o idOracle
+	o := idOracle{keep: true}
 	consumeInto(t, k.Brokers(), &o, cfg.Topics.Topic(StreamBMPRaw))
 	total := int(src.Len())
 	testenv.Eventually(t, 2*time.Minute, "every record in kafka", func() bool { return o.distinct() >= total })
 	if miss := o.missingSeqs(src.Len()); len(miss) > 0 {
 		t.Fatalf("%d records missing in kafka, first %v", len(miss), miss[:min(10, len(miss))])
 	}
+	// What took the JetStream path keeps its key and headers through the bridge.
+	o.mu.Lock()
+	for _, m := range o.msgs[cfg.Topics.Topic(StreamBMPRaw)] {
+		if len(m.Key) == 0 || string(m.Key) != headerValue(m.Headers, HeaderRouter) || headerValue(m.Headers, HeaderAgent) != "edge1" ||
+			headerValue(m.Headers, HeaderKind) != "bmp" || headerValue(m.Headers, HeaderStream) != StreamBMPRaw || len(m.Value) != 120 {
+			t.Errorf("message %d/%d: key %q, headers %v, %d bytes", m.Partition, m.Offset, m.Key, m.Headers, len(m.Value))
+			break
+		}
+	}
+	o.mu.Unlock()
 	t.Logf("%d records sent, %d via jetstream and the bridge, 0 missing, %d duplicates", total, moved, o.duplicates())
 }
 

@@ -44,7 +44,13 @@ cleanup() {
 trap cleanup EXIT
 
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1700000000)}
+export COMMIT=${COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo none)}
 export VERSION=1.0.0
+# Build from a snapshot of the tree, so that both builds see the same sources
+# even while someone edits the checkout.
+mkdir -p "$work/src"
+tar --exclude=./.git --exclude=./dist --exclude=./.cache --exclude=./bin -cf - . | tar -xf - -C "$work/src"
+cd "$work/src"
 step "building packages twice (reproducibility)"
 DIST="$work/a" scripts/package.sh amd64 arm64 >/dev/null
 DIST="$work/b" scripts/package.sh amd64 arm64 >/dev/null

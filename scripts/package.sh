@@ -6,7 +6,7 @@
 # its mtime, so one commit always yields byte-identical packages.
 #
 # Usage: scripts/package.sh [ARCH...]   (default: amd64 arm64)
-# Environment: VERSION (default from git), SOURCE_DATE_EPOCH, DIST (default dist)
+# Environment: VERSION and COMMIT (default from git), SOURCE_DATE_EPOCH, DIST (default dist)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,7 +17,7 @@ DIST=${DIST:-dist}
 archs=("$@")
 ((${#archs[@]})) || archs=(amd64 arm64)
 
-commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo none)
+commit=${COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo none)}
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 0)}
 build_date=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
 if [[ -z ${VERSION:-} ]]; then
@@ -42,7 +42,9 @@ for arch in "${archs[@]}"; do
 	# nfpm reads the binary from a fixed path (it does not expand variables in src).
 	bin=.cache/package/bgpedge
 	mkdir -p .cache/package
-	CGO_ENABLED=0 GOOS=linux GOARCH=$arch "$GO" build -trimpath \
+	# -buildvcs=false: the version and commit come from the flags below, so
+	# the binary does not depend on the state of .git.
+	CGO_ENABLED=0 GOOS=linux GOARCH=$arch "$GO" build -trimpath -buildvcs=false \
 		-ldflags "-s -w -X github.com/bgpedge/bgpedge/agent.Version=$VERSION -X github.com/bgpedge/bgpedge/agent.Commit=$commit -X github.com/bgpedge/bgpedge/agent.BuildDate=$build_date" \
 		-o "$bin" ./cmd/bgpedge
 	touch -d "@$SOURCE_DATE_EPOCH" "$bin"
