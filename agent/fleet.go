@@ -8,9 +8,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -36,6 +40,12 @@ type FleetConfig struct {
 	StatusBucket string `mapstructure:"status_bucket"`
 	// Group selects the group document.
 	Group string `mapstructure:"group"`
+	// HTTPURL, instead of NATS, polls <http_url>/agent/<agent id>.yaml, or
+	// when that is 404 <http_url>/group/<group>.yaml, with If-None-Match;
+	// status is PUT to <http_url>/status/<agent id>.json (best effort).
+	HTTPURL string `mapstructure:"http_url"`
+	// PollInterval is how often HTTPURL is polled.
+	PollInterval time.Duration `mapstructure:"poll_interval"`
 }
 
 // DefaultFleetConfig is off, with the documented bucket names.
@@ -45,6 +55,7 @@ func DefaultFleetConfig() FleetConfig {
 		Bucket:       "bgpedge-fleet",
 		StatusBucket: "bgpedge-fleet-status",
 		Group:        "default",
+		PollInterval: 30 * time.Second,
 	}
 }
 
@@ -54,8 +65,16 @@ func (c FleetConfig) Validate() error {
 		return nil
 	}
 	var errs []error
-	if c.URL == "" {
-		errs = append(errs, errors.New("fleet.url: is required when fleet.enabled is true"))
+	if c.HTTPURL != "" {
+		u, err := url.Parse(c.HTTPURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("fleet.http_url: %q is not an http(s) URL", c.HTTPURL))
+		}
+		if c.PollInterval < time.Second {
+			errs = append(errs, errors.New("fleet.poll_interval: must be at least 1s"))
+		}
+	} else if c.URL == "" {
+		errs = append(errs, errors.New("fleet.url: is required when fleet.enabled is true (or set fleet.http_url)"))
 	}
 	for key, v := range map[string]string{"bucket": c.Bucket, "status_bucket": c.StatusBucket, "group": c.Group} {
 		if v == "" || strings.ContainsAny(v, ".*> \t/") {
@@ -301,12 +320,21 @@ type fleetWatcher struct {
 
 	mu      sync.Mutex
 	applied FleetDoc // the document in effect (zero: none)
+	limited *limitedLogger
+	failed  struct { // the last document that failed, until another comes
+		doc FleetDoc
+		err error
+	}
 }
 
 // run watches the agent's and the group's keys until ctx ends, reconnecting
 // with backoff while central is unreachable (the agent keeps running on
 // what it has).
 func (w *fleetWatcher) run(ctx context.Context) {
+	if w.cfg.HTTPURL != "" {
+		w.poll(ctx)
+		return
+	}
 	wait := time.Second
 	for ctx.Err() == nil {
 		err := w.watch(ctx)
@@ -376,29 +404,34 @@ func (w *fleetWatcher) watch(ctx context.Context) error {
 			if !ok {
 				continue // nothing central: local configuration only
 			}
-			w.applyDoc(ctx, status, d)
+			w.applyDoc(ctx, d, func(d FleetDoc, state string, err error) { w.reportKV(ctx, status, d, state, err) })
 		}
 	}
 }
 
 // applyDoc decodes d strictly over the local configuration, validates it,
 // and applies it; the agent keeps the old parts if anything fails.
-func (w *fleetWatcher) applyDoc(ctx context.Context, status jetstream.KeyValue, d FleetDoc) {
+func (w *fleetWatcher) applyDoc(ctx context.Context, d FleetDoc, report func(FleetDoc, string, error)) {
 	w.mu.Lock()
 	cur := w.applied
 	w.mu.Unlock()
 	if cur.SHA256 == d.SHA256 && cur.Key == d.Key {
-		w.report(ctx, status, d, FleetApplied, nil)
+		report(d, FleetApplied, nil)
 		return
 	}
-	w.report(ctx, status, d, FleetApplying, nil)
+	if f := w.failed; f.err != nil && f.doc.SHA256 == d.SHA256 && f.doc.Key == d.Key {
+		report(d, FleetFailed, f.err) // polled again unchanged: do not retry it
+		return
+	}
+	report(d, FleetApplying, nil)
 	cfg, err := loadWithOverlay(w.src.opts, d.Value)
 	if err == nil {
 		err = w.apply(ctx, cfg)
 	}
 	if err != nil {
 		w.log.Error("fleet: document not applied, keeping the current configuration", "key", d.Key, "revision", d.Revision, "err", err)
-		w.report(ctx, status, d, FleetFailed, err)
+		w.failed.doc, w.failed.err = d, err
+		report(d, FleetFailed, err)
 		return
 	}
 	w.src.setOverlay(d.Value)
@@ -409,16 +442,108 @@ func (w *fleetWatcher) applyDoc(ctx context.Context, status jetstream.KeyValue, 
 		w.log.Error("fleet: saving last-good document", "err", err)
 	}
 	w.log.Info("fleet: document applied", "key", d.Key, "revision", d.Revision, "sha256", d.SHA256)
-	w.report(ctx, status, d, FleetApplied, nil)
+	report(d, FleetApplied, nil)
 }
 
-func (w *fleetWatcher) report(ctx context.Context, status jetstream.KeyValue, d FleetDoc, state string, err error) {
+func (w *fleetWatcher) status(d FleetDoc, state string, err error) []byte {
 	st := FleetStatus{Agent: w.agentID, Key: d.Key, Revision: d.Revision, SHA256: d.SHA256, State: state, Time: time.Now().UTC(), Version: Version}
 	if err != nil {
 		st.Error = err.Error()
 	}
 	b, _ := json.Marshal(st)
-	if _, err := status.Put(ctx, w.agentID, b); err != nil {
+	return b
+}
+
+func (w *fleetWatcher) reportKV(ctx context.Context, status jetstream.KeyValue, d FleetDoc, state string, err error) {
+	if _, err := status.Put(ctx, w.agentID, w.status(d, state, err)); err != nil {
 		w.log.Warn("fleet: reporting status", "err", err)
 	}
+}
+
+// poll fetches the agent's or the group's document over HTTP(S) every
+// poll_interval, with If-None-Match so an unchanged document costs a 304.
+func (w *fleetWatcher) poll(ctx context.Context) {
+	client := &http.Client{Timeout: 30 * time.Second}
+	base := strings.TrimSuffix(w.cfg.HTTPURL, "/")
+	etags := map[string]string{}
+	docs := map[string]FleetDoc{}
+	report := func(d FleetDoc, state string, err error) {
+		req, rerr := http.NewRequestWithContext(ctx, http.MethodPut, base+"/status/"+url.PathEscape(w.agentID)+".json", bytes.NewReader(w.status(d, state, err)))
+		if rerr != nil {
+			return
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, rerr := client.Do(req)
+		if rerr != nil {
+			w.retryLog("status", "fleet: reporting status", rerr)
+			return
+		}
+		resp.Body.Close()
+	}
+	for {
+		d, err := w.fetch(ctx, client, base, etags, docs)
+		switch {
+		case err != nil:
+			w.retryLog("poll", "fleet: central unreachable, keeping the current configuration", err)
+		case d.Key != "":
+			w.applyDoc(ctx, d, report)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(w.cfg.PollInterval):
+		}
+	}
+}
+
+func (w *fleetWatcher) retryLog(key, msg string, err error) {
+	w.mu.Lock()
+	if w.limited == nil {
+		w.limited = newLimitedLogger(w.log, 10*time.Minute)
+	}
+	l := w.limited
+	w.mu.Unlock()
+	l.Warn(key, msg, "err", err)
+}
+
+// fetch returns the document in force: the agent's if it exists, else the
+// group's; a zero FleetDoc when neither exists.
+func (w *fleetWatcher) fetch(ctx context.Context, client *http.Client, base string, etags map[string]string, docs map[string]FleetDoc) (FleetDoc, error) {
+	for _, key := range []string{"agent." + w.agentID, "group." + w.cfg.Group} {
+		kind, name, _ := strings.Cut(key, ".")
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/"+kind+"/"+url.PathEscape(name)+".yaml", nil)
+		if err != nil {
+			return FleetDoc{}, err
+		}
+		if et := etags[key]; et != "" {
+			req.Header.Set("If-None-Match", et)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return FleetDoc{}, err
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+		resp.Body.Close()
+		if err != nil {
+			return FleetDoc{}, err
+		}
+		switch resp.StatusCode {
+		case http.StatusNotModified:
+			if d, ok := docs[key]; ok {
+				return d, nil
+			}
+		case http.StatusOK:
+			rev, _ := strconv.ParseUint(resp.Header.Get("X-Bgpedge-Revision"), 10, 64)
+			d := newFleetDoc(key, rev, body)
+			etags[key], docs[key] = resp.Header.Get("ETag"), d
+			return d, nil
+		case http.StatusNotFound:
+			delete(etags, key)
+			delete(docs, key)
+			continue
+		default:
+			return FleetDoc{}, fmt.Errorf("fleet: GET %s: %s", req.URL, resp.Status)
+		}
+	}
+	return FleetDoc{}, nil
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -218,5 +220,103 @@ func TestFleetDocumentMustNotChangeFleet(t *testing.T) {
 	}
 	if err := checkFleetDoc([]byte("log:\n  level: debug\n")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFleetHTTPPollWithETag serves documents over real HTTP: the agent's
+// document wins over the group's, unchanged documents cost a 304, and the
+// status comes back with PUT.
+func TestFleetHTTPPollWithETag(t *testing.T) {
+	var (
+		mu          sync.Mutex
+		docs        = map[string]string{"/group/pop-b.yaml": "log:\n  level: debug\n"}
+		notModified int
+		statuses    []FleetStatus
+	)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Method == http.MethodPut && r.URL.Path == "/status/edge-9.json" {
+			var st FleetStatus
+			if err := json.NewDecoder(r.Body).Decode(&st); err == nil {
+				statuses = append(statuses, st)
+			}
+			return
+		}
+		doc, ok := docs[r.URL.Path]
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		etag := `"` + newFleetDoc("", 0, []byte(doc)).SHA256[:16] + `"`
+		if r.Header.Get("If-None-Match") == etag {
+			notModified++
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		w.Header().Set("ETag", etag)
+		w.Header().Set("X-Bgpedge-Revision", "7")
+		_, _ = w.Write([]byte(doc))
+	}))
+	defer srv.Close()
+	last := func() FleetStatus {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(statuses) == 0 {
+			return FleetStatus{}
+		}
+		return statuses[len(statuses)-1]
+	}
+
+	cfg := testConfig(t)
+	cfg.Agent.ID = "edge-9"
+	local := filepath.Join(t.TempDir(), "bgpedge.yaml")
+	out, err := RenderYAML(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(local, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	parts := &fakeParts{}
+	level := new(slog.LevelVar)
+	a, err := New(Options{Config: cfg, Logger: testLogger(t), Level: level, Builders: parts.builders()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, a)
+	fc := FleetConfig{Enabled: true, HTTPURL: srv.URL, Group: "pop-b", PollInterval: 20 * time.Millisecond}
+	w := &fleetWatcher{cfg: fc, agentID: "edge-9", src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
+		store: lastGood{dir: cfg.Agent.StateDir}, apply: a.Apply, log: testLogger(t)}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { w.poll(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	testenv.Eventually(t, 10*time.Second, "group document applied", func() bool {
+		st := last()
+		return st.State == FleetApplied && st.Key == "group.pop-b" && st.Revision == 7 && level.Level() == slog.LevelDebug
+	})
+	testenv.Eventually(t, 10*time.Second, "unchanged document answered 304", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return notModified > 0
+	})
+	mu.Lock()
+	docs["/agent/edge-9.yaml"] = "log:\n  level: error\n"
+	mu.Unlock()
+	testenv.Eventually(t, 10*time.Second, "agent document wins", func() bool {
+		st := last()
+		return st.State == FleetApplied && st.Key == "agent.edge-9" && level.Level() == slog.LevelError
+	})
+	mu.Lock()
+	docs["/agent/edge-9.yaml"] = "log:\n  level: nope\n"
+	mu.Unlock()
+	testenv.Eventually(t, 10*time.Second, "bad document failed", func() bool {
+		st := last()
+		return st.State == FleetFailed && strings.Contains(st.Error, "log.level")
+	})
+	if level.Level() != slog.LevelError {
+		t.Fatal("a failed document changed the level")
 	}
 }

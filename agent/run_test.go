@@ -99,7 +99,7 @@ type child struct {
 
 // startChild runs `bgpedge run --config configFile` with the spool and state
 // in a temporary directory and ephemeral ports, and waits until it is ready.
-func startChild(t *testing.T, configFile string) *child {
+func startChild(t *testing.T, configFile string, env ...string) *child {
 	t.Helper()
 	bin, err := buildOnce()
 	if err != nil {
@@ -116,6 +116,7 @@ func startChild(t *testing.T, configFile string) *child {
 		"BGPEDGE_HTTP_LISTEN=127.0.0.1:0",
 		"BGPEDGE_LOG_FORMAT=json",
 	)
+	c.cmd.Env = append(c.cmd.Env, env...)
 	stderr, err := c.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -210,9 +211,37 @@ func (c *child) spooledBMP(t *testing.T) uint64 {
 // BMP sessions, spools every message, and stops cleanly on SIGTERM.
 func TestRunLocalConfigEndToEnd(t *testing.T) {
 	capture := testenv.Shared(t, "bmpdata", "raw", "gobgp-3.10.0-loopback.bmp")
-	c := startChild(t, filepath.Join(testenv.RepoRoot(t), "configs", "local.yaml"))
+	// Play systemd's part for Type=notify: the agent must say READY=1 once
+	// it serves, and STOPPING=1 on SIGTERM.
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	notifyConn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notifyConn.Close()
+	notes := make(chan string, 16)
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, err := notifyConn.Read(buf)
+			if err != nil {
+				close(notes)
+				return
+			}
+			notes <- string(buf[:n])
+		}
+	}()
+	c := startChild(t, filepath.Join(testenv.RepoRoot(t), "configs", "local.yaml"), "NOTIFY_SOCKET="+sock)
 	if st := c.waitReady(t); st.Sink != "disabled" || st.AgentID != "local" {
 		t.Fatalf("unexpected status %+v", st)
+	}
+	select {
+	case n := <-notes:
+		if n != "READY=1" {
+			t.Fatalf("first sd_notify message %q, want READY=1", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no READY=1 on NOTIFY_SOCKET")
 	}
 
 	streams, err := bmp.LoadReplayFile(capture)
@@ -236,6 +265,14 @@ func TestRunLocalConfigEndToEnd(t *testing.T) {
 		return strings.Contains(string(b), "bgpedge_bmp_") && strings.Contains(string(b), "bgpedge_buffer_")
 	})
 	c.stop(t)
+	select {
+	case n := <-notes:
+		if n != "STOPPING=1" {
+			t.Errorf("sd_notify on SIGTERM %q, want STOPPING=1", n)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no STOPPING=1 on NOTIFY_SOCKET")
+	}
 
 	// The oracle: every message replayed is in the spool.
 	if got := c.spooledBMP(t); got != stats.Messages {

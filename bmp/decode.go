@@ -289,6 +289,15 @@ func (d *Decoder) Decode(rec record.Record, emit func(record.Event)) error {
 	}
 	d.m.decoded.WithLabelValues(label).Inc()
 
+	// bio-rd allocates a slot per claimed statistic before reading any:
+	// a lying count would allocate gigabytes (found by FuzzDecodeSession).
+	if c.typ == MsgStatistics && len(c.msg) >= HeaderLen+PerPeerHeaderLen+4 {
+		room := len(c.msg) - HeaderLen - PerPeerHeaderLen - 4
+		if n := binary.BigEndian.Uint32(c.msg[HeaderLen+PerPeerHeaderLen:]); uint64(n) > uint64(room/4) {
+			d.fail(c, ErrReasonBMPBody, fmt.Errorf("stats count %d exceeds what %d bytes can hold", n, room))
+			return nil
+		}
+	}
 	// bio-rd only accepts version 3; version 4 (draft) keeps the v3 layout
 	// for everything decoded here, with optional TLVs after the BGP PDU.
 	body := c.msg

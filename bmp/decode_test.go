@@ -352,6 +352,12 @@ func TestDecodeMessageTypes(t *testing.T) {
 					t.Errorf("decode error: %+v", de)
 				}
 			}},
+		{"stats count beyond the message: decode error, no huge allocation", [][]byte{bmpMessage(bmp.MsgStatistics, globalPeer.bytes(), u32(0xffffffff), tlv(0, u32(1)))},
+			func(t *testing.T, evs [][]record.Event) {
+				if de := one(t, evs[0], bmp.EventDecodeError).Data.(*bmp.DecodeError); de.Reason != bmp.ErrReasonBMPBody || !strings.Contains(de.Error, "stats count") {
+					t.Errorf("decode error: %+v", de)
+				}
+			}},
 		{"truncated peer up: decode error", [][]byte{bmpMessage(bmp.MsgPeerUp, globalPeer.bytes(), []byte{1, 2, 3})},
 			func(t *testing.T, evs [][]record.Event) {
 				if de := one(t, evs[0], bmp.EventDecodeError).Data.(*bmp.DecodeError); de.Reason != bmp.ErrReasonBMPBody {

@@ -25,8 +25,8 @@ import (
 
 // TestLiveGoBGP has an in-process GoBGP v4 router A send BMP (pre-policy,
 // post-policy and Loc-RIB monitoring) to the station while it learns and
-// loses 10,000 IPv4 and IPv6 routes over iBGP from B (with Add-Path) and
-// some from C, and then C goes down. A tap between A and the station
+// loses IPv4 and IPv6 routes over iBGP from B (with Add-Path) and C, and
+// then C goes down. A tap between A and the station
 // records every byte A sent: the spool must hold exactly those messages, in
 // order, and every one must decode without error.
 func TestLiveGoBGP(t *testing.T) {
@@ -57,15 +57,16 @@ func TestLiveGoBGP(t *testing.T) {
 		return countTypes(readAllRecords(t, sp))[int(MsgPeerUp)] >= 3
 	})
 
-	// B announces 10,000 routes (IPv4 and IPv6, Add-Path) in rounds of
-	// 2,000 and withdraws each round before the next: GoBGP v4.8.0 stops
-	// reporting over BMP once its tables hold several thousand routes (its
-	// Adj-RIB-In has them all, its BMP stream just ends), so the table is kept
-	// small while the total volume grows. C's routes overlap B's first round.
-	const rounds, perRound, v6PerRound, cRoutes = 5, 2000, 800, 300
+	// B announces routes (IPv4 and IPv6, Add-Path) and withdraws them.
+	// GoBGP v4.8.0's BMP client goes silent for good after roughly 8,000 to
+	// 11,000 Route Monitoring messages in this setup (its Adj-RIB-In keeps
+	// receiving; the BMP watcher gets no more events), so the volume here
+	// stays below that; TestLiveGoBGPDaemon sends 10,000+ routes through
+	// Debian's gobgpd instead. C's routes are a second peer's.
+	const rounds, perRound, v6PerRound, cRoutes = 1, 1500, 600, 200
 	var cPaths []*apiutil.Path
 	for i := range cRoutes {
-		cPaths = append(cPaths, gobgpPath(t, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i), 0}), 24), "192.0.2.253", 300))
+		cPaths = append(cPaths, gobgpPath(t, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 32), "192.0.2.253", 300))
 	}
 	if _, err := c.srv.AddPath(apiutil.AddPathRequest{Paths: cPaths}); err != nil {
 		t.Fatal(err)
@@ -94,6 +95,7 @@ func TestLiveGoBGP(t *testing.T) {
 		}
 		waitAccepted(t, a.srv, "127.0.0.2", 0)
 		waitQuiet(t, sp)
+		t.Logf("round %d done: spool %v", round, countTypes(readAllRecords(t, sp)))
 	}
 
 	// C goes down: A reports a Peer Down.
@@ -252,6 +254,15 @@ func startTap(t testing.TB, station string) *tap {
 			return
 		}
 		defer in.Close()
+		go func() {
+			for {
+				c2, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				fmt.Println("TAP: another connection from", c2.RemoteAddr())
+			}
+		}()
 		out, err := net.Dial("tcp4", station)
 		if err != nil {
 			tp.err = err

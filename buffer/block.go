@@ -94,11 +94,10 @@ func verifyBlock(b []byte) (int, error) {
 	tab := castagnoli()
 	total := 0
 	for off := 0; off < len(b); {
-		body, count, next, err := chunkAt(b, off, tab)
+		_, count, next, err := chunkAt(b, off, tab)
 		if err != nil {
 			return 0, err
 		}
-		_ = body
 		total += count
 		off = next
 	}

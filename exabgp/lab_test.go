@@ -81,6 +81,9 @@ func freePort(t testing.TB, host string) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// gobgpPeer is an in-process GoBGP v4 server. GoBGP keeps route selection
+// options in package globals (table.SelectionOptions, written by StartBgp),
+// so two servers in one process race: the lab tests must not run in parallel.
 type gobgpPeer struct {
 	s       *gobgp.BgpServer
 	addr    string

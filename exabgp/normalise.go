@@ -138,7 +138,8 @@ func normaliseUpdate(base record.Event, msg *UpdateMessage, rib string) ([]recor
 		e := base
 		e.Type = TypeRoute
 		afi, safi, fam := family(msg.EOR.AFI + " " + msg.EOR.SAFI)
-		e.Route = &record.Route{Action: "end-of-rib", EndOfRIB: true, AFI: afi, SAFI: safi, Family: fam, RIB: rib}
+		// As in BMP events: an End-of-RIB is an (empty) withdrawal.
+		e.Route = &record.Route{Action: "withdraw", EndOfRIB: true, AFI: afi, SAFI: safi, Family: fam, RIB: rib}
 		return []record.Event{e}, nil
 	}
 	u := msg.Update
@@ -200,30 +201,68 @@ var safiNums = map[string]uint8{
 	"mpls-vpn": 128, "rtc": 132, "flow": 133, "flow-vpn": 134,
 }
 
-// familyNames maps exaBGP's "afi safi" to the names BMP events use.
-var familyNames = map[string]string{
-	"ipv4 unicast": "ipv4-unicast", "ipv6 unicast": "ipv6-unicast",
-	"ipv4 multicast": "ipv4-multicast", "ipv6 multicast": "ipv6-multicast",
-	"ipv4 nlri-mpls": "ipv4-labeled-unicast", "ipv6 nlri-mpls": "ipv6-labeled-unicast",
-	"ipv4 mpls-vpn": "vpnv4-unicast", "ipv6 mpls-vpn": "vpnv6-unicast",
-	"ipv4 flow": "ipv4-flowspec", "ipv6 flow": "ipv6-flowspec",
-	"ipv4 flow-vpn": "vpnv4-flowspec", "ipv6 flow-vpn": "vpnv6-flowspec",
-	"l2vpn evpn": "l2vpn-evpn", "l2vpn vpls": "l2vpn-vpls",
-	"bgp-ls bgp-ls": "bgp-ls", "bgp-ls bgp-ls-vpn": "bgp-ls-vpn",
-	"ipv4 mcast-vpn": "ipv4-mvpn", "ipv6 mcast-vpn": "ipv6-mvpn",
-	"ipv4 mup": "ipv4-mup", "ipv6 mup": "ipv6-mup",
-	"ipv4 rtc": "rtc", "ipv4 sr-policy": "ipv4-sr-policy", "ipv6 sr-policy": "ipv6-sr-policy",
-}
-
-// family maps exaBGP's "afi safi" (e.g. "ipv4 unicast") to numbers and name.
+// family maps exaBGP's "afi safi" (e.g. "ipv4 unicast") to numbers and to
+// the family name BMP events use for the same numbers, so consumers can join
+// both sources.
 func family(s string) (uint16, uint8, string) {
 	s = strings.TrimSpace(s)
 	a, sf, _ := strings.Cut(s, " ")
-	name, ok := familyNames[s]
-	if !ok {
-		name = strings.ReplaceAll(s, " ", "-")
+	afi, okA := afiNums[a]
+	safi, okS := safiNums[sf]
+	if !okA || !okS {
+		return afi, safi, strings.ReplaceAll(s, " ", "-")
 	}
-	return afiNums[a], safiNums[sf], name
+	return afi, safi, familyName(afi, safi)
+}
+
+// familyName is the same naming as package bmp's.
+func familyName(afi uint16, safi uint8) string {
+	switch afi {
+	case 1, 2:
+		v := "4"
+		if afi == 2 {
+			v = "6"
+		}
+		switch safi {
+		case 1:
+			return "ipv" + v + "-unicast"
+		case 2:
+			return "ipv" + v + "-multicast"
+		case 4:
+			return "ipv" + v + "-labeled-unicast"
+		case 128:
+			return "vpnv" + v + "-unicast"
+		case 129:
+			return "vpnv" + v + "-multicast"
+		case 133:
+			return "ipv" + v + "-flowspec"
+		case 134:
+			return "vpnv" + v + "-flowspec"
+		case 132:
+			if afi == 1 {
+				return "ipv4-rtc"
+			}
+		case 73:
+			return "ipv" + v + "-sr-policy"
+		}
+	case 25:
+		switch safi {
+		case 65:
+			return "l2vpn-vpls"
+		case 70:
+			return "l2vpn-evpn"
+		case 134:
+			return "l2vpn-flowspec"
+		}
+	case 16388:
+		switch safi {
+		case 71:
+			return "bgp-ls"
+		case 72:
+			return "bgp-ls-vpn"
+		}
+	}
+	return "afi-" + strconv.Itoa(int(afi)) + "-safi-" + strconv.Itoa(int(safi))
 }
 
 func routeFromNLRI(raw json.RawMessage, fam, rib string) (*record.Route, error) {

@@ -173,7 +173,7 @@ func TestNormaliseFields(t *testing.T) {
 			name: "end of rib",
 			line: `{ "exabgp": "4.0.1", "type": "update", "neighbor": { "address": { "local": "127.0.0.5", "peer": "127.0.0.2" }, "asn": { "local": 65001, "peer": 65001 } , "direction": "receive", "message": { "eor": { "afi" : "ipv6", "safi" : "unicast" } } } }`,
 			want: []record.Event{{V: 1, Type: "route", Source: "exabgp", Router: "127.0.0.5", Peer: &record.Peer{Address: "127.0.0.2", AS: 65001, Type: "exabgp"},
-				Route: &record.Route{Action: "end-of-rib", EndOfRIB: true, AFI: 2, SAFI: 1, Family: "ipv6-unicast", RIB: "adj-rib-in"}}},
+				Route: &record.Route{Action: "withdraw", EndOfRIB: true, AFI: 2, SAFI: 1, Family: "ipv6-unicast", RIB: "adj-rib-in"}}},
 		},
 		{
 			name: "vpn label and rd",

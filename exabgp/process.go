@@ -44,6 +44,9 @@ type Options struct {
 // has closed stdin.
 const eofGrace = 30 * time.Second
 
+// drainTimeout bounds the final appends at shutdown (SIGTERM).
+const drainTimeout = 5 * time.Second
+
 // Process is bgpedge running as an exaBGP process.
 type Process struct {
 	opts    Options
@@ -307,7 +310,7 @@ func (p *Process) spool(ctx context.Context) error {
 		select {
 		case rec, ok = <-p.queue:
 		case <-ctx.Done():
-			return p.drain(sp)
+			return p.drain(sp, nil)
 		}
 		if !ok {
 			return nil
@@ -333,13 +336,13 @@ func (p *Process) spool(ctx context.Context) error {
 				break
 			}
 			if ctx.Err() != nil {
-				return p.abandon(batch)
+				return p.drain(sp, batch)
 			}
 			p.m.spoolErrors.WithLabelValues("append").Inc()
 			p.log.Error("spool append failed; retrying", "err", err, "records", len(batch))
 			select {
 			case <-ctx.Done():
-				return p.abandon(batch)
+				return p.drain(sp, batch)
 			case <-time.After(backoff):
 			}
 			backoff = min(backoff*2, 5*time.Second)
@@ -348,11 +351,17 @@ func (p *Process) spool(ctx context.Context) error {
 	}
 }
 
-// drain is the shutdown path: what is already queued gets a few seconds to
-// become durable.
-func (p *Process) drain(sp Spool) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+// drain is the shutdown path: the batch in hand and what is already queued
+// get a few seconds to become durable.
+func (p *Process) drain(sp Spool, pending []record.Record) error {
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
+	if len(pending) > 0 {
+		if _, err := sp.Append(ctx, pending...); err != nil {
+			return p.abandon(pending)
+		}
+		p.m.spooled.Add(float64(len(pending)))
+	}
 	for {
 		batch := make([]record.Record, 0, p.cfg.BatchLines)
 	fill:

@@ -245,3 +245,41 @@ func TestCommanderAckMatching(t *testing.T) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// TestProcessDrainsOnShutdown: on SIGTERM (ctx cancelled) while events wait
+// in the queue, they are still appended before Run returns.
+func TestProcessDrainsOnShutdown(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.BatchLines = 7
+	pr, pw := io.Pipe()
+	t.Cleanup(func() { pw.Close() })
+	sp := &memSpool{gate: make(chan struct{})}
+	p, err := New(Options{Config: cfg, OpenSpool: func() (Spool, error) { return sp, nil }, In: pr, Out: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	for i := range 100 {
+		if _, err := io.WriteString(pw, event(i)+"\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testenv.Eventually(t, 5*time.Second, "all lines read", func() bool {
+		return testutil.ToFloat64(p.m.lines.WithLabelValues("event")) == 100
+	})
+	cancel()
+	close(sp.gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if sp.len() != 100 {
+		t.Fatalf("spooled %d of 100 queued events at shutdown", sp.len())
+	}
+	for i, r := range sp.recs {
+		if string(r.Payload) != event(i) {
+			t.Fatalf("record %d out of order", i)
+		}
+	}
+}

@@ -22,7 +22,7 @@ type KafkaSink struct {
 
 	client   sarama.Client
 	producer sarama.AsyncProducer
-	drained  sync.WaitGroup
+	drained  *sync.WaitGroup // per connection: a timed-out Close may still be waiting on the last one
 	known    map[string]bool // topics checked to exist
 }
 
@@ -238,16 +238,18 @@ type ackRef struct {
 // start reports the producer's outcomes as acks until the producer closes.
 func (k *KafkaSink) start() {
 	p := k.producer
-	k.drained.Add(2)
+	wg := &sync.WaitGroup{}
+	k.drained = wg
+	wg.Add(2)
 	go func() {
-		defer k.drained.Done()
+		defer wg.Done()
 		for pm := range p.Successes() {
 			r := pm.Metadata.(ackRef)
 			r.ack(r.m, nil)
 		}
 	}()
 	go func() {
-		defer k.drained.Done()
+		defer wg.Done()
 		for pe := range p.Errors() {
 			r := pe.Msg.Metadata.(ackRef)
 			r.ack(r.m, fmt.Errorf("kafka produce: %w", pe.Err))
@@ -260,12 +262,12 @@ func (k *KafkaSink) Close(ctx context.Context) error {
 	if k.producer == nil {
 		return nil
 	}
-	p, c := k.producer, k.client
+	p, c, wg := k.producer, k.client, k.drained
 	k.producer, k.client = nil, nil
 	p.AsyncClose()
 	done := make(chan struct{})
 	go func() {
-		k.drained.Wait()
+		wg.Wait()
 		_ = c.Close()
 		close(done)
 	}()
