@@ -429,3 +429,12 @@ func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 func readFile(p string) ([]byte, error)  { return os.ReadFile(p) }
 func writeFile(p string, b []byte) error { return os.WriteFile(p, b, 0o644) }
+
+// TestMain removes the bgpedge binary built for the lab tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildPath != "" {
+		_ = os.RemoveAll(filepath.Dir(buildPath))
+	}
+	os.Exit(code)
+}

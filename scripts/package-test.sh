@@ -89,6 +89,7 @@ check_stat /usr/bin/bgpedge 755 root root
 check_stat /etc/bgpedge 750 root bgpedge
 check_stat /etc/bgpedge/bgpedge.yaml 640 root bgpedge
 check_stat /var/lib/bgpedge 750 bgpedge bgpedge
+check_stat /var/lib/bgpedge/exabgp 770 bgpedge bgpedge
 check_stat /usr/lib/systemd/system/bgpedge.service 644 root root
 grep -q 'bgpedge 1.0.0' <<<"$(/usr/bin/bgpedge version)" || fail "installed binary does not report its version"
 # ExecStartPre runs as the service user: it must be able to read the config.

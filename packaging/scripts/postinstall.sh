@@ -5,8 +5,9 @@
 # restarts a running service. Without systemd (containers, chroots) nothing
 # is started.
 set -e
-chown bgpedge:bgpedge /var/lib/bgpedge
+chown bgpedge:bgpedge /var/lib/bgpedge /var/lib/bgpedge/exabgp
 chmod 0750 /var/lib/bgpedge
+chmod 0770 /var/lib/bgpedge/exabgp
 fresh=0
 case "$1" in
 	configure) [ -z "$2" ] && fresh=1 ;;
