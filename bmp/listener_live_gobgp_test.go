@@ -256,4 +256,3 @@ func gobgpPath(t testing.TB, prefix netip.Prefix, nexthop string, med uint32) *a
 		bgp.NewPathAttributeLocalPref(200), bgp.NewPathAttributeCommunities([]uint32{65001<<16 | 100}),
 	}}
 }
-

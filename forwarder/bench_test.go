@@ -134,6 +134,7 @@ func BenchmarkDrainKafka(b *testing.B) {
 	cfg := testConfig(b, brokers)
 	cfg.Topics.Ensure = []string{StreamBMPRaw}
 	cfg.Kafka.Partitions = 6
+	benchKafkaOverrides(b, &cfg)
 	deleteTopicsAtEnd(b, brokers, cfg, StreamBMPRaw)
 	f, err := New(cfg, sp, Raw{}, nil, prometheus.NewRegistry())
 	if err != nil {
@@ -224,4 +225,49 @@ func BenchmarkDrainBMPJSON(b *testing.B) {
 	b.ReportMetric(float64(routes)/d.Seconds(), "route-events/s")
 	fmt.Printf("drain-bmp-json bmp-messages=%d route-events=%d (raw messages too) in %v: %.0f route events/s, %.0f BMP messages/s\n",
 		len(msgs), routes, d.Round(time.Millisecond), float64(routes)/d.Seconds(), float64(len(msgs))/d.Seconds())
+}
+
+// BenchmarkSpoolReadAck is the forwarder's source side alone: Read of
+// read_batch records and AckThrough, as the drain does, with no sink. It
+// bounds what any sink can reach.
+func BenchmarkSpoolReadAck(b *testing.B) {
+	n, size := benchRecords(b), 200
+	sp := fillSpool(b, n, size)
+	batch := DefaultConfig().ReadBatch
+	b.ResetTimer()
+	start := time.Now()
+	from := sp.FirstUnacked()
+	for from <= uint64(n) {
+		recs, err := sp.Read(context.Background(), from, batch)
+		if err != nil {
+			b.Fatal(err)
+		}
+		from = recs[len(recs)-1].Seq + 1
+		if err := sp.AckThrough(from - 1); err != nil {
+			b.Fatal(err)
+		}
+	}
+	rate := float64(n) / time.Since(start).Seconds()
+	b.ReportMetric(rate, "records/s")
+	fmt.Printf("spool-read-ack records=%d size=%d %.0f/s\n", n, size, rate)
+}
+
+// benchKafkaOverrides applies BGPEDGE_BENCH_FLUSH (a duration) and
+// BGPEDGE_BENCH_FLUSH_BYTES, to compare producer batching settings.
+func benchKafkaOverrides(b *testing.B, cfg *Config) {
+	if v := os.Getenv("BGPEDGE_BENCH_FLUSH"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.Kafka.FlushFrequency = d
+	}
+	if v := os.Getenv("BGPEDGE_BENCH_FLUSH_BYTES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cfg.Kafka.FlushBytes = n
+	}
+	b.Logf("flush_frequency %v flush_bytes %d", cfg.Kafka.FlushFrequency, cfg.Kafka.FlushBytes)
 }
