@@ -9,8 +9,6 @@ package bmp
 
 import (
 	"context"
-	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"strconv"
@@ -20,8 +18,6 @@ import (
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	api "github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
-	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
-	"github.com/osrg/gobgp/v4/pkg/server"
 )
 
 // TestLiveGoBGP has an in-process GoBGP v4 router A send BMP (pre-policy,
@@ -58,12 +54,9 @@ func TestLiveGoBGP(t *testing.T) {
 		return countTypes(readAllRecords(t, sp))[int(MsgPeerUp)] >= 3
 	})
 
-	// B announces routes (IPv4 and IPv6, Add-Path) and withdraws them.
-	// GoBGP v4.8.0's BMP client goes silent for good at a random point in
-	// some runs, more often the more routes flow (its Adj-RIB-In keeps
-	// receiving; no further BMP message is written, and no reconnect is
-	// seen), so the volume here stays moderate. C's routes are a second peer's.
-	const rounds, perRound, v6PerRound, cRoutes = 1, 1500, 600, 200
+	// B announces 10,000 routes (IPv4 and IPv6, Add-Path) and withdraws
+	// 1,000 of them. C's routes are a second peer's.
+	const rounds, perRound, v6PerRound, withdrawn, cRoutes = 1, 10000, 4000, 1000, 200
 	var cPaths []*apiutil.Path
 	for i := range cRoutes {
 		cPaths = append(cPaths, gobgpPath(t, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 32), "192.0.2.253", 300))
@@ -87,22 +80,23 @@ func TestLiveGoBGP(t *testing.T) {
 		waitAccepted(t, a.srv, "127.0.0.2", perRound)
 		waitQuiet(t, sp)
 		del := apiutil.DeletePathRequest{}
-		for _, r := range resp {
+		for _, r := range resp[:withdrawn] {
 			del.UUIDs = append(del.UUIDs, r.UUID)
 		}
 		if err := b.srv.DeletePath(del); err != nil {
 			t.Fatal(err)
 		}
-		waitAccepted(t, a.srv, "127.0.0.2", 0)
+		waitAccepted(t, a.srv, "127.0.0.2", perRound-withdrawn)
 		waitQuiet(t, sp)
-		t.Logf("round %d done: spool %v", round, countTypes(readAllRecords(t, sp)))
 	}
 
 	// C goes down: A reports a Peer Down.
 	if err := c.srv.StopBgp(ctx, &api.StopBgpRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	waitAccepted(t, a.srv, "127.0.0.3", 0)
+	testenv.Eventually(t, 30*time.Second, "peer down", func() bool {
+		return countTypes(readAllRecords(t, sp))[int(MsgPeerDown)] >= 1
+	})
 	waitQuiet(t, sp)
 
 	// A's BMP client is removed: Termination, then the session ends.
@@ -114,7 +108,7 @@ func TestLiveGoBGP(t *testing.T) {
 
 	got := walkTypes(t, sent)
 	t.Logf("GoBGP sent %d bytes: %v (0 RM, 1 stats, 2 peer down, 3 peer up, 4 init, 5 term)", len(sent), got)
-	if got[int(MsgInitiation)] != 1 || got[int(MsgTermination)] != 1 || got[int(MsgRouteMonitoring)] == 0 {
+	if got[int(MsgInitiation)] != 1 || got[int(MsgTermination)] != 1 || got[int(MsgPeerDown)] < 1 {
 		t.Errorf("unexpected message mix %v", got)
 	}
 	events := decodeAll(t, sp, source)
@@ -142,57 +136,12 @@ func TestLiveGoBGP(t *testing.T) {
 	}
 	t.Logf("decoded %d events: %d routes, %d with Add-Path ids, %d IPv6, %d withdrawals, %d Loc-RIB, %d post-policy",
 		len(events), routes, addPath, v6, withdraws, locRIB, postPolicy)
-	// GoBGP v4.8.0's BMP client sometimes stops reporting part-way (see
-	// above): the station's duty, checked byte for byte, is to spool exactly
-	// what was sent. The route mix is logged, and only complete runs are
-	// held to it.
-	if got[int(MsgPeerDown)] >= 1 && (routes < 4*rounds*perRound || addPath == 0 || withdraws == 0 || locRIB == 0 || postPolicy == 0) {
-		t.Errorf("GoBGP reported its peer down, but the routes before it lack the expected volume, Add-Path ids, withdrawals, Loc-RIB or post-policy routes")
+	// Every route is announced, and the withdrawn ones withdrawn, in three
+	// views (pre-policy, post-policy, Loc-RIB); Add-Path ids appear on B's
+	// pre- and post-policy routes and on Loc-RIB.
+	if routes < 3*(perRound+withdrawn) || addPath < 2*perRound || v6 < 3*v6PerRound || withdraws < 3*withdrawn || locRIB < perRound || postPolicy < perRound {
+		t.Errorf("decoded route events lack the expected volume, Add-Path ids, withdrawals, Loc-RIB or post-policy routes")
 	}
-	if got[int(MsgPeerDown)] == 0 {
-		t.Logf("GoBGP's BMP stream stopped early in this run (no Peer Down reported): a known GoBGP v4.8.0 behaviour, not the station's")
-	}
-}
-
-// waitAccepted waits until router s holds n routes from neighbor.
-func waitAccepted(t testing.TB, s *server.BgpServer, neighbor string, n int) {
-	t.Helper()
-	testenv.Eventually(t, 60*time.Second, fmt.Sprintf("%d routes from %s", n, neighbor), func() bool {
-		total := 0
-		s.ListPeer(context.Background(), &api.ListPeerRequest{Address: neighbor}, func(p *api.Peer) {
-			for _, af := range p.GetAfiSafis() {
-				total += int(af.GetState().GetAccepted())
-			}
-		})
-		return total == n
-	})
-}
-
-type gobgpRouter struct {
-	srv  *server.BgpServer
-	addr string
-	port int
-}
-
-const gobgpAS = 65001 // iBGP everywhere keeps the 192.0.2.x next hops (127/8 ones are invalid to GoBGP)
-
-func startGoBGP(t testing.TB, routerID, addr string) *gobgpRouter {
-	t.Helper()
-	port := freePort(t, addr)
-	var level slog.LevelVar
-	level.Set(slog.LevelWarn)
-	s := server.NewBgpServer(server.LoggerOption(slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: &level})), &level))
-	go s.Serve()
-	if err := s.StartBgp(context.Background(), &api.StartBgpRequest{Global: &api.Global{
-		Asn: gobgpAS, RouterId: routerID, ListenPort: int32(port), ListenAddresses: []string{addr},
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		s.StopBgp(context.Background(), &api.StopBgpRequest{})
-		s.Stop()
-	})
-	return &gobgpRouter{srv: s, addr: addr, port: port}
 }
 
 // peerGoBGP configures a session between router a (active) and b (passive),
@@ -222,37 +171,4 @@ func peerGoBGP(t testing.TB, a, b *gobgpRouter, addPath bool) {
 	}
 	add(b, a, true, families(false, 4))
 	add(a, b, false, families(true, 0))
-}
-
-func waitEstablished(t testing.TB, s *server.BgpServer, n int) {
-	t.Helper()
-	testenv.Eventually(t, 30*time.Second, fmt.Sprintf("%d BGP sessions established", n), func() bool {
-		up := 0
-		s.ListPeer(context.Background(), &api.ListPeerRequest{}, func(p *api.Peer) {
-			if p.GetState().GetSessionState() == api.PeerState_SESSION_STATE_ESTABLISHED {
-				up++
-			}
-		})
-		return up == n
-	})
-}
-
-func gobgpPath(t testing.TB, prefix netip.Prefix, nexthop string, med uint32) *apiutil.Path {
-	t.Helper()
-	nlri, err := bgp.NewIPAddrPrefix(prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nh, err := bgp.NewPathAttributeNextHop(netip.MustParseAddr(nexthop))
-	if err != nil {
-		t.Fatal(err)
-	}
-	family := bgp.RF_IPv4_UC
-	if prefix.Addr().Is6() {
-		family = bgp.RF_IPv6_UC
-	}
-	return &apiutil.Path{Family: family, Nlri: nlri, Attrs: []bgp.PathAttributeInterface{
-		bgp.NewPathAttributeOrigin(0), nh, bgp.NewPathAttributeMultiExitDisc(med),
-		bgp.NewPathAttributeLocalPref(200), bgp.NewPathAttributeCommunities([]uint32{65001<<16 | 100}),
-	}}
 }

@@ -2,8 +2,12 @@ package bmp
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +15,10 @@ import (
 	"github.com/bgpedge/bgpedge/buffer"
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/bgpedge/bgpedge/record"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -111,7 +119,6 @@ func startTap(t testing.TB, station string) *tap {
 		tp.mu.Lock()
 		tp.src = out.LocalAddr().String()
 		tp.mu.Unlock()
-		go io.Copy(io.Discard, in) // keep the router's side drained (stations never write)
 		_, err = io.Copy(io.MultiWriter(out, lockedWriter{&tp.mu, &tp.buf}), in)
 		if err != nil {
 			tp.err = err
@@ -160,4 +167,78 @@ func freePort(t testing.TB, addr string) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// waitAccepted waits until router s holds n routes from neighbor.
+func waitAccepted(t testing.TB, s *server.BgpServer, neighbor string, n int) {
+	t.Helper()
+	testenv.Eventually(t, 60*time.Second, fmt.Sprintf("%d routes from %s", n, neighbor), func() bool {
+		total := 0
+		s.ListPeer(context.Background(), &api.ListPeerRequest{Address: neighbor}, func(p *api.Peer) {
+			for _, af := range p.GetAfiSafis() {
+				total += int(af.GetState().GetAccepted())
+			}
+		})
+		return total == n
+	})
+}
+
+type gobgpRouter struct {
+	srv  *server.BgpServer
+	addr string
+	port int
+}
+
+const gobgpAS = 65001 // iBGP everywhere keeps the 192.0.2.x next hops (127/8 ones are invalid to GoBGP)
+
+func startGoBGP(t testing.TB, routerID, addr string) *gobgpRouter {
+	t.Helper()
+	port := freePort(t, addr)
+	var level slog.LevelVar
+	level.Set(slog.LevelWarn)
+	s := server.NewBgpServer(server.LoggerOption(slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: &level})), &level))
+	go s.Serve()
+	if err := s.StartBgp(context.Background(), &api.StartBgpRequest{Global: &api.Global{
+		Asn: gobgpAS, RouterId: routerID, ListenPort: int32(port), ListenAddresses: []string{addr},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.StopBgp(context.Background(), &api.StopBgpRequest{})
+		s.Stop()
+	})
+	return &gobgpRouter{srv: s, addr: addr, port: port}
+}
+
+func waitEstablished(t testing.TB, s *server.BgpServer, n int) {
+	t.Helper()
+	testenv.Eventually(t, 30*time.Second, fmt.Sprintf("%d BGP sessions established", n), func() bool {
+		up := 0
+		s.ListPeer(context.Background(), &api.ListPeerRequest{}, func(p *api.Peer) {
+			if p.GetState().GetSessionState() == api.PeerState_SESSION_STATE_ESTABLISHED {
+				up++
+			}
+		})
+		return up == n
+	})
+}
+
+func gobgpPath(t testing.TB, prefix netip.Prefix, nexthop string, med uint32) *apiutil.Path {
+	t.Helper()
+	nlri, err := bgp.NewIPAddrPrefix(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nh, err := bgp.NewPathAttributeNextHop(netip.MustParseAddr(nexthop))
+	if err != nil {
+		t.Fatal(err)
+	}
+	family := bgp.RF_IPv4_UC
+	if prefix.Addr().Is6() {
+		family = bgp.RF_IPv6_UC
+	}
+	return &apiutil.Path{Family: family, Nlri: nlri, Attrs: []bgp.PathAttributeInterface{
+		bgp.NewPathAttributeOrigin(0), nh, bgp.NewPathAttributeMultiExitDisc(med),
+		bgp.NewPathAttributeLocalPref(200), bgp.NewPathAttributeCommunities([]uint32{65001<<16 | 100}),
+	}}
 }

@@ -52,7 +52,9 @@ type KafkaConfig struct {
 	FlushBytes     int           `mapstructure:"flush_bytes"`
 	FlushMessages  int           `mapstructure:"flush_messages"`
 	FlushFrequency time.Duration `mapstructure:"flush_frequency"`
-	// MaxMessageBytes is the largest produce request (and so message) sent.
+	// MaxMessageBytes bounds a message and a partition's record batch in one
+	// produce request; keep it at or below the brokers' message.max.bytes
+	// (1048588 by default), or whole batches are rejected.
 	MaxMessageBytes int           `mapstructure:"max_message_bytes"`
 	RetryMax        int           `mapstructure:"retry_max"`
 	RetryBackoff    time.Duration `mapstructure:"retry_backoff"`
@@ -157,7 +159,7 @@ func DefaultConfig() Config {
 			FlushBytes:        1 << 20,
 			FlushMessages:     0,
 			FlushFrequency:    5 * time.Millisecond,
-			MaxMessageBytes:   4 << 20,
+			MaxMessageBytes:   1000000,
 			RetryMax:          5,
 			RetryBackoff:      200 * time.Millisecond,
 			DialTimeout:       5 * time.Second,

@@ -391,18 +391,21 @@ func (f *Forwarder) encode(rec record.Record, out []*Outgoing) []*Outgoing {
 	})
 	if err != nil {
 		out = out[:start]
-		if !f.cfg.DLQ.Enabled {
-			f.m.deadLetters.WithLabelValues("dropped").Inc()
-			f.logger.Warn("record cannot be encoded, dropped (dlq disabled)", "seq", rec.Seq, "kind", rec.Kind, "err", err)
-			return out
+		if m := f.deadLetter(rec, err); m != nil {
+			out = append(out, m)
 		}
-		f.m.deadLetters.WithLabelValues("sent").Inc()
-		f.logger.Debug("record cannot be encoded, sent to dlq", "seq", rec.Seq, "kind", rec.Kind, "err", err)
-		m := &Outgoing{Seq: rec.Seq, Index: -1, ID: MessageID(f.cfg.AgentID, rec.Seq, -1), Stream: StreamDLQ, Key: rec.Key, Value: rec.Payload}
-		m.Headers = f.headers(rec, m, Header{Key: HeaderError, Value: err.Error()})
-		return append(out, m)
+		return out
 	}
 	msgs := out[start:]
+	for _, m := range msgs {
+		if size := len(m.Key) + len(m.Value); size > f.maxValue() {
+			// Brokers reject it for ever (message.max.bytes, NATS
+			// max_payload): retrying would block the queue.
+			out = out[:start]
+			return append(out, f.deadLetter(rec, fmt.Errorf("%w: a %s message of %d bytes (forwarder.kafka.max_message_bytes %d)",
+				ErrTooLarge, m.Stream, size, f.cfg.Kafka.MaxMessageBytes)))
+		}
+	}
 	if !uniqueIndexes(msgs) {
 		// Ids must be unique (JetStream drops a repeated Nats-Msg-Id as a
 		// duplicate): number by emit order instead.
@@ -418,6 +421,37 @@ func (f *Forwarder) encode(rec record.Record, out []*Outgoing) []*Outgoing {
 		m.Headers = f.headers(rec, m)
 	}
 	return out
+}
+
+// ErrTooLarge marks a record whose output exceeds the message size limit.
+var ErrTooLarge = errors.New("output message too large")
+
+// maxValue is the largest key+value sent, leaving room for headers and
+// the record framing within kafka.max_message_bytes.
+func (f *Forwarder) maxValue() int { return f.cfg.Kafka.MaxMessageBytes - 2048 }
+
+// deadLetter makes the dlq message for a record that cannot be forwarded,
+// or returns nil (counted, logged) when the dlq is disabled. The raw payload
+// is cut to the size limit; bgpedge-error says why.
+func (f *Forwarder) deadLetter(rec record.Record, cause error) *Outgoing {
+	if !f.cfg.DLQ.Enabled {
+		f.m.deadLetters.WithLabelValues("dropped").Inc()
+		f.logger.Warn("record cannot be forwarded, dropped (dlq disabled)", "seq", rec.Seq, "kind", rec.Kind, "err", cause)
+		return nil
+	}
+	f.m.deadLetters.WithLabelValues("sent").Inc()
+	f.logger.Debug("record cannot be forwarded, sent to dlq", "seq", rec.Seq, "kind", rec.Kind, "err", cause)
+	key := rec.Key
+	if len(key) > 1024 {
+		key = key[:1024]
+	}
+	value := rec.Payload
+	if len(value) > f.maxValue()-len(key) {
+		value = value[:f.maxValue()-len(key)]
+	}
+	m := &Outgoing{Seq: rec.Seq, Index: -1, ID: MessageID(f.cfg.AgentID, rec.Seq, -1), Stream: StreamDLQ, Key: key, Value: value}
+	m.Headers = f.headers(rec, m, Header{Key: HeaderError, Value: cause.Error()})
+	return m
 }
 
 // uniqueIndexes reports whether the encoder gave every message of a record

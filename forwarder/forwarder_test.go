@@ -369,3 +369,30 @@ func headerValue2(hs []Header, key string) string {
 	}
 	return ""
 }
+
+// A record whose output the brokers would reject for ever goes to the dlq,
+// cut to the size limit, instead of blocking the queue.
+func TestOversizeRecordIsDeadLettered(t *testing.T) {
+	cfg := unitConfig()
+	cfg.Kafka.MaxMessageBytes = 10000
+	f, err := newForwarder(cfg, newMemSource(), Raw{}, newFakeSink(SinkKafka), nil, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := bmpRecord("192.0.2.1", 20000)
+	rec.Seq = 4
+	out := f.encode(rec, nil)
+	if len(out) != 1 || out[0].Stream != StreamDLQ || out[0].ID != "a1:4" {
+		t.Fatalf("outputs %+v, want one dead letter", out)
+	}
+	if n := len(out[0].Key) + len(out[0].Value); n > cfg.Kafka.MaxMessageBytes {
+		t.Errorf("dead letter of %d bytes exceeds the limit", n)
+	}
+	if e := headerValue2(out[0].Headers, HeaderError); !strings.Contains(e, ErrTooLarge.Error()) {
+		t.Errorf("error header %q", e)
+	}
+	small := bmpRecord("192.0.2.1", 100)
+	if out := f.encode(small, nil); len(out) != 1 || out[0].Stream != StreamBMPRaw {
+		t.Errorf("small record: %+v", out)
+	}
+}

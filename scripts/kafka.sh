@@ -31,6 +31,7 @@
 #   BGPEDGE_KAFKA_JVM_OPTS         extra JVM options for the broker, word-split []
 #   BGPEDGE_KAFKA_START_TIMEOUT    seconds to wait for readiness [90]
 #   BGPEDGE_KAFKA_STOP_TIMEOUT     seconds between SIGTERM and SIGKILL [30]
+#   BGPEDGE_KAFKA_OWNER_PID        stop the broker when this process ends []
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -237,11 +238,35 @@ start() {
 		</dev/null >"$state/stdout.log" 2>&1 &
 	p=$!
 	echo "$p" >"$pidfile"
+	if [[ -n ${BGPEDGE_KAFKA_OWNER_PID:-} ]]; then
+		watch_owner "$BGPEDGE_KAFKA_OWNER_PID" "$p"
+	fi
 	if ! ready "$p"; then
 		stop_pid "$p" || true
 		die "start failed (state in $state)"
 	fi
 	log "ready on $host:$port (pid $p, Kafka $version) in $((SECONDS - t0))s"
+}
+
+# watch_owner stops broker p once process owner has gone: a test binary
+# killed by its timeout runs no cleanup, and its private broker must not
+# outlive it.
+watch_owner() {
+	local owner=$1 p=$2
+	# shellcheck disable=SC2016 # expanded by the inner bash
+	setsid bash -c '
+		owner=$1 p=$2 grace=$3
+		while kill -0 "$owner" 2>/dev/null && kill -0 "$p" 2>/dev/null; do
+			sleep 1
+		done
+		kill -0 "$p" 2>/dev/null || exit 0
+		kill -TERM "$p" 2>/dev/null
+		for ((i = 0; i < grace * 10; i++)); do
+			kill -0 "$p" 2>/dev/null || exit 0
+			sleep 0.1
+		done
+		kill -KILL "$p" 2>/dev/null
+	' watch-owner "$owner" "$p" "$stop_timeout" </dev/null >/dev/null 2>&1 &
 }
 
 stop_pid() {

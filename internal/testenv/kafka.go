@@ -119,7 +119,7 @@ func ConsumeAll(t testing.TB, brokers []string, topic string, n int, timeout tim
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	msgs := make(chan *sarama.ConsumerMessage)
-	errs := make(chan error, len(partitions))
+	errs := make(chan error, 1)
 	var wg sync.WaitGroup
 	for _, p := range partitions {
 		pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
@@ -139,10 +139,15 @@ func ConsumeAll(t testing.TB, brokers []string, topic string, n int, timeout tim
 						return
 					}
 				case e := <-pc.Errors():
+					// The partition consumer retries by itself (a leader
+					// moving, a broker restarting); keep the latest error
+					// for the timeout message.
 					if e != nil {
-						errs <- e
+						select {
+						case errs <- e:
+						default:
+						}
 					}
-					return
 				case <-ctx.Done():
 					return
 				}
@@ -153,14 +158,14 @@ func ConsumeAll(t testing.TB, brokers []string, topic string, n int, timeout tim
 	defer cancel()
 
 	out := make([]*sarama.ConsumerMessage, 0, n)
+	var lastErr error
 	for len(out) < n {
 		select {
 		case m := <-msgs:
 			out = append(out, m)
-		case err := <-errs:
-			t.Fatalf("consume %s after %d of %d messages: %v", topic, len(out), n, err)
+		case lastErr = <-errs:
 		case <-ctx.Done():
-			t.Fatalf("consume %s: got %d of %d messages within %v", topic, len(out), n, timeout)
+			t.Fatalf("consume %s: got %d of %d messages within %v (last consumer error: %v)", topic, len(out), n, timeout, lastErr)
 		}
 	}
 	return out
@@ -239,6 +244,9 @@ func KafkaControl(t testing.TB) *Kafka {
 			"BGPEDGE_KAFKA_PORT="+strconv.Itoa(port),
 			"BGPEDGE_KAFKA_CONTROLLER_PORT="+strconv.Itoa(cport),
 			"BGPEDGE_KAFKA_DIR="+dir,
+			// A test binary killed by -timeout runs no cleanup; kafka.sh
+			// then stops the broker itself.
+			"BGPEDGE_KAFKA_OWNER_PID="+strconv.Itoa(os.Getpid()),
 		),
 	}
 	if os.Getenv("BGPEDGE_KAFKA_JVM_OPTS") == "" {

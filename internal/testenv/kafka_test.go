@@ -9,11 +9,11 @@ import (
 )
 
 // TestKafkaControl checks the private-broker helper that outage tests rely on:
-// messages acknowledged before a clean stop and before a SIGKILL are still
-// there after each restart, and the broker is really unreachable while down.
+// the broker is really unreachable while down, and messages acknowledged
+// before a SIGKILL are still there after the restart.
 func TestKafkaControl(t *testing.T) {
 	if testing.Short() {
-		t.Skip("starts a private broker three times; skipped with -short")
+		t.Skip("starts a private broker twice; skipped with -short")
 	}
 	k := KafkaControl(t)
 	brokers := k.Brokers()
@@ -46,15 +46,18 @@ func TestKafkaControl(t *testing.T) {
 	}
 
 	produce(t, "a", "b", "c")
-	k.Stop(t)
+	// SIGKILL, as a crash would: acknowledged messages must survive it. A clean
+	// Stop is exercised by the cleanup, and Start after Stop by the forwarder's
+	// outage tests; one restart keeps this test short.
+	k.Kill(t)
 	cfg := SaramaConfig(t)
 	cfg.Metadata.Retry.Max = 0
 	cfg.Net.DialTimeout = 2 * time.Second
 	if c, err := sarama.NewClient(brokers, cfg); err == nil {
 		c.Close()
-		t.Fatalf("client connected to %v while the broker was stopped", brokers)
+		t.Fatalf("client connected to %v while the broker was down", brokers)
 	} else if !errors.Is(err, sarama.ErrOutOfBrokers) {
-		t.Logf("connect while stopped: %v", err)
+		t.Logf("connect while down: %v", err)
 	}
 
 	k.Start(t)
@@ -62,17 +65,10 @@ func TestKafkaControl(t *testing.T) {
 	got := values(ConsumeAll(t, brokers, topic, 4, 60*time.Second))
 	for _, v := range []string{"a", "b", "c", "d"} {
 		if !got[v] {
-			t.Fatalf("after a clean restart %q is missing (have %v)", v, got)
+			t.Fatalf("after a crash and restart %q is missing (have %v)", v, got)
 		}
 	}
-
-	k.Kill(t)
-	k.Start(t)
-	got = values(ConsumeAll(t, brokers, topic, 4, 60*time.Second))
-	if len(got) != 4 {
-		t.Fatalf("after a crash and restart got %v, want a b c d", got)
-	}
 	if n := TopicMessageCount(t, brokers, topic); n != 4 {
-		t.Fatalf("topic holds %d messages after the crash, want 4", n)
+		t.Fatalf("topic holds %d messages after the restart, want 4", n)
 	}
 }
