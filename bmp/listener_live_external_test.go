@@ -21,12 +21,12 @@ import (
 )
 
 // Routes the feeder announces to an external router, of which it withdraws some.
-const feedV4, feedV6, feedWithdrawn = 6000, 4000, 1000
+const feedV4, feedV6, feedWithdrawn = 2000, 1000, 200
 
 // TestLiveGoBGPDaemon runs Debian's gobgpd (3.10) as the BMP sender with
 // route-monitoring-policy "all" (pre-policy, post-policy, Loc-RIB). An
-// in-process GoBGP feeder gives it 10,000 IPv4 and IPv6 routes over iBGP,
-// withdraws 1,000 and goes down; gobgpd is then stopped (Termination). A tap
+// in-process GoBGP feeder gives it 3,000 IPv4 and IPv6 routes over iBGP,
+// withdraws 200 and goes down; gobgpd is then stopped (Termination). A tap
 // records what gobgpd sent: the spool must hold exactly that, and decode.
 func TestLiveGoBGPDaemon(t *testing.T) {
 	gobgpd := testenv.Binary(t, "gobgpd", "gobgpd")
@@ -106,7 +106,7 @@ router bgp %[1]d
   bmp monitor ipv4 unicast pre-policy
   bmp monitor ipv4 unicast post-policy
   bmp monitor ipv6 unicast pre-policy
-  bmp stats interval 1000
+  bmp stats interval 5000
  exit
 exit
 `, gobgpAS, tapHost, tapPort)

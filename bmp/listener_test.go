@@ -10,6 +10,7 @@ import (
 
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/bgpedge/bgpedge/record"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestListenerSpoolsInOrder sends a stream in odd-sized writes and checks the
@@ -253,5 +254,17 @@ func TestConfigValidate(t *testing.T) {
 				t.Fatalf("error %v, want it to contain %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestListenerMetricsLint checks metric names and help against Prometheus conventions.
+func TestListenerMetricsLint(t *testing.T) {
+	st := startStation(t, &memSpool{}, nil)
+	problems, err := testutil.GatherAndLint(st.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("metric %s: %s", p.Metric, p.Text)
 	}
 }

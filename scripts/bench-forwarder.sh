@@ -23,7 +23,7 @@ cleanup() { if $started; then scripts/kafka.sh stop; fi; }
 trap cleanup EXIT
 export BGPEDGE_TEST_KAFKA=${BGPEDGE_TEST_KAFKA:-$(scripts/kafka.sh brokers)}
 
-cmd=(go test -run '^$' -bench 'BenchmarkDrainKafka|BenchmarkDrainBMPJSON|BenchmarkDrainJetStream' -benchtime 1x -timeout 60m ./forwarder/)
+cmd=(go test -run '^$' -bench 'BenchmarkDrainKafka|BenchmarkDrainBMPJSON|BenchmarkDrainJetStream|BenchmarkSpoolReadAck' -benchtime 1x -timeout 60m ./forwarder/)
 echo "\$ BGPEDGE_BENCH_RECORDS=$BGPEDGE_BENCH_RECORDS ${cmd[*]}"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 "${cmd[@]}" | grep -v '^time='
