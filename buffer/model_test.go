@@ -61,7 +61,11 @@ func runModel(t *testing.T, seed uint64, steps int) error {
 	if err != nil {
 		return err
 	}
-	defer func() { _ = s.Close() }()
+	defer func() {
+		if s != nil { // nil after a failed reopen, whose error is returned
+			_ = s.Close()
+		}
+	}()
 	m := &spoolModel{recs: map[uint64]record.Record{}, next: 1, pending: map[uint64]bool{}}
 	ctx := context.Background()
 	for step := 0; step < steps; step++ {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/bgpedge/bgpedge/record"
 )
@@ -178,7 +179,7 @@ func (s *Spool) load() error {
 		}
 		seg, info, err := openSegment(f, s.opts.ReadOnly)
 		rolledBack := false
-		if err != nil && !errors.Is(err, bolt.ErrTimeout) && !s.opts.ReadOnly && i == len(files)-1 {
+		if err != nil && !errors.Is(err, bolterrors.ErrTimeout) && !s.opts.ReadOnly && i == len(files)-1 {
 			// The newest segment may end in a commit a power cut interrupted.
 			if rerr := rollbackLastCommit(f); rerr == nil {
 				s.log.Warn("spool rolled back the interrupted last commit of its newest segment", "segment", filepath.Base(f.path), "err", err)
@@ -187,7 +188,7 @@ func (s *Spool) load() error {
 			}
 		}
 		if err != nil {
-			if errors.Is(err, bolt.ErrTimeout) {
+			if errors.Is(err, bolterrors.ErrTimeout) {
 				return fmt.Errorf("%s: %w", f.path, ErrInUse)
 			}
 			// Seqs in an unreadable segment must never be handed out again: a
@@ -890,7 +891,7 @@ func (s *Spool) readAvailable(from uint64, maxRecords int) ([]record.Record, err
 			}
 			return recs, nil
 		}
-		if errors.Is(err, bolt.ErrDatabaseNotOpen) && attempt < 100 {
+		if errors.Is(err, bolterrors.ErrDatabaseNotOpen) && attempt < 100 {
 			continue // segment deleted or closed under us: look again
 		}
 		var cerr *corruptRangeError

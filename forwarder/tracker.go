@@ -22,7 +22,6 @@ type tracker struct {
 	err      error  // first failure
 	failedAt time.Time
 	onFail   func()
-	onRecord func(n int) // called with records newly below the watermark
 	onMsg    func(m *Outgoing)
 }
 

@@ -288,10 +288,7 @@ func TestSharedCapturesAgainstTshark(t *testing.T) {
 			if err != nil {
 				t.Fatalf("tshark: %v", err)
 			}
-			var theirs []string
-			for _, line := range strings.Fields(strings.ReplaceAll(string(out), ",", " ")) {
-				theirs = append(theirs, line)
-			}
+			theirs := strings.Fields(strings.ReplaceAll(string(out), ",", " "))
 			if want, ok := tsharkDisagrees[filepath.Base(f)]; ok {
 				theirs = strings.Fields(want)
 			}

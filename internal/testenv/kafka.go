@@ -19,8 +19,9 @@ import (
 	"github.com/IBM/sarama"
 )
 
-// SaramaConfig is a client configuration for tests: modern protocol version
-// and a client id naming the test, so broker logs say who connected.
+// SaramaConfig is a client configuration for tests: the broker's protocol
+// version, a recognisable client id, and metadata retries that ride out a
+// broker still electing partition leaders right after it started.
 func SaramaConfig(t testing.TB) *sarama.Config {
 	t.Helper()
 	cfg := sarama.NewConfig()

@@ -169,17 +169,19 @@ func station(args []string) error {
 	}
 	fmt.Println(l.Addr())
 
-	// Sessions are seen through the listener's own gauge and counters.
+	// Start at the first session; end when no session is open and the
+	// listener's counters show all of them closed (gathered only then, so
+	// the polling costs next to no CPU).
 	var start time.Time
 	for {
-		active, accepted, closed := gauges(reg)
-		if start.IsZero() && accepted > 0 {
+		time.Sleep(time.Millisecond) // polling granularity of the measurement
+		active := l.ActiveSessions()
+		if start.IsZero() && active > 0 {
 			start = time.Now()
 		}
-		if closed >= float64(*sessions) && active == 0 {
+		if !start.IsZero() && active == 0 && closedSessions(reg) >= float64(*sessions) {
 			break
 		}
-		time.Sleep(time.Millisecond) // polling granularity of the measurement
 	}
 	r := result{Mode: "station", Sessions: *sessions, Messages: cs.messages.Load(), Bytes: cs.bytes.Load(),
 		SpoolConfig: fmt.Sprintf("batch_records=%d batch_bytes=%d max_delay=%s segment_bytes=%d", bcfg.BatchRecords, bcfg.BatchBytes, bcfg.MaxDelay, bcfg.SegmentBytes)}
@@ -192,21 +194,17 @@ func station(args []string) error {
 	return json.NewEncoder(os.Stdout).Encode(r)
 }
 
-func gauges(g prometheus.Gatherer) (active, accepted, closed float64) {
+func closedSessions(g prometheus.Gatherer) float64 {
 	mfs, _ := g.Gather()
+	var closed float64
 	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			switch mf.GetName() {
-			case "bgpedge_bmp_sessions_active":
-				active += m.GetGauge().GetValue()
-			case "bgpedge_bmp_sessions_accepted_total":
-				accepted += m.GetCounter().GetValue()
-			case "bgpedge_bmp_sessions_closed_total":
+		if mf.GetName() == "bgpedge_bmp_sessions_closed_total" {
+			for _, m := range mf.GetMetric() {
 				closed += m.GetCounter().GetValue()
 			}
 		}
 	}
-	return
+	return closed
 }
 
 func sink(args []string) error {
