@@ -2,10 +2,11 @@
 # test.sh — the whole test run (`make test`, and CI through .ci/run):
 #   1. scripts/deps.sh (Debian packages, JDK/Maven, Kafka jars, Go modules)
 #   2. a real Kafka broker from scripts/kafka.sh, stopped on exit whatever happens
-#   3. go vet ./...
+#   3. gofmt, go vet and staticcheck (pinned in tools/go.mod)
 #   4. go test -race over every package, summarised (one line per test,
 #      full output of failures)
-#   5. every FuzzXxx target in the repository for FUZZTIME (default 10s),
+#   5. the race-excluded and full-size tests once more without -race
+#   6. every FuzzXxx target in the repository for FUZZTIME (default 10s),
 #      through scripts/fuzz.sh
 # It ends with a plain "N passed, N failed, N skipped" line and exits non-zero
 # when any step failed.
@@ -68,9 +69,19 @@ if [[ -z ${BGPEDGE_TEST_KAFKA:-} ]]; then
 fi
 echo "BGPEDGE_TEST_KAFKA=$BGPEDGE_TEST_KAFKA"
 
-step "go vet"
+step "lint: gofmt, go vet, staticcheck"
+unformatted=$(gofmt -l $(git ls-files --cached --others --exclude-standard '*.go'))
+if [[ -n $unformatted ]]; then
+	echo "gofmt: FAILED, needs formatting:"
+	echo "$unformatted"
+	status=1
+fi
 if ! go vet "${pkgs[@]}"; then
 	echo "go vet: FAILED"
+	status=1
+fi
+if ! go tool -modfile=tools/go.mod staticcheck "${pkgs[@]}"; then
+	echo "staticcheck: FAILED"
 	status=1
 fi
 
