@@ -112,3 +112,17 @@ func testenvEventually(t testing.TB, msg string, cond func() bool) {
 	t.Helper()
 	testenv.Eventually(t, 10*time.Second, msg, cond)
 }
+
+// TestMain turns the test binary into a crash or full-disk child when the
+// parent test sets the matching variable, so the children are not tests.
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(crashDirEnv); dir != "" {
+		crashChild(dir)
+		os.Exit(0)
+	}
+	if dir := os.Getenv(fullDiskDirEnv); dir != "" {
+		fullDiskChild(dir)
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
