@@ -667,7 +667,7 @@ func (d *Decoder) stats(c *msgCtx, m *biobmp.StatsReport) {
 			sc.Raw = v
 		case statPerFamily(t.InformationType) && len(v) == 11:
 			sc.AFI, sc.SAFI = binary.BigEndian.Uint16(v), v[2]
-			sc.Family = familyName(sc.AFI, sc.SAFI)
+			sc.Family = record.FamilyName(sc.AFI, sc.SAFI)
 			x := binary.BigEndian.Uint64(v[3:])
 			sc.Value = &x
 		case !statPerFamily(t.InformationType) && len(v) == 4:

@@ -199,11 +199,11 @@ func decodeUpdate(body []byte, opt pathOptions) (decodedUpdate, error) {
 	announce := func(f bgp.Family) record.Route {
 		r := base
 		r.Action = "announce"
-		r.AFI, r.SAFI, r.Family = f.Afi(), f.Safi(), familyName(f.Afi(), f.Safi())
+		r.AFI, r.SAFI, r.Family = f.Afi(), f.Safi(), record.FamilyName(f.Afi(), f.Safi())
 		return r
 	}
 	withdraw := func(f bgp.Family) record.Route {
-		return record.Route{Action: "withdraw", AFI: f.Afi(), SAFI: f.Safi(), Family: familyName(f.Afi(), f.Safi())}
+		return record.Route{Action: "withdraw", AFI: f.Afi(), SAFI: f.Safi(), Family: record.FamilyName(f.Afi(), f.Safi())}
 	}
 
 	// Classic IPv4 unicast withdrawals and announcements.
@@ -241,10 +241,10 @@ func decodeUpdate(body []byte, opt pathOptions) (decodedUpdate, error) {
 	// holding only an empty MP_UNREACH_NLRI for other families.
 	if len(u.withdrawn) == 0 && len(u.nlri) == 0 && len(reach) == 0 {
 		if len(u.attrs) == 0 {
-			emit(record.Route{Action: "withdraw", AFI: 1, SAFI: 1, Family: familyName(1, 1), EndOfRIB: true})
+			emit(record.Route{Action: "withdraw", AFI: 1, SAFI: 1, Family: record.FamilyName(1, 1), EndOfRIB: true})
 		} else if len(u.attrs) == 1 && len(unreach) == 1 && len(unreach[0].value) == 3 {
 			afi, safi := binary.BigEndian.Uint16(unreach[0].value), unreach[0].value[2]
-			emit(record.Route{Action: "withdraw", AFI: afi, SAFI: safi, Family: familyName(afi, safi), EndOfRIB: true})
+			emit(record.Route{Action: "withdraw", AFI: afi, SAFI: safi, Family: record.FamilyName(afi, safi), EndOfRIB: true})
 		}
 	}
 	return d, nil
@@ -339,7 +339,7 @@ func decodeMP(a rawAttr, prefixSID *rawAttr, mo *bgp.MarshallingOption, reach bo
 	if reach {
 		p := &bgp.PathAttributeMpReachNLRI{}
 		if err := decode(p); err != nil {
-			return fmt.Errorf("%w: mp_reach %s: %w", errUpdate, familyName(afi, safi), err)
+			return fmt.Errorf("%w: mp_reach %s: %w", errUpdate, record.FamilyName(afi, safi), err)
 		}
 		nlris = p.Value
 		if p.Nexthop.IsValid() {
@@ -348,7 +348,7 @@ func decodeMP(a rawAttr, prefixSID *rawAttr, mo *bgp.MarshallingOption, reach bo
 	} else {
 		p := &bgp.PathAttributeMpUnreachNLRI{}
 		if err := decode(p); err != nil {
-			return fmt.Errorf("%w: mp_unreach %s: %w", errUpdate, familyName(afi, safi), err)
+			return fmt.Errorf("%w: mp_unreach %s: %w", errUpdate, record.FamilyName(afi, safi), err)
 		}
 		nlris = p.Value
 	}
@@ -596,7 +596,7 @@ func decodeOpen(msg []byte) (*OpenMessage, openCaps, error) {
 }
 
 func familyRef(f bgp.Family) *FamilyRef {
-	return &FamilyRef{AFI: f.Afi(), SAFI: f.Safi(), Family: familyName(f.Afi(), f.Safi())}
+	return &FamilyRef{AFI: f.Afi(), SAFI: f.Safi(), Family: record.FamilyName(f.Afi(), f.Safi())}
 }
 
 func addPathModeName(m bgp.BGPAddPathMode) string {
