@@ -131,9 +131,6 @@ func (o *crashOracle) consume(t *testing.T, line string) {
 // intact and in order, that acks never run ahead of what was acknowledged,
 // and that new appends get seqs never used before.
 func TestCrashOracle(t *testing.T) {
-	if os.Getenv(crashDirEnv) != "" {
-		t.Skip("parent only")
-	}
 	t.Parallel() // waits on fsync; overlaps with the other slow tests
 	dir := t.TempDir()
 	if keep := os.Getenv("BGPEDGE_BUFFER_CRASH_KEEP"); keep != "" {

@@ -273,8 +273,10 @@ func (e *exaBGP) stop() {
 	}
 	// The bgpedge child drains its queue after EOF; wait for it to let go of the spool.
 	deadline := time.Now().Add(20 * time.Second)
+	poll := time.NewTicker(20 * time.Millisecond) // the process group has no exit event to wait on
+	defer poll.Stop()
 	for time.Now().Before(deadline) && syscall.Kill(-e.cmd.Process.Pid, 0) == nil {
-		time.Sleep(20 * time.Millisecond) // polling the process group, no condition to wait on
+		<-poll.C
 	}
 }
 
