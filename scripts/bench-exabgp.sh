@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# exaBGP ingest benchmark (docs/BENCHMARKS.md, section "exaBGP ingest"):
+# stdin → durable spool with a synthetic feed, line normalisation, and the
+# end-to-end path GoBGP → Debian exaBGP → `bgpedge exabgp` → spool.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cmd=(go test -run '^$' -bench 'IngestToSpool|Encode' -benchtime 300000x ./exabgp/)
+echo "\$ ${cmd[*]}"
+"${cmd[@]}"
+cmd=(go test -run '^$' -bench 'ExaBGPEndToEnd' -benchtime 1x ./exabgp/)
+echo "\$ ${cmd[*]}"
+"${cmd[@]}"
