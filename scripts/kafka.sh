@@ -29,7 +29,7 @@
 #   BGPEDGE_KAFKA_DIR              state: data, logs, pid [${TMPDIR:-/tmp}/bgpedge-kafka-<port>]
 #   BGPEDGE_KAFKA_HEAP             broker max heap [512m]
 #   BGPEDGE_KAFKA_JVM_OPTS         extra JVM options for the broker, word-split []
-#   BGPEDGE_KAFKA_START_TIMEOUT    seconds to wait for readiness [90]
+#   BGPEDGE_KAFKA_START_TIMEOUT    seconds to wait for readiness [180]
 #   BGPEDGE_KAFKA_STOP_TIMEOUT     seconds between SIGTERM and SIGKILL [30]
 #   BGPEDGE_KAFKA_OWNER_PID        stop the broker when this process ends []
 set -euo pipefail
@@ -43,7 +43,7 @@ port=${BGPEDGE_KAFKA_PORT:-9092}
 cport=${BGPEDGE_KAFKA_CONTROLLER_PORT:-$((port + 1))}
 state=${BGPEDGE_KAFKA_DIR:-${TMPDIR:-/tmp}/bgpedge-kafka-$port}
 heap=${BGPEDGE_KAFKA_HEAP:-512m}
-start_timeout=${BGPEDGE_KAFKA_START_TIMEOUT:-90}
+start_timeout=${BGPEDGE_KAFKA_START_TIMEOUT:-180}
 stop_timeout=${BGPEDGE_KAFKA_STOP_TIMEOUT:-30}
 
 pidfile=$state/kafka.pid
