@@ -19,6 +19,10 @@
 #                         --throughput, --producer-props bootstrap.servers=… etc.
 #   run-class CLASS ARGS… run any class from the classpath (TopicCommand, …)
 #   logs                  print the path of the broker log
+#   secure-info           print, as KEY=value lines, the secured listeners'
+#                         addresses, the CA, client certificate and key files
+#                         and the SASL credentials (BGPEDGE_KAFKA_SECURE=1);
+#                         a started broker also has them in <state>/secure.env
 #
 # Environment (defaults in brackets):
 #   BGPEDGE_KAFKA_VERSION          Kafka release from Maven Central [4.3.1]
@@ -32,6 +36,20 @@
 #   BGPEDGE_KAFKA_START_TIMEOUT    seconds to wait for readiness [180]
 #   BGPEDGE_KAFKA_STOP_TIMEOUT     seconds between SIGTERM and SIGKILL [30]
 #   BGPEDGE_KAFKA_OWNER_PID        stop the broker when this process ends []
+#
+# Secured mode (opt-in; the PLAINTEXT listener above stays as it is and keeps
+# carrying the controller and inter-broker traffic). A throwaway CA, a server
+# certificate for 127.0.0.1/localhost and a client certificate are made with
+# openssl into <state>/tls on the first start and kept across restarts:
+#   BGPEDGE_KAFKA_SECURE           1: add the three listeners below [0]
+#   BGPEDGE_KAFKA_SASL_SSL_PORT    SASL_SSL: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 [broker port + 2]
+#   BGPEDGE_KAFKA_SSL_PORT         SSL, server certificate only [broker port + 3]
+#   BGPEDGE_KAFKA_MTLS_PORT        SSL with ssl.client.auth=required [broker port + 4]
+#   BGPEDGE_KAFKA_SASL_USER        the user of all three SASL mechanisms [bgpedge]
+#   BGPEDGE_KAFKA_SASL_PASSWORD    its password, [A-Za-z0-9_-] only [bgpedge-secret];
+#                                  SCRAM users are stored when the data
+#                                  directory is formatted: a start with
+#                                  --keep-data keeps the old SCRAM password
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -45,10 +63,18 @@ state=${BGPEDGE_KAFKA_DIR:-${TMPDIR:-/tmp}/bgpedge-kafka-$port}
 heap=${BGPEDGE_KAFKA_HEAP:-512m}
 start_timeout=${BGPEDGE_KAFKA_START_TIMEOUT:-180}
 stop_timeout=${BGPEDGE_KAFKA_STOP_TIMEOUT:-30}
+secure=${BGPEDGE_KAFKA_SECURE:-0}
+sasl_ssl_port=${BGPEDGE_KAFKA_SASL_SSL_PORT:-$((port + 2))}
+ssl_port=${BGPEDGE_KAFKA_SSL_PORT:-$((port + 3))}
+mtls_port=${BGPEDGE_KAFKA_MTLS_PORT:-$((port + 4))}
+sasl_user=${BGPEDGE_KAFKA_SASL_USER:-bgpedge}
+sasl_password=${BGPEDGE_KAFKA_SASL_PASSWORD:-bgpedge-secret}
 
 pidfile=$state/kafka.pid
 config=$state/server.properties
 logs=$state/logs
+tlsdir=$state/tls
+secure_env=$state/secure.env
 
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() {
@@ -122,6 +148,138 @@ pid() {
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
+is_secure() { [[ $secure == 1 ]]; }
+
+# ports lists every port the broker listens on.
+ports() {
+	printf '%s\n' "$port" "$cport"
+	if is_secure; then
+		printf '%s\n' "$sasl_ssl_port" "$ssl_port" "$mtls_port"
+	fi
+}
+
+any_port_open() {
+	local p
+	for p in $(ports); do
+		if port_open "$host" "$p"; then
+			return 0
+		fi
+	done
+	return 1
+}
+
+# listening is true once the broker port (and in secured mode the secured
+# ports) accept connections.
+listening() {
+	port_open "$host" "$port" || return 1
+	if is_secure; then
+		port_open "$host" "$sasl_ssl_port" && port_open "$host" "$ssl_port" && port_open "$host" "$mtls_port"
+	fi
+}
+
+# make_tls creates the throwaway CA, server and client certificates (EC
+# P-256: quick to generate; Kafka's PEM stores read PKCS#8 EC keys). They are
+# kept across restarts, so a client holding the CA keeps working.
+make_tls() {
+	[[ -f $tlsdir/.complete ]] && return 0
+	need openssl "install openssl (scripts/deps.sh does)"
+	rm -rf "$tlsdir"
+	mkdir -p "$tlsdir"
+	local sans="" n
+	for n in $(server_names | tr , ' '); do
+		if [[ $n =~ ^[0-9.]+$ || $n == *:* ]]; then
+			sans+=",IP:$n"
+		else
+			sans+=",DNS:$n"
+		fi
+	done
+	sans=${sans#,}
+	# No set -e here: it does not apply in a subshell whose status is tested;
+	# the closing verify fails when any step before it did.
+	(
+		cd "$tlsdir" || exit 1
+		genkey() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"; }
+		# sign NAME SUBJECT EXTENSIONS: a key and a certificate from the CA.
+		sign() {
+			genkey "$1-key.pem"
+			openssl req -new -key "$1-key.pem" -subj "$2" -out "$1.csr"
+			printf '%s\n' "$3" >"$1.ext"
+			openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
+				-days 3650 -extfile "$1.ext" -out "$1.pem"
+			rm -f "$1.csr" "$1.ext"
+		}
+		genkey ca-key.pem
+		openssl req -x509 -new -key ca-key.pem -days 3650 -subj "/CN=bgpedge test CA" \
+			-addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+			-out ca.pem
+		sign server "/CN=localhost" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=$sans"
+		sign client "/CN=bgpedge-client" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+		# Kafka's PEM key store: the private key, then the chain, in one file.
+		cat server-key.pem server.pem ca.pem >server-keystore.pem
+		chmod 600 ./*-key.pem server-keystore.pem
+		openssl verify -CAfile ca.pem server.pem client.pem &&
+			openssl pkey -in server-key.pem -noout && openssl pkey -in client-key.pem -noout
+	) >"$tlsdir/openssl.log" 2>&1 || {
+		cat "$tlsdir/openssl.log" >&2
+		die "could not create the TLS material in $tlsdir"
+	}
+	touch "$tlsdir/.complete"
+}
+
+# server_names are the names the server certificate is valid for.
+server_names() {
+	local names=127.0.0.1,localhost
+	if [[ $host != 127.0.0.1 && $host != localhost ]]; then
+		names+=",$host"
+	fi
+	echo "$names"
+}
+
+secure_info() {
+	cat <<EOF
+BGPEDGE_KAFKA_SASL_SSL=$host:$sasl_ssl_port
+BGPEDGE_KAFKA_SSL=$host:$ssl_port
+BGPEDGE_KAFKA_MTLS=$host:$mtls_port
+BGPEDGE_KAFKA_SASL_MECHANISMS=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+BGPEDGE_KAFKA_SASL_USER=$sasl_user
+BGPEDGE_KAFKA_SASL_PASSWORD=$sasl_password
+BGPEDGE_KAFKA_CA_FILE=$tlsdir/ca.pem
+BGPEDGE_KAFKA_CLIENT_CERT=$tlsdir/client.pem
+BGPEDGE_KAFKA_CLIENT_KEY=$tlsdir/client-key.pem
+BGPEDGE_KAFKA_SERVER_NAMES=$(server_names)
+EOF
+}
+
+# write_secure_config appends the secured listeners; later keys override the
+# plaintext-only ones written before.
+write_secure_config() {
+	local plain="org.apache.kafka.common.security.plain.PlainLoginModule required user_$sasl_user=\"$sasl_password\";"
+	local scram="org.apache.kafka.common.security.scram.ScramLoginModule required;"
+	cat >>"$config" <<EOF
+
+# Secured listeners (BGPEDGE_KAFKA_SECURE=1). CONTROLLER and PLAINTEXT stay
+# plaintext on loopback and carry the controller and inter-broker traffic.
+listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$cport,SASL_SSL://$host:$sasl_ssl_port,SSL://$host:$ssl_port,MTLS://$host:$mtls_port
+advertised.listeners=PLAINTEXT://$host:$port,SASL_SSL://$host:$sasl_ssl_port,SSL://$host:$ssl_port,MTLS://$host:$mtls_port
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,MTLS:SSL
+ssl.keystore.type=PEM
+ssl.keystore.location=$tlsdir/server-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$tlsdir/ca.pem
+ssl.client.auth=none
+listener.name.mtls.ssl.client.auth=required
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=$plain
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$scram
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram
+EOF
+}
+
 write_config() {
 	cat >"$config" <<EOF
 # Generated by scripts/kafka.sh; rewritten on every start.
@@ -154,6 +312,9 @@ num.network.threads=2
 num.io.threads=4
 num.recovery.threads.per.data.dir=1
 EOF
+	if is_secure; then
+		write_secure_config
+	fi
 }
 
 # ready polls until the broker answers a metadata request (kcat when
@@ -166,7 +327,7 @@ ready() {
 			tail -n 30 "$logs/server.log" "$state/stdout.log" >&2 2>/dev/null || true
 			return 1
 		fi
-		if port_open "$host" "$port" && grep -qF 'Kafka Server started' "$logs/server.log" 2>/dev/null; then
+		if listening && grep -qF 'Kafka Server started' "$logs/server.log" 2>/dev/null; then
 			if ! command -v kcat >/dev/null 2>&1; then
 				return 0
 			fi
@@ -194,13 +355,25 @@ start() {
 		log "already running (pid $p) on $host:$port"
 		return 0
 	fi
-	if port_open "$host" "$port" || port_open "$host" "$cport"; then
-		die "$host:$port or $host:$cport is already in use by another process; set BGPEDGE_KAFKA_PORT"
+	case $secure in
+	0) ;;
+	1)
+		[[ $sasl_user =~ ^[A-Za-z0-9_-]+$ && $sasl_password =~ ^[A-Za-z0-9_-]+$ ]] ||
+			die "BGPEDGE_KAFKA_SASL_USER and BGPEDGE_KAFKA_SASL_PASSWORD may hold only [A-Za-z0-9_-]"
+		;;
+	*) die "BGPEDGE_KAFKA_SECURE must be 0 or 1, not $secure" ;;
+	esac
+	if any_port_open; then
+		die "a port of $host ($(ports | paste -sd,)) is already in use by another process; set BGPEDGE_KAFKA_PORT"
 	fi
 	fetch
 	need java "install a JDK 17+ (scripts/deps.sh does)"
 	local t0=$SECONDS
 	mkdir -p "$state"
+	rm -f "$secure_env"
+	if is_secure; then
+		make_tls
+	fi
 	if [[ $keep == true && -f $state/data/meta.properties ]]; then
 		log "starting on existing data in $state/data"
 	else
@@ -218,7 +391,14 @@ start() {
 		local id
 		id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
 		# C1 only: a one-shot tool starts faster without the optimising compiler.
-		TOOL_JVM_OPTS=-XX:TieredStopAtLevel=1 java_tool kafka.tools.StorageTool format -t "$id" -c "$config" >"$logs/format.log" 2>&1 ||
+		local scram=()
+		if is_secure; then
+			# KRaft keeps SCRAM credentials in the metadata log; formatting
+			# is when they can be added without a running broker.
+			scram=(--add-scram "SCRAM-SHA-256=[name=$sasl_user,password=$sasl_password]"
+				--add-scram "SCRAM-SHA-512=[name=$sasl_user,password=$sasl_password]")
+		fi
+		TOOL_JVM_OPTS=-XX:TieredStopAtLevel=1 java_tool kafka.tools.StorageTool format -t "$id" -c "$config" "${scram[@]}" >"$logs/format.log" 2>&1 ||
 			{
 				cat "$logs/format.log" >&2
 				die "storage format failed"
@@ -244,6 +424,10 @@ start() {
 	if ! ready "$p"; then
 		stop_pid "$p" || true
 		die "start failed (state in $state)"
+	fi
+	if is_secure; then
+		secure_info >"$secure_env"
+		log "secured listeners: SASL_SSL $host:$sasl_ssl_port, SSL $host:$ssl_port, mTLS $host:$mtls_port (details in $secure_env)"
 	fi
 	log "ready on $host:$port (pid $p, Kafka $version) in $((SECONDS - t0))s"
 }
@@ -290,13 +474,13 @@ gone() {
 	local p=$1 deadline=$((SECONDS + 30))
 	while ((SECONDS < deadline)); do
 		if ! kill -0 "$p" 2>/dev/null || [[ $(awk '{print $3}' "/proc/$p/stat" 2>/dev/null) == Z ]]; then
-			if ! port_open "$host" "$port" && ! port_open "$host" "$cport"; then
+			if ! any_port_open; then
 				return 0
 			fi
 		fi
 		sleep 0.05 # poll interval
 	done
-	log "pid $p: ports $port/$cport still open 30s after it ended"
+	log "pid $p: ports $(ports | paste -sd/) still open 30s after it ended"
 	return 1
 }
 
@@ -359,6 +543,10 @@ run-class)
 	java_tool "$@"
 	;;
 logs) echo "$logs/server.log" ;;
+secure-info)
+	is_secure || die "secure-info: set BGPEDGE_KAFKA_SECURE=1"
+	secure_info
+	;;
 *)
 	sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
 	exit 2

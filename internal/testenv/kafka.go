@@ -104,7 +104,13 @@ func uniqueTopic(t testing.TB) string {
 // Messages come back in arrival order; per partition that is offset order.
 func ConsumeAll(t testing.TB, brokers []string, topic string, n int, timeout time.Duration) []*sarama.ConsumerMessage {
 	t.Helper()
-	cfg := SaramaConfig(t)
+	return ConsumeAllWith(t, SaramaConfig(t), brokers, topic, n, timeout)
+}
+
+// ConsumeAllWith is ConsumeAll with a client configuration of the caller's,
+// e.g. one with TLS and SASL for a secured listener.
+func ConsumeAllWith(t testing.TB, cfg *sarama.Config, brokers []string, topic string, n int, timeout time.Duration) []*sarama.ConsumerMessage {
+	t.Helper()
 	cfg.Consumer.Return.Errors = true
 	cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
 	consumer, err := sarama.NewConsumer(brokers, cfg)
@@ -206,11 +212,42 @@ func TopicMessageCount(t testing.TB, brokers []string, topic string) int64 {
 // kill and restart it without disturbing the shared broker other packages'
 // tests are using at the same time.
 type Kafka struct {
-	script string
-	env    []string
-	addr   string
-	dir    string
-	mu     sync.Mutex
+	script   string
+	env      []string
+	addr     string
+	dir      string
+	security *KafkaSecurity
+	mu       sync.Mutex
+}
+
+// KafkaOptions configures a private broker.
+type KafkaOptions struct {
+	// Secure adds TLS and SASL listeners (scripts/kafka.sh with
+	// BGPEDGE_KAFKA_SECURE=1) next to the plaintext one; see Kafka.Security.
+	Secure bool
+}
+
+// KafkaSecurity describes the secured listeners of a private broker started
+// with KafkaOptions.Secure, as `kafka.sh secure-info` prints them.
+type KafkaSecurity struct {
+	// SASLSSL is the host:port of the SASL_SSL listener: TLS with the
+	// server's certificate only, then SASL PLAIN, SCRAM-SHA-256 or
+	// SCRAM-SHA-512 with User and Password.
+	SASLSSL string
+	// SSL is the host:port of a TLS listener without client authentication.
+	SSL string
+	// MTLS is the host:port of a TLS listener that requires a client
+	// certificate signed by the CA (ClientCert, ClientKey).
+	MTLS string
+	// CAFile is the PEM file of the throwaway CA that signed the server and
+	// client certificates.
+	CAFile                string
+	ClientCert, ClientKey string
+	User, Password        string
+	// Mechanisms lists the SASL mechanisms of the SASL_SSL listener.
+	Mechanisms []string
+	// ServerNames are the names the server certificate is valid for.
+	ServerNames []string
 }
 
 // KafkaControl starts a private Kafka broker for the calling test (5 to 15
@@ -219,6 +256,12 @@ type Kafka struct {
 // jars it caches; `make test` provides both.
 func KafkaControl(t testing.TB) *Kafka {
 	t.Helper()
+	return KafkaControlWith(t, KafkaOptions{})
+}
+
+// KafkaControlWith is KafkaControl with options, e.g. a secured broker.
+func KafkaControlWith(t testing.TB, opts KafkaOptions) *Kafka {
+	t.Helper()
 	script := os.Getenv("BGPEDGE_KAFKA_SH")
 	if script == "" {
 		script = filepath.Join(RepoRoot(t), "scripts", "kafka.sh")
@@ -226,15 +269,21 @@ func KafkaControl(t testing.TB) *Kafka {
 	if _, err := os.Stat(script); err != nil {
 		Missing(t, "scripts/kafka.sh", "set BGPEDGE_KAFKA_SH to its path or run the tests with `make test`")
 	}
-	for _, bin := range []string{"java", "bash"} {
+	bins := []string{"java", "bash"}
+	if opts.Secure {
+		bins = append(bins, "openssl")
+	}
+	for _, bin := range bins {
 		if _, err := exec.LookPath(bin); err != nil {
 			Missing(t, bin, "scripts/deps.sh installs it")
 		}
 	}
-	port, cport := freePort(t), freePort(t)
-	for cport == port {
-		cport = freePort(t)
+	nports := 2
+	if opts.Secure {
+		nports = 5
 	}
+	ports := freePorts(t, nports)
+	port, cport := ports[0], ports[1]
 	dir := t.TempDir()
 	k := &Kafka{
 		script: script,
@@ -250,6 +299,18 @@ func KafkaControl(t testing.TB) *Kafka {
 			"BGPEDGE_KAFKA_OWNER_PID="+strconv.Itoa(os.Getpid()),
 		),
 	}
+	if opts.Secure {
+		k.env = append(k.env,
+			"BGPEDGE_KAFKA_SECURE=1",
+			"BGPEDGE_KAFKA_SASL_SSL_PORT="+strconv.Itoa(ports[2]),
+			"BGPEDGE_KAFKA_SSL_PORT="+strconv.Itoa(ports[3]),
+			"BGPEDGE_KAFKA_MTLS_PORT="+strconv.Itoa(ports[4]),
+		)
+	} else {
+		// An operator's BGPEDGE_KAFKA_SECURE must not secure, or fail, a
+		// broker the test expects to be plaintext only.
+		k.env = append(k.env, "BGPEDGE_KAFKA_SECURE=0")
+	}
 	if os.Getenv("BGPEDGE_KAFKA_JVM_OPTS") == "" {
 		// C1 only starts the broker in about half the time on a busy machine;
 		// a private broker serves one test, not throughput measurements.
@@ -261,11 +322,62 @@ func KafkaControl(t testing.TB) *Kafka {
 		}
 	})
 	k.Start(t)
+	if opts.Secure {
+		out, err := k.run("secure-info")
+		if err != nil {
+			t.Fatalf("secured private kafka: %v\n%s", err, out)
+		}
+		sec, err := parseSecureInfo(out)
+		if err != nil {
+			t.Fatalf("secured private kafka: %v", err)
+		}
+		k.security = sec
+	}
 	return k
 }
 
-// Brokers is the bootstrap address list of the private broker.
+// Brokers is the bootstrap address list of the private broker's plaintext
+// listener.
 func (k *Kafka) Brokers() []string { return []string{k.addr} }
+
+// Security describes the secured listeners; it fails the test when the
+// broker was started without KafkaOptions.Secure.
+func (k *Kafka) Security(t testing.TB) KafkaSecurity {
+	t.Helper()
+	if k.security == nil {
+		t.Fatal("private kafka was started without KafkaOptions.Secure")
+	}
+	return *k.security
+}
+
+// parseSecureInfo reads the KEY=value lines of `kafka.sh secure-info`.
+func parseSecureInfo(out []byte) (*KafkaSecurity, error) {
+	kv := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if k, v, ok := strings.Cut(strings.TrimSpace(line), "="); ok && strings.HasPrefix(k, "BGPEDGE_KAFKA_") {
+			kv[strings.TrimPrefix(k, "BGPEDGE_KAFKA_")] = v
+		}
+	}
+	s := &KafkaSecurity{
+		SASLSSL:     kv["SASL_SSL"],
+		SSL:         kv["SSL"],
+		MTLS:        kv["MTLS"],
+		CAFile:      kv["CA_FILE"],
+		ClientCert:  kv["CLIENT_CERT"],
+		ClientKey:   kv["CLIENT_KEY"],
+		User:        kv["SASL_USER"],
+		Password:    kv["SASL_PASSWORD"],
+		Mechanisms:  strings.Split(kv["SASL_MECHANISMS"], ","),
+		ServerNames: strings.Split(kv["SERVER_NAMES"], ","),
+	}
+	for name, v := range map[string]string{"SASL_SSL": s.SASLSSL, "SSL": s.SSL, "MTLS": s.MTLS, "CA_FILE": s.CAFile,
+		"CLIENT_CERT": s.ClientCert, "CLIENT_KEY": s.ClientKey, "SASL_USER": s.User, "SASL_PASSWORD": s.Password} {
+		if v == "" {
+			return nil, fmt.Errorf("kafka.sh secure-info: no BGPEDGE_KAFKA_%s in %q", name, out)
+		}
+	}
+	return s, nil
+}
 
 // Start starts the broker on its existing data (a restart after Stop or Kill
 // keeps every acknowledged message) and returns when it serves metadata.
@@ -307,12 +419,18 @@ func (k *Kafka) run(args ...string) ([]byte, error) {
 	return out, nil
 }
 
-func freePort(t testing.TB) int {
+// freePorts returns n distinct ports that were free a moment ago: all are
+// held open together, so none is handed out twice.
+func freePorts(t testing.TB, n int) []int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("find a free port: %v", err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports
 }

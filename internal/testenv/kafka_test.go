@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,5 +71,34 @@ func TestKafkaControl(t *testing.T) {
 	}
 	if n := TopicMessageCount(t, brokers, topic); n != 4 {
 		t.Fatalf("topic holds %d messages after the restart, want 4", n)
+	}
+}
+
+func TestParseSecureInfo(t *testing.T) {
+	full := "BGPEDGE_KAFKA_SASL_SSL=127.0.0.1:1\nBGPEDGE_KAFKA_SSL=127.0.0.1:2\nBGPEDGE_KAFKA_MTLS=127.0.0.1:3\n" +
+		"BGPEDGE_KAFKA_SASL_MECHANISMS=PLAIN,SCRAM-SHA-256\nBGPEDGE_KAFKA_SASL_USER=u\nBGPEDGE_KAFKA_SASL_PASSWORD=p\n" +
+		"BGPEDGE_KAFKA_CA_FILE=/ca.pem\nBGPEDGE_KAFKA_CLIENT_CERT=/c.pem\nBGPEDGE_KAFKA_CLIENT_KEY=/k.pem\n" +
+		"BGPEDGE_KAFKA_SERVER_NAMES=127.0.0.1,localhost\n"
+	for _, tt := range []struct {
+		name string
+		in   string
+		ok   bool
+	}{
+		{"complete", full, true},
+		{"with log noise", "kafka.sh: something\n" + full, true},
+		{"no mtls listener", strings.Replace(full, "BGPEDGE_KAFKA_MTLS=127.0.0.1:3\n", "", 1), false},
+		{"empty password", strings.Replace(full, "PASSWORD=p", "PASSWORD=", 1), false},
+		{"empty", "", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := parseSecureInfo([]byte(tt.in))
+			if (err == nil) != tt.ok {
+				t.Fatalf("parse: %v, want ok=%v", err, tt.ok)
+			}
+			if tt.ok && (s.MTLS != "127.0.0.1:3" || s.Password != "p" || s.ClientKey != "/k.pem" ||
+				len(s.Mechanisms) != 2 || s.ServerNames[1] != "localhost") {
+				t.Errorf("parsed %+v", s)
+			}
+		})
 	}
 }
