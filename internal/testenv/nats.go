@@ -20,8 +20,9 @@ type NATS struct {
 }
 
 // StartNATS starts an embedded JetStream server for the test and shuts it
-// down when the test ends.
-func StartNATS(t testing.TB) *NATS {
+// down when the test ends. Each configure function may change the server's
+// options first (authentication, TLS).
+func StartNATS(t testing.TB, configure ...func(*server.Options)) *NATS {
 	t.Helper()
 	n := &NATS{opts: server.Options{
 		Host:      "127.0.0.1",
@@ -31,6 +32,9 @@ func StartNATS(t testing.TB) *NATS {
 		NoLog:     true,
 		NoSigs:    true,
 	}}
+	for _, c := range configure {
+		c(&n.opts)
+	}
 	n.Start(t)
 	t.Cleanup(n.shutdown)
 	return n
