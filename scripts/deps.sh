@@ -21,6 +21,8 @@ debs=(
 	nats-server
 	kcat
 	rpm
+	systemd-container
+	debootstrap
 	default-jdk-headless
 	maven
 )
