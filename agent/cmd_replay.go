@@ -1,8 +1,11 @@
 package agent
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -13,12 +16,13 @@ import (
 
 func newReplayCommand() *cobra.Command {
 	var (
-		file     string
-		to       string
-		rate     float64
-		loop     int
-		sessions int
-		drain    time.Duration
+		file      string
+		to        string
+		rate      float64
+		loop      int
+		sessions  int
+		drain     time.Duration
+		reconnect time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "replay --file F --to HOST:PORT",
@@ -31,14 +35,24 @@ with one session per router TCP stream found in it.
 connection binds its own source address 127.0.0.(10+n), so the station sees
 S distinct routers. After sending, replay half-closes each connection and
 waits (--drain) for the station to close it, which bgpedge does once it has
-spooled the session.`,
+spooled the session.
+
+--reconnect D makes replay behave like a router whose station goes away: when
+the station refuses the connections or drops a session, replay waits D,
+connects again and sends every stream again from its start (a router
+re-establishing a BMP session sends Initiation, Peer Up and its tables
+again). It goes on until every stream has been sent in full once, or until
+it is interrupted (SIGINT, SIGTERM), which ends it normally with the summary.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if file == "" || to == "" {
 				return fmt.Errorf("replay: --file and --to are required")
 			}
-			if rate < 0 || loop < 1 || sessions < 1 {
-				return fmt.Errorf("replay: --rate must be ≥ 0, --loop and --sessions ≥ 1")
+			if rate < 0 || loop < 1 || sessions < 1 || reconnect < 0 {
+				return fmt.Errorf("replay: --rate and --reconnect must be ≥ 0, --loop and --sessions ≥ 1")
+			}
+			if _, _, err := net.SplitHostPort(to); err != nil {
+				return fmt.Errorf("replay: --to: %w", err)
 			}
 			streams, err := bmp.LoadReplayFile(file)
 			if err != nil {
@@ -57,12 +71,16 @@ spooled the session.`,
 			if tty {
 				opts.Progress = func(sent, total uint64) { drawProgress(out, sent, total) }
 			}
-			stats, err := bmp.Replay(cmd.Context(), opts)
+			stats, err := replayReconnecting(cmd.Context(), opts, reconnect, cmd.ErrOrStderr())
 			if tty {
 				fmt.Fprintln(out)
 			}
-			fmt.Fprintf(out, "sent %d messages (%d bytes) in %d sessions in %.3fs: %.0f messages/s\n",
+			fmt.Fprintf(out, "sent %d messages (%d bytes) in %d sessions in %.3fs: %.0f messages/s",
 				stats.Messages, stats.Bytes, stats.Sessions, stats.Duration.Seconds(), stats.MessagesPerSecond())
+			if reconnect > 0 {
+				fmt.Fprintf(out, ", %d reconnects", stats.Reconnects)
+			}
+			fmt.Fprintln(out)
 			return err
 		},
 	}
@@ -73,7 +91,59 @@ spooled the session.`,
 	f.IntVar(&loop, "loop", 1, "send each stream this many times per session")
 	f.IntVar(&sessions, "sessions", 1, "concurrent copies of every stream")
 	f.DurationVar(&drain, "drain", 30*time.Second, "after sending, wait this long for the station to close each session (0: do not wait)")
+	f.DurationVar(&reconnect, "reconnect", 0, "when the station is unreachable or drops a session, wait this long and send everything again from the start, until done or interrupted (0: fail instead)")
 	return cmd
+}
+
+// replayTotals sums the attempts of a reconnecting replay.
+type replayTotals struct {
+	bmp.ReplayStats
+	Reconnects int
+}
+
+// replayReconnecting runs bmp.Replay; with reconnect > 0 it starts over
+// after a connection failure (refused, reset, broken pipe) until one attempt
+// completes, and treats cancellation of ctx as the normal end. Other errors
+// (a station that does not close a drained session in time) end it as they
+// end a single replay.
+func replayReconnecting(ctx context.Context, opts bmp.ReplayOptions, reconnect time.Duration, stderr io.Writer) (replayTotals, error) {
+	if reconnect <= 0 {
+		stats, err := bmp.Replay(ctx, opts)
+		return replayTotals{ReplayStats: stats}, err
+	}
+	var total replayTotals
+	start := time.Now()
+	refused := false // the previous attempt could not connect: log that once
+	for {
+		stats, err := bmp.Replay(ctx, opts)
+		total.Sessions += stats.Sessions
+		total.Messages += stats.Messages
+		total.Bytes += stats.Bytes
+		total.Duration = time.Since(start)
+		if err == nil {
+			return total, nil
+		}
+		if ctx.Err() != nil {
+			return total, nil // interrupted: the way a reconnecting replay ends early
+		}
+		var op *net.OpError
+		if !errors.As(err, &op) {
+			return total, err
+		}
+		if !refused || stats.Sessions > 0 {
+			fmt.Fprintf(stderr, "replay: %v; reconnecting every %v\n", err, reconnect)
+		}
+		refused = stats.Sessions == 0
+		t := time.NewTimer(reconnect)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			total.Duration = time.Since(start)
+			return total, nil
+		}
+		total.Reconnects++
+	}
 }
 
 // isTerminal reports whether w is a character device (a terminal), where a

@@ -116,9 +116,11 @@ func (p *prefiller) unlock(used int64) {
 
 // poke makes the prefiller look again whether it may go on.
 func (p *prefiller) poke() {
+	// Under mu, so the signal cannot fall between the prefiller's check and
+	// its Wait.
 	p.mu.Lock()
-	p.mu.Unlock()
 	p.cond.Signal()
+	p.mu.Unlock()
 }
 
 // close stops the prefiller and waits for it.

@@ -1,7 +1,6 @@
 package exabgp
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -48,26 +47,12 @@ func TestExaBGPToKafka(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, "exaBGP session with GoBGP established", g.established)
 
 	topic := prefix + "exabgp.route"
-	cfg := testenv.SaramaConfig(t)
-	cfg.Consumer.Return.Errors = true
-	consumer, err := sarama.NewConsumer(brokers, cfg)
+	client, err := sarama.NewClient(brokers, testenv.SaramaConfig(t))
 	if err != nil {
-		t.Fatalf("kafka consumer: %v", err)
+		t.Fatalf("kafka client: %v", err)
 	}
-	var parts []int32
-	testenv.Eventually(t, 60*time.Second, "forwarder created "+topic, func() bool {
-		parts, err = consumer.Partitions(topic)
-		return err == nil && len(parts) > 0
-	})
-	var mu sync.Mutex
-	got := map[string]record.Event{}
-	keys := map[string]string{}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
 	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		_ = consumer.Close()
+		_ = client.Close()
 		if admin, err := sarama.NewClusterAdmin(brokers, testenv.SaramaConfig(t)); err == nil {
 			for _, s := range []string{"exabgp.route", "exabgp.peer", "exabgp.raw", "exabgp.errors"} {
 				_ = admin.DeleteTopic(prefix + s)
@@ -75,34 +60,24 @@ func TestExaBGPToKafka(t *testing.T) {
 			_ = admin.Close()
 		}
 	})
-	for _, p := range parts {
-		pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
-		if err != nil {
-			t.Fatalf("consume %s/%d: %v", topic, p, err)
+	testenv.Eventually(t, 60*time.Second, "forwarder created "+topic, func() bool {
+		parts, err := client.Partitions(topic)
+		return err == nil && len(parts) > 0
+	})
+	var mu sync.Mutex
+	got := map[string]record.Event{}
+	keys := map[string]string{}
+	testenv.ConsumeFollow(t, brokers, func(m *sarama.ConsumerMessage) {
+		var ev record.Event
+		if err := json.Unmarshal(m.Value, &ev); err != nil || ev.Route == nil {
+			t.Errorf("bad message on %s: %s", topic, m.Value)
+			return
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer pc.AsyncClose()
-			for {
-				select {
-				case m := <-pc.Messages():
-					var ev record.Event
-					if err := json.Unmarshal(m.Value, &ev); err != nil || ev.Route == nil {
-						t.Errorf("bad message on %s: %s", topic, m.Value)
-						continue
-					}
-					mu.Lock()
-					got[ev.Route.Prefix] = ev
-					keys[ev.Route.Prefix] = string(m.Key)
-					mu.Unlock()
-				case <-pc.Errors():
-				case <-ctx.Done():
-					return
-				}
-			}
-		}()
-	}
+		mu.Lock()
+		got[ev.Route.Prefix] = ev
+		keys[ev.Route.Prefix] = string(m.Key)
+		mu.Unlock()
+	}, topic)
 
 	nh, _ := bgp.NewPathAttributeNextHop(netip.MustParseAddr("192.0.2.254"))
 	var specs []*pathSpec

@@ -1,10 +1,14 @@
 package forwarder
 
 import (
+	"compress/gzip"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -233,51 +237,59 @@ func headerValue(hs []*sarama.RecordHeader, key string) string {
 // ends; topics must exist.
 func consumeInto(t testing.TB, brokers []string, o *idOracle, topics ...string) {
 	t.Helper()
-	cfg := testenv.SaramaConfig(t)
-	cfg.Consumer.Return.Errors = true
-	cfg.Consumer.Fetch.Default = 4 << 20
-	consumer, err := sarama.NewConsumer(brokers, cfg)
+	testenv.ConsumeFollow(t, brokers, func(m *sarama.ConsumerMessage) {
+		if err := o.add(m); err != nil {
+			t.Errorf("oracle: %v", err)
+		}
+	}, topics...)
+}
+
+// checkOracle hands every consumed message to check.
+type checkOracle struct{ check func(*sarama.ConsumerMessage) }
+
+// consumeChecked consumes topic from the oldest offsets into o until the test ends.
+func consumeChecked(t testing.TB, brokers []string, o *checkOracle, topic string) {
+	t.Helper()
+	testenv.ConsumeFollow(t, brokers, o.check, topic)
+}
+
+// loadCapture splits a (gzip'd) raw BMP capture into messages.
+func loadCapture(path string) ([][]byte, error) {
+	f, err := os.Open(path)
 	if err != nil {
-		t.Fatalf("kafka consumer: %v", err)
+		return nil, err
 	}
-	var wg sync.WaitGroup
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		_ = consumer.Close()
-	})
-	for _, topic := range topics {
-		parts, err := consumer.Partitions(topic)
+	defer f.Close()
+	var r io.Reader = f
+	if strings.HasSuffix(path, ".gz") {
+		gz, err := gzip.NewReader(f)
 		if err != nil {
-			t.Fatalf("partitions of %s: %v", topic, err)
+			return nil, err
 		}
-		for _, p := range parts {
-			pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
-			if err != nil {
-				t.Fatalf("consume %s/%d: %v", topic, p, err)
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer pc.AsyncClose()
-				for {
-					select {
-					case m := <-pc.Messages():
-						if err := o.add(m); err != nil {
-							t.Errorf("oracle: %v", err)
-						}
-					case e := <-pc.Errors():
-						if e != nil {
-							t.Logf("consume %s/%d: %v", topic, p, e)
-						}
-					case <-ctx.Done():
-						return
-					}
-				}
-			}()
-		}
+		r = gz
 	}
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, err
+	}
+	var msgs [][]byte
+	for len(data) >= 6 {
+		n := int(binary.BigEndian.Uint32(data[1:5]))
+		if n < 6 || n > len(data) {
+			return nil, fmt.Errorf("%s: bad BMP length %d at message %d", path, n, len(msgs))
+		}
+		msgs = append(msgs, data[:n:n])
+		data = data[n:]
+	}
+	return msgs, nil
+}
+
+// killRecord is the deterministic content of spool seq s: the capture
+// replayed sessions times, each as a different router.
+func killRecord(msgs [][]byte, sessions int, seq uint64) record.Record {
+	i := (seq - 1) % uint64(len(msgs))
+	router := fmt.Sprintf("10.0.%d.1", ((seq-1)/uint64(len(msgs)))%uint64(sessions))
+	return record.Record{Kind: record.KindBMP, Key: []byte(router), Source: router, Time: time.Unix(0, 0), Payload: msgs[i]}
 }
 
 // deleteTopicsAtEnd removes the test's topics from the shared broker.

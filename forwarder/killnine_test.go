@@ -3,26 +3,26 @@ package forwarder
 import (
 	"bufio"
 	"bytes"
-	"compress/gzip"
 	"context"
-	"encoding/binary"
+	crand "crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
+	"hash/maphash"
 	"math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/IBM/sarama"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bgpedge/bgpedge/buffer"
 	"github.com/bgpedge/bgpedge/internal/testenv"
@@ -31,152 +31,41 @@ import (
 
 var _ Source = (*buffer.Spool)(nil)
 
-const childEnv = "BGPEDGE_FORWARDER_KILL_CHILD"
+// The acceptance stream of TestKillNineRun: at least killRunStream BMP
+// messages spooled from killRunSessions router sessions, killed killRunKills
+// times along the way (-short: a fifth of the stream, 5 kills).
+const (
+	killRunStream   = 1_000_000
+	killRunKills    = 20
+	killRunSessions = 4
+	// killRunRate paces the replay (messages per second over all sessions)
+	// at about what the forwarder drains on a busy two-core machine, so a
+	// kill finds both ingest and delivery busy and a backlog in the spool.
+	killRunRate = 60_000
+)
 
-// killChildSpec is what the parent hands the child process (as JSON in childEnv).
-type killChildSpec struct {
-	SpoolDir string
-	Capture  string
-	Sessions int    // the capture is replayed as this many router sessions
-	Target   uint64 // records to spool in total
-	Drain    bool   // exit 0 once everything is spooled and acked
-	Config   Config
-}
-
-// loadCapture splits a (gzip'd) raw BMP capture into messages.
-func loadCapture(path string) ([][]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var r io.Reader = f
-	if strings.HasSuffix(path, ".gz") {
-		gz, err := gzip.NewReader(f)
-		if err != nil {
-			return nil, err
-		}
-		r = gz
-	}
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return nil, err
-	}
-	var msgs [][]byte
-	for len(data) >= 6 {
-		n := int(binary.BigEndian.Uint32(data[1:5]))
-		if n < 6 || n > len(data) {
-			return nil, fmt.Errorf("%s: bad BMP length %d at message %d", path, n, len(msgs))
-		}
-		msgs = append(msgs, data[:n:n])
-		data = data[n:]
-	}
-	return msgs, nil
-}
-
-// killRecord is the deterministic content of spool seq s: the capture
-// replayed Sessions times, each as a different router.
-func killRecord(msgs [][]byte, sessions int, seq uint64) record.Record {
-	i := (seq - 1) % uint64(len(msgs))
-	router := fmt.Sprintf("10.0.%d.1", ((seq-1)/uint64(len(msgs)))%uint64(sessions))
-	return record.Record{Kind: record.KindBMP, Key: []byte(router), Source: router, Time: time.Unix(0, 0), Payload: msgs[i]}
-}
-
-// runKillChild is the forwarding process: spool + forwarder, with an
-// appender replaying the capture into the spool until Target records exist.
-func runKillChild() int {
-	var spec killChildSpec
-	if err := json.Unmarshal([]byte(os.Getenv(childEnv)), &spec); err != nil {
-		fmt.Fprintln(os.Stderr, "child spec:", err)
-		return 2
-	}
-	msgs, err := loadCapture(spec.Capture)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "capture:", err)
-		return 2
-	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	sp, err := buffer.Open(buffer.Options{Dir: spec.SpoolDir, Logger: logger})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "spool:", err)
-		return 2
-	}
-	f, err := New(spec.Config, sp, Raw{}, logger, prometheus.NewRegistry())
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "forwarder:", err)
-		return 2
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
-	defer stop()
-	runDone := make(chan error, 1)
-	go func() { runDone <- f.Run(ctx) }()
-	appendDone := make(chan error, 1)
-	go func() {
-		for {
-			last := sp.Stats().LastSeq
-			if last >= spec.Target {
-				appendDone <- nil
-				return
-			}
-			n := min(500, spec.Target-last)
-			recs := make([]record.Record, n)
-			for i := range recs {
-				recs[i] = killRecord(msgs, spec.Sessions, last+1+uint64(i))
-			}
-			first, err := sp.Append(ctx, recs...)
-			if err != nil {
-				appendDone <- err
-				return
-			}
-			if first != last+1 {
-				appendDone <- fmt.Errorf("append got seq %d, want %d", first, last+1)
-				return
-			}
-		}
-	}()
-	out := bufio.NewWriter(os.Stdout)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	appended := false
-	for {
-		select {
-		case err := <-appendDone:
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "append:", err)
-				return 2
-			}
-			appended = true
-		case err := <-runDone:
-			fmt.Fprintln(os.Stderr, "forwarder stopped:", err)
-			return 2
-		case <-tick.C:
-		}
-		st := sp.Stats()
-		acked := sp.FirstUnacked() - 1
-		fmt.Fprintf(out, "progress %d %d\n", acked, st.LastSeq)
-		_ = out.Flush()
-		if spec.Drain && appended && acked >= spec.Target {
-			stop()
-			if err := <-runDone; err != nil {
-				fmt.Fprintln(os.Stderr, "forwarder:", err)
-				return 2
-			}
-			if err := sp.Close(); err != nil {
-				fmt.Fprintln(os.Stderr, "spool close:", err)
-				return 2
-			}
-			fmt.Fprintf(out, "done %d\n", acked)
-			_ = out.Flush()
-			return 0
-		}
-	}
-}
-
-// The forwarding process is killed with SIGKILL 20 times while it drains a
-// stream of over a million BMP messages (the 100k-route capture replayed as
-// four sessions) to Kafka: afterwards every spooled record is in Kafka with
-// the right content; duplicates are counted (acceptance 2).
-func TestKillNineDuringStream(t *testing.T) {
+// TestKillNineRun is acceptance item 2 of issue 4 with the real binary:
+// `bgpedge run` (BMP station, spool, forwarder to the test broker) is killed
+// with SIGKILL at random moments, 20 times, while `bgpedge replay
+// --reconnect` streams the 100k-route capture as four router sessions, and
+// restarted on the same spool each time; the replay reconnects and starts
+// its sessions over, as a router does. The stream is at least a million
+// spooled messages.
+//
+// The oracle is at-least-once as BMP over TCP allows it: bytes a router
+// wrote that were still in the kernel when bgpedge died were never accepted.
+// What bgpedge accepted is what its spool made durable, so:
+//   - after every kill the spool (opened read-only) still holds everything
+//     the process had reported durable, its last seq never goes backwards,
+//     and sampled records keep their content to the end (no seq reused);
+//   - at the end every spooled BMP record, seq 1 to the last, is in Kafka
+//     exactly as spooled (key and value), and nothing else is;
+//   - every router's spooled messages are the capture in order, starting
+//     over only where a session started over (nothing corrupted, reordered
+//     or invented on the way in).
+//
+// Duplicates (ids read more than once) are counted and reported.
+func TestKillNineRun(t *testing.T) {
 	t.Parallel()
 	brokers := testenv.KafkaBrokers(t)
 	capture := testenv.Shared(t, "bmpdata", "raw", "gobgp-3.10-all-dump-100k.bmp.gz")
@@ -184,168 +73,495 @@ func TestKillNineDuringStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sessions, kills := 4, 20
+	stream, kills := uint64(killRunStream), killRunKills
 	if testing.Short() {
-		sessions, kills = 1, 5
+		stream, kills = killRunStream/5, 5
 	}
-	target := uint64(len(msgs) * sessions)
-	cfg := testConfig(t, brokers)
-	cfg.Kafka.Partitions = 6
-	cfg.Topics.Ensure = []string{StreamBMPRaw}
-	deleteTopicsAtEnd(t, brokers, cfg, StreamBMPRaw)
-	spec := killChildSpec{SpoolDir: t.TempDir(), Capture: capture, Sessions: sessions, Target: target, Config: cfg}
+	began := time.Now()
+	bin := buildBgpedge(t)
+	t.Logf("bgpedge built in %v", time.Since(began).Round(time.Second))
 
-	start := time.Now()
-	for i := range kills {
-		// Kill at evenly spread points of the drain, with jitter, so every
-		// kill lands mid-stream with work in flight.
-		at := target * uint64(i+1) / uint64(kills+2)
-		runChild(t, spec, func(acked, last uint64) bool { return acked >= at })
+	dir := t.TempDir()
+	spoolDir := filepath.Join(dir, "spool")
+	var rb [4]byte
+	_, _ = crand.Read(rb[:])
+	const agentID = "killnine"
+	prefix := "test.TestKillNineRun." + hex.EncodeToString(rb[:]) + "."
+	topic := prefix + StreamBMPRaw
+	t.Cleanup(func() {
+		if admin, err := sarama.NewClusterAdmin(brokers, testenv.SaramaConfig(t)); err == nil {
+			_ = admin.DeleteTopic(topic)
+			_ = admin.Close()
+		}
+	})
+	bmpAddr := freeLoopbackAddr(t)
+	r := &killRun{t: t, bin: bin, dir: dir, http: freeLoopbackAddr(t), seed: maphash.MakeSeed()}
+	// One segment holds the whole stream (about 150 MB), so no record is
+	// deleted once acknowledged and the spool read at the end sees every seq.
+	r.config = filepath.Join(dir, "bgpedge.yaml")
+	yaml := fmt.Sprintf(`agent:
+  id: %s
+  state_dir: %s
+  shutdown_timeout: 20s
+http:
+  listen: %s
+log:
+  level: info
+  format: text
+buffer:
+  dir: %s
+  segment_bytes: 1GiB
+  max_bytes: 4GiB
+bmp:
+  listen: %s
+  encoding:
+    raw: true
+    json: false
+    state_dir: %s
+forwarder:
+  enabled: true
+  shutdown_timeout: 10s
+  kafka:
+    brokers: [%s]
+    partitions: 6
+  topics:
+    prefix: %s
+    ensure: [%s]
+`, agentID, filepath.Join(dir, "state"), r.http, spoolDir, bmpAddr, filepath.Join(dir, "bmpstate"),
+		strings.Join(brokers, ", "), prefix, StreamBMPRaw)
+	if err := os.WriteFile(r.config, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("%d kills in %v", kills, time.Since(start).Round(time.Second))
-	spec.Drain = true
-	runChild(t, spec, nil)
-	t.Logf("stream of %d records spooled and drained in %v", target, time.Since(start).Round(time.Second))
 
-	seen := make([]uint8, target+1)
-	var mu sync.Mutex
-	var total, bad int
-	o := &checkOracle{check: func(m *sarama.ConsumerMessage) {
-		_, seq, _, err := ParseMessageID(headerValue(m.Headers, HeaderID))
-		mu.Lock()
-		defer mu.Unlock()
-		total++
-		if err != nil || seq == 0 || seq > target {
-			bad++
-			return
+	r.start()
+	replay := exec.Command(bin, "replay", "--file", capture, "--to", bmpAddr,
+		"--sessions", strconv.Itoa(killRunSessions), "--loop", "1000", "--rate", strconv.Itoa(killRunRate),
+		"--drain", "0", "--reconnect", "50ms")
+	replay.Env = childEnviron()
+	var replayOut, replayErr bytes.Buffer
+	replay.Stdout, replay.Stderr = &replayOut, &replayErr
+	if err := replay.Start(); err != nil {
+		t.Fatal(err)
+	}
+	replayDone := make(chan error, 1)
+	go func() { replayDone <- replay.Wait() }()
+	t.Cleanup(func() {
+		select {
+		case <-replayDone:
+		default:
+			_ = replay.Process.Kill()
+			<-replayDone
 		}
-		want := killRecord(msgs, sessions, seq)
-		if !bytes.Equal(m.Value, want.Payload) || string(m.Key) != string(want.Key) {
-			bad++
+	})
+	replayAlive := func() {
+		t.Helper()
+		select {
+		case err := <-replayDone:
+			replayDone <- err
+			t.Fatalf("replay ended before it was stopped: %v\n%s%s", err, replayOut.String(), replayErr.String())
+		default:
 		}
-		if seen[seq] < 255 {
-			seen[seq]++
+	}
+
+	// Kill at random moments spread over the stream: kill k at a random
+	// point of the k-th of `kills` equal slices of it. A point the spool has already
+	// passed (the run before went further) kills the next run as soon as it
+	// is ready, in start-up, recovery and the forwarder's reconnect.
+	samples := map[uint64]uint64{} // seq → content hash, taken after kills
+	var prev killSnapshot
+	slice := stream / uint64(kills)
+	killPhase := time.Now()
+	for k := 1; k <= kills; k++ {
+		at := uint64(k-1)*slice + rand.N(slice)
+		var appended uint64 // what the process reported durable: must survive
+		testenv.Eventually(t, 2*time.Minute, fmt.Sprintf("spool reaches seq %d", at), func() bool {
+			replayAlive()
+			appended = uint64(r.metrics()["bgpedge_buffer_appended_records_total"])
+			return prev.last+appended >= at
+		})
+		ran := r.kill()
+		snap := r.snapshot(spoolDir, samples)
+		if snap.last < prev.last+appended {
+			t.Fatalf("kill %d: spool ends at seq %d, but the process had reported %d records durable after seq %d", k, snap.last, appended, prev.last)
 		}
-	}}
-	consumeChecked(t, brokers, o, cfg.Topics.Topic(StreamBMPRaw))
-	distinct := func() (n uint64) {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range seen[1:] {
-			if c > 0 {
-				n++
+		if snap.acked > snap.last || snap.acked < prev.acked {
+			t.Fatalf("kill %d: acked through %d (before: %d), last seq %d", k, snap.acked, prev.acked, snap.last)
+		}
+		t.Logf("kill %2d after %5.2fs: spool last seq %7d, acked through %7d (%6d unacknowledged), %6d appended by this run",
+			k, ran.Seconds(), snap.last, snap.acked, snap.last-snap.acked, snap.last-prev.last)
+		prev = snap
+		r.start()
+	}
+	t.Logf("%d kills in %v", kills, time.Since(killPhase).Round(time.Second))
+
+	// Let the last run carry the stream past its size, then stop the replay
+	// (as a router operator would: the sessions close) and let the
+	// forwarder drain.
+	testenv.Eventually(t, 2*time.Minute, fmt.Sprintf("a stream of %d spooled messages", stream), func() bool {
+		replayAlive()
+		return prev.last+uint64(r.metrics()["bgpedge_buffer_appended_records_total"]) >= stream
+	})
+	if err := replay.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-replayDone:
+		replayDone <- err
+		if err != nil {
+			t.Fatalf("replay: %v\n%s%s", err, replayOut.String(), replayErr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("replay did not stop on SIGTERM")
+	}
+	sm := regexp.MustCompile(`sent (\d+) messages .* (\d+) reconnects`).FindStringSubmatch(replayOut.String())
+	if sm == nil {
+		t.Fatalf("replay summary: %q", replayOut.String())
+	}
+	sent, _ := strconv.ParseUint(sm[1], 10, 64)
+	reconnects, _ := strconv.Atoi(sm[2])
+	var last uint64
+	testenv.Eventually(t, 3*time.Minute, "sessions closed and every record acknowledged by kafka", func() bool {
+		m := r.metrics()
+		last = prev.last + uint64(m["bgpedge_buffer_appended_records_total"])
+		return m["bgpedge_bmp_sessions_active"] == 0 && uint64(m["bgpedge_forwarder_acked_seq"]) == last
+	})
+	r.stop()
+	drained := time.Since(began)
+
+	// The spool as the last process left it: every seq, with its content.
+	spoolStart := time.Now()
+	sp, err := buffer.Open(buffer.Options{Dir: spoolDir, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := sp.Stats()
+	if st.LastSeq != last || st.AckedThrough != last {
+		t.Errorf("spool after a clean stop: last seq %d, acked through %d; want both %d", st.LastSeq, st.AckedThrough, last)
+	}
+	if q, err := buffer.Quarantined(spoolDir); err != nil || len(q) > 0 {
+		t.Errorf("quarantined segments %v (%v)", q, err)
+	}
+	hashes := make([]uint64, st.LastSeq+1)
+	kinds := make([]record.Kind, st.LastSeq+1)
+	next := map[string]int{}     // router → index in the capture of its next message
+	restarts := map[string]int{} // router → sessions started over
+	var bmpRecords, synthetic, outOfOrder uint64
+	for from := uint64(1); from <= st.LastSeq; {
+		recs, err := sp.Read(context.Background(), from, 8192)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(recs) == 0 || recs[0].Seq != from {
+			t.Fatalf("spool read from seq %d: got %d records starting at %d; every record must still be in the spool", from, len(recs), firstSeq(recs))
+		}
+		for i, rec := range recs {
+			if rec.Seq != from+uint64(i) {
+				t.Fatalf("spool read: seq %d after %d", rec.Seq, from+uint64(i)-1)
+			}
+			hashes[rec.Seq] = r.hash(rec.Key, rec.Payload)
+			kinds[rec.Seq] = rec.Kind
+			switch rec.Kind {
+			case record.KindBMP:
+				bmpRecords++
+				router := string(rec.Key)
+				n := next[router]
+				switch {
+				case bytes.Equal(rec.Payload, msgs[n]):
+					next[router] = (n + 1) % len(msgs)
+				case bytes.Equal(rec.Payload, msgs[0]):
+					next[router] = 1
+					restarts[router]++
+				default:
+					if outOfOrder < 5 {
+						t.Errorf("seq %d from %s is not capture message %d nor a new session's first message", rec.Seq, router, n)
+					}
+					outOfOrder++
+				}
+			case record.KindBMPSyntheticPeerDown:
+				synthetic++
+			default:
+				t.Errorf("seq %d: unexpected kind %v", rec.Seq, rec.Kind)
 			}
 		}
-		return n
+		from += uint64(len(recs))
 	}
-	testenv.Eventually(t, 5*time.Minute, "every record in kafka", func() bool { return distinct() == target })
-	mu.Lock()
-	defer mu.Unlock()
-	if bad > 0 {
-		t.Errorf("%d messages with a wrong id, key or value", bad)
+	if err := sp.Close(); err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("%d records, %d kill -9, 0 missing, %d duplicates (%.2f%%)", target, kills, total-int(target), 100*float64(total-int(target))/float64(target))
+	t.Logf("spool of %d records read in %v", st.LastSeq, time.Since(spoolStart).Round(time.Second))
+	if outOfOrder > 0 {
+		t.Errorf("%d spooled messages out of their session's order", outOfOrder)
+	}
+	if len(next) != killRunSessions {
+		t.Errorf("records from %d routers, want %d", len(next), killRunSessions)
+	}
+	for router, n := range restarts {
+		if n > reconnects {
+			t.Errorf("%s: %d sessions started over, but replay reconnected only %d times", router, n, reconnects)
+		}
+	}
+	for seq, h := range samples {
+		if hashes[seq] != h {
+			t.Errorf("seq %d changed content after a kill (reused?)", seq)
+		}
+	}
+	if bmpRecords < stream {
+		t.Errorf("%d BMP records spooled, want at least %d", bmpRecords, stream)
+	}
+
+	// Kafka: every BMP seq, as spooled; count the copies.
+	copies := make([]uint8, st.LastSeq+1)
+	var bad int
+	readStart := time.Now()
+	total := testenv.ConsumeEach(t, brokers, topic, 3*time.Minute, func(m *sarama.ConsumerMessage) {
+		agent, seq, idx, err := ParseMessageID(headerValue(m.Headers, HeaderID))
+		switch {
+		case err != nil || agent != agentID || idx != 0 || seq == 0 || seq > st.LastSeq:
+			if bad < 5 {
+				t.Errorf("%s/%d@%d: id %q (%v)", m.Topic, m.Partition, m.Offset, headerValue(m.Headers, HeaderID), err)
+			}
+			bad++
+			return
+		case kinds[seq] != record.KindBMP || r.hash(m.Key, m.Value) != hashes[seq]:
+			if bad < 5 {
+				t.Errorf("%s/%d@%d: seq %d differs from the spooled record", m.Topic, m.Partition, m.Offset, seq)
+			}
+			bad++
+		}
+		if copies[seq] < 255 {
+			copies[seq]++
+		}
+	})
+	var missing []uint64
+	var distinct int
+	for seq := uint64(1); seq <= st.LastSeq; seq++ {
+		switch {
+		case copies[seq] > 0:
+			distinct++
+		case kinds[seq] == record.KindBMP:
+			missing = append(missing, seq)
+		}
+	}
+	if len(missing) > 0 {
+		t.Errorf("%d spooled records missing in kafka, first %v", len(missing), missing[:min(len(missing), 20)])
+	}
+	dups := total - distinct
+	// Replay counts whole writes only, so a write cut short by a kill is
+	// not counted: the difference is about what died in socket buffers.
+	t.Logf("replay sent %d messages over %d reconnects; %d BMP records (+%d synthetic peer-downs) spooled by %d runs with %d kill -9; about %d sent but never accepted (in flight when killed)",
+		sent, reconnects, bmpRecords, synthetic, kills+1, kills, int64(sent)-int64(bmpRecords))
+	t.Logf("kafka: %d messages read in %v, %d distinct ids, missing=%d, duplicates=%d (%.2f%%), bad=%d; stream drained in %v",
+		total, time.Since(readStart).Round(time.Second), distinct, len(missing), dups, 100*float64(dups)/float64(max(distinct, 1)), bad, drained.Round(time.Second))
 }
 
-// runChild starts the forwarding process and SIGKILLs it once killWhen
-// reports true (plus up to 100 ms jitter); with killWhen nil it waits for
-// the child to finish draining.
-func runChild(t *testing.T, spec killChildSpec, killWhen func(acked, last uint64) bool) {
+// killRun runs `bgpedge run` processes one after another on one spool.
+type killRun struct {
+	t      *testing.T
+	bin    string
+	dir    string
+	config string
+	http   string
+
+	seed maphash.Seed // keys hash: content comparisons within the test
+
+	runs    int
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed once cmd has been waited for
+	waitErr error         // cmd.Wait's result, set before exited closes
+	started time.Time
+	log     string
+}
+
+// start starts the next `bgpedge run` and waits until it is ready (spool
+// open and recovered, listener bound, forwarder running).
+func (r *killRun) start() {
+	t := r.t
 	t.Helper()
-	js, err := json.Marshal(spec)
+	r.runs++
+	r.log = filepath.Join(r.dir, fmt.Sprintf("run-%02d.log", r.runs))
+	f, err := os.Create(r.log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+string(js))
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
+	defer f.Close()
+	cmd := exec.Command(r.bin, "run", "--config", r.config)
+	cmd.Env = childEnviron()
+	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	sc := bufio.NewScanner(stdout)
-	killed, done := false, false
-	deadline := time.AfterFunc(10*time.Minute, func() { _ = cmd.Process.Kill() })
-	defer deadline.Stop()
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) == 2 && f[0] == "done" {
-			done = true
-			continue
+	exited := make(chan struct{})
+	r.cmd, r.exited, r.started = cmd, exited, time.Now()
+	go func() {
+		r.waitErr = cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-exited:
+		default:
+			_ = cmd.Process.Kill()
+			<-exited
 		}
-		if len(f) != 3 || f[0] != "progress" || killWhen == nil || killed {
-			continue
+	})
+	testenv.Eventually(t, time.Minute, fmt.Sprintf("bgpedge run %d ready", r.runs), func() bool {
+		r.alive()
+		resp, err := http.Get("http://" + r.http + "/readyz")
+		if err != nil {
+			return false
 		}
-		acked, _ := strconv.ParseUint(f[1], 10, 64)
-		last, _ := strconv.ParseUint(f[2], 10, 64)
-		if killWhen(acked, last) {
-			jitter := time.NewTimer(time.Duration(rand.N(100)) * time.Millisecond)
-			<-jitter.C // kill moment, not a synchronisation point
-			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-				t.Fatalf("kill -9: %v", err)
-			}
-			killed = true
+		defer resp.Body.Close()
+		var st struct {
+			Ready bool   `json:"ready"`
+			Sink  string `json:"sink"`
 		}
-	}
-	err = cmd.Wait()
-	switch {
-	case killWhen != nil && !killed:
-		t.Fatalf("forwarding process ended before it was killed: %v\n%s", err, stderr.String())
-	case killWhen == nil && (err != nil || !done):
-		t.Fatalf("draining process: %v\n%s", err, stderr.String())
+		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.Ready
+	})
+}
+
+// alive fails the test with the run's log if the process has exited.
+func (r *killRun) alive() {
+	r.t.Helper()
+	select {
+	case <-r.exited:
+		b, _ := os.ReadFile(r.log)
+		r.t.Fatalf("bgpedge run %d exited by itself: %v\n%s", r.runs, r.waitErr, b)
+	default:
 	}
 }
 
-// checkOracle hands every consumed message to check.
-type checkOracle struct{ check func(*sarama.ConsumerMessage) }
+// kill sends SIGKILL and reaps the process; it returns how long it ran.
+func (r *killRun) kill() time.Duration {
+	r.t.Helper()
+	r.alive()
+	if err := r.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		r.t.Fatalf("kill -9: %v", err)
+	}
+	<-r.exited
+	return time.Since(r.started)
+}
 
-// consumeChecked consumes topic from the oldest offsets into o until the test ends.
-func consumeChecked(t testing.TB, brokers []string, o *checkOracle, topic string) {
-	t.Helper()
-	cfg := testenv.SaramaConfig(t)
-	cfg.Consumer.Return.Errors = true
-	cfg.Consumer.Fetch.Default = 4 << 20
-	consumer, err := sarama.NewConsumer(brokers, cfg)
-	if err != nil {
-		t.Fatalf("kafka consumer: %v", err)
+// stop ends the run cleanly (SIGTERM) and requires exit status 0.
+func (r *killRun) stop() {
+	r.t.Helper()
+	r.alive()
+	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		r.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		_ = consumer.Close()
-	})
-	parts, err := consumer.Partitions(topic)
-	if err != nil {
-		t.Fatalf("partitions of %s: %v", topic, err)
+	<-r.exited
+	if r.waitErr != nil {
+		b, _ := os.ReadFile(r.log)
+		r.t.Fatalf("bgpedge run %d after SIGTERM: %v\n%s", r.runs, r.waitErr, b)
 	}
-	for _, p := range parts {
-		pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
-		if err != nil {
-			t.Fatalf("consume %s/%d: %v", topic, p, err)
+}
+
+// metrics scrapes the running process's unlabelled samples.
+func (r *killRun) metrics() map[string]float64 {
+	r.t.Helper()
+	r.alive()
+	out := map[string]float64{}
+	resp, err := http.Get("http://" + r.http + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		name, v, ok := strings.Cut(sc.Text(), " ")
+		if !ok || strings.HasPrefix(name, "#") || strings.Contains(name, "{") {
+			continue
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer pc.AsyncClose()
-			for {
-				select {
-				case m := <-pc.Messages():
-					o.check(m)
-				case <-pc.Errors():
-				case <-ctx.Done():
-					return
-				}
-			}
-		}()
+		if f, err := strconv.ParseFloat(v, 64); err == nil {
+			out[name] = f
+		}
 	}
+	return out
+}
+
+// killSnapshot is the spool as a killed process left it.
+type killSnapshot struct{ last, acked uint64 }
+
+// snapshot opens the spool read-only, as `bgpedge buffer stats` does, and
+// samples the content of the last record and a few random new ones.
+func (r *killRun) snapshot(dir string, samples map[uint64]uint64) killSnapshot {
+	r.t.Helper()
+	sp, err := buffer.Open(buffer.Options{Dir: dir, ReadOnly: true})
+	if err != nil {
+		r.t.Fatalf("open the spool after kill -9: %v", err)
+	}
+	defer sp.Close()
+	st := sp.Stats()
+	if st.LastSeq > 0 {
+		seqs := []uint64{st.LastSeq}
+		for range 8 {
+			seqs = append(seqs, 1+rand.N(st.LastSeq))
+		}
+		for _, seq := range seqs {
+			recs, err := sp.Read(context.Background(), seq, 1)
+			if err != nil || len(recs) != 1 || recs[0].Seq != seq {
+				r.t.Fatalf("read seq %d of %d after kill -9: %v (%d records, first %d)", seq, st.LastSeq, err, len(recs), firstSeq(recs))
+			}
+			h := r.hash(recs[0].Key, recs[0].Payload)
+			if old, ok := samples[seq]; ok && old != h {
+				r.t.Fatalf("seq %d changed content between kills", seq)
+			}
+			samples[seq] = h
+		}
+	}
+	return killSnapshot{last: st.LastSeq, acked: st.AckedThrough}
+}
+
+func firstSeq(recs []record.Record) uint64 {
+	if len(recs) == 0 {
+		return 0
+	}
+	return recs[0].Seq
+}
+
+// hash is a fingerprint of a record's key and payload, or of a Kafka
+// message's key and value.
+func (r *killRun) hash(key, value []byte) uint64 {
+	var h maphash.Hash
+	h.SetSeed(r.seed)
+	_, _ = h.Write(key)
+	_ = h.WriteByte(0)
+	_, _ = h.Write(value)
+	return h.Sum64()
+}
+
+// buildBgpedge compiles cmd/bgpedge without the race detector (the stream
+// is the point of the test, not races inside the child; the package's own
+// tests cover those).
+func buildBgpedge(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "bgpedge")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/bgpedge")
+	cmd.Dir = testenv.RepoRoot(t)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/bgpedge: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// childEnviron is the environment without BGPEDGE_* variables, which would
+// set configuration keys of the child.
+func childEnviron() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "BGPEDGE_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+func freeLoopbackAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
