@@ -55,10 +55,14 @@ type KafkaConfig struct {
 	// MaxMessageBytes bounds a message and a partition's record batch in one
 	// produce request; keep it at or below the brokers' message.max.bytes
 	// (1048588 by default), or whole batches are rejected.
-	MaxMessageBytes int           `mapstructure:"max_message_bytes"`
-	RetryMax        int           `mapstructure:"retry_max"`
-	RetryBackoff    time.Duration `mapstructure:"retry_backoff"`
-	DialTimeout     time.Duration `mapstructure:"dial_timeout"`
+	MaxMessageBytes int `mapstructure:"max_message_bytes"`
+	// Producers is how many idempotent producers (each with its own
+	// connection) share the partitions: partition i goes to producer
+	// i mod producers, after the usual hash of the key.
+	Producers    int           `mapstructure:"producers"`
+	RetryMax     int           `mapstructure:"retry_max"`
+	RetryBackoff time.Duration `mapstructure:"retry_backoff"`
+	DialTimeout  time.Duration `mapstructure:"dial_timeout"`
 	// CreateTopics creates missing topics at connect; when false a missing
 	// topic fails the connect, naming it.
 	CreateTopics      bool      `mapstructure:"create_topics"`
@@ -160,6 +164,7 @@ func DefaultConfig() Config {
 			FlushMessages:     0,
 			FlushFrequency:    5 * time.Millisecond,
 			MaxMessageBytes:   1000000,
+			Producers:         3,
 			RetryMax:          5,
 			RetryBackoff:      200 * time.Millisecond,
 			DialTimeout:       5 * time.Second,
@@ -233,6 +238,9 @@ func (c Config) Validate() error {
 	}
 	if k.MaxMessageBytes < 1024 {
 		bad("kafka.max_message_bytes", "must be at least 1024")
+	}
+	if k.Producers < 1 || k.Producers > 16 {
+		bad("kafka.producers", "must be between 1 and 16")
 	}
 	if k.RetryMax < 1 {
 		bad("kafka.retry_max", "must be at least 1 (the idempotent producer needs retries)")

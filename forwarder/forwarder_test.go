@@ -3,6 +3,7 @@ package forwarder
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -228,6 +229,9 @@ func TestConfigValidate(t *testing.T) {
 		{"nats two auths", func(c *Config) { c.NATS.Enabled = true; c.NATS.Token = "t"; c.NATS.User = "u" }, "forwarder.nats.creds_file"},
 		{"backoff order", func(c *Config) { c.BackoffMax = time.Millisecond }, "forwarder.backoff_max"},
 		{"version", func(c *Config) { c.Kafka.Version = "x" }, "forwarder.kafka.version"},
+		{"no producers", func(c *Config) { c.Kafka.Producers = 0 }, "forwarder.kafka.producers"},
+		{"too many producers", func(c *Config) { c.Kafka.Producers = 17 }, "forwarder.kafka.producers"},
+		{"one producer", func(c *Config) { c.Kafka.Producers = 1 }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -292,6 +296,59 @@ func TestMessageID(t *testing.T) {
 		if _, _, _, err := ParseMessageID(bad); err == nil {
 			t.Errorf("ParseMessageID(%q) succeeded", bad)
 		}
+	}
+}
+
+// The arena's ids are MessageID's, and what it hands out never overlaps:
+// sinks hold messages and headers until they are acknowledged, long after
+// later ones were carved from the same chunks.
+func TestOutArena(t *testing.T) {
+	var a outArena
+	type carved struct {
+		m   *Outgoing
+		h   []Header
+		id  string
+		exp string
+	}
+	var got []carved
+	for i := range 3*arenaChunk + 7 {
+		seq, idx := uint64(i)*7919+1, i%4-1
+		m := a.msg()
+		if m.Seq != 0 || m.ID != "" || m.Key != nil || m.Value != nil || m.Headers != nil {
+			t.Fatalf("message %d not zeroed: %+v", i, *m)
+		}
+		m.Seq = seq
+		n := 1 + i%6
+		h := a.headers(n)
+		if len(h) != 0 || cap(h) != n {
+			t.Fatalf("headers(%d) = len %d cap %d", n, len(h), cap(h))
+		}
+		for j := range n {
+			h = append(h, Header{Key: "k", Value: strconv.Itoa(i*10 + j)})
+		}
+		// Appending past the requested room must not clobber a neighbour.
+		h = append(h, Header{Key: "extra", Value: strconv.Itoa(i)})
+		id := a.id("edge-1", seq, idx)
+		got = append(got, carved{m, h, id, MessageID("edge-1", seq, idx)})
+	}
+	for i, c := range got {
+		if c.id != c.exp {
+			t.Errorf("id %d = %q, want %q", i, c.id, c.exp)
+		}
+		if c.m.Seq != uint64(i)*7919+1 {
+			t.Errorf("message %d overwritten: seq %d", i, c.m.Seq)
+		}
+		for j, h := range c.h[:len(c.h)-1] {
+			if h.Value != strconv.Itoa(i*10+j) {
+				t.Errorf("header %d of message %d overwritten: %+v", j, i, h)
+			}
+		}
+		if last := c.h[len(c.h)-1]; last.Value != strconv.Itoa(i) {
+			t.Errorf("extra header of message %d overwritten: %+v", i, last)
+		}
+	}
+	if long := strings.Repeat("a", 40000); a.id(long, 1, -1) != long+":1" {
+		t.Error("id longer than a chunk")
 	}
 }
 

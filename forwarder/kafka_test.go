@@ -5,10 +5,13 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/IBM/sarama"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bgpedge/bgpedge/internal/testenv"
@@ -122,6 +125,72 @@ func TestKafkaCompression(t *testing.T) {
 				if len(m.Value) != 300 || m.Value[0] != 3 {
 					t.Fatalf("message %d bytes, first byte %d", len(m.Value), m.Value[0])
 				}
+			}
+		})
+	}
+}
+
+// With several producers each key still lands in the partition sarama's
+// default hash gives it, each partition is written by one producer, and a
+// key's records arrive in spool order: per-key order holds.
+func TestKafkaProducersKeepKeyOrder(t *testing.T) {
+	t.Parallel()
+	brokers := testenv.KafkaBrokers(t)
+	for _, producers := range []int{1, 3} {
+		t.Run(strconv.Itoa(producers), func(t *testing.T) {
+			cfg := testConfig(t, brokers)
+			cfg.Kafka.Partitions = 6
+			cfg.Kafka.Producers = producers
+			cfg.Topics.Ensure = []string{StreamBMPRaw}
+			deleteTopicsAtEnd(t, brokers, cfg, StreamBMPRaw)
+			const n = 3000
+			src := newMemSource()
+			for i := range n {
+				src.Append(bmpRecord("192.0.2."+strconv.Itoa(1+i%37), 120))
+			}
+			f, err := New(cfg, src, Raw{}, testLogger(t), prometheus.NewRegistry())
+			if err != nil {
+				t.Fatal(err)
+			}
+			stop := startForwarder(t, f)
+			testenv.Eventually(t, 60*time.Second, "every record acked", func() bool { return src.Acked() == n })
+			stop()
+
+			msgs := testenv.ConsumeAll(t, brokers, cfg.Topics.Topic(StreamBMPRaw), n, 30*time.Second)
+			hash := sarama.NewHashPartitioner("")
+			lastSeq := map[string]uint64{}
+			seen := map[uint64]bool{}
+			partitionsUsed := map[int32]bool{}
+			sort.Slice(msgs, func(i, j int) bool {
+				if msgs[i].Partition != msgs[j].Partition {
+					return msgs[i].Partition < msgs[j].Partition
+				}
+				return msgs[i].Offset < msgs[j].Offset
+			})
+			for _, m := range msgs {
+				want, err := hash.Partition(&sarama.ProducerMessage{Key: sarama.ByteEncoder(m.Key)}, cfg.Kafka.Partitions)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m.Partition != want {
+					t.Fatalf("key %s in partition %d, want %d (the default hash)", m.Key, m.Partition, want)
+				}
+				partitionsUsed[m.Partition] = true
+				_, seq, _, err := ParseMessageID(headerValue(m.Headers, HeaderID))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if seq <= lastSeq[string(m.Key)] {
+					t.Fatalf("key %s: seq %d after %d in partition %d", m.Key, seq, lastSeq[string(m.Key)], m.Partition)
+				}
+				lastSeq[string(m.Key)] = seq
+				seen[seq] = true
+			}
+			if len(seen) != n {
+				t.Errorf("%d distinct records in Kafka, want %d", len(seen), n)
+			}
+			if len(partitionsUsed) < 2 {
+				t.Errorf("only partitions %v used: the keys should spread", partitionsUsed)
 			}
 		})
 	}

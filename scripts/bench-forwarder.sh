@@ -7,6 +7,13 @@
 #
 #   scripts/bench-forwarder.sh                 # 5,000,000 records
 #   BGPEDGE_BENCH_RECORDS=1000000 scripts/bench-forwarder.sh
+#   BGPEDGE_BENCH=BenchmarkDrainKafka scripts/bench-forwarder.sh   # Kafka drain only
+#
+# The Kafka drain runs ProducerPerformance just before and just after the
+# drain and reports the forwarder's rate against their mean, with the
+# forwarder's CPU per record (robust to the load of a shared machine).
+# BGPEDGE_BENCH_PROGRESS=1 prints the drain rate every second;
+# BGPEDGE_BENCH_CPUPROFILE=file profiles the drain alone.
 #
 # Uses the broker of scripts/kafka.sh on 127.0.0.1:9092, starting it (and
 # stopping it again at the end) when it is not running.
@@ -23,8 +30,9 @@ cleanup() { if $started; then scripts/kafka.sh stop; fi; }
 trap cleanup EXIT
 export BGPEDGE_TEST_KAFKA=${BGPEDGE_TEST_KAFKA:-$(scripts/kafka.sh brokers)}
 
-cmd=(go test -run '^$' -bench 'BenchmarkDrainKafka|BenchmarkDrainBMPJSON|BenchmarkDrainJetStream|BenchmarkSpoolReadAck' -benchtime 1x -timeout 60m ./forwarder/)
+bench=${BGPEDGE_BENCH:-BenchmarkDrainKafka|BenchmarkDrainBMPJSON|BenchmarkDrainJetStream|BenchmarkSpoolReadAck}
+cmd=(go test -run '^$' -bench "$bench" -benchtime 1x -timeout 60m ./forwarder/)
 echo "\$ BGPEDGE_BENCH_RECORDS=$BGPEDGE_BENCH_RECORDS ${cmd[*]}"
-echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "before: $(uptime)"
 "${cmd[@]}" | grep -v '^time='
-echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "after: $(uptime)"
