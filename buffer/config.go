@@ -55,11 +55,6 @@ type Config struct {
 	// join a commit before syncing it. It only applies while other appenders
 	// are on their way; a lone appender is never delayed. Default 2ms.
 	MaxDelay time.Duration `mapstructure:"max_delay"`
-	// Prefill writes each new segment file to its full size in the
-	// background, ahead of the commits, so a commit's fsync flushes data
-	// only (see prefiller). Turn it off on copy-on-write file systems, where
-	// writing in place saves nothing. Default true.
-	Prefill bool `mapstructure:"prefill"`
 }
 
 // DefaultConfig returns the documented defaults.
@@ -72,7 +67,6 @@ func DefaultConfig() Config {
 		BatchRecords: 4000,
 		BatchBytes:   4 * mib,
 		MaxDelay:     2 * time.Millisecond,
-		Prefill:      true,
 	}
 }
 
@@ -127,7 +121,6 @@ func (c Config) Options(logger *slog.Logger, reg prometheus.Registerer) Options 
 		BatchRecords: c.BatchRecords,
 		BatchBytes:   c.BatchBytes,
 		MaxDelay:     delay,
-		NoPrefill:    !c.Prefill,
 		Logger:       logger,
 		Registerer:   reg,
 	}
@@ -145,10 +138,6 @@ type Options struct {
 	BatchRecords int
 	BatchBytes   int
 	MaxDelay     time.Duration
-	// NoPrefill turns off writing the active segment ahead of its data
-	// (see prefiller); for file systems where overwriting in place does
-	// not save work, such as copy-on-write ones.
-	NoPrefill bool
 	// ReadOnly opens the spool for inspection (the CLI): no writer, no
 	// deletion, no quarantine; Append and Ack fail with ErrReadOnly.
 	ReadOnly   bool

@@ -25,9 +25,7 @@
 // assigned at commit, so a failed commit (disk full: ErrFull) leaves no trace
 // and consumes no seq. The active segment is rotated once it reaches
 // SegmentBytes; a new segment is built under a temporary name and renamed
-// into place. Unless Options.NoPrefill is set, a background prefiller writes
-// the active segment file to its full size (zeros) ahead of the commits, so a
-// commit's fdatasync changes no file size or extents (prefill.go).
+// into place.
 //
 // Acknowledgements. AckThrough/Ack move an in-memory watermark; the writer
 // persists it with the next commit (or within a second) and always before it

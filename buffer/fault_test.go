@@ -66,11 +66,12 @@ func fullDiskChild(dir string) {
 				return
 			}
 		}
-		// Writes below the limit still succeed, so the limit is set above the
-		// data, not above the file: the prefiller may have written the file
-		// further ahead.
-		used := highWater(s.segs[len(s.segs)-1].db)
-		low := syscall.Rlimit{Cur: uint64(used) + 200<<10, Max: lim.Max}
+		st, err := os.Stat(s.segs[len(s.segs)-1].path)
+		if err != nil {
+			say("E stat: %v", err)
+			return
+		}
+		low := syscall.Rlimit{Cur: uint64(st.Size()) + 200<<10, Max: lim.Max}
 		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &low); err != nil {
 			say("E setrlimit: %v", err)
 			return

@@ -64,50 +64,8 @@ type segment struct {
 	end       uint64
 	path      string
 	db        *bolt.DB
-	size      int64      // bytes on disk
-	used      int64      // bbolt's high-water mark: bytes holding data
-	lastWrite time.Time  // last commit, for max_age
-	pre       *prefiller // the active segment's, when running
-}
-
-// update runs fn in a write transaction on the segment, excluding the
-// prefiller's writes, and records the new high-water mark.
-func (seg *segment) update(fn func(*bolt.Tx) error) error {
-	if seg.pre != nil {
-		seg.pre.lock()
-	}
-	err := update(seg.db, fn)
-	seg.used = highWater(seg.db)
-	if seg.pre != nil {
-		seg.pre.unlock(seg.used)
-	}
-	return err
-}
-
-// highWater is the size of the data bbolt holds in the file; the file can be
-// longer (prefilled).
-func highWater(db *bolt.DB) int64 {
-	var n int64
-	_ = db.View(func(tx *bolt.Tx) error {
-		n = tx.Size()
-		return nil
-	})
-	return n
-}
-
-func (seg *segment) pokePrefill() {
-	if seg.pre != nil {
-		seg.pre.poke()
-	}
-}
-
-// stopPrefill stops the segment's prefiller, if any; the writer calls it
-// before the segment stops being the active one or is closed.
-func (seg *segment) stopPrefill() {
-	if seg.pre != nil {
-		seg.pre.close()
-		seg.pre = nil
-	}
+	size      int64     // bytes on disk
+	lastWrite time.Time // last commit, for max_age
 }
 
 func segmentName(first uint64) string {
@@ -187,7 +145,7 @@ func openSegment(sf segFile, readOnly bool) (*segment, segmentInfo, error) {
 		_ = db.Close()
 		return nil, segmentInfo{}, fmt.Errorf("stat segment: %w", err)
 	}
-	return &segment{first: sf.first, end: info.end, path: sf.path, db: db, size: st.Size(), used: highWater(db), lastWrite: st.ModTime()}, info, nil
+	return &segment{first: sf.first, end: info.end, path: sf.path, db: db, size: st.Size(), lastWrite: st.ModTime()}, info, nil
 }
 
 func verifySegment(db *bolt.DB, first uint64) (segmentInfo, error) {
@@ -308,7 +266,7 @@ func createSegment(dir string, first, acked uint64) (*segment, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("stat segment: %w", err)
 	}
-	return &segment{first: first, end: first, path: path, db: db, size: st.Size(), used: highWater(db), lastWrite: time.Now()}, nil
+	return &segment{first: first, end: first, path: path, db: db, size: st.Size(), lastWrite: time.Now()}, nil
 }
 
 // removeTemps deletes segments whose creation was interrupted.

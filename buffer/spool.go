@@ -231,7 +231,6 @@ func (s *Spool) load() error {
 		s.bytes -= seg.size
 		s.closeAndRemove(seg)
 	}
-	s.startPrefill(s.segs[len(s.segs)-1])
 	s.advanceLocked()
 	return nil
 }
@@ -466,7 +465,7 @@ func (s *Spool) commit(batch []*appendReq) {
 	}
 	s.mu.Lock()
 	act := s.segs[len(s.segs)-1]
-	rotate := act.used >= s.opts.SegmentBytes && act.end > act.first
+	rotate := act.size >= s.opts.SegmentBytes && act.end > act.first
 	s.mu.Unlock()
 	if rotate {
 		_ = s.rotate()
@@ -480,7 +479,7 @@ func (s *Spool) write(value []byte, n int) (uint64, error) {
 	seg := s.segs[len(s.segs)-1]
 	first, acked := s.next, s.acked
 	s.mu.Unlock()
-	err := seg.update(func(tx *bolt.Tx) error {
+	err := update(seg.db, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketBlocks())
 		// Keys only ever grow: full pages waste no space.
 		b.FillPercent = 1
@@ -503,7 +502,7 @@ func (s *Spool) write(value []byte, n int) (uint64, error) {
 	if acked > s.persisted && syncErr == nil {
 		s.persisted = acked
 	}
-	var size int64
+	size := seg.size
 	if st, err := os.Stat(seg.path); err == nil {
 		size = st.Size()
 	}
@@ -511,10 +510,8 @@ func (s *Spool) write(value []byte, n int) (uint64, error) {
 	s.mu.Lock()
 	s.next = first + uint64(n)
 	seg.end = s.next
-	if size > seg.size { // the prefiller may have counted its part already
-		s.bytes += size - seg.size
-		seg.size = size
-	}
+	s.bytes += size - seg.size
+	seg.size = size
 	seg.lastWrite = now
 	close(s.dataCh)
 	s.dataCh = make(chan struct{})
@@ -593,7 +590,7 @@ func (s *Spool) persistAcked(acked uint64) {
 	s.mu.Lock()
 	seg := s.segs[len(s.segs)-1]
 	s.mu.Unlock()
-	err := seg.update(func(tx *bolt.Tx) error {
+	err := update(seg.db, func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMeta()).Put(keyAcked(), binary.BigEndian.AppendUint64(nil, acked))
 	})
 	if err == nil {
@@ -621,10 +618,8 @@ func (s *Spool) deleteAcked() {
 		s.segs = s.segs[1:]
 		s.bytes -= seg.size
 		s.spaceFreedLocked()
-		act := s.segs[len(s.segs)-1]
 		s.mu.Unlock()
 		s.closeAndRemove(seg)
-		act.pokePrefill()
 	}
 }
 
@@ -660,7 +655,6 @@ func (s *Spool) enforce(reason string, cond func(oldest *segment) bool) {
 		}
 		s.advanceLocked()
 		s.spaceFreedLocked()
-		act := s.segs[len(s.segs)-1]
 		s.mu.Unlock()
 		if lost > 0 {
 			s.m.dropped.WithLabelValues(reason).Add(float64(lost))
@@ -668,7 +662,6 @@ func (s *Spool) enforce(reason string, cond func(oldest *segment) bool) {
 				"first_seq", lo, "last_seq", seg.end-1, "records", lost, "segment", filepath.Base(seg.path))
 		}
 		s.closeAndRemove(seg)
-		act.pokePrefill()
 	}
 }
 
@@ -686,48 +679,11 @@ func (s *Spool) rotate() error {
 		return err
 	}
 	s.persisted = max(s.persisted, acked)
-	act.stopPrefill()
 	s.mu.Lock()
 	s.segs = append(s.segs, seg)
 	s.bytes += seg.size
 	s.mu.Unlock()
-	s.startPrefill(seg)
 	return nil
-}
-
-// startPrefill starts prefilling the (new) active segment, unless disabled.
-func (s *Spool) startPrefill(seg *segment) {
-	if s.opts.NoPrefill || s.opts.ReadOnly {
-		return
-	}
-	grew := func(n int64) {
-		s.mu.Lock()
-		seg.size += n
-		s.bytes += n
-		s.mu.Unlock()
-	}
-	failed := func(err error) {
-		s.log.Warn("spool stopped prefilling its active segment; commits grow the file themselves",
-			"segment", filepath.Base(seg.path), "err", err)
-	}
-	p, err := startPrefill(seg.path, seg.used, s.opts.SegmentBytes, s.mayPrefill, grew, failed)
-	if err != nil {
-		failed(err)
-		return
-	}
-	seg.pre = p
-}
-
-// mayPrefill keeps disk use within the backlog plus one segment, and within
-// max_bytes with room for a batch: the active segment is prefilled only while
-// no older segment holds acknowledged records still on disk.
-func (s *Spool) mayPrefill(n int64) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed || (len(s.segs) > 1 && s.segs[0].first <= s.acked) {
-		return false
-	}
-	return s.opts.MaxBytes == 0 || s.bytes+n+int64(s.opts.BatchBytes) <= s.opts.MaxBytes
 }
 
 func (s *Spool) closeAndRemove(seg *segment) {
@@ -736,7 +692,6 @@ func (s *Spool) closeAndRemove(seg *segment) {
 		s.cache = blockCache{}
 	}
 	s.cacheMu.Unlock()
-	seg.stopPrefill()
 	// Close waits for read transactions still running on the file.
 	_ = seg.db.Close()
 	if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -1115,7 +1070,6 @@ func (s *Spool) closeFiles() error {
 	segs := s.segs
 	s.mu.Unlock()
 	for _, seg := range segs {
-		seg.stopPrefill()
 		if err := seg.db.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close %s: %w", filepath.Base(seg.path), err))
 		}
