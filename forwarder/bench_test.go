@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bgpedge/bgpedge/buffer"
+	"github.com/bgpedge/bgpedge/internal/gctune"
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/bgpedge/bgpedge/record"
 )
@@ -193,6 +195,7 @@ func createTopic(b *testing.B, brokers []string, topic string, partitions int32)
 // machine is shared, so the reference brackets the measurement. Run once:
 // -benchtime=1x. BGPEDGE_BENCH_NO_REF=1 skips the reference (tuning runs).
 func BenchmarkDrainKafka(b *testing.B) {
+	gcAsAgent(b)
 	brokers := testenv.KafkaBrokers(b)
 	n, size := benchRecords(b), 200
 	sp := fillSpool(b, n, size)
@@ -244,6 +247,7 @@ func BenchmarkDrainKafka(b *testing.B) {
 // BenchmarkDrainJetStream drains spooled ~200 B records to an embedded
 // JetStream server (Kafka unreachable, failover after 1 ms).
 func BenchmarkDrainJetStream(b *testing.B) {
+	gcAsAgent(b)
 	n, size := benchRecords(b)/5, 200
 	sp := fillSpool(b, n, size)
 	ns := testenv.StartNATS(b)
@@ -268,6 +272,7 @@ func BenchmarkDrainJetStream(b *testing.B) {
 // encoder (raw message plus one JSON event per route) and reports route
 // events per second delivered to Kafka.
 func BenchmarkDrainBMPJSON(b *testing.B) {
+	gcAsAgent(b)
 	brokers := testenv.KafkaBrokers(b)
 	msgs, err := loadCapture(testenv.Shared(b, "bmpdata", "raw", "gobgp-3.10-all-dump-100k.bmp.gz"))
 	if err != nil {
@@ -370,4 +375,17 @@ func benchKafkaOverrides(b *testing.B, cfg *Config) {
 		cfg.Kafka.FlushBytes = n
 	}
 	b.Logf("flush_frequency %v flush_bytes %d max_message_bytes %d producers %d", cfg.Kafka.FlushFrequency, cfg.Kafka.FlushBytes, cfg.Kafka.MaxMessageBytes, cfg.Kafka.Producers)
+}
+
+// gcAsAgent gives the benchmark the garbage-collector settings the bgpedge
+// binary runs with (internal/gctune), for the benchmark's duration.
+func gcAsAgent(b *testing.B) {
+	percent, limit := debug.SetGCPercent(-1), debug.SetMemoryLimit(-1)
+	debug.SetGCPercent(percent)
+	gc := gctune.Apply(os.Getenv)
+	b.Logf("GC percent %d, soft memory limit %d MiB", gc.Percent, gc.MemoryLimit>>20)
+	b.Cleanup(func() {
+		debug.SetGCPercent(percent)
+		debug.SetMemoryLimit(limit)
+	})
 }

@@ -31,6 +31,7 @@ import (
 
 	"github.com/bgpedge/bgpedge/bmp"
 	"github.com/bgpedge/bgpedge/buffer"
+	"github.com/bgpedge/bgpedge/internal/gctune"
 	"github.com/bgpedge/bgpedge/record"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -43,6 +44,7 @@ func main() {
 	var err error
 	switch os.Args[1] {
 	case "station":
+		gctune.Apply(os.Getenv) // the garbage-collector settings of the bgpedge binary
 		err = station(os.Args[2:])
 	case "sink":
 		err = sink(os.Args[2:])
