@@ -20,29 +20,8 @@ import (
 // metadata and a scratch-root install, and the unit's verify and security
 // score. It installs a package on the host, so it needs root.
 func TestPackages(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds four packages and installs one: not in -short")
-	}
-	if os.Geteuid() != 0 {
-		testenv.Missing(t, "root", "run the package test as root (it installs the .deb with dpkg and purges it)")
-	}
-	for _, bin := range []struct{ name, pkg string }{{"dpkg", "dpkg"}, {"rpm", "rpm"}, {"systemd-analyze", "systemd"}} {
-		testenv.Binary(t, bin.name, bin.pkg)
-	}
-	root := testenv.RepoRoot(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(root, "scripts", "package-test.sh"))
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "GOFLAGS=") // the script builds release binaries, not test ones
-	out, err := cmd.CombinedOutput()
-	t.Logf("%s", out)
-	if err != nil {
-		t.Fatalf("scripts/package-test.sh: %v", err)
-	}
-	if !strings.Contains(string(out), "package-test: OK") {
-		t.Fatal("package test did not report OK")
-	}
+	runPackageScript(t, "package-test.sh", "it installs the .deb with dpkg and purges it",
+		[][2]string{{"dpkg", "dpkg"}, {"rpm", "rpm"}, {"systemd-analyze", "systemd"}})
 }
 
 // TestPackageUnderSystemd installs the .deb into a Debian bookworm booted
@@ -54,36 +33,41 @@ func TestPackages(t *testing.T) {
 // once (a minute or two) and cached in $BGPEDGE_CACHE; later runs take
 // seconds.
 func TestPackageUnderSystemd(t *testing.T) {
+	runPackageScript(t, "nspawn-test.sh", "it mounts an overlay and boots a container",
+		[][2]string{{"systemd-nspawn", "systemd-container"}, {"debootstrap", "debootstrap"}, {"nsenter", "util-linux"}, {"dpkg-deb", "dpkg"}})
+}
+
+// runPackageScript runs scripts/<script> as root and expects its last word
+// to be "<script name>: OK". needs lists the binaries (and their Debian
+// packages) the script uses.
+func runPackageScript(t *testing.T, script, whyRoot string, needs [][2]string) {
 	if testing.Short() {
-		t.Skip("builds a package and boots a container: not in -short")
+		t.Skip("builds packages and installs them: not in -short")
 	}
 	if os.Geteuid() != 0 {
-		testenv.Missing(t, "root", "run the systemd package test as root (it mounts an overlay and boots a container)")
+		testenv.Missing(t, "root", "run "+script+" as root ("+whyRoot+")")
 	}
-	for _, bin := range []struct{ name, pkg string }{
-		{"systemd-nspawn", "systemd-container"}, {"debootstrap", "debootstrap"},
-		{"nsenter", "util-linux"}, {"dpkg-deb", "dpkg"},
-	} {
-		testenv.Binary(t, bin.name, bin.pkg)
+	for _, n := range needs {
+		testenv.Binary(t, n[0], n[1])
 	}
 	root := testenv.RepoRoot(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(root, "scripts", "nspawn-test.sh"))
+	cmd := exec.CommandContext(ctx, filepath.Join(root, "scripts", script))
 	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "GOFLAGS=") // the script builds a release binary, not a test one
-	// SIGTERM, not SIGKILL: the script's trap powers the container off and
-	// unmounts its root.
+	cmd.Env = append(os.Environ(), "GOFLAGS=") // the scripts build release binaries, not test ones
+	// SIGTERM, not SIGKILL: the scripts' traps purge the package or power the
+	// container off and unmount its root.
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = time.Minute
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
 	t.Logf("%s", out)
 	if err != nil {
-		t.Fatalf("scripts/nspawn-test.sh: %v", err)
+		t.Fatalf("scripts/%s: %v", script, err)
 	}
-	if !strings.Contains(string(out), "nspawn-test: OK") {
-		t.Fatal("systemd package test did not report OK")
+	if marker := strings.TrimSuffix(script, ".sh") + ": OK"; !strings.Contains(string(out), marker) {
+		t.Fatalf("scripts/%s did not report %q", script, marker)
 	}
 	t.Logf("took %s", time.Since(start).Round(time.Millisecond))
 }
