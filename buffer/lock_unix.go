@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 )
 
 // lockDir takes an flock on dir/LOCK: exclusive for the agent, shared for
@@ -29,12 +30,27 @@ func lockDir(dir string, shared bool) (*os.File, error) {
 	if shared {
 		how = syscall.LOCK_SH
 	}
-	if err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB); err != nil {
-		_ = f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
+	// A lock just released can stay held for a moment: a process forking
+	// a child (any exec from a Go program) shares the lock's open file
+	// until the child's exec closes it. A holder that stays is another
+	// process using the spool.
+	deadline := time.Now().Add(lockWait)
+	for {
+		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			_ = f.Close()
+			return nil, fmt.Errorf("lock %s: %w", dir, err)
+		}
+		if time.Now().After(deadline) {
+			_ = f.Close()
 			return nil, fmt.Errorf("%s: %w", dir, ErrInUse)
 		}
-		return nil, fmt.Errorf("lock %s: %w", dir, err)
+		time.Sleep(lockWait / 50)
 	}
-	return f, nil
 }
+
+// lockWait is how long lockDir retries a held lock before ErrInUse.
+const lockWait = 500 * time.Millisecond
