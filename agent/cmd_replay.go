@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/bgpedge/bgpedge/bmp"
@@ -126,8 +127,7 @@ func replayReconnecting(ctx context.Context, opts bmp.ReplayOptions, reconnect t
 		if ctx.Err() != nil {
 			return total, nil // interrupted: the way a reconnecting replay ends early
 		}
-		var op *net.OpError
-		if !errors.As(err, &op) {
+		if !stationGone(err) {
 			return total, err
 		}
 		if !refused || stats.Sessions > 0 {
@@ -165,4 +165,16 @@ func drawProgress(w io.Writer, sent, total uint64) {
 	}
 	n := int(frac * width)
 	fmt.Fprintf(w, "\r[%s%s] %3.0f%% %d/%d messages", strings.Repeat("=", n), strings.Repeat(" ", width-n), frac*100, sent, total)
+}
+
+// stationGone reports whether err is the station refusing, resetting or
+// closing the connection: what a reconnect can cure. A local address that
+// cannot be bound or a name that does not resolve is not.
+func stationGone(err error) bool {
+	for _, e := range []error{syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.ECONNABORTED, syscall.EPIPE, io.EOF, io.ErrUnexpectedEOF} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }

@@ -81,9 +81,9 @@ func TestReplayReconnectsToRestartedStation(t *testing.T) {
 	defer cancel()
 	var out, errOut lockedBuffer
 	done := make(chan int, 1)
-	// About one second per complete session: slow enough to stop the
-	// station in the middle of the first one.
-	rate := strconv.Itoa(len(want))
+	// About five seconds per complete session: slow enough to stop the
+	// station in the middle of the first one, even on a loaded machine.
+	rate := strconv.Itoa(len(want) / 5)
 	go func() {
 		done <- Main(ctx, []string{"replay", "--file", capture, "--to", addr, "--loop", strconv.Itoa(loops),
 			"--rate", rate, "--reconnect", "20ms", "--drain", "20s"}, strings.NewReader(""), &out, &errOut)

@@ -15,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+
+	"github.com/bgpedge/bgpedge/internal/gctune"
 )
 
 func newRunCommand() *cobra.Command {
@@ -158,7 +160,9 @@ func runAgent(ctx context.Context, cfg Config, src *configSource, stderr io.Writ
 	defer signal.Stop(hup)
 	runDone := make(chan error, 1)
 	go func() { runDone <- a.Run(ctx) }()
-	logger.Info("bgpedge starting", "version", Version, "commit", Commit, "config", src.opts.File, "agent_id", cfg.Agent.ID)
+	gc := gctune.Current(os.Getenv)
+	logger.Info("bgpedge starting", "version", Version, "commit", Commit, "config", src.opts.File, "agent_id", cfg.Agent.ID,
+		"gogc", gc.Percent, "memory_limit_bytes", gc.MemoryLimit, "gc_from_env", gc.FromEnv)
 	for {
 		select {
 		case err := <-runDone:

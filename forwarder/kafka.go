@@ -11,6 +11,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/IBM/sarama"
@@ -28,8 +29,11 @@ type KafkaSink struct {
 	lanes   []lane          // one idempotent producer each; nil while disconnected
 	drained *sync.WaitGroup // per connection: a timed-out Close may still be waiting on the last one
 	known   map[string]bool // topics checked to exist
-	// streamTopics caches stream → topic for Write (one goroutine at a time).
+	// streamTopics caches stream → topic for Write (one goroutine at a time),
+	// forgotten every routeTTL so partitions added to a topic are used, as
+	// sarama's own partitioner would after its metadata refresh.
 	streamTopics map[string]route
+	routesAt     time.Time
 	// partitioner picks the partition of a message when there are several
 	// lanes: sarama's default hash of the key, so keys land where a single
 	// producer would put them.
@@ -116,6 +120,11 @@ func (k *KafkaSink) Connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if k.cfg.Producers > 1 {
+		// Write picks the partition (the default hash of the key) and with
+		// it the lane. Set before any client is built from sc.
+		sc.Producer.Partitioner = sarama.NewManualPartitioner
+	}
 	client, err := newClient(ctx, k.cfg.Brokers, sc)
 	if err != nil {
 		return err
@@ -155,11 +164,6 @@ type lane struct {
 // openLanes starts forwarder.kafka.producers producers, the first on client.
 func (k *KafkaSink) openLanes(ctx context.Context, client sarama.Client, sc *sarama.Config) ([]lane, error) {
 	n := max(k.cfg.Producers, 1)
-	if n > 1 {
-		// Write picks the partition (the default hash of the key) and with
-		// it the lane.
-		sc.Producer.Partitioner = sarama.NewManualPartitioner
-	}
 	var lanes []lane
 	fail := func(err error) ([]lane, error) {
 		for _, l := range lanes {
@@ -330,6 +334,9 @@ func (k *KafkaSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc) e
 	return nil
 }
 
+// routeTTL bounds how long a learnt partition count is used.
+const routeTTL = time.Minute
+
 // route is where a stream's messages go.
 type route struct {
 	topic      string
@@ -339,8 +346,11 @@ type route struct {
 // topicOf maps a stream to its topic, checking (or creating) the topic the
 // first time; the names are cached, as building them allocates. With
 // several lanes it also learns the partition count, which the key is hashed
-// over; it is read again at the next connect.
+// over, from the client's metadata; it is read again after routeTTL.
 func (k *KafkaSink) topicOf(stream string) (route, error) {
+	if time.Since(k.routesAt) > routeTTL {
+		k.streamTopics, k.routesAt = nil, time.Now()
+	}
 	if r, ok := k.streamTopics[stream]; ok {
 		return r, nil
 	}
@@ -357,7 +367,10 @@ func (k *KafkaSink) topicOf(stream string) (route, error) {
 				parts, err = k.client.Partitions(r.topic)
 			}
 		}
-		if err != nil || len(parts) == 0 {
+		if err == nil && len(parts) == 0 {
+			err = errors.New("no partitions")
+		}
+		if err != nil {
 			return route{}, fmt.Errorf("kafka partitions of %s: %w: %w", r.topic, ErrUnavailable, err)
 		}
 		r.partitions = int32(len(parts))

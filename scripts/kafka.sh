@@ -352,6 +352,9 @@ start() {
 	done
 	local p
 	if p=$(pid); then
+		if is_secure && [[ ! -f $secure_env ]]; then
+			die "already running (pid $p) on $host:$port without secured listeners; stop it first"
+		fi
 		log "already running (pid $p) on $host:$port"
 		return 0
 	fi
@@ -472,6 +475,8 @@ stop_pid() {
 # so the zombie state alone does not mean the ports are free.
 gone() {
 	local p=$1 deadline=$((SECONDS + 30))
+	# The ports to wait for are those the broker was started with.
+	[[ -f $secure_env ]] && secure=1
 	while ((SECONDS < deadline)); do
 		if ! kill -0 "$p" 2>/dev/null || [[ $(awk '{print $3}' "/proc/$p/stat" 2>/dev/null) == Z ]]; then
 			if ! any_port_open; then

@@ -19,26 +19,31 @@ const (
 	MemoryLimit = 512 << 20
 )
 
-// Settings reports what Apply chose, for the start-up log line.
+// Settings reports the settings in effect, for the start-up log line.
 type Settings struct {
 	Percent     int   // the GC percent in effect (-1: off)
 	MemoryLimit int64 // the soft memory limit in effect, bytes
 	FromEnv     bool  // GOGC or GOMEMLIMIT came from the environment
 }
 
+// Current reads the settings in effect without changing them.
+func Current(getenv func(string) string) Settings {
+	s := Settings{FromEnv: getenv("GOGC") != "" || getenv("GOMEMLIMIT") != ""}
+	// Reading a setting means setting it; put the value straight back.
+	s.Percent = debug.SetGCPercent(-1)
+	debug.SetGCPercent(s.Percent)
+	s.MemoryLimit = debug.SetMemoryLimit(-1)
+	return s
+}
+
 // Apply sets GOGC and GOMEMLIMIT to the defaults above where getenv
 // reports them unset, and returns the settings in effect.
 func Apply(getenv func(string) string) Settings {
-	s := Settings{FromEnv: getenv("GOGC") != "" || getenv("GOMEMLIMIT") != ""}
 	if getenv("GOGC") == "" {
 		debug.SetGCPercent(Percent)
 	}
 	if getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(MemoryLimit)
 	}
-	// Reading a setting means setting it; put each value straight back.
-	s.Percent = debug.SetGCPercent(-1)
-	debug.SetGCPercent(s.Percent)
-	s.MemoryLimit = debug.SetMemoryLimit(-1)
-	return s
+	return Current(getenv)
 }
