@@ -176,6 +176,18 @@ func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
+// runFakeAgent builds an agent from cfg over fake parts and runs it until
+// the test ends; level follows the log level the agent applies.
+func runFakeAgent(t *testing.T, cfg Config) (a *Agent, parts *fakeParts, level *slog.LevelVar, stop func() error) {
+	t.Helper()
+	parts, level = &fakeParts{}, new(slog.LevelVar)
+	a, err := New(Options{Config: cfg, Logger: testLogger(t), Level: level, Builders: parts.builders()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a, parts, level, startAgent(t, a)
+}
+
 // startAgent runs a until the test ends and waits until it is ready.
 func startAgent(t *testing.T, a *Agent) (stop func() error) {
 	t.Helper()
@@ -215,15 +227,9 @@ func readyz(t *testing.T, addr string) (int, Status) {
 }
 
 func TestApplyUnrelatedChangeKeepsListener(t *testing.T) {
-	parts := &fakeParts{}
 	cfg := testConfig(t)
 	cfg.Forwarder.Enabled = true
-	level := new(slog.LevelVar)
-	a, err := New(Options{Config: cfg, Logger: testLogger(t), Level: level, Builders: parts.builders()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := startAgent(t, a)
+	a, parts, level, stop := runFakeAgent(t, cfg)
 
 	next := a.Config()
 	next.Log.Level = "debug"
@@ -254,12 +260,7 @@ func TestApplyUnrelatedChangeKeepsListener(t *testing.T) {
 }
 
 func TestApplyNewListenAddressBuildsBeforeStopping(t *testing.T) {
-	parts := &fakeParts{}
-	a, err := New(Options{Config: testConfig(t), Logger: testLogger(t), Builders: parts.builders()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	startAgent(t, a)
+	a, parts, _, _ := runFakeAgent(t, testConfig(t))
 	old := parts.station(0)
 
 	// A busy address: the new listener cannot bind; the old one must survive.
@@ -297,12 +298,7 @@ func TestApplyNewListenAddressBuildsBeforeStopping(t *testing.T) {
 }
 
 func TestApplyRejectsRestartOnlyChanges(t *testing.T) {
-	parts := &fakeParts{}
-	a, err := New(Options{Config: testConfig(t), Logger: testLogger(t), Builders: parts.builders()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	startAgent(t, a)
+	a, parts, _, _ := runFakeAgent(t, testConfig(t))
 	next := a.Config()
 	next.Buffer.Dir = t.TempDir()
 	if err := a.Apply(t.Context(), next); !errors.Is(err, ErrRestartRequired) {
@@ -319,14 +315,9 @@ func TestApplyRejectsRestartOnlyChanges(t *testing.T) {
 }
 
 func TestApplyForwarderFailureKeepsOld(t *testing.T) {
-	parts := &fakeParts{}
 	cfg := testConfig(t)
 	cfg.Forwarder.Enabled = true
-	a, err := New(Options{Config: cfg, Logger: testLogger(t), Builders: parts.builders()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	startAgent(t, a)
+	a, parts, _, _ := runFakeAgent(t, cfg)
 	running := func() int32 {
 		parts.mu.Lock()
 		defer parts.mu.Unlock()

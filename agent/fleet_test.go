@@ -88,13 +88,7 @@ func TestFleetApplyKeepOldAndLastGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	parts := &fakeParts{}
-	level := new(slog.LevelVar)
-	a, err := New(Options{Config: cfg, Logger: testLogger(t), Level: level, Builders: parts.builders()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	startAgent(t, a)
+	a, _, level, _ := runFakeAgent(t, cfg)
 	w := &fleetWatcher{cfg: cfg.Fleet, agentID: "edge-1", src: src, store: lastGood{dir: stateDir}, apply: a.Apply, log: testLogger(t)}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
@@ -278,13 +272,7 @@ func TestFleetHTTPPollWithETag(t *testing.T) {
 	if err := os.WriteFile(local, out, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	parts := &fakeParts{}
-	level := new(slog.LevelVar)
-	a, err := New(Options{Config: cfg, Logger: testLogger(t), Level: level, Builders: parts.builders()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	startAgent(t, a)
+	a, _, level, _ := runFakeAgent(t, cfg)
 	fc := FleetConfig{Enabled: true, HTTPURL: srv.URL, Group: "pop-b", PollInterval: 20 * time.Millisecond}
 	w := &fleetWatcher{cfg: fc, agentID: "edge-9", src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
 		store: lastGood{dir: cfg.Agent.StateDir}, apply: a.Apply, log: testLogger(t)}
