@@ -13,6 +13,7 @@
 #   status                exit 0 and print the pid when running, exit 3 when not
 #   wait                  wait until a started broker serves metadata
 #   brokers               print the bootstrap address (for BGPEDGE_TEST_KAFKA)
+#   cluster-id [N]        print N [1] fresh KRaft cluster ids, as start uses
 #   classpath             print the java classpath (broker and kafka-tools)
 #   perf ARGS…            run Kafka's ProducerPerformance against nothing in
 #                         particular: pass --topic, --num-records, --record-size,
@@ -390,9 +391,8 @@ start() {
 	mkdir -p "$logs"
 	write_config
 	if [[ $keep == false ]]; then
-		# A random base64url cluster id, as `kafka-storage.sh random-uuid` makes.
 		local id
-		id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+		id=$(cluster_id)
 		# C1 only: a one-shot tool starts faster without the optimising compiler.
 		local scram=()
 		if is_secure; then
@@ -513,6 +513,17 @@ killnow() {
 	log "killed (pid $p)"
 }
 
+# A random base64url cluster id, as `kafka-storage.sh random-uuid` makes.
+# Like Kafka's own generator, never one that starts with "-": the storage
+# tool's argument parser would take it for an option (1 format in 64).
+cluster_id() {
+	local id=-
+	while [[ $id == -* ]]; do
+		id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+	done
+	echo "$id"
+}
+
 cmd=${1:-}
 [[ $# -gt 0 ]] && shift
 case $cmd in
@@ -537,6 +548,9 @@ wait)
 	ready "$p"
 	;;
 brokers) echo "$host:$port" ;;
+cluster-id)
+	for ((i = 0; i < ${1:-1}; i++)); do cluster_id; done
+	;;
 classpath | perf-classpath)
 	fetch
 	classpath
