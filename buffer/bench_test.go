@@ -8,13 +8,16 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/bgpedge/bgpedge/internal/gctune"
 	"github.com/bgpedge/bgpedge/record"
 )
 
@@ -27,9 +30,9 @@ import (
 //	appenders=64: 64 callers appending 16 records per call, group-committed;
 //	              the plain file syncs every 1024 records (64 x 16), the most
 //	              the spool can coalesce from them.
-var benchCases = []struct {
-	size, appenders, perCall int
-}{
+type benchCase struct{ size, appenders, perCall int }
+
+var benchCases = []benchCase{
 	{200, 1, 1000}, {200, 64, 16}, {1024, 1, 1000}, {1024, 64, 16},
 }
 
@@ -46,79 +49,220 @@ func benchRecords(size, n int) []record.Record {
 // BenchmarkAppend measures the spool and the plain file in alternating
 // rounds of the same size, so both see the same disk and the same load from
 // whatever else runs on the machine; the ratio is what to read.
+//
+//	drain=none:   nothing is acknowledged; every commit appends to the file
+//	              (a spool filling while Kafka is down).
+//	drain=reader: a reader reads and acknowledges everything as it arrives,
+//	              as the forwarder does while Kafka keeps up; commits reuse
+//	              the pages of acknowledged blocks.
 func BenchmarkAppend(b *testing.B) {
+	binaryGC(b)
 	for _, bc := range benchCases {
-		b.Run(fmt.Sprintf("size=%d/appenders=%d", bc.size, bc.appenders), func(b *testing.B) {
-			reg := prometheus.NewRegistry()
-			s, err := Open(Options{Dir: b.TempDir(), Registerer: reg})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer s.Close()
-			f, err := os.OpenFile(filepath.Join(b.TempDir(), "plain"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer f.Close()
-			recs := benchRecords(bc.size, bc.perCall)
-			plainBatch := bc.perCall * bc.appenders
-			plainBuf, err := appendChunk(nil, benchRecords(bc.size, plainBatch))
-			if err != nil {
-				b.Fatal(err)
-			}
-			const rounds = 10
-			callsPerRound := max(1, b.N/rounds/bc.perCall)
-			writesPerRound := max(1, callsPerRound*bc.perCall/plainBatch)
-			var spoolTime, plainTime time.Duration
-			var spoolRecs, plainRecs int
-			b.SetBytes(int64(bc.size))
-			b.ResetTimer()
-			for round := 0; round < rounds; round++ {
-				start := time.Now()
-				work := make(chan struct{}, callsPerRound)
-				for i := 0; i < callsPerRound; i++ {
-					work <- struct{}{}
-				}
-				close(work)
-				var wg sync.WaitGroup
-				for a := 0; a < bc.appenders; a++ {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						for range work {
-							if _, err := s.Append(context.Background(), recs...); err != nil {
-								b.Error(err)
-								return
-							}
-						}
-					}()
-				}
-				wg.Wait()
-				spoolTime += time.Since(start)
-				spoolRecs += callsPerRound * bc.perCall
+		for _, drain := range []string{"none", "ack", "reader"} {
+			b.Run(fmt.Sprintf("size=%d/appenders=%d/drain=%s", bc.size, bc.appenders, drain), func(b *testing.B) { benchAppend(b, bc, drain) })
+		}
+	}
+}
 
-				start = time.Now()
-				for i := 0; i < writesPerRound; i++ {
-					if _, err := f.Write(plainBuf); err != nil {
-						b.Fatal(err)
-					}
-					if err := syscall.Fdatasync(int(f.Fd())); err != nil {
-						b.Fatal(err)
-					}
+func benchAppend(b *testing.B, bc benchCase, drain string) {
+	reg := prometheus.NewRegistry()
+	s, err := Open(Options{Dir: b.TempDir(), Registerer: reg})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	if drain == "reader" {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		defer func() { cancel(); <-done }()
+		go func() {
+			defer close(done)
+			for from := uint64(1); ; {
+				recs, err := s.Read(ctx, from, 4096)
+				if err != nil || len(recs) == 0 {
+					return
 				}
-				plainTime += time.Since(start)
-				plainRecs += writesPerRound * plainBatch
+				from = recs[len(recs)-1].Seq + 1
+				if err := s.AckThrough(from - 1); err != nil {
+					return
+				}
 			}
-			b.StopTimer()
-			sp := float64(spoolRecs) / spoolTime.Seconds()
-			pl := float64(plainRecs) / plainTime.Seconds()
-			b.ReportMetric(sp, "rec/s")
-			b.ReportMetric(pl, "plain-rec/s")
-			b.ReportMetric(sp/pl, "ratio")
-			commits := sampleCount(reg, "bgpedge_buffer_commit_batch_records")
-			b.ReportMetric(float64(spoolRecs)/float64(max(commits, 1)), "rec/commit")
+		}()
+	}
+	f, err := os.OpenFile(filepath.Join(b.TempDir(), "plain"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	recs := benchRecords(bc.size, bc.perCall)
+	plainBatch := bc.perCall * bc.appenders
+	plainBuf, err := appendChunk(nil, benchRecords(bc.size, plainBatch))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var grouped *plainGroup
+	if bc.appenders > 1 {
+		grouped = newPlainGroup(b, plainBatch)
+		defer grouped.close()
+	}
+	const rounds = 10
+	callsPerRound := max(1, b.N/rounds/bc.perCall)
+	writesPerRound := max(1, callsPerRound*bc.perCall/plainBatch)
+	var spoolTime, plainTime, groupedTime time.Duration
+	var spoolRecs, plainRecs int
+	chunk, err := appendChunk(nil, recs)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(bc.size))
+	b.ResetTimer()
+	for round := 0; round < rounds; round++ {
+		spoolTime += runAppenders(b, bc.appenders, callsPerRound, func() error {
+			first, err := s.Append(context.Background(), recs...)
+			if err == nil && drain == "ack" {
+				err = s.AckThrough(first + uint64(len(recs)) - 1)
+			}
+			return err
+		})
+		spoolRecs += callsPerRound * bc.perCall
+
+		start := time.Now()
+		for i := 0; i < writesPerRound; i++ {
+			if _, err := f.Write(plainBuf); err != nil {
+				b.Fatal(err)
+			}
+			if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+				b.Fatal(err)
+			}
+		}
+		plainTime += time.Since(start)
+		plainRecs += writesPerRound * plainBatch
+
+		if grouped != nil {
+			groupedTime += runAppenders(b, bc.appenders, callsPerRound, func() error {
+				return grouped.append(chunk, len(recs))
+			})
+		}
+	}
+	b.StopTimer()
+	sp := float64(spoolRecs) / spoolTime.Seconds()
+	pl := float64(plainRecs) / plainTime.Seconds()
+	b.ReportMetric(sp, "rec/s")
+	b.ReportMetric(pl, "plain-rec/s")
+	b.ReportMetric(sp/pl, "ratio")
+	if grouped != nil {
+		gr := float64(spoolRecs) / groupedTime.Seconds()
+		b.ReportMetric(gr, "grouped-rec/s")
+		b.ReportMetric(sp/gr, "grouped-ratio")
+	}
+	commits := sampleCount(reg, "bgpedge_buffer_commit_batch_records")
+	b.ReportMetric(float64(spoolRecs)/float64(max(commits, 1)), "rec/commit")
+	b.ReportMetric(float64(s.Stats().Bytes)/(1<<20), "spool-MiB")
+}
+
+// runAppenders makes calls calls of fn from n goroutines and returns the
+// elapsed time.
+func runAppenders(b *testing.B, n, calls int, fn func() error) time.Duration {
+	start := time.Now()
+	work := make(chan struct{}, calls)
+	for i := 0; i < calls; i++ {
+		work <- struct{}{}
+	}
+	close(work)
+	var wg sync.WaitGroup
+	for a := 0; a < n; a++ {
+		wg.Go(func() {
+			for range work {
+				if err := fn(); err != nil {
+					b.Error(err)
+					return
+				}
+			}
 		})
 	}
+	wg.Wait()
+	return time.Since(start)
+}
+
+// plainGroup is the second reference for concurrent appenders: the same
+// appenders and the same group commit as the spool (a single writer takes
+// queued chunks up to the batch, waiting at most 2 ms and only while other
+// appenders are on their way, then writes them and fdatasyncs once), into a
+// plain file. The spool's ratio to it is the cost of bbolt and segments
+// alone; coordinating 64 goroutines costs both sides the same.
+type plainGroup struct {
+	reqs     chan plainReq
+	inflight atomic.Int64
+	done     chan struct{}
+}
+
+type plainReq struct {
+	chunk []byte
+	n     int
+	res   chan error
+}
+
+func newPlainGroup(b *testing.B, batch int) *plainGroup {
+	f, err := os.OpenFile(filepath.Join(b.TempDir(), "grouped"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		b.Fatal(err)
+	}
+	g := &plainGroup{reqs: make(chan plainReq, 1024), done: make(chan struct{})}
+	go func() {
+		defer close(g.done)
+		defer f.Close()
+		var buf []byte
+		var waiting []chan error
+		for r := range g.reqs {
+			buf, waiting = append(buf[:0], r.chunk...), append(waiting[:0], r.res)
+			deadline := time.After(2 * time.Millisecond)
+		gather:
+			for n := r.n; n < batch && g.inflight.Load() > int64(len(waiting)); {
+				select {
+				case r, ok := <-g.reqs:
+					if !ok {
+						break gather
+					}
+					buf, waiting, n = append(buf, r.chunk...), append(waiting, r.res), n+r.n
+				case <-deadline:
+					break gather
+				}
+			}
+			_, err := f.Write(buf)
+			if err == nil {
+				err = syscall.Fdatasync(int(f.Fd()))
+			}
+			for _, w := range waiting {
+				w <- err
+			}
+		}
+	}()
+	return g
+}
+
+func (g *plainGroup) append(chunk []byte, n int) error {
+	g.inflight.Add(1)
+	defer g.inflight.Add(-1)
+	res := make(chan error, 1)
+	g.reqs <- plainReq{chunk: chunk, n: n, res: res}
+	return <-res
+}
+
+func (g *plainGroup) close() {
+	close(g.reqs)
+	<-g.done
+}
+
+// binaryGC runs a benchmark with the garbage-collector settings of the
+// bgpedge binary (internal/gctune), not the test binary's defaults.
+func binaryGC(b *testing.B) {
+	percent, limit := debug.SetGCPercent(-1), debug.SetMemoryLimit(-1)
+	debug.SetGCPercent(percent)
+	gctune.Apply(os.Getenv)
+	b.Cleanup(func() {
+		debug.SetGCPercent(percent)
+		debug.SetMemoryLimit(limit)
+	})
 }
 
 func sampleCount(reg *prometheus.Registry, name string) uint64 {
@@ -134,6 +278,7 @@ func sampleCount(reg *prometheus.Registry, name string) uint64 {
 // BenchmarkReadAck drains a pre-filled spool 1000 records at a time,
 // acknowledging each batch, as the forwarder does.
 func BenchmarkReadAck(b *testing.B) {
+	binaryGC(b)
 	for _, size := range []int{200, 1024} {
 		b.Run(fmt.Sprintf("size=%d", size), func(b *testing.B) {
 			s, err := Open(Options{Dir: b.TempDir()})

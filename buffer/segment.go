@@ -1,6 +1,7 @@
 package buffer
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -41,6 +42,44 @@ func putBlock(b *bolt.Bucket, first uint64, value []byte) error {
 		return err
 	}
 	return sub.Put(keyData(), value)
+}
+
+// reclaimBatch bounds the blocks one commit deletes, so a commit after a long
+// outage's backlog is acknowledged stays short; the rest go in later commits.
+const reclaimBatch = 1024
+
+// reclaim deletes the oldest blocks of the active segment whose records are
+// all at or below acked, the watermark this same transaction leaves in the
+// segment. bbolt reuses their pages in later commits: writes then go to
+// blocks the file already has, so the file stops growing while acks keep up
+// with appends, and a commit's fdatasync carries no block allocation (no
+// journal commit). next is the first seq of the block the transaction adds,
+// so the newest block, which tells where the segment ends, always remains.
+// Only pages freed by a synced commit are reused (bbolt frees pages of a
+// transaction to the one after it), so rolling back a torn last commit still
+// finds the previous commit intact.
+func reclaim(b *bolt.Bucket, next, acked uint64) error {
+	var dead [][]byte
+	c := b.Cursor()
+	k, _ := c.First()
+	for k != nil && len(dead) < reclaimBatch {
+		nk, _ := c.Next()
+		end := next
+		if nk != nil {
+			end = binary.BigEndian.Uint64(nk)
+		}
+		if end-1 > acked {
+			break
+		}
+		dead = append(dead, bytes.Clone(k))
+		k = nk
+	}
+	for _, k := range dead {
+		if err := b.DeleteBucket(k); err != nil {
+			return fmt.Errorf("reclaim block %x: %w", k, err)
+		}
+	}
+	return nil
 }
 
 // blockValue returns the block stored under key k (valid inside the tx).
@@ -163,7 +202,15 @@ func verifySegment(db *bolt.DB, first uint64) (segmentInfo, error) {
 			info.acked = binary.BigEndian.Uint64(v)
 		}
 		c := b.Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		k, _ := c.First()
+		if len(k) == 8 {
+			// Acknowledged blocks reclaimed from the front leave a gap that
+			// the watermark must cover.
+			if k0 := binary.BigEndian.Uint64(k); k0 > first && k0-1 <= info.acked {
+				info.end = k0
+			}
+		}
+		for ; k != nil; k, _ = c.Next() {
 			if len(k) != 8 {
 				return fmt.Errorf("bad block key %x: %w", k, ErrCorrupt)
 			}

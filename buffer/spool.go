@@ -473,23 +473,40 @@ func (s *Spool) commit(batch []*appendReq) {
 	s.maintain(false)
 }
 
-// write stores one block in the active segment.
+// write stores one block in the active segment, and reclaims the pages of
+// its acknowledged blocks in the same transaction.
 func (s *Spool) write(value []byte, n int) (uint64, error) {
 	s.mu.Lock()
 	seg := s.segs[len(s.segs)-1]
 	first, acked := s.next, s.acked
+	// A segment never holds more seqs than its file has bytes, so a segment
+	// that is later found unreadable still bounds the seqs it may have held
+	// (see load). Only reclaimed pages let the seqs outgrow the file.
+	full := seg.end > seg.first && seg.end+uint64(n)-seg.first > uint64(seg.size)
 	s.mu.Unlock()
+	if full {
+		if err := s.rotate(); err != nil {
+			return 0, classify(fmt.Errorf("rotate: %w", err))
+		}
+		s.mu.Lock()
+		seg = s.segs[len(s.segs)-1]
+		s.mu.Unlock()
+	}
 	err := update(seg.db, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketBlocks())
 		// Keys only ever grow: full pages waste no space.
 		b.FillPercent = 1
-		if err := putBlock(b, first, value); err != nil {
+		stored := s.persisted
+		if acked > stored {
+			if err := tx.Bucket(bucketMeta()).Put(keyAcked(), binary.BigEndian.AppendUint64(nil, acked)); err != nil {
+				return err
+			}
+			stored = acked
+		}
+		if err := reclaim(b, first, stored); err != nil {
 			return err
 		}
-		if acked > s.persisted {
-			return tx.Bucket(bucketMeta()).Put(keyAcked(), binary.BigEndian.AppendUint64(nil, acked))
-		}
-		return nil
+		return putBlock(b, first, value)
 	})
 	if err != nil {
 		return 0, classify(err) // rolled back: no trace on disk or in memory
@@ -675,7 +692,7 @@ func (s *Spool) rotate() error {
 	}
 	seg, err := createSegment(s.opts.Dir, next, acked)
 	if err != nil {
-		s.log.Warn("spool could not start a new segment; the active one keeps growing", "err", err)
+		s.log.Warn("spool could not start a new segment", "err", err)
 		return err
 	}
 	s.persisted = max(s.persisted, acked)
@@ -954,6 +971,11 @@ func (s *Spool) readSegment(seg *segment, from, end uint64, maxRecords int) ([]r
 		}
 		for ; k != nil && len(out) < maxRecords; k, _ = c.Next() {
 			bf := binary.BigEndian.Uint64(k)
+			if bf >= end {
+				// Committed in bbolt but not yet synced: not durable, and
+				// its seqs are not handed out until Append returns for them.
+				break
+			}
 			v, err := blockValue(b, k)
 			var recs []record.Record
 			if err == nil {

@@ -20,7 +20,7 @@ echo "$raw"
 # "name unit value" for every custom metric of every result line
 pairs=$(echo "$raw" | awk '/^Benchmark/ {
 	name = $1; sub(/^Benchmark/, "", name); sub(/-[0-9]+$/, "", name)
-	for (i = 3; i < NF; i++) if ($(i+1) ~ /^(rec\/s|plain-rec\/s|ratio|rec\/commit)$/) print name, $(i+1), $i
+	for (i = 3; i < NF; i++) if ($(i+1) ~ /^(rec\/s|plain-rec\/s|ratio|rec\/commit|grouped-rec\/s|grouped-ratio|spool-MiB)$/) print name, $(i+1), $i
 }')
 
 median() { # name unit
@@ -29,14 +29,23 @@ median() { # name unit
 }
 
 echo
-echo "| record | appenders × records per call | spool rec/s | records per commit | plain file rec/s (fdatasync every) | spool / plain |"
-echo "| --- | --- | ---: | ---: | ---: | ---: |"
+echo "drain: none = nothing acknowledged (the spool fills, every commit appends to the file);"
+echo "ack = each Append acknowledged when it returns; reader = a reader reads and acknowledges"
+echo "everything, as the forwarder does (both reuse the pages of acknowledged blocks)."
+echo
+echo "| record | appenders × records per call | drain | spool rec/s | records per commit | spool MiB at end | plain file rec/s (fdatasync every) | spool / plain | plain file, same appenders group-committed, rec/s | spool / that |"
+echo "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for c in "200 1 1000 1000" "200 64 16 1024" "1024 1 1000 1000" "1024 64 16 1024"; do
 	read -r size app per batch <<<"$c"
-	k="Append/size=$size/appenders=$app"
-	awk -v s="$size" -v a="$app" -v p="$per" -v b="$batch" -v sp="$(median "$k" rec/s)" -v pc="$(median "$k" rec/commit)" \
-		-v pl="$(median "$k" plain-rec/s)" -v r="$(median "$k" ratio)" 'BEGIN {
-		printf "| %d B | %d × %d | %.0f | %.0f | %.0f (%d records) | %.2f |\n", s, a, p, sp, pc, pl, b, r }'
+	for drain in none ack reader; do
+		k="Append/size=$size/appenders=$app/drain=$drain"
+		awk -v s="$size" -v a="$app" -v p="$per" -v b="$batch" -v d="$drain" -v sp="$(median "$k" rec/s)" \
+			-v pc="$(median "$k" rec/commit)" -v mib="$(median "$k" spool-MiB)" -v pl="$(median "$k" plain-rec/s)" \
+			-v r="$(median "$k" ratio)" -v g="$(median "$k" grouped-rec/s)" -v gr="$(median "$k" grouped-ratio)" 'BEGIN {
+			gs = "same as plain"; grs = ""
+			if (g != "NaN") { gs = sprintf("%.0f", g); grs = sprintf("%.2f", gr) }
+			printf "| %d B | %d × %d | %s | %.0f | %.0f | %.1f | %.0f (%d records) | %.2f | %s | %s |\n", s, a, p, d, sp, pc, mib, pl, b, r, gs, grs }'
+	done
 done
 echo
 echo "| read + AckThrough, 1000 per Read | rec/s |"
