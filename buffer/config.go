@@ -32,8 +32,9 @@ type Config struct {
 	// Dir holds the segment files. Default /var/lib/bgpedge/spool.
 	Dir string `mapstructure:"dir"`
 	// SegmentBytes is the size at which the active segment file is closed and
-	// a new one started; a segment is deleted whole once all of it is acked, so
-	// disk use follows the backlog to within about one segment. Default 64 MiB.
+	// a new one started; a segment is deleted whole once all of it is acked,
+	// and the active one reuses the space of its acked records, so disk use
+	// follows the backlog to within about one segment. Default 64 MiB.
 	SegmentBytes int64 `mapstructure:"segment_bytes"`
 	// MaxBytes is the disk budget of the spool (sum of segment file sizes).
 	// It is a soft limit: it may be exceeded by one group commit. Must be at

@@ -24,14 +24,27 @@
 // which was complete; the rolled-back commit was never acknowledged. Seqs are
 // assigned at commit, so a failed commit (disk full: ErrFull) leaves no trace
 // and consumes no seq. The active segment is rotated once it reaches
-// SegmentBytes; a new segment is built under a temporary name and renamed
-// into place.
+// SegmentBytes, or before it would hold more seqs than its file has bytes
+// (see Reclaiming); a new segment is built under a temporary name and renamed
+// into place. Read hands out only what a returned commit made durable: a
+// block bbolt has committed but not yet synced is not read.
 //
 // Acknowledgements. AckThrough/Ack move an in-memory watermark; the writer
 // persists it with the next commit (or within a second) and always before it
 // deletes a fully acknowledged segment, so a deleted segment can never come
 // back as unacknowledged. After a crash the watermark may lag: a few
 // acknowledged records are delivered again (at least once).
+//
+// Reclaiming. Each commit also deletes the active segment's oldest blocks
+// that the watermark it stores covers (the newest block always stays, as it
+// tells where the segment ends). bbolt reuses their pages, so while
+// acknowledgements keep up the active file stays at about the backlog's size
+// and commits overwrite blocks the file already has, whose fdatasync is
+// cheaper than one that appends. A segment that took more seqs than its size
+// in bytes is rotated: an unreadable segment then still bounds the seqs it
+// may have held (first seq + size), which Open uses so seqs are never
+// reused. Verification accepts a missing prefix of blocks only when the
+// segment's own watermark covers it.
 //
 // Capacity. Bytes are the segment files' sizes. Policy block makes Append wait
 // while they exceed MaxBytes; policy drop-oldest deletes whole oldest segments
