@@ -56,6 +56,12 @@ type Config struct {
 	// join a commit before syncing it. It only applies while other appenders
 	// are on their way; a lone appender is never delayed. Default 2ms.
 	MaxDelay time.Duration `mapstructure:"max_delay"`
+	// KeepAcked keeps acknowledged records readable (`bgpedge buffer
+	// inspect`) until their segment is deleted whole, instead of reusing
+	// their space in the active segment. The active file then grows to
+	// SegmentBytes even when the backlog is small, and commits append to it,
+	// which makes them slower. Default false.
+	KeepAcked bool `mapstructure:"keep_acked"`
 }
 
 // DefaultConfig returns the documented defaults.
@@ -122,6 +128,7 @@ func (c Config) Options(logger *slog.Logger, reg prometheus.Registerer) Options 
 		BatchRecords: c.BatchRecords,
 		BatchBytes:   c.BatchBytes,
 		MaxDelay:     delay,
+		KeepAcked:    c.KeepAcked,
 		Logger:       logger,
 		Registerer:   reg,
 	}
@@ -139,6 +146,8 @@ type Options struct {
 	BatchRecords int
 	BatchBytes   int
 	MaxDelay     time.Duration
+	// KeepAcked: see Config.KeepAcked.
+	KeepAcked bool
 	// ReadOnly opens the spool for inspection (the CLI): no writer, no
 	// deletion, no quarantine; Append and Ack fail with ErrReadOnly.
 	ReadOnly   bool

@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/bgpedge/bgpedge/record"
 )
 
 // TestReclaimReusesActiveSegment appends 8 MiB while acknowledging with a lag
@@ -175,4 +177,35 @@ func TestReclaimedGapMustBeAcked(t *testing.T) {
 	if first, err := s.Append(ctx, recs[0]); err != nil || first <= 40 {
 		t.Fatalf("append after quarantine: seq %d, %v; seqs up to 40 were handed out", first, err)
 	}
+}
+
+// TestKeepAckedKeepsRecords: with KeepAcked the acknowledged records stay
+// readable and the file grows as before reclaiming existed.
+func TestKeepAckedKeepsRecords(t *testing.T) {
+	s := openTest(t, Options{KeepAcked: true})
+	recs := testRecords(rand.New(rand.NewPCG(9, 9)), 16, 1024)
+	ctx := context.Background()
+	for i := 0; i < 64; i++ {
+		first, err := s.Append(ctx, recs...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AckThrough(first + uint64(len(recs)) - 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := readAll(t, s.Spool, 1)
+	if len(got) != 64*16 || got[0].Seq != 1 {
+		t.Fatalf("read %d acknowledged records from seq %d, want all %d from 1", len(got), firstSeq(got), 64*16)
+	}
+	if b := s.Stats().Bytes; b < 64*16*1024 {
+		t.Fatalf("spool holds %d bytes, less than the %d appended", b, 64*16*1024)
+	}
+}
+
+func firstSeq(recs []record.Record) uint64 {
+	if len(recs) == 0 {
+		return 0
+	}
+	return recs[0].Seq
 }

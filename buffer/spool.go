@@ -503,8 +503,10 @@ func (s *Spool) write(value []byte, n int) (uint64, error) {
 			}
 			stored = acked
 		}
-		if err := reclaim(b, first, stored); err != nil {
-			return err
+		if !s.opts.KeepAcked {
+			if err := reclaim(b, first, stored); err != nil {
+				return err
+			}
 		}
 		return putBlock(b, first, value)
 	})

@@ -64,6 +64,11 @@ const (
 //     over only where a session started over (nothing corrupted, reordered
 //     or invented on the way in).
 //
+// The spool is the oracle's record of what was accepted, so the run keeps
+// every record: one segment large enough for the stream, and keep_acked so
+// acknowledged records are not reclaimed (the spool's own crash test covers
+// reclaiming under kill -9).
+//
 // Duplicates (ids read more than once) are counted and reported.
 func TestKillNineRun(t *testing.T) {
 	t.Parallel()
@@ -112,6 +117,7 @@ buffer:
   dir: %s
   segment_bytes: 1GiB
   max_bytes: 4GiB
+  keep_acked: true
 bmp:
   listen: %s
   encoding:
