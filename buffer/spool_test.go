@@ -366,7 +366,7 @@ func TestReadNeverAheadOfDurable(t *testing.T) {
 	// committed block stops there.
 	s2 := openTest(t, Options{})
 	for i := 0; i < 3; i++ {
-		if _, err := s2.Append(ctx, recs...); err != nil {
+		if _, err := s2.Append(context.Background(), recs...); err != nil {
 			t.Fatal(err)
 		}
 	}
