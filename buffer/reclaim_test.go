@@ -86,19 +86,12 @@ func TestReclaimRotatesBySeqSpan(t *testing.T) {
 	s := openTest(t, Options{SegmentBytes: 64 << 20})
 	rng := rand.New(rand.NewPCG(6, 6))
 	recs := testRecords(rng, 256, 8)
-	ctx := context.Background()
 	rotations := 0
 	s.mu.Lock()
 	active := s.segs[0]
 	s.mu.Unlock()
 	for i := 0; i < 2000; i++ {
-		first, err := s.Append(ctx, recs...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s.AckThrough(first + uint64(len(recs)) - 1); err != nil {
-			t.Fatal(err)
-		}
+		appendAcked(t, s.Spool, recs)
 		s.mu.Lock()
 		for _, seg := range s.segs {
 			if seg.end-seg.first > uint64(seg.size) {
@@ -184,15 +177,8 @@ func TestReclaimedGapMustBeAcked(t *testing.T) {
 func TestKeepAckedKeepsRecords(t *testing.T) {
 	s := openTest(t, Options{KeepAcked: true})
 	recs := testRecords(rand.New(rand.NewPCG(9, 9)), 16, 1024)
-	ctx := context.Background()
 	for i := 0; i < 64; i++ {
-		first, err := s.Append(ctx, recs...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := s.AckThrough(first + uint64(len(recs)) - 1); err != nil {
-			t.Fatal(err)
-		}
+		appendAcked(t, s.Spool, recs)
 	}
 	got := readAll(t, s.Spool, 1)
 	if len(got) != 64*16 || got[0].Seq != 1 {
@@ -208,4 +194,17 @@ func firstSeq(recs []record.Record) uint64 {
 		return 0
 	}
 	return recs[0].Seq
+}
+
+// appendAcked appends recs and acknowledges them at once, as a forwarder that
+// keeps up would.
+func appendAcked(t *testing.T, s *Spool, recs []record.Record) {
+	t.Helper()
+	first, err := s.Append(context.Background(), recs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AckThrough(first + uint64(len(recs)) - 1); err != nil {
+		t.Fatal(err)
+	}
 }
