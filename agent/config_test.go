@@ -3,13 +3,18 @@ package agent
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/bgpedge/bgpedge/bmp"
+	"github.com/bgpedge/bgpedge/exabgp"
+	"github.com/bgpedge/bgpedge/forwarder"
 	"github.com/bgpedge/bgpedge/internal/testenv"
 )
 
@@ -296,5 +301,32 @@ func TestConfigCommands(t *testing.T) {
 				t.Errorf("output shows %q", tt.notInOuput)
 			}
 		})
+	}
+}
+
+// Every stream an encoder can emit must be in the forwarder's default list,
+// or `topics.ensure` would not create its topic.
+func TestDefaultStreamsCoverEncoders(t *testing.T) {
+	want := append(append(bmp.Streams(), exabgp.Streams()...), forwarder.StreamDLQ)
+	for _, s := range want {
+		if !slices.Contains(forwarder.Streams(), s) {
+			t.Errorf("forwarder.Streams() lacks %q", s)
+		}
+		if !slices.Contains(forwarder.DefaultConfig().Topics.Ensure, s) {
+			t.Errorf("forwarder.topics.ensure default lacks %q", s)
+		}
+	}
+}
+
+// configs/bgpedge.yaml claims to show every key with its default: loading
+// it must give exactly DefaultConfig().
+func TestExampleShowsDefaults(t *testing.T) {
+	cfg, err := Load(LoadOptions{File: filepath.Join(testenv.RepoRoot(t), "configs", "bgpedge.yaml"), FileRequired: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// %+v prints nil and empty slices and maps alike, as YAML cannot tell them apart.
+	if got, want := fmt.Sprintf("%+v", cfg), fmt.Sprintf("%+v", DefaultConfig()); got != want {
+		t.Errorf("configs/bgpedge.yaml differs from DefaultConfig():\nfile:     %s\ndefaults: %s", got, want)
 	}
 }

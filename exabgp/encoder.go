@@ -17,6 +17,9 @@ const (
 	StreamErrors = "exabgp.errors"
 )
 
+// Streams lists every stream an exaBGP encoder can emit.
+func Streams() []string { return []string{StreamRoute, StreamPeer, StreamRaw, StreamErrors} }
+
 // ErrWrongKind is returned for a record that is not record.KindExaBGP.
 var ErrWrongKind = errors.New("exabgp encoder: record is not an exabgp line")
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -390,7 +391,7 @@ func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker) error {
 // encode appends rec's output messages, or one dead letter, to out.
 func (f *Forwarder) encode(rec record.Record, out []*Outgoing) []*Outgoing {
 	start := len(out)
-	err := f.enc.Encode(rec, func(m Message) {
+	err := f.safeEncode(rec, func(m Message) {
 		o := f.arena.msg()
 		*o = Outgoing{Seq: rec.Seq, Index: m.Index, Stream: m.Stream, Key: m.Key, Value: m.Value}
 		out = append(out, o)
@@ -428,6 +429,24 @@ func (f *Forwarder) encode(rec record.Record, out []*Outgoing) []*Outgoing {
 	}
 	return out
 }
+
+// safeEncode turns an encoder panic into an error. A record that crashes its
+// decoder would otherwise crash the process again on every restart, since
+// it stays first in the spool: bgpedge exabgp would crash-loop until exaBGP
+// gives up on it, and bgpedge run would stop draining for good.
+func (f *Forwarder) safeEncode(rec record.Record, emit func(Message)) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			f.m.panics.Inc()
+			f.logger.Error("encoder panicked; record handled as undecodable", "seq", rec.Seq, "kind", rec.Kind, "panic", r, "stack", string(debug.Stack()))
+			err = fmt.Errorf("%w: %v", ErrEncoderPanic, r)
+		}
+	}()
+	return f.enc.Encode(rec, emit)
+}
+
+// ErrEncoderPanic marks a record whose encoder panicked.
+var ErrEncoderPanic = errors.New("encoder panicked")
 
 // ErrTooLarge marks a record whose output exceeds the message size limit.
 var ErrTooLarge = errors.New("output message too large")

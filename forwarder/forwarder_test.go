@@ -166,6 +166,41 @@ func TestForwarderDeadLetter(t *testing.T) {
 	}
 }
 
+// A panicking encoder costs its record (dead letter), not the process.
+func TestForwarderEncoderPanic(t *testing.T) {
+	src := newMemSource()
+	sink := newFakeSink(SinkKafka)
+	reg := prometheus.NewRegistry()
+	enc := EncoderFunc(func(rec record.Record, emit func(Message)) error {
+		if string(rec.Payload) == "poison" {
+			var m map[string]int
+			m["boom"]++ // nil map write
+		}
+		return Raw{}.Encode(rec, emit)
+	})
+	f, err := newForwarder(unitConfig(), src, enc, sink, nil, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.Append(bmpRecord("192.0.2.1", 40))
+	src.Append(record.Record{Kind: record.KindBMP, Key: []byte("x"), Payload: []byte("poison")})
+	src.Append(bmpRecord("192.0.2.1", 40))
+	startForwarder(t, f)
+	testenv.Eventually(t, 10*time.Second, "spool acked through 3", func() bool { return src.Acked() == 3 })
+	got := sink.ids()
+	for _, id := range []string{"a1:1", "a1:2", "a1:3"} {
+		if got[id] != 1 {
+			t.Errorf("id %s delivered %d times, want 1", id, got[id])
+		}
+	}
+	if v := testutil.ToFloat64(f.m.panics); v != 1 {
+		t.Errorf("encoder panics = %v, want 1", v)
+	}
+	if v := testutil.ToFloat64(f.m.deadLetters.WithLabelValues("sent")); v != 1 {
+		t.Errorf("dead letters sent = %v, want 1", v)
+	}
+}
+
 func TestForwarderFailoverAndBack(t *testing.T) {
 	src := newMemSource()
 	primary := newFakeSink(SinkKafka)

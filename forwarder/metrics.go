@@ -13,6 +13,7 @@ type metrics struct {
 	bytes       *prometheus.CounterVec
 	errors      *prometheus.CounterVec
 	deadLetters *prometheus.CounterVec
+	panics      prometheus.Counter
 	failovers   prometheus.Counter
 	ackedSeq    prometheus.Gauge
 }
@@ -45,6 +46,10 @@ func newMetrics(reg prometheus.Registerer, states *stateClock) (*metrics, error)
 			Name: "bgpedge_forwarder_dead_letters_total",
 			Help: "Records that could not be encoded, by outcome (sent to the dlq stream, or dropped with the dlq disabled).",
 		}, []string{"outcome"}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bgpedge_forwarder_encoder_panics_total",
+			Help: "Records whose encoder panicked; each is handled like a record that cannot be encoded (dead letter).",
+		}),
 		failovers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgpedge_forwarder_failovers_total",
 			Help: "Times the forwarder switched from Kafka to NATS JetStream.",
