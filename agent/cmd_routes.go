@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"github.com/bgpedge/bgpedge/exabgp"
@@ -167,7 +168,8 @@ func (f *routesFlags) send(cmd *cobra.Command, req *exabgp.Request) error {
 		return fmt.Errorf("encode request: %w", err)
 	}
 	f.nats.URL = strings.TrimSpace(f.nats.URL)
-	nc, err := exabgp.ConnectNATS(f.nats, "bgpedge-routes", slog.New(slog.DiscardHandler))
+	// No background retry: a wrong URL or credentials fail at once.
+	nc, err := exabgp.ConnectNATS(f.nats, "bgpedge-routes", slog.New(slog.DiscardHandler), nats.RetryOnFailedConnect(false))
 	if err != nil {
 		return err
 	}

@@ -65,9 +65,16 @@ func BenchmarkEncode(b *testing.B) {
 
 // BenchmarkExaBGPEndToEnd: GoBGP hands 10,000 routes (one UPDATE each, as
 // every route has its own MED) to Debian's exaBGP at once; measured from the
-// first AddPath to the last event durable in bgpedge's spool. One run per
-// benchmark iteration; use -benchtime 1x.
+// first AddPath to the last event durable in bgpedge's spool (to=spool), or
+// acknowledged by the real Kafka broker (acks=all) through the process's own
+// forwarder (to=kafka, needs BGPEDGE_TEST_KAFKA). One run per benchmark
+// iteration; use -benchtime 1x.
 func BenchmarkExaBGPEndToEnd(b *testing.B) {
+	b.Run("to=spool", func(b *testing.B) { benchEndToEnd(b, false) })
+	b.Run("to=kafka", func(b *testing.B) { benchEndToEnd(b, true) })
+}
+
+func benchEndToEnd(b *testing.B, kafka bool) {
 	const routes = 10000
 	bin := bgpedgeBinary(b)
 	for range b.N {
@@ -76,6 +83,9 @@ func BenchmarkExaBGPEndToEnd(b *testing.B) {
 		dir := b.TempDir()
 		metrics := fmt.Sprintf("127.0.0.1:%d", freePort(b, "127.0.0.1"))
 		yaml := labConfig(b, dir, metrics, "")
+		if kafka {
+			enableKafkaForwarder(b, yaml, testenv.KafkaBrokers(b), startNATS(b))
+		}
 		e := startExaBGP(b, dir, exabgpConf(bin, yaml, g))
 		testenv.Eventually(b, 30*time.Second, "session established", g.established)
 		testenv.Eventually(b, 30*time.Second, "process up", func() bool { return metric(metrics, "bgpedge_exabgp_spool_available") == 1 })
@@ -91,9 +101,17 @@ func BenchmarkExaBGPEndToEnd(b *testing.B) {
 		if _, err := g.s.AddPath(apiutil.AddPathRequest{Paths: paths}); err != nil {
 			b.Fatal(err)
 		}
+		var spooled float64
 		testenv.Eventually(b, 5*time.Minute, "all routes spooled", func() bool {
-			return metric(metrics, "bgpedge_exabgp_spooled_records_total")-base >= routes
+			spooled = metric(metrics, "bgpedge_exabgp_spooled_records_total")
+			return spooled-base >= routes
 		})
+		if kafka {
+			// Every record spooled so far, the routes' included, acknowledged by Kafka.
+			testenv.Eventually(b, 5*time.Minute, "all records acknowledged by Kafka", func() bool {
+				return metricSum(metrics, "bgpedge_forwarder_records_total") >= spooled
+			})
+		}
 		el := time.Since(start)
 		b.StopTimer()
 		b.ReportMetric(routes/el.Seconds(), "events/s")

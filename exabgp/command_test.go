@@ -3,6 +3,7 @@ package exabgp
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/time/rate"
+
+	"github.com/bgpedge/bgpedge/internal/testenv"
 )
 
 func testPolicy(t *testing.T) *Policy {
@@ -231,5 +234,200 @@ func TestServiceLimitsJournalReplay(t *testing.T) {
 	svc.replay(context.Background(), "")
 	if s := seen(); len(s) != before {
 		t.Fatalf("replayed a route the policy no longer allows: %q", s[before:])
+	}
+}
+
+// scriptedExaBGP is a fake exaBGP that answers each command by the prefix
+// in it: done, error, or nothing (AckNone). The test can ack by hand.
+type scriptedExaBGP struct {
+	mu    sync.Mutex
+	modes map[string]Ack
+	lines []string
+}
+
+func (f *scriptedExaBGP) set(prefix string, a Ack) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.modes[prefix] = a
+}
+
+func (f *scriptedExaBGP) written() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.lines...)
+}
+
+func startScripted(t *testing.T, timeout time.Duration) (*scriptedExaBGP, *commander, *metrics) {
+	t.Helper()
+	m, _ := newMetrics(nil)
+	pr, pw := io.Pipe()
+	c := newCommander(pw, timeout, m, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); pr.Close() })
+	go c.run(ctx)
+	f := &scriptedExaBGP{modes: map[string]Ack{}}
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			line := sc.Text()
+			f.mu.Lock()
+			f.lines = append(f.lines, line)
+			a := AckNone
+			for p, mode := range f.modes {
+				if strings.Contains(line, " "+p+" ") {
+					a = mode
+				}
+			}
+			f.mu.Unlock()
+			if a != AckNone {
+				c.onAck(a)
+			}
+		}
+	}()
+	return f, c, m
+}
+
+// TestServicePendingJournal: an announce is journaled as pending before it
+// is written to exaBGP; done confirms it (also when the ack comes late),
+// error removes it (also late), a timeout keeps it pending: listed, counted
+// against max_routes, persisted and replayed, and a replay acked done
+// confirms it. Replays are counted by exaBGP's answer.
+func TestServicePendingJournal(t *testing.T) {
+	const ackTimeout = 300 * time.Millisecond
+	f, cmd, m := startScripted(t, ackTimeout)
+	path := filepath.Join(t.TempDir(), "routes.json")
+	j, err := OpenJournal(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := &service{policy: testPolicy(t), maxRoutes: 4, journal: j, cmd: cmd, limiter: rate.NewLimiter(rate.Inf, 1), m: m, log: slog.New(slog.DiscardHandler)}
+	ctx := context.Background()
+	ann := func(p string) Reply {
+		return svc.handle(ctx, &Request{ID: "id-" + p, Verb: VerbAnnounceRoute, Neighbors: []string{"192.0.2.1"}, Route: &Route{Prefix: p, NextHop: "self"}})
+	}
+	key := func(p string) string { return "192.0.2.1|route " + p }
+	state := func(p string) string {
+		e, ok := j.Get(key(p))
+		switch {
+		case !ok:
+			return "absent"
+		case e.Pending:
+			return "pending"
+		}
+		return "confirmed"
+	}
+	const (
+		pA, pB, pC, pD, pE, pF = "100.100.1.0/24", "100.100.2.0/24", "100.100.3.0/24", "100.100.4.0/24", "100.100.5.0/24", "100.100.6.0/24"
+	)
+	f.set(pA, AckDone)
+	f.set(pE, AckError)
+	f.set(pF, AckDone)
+
+	steps := []struct {
+		prefix  string
+		lateAck Ack // acked by hand during the ghost period after the timeout
+		result  string
+		want    string // journal state afterwards
+	}{
+		{pA, AckNone, ResultDone, "confirmed"},
+		{pB, AckNone, ResultTimeout, "pending"}, // never acked
+		{pC, AckDone, ResultTimeout, "confirmed"},
+		{pD, AckError, ResultTimeout, "absent"},
+		{pE, AckNone, ResultError, "absent"},
+	}
+	for _, s := range steps {
+		r := ann(s.prefix)
+		if r.Result != s.result {
+			t.Fatalf("%s: %+v, want %s", s.prefix, r, s.result)
+		}
+		if r.Result == ResultTimeout && state(s.prefix) != "pending" {
+			t.Fatalf("%s: timed out but journal says %s", s.prefix, state(s.prefix))
+		}
+		if s.lateAck != AckNone {
+			cmd.onAck(s.lateAck)
+		}
+		testenv.Eventually(t, 5*time.Second, s.prefix+" "+s.want, func() bool { return state(s.prefix) == s.want })
+	}
+	if got := testutil.ToFloat64(m.acks.WithLabelValues("late")); got != 2 {
+		t.Fatalf("late acks %v, want 2", got)
+	}
+
+	// B (pending) counts: A, B, C fill max_routes.
+	svc.maxRoutes = 3
+	if r := ann(pF); r.Result != ResultRejected || !strings.Contains(r.Reason, "max_routes (3)") {
+		t.Fatalf("pending route not counted against max_routes: %+v", r)
+	}
+	l := svc.handle(ctx, &Request{Verb: VerbList})
+	var listed []string
+	for _, e := range l.Routes {
+		listed = append(listed, e.Key+" pending="+map[bool]string{true: "yes", false: "no"}[e.Pending])
+	}
+	if want := []string{key(pA) + " pending=no", key(pB) + " pending=yes", key(pC) + " pending=no"}; strings.Join(listed, ";") != strings.Join(want, ";") {
+		t.Fatalf("list %q, want %q", listed, want)
+	}
+	if b, _ := json.Marshal(l); !strings.Contains(string(b), `"pending":true`) {
+		t.Fatalf("list reply does not mark pending: %s", b)
+	}
+	if got := testutil.ToFloat64(m.pending); got != 1 {
+		t.Fatalf("pending gauge %v", got)
+	}
+	j2, err := OpenJournal(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := j2.Get(key(pB)); !e.Pending {
+		t.Fatalf("pending flag not persisted: %+v", e)
+	}
+
+	// A replay re-announces the pending route too; exaBGP acks it now.
+	f.set(pB, AckDone)
+	f.set(pC, AckError)
+	before := len(f.written())
+	svc.replay(ctx, "")
+	if got := f.written()[before:]; len(got) != 3 || !strings.Contains(got[1], pB) {
+		t.Fatalf("replay wrote %q", got)
+	}
+	if state(pB) != "confirmed" {
+		t.Fatalf("replay acked done did not confirm the pending route: %s", state(pB))
+	}
+	if state(pC) != "confirmed" {
+		t.Fatalf("a confirmed route must survive a replay error: %s", state(pC))
+	}
+	for res, want := range map[string]float64{ResultDone: 2, ResultError: 1, ResultTimeout: 0} {
+		if got := testutil.ToFloat64(m.replayed.WithLabelValues(res)); got != want {
+			t.Errorf("replayed{result=%q} %v, want %v", res, got, want)
+		}
+	}
+	if got := testutil.ToFloat64(m.pending); got != 0 {
+		t.Fatalf("pending gauge %v after confirmation", got)
+	}
+}
+
+// TestJournalResolve: a late answer settles only the entry its command
+// wrote, never a later command's entry for the same key.
+func TestJournalResolve(t *testing.T) {
+	j, err := OpenJournal(filepath.Join(t.TempDir(), "routes.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := JournalEntry{Key: "k", Body: "announce route 100.100.1.0/24 next-hop self", RequestID: "1", Added: time.Unix(1, 0), Pending: true}
+	second := first
+	second.RequestID, second.Added = "2", time.Unix(2, 0)
+	if err := j.Put(first); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Put(second); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := j.Resolve(first, nil); err != nil || changed {
+		t.Fatalf("stale resolve changed the journal: %v %v", changed, err)
+	}
+	ok := second
+	ok.Pending = false
+	if changed, err := j.Resolve(second, &ok); err != nil || !changed {
+		t.Fatalf("resolve: %v %v", changed, err)
+	}
+	if e, _ := j.Get("k"); e.Pending || e.RequestID != "2" {
+		t.Fatalf("after resolve: %+v", e)
 	}
 }

@@ -15,10 +15,10 @@ import (
 // keeps at most ONE command outstanding: the next command is written only
 // after the previous one was answered, or timed out and then sat as a
 // "ghost" for one more ack_timeout. An ack that arrives during the ghost
-// period is the late answer of the timed-out command and is discarded
-// (counted as late), so it can never be credited to the next command. An ack
-// later than 2×ack_timeout, or an ack nobody waits for, is counted as
-// unmatched. Commands are rare (central's route changes), so serialising
+// period is the late answer of the timed-out command: counted as late and
+// handed to that command's late hook (DoLate), never credited to the next
+// command. An ack later than 2×ack_timeout, or an ack nobody waits for, is
+// counted as unmatched. Commands are rare (central's route changes), so serialising
 // them costs little: exaBGP acks an announce in well under a millisecond.
 type commander struct {
 	out     *bufio.Writer
@@ -33,6 +33,10 @@ type pendingCmd struct {
 	ctx  context.Context
 	line string
 	done chan cmdResult
+	// late, if set, gets the ack of a command that timed out but was
+	// answered during its ghost period: the caller's state may depend on it
+	// (a late done means exaBGP applied the command after all).
+	late func(Ack)
 }
 
 type cmdResult struct {
@@ -62,7 +66,14 @@ func (c *commander) onAck(a Ack) {
 
 // Do writes one command line and waits for its ack, the ack timeout, or ctx.
 func (c *commander) Do(ctx context.Context, line string) cmdResult {
-	p := &pendingCmd{ctx: ctx, line: line, done: make(chan cmdResult, 1)}
+	return c.DoLate(ctx, line, nil)
+}
+
+// DoLate is Do, and calls late (on the commander's goroutine, so it must not
+// call Do) with the ack of a command that timed out if it arrives during the
+// ghost period.
+func (c *commander) DoLate(ctx context.Context, line string, late func(Ack)) cmdResult {
+	p := &pendingCmd{ctx: ctx, line: line, done: make(chan cmdResult, 1), late: late}
 	select {
 	case c.reqs <- p:
 	case <-ctx.Done():
@@ -117,9 +128,12 @@ func (c *commander) run(ctx context.Context) {
 			c.log.Warn("exabgp did not acknowledge a command", "command", p.line, "timeout", c.timeout)
 			ghost := time.NewTimer(c.timeout)
 			select {
-			case <-c.acks:
+			case a := <-c.acks:
 				ghost.Stop()
 				c.m.acks.WithLabelValues("late").Inc()
+				if p.late != nil {
+					p.late(a)
+				}
 			case <-ghost.C:
 			case <-ctx.Done():
 				ghost.Stop()

@@ -22,6 +22,17 @@ type JournalEntry struct {
 	// Request is the accepted request, checked again against the policy in
 	// force before each replay.
 	Request *Request `json:"request,omitempty"`
+	// Pending is set from the moment the command is written to exaBGP until
+	// exaBGP acks it done. A command that timed out stays pending: exaBGP may
+	// still apply it, so it keeps counting against max_routes, is listed and
+	// is replayed (a replay acked done confirms it).
+	Pending bool `json:"pending,omitempty"`
+}
+
+// same reports whether e and o are the same version of an entry: the one a
+// command wrote, not a later command's for the same key.
+func (e JournalEntry) same(o JournalEntry) bool {
+	return e.Key == o.Key && e.Body == o.Body && e.RequestID == o.RequestID && e.Added.Equal(o.Added) && e.Pending == o.Pending
 }
 
 // Line is the exaBGP command that announces the entry to its neighbors.
@@ -77,6 +88,27 @@ func (j *Journal) Has(key string) bool {
 	return ok
 }
 
+// Get returns the entry for key.
+func (j *Journal) Get(key string) (JournalEntry, bool) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	e, ok := j.ents[key]
+	return e, ok
+}
+
+// Pending is the number of entries not yet acked by exaBGP.
+func (j *Journal) Pending() int {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	n := 0
+	for _, e := range j.ents {
+		if e.Pending {
+			n++
+		}
+	}
+	return n
+}
+
 // Entries returns the entries sorted by key.
 func (j *Journal) Entries() []JournalEntry {
 	j.mu.Lock()
@@ -124,6 +156,29 @@ func (j *Journal) Delete(key string) error {
 		return err
 	}
 	return nil
+}
+
+// Resolve replaces the entry cur (or removes it when next is nil) and
+// persists the journal, but only if cur is still what the journal holds for
+// its key: an ack that arrives late must not overwrite a later command's
+// entry. It reports whether it changed anything.
+func (j *Journal) Resolve(cur JournalEntry, next *JournalEntry) (bool, error) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	have, ok := j.ents[cur.Key]
+	if !ok || !have.same(cur) {
+		return false, nil
+	}
+	if next != nil {
+		j.ents[cur.Key] = *next
+	} else {
+		delete(j.ents, cur.Key)
+	}
+	if err := j.saveLocked(); err != nil {
+		j.ents[cur.Key] = have
+		return false, err
+	}
+	return true, nil
 }
 
 func (j *Journal) saveLocked() error {

@@ -319,23 +319,32 @@ exabgp:
 }
 
 // metric scrapes one counter or gauge (without labels) from /metrics; -1 if unreachable.
-func metric(addr, name string) float64 {
+func metric(addr, name string) float64 { return scrape(addr, name, false) }
+
+// metricSum adds up every series of a metric family; -1 if unreachable.
+func metricSum(addr, name string) float64 { return scrape(addr, name, true) }
+
+func scrape(addr, name string, labelled bool) float64 {
 	c := http.Client{Timeout: time.Second}
 	resp, err := c.Get("http://" + addr + "/metrics")
 	if err != nil {
 		return -1
 	}
 	defer resp.Body.Close()
+	sum, found := 0.0, false
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) == 2 && f[0] == name {
+		if len(f) == 2 && (f[0] == name || labelled && strings.HasPrefix(f[0], name+"{")) {
 			v, _ := strconv.ParseFloat(f[1], 64)
-			return v
+			sum, found = sum+v, true
 		}
 	}
-	return -1
+	if !found {
+		return -1
+	}
+	return sum
 }
 
 // readSpool opens the spool read-only and returns every record in it.

@@ -20,7 +20,8 @@ type metrics struct {
 	commands       *prometheus.CounterVec // verb, result
 	acks           *prometheus.CounterVec // result: done, error, shutdown, unmatched, late
 	injected       prometheus.Gauge
-	replayed       prometheus.Counter
+	pending        prometheus.Gauge
+	replayed       *prometheus.CounterVec // result: done, error, timeout
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -49,14 +50,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Acknowledgements read from exaBGP, by how they were matched (done, error, shutdown, unmatched, late)."}, []string{"result"}),
 		injected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bgpedge_exabgp_injected_routes",
 			Help: "Routes and flows in the journal of injected routes."}),
-		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "bgpedge_exabgp_replayed_routes_total",
-			Help: "Journaled routes announced again after a restart or a session coming up."}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bgpedge_exabgp_injected_routes_pending",
+			Help: "Journaled routes and flows written to exaBGP and not (yet) acked done, e.g. after an ack timeout."}),
+		replayed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bgpedge_exabgp_replayed_routes_total",
+			Help: "Journaled routes announced again after a restart or a session coming up, by exaBGP's answer (done, error, timeout)."}, []string{"result"}),
+	}
+	for _, r := range []string{ResultDone, ResultError, ResultTimeout} {
+		m.replayed.WithLabelValues(r) // exported at 0 from the start
 	}
 	if reg == nil {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.lines, m.truncated, m.queueDepth, m.queueDropped, m.readerBlocked, m.spooled,
-		m.spoolErrors, m.spoolAvailable, m.lost, m.commands, m.acks, m.injected, m.replayed} {
+		m.spoolErrors, m.spoolAvailable, m.lost, m.commands, m.acks, m.injected, m.pending, m.replayed} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -55,7 +55,12 @@ func (s *service) apply(ctx context.Context, req *Request) Reply {
 		return rep
 	}
 	rep.Command = c.Line
-	if c.Announce && !s.journal.Has(c.Key) && s.journal.Len() >= s.maxRoutes {
+	prev, hadPrev := JournalEntry{}, false
+	if c.Key != "" {
+		prev, hadPrev = s.journal.Get(c.Key)
+	}
+	// Pending entries count: a timed-out announce may be live in exaBGP.
+	if c.Announce && !hadPrev && s.journal.Len() >= s.maxRoutes {
 		rep.Result, rep.Reason = ResultRejected, fmt.Sprintf("rejected: max_routes (%d) injected routes reached", s.maxRoutes)
 		return rep
 	}
@@ -63,28 +68,102 @@ func (s *service) apply(ctx context.Context, req *Request) Reply {
 		rep.Result, rep.Reason = ResultRejected, "rejected: rate limit exceeded"
 		return rep
 	}
-	res := s.cmd.Do(ctx, c.Line)
+	switch {
+	case c.Key == "":
+		res := s.cmd.Do(ctx, c.Line)
+		rep.Result, rep.Reason = res.result, res.reason
+	case c.Announce:
+		s.announce(ctx, req, c, prev, hadPrev, &rep)
+	default:
+		s.withdraw(ctx, c, prev, hadPrev, &rep)
+	}
+	s.gauges()
+	return rep
+}
+
+// announce journals the entry as pending BEFORE writing it to exaBGP, so a
+// command exaBGP applies after its ack timed out is never live and unknown
+// to list, replays and max_routes; exaBGP's answer then confirms it (done),
+// or drops it again (error: exaBGP did not apply it).
+func (s *service) announce(ctx context.Context, req *Request, c *Command, prev JournalEntry, hadPrev bool, rep *Reply) {
+	ent := JournalEntry{Key: c.Key, Verb: c.Verb, Neighbors: c.Neighbors, Body: c.Body, RequestID: req.ID,
+		Added: time.Now().UTC(), Request: req, Pending: true}
+	if err := s.journal.Put(ent); err != nil {
+		rep.Result, rep.Reason = ResultError, "not sent to exabgp: cannot journal: "+err.Error()
+		s.log.Error("journal update failed", "err", err)
+		return
+	}
+	res := s.cmd.DoLate(ctx, c.Line, func(a Ack) { s.settle(ent, prev, hadPrev, a, true) })
 	rep.Result, rep.Reason = res.result, res.reason
-	if res.result != ResultDone || c.Key == "" {
-		return rep
+	switch res.result {
+	case ResultDone:
+		s.settle(ent, prev, hadPrev, AckDone, false)
+	case ResultError:
+		s.settle(ent, prev, hadPrev, AckError, false)
+	default:
+		s.log.Warn("injected route kept as pending: exabgp may still apply it", "key", c.Key, "id", req.ID, "reason", res.reason)
 	}
-	if c.Announce {
-		err = s.journal.Put(JournalEntry{Key: c.Key, Verb: c.Verb, Neighbors: c.Neighbors, Body: c.Body, RequestID: req.ID, Added: time.Now().UTC(), Request: req})
-	} else {
-		err = s.journal.Delete(c.Key)
+}
+
+// settle applies exaBGP's answer to a pending entry, unless a later command
+// has replaced it meanwhile.
+func (s *service) settle(ent, prev JournalEntry, hadPrev bool, a Ack, late bool) {
+	var next *JournalEntry
+	switch a {
+	case AckDone:
+		ok := ent
+		ok.Pending = false
+		next = &ok
+	case AckError:
+		if hadPrev {
+			next = &prev // exaBGP still has what the previous command set
+		}
+	default:
+		return // shutting down: unknown, stays pending
 	}
-	s.m.injected.Set(float64(s.journal.Len()))
+	changed, err := s.journal.Resolve(ent, next)
 	if err != nil {
+		s.log.Error("journal update failed; entry stays pending", "key", ent.Key, "err", err)
+	}
+	if late && changed {
+		s.log.Info("late ack settled a pending injected route", "key", ent.Key, "ack", a.String())
+		s.gauges()
+	}
+}
+
+func (s *service) withdraw(ctx context.Context, c *Command, cur JournalEntry, had bool, rep *Reply) {
+	res := s.cmd.DoLate(ctx, c.Line, func(a Ack) {
+		if a != AckDone || !had {
+			return
+		}
+		if changed, err := s.journal.Resolve(cur, nil); err != nil {
+			s.log.Error("journal update failed", "key", cur.Key, "err", err)
+		} else if changed {
+			s.log.Info("late ack of a withdraw removed the injected route", "key", cur.Key)
+			s.gauges()
+		}
+	})
+	rep.Result, rep.Reason = res.result, res.reason
+	if res.result != ResultDone {
+		return
+	}
+	if err := s.journal.Delete(c.Key); err != nil {
 		// exaBGP applied it; the desired state on disk is now stale.
 		rep.Result, rep.Reason = ResultError, "applied by exabgp but not journaled: "+err.Error()
 		s.log.Error("journal update failed", "err", err)
 	}
-	return rep
 }
 
-// replay announces journaled routes again: all of them as journaled when
-// neighbor is "", else those that apply to neighbor, scoped to it.
+func (s *service) gauges() {
+	s.m.injected.Set(float64(s.journal.Len()))
+	s.m.pending.Set(float64(s.journal.Pending()))
+}
+
+// replay announces journaled routes again, pending ones included (at worst
+// exaBGP rejects one again, logged and counted): all of them as journaled
+// when neighbor is "", else those that apply to neighbor, scoped to it.
 func (s *service) replay(ctx context.Context, neighbor string) {
+	s.gauges()
 	for _, e := range s.journal.Entries() {
 		if e.Request != nil {
 			// The policy may have been narrowed since: replay only what it still allows.
@@ -101,12 +180,18 @@ func (s *service) replay(ctx context.Context, neighbor string) {
 			line = withSelector([]string{neighbor}, e.Body)
 		}
 		res := s.cmd.Do(ctx, line)
-		s.m.replayed.Inc()
+		if ctx.Err() != nil {
+			return // gave up at shutdown: not exaBGP's answer
+		}
+		s.m.replayed.WithLabelValues(res.result).Inc()
 		if res.result != ResultDone {
 			s.log.Warn("replay of injected route not acknowledged", "command", line, "result", res.result, "reason", res.reason)
+			continue
 		}
-		if ctx.Err() != nil {
-			return
+		if e.Pending && line == e.Line() {
+			// The very command that timed out, now acked: it is live.
+			s.settle(e, JournalEntry{}, false, AckDone, false)
+			s.gauges()
 		}
 	}
 }
@@ -144,7 +229,9 @@ var ErrNoNATSURL = errors.New("no nats url")
 
 // ConnectNATS connects with the configured authentication; it keeps
 // retrying in the background, so a central outage never fails the process.
-func ConnectNATS(cfg NATSConfig, name string, log *slog.Logger) (*nats.Conn, error) {
+// extra options come last and override these (the CLI turns the retry off,
+// so a wrong URL or credentials fail at once).
+func ConnectNATS(cfg NATSConfig, name string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	if cfg.URL == "" {
 		return nil, ErrNoNATSURL
 	}
@@ -195,7 +282,7 @@ func ConnectNATS(cfg NATSConfig, name string, log *slog.Logger) (*nats.Conn, err
 		}
 		opts = append(opts, nats.Secure(tc))
 	}
-	nc, err := nats.Connect(cfg.URL, opts...)
+	nc, err := nats.Connect(cfg.URL, append(opts, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("nats connect: %w", err)
 	}
