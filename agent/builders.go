@@ -8,7 +8,6 @@ import (
 
 	"github.com/bgpedge/bgpedge/bmp"
 	"github.com/bgpedge/bgpedge/buffer"
-	"github.com/bgpedge/bgpedge/exabgp"
 	"github.com/bgpedge/bgpedge/forwarder"
 	"github.com/bgpedge/bgpedge/record"
 	"github.com/prometheus/client_golang/prometheus"
@@ -103,14 +102,4 @@ func (f *encodingForwarder) Run(ctx context.Context) error {
 	}
 	err := f.Forwarder.Run(ctx)
 	return errors.Join(err, f.enc.Close())
-}
-
-// Encoder is the encoder of the `bgpedge exabgp` process's forwarder: its
-// spool holds exaBGP lines. BMP records, should one be there, go out raw.
-func Encoder(cfg Config) forwarder.Encoder {
-	ex := &exabgp.Encoder{AgentID: cfg.ForwarderSettings().AgentID, Raw: cfg.ExaBGP.RawStream}
-	return forwarder.Mux{
-		record.KindExaBGP: forwarder.StreamEncoderFunc(ex.Encode),
-		record.KindBMP:    forwarder.Raw{},
-	}
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -93,7 +94,11 @@ func runExabgp(ctx context.Context, file string, stdin io.Reader, stdout, stderr
 		spool = sp
 		mu.Unlock()
 		if acfg.Forwarder.Enabled {
-			f, err := forwarder.New(acfg.ForwarderSettings(), sp, exabgpEncoder(acfg), log.With("component", "forwarder"), reg)
+			enc, err := exabgpEncoder(acfg, reg)
+			if err != nil {
+				return nil, err
+			}
+			f, err := forwarder.New(acfg.ForwarderSettings(), sp, enc, log.With("component", "forwarder"), reg)
 			if err != nil {
 				log.Error("forwarder not started: events stay in the spool", "err", err)
 			} else {
@@ -189,8 +194,20 @@ func loadExabgpConfig(file string) (Config, exabgp.Config, error) {
 	return cfg, cfg.ExaBGP, nil
 }
 
-// exabgpEncoder adapts exabgp's encoder to the forwarder's seam.
-func exabgpEncoder(cfg Config) forwarder.Encoder {
+// exabgpEncoder adapts exabgp's encoder to the forwarder's seam. A BMP
+// record, should one be in this spool, goes out raw.
+func exabgpEncoder(cfg Config, reg prometheus.Registerer) (forwarder.Encoder, error) {
 	ex := &exabgp.Encoder{AgentID: cfg.ForwarderSettings().AgentID, Raw: cfg.ExaBGP.RawStream}
-	return forwarder.Mux{record.KindExaBGP: forwarder.StreamEncoderFunc(ex.Encode)}
+	// Re-encodes after a sink retry count again: the counter is of decode
+	// attempts that failed, not of distinct lines.
+	if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "bgpedge_exabgp_decode_errors_total",
+		Help: "exaBGP lines or raw UPDATEs that did not decode (kept raw, reported on exabgp.errors).",
+	}, func() float64 { return float64(ex.DecodeErrors()) })); err != nil {
+		return nil, fmt.Errorf("register exabgp encoder metrics: %w", err)
+	}
+	return forwarder.Mux{
+		record.KindExaBGP: forwarder.StreamEncoderFunc(ex.Encode),
+		record.KindBMP:    forwarder.Raw{},
+	}, nil
 }

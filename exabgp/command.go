@@ -91,8 +91,44 @@ const (
 // ErrRejected wraps every policy or validation rejection.
 var ErrRejected = errors.New("rejected")
 
-func reject(format string, a ...any) error {
-	return fmt.Errorf("%w: %s", ErrRejected, fmt.Sprintf(format, a...))
+// Reasons of a rejection: a small fixed set, so they can label metrics.
+const (
+	RejectVerb         = "verb"          // unknown or not allowed verb
+	RejectNeighbor     = "neighbor"      // selector missing, invalid or not allowed
+	RejectPrefix       = "prefix"        // invalid, or outside the allowed prefixes
+	RejectPrefixLength = "prefix_length" // more specific than allowed
+	RejectNextHop      = "next_hop"      // missing, invalid or not allowed
+	RejectMaxRoutes    = "max_routes"    // policy.max_routes injected routes reached
+	RejectRate         = "rate"          // policy.rate_per_second exceeded
+	RejectInvalid      = "invalid"       // any other malformed request
+)
+
+// RejectError is a rejection by policy or validation. errors.Is(err,
+// ErrRejected) holds for it; errors.As gives its Reason.
+type RejectError struct {
+	Reason string // one of the Reject* constants
+	Msg    string
+}
+
+func (e *RejectError) Error() string { return ErrRejected.Error() + ": " + e.Msg }
+
+func (e *RejectError) Unwrap() error { return ErrRejected }
+
+// RejectReason is the reason of a rejection error, RejectInvalid for any
+// other error; it never returns an unbounded value.
+func RejectReason(err error) string {
+	var re *RejectError
+	if errors.As(err, &re) {
+		switch re.Reason {
+		case RejectVerb, RejectNeighbor, RejectPrefix, RejectPrefixLength, RejectNextHop, RejectMaxRoutes, RejectRate:
+			return re.Reason
+		}
+	}
+	return RejectInvalid
+}
+
+func reject(reason, format string, a ...any) error {
+	return &RejectError{Reason: reason, Msg: fmt.Sprintf(format, a...)}
 }
 
 // safeToken is what any value spliced into an exaBGP command must match: it
@@ -111,7 +147,7 @@ var (
 type Policy struct {
 	cfg       PolicyConfig
 	verbs     map[string]bool
-	prefixes  []netip.Prefix
+	prefixes  []allowedPrefix
 	neighbors map[netip.Addr]bool
 	nextHops  []netip.Prefix
 	selfOK    bool
@@ -124,11 +160,11 @@ func NewPolicy(cfg PolicyConfig) (*Policy, error) {
 		p.verbs[v] = true
 	}
 	for _, s := range cfg.AllowedPrefixes {
-		pf, err := netip.ParsePrefix(s)
+		ap, err := parseAllowedPrefix(s)
 		if err != nil {
 			return nil, fmt.Errorf("allowed prefix %q: %w", s, err)
 		}
-		p.prefixes = append(p.prefixes, pf.Masked())
+		p.prefixes = append(p.prefixes, ap)
 	}
 	for _, s := range cfg.AllowedNeighbors {
 		a, err := netip.ParseAddr(s)
@@ -172,25 +208,25 @@ type Command struct {
 func (p *Policy) Check(req *Request) (*Command, error) {
 	if !p.verbs[req.Verb] {
 		if !slices.Contains(allVerbs, req.Verb) {
-			return nil, reject("unknown verb %q", req.Verb)
+			return nil, reject(RejectVerb, "unknown verb %q", req.Verb)
 		}
-		return nil, reject("verb %s not allowed by policy", req.Verb)
+		return nil, reject(RejectVerb, "verb %s not allowed by policy", req.Verb)
 	}
 	var sel []string
 	for _, n := range req.Neighbors {
 		a, err := netip.ParseAddr(n)
 		if err != nil {
-			return nil, reject("invalid neighbor %q", n)
+			return nil, reject(RejectNeighbor, "invalid neighbor %q", n)
 		}
 		if !p.neighbors[a.Unmap()] && !p.neighbors[a] {
-			return nil, reject("neighbor %s not allowed by policy", a)
+			return nil, reject(RejectNeighbor, "neighbor %s not allowed by policy", a)
 		}
 		sel = append(sel, a.String())
 	}
 	slices.Sort(sel)
 	sel = slices.Compact(sel)
 	if len(sel) == 0 && len(p.neighbors) > 0 {
-		return nil, reject("a neighbor selector is required by policy (allowed_neighbors is set)")
+		return nil, reject(RejectNeighbor, "a neighbor selector is required by policy (allowed_neighbors is set)")
 	}
 	c := &Command{Verb: req.Verb, Neighbors: sel}
 	var err error
@@ -202,7 +238,7 @@ func (p *Policy) Check(req *Request) (*Command, error) {
 	case VerbRouteRefresh:
 		afi, safi, ok := strings.Cut(strings.TrimSpace(req.Family), " ")
 		if !ok || !safeToken.MatchString(afi) || !safeToken.MatchString(safi) {
-			return nil, reject("route-refresh needs family \"<afi> <safi>\", not %q", req.Family)
+			return nil, reject(RejectInvalid, "route-refresh needs family \"<afi> <safi>\", not %q", req.Family)
 		}
 		c.Body = "announce route-refresh " + afi + " " + safi
 	}
@@ -228,36 +264,81 @@ func withSelector(neighbors []string, body string) string {
 	return strings.Join(parts, ", ") + " " + body
 }
 
-// checkPrefix checks that a prefix lies in the allowed prefixes and, for
-// routes (not flow rules, which usually match single hosts), that it is not
-// longer than the configured maximum.
+// allowedPrefix is one policy.allowed_prefixes entry, "CIDR" or "CIDR le N".
+type allowedPrefix struct {
+	net netip.Prefix
+	// le is the longest prefix length allowed inside net; 0 when the entry
+	// has none and the family-wide max_prefix_length_v4/_v6 applies.
+	le int
+}
+
+// parseAllowedPrefix reads "100.100.0.0/16" or "100.100.0.0/16 le 28".
+// Like a prefix list, le must be between the CIDR's own length and the
+// family's address length.
+func parseAllowedPrefix(s string) (allowedPrefix, error) {
+	f := strings.Fields(s)
+	if len(f) != 1 && len(f) != 3 {
+		return allowedPrefix{}, fmt.Errorf("want \"CIDR\" or \"CIDR le N\", not %q", s)
+	}
+	pf, err := netip.ParsePrefix(f[0])
+	if err != nil {
+		return allowedPrefix{}, fmt.Errorf("invalid CIDR %q", f[0])
+	}
+	ap := allowedPrefix{net: pf.Masked()}
+	if len(f) == 1 {
+		return ap, nil
+	}
+	if f[1] != "le" {
+		return allowedPrefix{}, fmt.Errorf("want \"le\" after the CIDR, not %q", f[1])
+	}
+	le, err := strconv.Atoi(f[2])
+	if err != nil || le < pf.Bits() || le > pf.Addr().BitLen() || le == 0 {
+		return allowedPrefix{}, fmt.Errorf("le %q must be a length between %d and %d", f[2], max(pf.Bits(), 1), pf.Addr().BitLen())
+	}
+	ap.le = le
+	return ap, nil
+}
+
+// checkPrefix checks that a prefix lies in one of the allowed prefixes and,
+// for routes (not flow rules, which usually match single hosts), that it is
+// not longer than that entry's le, or without one the family-wide maximum.
 func (p *Policy) checkPrefix(s, what string, maxLen bool) (netip.Prefix, error) {
 	pf, err := netip.ParsePrefix(s)
 	if err != nil {
-		return netip.Prefix{}, reject("invalid %s %q", what, s)
+		return netip.Prefix{}, reject(RejectPrefix, "invalid %s %q", what, s)
 	}
 	if pf != pf.Masked() {
-		return netip.Prefix{}, reject("%s %s has host bits set", what, s)
+		return netip.Prefix{}, reject(RejectPrefix, "%s %s has host bits set", what, s)
 	}
-	max := p.cfg.MaxPrefixLengthV4
+	familyMax := p.cfg.MaxPrefixLengthV4
 	if pf.Addr().Is6() {
-		max = p.cfg.MaxPrefixLengthV6
+		familyMax = p.cfg.MaxPrefixLengthV6
 	}
-	if maxLen && pf.Bits() > max {
-		return netip.Prefix{}, reject("%s %s is longer than /%d", what, pf, max)
-	}
+	// The longest length any covering entry allows, for the rejection.
+	longest := -1
 	for _, a := range p.prefixes {
-		if a.Addr().Is4() == pf.Addr().Is4() && a.Bits() <= pf.Bits() && a.Contains(pf.Addr()) {
+		if a.net.Addr().Is4() != pf.Addr().Is4() || a.net.Bits() > pf.Bits() || !a.net.Contains(pf.Addr()) {
+			continue
+		}
+		limit := familyMax
+		if a.le > 0 {
+			limit = a.le
+		}
+		if !maxLen || pf.Bits() <= limit {
 			return pf, nil
 		}
+		longest = max(longest, limit)
 	}
-	return netip.Prefix{}, reject("%s %s is outside the allowed prefixes", what, pf)
+	if longest >= 0 {
+		return netip.Prefix{}, reject(RejectPrefixLength, "%s %s is longer than /%d", what, pf, longest)
+	}
+	return netip.Prefix{}, reject(RejectPrefix, "%s %s is outside the allowed prefixes", what, pf)
 }
 
 func (p *Policy) renderRoute(req *Request, c *Command) error {
 	r := req.Route
 	if r == nil || req.Flow != nil {
-		return reject("%s needs a route and no flow", req.Verb)
+		return reject(RejectInvalid, "%s needs a route and no flow", req.Verb)
 	}
 	pf, err := p.checkPrefix(r.Prefix, "prefix", true)
 	if err != nil {
@@ -282,11 +363,11 @@ func (p *Policy) renderRoute(req *Request, c *Command) error {
 		case "igp", "egp", "incomplete":
 			b.WriteString(" origin " + r.Origin)
 		default:
-			return reject("invalid origin %q", r.Origin)
+			return reject(RejectInvalid, "invalid origin %q", r.Origin)
 		}
 		if len(r.ASPath) > 0 {
 			if len(r.ASPath) > 64 {
-				return reject("as-path longer than 64")
+				return reject(RejectInvalid, "as-path longer than 64")
 			}
 			b.WriteString(" as-path [")
 			for _, as := range r.ASPath {
@@ -318,17 +399,17 @@ func (p *Policy) renderRoute(req *Request, c *Command) error {
 
 func (p *Policy) checkNextHop(s string, pf netip.Prefix) (string, error) {
 	if s == "" {
-		return "", reject("announce-route needs a next_hop")
+		return "", reject(RejectNextHop, "announce-route needs a next_hop")
 	}
 	if s == "self" {
 		if !p.selfOK {
-			return "", reject("next hop self not allowed by policy")
+			return "", reject(RejectNextHop, "next hop self not allowed by policy")
 		}
 		return s, nil
 	}
 	a, err := netip.ParseAddr(s)
 	if err != nil {
-		return "", reject("invalid next hop %q", s)
+		return "", reject(RejectNextHop, "invalid next hop %q", s)
 	}
 	for _, n := range p.nextHops {
 		if n.Contains(a) {
@@ -336,7 +417,7 @@ func (p *Policy) checkNextHop(s string, pf netip.Prefix) (string, error) {
 		}
 	}
 	_ = pf
-	return "", reject("next hop %s not allowed by policy", a)
+	return "", reject(RejectNextHop, "next hop %s not allowed by policy", a)
 }
 
 func writeList(b *strings.Builder, name string, vals []string, re *regexp.Regexp) error {
@@ -344,12 +425,12 @@ func writeList(b *strings.Builder, name string, vals []string, re *regexp.Regexp
 		return nil
 	}
 	if len(vals) > 64 {
-		return reject("more than 64 %s values", name)
+		return reject(RejectInvalid, "more than 64 %s values", name)
 	}
 	b.WriteString(" " + name + " [")
 	for _, v := range vals {
 		if !re.MatchString(v) {
-			return reject("invalid %s %q", name, v)
+			return reject(RejectInvalid, "invalid %s %q", name, v)
 		}
 		b.WriteString(" " + v)
 	}
@@ -360,7 +441,7 @@ func writeList(b *strings.Builder, name string, vals []string, re *regexp.Regexp
 func (p *Policy) renderFlow(req *Request, c *Command) error {
 	f := req.Flow
 	if f == nil || req.Route != nil {
-		return reject("%s needs a flow and no route", req.Verb)
+		return reject(RejectInvalid, "%s needs a flow and no route", req.Verb)
 	}
 	var m strings.Builder
 	n := 0
@@ -381,7 +462,7 @@ func (p *Policy) renderFlow(req *Request, c *Command) error {
 		n++
 	}
 	if n == 0 {
-		return reject("a flow needs a destination or source prefix inside the allowed prefixes")
+		return reject(RejectPrefix, "a flow needs a destination or source prefix inside the allowed prefixes")
 	}
 	for _, comp := range []struct {
 		name string
@@ -396,11 +477,11 @@ func (p *Policy) renderFlow(req *Request, c *Command) error {
 			continue
 		}
 		if len(comp.vals) > 16 {
-			return reject("more than 16 flow %s values", comp.name)
+			return reject(RejectInvalid, "more than 16 flow %s values", comp.name)
 		}
 		for _, v := range comp.vals {
 			if !safeToken.MatchString(v) {
-				return reject("invalid flow %s %q", comp.name, v)
+				return reject(RejectInvalid, "invalid flow %s %q", comp.name, v)
 			}
 		}
 		if len(comp.vals) == 1 {
@@ -418,13 +499,13 @@ func (p *Policy) renderFlow(req *Request, c *Command) error {
 	}
 	if f.Then.Redirect != "" {
 		if !safeToken.MatchString(f.Then.Redirect) {
-			return reject("invalid flow redirect %q", f.Then.Redirect)
+			return reject(RejectInvalid, "invalid flow redirect %q", f.Then.Redirect)
 		}
 		t.WriteString(" redirect " + f.Then.Redirect + ";")
 	}
 	if f.Then.MarkDSCP != nil {
 		if *f.Then.MarkDSCP > 63 {
-			return reject("flow mark must be a DSCP value 0-63")
+			return reject(RejectInvalid, "flow mark must be a DSCP value 0-63")
 		}
 		t.WriteString(" mark " + strconv.Itoa(int(*f.Then.MarkDSCP)) + ";")
 	}
@@ -436,7 +517,7 @@ func (p *Policy) renderFlow(req *Request, c *Command) error {
 		t.WriteString(cb.String() + ";")
 	}
 	if req.Verb == VerbAnnounceFlow && t.Len() == 0 {
-		return reject("announce-flow needs at least one action")
+		return reject(RejectInvalid, "announce-flow needs at least one action")
 	}
 	match := "match {" + m.String() + " }"
 	verb := "withdraw"

@@ -217,6 +217,11 @@ func TestServiceLimitsJournalReplay(t *testing.T) {
 	if got := testutil.ToFloat64(m.commands.WithLabelValues(VerbAnnounceRoute, ResultRejected)); got != 3 {
 		t.Fatalf("rejected count %v", got)
 	}
+	for reason, want := range map[string]float64{RejectMaxRoutes: 1, RejectPrefix: 1, RejectRate: 1} {
+		if got := testutil.ToFloat64(m.rejected.WithLabelValues(reason)); got != want {
+			t.Errorf("rejections with reason %s: %v, want %v", reason, got, want)
+		}
+	}
 
 	before := len(seen())
 	svc.replay(context.Background(), "192.0.2.1")

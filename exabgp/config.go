@@ -93,9 +93,12 @@ type PolicyConfig struct {
 	// AllowedVerbs among announce-route, withdraw-route, announce-flow,
 	// withdraw-flow, route-refresh. "list" is always allowed.
 	AllowedVerbs []string `mapstructure:"allowed_verbs"`
-	// AllowedPrefixes are CIDRs a route (or a flow's source/destination) must lie in.
+	// AllowedPrefixes are CIDRs a route (or a flow's source/destination) must
+	// lie in, each optionally with the longest route length allowed inside
+	// it: "100.100.0.0/16 le 28". Without le, MaxPrefixLengthV4/V6 applies.
 	AllowedPrefixes []string `mapstructure:"allowed_prefixes"`
-	// MaxPrefixLengthV4 / V6 bound how specific an injected route may be.
+	// MaxPrefixLengthV4 / V6 bound how specific an injected route may be
+	// inside allowed prefixes that give no le of their own.
 	MaxPrefixLengthV4 int `mapstructure:"max_prefix_length_v4"`
 	MaxPrefixLengthV6 int `mapstructure:"max_prefix_length_v6"`
 	// AllowedNeighbors are the neighbor addresses a command may select;
@@ -195,8 +198,8 @@ func (p PolicyConfig) validate(bad func(key, format string, a ...any)) error {
 		}
 	}
 	for i, s := range p.AllowedPrefixes {
-		if _, err := netip.ParsePrefix(s); err != nil {
-			bad(fmt.Sprintf("policy.allowed_prefixes[%d]", i), "invalid CIDR %q", s)
+		if _, err := parseAllowedPrefix(s); err != nil {
+			bad(fmt.Sprintf("policy.allowed_prefixes[%d]", i), "%v", err)
 		}
 	}
 	for i, s := range p.AllowedNeighbors {

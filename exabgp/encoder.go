@@ -23,14 +23,19 @@ func Streams() []string { return []string{StreamRoute, StreamPeer, StreamRaw, St
 // ErrWrongKind is returned for a record that is not record.KindExaBGP.
 var ErrWrongKind = errors.New("exabgp encoder: record is not an exabgp line")
 
-// Encoder turns a spooled exaBGP line into output messages. It is stateless
-// and safe for concurrent use.
+// Encoder turns a spooled exaBGP line into output messages. It is safe for
+// concurrent use and remembers each session's negotiated capabilities, which
+// raw (packets) UPDATEs need to decode.
 type Encoder struct {
 	// AgentID prefixes event ids: "<agent>:<seq>:<index>".
 	AgentID string
 	// Raw also emits the line as received on exabgp.raw (first output).
-	Raw bool
+	Raw  bool
+	norm Normaliser
 }
+
+// DecodeErrors counts lines and raw UPDATEs that did not decode.
+func (e *Encoder) DecodeErrors() uint64 { return e.norm.DecodeErrors.Load() }
 
 // decodeErrorData is the Data of a decode-error event.
 type decodeErrorData struct {
@@ -85,9 +90,10 @@ func (e *Encoder) events(rec record.Record) ([]record.Event, []string, [][]byte)
 	m, err := ParseEvent(rec.Payload)
 	var evs []record.Event
 	if err == nil {
-		evs, err = Normalise(m)
+		evs, err = e.norm.Normalise(m)
 	}
 	if err != nil {
+		e.norm.DecodeErrors.Add(1)
 		ev := record.Event{V: record.EventSchemaVersion, Type: TypeDecodeError, Source: "exabgp",
 			Data: decodeErrorData{Error: err.Error(), Line: string(rec.Payload)}}
 		if len(rec.Key) > 0 {
@@ -102,6 +108,10 @@ func (e *Encoder) events(rec record.Record) ([]record.Event, []string, [][]byte)
 		peer := ""
 		if ev.Peer != nil {
 			peer = ev.Peer.Address
+		}
+		if ev.Type == TypeDecodeError {
+			streams[i], keys[i] = StreamErrors, []byte(peer)
+			continue
 		}
 		if ev.Type == TypeRoute && ev.Route != nil {
 			streams[i] = StreamRoute

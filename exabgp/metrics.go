@@ -22,6 +22,7 @@ type metrics struct {
 	injected       prometheus.Gauge
 	pending        prometheus.Gauge
 	replayed       *prometheus.CounterVec // result: done, error, timeout
+	rejected       *prometheus.CounterVec // reason: the Reject* constants
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -54,6 +55,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Journaled routes and flows written to exaBGP and not (yet) acked done, e.g. after an ack timeout."}),
 		replayed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bgpedge_exabgp_replayed_routes_total",
 			Help: "Journaled routes announced again after a restart or a session coming up, by exaBGP's answer (done, error, timeout)."}, []string{"result"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bgpedge_exabgp_commands_rejected_total",
+			Help: "Route commands rejected before reaching exaBGP, by reason (verb, neighbor, prefix, prefix_length, next_hop, max_routes, rate, invalid)."}, []string{"reason"}),
 	}
 	for _, r := range []string{ResultDone, ResultError, ResultTimeout} {
 		m.replayed.WithLabelValues(r) // exported at 0 from the start
@@ -62,7 +65,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.lines, m.truncated, m.queueDepth, m.queueDropped, m.readerBlocked, m.spooled,
-		m.spoolErrors, m.spoolAvailable, m.lost, m.commands, m.acks, m.injected, m.pending, m.replayed} {
+		m.spoolErrors, m.spoolAvailable, m.lost, m.commands, m.acks, m.injected, m.pending, m.replayed, m.rejected} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -2,15 +2,22 @@ package exabgp
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/bgpedge/bgpedge/record"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
 // Event types of exaBGP events that are not routes. Route events use "route",
@@ -25,7 +32,27 @@ const (
 // prefix for an UPDATE (withdrawals first, as on the wire), an End-of-RIB
 // marker, or a single session event (state, open, …) carrying exaBGP's body
 // in Data. ID, Agent, Seq and ReceivedAt are left for the encoder.
+//
+// An UPDATE that comes only as hex (the `packets` api option) is decoded
+// into the same route events. Its 4-byte AS and Add-Path settings come from
+// the negotiated block in the event if exaBGP sent one (the `negotiated`
+// api option), else 4-byte AS and no Add-Path are assumed: Normaliser also
+// remembers earlier `negotiated` events. A raw UPDATE that does not decode
+// stays one update event with its hex, followed by a decode-error event.
 func Normalise(m *Message) ([]record.Event, error) {
+	return normalise(m, nil)
+}
+
+// packetErrorData is the Data of the decode-error event of a raw UPDATE.
+type packetErrorData struct {
+	Error  string `json:"error"`
+	Header string `json:"header,omitempty"`
+	Body   string `json:"body,omitempty"`
+}
+
+// normalise is Normalise with the capabilities remembered for the session
+// (nil: none).
+func normalise(m *Message, remembered *sessionCaps) ([]record.Event, error) {
 	base := record.Event{V: record.EventSchemaVersion, Source: "exabgp"}
 	if ts, ok := m.Timestamp(); ok {
 		base.Timestamp = &ts
@@ -52,6 +79,34 @@ func Normalise(m *Message) ([]record.Event, error) {
 			return evs, err
 		}
 		// An UPDATE without NLRI (attributes only): one event keeps it.
+	}
+	var packetErr *record.Event
+	if hdr, body, ok := rawUpdate(m); ok {
+		var caps sessionCaps
+		if remembered != nil {
+			caps = *remembered
+		}
+		if len(rawOrNil(n.Negotiated)) > 0 {
+			if c, ok := parseNegotiated(n.Negotiated, n.Direction); ok {
+				caps = c
+			}
+		}
+		routes, err := decodeRawUpdate(hdr, body, caps, ribOf(n.Direction))
+		if err == nil && len(routes) > 0 {
+			evs := make([]record.Event, len(routes))
+			for i, r := range routes {
+				evs[i] = base
+				evs[i].Type = TypeRoute
+				evs[i].Route = r
+			}
+			return evs, nil
+		}
+		if err != nil {
+			e := base
+			e.Type = TypeDecodeError
+			e.Data = packetErrorData{Error: err.Error(), Header: hdr, Body: body}
+			packetErr = &e
+		}
 	}
 	e := base
 	e.Type = m.Type
@@ -89,6 +144,9 @@ func Normalise(m *Message) ([]record.Event, error) {
 		}
 	}
 	e.Data = d
+	if packetErr != nil {
+		return []record.Event{e, *packetErr}, nil
+	}
 	return []record.Event{e}, nil
 }
 
@@ -309,6 +367,7 @@ func canonicalJSON(raw json.RawMessage) string {
 // attributes is an UPDATE's decoded path attributes, shared by its prefixes.
 type attributes struct {
 	origin           string
+	nextHop          string // NEXT_HOP, of raw updates only
 	asPath           []uint32
 	segments         []record.ASPathSegment
 	med, localPref   *uint32
@@ -532,4 +591,517 @@ func genericAttribute(k string) (uint8, uint8, bool) {
 		return 0, 0, false
 	}
 	return uint8(t), uint8(f), true
+}
+
+// Decoding of raw UPDATEs. With exaBGP's `packets` api option (and no
+// `parsed`), an update event carries only the message as hex, in
+// neighbor.message (packets) or at the top level (4.2's header/body next to
+// a parsed form). bgpedge then decodes the UPDATE itself so it still yields
+// the route events a parsed update would, with the same fields.
+
+// sessionCaps are the negotiated capabilities that change how an UPDATE is
+// encoded on the wire.
+type sessionCaps struct {
+	as2     bool // the session did not negotiate 4-byte AS numbers
+	addPath map[bgp.Family]bool
+}
+
+// maxSessionCaps bounds the Normaliser's memory of negotiated capabilities:
+// exaBGP runs a handful of sessions, but neighbor keys come from input.
+const maxSessionCaps = 1024
+
+// Normaliser is Normalise with a memory of each session's `negotiated`
+// event (4-byte AS, Add-Path), used to decode raw UPDATEs of that session
+// that do not carry the negotiated block themselves. It remembers at most
+// maxSessionCaps sessions (an arbitrary one is forgotten beyond) and forgets
+// a session when it goes down. A forgotten or never-seen session is decoded
+// with exaBGP's usual defaults: 4-byte AS and no Add-Path. The zero value
+// is ready to use; it is safe for concurrent use, but the memory is only
+// right if a session's events are normalised in order.
+type Normaliser struct {
+	mu       sync.Mutex
+	sessions map[string]sessionCaps
+	// DecodeErrors counts raw UPDATEs that did not decode (each kept raw
+	// and reported by a decode-error event).
+	DecodeErrors atomic.Uint64
+}
+
+func sessionKey(n *Neighbor) string { return n.Address.Local + "|" + n.Address.Peer }
+
+// Normalise is the package Normalise with the session memory described on
+// Normaliser.
+func (z *Normaliser) Normalise(m *Message) ([]record.Event, error) {
+	var caps *sessionCaps
+	if n := m.Neighbor; n != nil {
+		key := sessionKey(n)
+		z.mu.Lock()
+		switch {
+		case m.Type == "negotiated" && len(rawOrNil(n.Negotiated)) > 0:
+			if c, ok := parseNegotiated(n.Negotiated, n.Direction); ok {
+				if _, known := z.sessions[key]; !known && len(z.sessions) >= maxSessionCaps {
+					for k := range z.sessions {
+						delete(z.sessions, k)
+						break
+					}
+				}
+				if z.sessions == nil {
+					z.sessions = make(map[string]sessionCaps)
+				}
+				z.sessions[key] = c
+			}
+		case m.Type == "state" && n.State != "up":
+			// The next session negotiates again.
+			delete(z.sessions, key)
+		default:
+			if c, ok := z.sessions[key]; ok {
+				caps = &c
+			}
+		}
+		z.mu.Unlock()
+	}
+	evs, err := normalise(m, caps)
+	for _, e := range evs {
+		if e.Type == TypeDecodeError {
+			z.DecodeErrors.Add(1)
+		}
+	}
+	return evs, err
+}
+
+// parseNegotiated reads exaBGP's negotiated block: {"asn4": true,
+// "add_path": {"send": ["ipv4 unicast"], "receive": [...]}}. Add-Path is
+// taken for the direction of the messages decoded: what exaBGP receives for
+// received updates, what it sends for sent ones.
+func parseNegotiated(raw json.RawMessage, direction string) (sessionCaps, bool) {
+	var n struct {
+		ASN4    *bool `json:"asn4"`
+		AddPath struct {
+			Send    []string `json:"send"`
+			Receive []string `json:"receive"`
+		} `json:"add_path"`
+	}
+	if json.Unmarshal(raw, &n) != nil {
+		return sessionCaps{}, false
+	}
+	c := sessionCaps{as2: n.ASN4 != nil && !*n.ASN4}
+	fams := n.AddPath.Receive
+	if direction == "send" || direction == "out" {
+		fams = n.AddPath.Send
+	}
+	for _, f := range fams {
+		afi, safi, _ := family(f)
+		if afi == 0 || safi == 0 {
+			continue
+		}
+		if c.addPath == nil {
+			c.addPath = make(map[bgp.Family]bool)
+		}
+		c.addPath[bgp.NewFamily(afi, safi)] = true
+	}
+	return c, true
+}
+
+// rawUpdate returns the hex header and body of an update event that has no
+// parsed form, or ok false.
+func rawUpdate(m *Message) (header, body string, ok bool) {
+	n := m.Neighbor
+	if m.Type != "update" || n == nil {
+		return "", "", false
+	}
+	if n.Message != nil {
+		if n.Message.Update != nil || n.Message.EOR != nil {
+			return "", "", false
+		}
+		if n.Message.Body != "" || n.Message.Header != "" {
+			return n.Message.Header, n.Message.Body, true
+		}
+	}
+	if m.Body != "" || m.Header != "" {
+		return m.Header, m.Body, true
+	}
+	return "", "", false
+}
+
+func decodeHex(s string) ([]byte, error) {
+	s = strings.TrimPrefix(strings.TrimPrefix(strings.TrimSpace(s), "0x"), "0X")
+	return hex.DecodeString(s)
+}
+
+// Structural failures of a raw UPDATE.
+var errPacket = errors.New("undecodable update packet")
+
+// decodeRawUpdate decodes a raw UPDATE into routes of the same shape as
+// normaliseUpdate makes from exaBGP's parsed form. An UPDATE without NLRI
+// (attributes only) gives no routes, and stays one update event.
+func decodeRawUpdate(header, body string, caps sessionCaps, rib string) ([]*record.Route, error) {
+	hb, err := decodeHex(header)
+	if err != nil {
+		return nil, fmt.Errorf("%w: header: %w", errPacket, err)
+	}
+	bb, err := decodeHex(body)
+	if err != nil {
+		return nil, fmt.Errorf("%w: body: %w", errPacket, err)
+	}
+	if len(hb) != 0 {
+		// exaBGP's header is the 19-byte BGP header of the body.
+		if len(hb) != 19 {
+			return nil, fmt.Errorf("%w: header of %d bytes", errPacket, len(hb))
+		}
+		if l := int(hb[16])<<8 | int(hb[17]); l != 19+len(bb) {
+			return nil, fmt.Errorf("%w: header length %d for a body of %d bytes", errPacket, l, len(bb))
+		}
+		if hb[18] != bgp.BGP_MSG_UPDATE {
+			return nil, fmt.Errorf("%w: message type %d is no update", errPacket, hb[18])
+		}
+	}
+	mo := &bgp.MarshallingOption{Use2ByteAS: caps.as2}
+	for f, on := range caps.addPath {
+		if on {
+			if mo.AddPath == nil {
+				mo.AddPath = make(map[bgp.Family]bgp.BGPAddPathMode)
+			}
+			mo.AddPath[f] = bgp.BGP_ADD_PATH_RECEIVE
+		}
+	}
+	var u bgp.BGPUpdate
+	if err := u.DecodeFromBytes(bb, mo); err != nil {
+		return nil, fmt.Errorf("%w: %w", errPacket, err)
+	}
+	attrs, reach, unreach, err := packetAttributes(u.PathAttributes, caps.as2)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errPacket, err)
+	}
+	newRoute := func(f bgp.Family) *record.Route {
+		return &record.Route{AFI: f.Afi(), SAFI: f.Safi(), Family: record.FamilyName(f.Afi(), f.Safi()), RIB: rib}
+	}
+	var withdrawn, announced []*record.Route
+	for _, pn := range u.WithdrawnRoutes {
+		r := newRoute(bgp.RF_IPv4_UC)
+		applyNLRI(r, pn)
+		r.Action = "withdraw"
+		withdrawn = append(withdrawn, r)
+	}
+	for _, un := range unreach {
+		for _, pn := range un.Value {
+			r := newRoute(bgp.NewFamily(un.AFI, un.SAFI))
+			applyNLRI(r, pn)
+			r.Action = "withdraw"
+			withdrawn = append(withdrawn, r)
+		}
+	}
+	announce := func(f bgp.Family, pn bgp.PathNLRI, nh string) {
+		r := newRoute(f)
+		applyNLRI(r, pn)
+		attrs.applyTo(r)
+		r.Action = "announce"
+		r.NextHop = nh
+		announced = append(announced, r)
+	}
+	for _, pn := range u.NLRI {
+		announce(bgp.RF_IPv4_UC, pn, attrs.nextHop)
+	}
+	for _, re := range reach {
+		nh := ""
+		if re.Nexthop.IsValid() && !re.Nexthop.IsUnspecified() {
+			nh = re.Nexthop.String()
+		}
+		for _, pn := range re.Value {
+			announce(bgp.NewFamily(re.AFI, re.SAFI), pn, nh)
+		}
+	}
+	// As in the parsed form: withdrawals first, families in name order.
+	byFamily := func(a, b *record.Route) int { return strings.Compare(a.Family, b.Family) }
+	slices.SortStableFunc(withdrawn, byFamily)
+	slices.SortStableFunc(announced, byFamily)
+	out := append(withdrawn, announced...)
+	if len(out) == 0 && len(reach) == 0 {
+		// End-of-RIB (RFC 4724): an empty UPDATE for IPv4 unicast, or one
+		// holding only an empty MP_UNREACH_NLRI for another family.
+		switch {
+		case len(u.PathAttributes) == 0:
+			out = append(out, &record.Route{Action: "withdraw", EndOfRIB: true, AFI: 1, SAFI: 1, Family: record.FamilyName(1, 1), RIB: rib})
+		case len(u.PathAttributes) == 1 && len(unreach) == 1:
+			r := newRoute(bgp.NewFamily(unreach[0].AFI, unreach[0].SAFI))
+			r.Action, r.EndOfRIB = "withdraw", true
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+func applyNLRI(r *record.Route, pn bgp.PathNLRI) {
+	r.PathID = pn.ID
+	switch n := pn.NLRI.(type) {
+	case *bgp.IPAddrPrefix:
+		r.Prefix = n.Prefix.String()
+	case *bgp.LabeledIPAddrPrefix:
+		r.Prefix, r.Labels = n.Prefix.String(), n.Labels.Labels
+	case *bgp.LabeledVPNIPAddrPrefix:
+		r.Prefix, r.Labels = n.Prefix.String(), n.Labels.Labels
+		if n.RD != nil {
+			r.RD = n.RD.String()
+		}
+	default:
+		// Flowspec, EVPN, BGP-LS, …: GoBGP's readable form, which is not
+		// exaBGP's, plus the NLRI bytes so nothing is lost.
+		r.Prefix = n.String()
+		if b, err := n.Serialize(); err == nil {
+			r.NLRI = b
+		}
+	}
+}
+
+// packetAttributes turns GoBGP's path attributes into the attributes of
+// parsed updates, with exaBGP's string forms where the fields hold strings.
+func packetAttributes(pas []bgp.PathAttributeInterface, as2 bool) (*attributes, []*bgp.PathAttributeMpReachNLRI, []*bgp.PathAttributeMpUnreachNLRI, error) {
+	a := &attributes{}
+	var (
+		reach        []*bgp.PathAttributeMpReachNLRI
+		unreach      []*bgp.PathAttributeMpUnreachNLRI
+		asPath       []bgp.AsPathParamInterface
+		as4Path      []*bgp.As4PathParam
+		aggregator4  *bgp.PathAttributeAggregatorParam
+		extValues    []extCommunityJSON
+		haveExtended bool
+	)
+	for _, pa := range pas {
+		switch v := pa.(type) {
+		case *bgp.PathAttributeMpReachNLRI:
+			reach = append(reach, v)
+		case *bgp.PathAttributeMpUnreachNLRI:
+			unreach = append(unreach, v)
+		case *bgp.PathAttributeOrigin:
+			switch v.Value {
+			case 0:
+				a.origin = "igp"
+			case 1:
+				a.origin = "egp"
+			case 2:
+				a.origin = "incomplete"
+			default:
+				a.origin = strconv.Itoa(int(v.Value))
+			}
+		case *bgp.PathAttributeAsPath:
+			asPath = v.Value
+		case *bgp.PathAttributeAs4Path:
+			as4Path = v.Value
+		case *bgp.PathAttributeNextHop:
+			a.nextHop = v.Value.String()
+		case *bgp.PathAttributeMultiExitDisc:
+			med := v.Value
+			a.med = &med
+		case *bgp.PathAttributeLocalPref:
+			lp := v.Value
+			a.localPref = &lp
+		case *bgp.PathAttributeAtomicAggregate:
+			a.atomicAggregate = true
+		case *bgp.PathAttributeAggregator:
+			a.aggregator = strconv.FormatUint(uint64(v.Value.AS), 10) + ":" + v.Value.Address.String()
+		case *bgp.PathAttributeAs4Aggregator:
+			p := v.Value
+			aggregator4 = &p
+		case *bgp.PathAttributeOriginatorId:
+			a.originatorID = v.Value.String()
+		case *bgp.PathAttributeClusterList:
+			for _, id := range v.Value {
+				a.clusterList = append(a.clusterList, id.String())
+			}
+		case *bgp.PathAttributeCommunities:
+			for _, c := range v.Value {
+				a.communities = append(a.communities, strconv.FormatUint(uint64(c>>16), 10)+":"+strconv.FormatUint(uint64(c&0xffff), 10))
+			}
+		case *bgp.PathAttributeLargeCommunities:
+			for _, c := range v.Values {
+				a.largeCommunities = append(a.largeCommunities, fmt.Sprintf("%d:%d:%d", c.ASN, c.LocalData1, c.LocalData2))
+			}
+		case *bgp.PathAttributeExtendedCommunities:
+			haveExtended = true
+			for _, ec := range v.Value {
+				b, err := ec.Serialize()
+				if err != nil || len(b) != 8 {
+					return nil, nil, nil, fmt.Errorf("extended community: %v", err)
+				}
+				s := extCommunityString(b)
+				a.extCommunities = append(a.extCommunities, s)
+				extValues = append(extValues, extCommunityJSON{Value: binary.BigEndian.Uint64(b), String: s})
+			}
+		default:
+			// Not broken out (AIGP, Prefix-SID, PMSI, unknown, …): kept as
+			// type, flags and value, as parsed updates keep exaBGP's
+			// "attribute-0xTT-0xFF" hex.
+			b, err := pa.Serialize()
+			if err != nil {
+				return nil, nil, nil, fmt.Errorf("attribute %d: %w", pa.GetType(), err)
+			}
+			hl := 3
+			if pa.GetFlags()&bgp.BGP_ATTR_FLAG_EXTENDED_LENGTH != 0 {
+				hl = 4
+			}
+			if len(b) < hl {
+				return nil, nil, nil, fmt.Errorf("attribute %d: %d bytes", pa.GetType(), len(b))
+			}
+			a.other = append(a.other, record.OtherAttribute{Type: uint8(pa.GetType()), Flags: uint8(pa.GetFlags()), Value: b[hl:]})
+		}
+	}
+	if haveExtended {
+		b, err := json.Marshal(extValues)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		// As parsed updates keep exaBGP's list: the uint64 values in full.
+		a.keepExtra("extended-community", b)
+	}
+	if as2 && aggregator4 != nil {
+		a.aggregator = strconv.FormatUint(uint64(aggregator4.AS), 10) + ":" + aggregator4.Address.String()
+	}
+	a.setASPath(mergeAS4Path(asPath, as4Path, as2))
+	return a, reach, unreach, nil
+}
+
+// asSegment is one AS_PATH segment: type (RFC 4271/5065 codes) and ASNs.
+type asSegment struct {
+	typ  uint8
+	asns []uint32
+}
+
+// mergeAS4Path rebuilds the 4-byte path of a 2-byte AS session from AS_PATH
+// and AS4_PATH (RFC 6793 4.2.3): the leading ASNs AS4_PATH does not cover,
+// then AS4_PATH.
+func mergeAS4Path(path []bgp.AsPathParamInterface, path4 []*bgp.As4PathParam, as2 bool) []asSegment {
+	segs := make([]asSegment, 0, len(path))
+	for _, p := range path {
+		segs = append(segs, asSegment{typ: p.GetType(), asns: p.GetAS()})
+	}
+	if !as2 || len(path4) == 0 {
+		return segs
+	}
+	count := func(s asSegment) int {
+		switch s.typ {
+		case bgp.BGP_ASPATH_ATTR_TYPE_SEQ:
+			return len(s.asns)
+		case bgp.BGP_ASPATH_ATTR_TYPE_SET:
+			return 1
+		}
+		return 0
+	}
+	n, n4 := 0, 0
+	for _, s := range segs {
+		n += count(s)
+	}
+	segs4 := make([]asSegment, 0, len(path4))
+	for _, p := range path4 {
+		s := asSegment{typ: p.Type, asns: p.AS}
+		n4 += count(s)
+		segs4 = append(segs4, s)
+	}
+	if n < n4 {
+		return segs // AS4_PATH is not usable (RFC 6793 4.2.3)
+	}
+	keep := n - n4
+	var out []asSegment
+	for _, s := range segs {
+		if keep == 0 {
+			break
+		}
+		c := count(s)
+		switch {
+		case c == 0:
+			out = append(out, s)
+		case c <= keep:
+			out = append(out, s)
+			keep -= c
+		default:
+			out = append(out, asSegment{typ: s.typ, asns: s.asns[:keep]})
+			keep = 0
+		}
+	}
+	return append(out, segs4...)
+}
+
+// setASPath fills the path as decodeASPath5 does from 5.x's segment list.
+func (a *attributes) setASPath(segs []asSegment) {
+	plain := true
+	for _, s := range segs {
+		typ := "sequence"
+		switch s.typ {
+		case bgp.BGP_ASPATH_ATTR_TYPE_SET:
+			typ = "set"
+		case bgp.BGP_ASPATH_ATTR_TYPE_CONFED_SEQ:
+			typ = "confed-sequence"
+		case bgp.BGP_ASPATH_ATTR_TYPE_CONFED_SET:
+			typ = "confed-set"
+		}
+		if !strings.HasPrefix(typ, "confed") {
+			a.asPath = append(a.asPath, s.asns...)
+		}
+		if typ != "sequence" {
+			plain = false
+		}
+		a.segments = append(a.segments, record.ASPathSegment{Type: typ, ASNs: s.asns})
+	}
+	if plain && len(a.segments) <= 1 {
+		a.segments = nil
+	}
+}
+
+type extCommunityJSON struct {
+	Value  uint64 `json:"value"`
+	String string `json:"string"`
+}
+
+// extCommunityString writes an extended community as exaBGP does in its
+// "string", for the kinds exaBGP names; others as exaBGP's hex.
+func extCommunityString(b []byte) string {
+	typ, sub := b[0], b[1]
+	as2 := func() (uint64, uint64) {
+		return uint64(binary.BigEndian.Uint16(b[2:4])), uint64(binary.BigEndian.Uint32(b[4:8]))
+	}
+	ip4 := func() (string, uint64) {
+		return netip.AddrFrom4([4]byte(b[2:6])).String(), uint64(binary.BigEndian.Uint16(b[6:8]))
+	}
+	as4 := func() (uint64, uint64) {
+		return uint64(binary.BigEndian.Uint32(b[2:6])), uint64(binary.BigEndian.Uint16(b[6:8]))
+	}
+	name := map[uint8]string{0x02: "target", 0x03: "origin"}[sub]
+	switch {
+	case name != "" && typ&0x3f == 0x00:
+		g, l := as2()
+		return fmt.Sprintf("%s:%d:%d", name, g, l)
+	case name != "" && typ&0x3f == 0x01:
+		g, l := ip4()
+		return fmt.Sprintf("%s:%s:%d", name, g, l)
+	case name != "" && typ&0x3f == 0x02:
+		g, l := as4()
+		return fmt.Sprintf("%s:%dL:%d", name, g, l)
+	case typ == 0x80 && sub == 0x06, typ == 0x80 && sub == 0x0c:
+		rate := math.Float32frombits(binary.BigEndian.Uint32(b[4:8]))
+		s := "rate-limit:" + strconv.FormatInt(int64(rate), 10)
+		if sub == 0x0c {
+			s += ":packets"
+		}
+		return s
+	case typ == 0x80 && sub == 0x07:
+		var parts []string
+		if b[7]&0x02 != 0 {
+			parts = append(parts, "sample")
+		}
+		if b[7]&0x01 != 0 {
+			parts = append(parts, "terminal")
+		}
+		return "action " + strings.Join(parts, "-")
+	case typ == 0x80 && sub == 0x08:
+		g, l := as2()
+		return fmt.Sprintf("redirect:%d:%d", g, l)
+	case typ == 0x81 && sub == 0x08:
+		g, l := ip4()
+		return fmt.Sprintf("redirect:%s:%d", g, l)
+	case typ == 0x82 && sub == 0x08:
+		g, l := as4()
+		return fmt.Sprintf("redirect:%dL:%d", g, l)
+	case typ == 0x80 && sub == 0x09:
+		return "mark " + strconv.Itoa(int(b[7]&0x3f))
+	case typ == 0x08 && sub == 0x00:
+		return "copy-to-nexthop"
+	}
+	return "0x" + strings.ToUpper(hex.EncodeToString(b))
 }

@@ -357,7 +357,19 @@ func FuzzParseLine(f *testing.F) {
 			f.Add(l)
 		}
 	}
+	// Packets-only updates (hex, no parsed form), so the fuzzer mutates
+	// UPDATE bytes too, and a negotiated event with Add-Path and 2-byte AS.
+	for _, body := range []string{
+		"0x0000003D4001010040020E02030000FDE90000FDF20000FDF380040400000032C00808FDE90064FFFFFF01C0200C0000FDE900000001000000024003047F00000218C00002",
+		"0x0000002C4001010240020602010000FDE9800E1C0002011020010DB8000000000000000000000002003020010DB80001",
+		"0x0000002C4001010240020602010000FDE9800E1100018500000B0118CB0071038106058150C010088006000000000000",
+		"0x000418C000020000", "0x00000000", "0x00000006800F03000201",
+	} {
+		f.Add([]byte(`{"exabgp":"4.0.1","type":"update","neighbor":{"address":{"local":"127.0.0.3","peer":"127.0.0.2"},"asn":{"local":65002,"peer":65001},"direction":"receive","message":{"category":2,"header":"","body":"` + body + `"}}}`))
+	}
+	f.Add([]byte(`{"exabgp":"4.0.1","type":"negotiated","neighbor":{"address":{"local":"127.0.0.3","peer":"127.0.0.2"},"asn":{"local":65002,"peer":65001},"negotiated":{"asn4":false,"add_path":{"send":[],"receive":["ipv4 unicast","ipv6 unicast"]}}}}`))
 	enc := &Encoder{AgentID: "f", Raw: true}
+	var z Normaliser // its session memory carries over between inputs
 	f.Fuzz(func(t *testing.T, line []byte) {
 		kind, _ := ClassifyLine(line)
 		_ = peerOf(line)
@@ -365,6 +377,12 @@ func FuzzParseLine(f *testing.F) {
 		if m, err := ParseEvent(line); err == nil {
 			if _, err := Normalise(m); err != nil {
 				_ = err // a decode error is a valid outcome; panics are not
+			}
+			evs, err := z.Normalise(m)
+			if err == nil {
+				if _, err := json.Marshal(evs); err != nil {
+					t.Fatalf("events do not marshal: %v", err)
+				}
 			}
 		}
 		n := 0

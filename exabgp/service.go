@@ -51,6 +51,7 @@ func (s *service) apply(ctx context.Context, req *Request) Reply {
 	}
 	c, err := s.policy.Check(req)
 	if err != nil {
+		s.m.rejected.WithLabelValues(RejectReason(err)).Inc()
 		rep.Result, rep.Reason = ResultRejected, err.Error()
 		return rep
 	}
@@ -61,10 +62,12 @@ func (s *service) apply(ctx context.Context, req *Request) Reply {
 	}
 	// Pending entries count: a timed-out announce may be live in exaBGP.
 	if c.Announce && !hadPrev && s.journal.Len() >= s.maxRoutes {
+		s.m.rejected.WithLabelValues(RejectMaxRoutes).Inc()
 		rep.Result, rep.Reason = ResultRejected, fmt.Sprintf("rejected: max_routes (%d) injected routes reached", s.maxRoutes)
 		return rep
 	}
 	if !s.limiter.Allow() {
+		s.m.rejected.WithLabelValues(RejectRate).Inc()
 		rep.Result, rep.Reason = ResultRejected, "rejected: rate limit exceeded"
 		return rep
 	}
@@ -204,6 +207,7 @@ func (s *service) serveNATS(ctx context.Context, nc *nats.Conn, subject string) 
 		if err := json.Unmarshal(msg.Data, &req); err != nil {
 			rep = Reply{Result: ResultRejected, Reason: "rejected: invalid request JSON: " + err.Error()}
 			s.m.commands.WithLabelValues("unknown", ResultRejected).Inc()
+			s.m.rejected.WithLabelValues(RejectInvalid).Inc()
 		} else {
 			rep = s.handle(ctx, &req)
 		}
