@@ -173,10 +173,11 @@ type Decoder struct {
 }
 
 type decodeMetrics struct {
-	decoded  *prometheus.CounterVec
-	errors   *prometheus.CounterVec
-	routes   *prometheus.CounterVec
-	inferred prometheus.Counter
+	decoded    *prometheus.CounterVec
+	errors     *prometheus.CounterVec
+	routes     *prometheus.CounterVec
+	inferred   prometheus.Counter
+	otherWidth prometheus.Counter
 }
 
 // Message type label values of bgpedge_bmp_decoded_messages_total.
@@ -202,6 +203,10 @@ func newDecodeMetrics(reg prometheus.Registerer) (*decodeMetrics, error) {
 			Name: "bgpedge_bmp_addpath_inferred_total",
 			Help: "Route Monitoring messages whose Add-Path use was inferred from their content because no Peer Up told it (e.g. Loc-RIB without Peer Up) or the Peer Up's did not fit.",
 		}),
+		otherWidth: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bgpedge_bmp_aspath_other_width_total",
+			Help: "Route Monitoring messages whose AS_PATH only fits the other ASN width than the Peer Up's OPENs (or, without a Peer Up, the A flag) imply, and was read with that one.",
+		}),
 	}
 	for _, t := range msgTypeLabels() {
 		m.decoded.WithLabelValues(t)
@@ -213,7 +218,7 @@ func newDecodeMetrics(reg prometheus.Registerer) (*decodeMetrics, error) {
 		m.routes.WithLabelValues(r)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.decoded, m.errors, m.routes, m.inferred} {
+		for _, c := range []prometheus.Collector{m.decoded, m.errors, m.routes, m.inferred, m.otherWidth} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("bmp: register metrics: %w", err)
 			}
@@ -466,10 +471,14 @@ func (d *Decoder) routeMonitoring(c *msgCtx, pdu []byte) {
 	if policy != "" && ph.PostPolicy() {
 		policy = "post-policy"
 	}
-	as2 := ph.TwoByteAS()
 	state, known := d.peers.lookup(peerStoreKey(c.router, ph.Key()), c.rec.Seq)
 	if stateless != nil {
 		state, known = *stateless, true
+	}
+	// The A flag decides the AS_PATH width only when no Peer Up told it.
+	as2 := ph.TwoByteAS()
+	if known {
+		as2 = state.twoByteAS(as2)
 	}
 	du, inferred, err := decodeWithInference(body, state, known, dir, as2)
 	if err != nil {
@@ -478,6 +487,9 @@ func (d *Decoder) routeMonitoring(c *msgCtx, pdu []byte) {
 	}
 	if inferred {
 		d.m.inferred.Inc()
+	}
+	if du.otherWidth > 0 {
+		d.m.otherWidth.Inc()
 	}
 	peer := peerOf(&ph)
 	ts := timestamp(ph.Timestamp)
@@ -574,8 +586,9 @@ func (d *Decoder) peerUp(c *msgCtx, m *biobmp.PeerUpNotification) {
 		pu.Information = tlvs
 	}
 	// State is stored even from a partly decoded Peer Up: an OPEN that did
-	// not decode contributes no capabilities, which is the safe default.
-	v := negotiate(c.rec.Seq, sentCaps, recvCaps)
+	// not decode contributes no Add-Path, which is the safe default, and
+	// leaves the AS_PATH width to the A flag unless the other OPEN settles it.
+	v := negotiate(c.rec.Seq, sentCaps, recvCaps, ph.Type == PeerTypeLocRIB)
 	key := peerStoreKey(c.router, ph.Key())
 	if ph.Type == PeerTypeLocRIB {
 		// Some routers (Huawei VRP) send one Loc-RIB Peer Up per address
@@ -809,7 +822,7 @@ func v4RouteMonitoringTLVs(b []byte) ([]byte, *peerVersion, error) {
 		case hasBGPMarker(v) && pdu == nil:
 			pdu = v
 		case t == 1:
-			var caps openCaps
+			caps := openCaps{read: true}
 			for cv := v; len(cv) >= 2 && len(cv) >= 2+int(cv[1]); cv = cv[2+int(cv[1]):] {
 				code, val := cv[0], cv[2:2+int(cv[1])]
 				switch code {
@@ -826,7 +839,7 @@ func v4RouteMonitoringTLVs(b []byte) ([]byte, *peerVersion, error) {
 			}
 			// The TLV states the encoding of this very message: a family
 			// listed with any mode carries path ids, in every direction.
-			v := negotiate(0, caps, caps)
+			v := negotiate(0, caps, caps, false)
 			v.In, v.Out = v.LocRIB, v.LocRIB
 			stateless = &v
 		}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/bgpedge/bgpedge/record"
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
@@ -31,6 +33,8 @@ const (
 	attrMPReach     = 14
 	attrMPUnreach   = 15
 	attrExtComm     = 16
+	attrAS4Path     = 17
+	attrAS4Aggr     = 18
 	attrLargeComm   = 32
 	attrPrefixSID   = 40
 )
@@ -140,6 +144,9 @@ type decodedUpdate struct {
 	// zeroLen counts /0 prefixes: used to choose between Add-Path
 	// interpretations when the peer's capabilities are unknown.
 	zeroLen int
+	// otherWidth counts AS_PATH attributes read with the other ASN width
+	// than asked for, because only that one fits.
+	otherWidth int
 }
 
 // rawFamily reports whether a family is carried with its raw NLRI instead
@@ -169,7 +176,9 @@ func decodeUpdate(body []byte, opt pathOptions) (decodedUpdate, error) {
 		reach     []rawAttr
 		unreach   []rawAttr
 		prefixSID *rawAttr
+		as        asAttrs
 	)
+	as.twoByte = opt.as2
 	for i := range u.attrs {
 		a := &u.attrs[i]
 		switch a.typ {
@@ -182,11 +191,15 @@ func decodeUpdate(body []byte, opt pathOptions) (decodedUpdate, error) {
 		case attrPrefixSID:
 			prefixSID = a
 		}
-		if err := applyAttr(&base, a, mo); err != nil {
+		if err := applyAttr(&base, a, mo, &as); err != nil {
 			d.attrErrs = append(d.attrErrs, fmt.Errorf("attribute %d: %w", a.typ, err))
 			base.Attributes = append(base.Attributes, record.OtherAttribute{Type: a.typ, Flags: a.flags, Value: a.value})
 		}
 	}
+	if as.otherWidth {
+		d.otherWidth++
+	}
+	as.apply(&base)
 
 	emit := func(r record.Route) {
 		if r.Prefix != "" && len(r.NLRI) == 0 && r.Family != "" {
@@ -400,43 +413,169 @@ func rawNextHop(b []byte) string {
 	return ""
 }
 
-// applyAttr decodes one non-MP attribute into the route template.
-func applyAttr(r *record.Route, a *rawAttr, mo *bgp.MarshallingOption) error {
+// asSegment is one AS_PATH or AS4_PATH segment.
+type asSegment struct {
+	typ  uint8
+	asns []uint32
+}
+
+// asLen is the segment's length for path selection (RFC 4271 9.1.2.2,
+// RFC 5065): a set counts one, confederation segments nothing.
+func (s asSegment) asLen() int {
+	switch s.typ {
+	case bgp.BGP_ASPATH_ATTR_TYPE_SEQ:
+		return len(s.asns)
+	case bgp.BGP_ASPATH_ATTR_TYPE_SET:
+		return 1
+	}
+	return 0
+}
+
+func asSegments(params []bgp.AsPathParamInterface) []asSegment {
+	out := make([]asSegment, 0, len(params))
+	for _, p := range params {
+		out = append(out, asSegment{typ: p.GetType(), asns: p.GetAS()})
+	}
+	return out
+}
+
+// asAttrs collects what the AS-related attributes of one UPDATE say; the
+// route's AS path and aggregator are set from it once all are read.
+type asAttrs struct {
+	twoByte    bool // AS_PATH read with 2-byte ASNs
+	otherWidth bool // ... against the width asked for
+	path       []asSegment
+	hasPath    bool
+	as4Path    []asSegment
+	hasAS4Path bool
+	aggr2      bool // AGGREGATOR has a 2-byte AS
+	as4Aggr    *uint32
+}
+
+// apply sets the route's AS path and aggregator. On a 2-byte session the
+// 4-byte ASNs travel in AS4_PATH and AS4_AGGREGATOR, with AS_TRANS in
+// AS_PATH and AGGREGATOR; they are merged back as a NEW speaker does
+// (RFC 6793 4.2.3, as GoBGP's UpdatePathAttrs4ByteAs and
+// UpdatePathAggregator4ByteAs). A 4-byte session has nothing to merge:
+// AS4 attributes there are only carried raw. Both AS4 attributes are
+// also kept raw in Attributes, as received.
+func (a *asAttrs) apply(r *record.Route) {
+	if a.twoByte && a.as4Aggr != nil && a.aggr2 {
+		if i := strings.IndexByte(r.Aggregator, ':'); i >= 0 {
+			r.Aggregator = strconv.FormatUint(uint64(*a.as4Aggr), 10) + r.Aggregator[i:]
+		}
+	}
+	if !a.hasPath {
+		return
+	}
+	path := a.path
+	if a.twoByte && a.hasAS4Path {
+		path = mergeAS4Path(path, a.as4Path)
+	}
+	var segs []record.ASPathSegment
+	plain := true
+	for _, s := range path {
+		r.ASPath = append(r.ASPath, s.asns...)
+		segs = append(segs, record.ASPathSegment{Type: asPathSegmentName(s.typ), ASNs: s.asns})
+		if s.typ != bgp.BGP_ASPATH_ATTR_TYPE_SEQ {
+			plain = false
+		}
+	}
+	if !plain || len(segs) > 1 {
+		r.ASPathSegments = segs
+	}
+}
+
+// mergeAS4Path rebuilds the AS path from AS_PATH and AS4_PATH (RFC 6793
+// 4.2.3): AS4_PATH replaces as many trailing ASNs of AS_PATH as it holds;
+// confederation segments in AS4_PATH are dropped (RFC 6793 6), and an
+// AS4_PATH longer than AS_PATH is ignored.
+func mergeAS4Path(path, as4 []asSegment) []asSegment {
+	asLen, confedLen := 0, 0
+	for _, s := range path {
+		asLen += s.asLen()
+		switch s.typ {
+		case bgp.BGP_ASPATH_ATTR_TYPE_CONFED_SET:
+			confedLen++
+		case bgp.BGP_ASPATH_ATTR_TYPE_CONFED_SEQ:
+			confedLen += len(s.asns)
+		}
+	}
+	var tail []asSegment
+	as4Len := 0
+	for _, s := range as4 {
+		if s.typ == bgp.BGP_ASPATH_ATTR_TYPE_CONFED_SEQ || s.typ == bgp.BGP_ASPATH_ATTR_TYPE_CONFED_SET {
+			continue
+		}
+		as4Len += s.asLen()
+		tail = append(tail, s)
+	}
+	if asLen+confedLen < as4Len || len(tail) == 0 {
+		return path
+	}
+	keep := asLen + confedLen - as4Len
+	var out []asSegment
+	for _, s := range path {
+		if n := s.asLen(); keep-n >= 0 {
+			out = append(out, s) // a leading confederation segment stays
+			keep -= n
+		} else {
+			out = append(out, asSegment{typ: s.typ, asns: s.asns[:keep]})
+			keep = 0
+		}
+		if keep <= 0 {
+			break
+		}
+	}
+	for _, s := range tail {
+		if n := len(out); n > 0 && s.typ == bgp.BGP_ASPATH_ATTR_TYPE_SEQ && out[n-1].typ == bgp.BGP_ASPATH_ATTR_TYPE_SEQ {
+			out[n-1].asns = slices.Concat(out[n-1].asns, s.asns)
+			continue
+		}
+		out = append(out, s)
+	}
+	return slices.DeleteFunc(out, func(s asSegment) bool { return len(s.asns) == 0 })
+}
+
+// applyAttr decodes one non-MP attribute into the route template; the
+// AS-related ones go to as.
+func applyAttr(r *record.Route, a *rawAttr, mo *bgp.MarshallingOption, as *asAttrs) error {
 	p, err := bgp.GetPathAttribute(a.whole)
 	if err != nil {
 		return err
 	}
 	if err := p.DecodeFromBytes(a.whole, mo); err != nil {
-		if a.typ != attrASPath && a.typ != attrAggregator {
+		if a.typ != attrASPath {
 			return err
 		}
-		// The A flag (2-byte AS_PATH) is not always right: some routers
-		// reformat AS_PATH to 4-byte ASNs without clearing it, or the
-		// reverse. Only one reading can fit the attribute's length.
+		// The width the session (or, without a Peer Up, the A flag) implies
+		// is not always the one used: FRR 8.0 sends 2-byte AS_PATHs on
+		// sessions whose both OPENs have the 4-octet AS capability, and
+		// some routers reformat AS_PATH without touching the A flag. When
+		// only the other reading fits the attribute's length, it is used.
 		alt := *mo
 		alt.Use2ByteAS = !mo.Use2ByteAS
 		p, _ = bgp.GetPathAttribute(a.whole)
 		if err2 := p.DecodeFromBytes(a.whole, &alt); err2 != nil {
 			return err
 		}
+		as.twoByte, as.otherWidth = alt.Use2ByteAS, true
 	}
 	switch v := p.(type) {
 	case *bgp.PathAttributeOrigin:
 		r.Origin = originName(v.Value)
 	case *bgp.PathAttributeAsPath:
-		var segs []record.ASPathSegment
-		plain := true
+		as.path, as.hasPath = asSegments(v.Value), true
+	case *bgp.PathAttributeAs4Path:
 		for _, s := range v.Value {
-			asns := s.GetAS()
-			r.ASPath = append(r.ASPath, asns...)
-			segs = append(segs, record.ASPathSegment{Type: asPathSegmentName(s.GetType()), ASNs: asns})
-			if s.GetType() != bgp.BGP_ASPATH_ATTR_TYPE_SEQ {
-				plain = false
-			}
+			as.as4Path = append(as.as4Path, asSegment{typ: s.Type, asns: s.AS})
 		}
-		if !plain || len(segs) > 1 {
-			r.ASPathSegments = segs
-		}
+		as.hasAS4Path = true
+		r.Attributes = append(r.Attributes, record.OtherAttribute{Type: a.typ, Flags: a.flags, Value: a.value})
+	case *bgp.PathAttributeAs4Aggregator:
+		x := v.Value.AS
+		as.as4Aggr = &x
+		r.Attributes = append(r.Attributes, record.OtherAttribute{Type: a.typ, Flags: a.flags, Value: a.value})
 	case *bgp.PathAttributeNextHop:
 		r.NextHop = v.Value.String()
 	case *bgp.PathAttributeMultiExitDisc:
@@ -448,6 +587,8 @@ func applyAttr(r *record.Route, a *rawAttr, mo *bgp.MarshallingOption) error {
 	case *bgp.PathAttributeAtomicAggregate:
 		r.AtomicAggregate = true
 	case *bgp.PathAttributeAggregator:
+		// Its width shows in its length (6 or 8 bytes), whatever the session.
+		as.aggr2 = len(a.value) == 6
 		r.Aggregator = strconv.FormatUint(uint64(v.Value.AS), 10) + ":" + v.Value.Address.String()
 	case *bgp.PathAttributeCommunities:
 		for _, c := range v.Value {
@@ -533,6 +674,7 @@ type RawTLV struct {
 
 // openCaps is what decoding needs from an OPEN.
 type openCaps struct {
+	read    bool // the OPEN decoded: a missing capability means "not supported"
 	as4     bool
 	addPath map[bgp.Family]bgp.BGPAddPathMode
 }
@@ -558,6 +700,7 @@ func decodeOpen(msg []byte) (*OpenMessage, openCaps, error) {
 		}
 		return nil, caps, fmt.Errorf("%w: %w", errOpen, err)
 	}
+	caps.read = true
 	out := &OpenMessage{Version: o.Version, MyAS: o.MyAS, AS: uint32(o.MyAS), HoldTime: o.HoldTime}
 	if o.ID.IsValid() {
 		out.BGPID = o.ID.String()
@@ -656,6 +799,7 @@ func decodeOpenLenient(body []byte) (*OpenMessage, openCaps, error) {
 		return nil, caps, fmt.Errorf("%w: optional parameters length %d exceeds %d bytes", errOpen, plen, len(params))
 	}
 	params = params[:plen]
+	caps.read = true
 	for len(params) > 0 {
 		hl := 2
 		if ext {

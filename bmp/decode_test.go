@@ -3,6 +3,7 @@ package bmp_test
 import (
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -405,71 +406,292 @@ func TestDecodeSyntheticPeerDown(t *testing.T) {
 	}
 }
 
-// TestPeerStateSurvivesRestart shows that Add-Path learnt from a Peer Up is
-// kept on disk: a decoder opened later on the same directory decodes the
-// peer's Route Monitoring the same way, and a record re-delivered from
-// before a newer Peer Up still decodes with the state of its time.
-func TestPeerStateSurvivesRestart(t *testing.T) {
-	dir := t.TempDir()
-	p := globalPeer
-	sentAP := openMsg(65000, "192.0.2.254", capab(1, 0, 1, 0, 1), capab(69, 0, 1, 1, 3))
-	recvAP := openMsg(65001, "192.0.2.1", capab(1, 0, 1, 0, 1), capab(69, 0, 1, 1, 3))
-	recvNoAP := openMsg(65001, "192.0.2.1", capab(1, 0, 1, 0, 1))
+// Builders for the peer-state tests: a Peer Up with both OPENs, and an
+// UPDATE with classic IPv4 NLRI and an IPv6 MP_REACH_NLRI.
+func peerUpMsg(p peerHdr, sent, recv []byte) []byte {
 	local := make([]byte, 20)
-	// Two /24s with path ids 1 and 2; read without Add-Path this is a
-	// different, valid-looking set of prefixes, so only state decides.
-	withIDs := append(append(u32(1), 24, 10, 0, 1), append(u32(2), 24, 10, 0, 2)...)
-	without := []byte{24, 10, 0, 1, 24, 10, 0, 2}
-	attrs := [][]byte{attr(0x40, 1, []byte{0}), asPath4(65001), attr(0x40, 3, []byte{192, 0, 2, 1})}
-	rm := func(nlri []byte) record.Record {
-		return record.Record{Kind: record.KindBMP, Source: router, Payload: bmpMessage(bmp.MsgRouteMonitoring, p.bytes(), update(nil, attrs, nlri))}
+	return bmpMessage(bmp.MsgPeerUp, p.bytes(), local, sent, recv)
+}
+
+func mpReachIPv6(nlri []byte) []byte {
+	nh := netip.MustParseAddr("2001:db8::1").As16()
+	v := append([]byte{0, 2, 1, 16}, nh[:]...)
+	return attr(0x80, 14, append(append(v, 0), nlri...))
+}
+
+// routeSummary renders the routes of one message compactly for comparison:
+// family, prefix, path id and AS path.
+func routeSummary(t *testing.T, evs []record.Event) []string {
+	t.Helper()
+	var out []string
+	for _, ev := range evs {
+		switch {
+		case ev.Route != nil:
+			r := ev.Route
+			out = append(out, fmt.Sprintf("%s %s#%#x as%v", r.Family, r.Prefix, r.PathID, r.ASPath))
+		case ev.Type == bmp.EventDecodeError:
+			out = append(out, "error: "+ev.Data.(*bmp.DecodeError).Error)
+		}
 	}
-	pu := func(recv []byte) record.Record {
-		return record.Record{Kind: record.KindBMP, Source: router, Payload: bmpMessage(bmp.MsgPeerUp, p.bytes(), local, sentAP, recv)}
+	return out
+}
+
+// TestPeerStateSurvivesRestart shows that what the OPENs of a Peer Up
+// negotiated — Add-Path per family and direction, the AS_PATH width — is
+// what decodes the peer's Route Monitoring messages, and that it is kept on
+// disk: a decoder reopened on the same directory (a restart) decodes every
+// message exactly as before, including a record re-delivered from before a
+// newer Peer Up of the same peer. Each message is chosen so that decoding
+// without the state (A flag, content inference) reads it differently: only
+// the state can produce the expected routes.
+func TestPeerStateSurvivesRestart(t *testing.T) {
+	mp4, mp6 := capab(1, 0, 1, 0, 1), capab(1, 0, 2, 0, 1)
+	as4 := func(as uint32) []byte { return capab(65, u32(as)...) }
+	// Add-Path tuples (RFC 7911): AFI, SAFI, mode 1 receive / 2 send.
+	routerAP := capab(69, 0, 1, 1, 1, 0, 2, 1, 2) // IPv4: may receive; IPv6: may send
+	peerAP := capab(69, 0, 1, 1, 2, 0, 2, 1, 1)   // IPv4: may send; IPv6: may receive
+
+	apPeer := peerHdr{addr: "192.0.2.1", as: 65001, id: "192.0.2.1"}
+	apPeerOut := apPeer
+	apPeerOut.flags = bmp.FlagO | bmp.FlagL
+	oldSpeaker := peerHdr{addr: "192.0.2.2", as: 65002, id: "192.0.2.2"}                    // A flag clear, yet a 2-byte session
+	newSpeakerA := peerHdr{addr: "192.0.2.3", as: 65003, id: "192.0.2.3", flags: bmp.FlagA} // A flag set, yet a 4-byte session
+
+	// Both readings of these bytes parse without /0 prefixes, so content
+	// inference keeps the plain one: 10.0.1.0/24 and 10.0.2.0/24, or with
+	// path ids one route 10.0.2.0/24 with path id 0x180a0001.
+	v4NLRI := []byte{24, 10, 0, 1, 24, 10, 0, 2}
+	// IPv6: 2001:d00::/24 and 2001:db8::/32, or 2001:db8::/32 with path id 0x1820010d.
+	v6NLRI := []byte{24, 0x20, 0x01, 0x0d, 32, 0x20, 0x01, 0x0d, 0xb8}
+	mixed := update(nil, [][]byte{attr(0x40, 1, []byte{0}), asPath4(65001), attr(0x40, 3, []byte{192, 0, 2, 1}), mpReachIPv6(v6NLRI)}, v4NLRI)
+	// An AS_PATH that fits both widths: 2-byte, two segments 65000 23456
+	// and 65002; 4-byte, one segment 4259863456 33684970. With AS4_PATH
+	// 4200000000 65002, as an old speaker's path carries a 4-byte ASN.
+	dualWidth := attr(0x40, 2, []byte{2, 2, 0xfd, 0xe8, 0x5b, 0xa0, 2, 1, 0xfd, 0xea})
+	as4Path := attr(0xc0, 17, append([]byte{2, 2}, append(u32(4200000000), u32(65002)...)...))
+	oldSpeakerUpdate := update(nil, [][]byte{attr(0x40, 1, []byte{0}), dualWidth, attr(0x40, 3, []byte{192, 0, 2, 2}), as4Path}, []byte{16, 10, 2})
+	// 2-byte: 65000 65001, 65002; 4-byte: 4259905001 33684970.
+	dualWidth2 := attr(0x40, 2, []byte{2, 2, 0xfd, 0xe8, 0xfd, 0xe9, 2, 1, 0xfd, 0xea})
+	newSpeakerUpdate := update(nil, [][]byte{attr(0x40, 1, []byte{0}), dualWidth2, attr(0x40, 3, []byte{192, 0, 2, 3})}, []byte{16, 10, 3})
+
+	type step struct {
+		name string
+		seq  uint64
+		msg  []byte
+		// want is the routes with the state; nil for Peer Ups.
+		want []string
+		// stateless marks messages that decoding without the state must
+		// read differently.
+		stateless bool
 	}
-	decode := func(d *bmp.Decoder, seq uint64, rec record.Record) []string {
-		rec.Seq = seq
-		var got []string
-		if err := d.Decode(rec, func(ev record.Event) {
-			if ev.Route != nil {
-				got = append(got, ev.Route.Prefix+"#"+jsonOf(t, ev.Route.PathID))
-			} else if ev.Type == bmp.EventDecodeError {
-				got = append(got, "error")
-			}
-		}); err != nil {
+	steps := []step{
+		{name: "peer up: add-path ipv4 peer→router, ipv6 router→peer", seq: 10,
+			msg: peerUpMsg(apPeer, openMsg(65000, "192.0.2.254", mp4, mp6, as4(65000), routerAP), openMsg(65001, "192.0.2.1", mp4, mp6, as4(65001), peerAP))},
+		{name: "adj-rib-in: path ids on ipv4 only", seq: 11, msg: bmpMessage(bmp.MsgRouteMonitoring, apPeer.bytes(), mixed), stateless: true,
+			want: []string{"ipv4-unicast 10.0.2.0/24#0x180a0001 as[65001]", "ipv6-unicast 2001:d00::/24#0x0 as[65001]", "ipv6-unicast 2001:db8::/32#0x0 as[65001]"}},
+		{name: "adj-rib-out: the reverse, path ids on ipv6 only", seq: 12, msg: bmpMessage(bmp.MsgRouteMonitoring, apPeerOut.bytes(), mixed), stateless: true,
+			want: []string{"ipv4-unicast 10.0.1.0/24#0x0 as[65001]", "ipv4-unicast 10.0.2.0/24#0x0 as[65001]", "ipv6-unicast 2001:db8::/32#0x1820010d as[65001]"}},
+		{name: "peer up: the peer is a 2-byte speaker", seq: 13,
+			msg: peerUpMsg(oldSpeaker, openMsg(65000, "192.0.2.254", mp4, as4(65000)), openMsg(65002, "192.0.2.2", mp4))},
+		{name: "2-byte session, A flag clear: 2-byte AS_PATH merged with AS4_PATH", seq: 14, msg: bmpMessage(bmp.MsgRouteMonitoring, oldSpeaker.bytes(), oldSpeakerUpdate), stateless: true,
+			want: []string{"ipv4-unicast 10.2.0.0/16#0x0 as[65000 4200000000 65002]"}},
+		{name: "peer up: both 4-byte speakers", seq: 15,
+			msg: peerUpMsg(newSpeakerA, openMsg(65000, "192.0.2.254", mp4, as4(65000)), openMsg(65003, "192.0.2.3", mp4, as4(65003)))},
+		{name: "4-byte session, A flag set: 4-byte AS_PATH", seq: 16, msg: bmpMessage(bmp.MsgRouteMonitoring, newSpeakerA.bytes(), newSpeakerUpdate), stateless: true,
+			want: []string{"ipv4-unicast 10.3.0.0/16#0x0 as[4259905001 33684970]"}},
+		{name: "peer up again: no add-path any more", seq: 20,
+			msg: peerUpMsg(apPeer, openMsg(65000, "192.0.2.254", mp4, mp6, as4(65000)), openMsg(65001, "192.0.2.1", mp4, mp6, as4(65001)))},
+		{name: "adj-rib-in after the second peer up: no path ids", seq: 21, msg: bmpMessage(bmp.MsgRouteMonitoring, apPeer.bytes(), mixed),
+			want: []string{"ipv4-unicast 10.0.1.0/24#0x0 as[65001]", "ipv4-unicast 10.0.2.0/24#0x0 as[65001]", "ipv6-unicast 2001:d00::/24#0x0 as[65001]", "ipv6-unicast 2001:db8::/32#0x0 as[65001]"}},
+	}
+	decode := func(d *bmp.Decoder, st step) []string {
+		t.Helper()
+		var evs []record.Event
+		rec := record.Record{Seq: st.seq, Kind: record.KindBMP, Source: router, Payload: st.msg}
+		if err := d.Decode(rec, func(ev record.Event) { evs = append(evs, ev) }); err != nil {
 			t.Fatal(err)
 		}
-		return got
+		return routeSummary(t, evs)
 	}
-	want := []string{"10.0.1.0/24#1", "10.0.2.0/24#2"}
+	open := func(dir string) *bmp.Decoder {
+		t.Helper()
+		d, err := bmp.NewDecoder(bmp.DecoderOptions{StateDir: dir})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
 
-	d1, err := bmp.NewDecoder(bmp.DecoderOptions{StateDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	decode(d1, 10, pu(recvAP))
-	if got := decode(d1, 11, rm(withIDs)); !slices.Equal(got, want) {
-		t.Fatalf("before restart: %v", got)
-	}
-	decode(d1, 20, pu(recvNoAP)) // the peer reconnects without Add-Path
-	if got := decode(d1, 21, rm(without)); !slices.Equal(got, []string{"10.0.1.0/24#0", "10.0.2.0/24#0"}) {
-		t.Fatalf("after second peer up: %v", got)
+	dir := t.TempDir()
+	d1 := open(dir)
+	before := map[uint64][]string{}
+	for _, st := range steps {
+		got := decode(d1, st)
+		if st.want == nil {
+			continue
+		}
+		before[st.seq] = got
+		if !slices.Equal(got, st.want) {
+			t.Errorf("%s (seq %d):\n got  %q\n want %q", st.name, st.seq, got, st.want)
+		}
 	}
 	if err := d1.Close(); err != nil {
 		t.Fatal(err)
 	}
 
-	d2, err := bmp.NewDecoder(bmp.DecoderOptions{StateDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// Restart: every record is re-delivered (the forwarder had not acked
+	// them) and must decode exactly as before, each with the state of its
+	// time, though the newest state of apPeer is the second Peer Up.
+	d2 := open(dir)
 	defer d2.Close()
-	// Re-delivered after a restart: seq 11 predates the second Peer Up.
-	if got := decode(d2, 11, rm(withIDs)); !slices.Equal(got, want) {
-		t.Errorf("re-delivered after restart: %v, want %v", got, want)
+	for _, st := range steps {
+		if st.want == nil {
+			continue
+		}
+		if got := decode(d2, st); !slices.Equal(got, before[st.seq]) {
+			t.Errorf("after restart, %s (seq %d):\n got    %q\n before %q", st.name, st.seq, got, before[st.seq])
+		}
 	}
-	if got := decode(d2, 22, rm(without)); !slices.Equal(got, []string{"10.0.1.0/24#0", "10.0.2.0/24#0"}) {
-		t.Errorf("new record after restart: %v", got)
+	// A new record after the restart takes the newest state of its peer.
+	later := steps[1]
+	later.seq = 30
+	if got, want := decode(d2, later), steps[len(steps)-1].want; !slices.Equal(got, want) {
+		t.Errorf("new record after restart:\n got  %q\n want %q", got, want)
+	}
+	later = steps[4]
+	later.seq = 31
+	if got := decode(d2, later); !slices.Equal(got, steps[4].want) {
+		t.Errorf("new 2-byte session record after restart:\n got  %q\n want %q", got, steps[4].want)
+	}
+
+	// Without the state (a decoder on an empty directory that never saw
+	// the Peer Ups), the same messages decode differently: the state is
+	// what decides.
+	d3 := open(t.TempDir())
+	defer d3.Close()
+	for _, st := range steps {
+		if !st.stateless {
+			continue
+		}
+		if got := decode(d3, st); slices.Equal(got, st.want) {
+			t.Errorf("%s (seq %d) decodes the same without the peer's state: %q", st.name, st.seq, got)
+		}
+	}
+}
+
+// TestDecodeASWidth covers how the AS_PATH width is chosen — from the Peer
+// Up's OPENs, from the A flag without one, and from the attribute's
+// length when only the other width fits — and the RFC 6793 merge of
+// AS4_PATH and AS4_AGGREGATOR on 2-byte sessions.
+func TestDecodeASWidth(t *testing.T) {
+	mp4 := capab(1, 0, 1, 0, 1)
+	as4 := func(as uint32) []byte { return capab(65, u32(as)...) }
+	peer := peerHdr{addr: "192.0.2.7", as: 65007, id: "192.0.2.7"}
+	peerA := peer
+	peerA.flags = bmp.FlagA
+	session2 := peerUpMsg(peer, openMsg(65000, "192.0.2.254", mp4, as4(65000)), openMsg(65007, "192.0.2.7", mp4))
+	session4 := peerUpMsg(peer, openMsg(65000, "192.0.2.254", mp4, as4(65000)), openMsg(65007, "192.0.2.7", mp4, as4(65007)))
+	// The peer's OPEN has a capability longer than its parameter: its
+	// capabilities are unknown.
+	badOpen := bgpMsg(1, []byte{4, 0xfd, 0xef, 0, 90, 192, 0, 2, 7, 4, 2, 2, 65, 9})
+	sessionUnknown := peerUpMsg(peer, openMsg(65000, "192.0.2.254", mp4, as4(65000)), badOpen)
+	sessionUnknownA := peerUpMsg(peerA, openMsg(65000, "192.0.2.254", mp4, as4(65000)), badOpen)
+	dualWidth := attr(0x40, 2, []byte{2, 2, 0xfd, 0xe8, 0xfd, 0xe9, 2, 1, 0xfd, 0xea})
+	asPath2 := func(segs ...[]uint16) []byte {
+		var b []byte
+		for _, s := range segs {
+			b = append(b, 2, byte(len(s)))
+			for _, a := range s {
+				b = binary.BigEndian.AppendUint16(b, a)
+			}
+		}
+		return attr(0x40, 2, b)
+	}
+	seg4 := func(typ byte, asns ...uint32) []byte {
+		b := []byte{typ, byte(len(asns))}
+		for _, a := range asns {
+			b = binary.BigEndian.AppendUint32(b, a)
+		}
+		return b
+	}
+	as4Path := func(segs ...[]byte) []byte { return attr(0xc0, 17, slices.Concat(segs...)) }
+	aggr2 := attr(0xc0, 7, []byte{0x5b, 0xa0, 192, 0, 2, 99})         // AS_TRANS, 192.0.2.99
+	as4Aggr := attr(0xc0, 18, append(u32(4200000001), 192, 0, 2, 99)) // 4200000001, 192.0.2.99
+	rm := func(p peerHdr, attrs ...[]byte) []byte {
+		all := append([][]byte{attr(0x40, 1, []byte{0})}, attrs...)
+		all = append(all, attr(0x40, 3, []byte{192, 0, 2, 7}))
+		return bmpMessage(bmp.MsgRouteMonitoring, p.bytes(), update(nil, all, []byte{16, 10, 7}))
+	}
+	tests := []struct {
+		name       string
+		msgs       [][]byte
+		asPath     string
+		aggregator string
+		rawTypes   []uint8 // types in Attributes
+		otherWidth float64
+	}{
+		{name: "2-byte session: AS_TRANS replaced from AS4_PATH",
+			msgs:   [][]byte{session2, rm(peer, asPath2([]uint16{65007, 23456, 23456}), as4Path(seg4(2, 4200000001, 4200000002)))},
+			asPath: "[65007 4200000001 4200000002]", rawTypes: []uint8{17}},
+		{name: "2-byte session: AS4_AGGREGATOR replaces AS_TRANS in AGGREGATOR",
+			msgs:   [][]byte{session2, rm(peer, asPath2([]uint16{65007, 23456}), aggr2, as4Path(seg4(2, 4200000001)), as4Aggr)},
+			asPath: "[65007 4200000001]", aggregator: "4200000001:192.0.2.99", rawTypes: []uint8{17, 18}},
+		{name: "2-byte session: AS4_PATH longer than AS_PATH is ignored",
+			msgs:   [][]byte{session2, rm(peer, asPath2([]uint16{23456}), as4Path(seg4(2, 4200000001, 4200000002)))},
+			asPath: "[23456]", rawTypes: []uint8{17}},
+		{name: "2-byte session: confederation segments of AS4_PATH are dropped",
+			msgs:   [][]byte{session2, rm(peer, asPath2([]uint16{65007, 23456}), as4Path(seg4(3, 64512), seg4(2, 4200000001)))},
+			asPath: "[65007 4200000001]", rawTypes: []uint8{17}},
+		{name: "4-byte session: AS4_PATH is not merged, only kept raw",
+			msgs:   [][]byte{session4, rm(peer, asPath4(65007, 23456), as4Path(seg4(2, 4200000001)))},
+			asPath: "[65007 23456]", rawTypes: []uint8{17}},
+		{name: "4-byte session, AS_PATH only fits 2-byte (FRR 8.0): read 2-byte, counted",
+			msgs:   [][]byte{session4, rm(peer, asPath2([]uint16{65000}))},
+			asPath: "[65000]", otherWidth: 1},
+		{name: "2-byte session, AS_PATH only fits 4-byte: read 4-byte, counted",
+			msgs:   [][]byte{session2, rm(peer, asPath4(65007, 4200000001))},
+			asPath: "[65007 4200000001]", otherWidth: 1},
+		{name: "no peer up, A flag set: 2-byte, AS4_PATH merged",
+			msgs:   [][]byte{rm(peerA, asPath2([]uint16{65007, 23456}), as4Path(seg4(2, 4200000001)))},
+			asPath: "[65007 4200000001]", rawTypes: []uint8{17}},
+		{name: "no peer up, A flag clear: 4-byte",
+			msgs:   [][]byte{rm(peer, dualWidth)},
+			asPath: "[4259905001 33684970]"},
+		{name: "no peer up, A flag set: 2-byte",
+			msgs:   [][]byte{rm(peerA, dualWidth)},
+			asPath: "[65000 65001 65002]"},
+		{name: "peer up with an unreadable OPEN, A flag clear: 4-byte",
+			msgs:   [][]byte{sessionUnknown, rm(peer, dualWidth)},
+			asPath: "[4259905001 33684970]"},
+		{name: "peer up with an unreadable OPEN, A flag set: 2-byte",
+			msgs:   [][]byte{sessionUnknownA, rm(peerA, dualWidth)},
+			asPath: "[65000 65001 65002]"},
+		{name: "2-byte session overrides the A flag",
+			msgs:   [][]byte{session2, rm(peer, dualWidth)},
+			asPath: "[65000 65001 65002]"},
+		{name: "4-byte session overrides the A flag",
+			msgs:   [][]byte{session4, rm(peerA, dualWidth)},
+			asPath: "[4259905001 33684970]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, reg := newDecoder(t, "")
+			evs := decodeAll(t, d, tt.msgs...)
+			if len(tt.msgs) > 1 && evs[0][0].Type != bmp.EventPeerUp {
+				t.Fatalf("peer up: %s", jsonOf(t, evs[0]))
+			}
+			r := one(t, evs[len(evs)-1], bmp.EventRoute).Route
+			var raw []uint8
+			for _, a := range r.Attributes {
+				raw = append(raw, a.Type)
+			}
+			if got := fmt.Sprint(r.ASPath); got != tt.asPath || r.Aggregator != tt.aggregator || !slices.Equal(raw, tt.rawTypes) {
+				t.Errorf("as_path %s aggregator %q raw attributes %v, want %s %q %v", got, r.Aggregator, raw, tt.asPath, tt.aggregator, tt.rawTypes)
+			}
+			if got := testutil.ToFloat64(counterOf(t, reg, "bgpedge_bmp_aspath_other_width_total")); got != tt.otherWidth {
+				t.Errorf("bgpedge_bmp_aspath_other_width_total = %v, want %v", got, tt.otherWidth)
+			}
+		})
 	}
 }
 

@@ -34,6 +34,13 @@ const peerStateVersions = 8
 type peerVersion struct {
 	Seq uint64 `json:"seq"`
 	AS4 bool   `json:"as4"`
+	// ASWidth is the ASN width of AS_PATH on this session (and with 2,
+	// AS4_PATH and AS4_AGGREGATOR are merged): 4 when both OPENs carry the
+	// 4-octet AS capability, 2 when one of them lacks it, 0 when that is
+	// unknown because an OPEN could not be read (then the A flag decides). States stored before the field existed read as 0, which is
+	// what decoded their records then, so re-delivered records keep
+	// decoding the same.
+	ASWidth uint8 `json:"as_width,omitempty"`
 	// Families (gobgp Family values) with Add-Path path ids, per RIB direction.
 	In     []uint32 `json:"in,omitempty"`      // Adj-RIB-In: peer sends, router receives
 	Out    []uint32 `json:"out,omitempty"`     // Adj-RIB-Out: router sends, peer receives
@@ -52,6 +59,18 @@ const (
 	dirOut
 	dirLocRIB
 )
+
+// twoByteAS reports whether AS_PATH is read with 2-byte ASNs: as the OPENs
+// negotiated, or as the per-peer header's A flag says when they are unknown.
+func (v *peerVersion) twoByteAS(aFlag bool) bool {
+	switch v.ASWidth {
+	case 2:
+		return true
+	case 4:
+		return false
+	}
+	return aFlag
+}
 
 func (v *peerVersion) options(dir direction, as2 bool) pathOptions {
 	var fams []uint32
@@ -76,8 +95,22 @@ func (v *peerVersion) options(dir direction, as2 bool) pathOptions {
 // negotiate derives a peer's state from the router's (sent) and the peer's
 // (received) OPEN. Add-Path applies router←peer when the peer may send and
 // the router may receive; router→peer (Adj-RIB-Out, RFC 8671) the reverse.
-func negotiate(seq uint64, sent, recv openCaps) peerVersion {
+// 4-octet AS applies when both OPENs carry the capability (RFC 6793); a
+// Loc-RIB Peer Up's OPENs are fabricated copies of each other (RFC 9069
+// 5.2), so there either one carrying it is enough.
+func negotiate(seq uint64, sent, recv openCaps, locRIB bool) peerVersion {
 	v := peerVersion{Seq: seq, AS4: sent.as4 && recv.as4}
+	switch {
+	case locRIB && (sent.as4 || recv.as4):
+		v.AS4, v.ASWidth = true, 4
+	case locRIB && (sent.read || recv.read):
+		v.ASWidth = 2
+	case locRIB:
+	case sent.read && !sent.as4, recv.read && !recv.as4:
+		v.ASWidth = 2 // one side is an old (2-byte) speaker
+	case v.AS4:
+		v.ASWidth = 4
+	}
 	fams := map[bgp.Family]bool{}
 	for f := range sent.addPath {
 		fams[f] = true
@@ -226,9 +259,9 @@ func mergeVersions(a, b peerVersion) peerVersion {
 		slices.Sort(out)
 		return slices.Compact(out)
 	}
-	return peerVersion{Seq: b.Seq, AS4: a.AS4 || b.AS4, In: union(a.In, b.In), Out: union(a.Out, b.Out), LocRIB: union(a.LocRIB, b.LocRIB)}
+	return peerVersion{Seq: b.Seq, AS4: a.AS4 || b.AS4, ASWidth: max(a.ASWidth, b.ASWidth), In: union(a.In, b.In), Out: union(a.Out, b.Out), LocRIB: union(a.LocRIB, b.LocRIB)}
 }
 
 func equalVersion(a, b peerVersion) bool {
-	return a.Seq == b.Seq && a.AS4 == b.AS4 && slices.Equal(a.In, b.In) && slices.Equal(a.Out, b.Out) && slices.Equal(a.LocRIB, b.LocRIB)
+	return a.Seq == b.Seq && a.AS4 == b.AS4 && a.ASWidth == b.ASWidth && slices.Equal(a.In, b.In) && slices.Equal(a.Out, b.Out) && slices.Equal(a.LocRIB, b.LocRIB)
 }
