@@ -2,7 +2,6 @@ package bmp_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -212,18 +211,27 @@ var tsharkPrefixKeys = map[string]bool{
 // tsharkMessages runs tshark's BMP and BGP dissectors over a capture.
 func tsharkMessages(t testing.TB, tshark, path string, ports []uint16) []tsharkMsg {
 	t.Helper()
+	msgs, err := tsharkJSON(tshark, path, ports)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msgs
+}
+
+// tsharkJSON is tsharkMessages for callers off the test goroutine.
+func tsharkJSON(tshark, path string, ports []uint16) ([]tsharkMsg, error) {
 	args := []string{"-r", path}
 	for _, p := range ports {
 		args = append(args, "-d", "tcp.port=="+strconv.Itoa(int(p))+",bmp")
 	}
-	args = append(args, "-T", "json", "--no-duplicate-keys")
+	args = append(args, "-n", "-T", "json", "--no-duplicate-keys")
 	out, err := exec.Command(tshark, args...).Output()
 	if err != nil {
-		t.Fatalf("tshark %v: %v", args, err)
+		return nil, fmt.Errorf("tshark %v: %w", args, err)
 	}
 	root, err := parseJSON(json.NewDecoder(bytes.NewReader(out)))
 	if err != nil {
-		t.Fatalf("tshark json: %v", err)
+		return nil, fmt.Errorf("tshark json of %s: %w", path, err)
 	}
 	var msgs []tsharkMsg
 	for _, pkt := range root.items() {
@@ -240,7 +248,36 @@ func tsharkMessages(t testing.TB, tshark, path string, ports []uint16) []tsharkM
 			msgs = append(msgs, tm)
 		}
 	}
-	return msgs
+	return msgs, nil
+}
+
+// tsharkPrefix writes a prefix tshark showed as address/length. tshark's
+// bgp.prefix_length is the NLRI's length field, which also counts the
+// label stack (24 bits a label) and the route distinguisher (64 bits).
+func tsharkPrefix(addr string, parent *jnode) string {
+	l := parent.get("bgp.prefix_length")
+	if l == nil {
+		return addr + "/?"
+	}
+	n, err := strconv.Atoi(l.str)
+	if err != nil {
+		return addr + "/" + l.str
+	}
+	if ls := parent.get("bgp.label_stack"); ls != nil {
+		labels := 0
+		for _, s := range ls.items() {
+			for _, f := range strings.Fields(s.str) {
+				if _, err := strconv.Atoi(f); err == nil {
+					labels++
+				}
+			}
+		}
+		n -= 24 * max(labels, 1)
+	}
+	if parent.get("bgp.rd") != nil {
+		n -= 64
+	}
+	return addr + "/" + strconv.Itoa(n)
 }
 
 // tsharkRouteSig summarises a Route Monitoring message as tshark sees it.
@@ -273,10 +310,10 @@ func tsharkRouteSig(m *jnode) (string, bool) {
 			classicNH = attr.get("bgp.update.path_attribute.next_hop").str
 		case "14":
 			var n int
-			attr.walk(func(k, v string, _ *jnode) {
+			attr.walk(func(k, v string, parent *jnode) {
 				switch {
 				case tsharkPrefixKeys[k]:
-					prefixes = append(prefixes, v)
+					prefixes = append(prefixes, tsharkPrefix(v, parent))
 					n++
 				case k == "bgp.evpn.nlri.rt" || k == "bgp.vplsad.rd" || k == "bgp.label_stack":
 					n++ // routes tshark 4.0 may show without a usable prefix (VPNv6, EVPN, VPLS)
@@ -290,9 +327,9 @@ func tsharkRouteSig(m *jnode) (string, bool) {
 				})
 			}
 		case "15":
-			attr.walk(func(k, v string, _ *jnode) {
+			attr.walk(func(k, v string, parent *jnode) {
 				if tsharkPrefixKeys[k] {
-					prefixes = append(prefixes, v)
+					prefixes = append(prefixes, tsharkPrefix(v, parent))
 				}
 			})
 		}
@@ -300,9 +337,9 @@ func tsharkRouteSig(m *jnode) (string, bool) {
 	for _, k := range []string{"bgp.update.nlri", "bgp.update.withdrawn_routes"} {
 		bgpNode.get(k).items()
 		if n := bgpNode.get(k); n != nil {
-			n.walk(func(k, v string, _ *jnode) {
+			n.walk(func(k, v string, parent *jnode) {
 				if tsharkPrefixKeys[k] {
-					prefixes = append(prefixes, v)
+					prefixes = append(prefixes, tsharkPrefix(v, parent))
 					if k == "bgp.nlri_prefix" {
 						classicNLRI = true
 					}
@@ -341,7 +378,7 @@ func routeSig(prefixes, nextHops, asPath []string) string {
 }
 
 // oursRouteSig summarises our decoding of a Route Monitoring message the
-// way tshark can show it: prefix addresses of the IP families except
+// way tshark can show it: prefixes (address/length) of the IP families except
 // VPNv6 (tshark 4.0 prints a format string instead of VPNv6 prefixes).
 func oursRouteSig(dm decodedMsg) (string, bool) {
 	var prefixes, nextHops, asPath []string
@@ -368,7 +405,7 @@ func oursRouteSig(dm decodedMsg) (string, bool) {
 			continue
 		}
 		if p, err := netip.ParsePrefix(r.Prefix); err == nil {
-			prefixes = append(prefixes, p.Addr().String())
+			prefixes = append(prefixes, p.Addr().String()+"/"+strconv.Itoa(p.Bits()))
 		}
 	}
 	return routeSig(prefixes, nextHops, asPath), false
@@ -669,44 +706,9 @@ func TestDecodeAgainstTshark(t *testing.T) {
 }
 
 // streamPcap wraps a raw BMP stream in a pcap of one TCP connection
-// (192.0.2.250:40000 → 192.0.2.1:1790, Ethernet) so tshark can dissect it.
+// (192.0.2.250:40000 → 192.0.2.1:1790, Ethernet) so tshark can dissect it,
+// one message per segment as cut by walkMessages (see streamsPcap).
 func streamPcap(data []byte) []byte {
-	le := binary.LittleEndian
-	out := le.AppendUint32(nil, 0xa1b2c3d4)
-	out = le.AppendUint16(out, 2)
-	out = le.AppendUint16(out, 4)
-	out = append(out, make([]byte, 8)...)
-	out = le.AppendUint32(out, 65535)
-	out = le.AppendUint32(out, 1)
-	seq := uint32(1000)
-	packet := func(flags byte, payload []byte) {
-		frame := make([]byte, 14+20+20, 14+20+20+len(payload))
-		frame[12], frame[13] = 0x08, 0x00
-		ip := frame[14:34]
-		ip[0], ip[8], ip[9] = 0x45, 64, 6
-		binary.BigEndian.PutUint16(ip[2:], uint16(40+len(payload)))
-		copy(ip[12:], []byte{192, 0, 2, 250})
-		copy(ip[16:], []byte{192, 0, 2, 1})
-		tcp := frame[34:54]
-		binary.BigEndian.PutUint16(tcp[0:], 40000)
-		binary.BigEndian.PutUint16(tcp[2:], 1790)
-		binary.BigEndian.PutUint32(tcp[4:], seq)
-		tcp[12], tcp[13] = 5<<4, flags
-		binary.BigEndian.PutUint16(tcp[14:], 65535)
-		frame = append(frame, payload...)
-		out = le.AppendUint32(out, 1700000000)
-		out = le.AppendUint32(out, 0)
-		out = le.AppendUint32(out, uint32(len(frame)))
-		out = le.AppendUint32(out, uint32(len(frame)))
-		out = append(out, frame...)
-	}
-	packet(0x02, nil) // SYN
-	seq++
-	// One message per segment: where tshark 4.0 throws on a message it
-	// cannot dissect, it still finds the next one at the next segment.
-	for _, m := range frames(data) {
-		packet(0x18, m)
-		seq += uint32(len(m))
-	}
-	return out
+	msgs, _ := walkMessages(data)
+	return streamsPcap([][][]byte{msgs})
 }
