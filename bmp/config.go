@@ -26,9 +26,24 @@ type Config struct {
 	// MaxMessageBytes is the largest BMP message accepted; a longer length
 	// field closes the session as a framing error.
 	MaxMessageBytes int `mapstructure:"max_message_bytes"`
-	// ReadBufferBytes is each session's framing buffer, allocated when the
-	// router sends its first bytes. Larger buffers mean larger spool batches.
+	// ReadBufferBytes is the size a session's framing buffer grows to while
+	// the router streams (reads keep filling it). Larger buffers mean larger
+	// spool batches. A session starts with a 16 KiB buffer when the router
+	// sends its first bytes; growth beyond that draws on BufferBudgetBytes.
 	ReadBufferBytes int `mapstructure:"read_buffer_bytes"`
+	// BufferBudgetBytes bounds, across all sessions, the read-buffer memory
+	// above each session's first 16 KiB: buffers grown for throughput and
+	// for messages larger than the buffer. Read buffers therefore never take
+	// more than BufferBudgetBytes + max_sessions × 16 KiB. A session denied
+	// budget for throughput keeps its buffer; one that needs more to hold a
+	// message waits (only it stops reading) — see partial_timeout.
+	BufferBudgetBytes int `mapstructure:"buffer_budget_bytes"`
+	// PartialTimeout closes a session that holds part of a message and
+	// receives nothing more for this long: a stalled or hostile client must
+	// not keep buffer memory. It also bounds the wait for budget: a session
+	// that cannot get budget to hold a message within twice this time (long
+	// enough for stalled sessions holding it to be closed) is closed.
+	PartialTimeout time.Duration `mapstructure:"partial_timeout"`
 	// SocketReceiveBufferBytes sets SO_RCVBUF on each session; 0 keeps the
 	// kernel's autotuning, which is what you want unless measured otherwise.
 	SocketReceiveBufferBytes int `mapstructure:"socket_receive_buffer_bytes"`
@@ -53,6 +68,11 @@ const (
 	maxReadBuffer = 64 << 20
 	maxSessions   = 1 << 20
 	maxBatch      = 1 << 20
+
+	// initialReadBuffer is every session's first buffer, granted outside the
+	// budget so a session can always receive ordinary messages (BGP UPDATEs
+	// are at most 4 KiB unless extended) even when the budget is exhausted.
+	initialReadBuffer = 16 << 10
 )
 
 // DefaultConfig returns the configuration used when a key is not set.
@@ -62,6 +82,8 @@ func DefaultConfig() Config {
 		MaxSessions:       1000,
 		MaxMessageBytes:   DefaultMaxMessageBytes,
 		ReadBufferBytes:   256 << 10,
+		BufferBudgetBytes: 64 << 20,
+		PartialTimeout:    60 * time.Second,
 		BatchMessages:     4096,
 		TCPKeepalive:      30 * time.Second,
 		InitiationTimeout: 60 * time.Second,
@@ -92,6 +114,11 @@ func (c *Config) Validate() error {
 	if c.ReadBufferBytes < minReadBuffer || c.ReadBufferBytes > maxReadBuffer {
 		bad("read_buffer_bytes", "must be between %d and %d", minReadBuffer, maxReadBuffer)
 	}
+	// One message of the largest size must fit in the budget, or a router
+	// sending it would wait until closed.
+	if need := max(c.MaxMessageBytes, c.ReadBufferBytes); c.BufferBudgetBytes < need {
+		bad("buffer_budget_bytes", "must be at least max_message_bytes and read_buffer_bytes (%d)", need)
+	}
 	if c.SocketReceiveBufferBytes < 0 || c.SocketReceiveBufferBytes > maxReadBuffer {
 		bad("socket_receive_buffer_bytes", "must be between 0 (kernel default) and %d", maxReadBuffer)
 	}
@@ -105,6 +132,9 @@ func (c *Config) Validate() error {
 	}
 	if c.InitiationTimeout <= 0 {
 		bad("initiation_timeout", "must be positive")
+	}
+	if c.PartialTimeout <= 0 {
+		bad("partial_timeout", "must be positive")
 	}
 	if c.IdleTimeout < 0 {
 		bad("idle_timeout", "must not be negative (0 disables)")

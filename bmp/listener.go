@@ -45,7 +45,11 @@ type Listener struct {
 	closed   bool
 
 	closing atomic.Bool
+	done    chan struct{} // closed by Close: wakes sessions waiting for budget
 	wg      sync.WaitGroup
+
+	budget  *bufferBudget
+	batches sync.Pool // of *[]record.Record, empty, shared by sessions between flushes
 
 	// appendCtx bounds spool appends: it is cancelled only when a Close
 	// deadline passes, so sessions can flush what they already read.
@@ -54,6 +58,7 @@ type Listener struct {
 
 	refusedLog logLimiter
 	acceptLog  logLimiter
+	budgetLog  logLimiter
 }
 
 // NewListener validates cfg and registers the listener's metrics. A nil
@@ -68,7 +73,8 @@ func NewListener(cfg Config, spool Spool, logger *slog.Logger, reg prometheus.Re
 	if logger == nil {
 		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	m, err := newMetrics(reg)
+	budget := newBufferBudget(cfg.BufferBudgetBytes)
+	m, err := newMetrics(reg, budget)
 	if err != nil {
 		return nil, fmt.Errorf("bmp: register metrics: %w", err)
 	}
@@ -78,6 +84,8 @@ func NewListener(cfg Config, spool Spool, logger *slog.Logger, reg prometheus.Re
 		log:      logger,
 		m:        m,
 		sessions: make(map[*session]struct{}),
+		done:     make(chan struct{}),
+		budget:   budget,
 	}
 	for _, a := range cfg.Allow {
 		p, _ := parseAllow(a) // Validate checked it
@@ -157,6 +165,7 @@ func (l *Listener) Close(ctx context.Context) error {
 	}
 	l.closed = true
 	l.closing.Store(true)
+	close(l.done)
 	var err error
 	if l.ln != nil {
 		err = l.ln.Close()
@@ -296,4 +305,89 @@ func (ll *logLimiter) allowCount() (suppressed int, ok bool) {
 	n := ll.suppressed
 	ll.suppressed = 0
 	return n, true
+}
+
+func (l *Listener) getBatch() []record.Record {
+	if b, ok := l.batches.Get().(*[]record.Record); ok {
+		return *b
+	}
+	return make([]record.Record, 0, min(l.cfg.BatchMessages, 1024))
+}
+
+func (l *Listener) putBatch(b []record.Record) {
+	b = b[:0]
+	l.batches.Put(&b)
+}
+
+// bufferBudget is the listener-wide allowance for read-buffer memory above
+// each session's initial buffer. Sessions reserve before they grow and
+// release when they shrink or end; reservations are rare (a buffer doubles
+// at most a few times per message size change), so the per-message path
+// never touches it.
+type bufferBudget struct {
+	limit int64
+	used  atomic.Int64 // reserved bytes, ≤ limit
+	total atomic.Int64 // every session buffer, initial ones included (for the gauge)
+
+	mu    sync.Mutex
+	freed chan struct{} // closed and replaced by release, to wake waiters
+}
+
+func newBufferBudget(limit int) *bufferBudget {
+	return &bufferBudget{limit: int64(limit), freed: make(chan struct{})}
+}
+
+// tryReserve takes n bytes if they are available.
+func (b *bufferBudget) tryReserve(n int64) bool {
+	for {
+		u := b.used.Load()
+		if u+n > b.limit {
+			return false
+		}
+		if b.used.CompareAndSwap(u, u+n) {
+			return true
+		}
+	}
+}
+
+// reserve takes n bytes, waiting until another session releases enough, stop
+// is closed, or timeout passes. It reports whether it reserved.
+func (b *bufferBudget) reserve(stop <-chan struct{}, timeout time.Duration, n int64) bool {
+	var timer *time.Timer
+	for {
+		b.mu.Lock()
+		ok := b.tryReserve(n)
+		freed := b.freed
+		b.mu.Unlock()
+		if ok {
+			if timer != nil {
+				timer.Stop()
+			}
+			return true
+		}
+		if timer == nil {
+			timer = time.NewTimer(timeout)
+		}
+		select {
+		case <-freed:
+		case <-stop:
+			timer.Stop()
+			return false
+		case <-timer.C:
+			return false
+		}
+	}
+}
+
+func (b *bufferBudget) release(n int64) {
+	if n == 0 {
+		return
+	}
+	b.used.Add(-n)
+	// Under mu, so a waiter that found the budget short (also under mu)
+	// either sees these bytes or holds the channel closed here.
+	b.mu.Lock()
+	close(b.freed)
+	b.freed = make(chan struct{})
+	b.mu.Unlock()
 }

@@ -13,6 +13,8 @@ const (
 	CloseIdleTimeout       = "idle-timeout"       // silent for longer than idle_timeout
 	CloseShutdown          = "shutdown"           // the listener was closed
 	CloseSpoolFailed       = "spool-failed"       // appending gave up at the shutdown deadline
+	ClosePartialTimeout    = "partial-timeout"    // part of a message buffered, nothing more for partial_timeout
+	CloseBufferBudget      = "buffer-budget"      // no read-buffer budget to hold a message within 2×partial_timeout
 )
 
 // Refusal reasons of bgpedge_bmp_sessions_refused_total.
@@ -43,9 +45,13 @@ type metrics struct {
 	appendErrors  prometheus.Counter
 	syntheticDown prometheus.Counter
 	dropped       prometheus.Counter
+	budgetWaits   prometheus.Counter
+	// gauges read from the budget's atomics at scrape time, so buffer
+	// changes cost no metric update
+	bufferBytes, budgetUsed, budgetLimit prometheus.GaugeFunc
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+func newMetrics(reg prometheus.Registerer, b *bufferBudget) (*metrics, error) {
 	m := &metrics{
 		active: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "bgpedge_bmp_sessions_active",
@@ -84,6 +90,22 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "bgpedge_bmp_messages_dropped_total",
 			Help: "Messages read from a router but not spooled because the shutdown deadline passed while the spool refused them.",
 		}),
+		budgetWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bgpedge_bmp_read_buffer_budget_waits_total",
+			Help: "Times a session had to stop reading because buffer_budget_bytes was used up when it needed a larger buffer to hold a message.",
+		}),
+		bufferBytes: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "bgpedge_bmp_read_buffer_bytes",
+			Help: "Read-buffer memory held by sessions, the first 16 KiB of each included.",
+		}, func() float64 { return float64(b.total.Load()) }),
+		budgetUsed: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "bgpedge_bmp_read_buffer_budget_used_bytes",
+			Help: "Read-buffer memory counted against buffer_budget_bytes (each session's buffer above its first 16 KiB).",
+		}, func() float64 { return float64(b.used.Load()) }),
+		budgetLimit: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "bgpedge_bmp_read_buffer_budget_bytes",
+			Help: "Configured buffer_budget_bytes.",
+		}, func() float64 { return float64(b.limit) }),
 	}
 	msgs := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "bgpedge_bmp_messages_received_total",
@@ -106,7 +128,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.framingErrors.WithLabelValues(r)
 		m.closed.WithLabelValues(r)
 	}
-	for _, r := range []string{CloseEOF, CloseReadError, CloseInitiationTimeout, CloseIdleTimeout, CloseShutdown, CloseSpoolFailed} {
+	for _, r := range []string{CloseEOF, CloseReadError, CloseInitiationTimeout, CloseIdleTimeout, CloseShutdown, CloseSpoolFailed, ClosePartialTimeout, CloseBufferBudget} {
 		m.closed.WithLabelValues(r)
 	}
 	if reg == nil {
@@ -115,6 +137,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.active, m.accepted, m.refused, m.closed, m.framingErrors, msgs, byts,
 		m.appendSeconds, m.appendErrors, m.syntheticDown, m.dropped,
+		m.budgetWaits, m.bufferBytes, m.budgetUsed, m.budgetLimit,
 	} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

@@ -3,6 +3,7 @@ package bmp
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -33,6 +34,15 @@ type session struct {
 	messages   uint64
 	bytes      uint64
 	appendWarn bool // an append failure was logged for this session
+
+	// framing buffer: buf[start:end] is received and not yet returned
+	buf        []byte
+	start, end int
+	grow       bool // the last read filled the buffer: grow before the next
+	initiated  bool // a whole message arrived
+	// the read deadline armed on conn, and when
+	deadline    int
+	deadlineSet time.Time
 }
 
 func newSession(l *Listener, conn net.Conn, remote netip.AddrPort) *session {
@@ -73,6 +83,7 @@ func (s *session) run() {
 		reason, detail = CloseSpoolFailed, "shutdown deadline passed before the spool accepted the last batch"
 		synthetic = 0
 	}
+	s.releaseBuffer()
 	l.m.syntheticDown.Add(float64(synthetic))
 	l.m.closed.WithLabelValues(reason).Inc()
 	attrs := []any{
@@ -90,6 +101,7 @@ func (s *session) run() {
 func (s *session) read() (reason, detail string) {
 	l := s.l
 	maxBatch := l.cfg.BatchMessages
+	s.deadline = deadlineInitiation
 	_ = s.conn.SetReadDeadline(time.Now().Add(l.cfg.InitiationTimeout))
 
 	// Allocate the framing buffer only once the router sends something, so
@@ -97,31 +109,27 @@ func (s *session) read() (reason, detail string) {
 	var first [HeaderLen]byte
 	n, err := s.conn.Read(first[:])
 	if n == 0 {
-		return s.readFailure(err, true)
+		return s.readFailure(err)
 	}
-	fr := NewFramer(io.MultiReader(bytes.NewReader(first[:n]), s.conn), l.cfg.MaxMessageBytes, l.cfg.ReadBufferBytes)
-	initiated := false
-	s.batch = make([]record.Record, 0, min(maxBatch, 1024))
+	s.resize(initialReadBuffer)
+	s.end = copy(s.buf, first[:n])
 
 	for {
-		if initiated && l.cfg.IdleTimeout > 0 {
-			_ = s.conn.SetReadDeadline(time.Now().Add(l.cfg.IdleTimeout))
-		}
-		msg, err := fr.Next() // may read: the batch is empty here
+		msg, err := s.next() // may read: the batch is empty here
 		if err != nil {
-			return s.endOfStream(err, !initiated)
+			return s.endOfStream(err)
 		}
-		if !initiated {
-			initiated = true
-			_ = s.conn.SetReadDeadline(time.Time{})
+		s.initiated = true
+		if s.batch == nil {
+			s.batch = l.getBatch()
 		}
 		s.add(msg)
 		// Collect what is already buffered without reading, so the slices in
 		// the batch stay valid until the append below returns.
-		for len(s.batch) < maxBatch && fr.Buffered() {
-			msg, err := fr.Next()
+		for len(s.batch) < maxBatch && s.buffered() {
+			msg, err := s.next()
 			if err != nil {
-				return s.endOfStream(err, false)
+				return s.endOfStream(err)
 			}
 			s.add(msg)
 		}
@@ -131,29 +139,257 @@ func (s *session) read() (reason, detail string) {
 	}
 }
 
-func (s *session) endOfStream(err error, initiating bool) (reason, detail string) {
+// The session frames its stream itself rather than with a Framer because it
+// manages its buffer under the listener's memory rules:
+//   - it starts at initialReadBuffer and doubles towards read_buffer_bytes
+//     only while reads keep filling it (the router is streaming), if the
+//     budget allows; otherwise it simply stays smaller;
+//   - a message larger than the buffer grows it only as the message's bytes
+//     actually arrive (doubling whenever the buffer is full of it), so a
+//     header claiming 1 MiB followed by silence costs nothing extra;
+//   - once a large message is consumed the buffer shrinks back to
+//     read_buffer_bytes.
+//
+// When a session needs more budget to hold a message and none is left, it
+// waits instead of being closed: only that session stops reading (TCP
+// pushes back on its router), and the clients holding the budget are either
+// streaming (they finish their message and shrink) or stalled, and then
+// closed by partial_timeout, which frees the budget. Closing the session
+// instead would disconnect a good router sending one large message whenever
+// a flood of bad clients has taken the budget; that router would reconnect
+// and dump its whole table again. The wait is bounded (2×partial_timeout)
+// so sessions waiting on one another cannot deadlock; ordinary messages need
+// no budget at all, so routers keep streaming through a flood either way.
+
+// Read deadline armed on the connection, which also names the close reason
+// when it passes.
+const (
+	deadlineNone = iota
+	deadlineInitiation
+	deadlinePartial
+	deadlineIdle
+)
+
+// buffered reports whether a whole message (or a framing error) is buffered,
+// so next will not read.
+func (s *session) buffered() bool {
+	avail := s.end - s.start
+	if avail < HeaderLen {
+		return false
+	}
+	n, err := CheckHeader(s.buf[s.start:s.end], s.l.cfg.MaxMessageBytes)
+	return err != nil || n <= avail
+}
+
+// next returns the next whole message, header included. The slice stays valid
+// until a call that has to read (buffered is false).
+func (s *session) next() ([]byte, error) {
+	for {
+		avail := s.end - s.start
+		need := HeaderLen
+		if avail >= HeaderLen {
+			n, err := CheckHeader(s.buf[s.start:s.end], s.l.cfg.MaxMessageBytes)
+			if err != nil {
+				return nil, err
+			}
+			if n <= avail {
+				msg := s.buf[s.start : s.start+n : s.start+n]
+				s.start += n
+				return msg, nil
+			}
+			need = n
+		}
+		if err := s.fill(need); err != nil {
+			if errors.Is(err, io.EOF) && s.end > s.start {
+				return nil, &FrameError{Reason: ReasonTruncated, Detail: fmt.Sprintf("stream ended inside a message (%d bytes pending)", s.end-s.start)}
+			}
+			return nil, err
+		}
+	}
+}
+
+// fill reads more bytes for a message of need bytes (header included),
+// first moving pending bytes to the front and resizing the buffer.
+func (s *session) fill(need int) error {
+	cfg := &s.l.cfg
+	if s.start > 0 {
+		s.end = copy(s.buf, s.buf[s.start:s.end])
+		s.start = 0
+	}
+	switch {
+	case s.end == len(s.buf):
+		// Full of one message that does not fit: no progress without growing.
+		if err := s.growFor(need); err != nil {
+			return err
+		}
+	case s.grow:
+		// The last read filled the buffer: the router is streaming. Growing
+		// here rather than right after that read copies only the tail.
+		if n := min(2*len(s.buf), cfg.ReadBufferBytes); n > len(s.buf) {
+			s.tryResize(n)
+		}
+	case len(s.buf) > cfg.ReadBufferBytes && need <= cfg.ReadBufferBytes && s.end <= cfg.ReadBufferBytes:
+		s.resize(cfg.ReadBufferBytes) // the large message is done: give the budget back
+	}
+	s.grow = false
+	s.armDeadline()
+	free := len(s.buf) - s.end
+	n, err := s.conn.Read(s.buf[s.end:])
+	s.end += n
+	if n > 0 {
+		// Filling a sliver left behind a partial message proves nothing.
+		s.grow = n == free && 2*n >= len(s.buf) && len(s.buf) < cfg.ReadBufferBytes
+		return nil
+	}
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// growFor doubles the buffer (up to need), waiting for budget if it must.
+func (s *session) growFor(need int) error {
+	l := s.l
+	size := min(2*len(s.buf), need)
+	if s.tryResize(size) {
+		return nil
+	}
+	l.m.budgetWaits.Inc()
+	if n, ok := l.budgetLog.allowCount(); ok {
+		l.log.Warn("bmp read buffer budget used up; session waits before reading on",
+			"router", s.source, "message_bytes", need, "buffered", s.end,
+			"budget_bytes", l.cfg.BufferBudgetBytes, "suppressed_since_last", n)
+	}
+	// 2×: the sessions holding the budget when this one started waiting were
+	// last seen making progress at the latest now, so any of them that is
+	// stalled is closed within one partial_timeout.
+	if !l.budget.reserve(l.done, 2*l.cfg.PartialTimeout, s.charge(size)-s.charge(len(s.buf))) {
+		if l.closing.Load() {
+			return errShutdown
+		}
+		return &budgetError{need: need, buffered: s.end}
+	}
+	s.realloc(size)
+	return nil
+}
+
+// charge is how much of a buffer of n bytes counts against the budget.
+func (s *session) charge(n int) int64 { return int64(max(n-initialReadBuffer, 0)) }
+
+// tryResize resizes the buffer if the budget allows it.
+func (s *session) tryResize(n int) bool {
+	if d := s.charge(n) - s.charge(len(s.buf)); d > 0 && !s.l.budget.tryReserve(d) {
+		return false
+	}
+	s.resize(n)
+	return true
+}
+
+// resize replaces the buffer with one of n bytes holding the pending bytes
+// (which must fit), settling the budget. Growth must already be reserved.
+func (s *session) resize(n int) {
+	if d := s.charge(len(s.buf)) - s.charge(n); d > 0 {
+		s.l.budget.release(d)
+	}
+	s.realloc(n)
+}
+
+func (s *session) realloc(n int) {
+	b := make([]byte, n)
+	s.end = copy(b, s.buf[s.start:s.end])
+	s.start = 0
+	s.l.budget.total.Add(int64(n - len(s.buf)))
+	s.buf = b
+}
+
+// releaseBuffer returns the session's buffer and its budget; the batch must
+// have been flushed.
+func (s *session) releaseBuffer() {
+	s.l.budget.release(s.charge(len(s.buf)))
+	s.l.budget.total.Add(-int64(len(s.buf)))
+	s.buf, s.start, s.end = nil, 0, 0
+}
+
+// armDeadline sets the read deadline for the coming read. A session holding
+// part of a message must make progress within partial_timeout; otherwise
+// idle_timeout applies, if set. Deadlines are re-armed only when stale by
+// more than 1/64 of their length, so a streaming session does not reset its
+// timer on every read.
+func (s *session) armDeadline() {
+	cfg := &s.l.cfg
+	kind, d := deadlineNone, time.Duration(0)
+	switch {
+	case !s.initiated:
+		return // the initiation deadline set when the session started stands
+	case s.end > s.start:
+		kind, d = deadlinePartial, cfg.PartialTimeout
+		if cfg.IdleTimeout > 0 && cfg.IdleTimeout < d {
+			kind, d = deadlineIdle, cfg.IdleTimeout
+		}
+	case cfg.IdleTimeout > 0:
+		kind, d = deadlineIdle, cfg.IdleTimeout
+	}
+	if kind == deadlineNone {
+		if s.deadline != deadlineNone {
+			_ = s.conn.SetReadDeadline(time.Time{})
+			s.deadline = deadlineNone
+		}
+		return
+	}
+	now := time.Now()
+	if kind == s.deadline && now.Sub(s.deadlineSet) < d/64 {
+		return
+	}
+	_ = s.conn.SetReadDeadline(now.Add(d))
+	s.deadline, s.deadlineSet = kind, now
+}
+
+// errShutdown ends a session whose wait for budget was cut by Close.
+var errShutdown = errors.New("bmp: listener closing")
+
+// budgetError ends a session that could not get budget to hold a message.
+type budgetError struct{ need, buffered int }
+
+func (e *budgetError) Error() string {
+	return fmt.Sprintf("no read buffer budget to hold a %d-byte message (%d bytes received) within 2×partial_timeout", e.need, e.buffered)
+}
+
+func (s *session) endOfStream(err error) (reason, detail string) {
 	var fe *FrameError
 	if errors.As(err, &fe) {
 		s.l.m.framingErrors.WithLabelValues(fe.Reason).Inc()
 		return fe.Reason, fe.Detail
 	}
+	var be *budgetError
+	if errors.As(err, &be) {
+		return CloseBufferBudget, be.Error()
+	}
 	if errors.Is(err, io.EOF) {
 		return CloseEOF, ""
 	}
-	return s.readFailure(err, initiating)
+	return s.readFailure(err)
 }
 
-func (s *session) readFailure(err error, initiating bool) (reason, detail string) {
+func (s *session) readFailure(err error) (reason, detail string) {
+	cfg := &s.l.cfg
 	switch {
-	case s.l.closing.Load():
+	case s.l.closing.Load() || errors.Is(err, errShutdown):
 		return CloseShutdown, ""
 	case errors.Is(err, io.EOF):
 		return CloseEOF, ""
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		if initiating {
-			return CloseInitiationTimeout, "no whole message within " + s.l.cfg.InitiationTimeout.String()
+		switch s.deadline {
+		case deadlineInitiation:
+			return CloseInitiationTimeout, "no whole message within " + cfg.InitiationTimeout.String()
+		case deadlinePartial:
+			pending := s.end - s.start
+			want := HeaderLen
+			if pending >= HeaderLen {
+				want, _ = CheckHeader(s.buf[s.start:s.end], cfg.MaxMessageBytes)
+			}
+			return ClosePartialTimeout, fmt.Sprintf("%d of %d bytes of a message received, then nothing for %s", pending, want, cfg.PartialTimeout)
 		}
-		return CloseIdleTimeout, "nothing received for " + s.l.cfg.IdleTimeout.String()
+		return CloseIdleTimeout, "nothing received for " + cfg.IdleTimeout.String()
 	case err == nil:
 		return CloseReadError, "read returned no data"
 	default:
@@ -249,6 +485,10 @@ func (s *session) flush() bool {
 		l.m.dropped.Add(float64(msgs))
 	}
 	clear(s.batch) // drop references into the framer buffer
-	s.batch = s.batch[:0]
+	// A session blocked in a read holds no batch: batches (up to
+	// batch_messages records of ~100 bytes) go back to the listener's pool,
+	// so only sessions that are spooling hold one, not every connection.
+	l.putBatch(s.batch)
+	s.batch = nil
 	return ok
 }

@@ -1,11 +1,16 @@
 package bmp
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"io"
+	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bgpedge/bgpedge/bmp/capture"
 	"github.com/bgpedge/bgpedge/internal/testenv"
@@ -143,4 +148,73 @@ func (r *checkedReader) Read(p []byte) (int, error) {
 	n := copy(p[:min(len(p), r.size)], r.data)
 	r.data = r.data[n:]
 	return n, nil
+}
+
+// FuzzSessionFraming drives a listener session, the framing that production
+// uses (a buffer grown only as bytes arrive, drawing on the listener-wide
+// budget), over arbitrary streams in arbitrary read sizes, and checks it
+// against the reference walk: the same messages spooled in order, the same
+// close reason counted, and every byte of budget and buffer given back.
+func FuzzSessionFraming(f *testing.F) {
+	dir := testenv.Shared(f, "bmpdata")
+	var files []string
+	for _, pattern := range []string{"raw/*", "pcap/*/*"} {
+		m, _ := filepath.Glob(filepath.Join(dir, pattern))
+		files = append(files, m...)
+	}
+	for _, file := range files {
+		streams, err := capture.Open(file)
+		if err != nil {
+			f.Fatalf("%s: %v", file, err)
+		}
+		for _, s := range streams {
+			data := s.Data
+			if len(data) > 64<<10 {
+				data = data[:64<<10] // the seed corpus stays small; the tail is truncated on purpose
+			}
+			f.Add(data, uint16(1460), uint32(4096), uint8(0))
+		}
+	}
+	f.Add([]byte{3, 0, 0, 0, 5, 0}, uint16(1), uint32(64), uint8(1))
+	f.Add([]byte{3, 0xff, 0xff, 0xff, 0xff, 0}, uint16(6), uint32(64), uint8(2))
+	f.Add(append(hdr(3, 40<<10, 4), make([]byte, 40<<10-HeaderLen)...), uint16(7), uint32(64<<10), uint8(3))
+
+	f.Fuzz(func(t *testing.T, stream []byte, readSize uint16, maxMsg uint32, batch uint8) {
+		cfg := DefaultConfig()
+		cfg.MaxMessageBytes = HeaderLen + int(maxMsg%(256<<10))
+		cfg.ReadBufferBytes = minReadBuffer
+		cfg.BufferBudgetBytes = max(cfg.MaxMessageBytes, cfg.ReadBufferBytes)
+		cfg.BatchMessages = int(batch)%64 + 1
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		spool := &memSpool{}
+		reg := prometheus.NewRegistry()
+		l, err := NewListener(cfg, spool, slog.New(slog.DiscardHandler), reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		remote := netip.MustParseAddrPort("192.0.2.1:179")
+		newSession(l, &chunkConn{data: stream, size: int(readSize)%8192 + 1}, remote).run()
+
+		want, reason := referenceWalk(stream, cfg.MaxMessageBytes)
+		if reason == "" {
+			reason = CloseEOF
+		}
+		if got := gatherValue(t, reg, "bgpedge_bmp_sessions_closed_total", "reason", reason); got != 1 {
+			t.Fatalf("closed{reason=%q} = %v, want 1", reason, got)
+		}
+		got := bySource(spool.snapshot(), remote.String())
+		if len(got) != len(want) {
+			t.Fatalf("%d messages spooled, reference %d", len(got), len(want))
+		}
+		for i := range want {
+			if !bytes.Equal(got[i], want[i]) {
+				t.Fatalf("message %d differs from the reference", i)
+			}
+		}
+		if u, b := l.budget.used.Load(), l.budget.total.Load(); u != 0 || b != 0 {
+			t.Fatalf("after the session: budget used %d, buffers %d; want 0", u, b)
+		}
+	})
 }
