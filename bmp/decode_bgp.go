@@ -491,15 +491,10 @@ func (a *asAttrs) apply(r *record.Route) {
 // confederation segments in AS4_PATH are dropped (RFC 6793 6), and an
 // AS4_PATH longer than AS_PATH is ignored.
 func mergeAS4Path(path, as4 []asSegment) []asSegment {
-	asLen, confedLen := 0, 0
+	// Confederation segments count 0 (asLen): a leading one stays as it is.
+	asLen := 0
 	for _, s := range path {
 		asLen += s.asLen()
-		switch s.typ {
-		case bgp.BGP_ASPATH_ATTR_TYPE_CONFED_SET:
-			confedLen++
-		case bgp.BGP_ASPATH_ATTR_TYPE_CONFED_SEQ:
-			confedLen += len(s.asns)
-		}
 	}
 	var tail []asSegment
 	as4Len := 0
@@ -510,10 +505,10 @@ func mergeAS4Path(path, as4 []asSegment) []asSegment {
 		as4Len += s.asLen()
 		tail = append(tail, s)
 	}
-	if asLen+confedLen < as4Len || len(tail) == 0 {
+	if asLen < as4Len || len(tail) == 0 {
 		return path
 	}
-	keep := asLen + confedLen - as4Len
+	keep := asLen - as4Len
 	var out []asSegment
 	for _, s := range path {
 		if n := s.asLen(); keep-n >= 0 {

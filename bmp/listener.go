@@ -337,11 +337,12 @@ func newBufferBudget(limit int) *bufferBudget {
 	return &bufferBudget{limit: int64(limit), freed: make(chan struct{})}
 }
 
-// tryReserve takes n bytes if they are available.
-func (b *bufferBudget) tryReserve(n int64) bool {
+// tryReserve takes n bytes if they are available with keep bytes still left
+// over afterwards.
+func (b *bufferBudget) tryReserve(n, keep int64) bool {
 	for {
 		u := b.used.Load()
-		if u+n > b.limit {
+		if u+n > b.limit-keep {
 			return false
 		}
 		if b.used.CompareAndSwap(u, u+n) {
@@ -356,7 +357,7 @@ func (b *bufferBudget) reserve(stop <-chan struct{}, timeout time.Duration, n in
 	var timer *time.Timer
 	for {
 		b.mu.Lock()
-		ok := b.tryReserve(n)
+		ok := b.tryReserve(n, 0)
 		freed := b.freed
 		b.mu.Unlock()
 		if ok {

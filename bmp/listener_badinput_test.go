@@ -343,7 +343,13 @@ func TestBadInputMemoryBounded(t *testing.T) {
 	awaitStationClose(t, refused)
 	stream(10000)
 
-	peak := procStatusKiB(t, "VmHWM")
+	// Without a reset the high-water mark may be an earlier test's (the
+	// 100k dump in the same binary): then only the sample taken during the
+	// flood counts.
+	peak := rssDuring
+	if peakReset {
+		peak = procStatusKiB(t, "VmHWM")
+	}
 	heapGrowth := int64(heapDuring.heap+heapDuring.stack) - int64(heapBefore.heap+heapBefore.stack)
 	rssGrowth := (int64(max(peak, rssDuring)) - int64(rssBefore)) << 10
 	// The bound: the budget, each flooding session's initial buffer, and
@@ -701,3 +707,54 @@ func (c *chunkConn) Read(p []byte) (int, error) {
 
 func (c *chunkConn) SetReadDeadline(time.Time) error { return nil }
 func (c *chunkConn) Close() error                    { return nil }
+
+// TestThroughputGrowthLeavesMessageHeadroom: buffers grown for throughput are
+// kept by routers that go idle, so that growth must leave one largest
+// message's worth of budget for the sessions that need to hold a message.
+func TestThroughputGrowthLeavesMessageHeadroom(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MaxMessageBytes = 512 << 10
+	cfg.ReadBufferBytes = 256 << 10
+	cfg.BufferBudgetBytes = 600 << 10
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	l, err := NewListener(cfg, &memSpool{}, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stream []byte
+	for len(stream) < 4<<20 {
+		stream = append(stream, msg(4, 94)...)
+	}
+	conn := &idleAfterConn{chunkConn: chunkConn{data: stream, size: 1 << 30}, closed: make(chan struct{})}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		newSession(l, conn, netip.MustParseAddrPort("192.0.2.1:179")).run()
+	}()
+	testenv.Eventually(t, 10*time.Second, "stream consumed, session idle", func() bool { return conn.idle.Load() })
+	headroom := int64(cfg.MaxMessageBytes - initialReadBuffer)
+	if used := l.budget.used.Load(); used > int64(cfg.BufferBudgetBytes)-headroom {
+		t.Errorf("an idle session holds %d bytes of budget; at most %d may go to throughput so that %d stay for a message",
+			used, int64(cfg.BufferBudgetBytes)-headroom, headroom)
+	}
+	close(conn.closed)
+	<-done
+}
+
+// idleAfterConn serves its data, then blocks like an idle router until closed.
+type idleAfterConn struct {
+	chunkConn
+	idle   atomic.Bool
+	closed chan struct{}
+}
+
+func (c *idleAfterConn) Read(p []byte) (int, error) {
+	if len(c.data) > 0 {
+		return c.chunkConn.Read(p)
+	}
+	c.idle.Store(true)
+	<-c.closed
+	return 0, io.EOF
+}

@@ -78,29 +78,31 @@ const badCaptureName = "test/gobgp-3.10.0-loopback-bad-marker.bmp"
 const badCaptureMessage = 3
 
 // runExemptions are keyed by capture path below bmpdata/.
-var runExemptions = map[string]runExemption{
-	"pcap/netgauze/stateless-with-add-path__ipv4_unicast_all.pcap": {
-		routes:    refs(0, 10, 11, 13, 15, 17, 19, 22, 23, 24, 27, 28, 29),
-		resegment: true,
-		why:       "crafted BMPv4 messages: on the capture itself tshark throws on the first Peer Up's TLVs and loses the TCP stream after 7 messages; one message per segment it counts all 30 but dissects the BGP PDU (in a v4 TLV, stateless-parsing Add-Path) of none of the 21 Route Monitoring messages; the other 9 carry nothing either side shows (no prefix, next hop or AS path) and match trivially",
-	},
-	"raw/huawei-ne40e-vrp8.230__daisy-23.bmp": {
-		routes: refs(0, 20, 102),
-		why:    "locally originated routes (empty AS_PATH) with Add-Path path ids: tshark 4.0 has no Add-Path reading for them, flags them malformed and shows neither prefix, next hop nor AS path, so nothing is left to compare; the other Add-Path messages it flags agree on AS path and flags",
-	},
-	"pcap/netgauze/vpnv4-stateless-with-withdraw__vpnv4-stateless-with-withdraw.pcap": {
-		routes: span(0, 1, 15),
-		why:    "BMPv4 Route Monitoring with the BGP PDU inside a TLV: tshark 4.0 does not dissect the BGP PDU",
-	},
-	"pcap/netgauze/path-status__ipv4_unicast_path_marking.pcap": {
-		routes: refs(0, 3, 4),
-		why:    "BMPv4 Route Monitoring with the BGP PDU inside a TLV (path marking): tshark 4.0 does not dissect the BGP PDU (the third message, with nothing tshark could show, matches trivially)",
-	},
-	badCaptureName: {
-		routes:       refs(0, badCaptureMessage),
-		decodeErrors: refs(0, badCaptureMessage),
-		why:          "the test zeroed this message's BGP marker: the decoder must reject it (decode-error event, raw kept) and tshark cannot dissect it either",
-	},
+func runExemptions() map[string]runExemption {
+	return map[string]runExemption{
+		"pcap/netgauze/stateless-with-add-path__ipv4_unicast_all.pcap": {
+			routes:    refs(0, 10, 11, 13, 15, 17, 19, 22, 23, 24, 27, 28, 29),
+			resegment: true,
+			why:       "crafted BMPv4 messages: on the capture itself tshark throws on the first Peer Up's TLVs and loses the TCP stream after 7 messages; one message per segment it counts all 30 but dissects the BGP PDU (in a v4 TLV, stateless-parsing Add-Path) of none of the 21 Route Monitoring messages; the other 9 carry nothing either side shows (no prefix, next hop or AS path) and match trivially",
+		},
+		"raw/huawei-ne40e-vrp8.230__daisy-23.bmp": {
+			routes: refs(0, 20, 102),
+			why:    "locally originated routes (empty AS_PATH) with Add-Path path ids: tshark 4.0 has no Add-Path reading for them, flags them malformed and shows neither prefix, next hop nor AS path, so nothing is left to compare; the other Add-Path messages it flags agree on AS path and flags",
+		},
+		"pcap/netgauze/vpnv4-stateless-with-withdraw__vpnv4-stateless-with-withdraw.pcap": {
+			routes: span(0, 1, 15),
+			why:    "BMPv4 Route Monitoring with the BGP PDU inside a TLV: tshark 4.0 does not dissect the BGP PDU",
+		},
+		"pcap/netgauze/path-status__ipv4_unicast_path_marking.pcap": {
+			routes: refs(0, 3, 4),
+			why:    "BMPv4 Route Monitoring with the BGP PDU inside a TLV (path marking): tshark 4.0 does not dissect the BGP PDU (the third message, with nothing tshark could show, matches trivially)",
+		},
+		badCaptureName: {
+			routes:       refs(0, badCaptureMessage),
+			decodeErrors: refs(0, badCaptureMessage),
+			why:          "the test zeroed this message's BGP marker: the decoder must reject it (decode-error event, raw kept) and tshark cannot dissect it either",
+		},
+	}
 }
 
 // runCapture is one capture file replayed into `bgpedge run`.
@@ -610,7 +612,7 @@ func runTshark(tshark string, caps []*runCapture, tmp string) {
 func tsharkView(tshark string, c *runCapture, tmp string) ([]tsharkMsg, map[int]int, error) {
 	input, ports := c.path, c.ports
 	var orig map[int]int
-	if c.raw || runExemptions[c.name].resegment {
+	if c.raw || runExemptions()[c.name].resegment {
 		if !c.raw {
 			theirs, err := tsharkJSON(tshark, c.path, c.ports)
 			if err != nil {
@@ -820,7 +822,7 @@ type ourRM struct {
 // checkSpooled checks a capture's spooled records against its streams and
 // decodes them, keeping what checkAgainstTshark needs in c.
 func checkSpooled(t *testing.T, c *runCapture, recs []record.Record) {
-	exc := runExemptions[c.name]
+	exc := runExemptions()[c.name]
 
 	// Sessions: one per stream, byte for byte, in order.
 	bySession := map[string][]record.Record{}
@@ -895,7 +897,7 @@ func checkSpooled(t *testing.T, c *runCapture, recs []record.Record) {
 // and returns how many Route Monitoring messages it holds and how many
 // agree with tshark.
 func checkAgainstTshark(t *testing.T, c *runCapture) (int, int) {
-	exc := runExemptions[c.name]
+	exc := runExemptions()[c.name]
 	spooled, ours := c.spooled, c.ours
 
 	// Per-type counts against tshark.

@@ -226,7 +226,10 @@ func (s *session) fill(need int) error {
 		// The last read filled the buffer: the router is streaming. Growing
 		// here rather than right after that read copies only the tail.
 		if n := min(2*len(s.buf), cfg.ReadBufferBytes); n > len(s.buf) {
-			s.tryResize(n)
+			// Throughput growth leaves one largest message's worth of
+			// budget for message growth: buffers grown by routers that
+			// then went idle (they keep them) must not starve the others.
+			s.tryResize(n, s.charge(s.l.cfg.MaxMessageBytes))
 		}
 	case len(s.buf) > cfg.ReadBufferBytes && need <= cfg.ReadBufferBytes && s.end <= cfg.ReadBufferBytes:
 		s.resize(cfg.ReadBufferBytes) // the large message is done: give the budget back
@@ -251,7 +254,7 @@ func (s *session) fill(need int) error {
 func (s *session) growFor(need int) error {
 	l := s.l
 	size := min(2*len(s.buf), need)
-	if s.tryResize(size) {
+	if s.tryResize(size, 0) {
 		return nil
 	}
 	l.m.budgetWaits.Inc()
@@ -276,9 +279,10 @@ func (s *session) growFor(need int) error {
 // charge is how much of a buffer of n bytes counts against the budget.
 func (s *session) charge(n int) int64 { return int64(max(n-initialReadBuffer, 0)) }
 
-// tryResize resizes the buffer if the budget allows it.
-func (s *session) tryResize(n int) bool {
-	if d := s.charge(n) - s.charge(len(s.buf)); d > 0 && !s.l.budget.tryReserve(d) {
+// tryResize resizes the buffer if the budget allows it, with keep bytes of
+// it still left over.
+func (s *session) tryResize(n int, keep int64) bool {
+	if d := s.charge(n) - s.charge(len(s.buf)); d > 0 && !s.l.budget.tryReserve(d, keep) {
 		return false
 	}
 	s.resize(n)

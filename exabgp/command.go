@@ -282,7 +282,7 @@ func parseAllowedPrefix(s string) (allowedPrefix, error) {
 	}
 	pf, err := netip.ParsePrefix(f[0])
 	if err != nil {
-		return allowedPrefix{}, fmt.Errorf("invalid CIDR %q", f[0])
+		return allowedPrefix{}, fmt.Errorf("invalid CIDR: %w", err)
 	}
 	ap := allowedPrefix{net: pf.Masked()}
 	if len(f) == 1 {
@@ -340,7 +340,9 @@ func (p *Policy) renderRoute(req *Request, c *Command) error {
 	if r == nil || req.Flow != nil {
 		return reject(RejectInvalid, "%s needs a route and no flow", req.Verb)
 	}
-	pf, err := p.checkPrefix(r.Prefix, "prefix", true)
+	// A withdraw is not held to the length limit: a route announced under a
+	// wider policy must stay removable after the policy is narrowed.
+	pf, err := p.checkPrefix(r.Prefix, "prefix", req.Verb != VerbWithdrawRoute)
 	if err != nil {
 		return err
 	}

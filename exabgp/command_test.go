@@ -436,3 +436,24 @@ func TestJournalResolve(t *testing.T) {
 		t.Fatalf("after resolve: %+v", e)
 	}
 }
+
+// TestServiceShutdownKeepsPending: exaBGP answering "shutdown" leaves the
+// outcome unknown, so the announce stays journaled as pending (replayed on
+// the next start) instead of being removed as if exaBGP had said error.
+func TestServiceShutdownKeepsPending(t *testing.T) {
+	f, cmd, m := startScripted(t, 5*time.Second)
+	j, err := OpenJournal(filepath.Join(t.TempDir(), "routes.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := &service{policy: testPolicy(t), maxRoutes: 4, journal: j, cmd: cmd, limiter: rate.NewLimiter(rate.Inf, 1), m: m, log: slog.New(slog.DiscardHandler)}
+	const p = "100.100.7.0/24"
+	f.set(p, AckShutdown)
+	r := svc.handle(context.Background(), &Request{ID: "x", Verb: VerbAnnounceRoute, Neighbors: []string{"192.0.2.1"}, Route: &Route{Prefix: p, NextHop: "self"}})
+	if r.Result != ResultTimeout {
+		t.Fatalf("reply %+v, want %s", r, ResultTimeout)
+	}
+	if e, ok := j.Get("192.0.2.1|route " + p); !ok || !e.Pending {
+		t.Fatalf("journal entry %+v (present %v), want pending", e, ok)
+	}
+}

@@ -119,7 +119,9 @@ func (c *commander) run(ctx context.Context) {
 			case AckDone:
 				p.done <- cmdResult{ResultDone, ""}
 			case AckShutdown:
-				p.done <- cmdResult{ResultError, "exabgp is shutting down"}
+				// Whether exaBGP applied it is unknown, as after a timeout:
+				// a journaled announce must stay pending, not be removed.
+				p.done <- cmdResult{ResultTimeout, "exabgp is shutting down: outcome unknown"}
 			default:
 				p.done <- cmdResult{ResultError, "exabgp rejected the command"}
 			}
@@ -141,7 +143,7 @@ func (c *commander) run(ctx context.Context) {
 			}
 		case <-ctx.Done():
 			timer.Stop()
-			p.done <- cmdResult{ResultError, "shutting down"}
+			p.done <- cmdResult{ResultTimeout, "shutting down before exabgp answered: outcome unknown"}
 			return
 		}
 	}

@@ -87,11 +87,11 @@ func normalise(m *Message, remembered *sessionCaps) ([]record.Event, error) {
 			caps = *remembered
 		}
 		if len(rawOrNil(n.Negotiated)) > 0 {
-			if c, ok := parseNegotiated(n.Negotiated, n.Direction); ok {
+			if c, ok := parseNegotiated(n.Negotiated); ok {
 				caps = c
 			}
 		}
-		routes, err := decodeRawUpdate(hdr, body, caps, ribOf(n.Direction))
+		routes, err := decodeRawUpdate(hdr, body, caps.as2, caps.addPath(n.Direction), ribOf(n.Direction))
 		if err == nil && len(routes) > 0 {
 			evs := make([]record.Event, len(routes))
 			for i, r := range routes {
@@ -602,8 +602,18 @@ func genericAttribute(k string) (uint8, uint8, bool) {
 // sessionCaps are the negotiated capabilities that change how an UPDATE is
 // encoded on the wire.
 type sessionCaps struct {
-	as2     bool // the session did not negotiate 4-byte AS numbers
-	addPath map[bgp.Family]bool
+	as2 bool // the session did not negotiate 4-byte AS numbers
+	// Add-Path families, per direction: what exaBGP receives with path ids
+	// and what it sends with them may differ.
+	addPathReceive, addPathSend map[bgp.Family]bool
+}
+
+// addPath is the Add-Path families of UPDATEs going in direction.
+func (c sessionCaps) addPath(direction string) map[bgp.Family]bool {
+	if direction == "send" || direction == "out" {
+		return c.addPathSend
+	}
+	return c.addPathReceive
 }
 
 // maxSessionCaps bounds the Normaliser's memory of negotiated capabilities:
@@ -637,7 +647,7 @@ func (z *Normaliser) Normalise(m *Message) ([]record.Event, error) {
 		z.mu.Lock()
 		switch {
 		case m.Type == "negotiated" && len(rawOrNil(n.Negotiated)) > 0:
-			if c, ok := parseNegotiated(n.Negotiated, n.Direction); ok {
+			if c, ok := parseNegotiated(n.Negotiated); ok {
 				if _, known := z.sessions[key]; !known && len(z.sessions) >= maxSessionCaps {
 					for k := range z.sessions {
 						delete(z.sessions, k)
@@ -669,10 +679,10 @@ func (z *Normaliser) Normalise(m *Message) ([]record.Event, error) {
 }
 
 // parseNegotiated reads exaBGP's negotiated block: {"asn4": true,
-// "add_path": {"send": ["ipv4 unicast"], "receive": [...]}}. Add-Path is
-// taken for the direction of the messages decoded: what exaBGP receives for
-// received updates, what it sends for sent ones.
-func parseNegotiated(raw json.RawMessage, direction string) (sessionCaps, bool) {
+// "add_path": {"send": ["ipv4 unicast"], "receive": [...]}}. The event itself
+// has no direction: both sets are kept, and each UPDATE takes the one of its
+// own direction.
+func parseNegotiated(raw json.RawMessage) (sessionCaps, bool) {
 	var n struct {
 		ASN4    *bool `json:"asn4"`
 		AddPath struct {
@@ -683,22 +693,26 @@ func parseNegotiated(raw json.RawMessage, direction string) (sessionCaps, bool) 
 	if json.Unmarshal(raw, &n) != nil {
 		return sessionCaps{}, false
 	}
-	c := sessionCaps{as2: n.ASN4 != nil && !*n.ASN4}
-	fams := n.AddPath.Receive
-	if direction == "send" || direction == "out" {
-		fams = n.AddPath.Send
-	}
-	for _, f := range fams {
+	return sessionCaps{
+		as2:            n.ASN4 != nil && !*n.ASN4,
+		addPathReceive: families(n.AddPath.Receive),
+		addPathSend:    families(n.AddPath.Send),
+	}, true
+}
+
+func families(names []string) map[bgp.Family]bool {
+	var m map[bgp.Family]bool
+	for _, f := range names {
 		afi, safi, _ := family(f)
 		if afi == 0 || safi == 0 {
 			continue
 		}
-		if c.addPath == nil {
-			c.addPath = make(map[bgp.Family]bool)
+		if m == nil {
+			m = make(map[bgp.Family]bool)
 		}
-		c.addPath[bgp.NewFamily(afi, safi)] = true
+		m[bgp.NewFamily(afi, safi)] = true
 	}
-	return c, true
+	return m
 }
 
 // rawUpdate returns the hex header and body of an update event that has no
@@ -733,7 +747,7 @@ var errPacket = errors.New("undecodable update packet")
 // decodeRawUpdate decodes a raw UPDATE into routes of the same shape as
 // normaliseUpdate makes from exaBGP's parsed form. An UPDATE without NLRI
 // (attributes only) gives no routes, and stays one update event.
-func decodeRawUpdate(header, body string, caps sessionCaps, rib string) ([]*record.Route, error) {
+func decodeRawUpdate(header, body string, as2 bool, addPath map[bgp.Family]bool, rib string) ([]*record.Route, error) {
 	hb, err := decodeHex(header)
 	if err != nil {
 		return nil, fmt.Errorf("%w: header: %w", errPacket, err)
@@ -754,8 +768,8 @@ func decodeRawUpdate(header, body string, caps sessionCaps, rib string) ([]*reco
 			return nil, fmt.Errorf("%w: message type %d is no update", errPacket, hb[18])
 		}
 	}
-	mo := &bgp.MarshallingOption{Use2ByteAS: caps.as2}
-	for f, on := range caps.addPath {
+	mo := &bgp.MarshallingOption{Use2ByteAS: as2}
+	for f, on := range addPath {
 		if on {
 			if mo.AddPath == nil {
 				mo.AddPath = make(map[bgp.Family]bgp.BGPAddPathMode)
@@ -767,7 +781,7 @@ func decodeRawUpdate(header, body string, caps sessionCaps, rib string) ([]*reco
 	if err := u.DecodeFromBytes(bb, mo); err != nil {
 		return nil, fmt.Errorf("%w: %w", errPacket, err)
 	}
-	attrs, reach, unreach, err := packetAttributes(u.PathAttributes, caps.as2)
+	attrs, reach, unreach, err := packetAttributes(u.PathAttributes, as2)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errPacket, err)
 	}
@@ -918,8 +932,11 @@ func packetAttributes(pas []bgp.PathAttributeInterface, as2 bool) (*attributes, 
 			haveExtended = true
 			for _, ec := range v.Value {
 				b, err := ec.Serialize()
-				if err != nil || len(b) != 8 {
-					return nil, nil, nil, fmt.Errorf("extended community: %v", err)
+				if err != nil {
+					return nil, nil, nil, fmt.Errorf("extended community: %w", err)
+				}
+				if len(b) != 8 {
+					return nil, nil, nil, fmt.Errorf("extended community of %d bytes", len(b))
 				}
 				s := extCommunityString(b)
 				a.extCommunities = append(a.extCommunities, s)

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -135,10 +136,10 @@ func sameRoutesBut(t *testing.T, want, got []record.Event, blank func(*record.Ro
 		w, g := want[i], got[i]
 		wr, gr := *w.Route, *g.Route
 		if wr.ExaBGP != nil {
-			wr.ExaBGP = clone(wr.ExaBGP)
+			wr.ExaBGP = maps.Clone(wr.ExaBGP)
 		}
 		if gr.ExaBGP != nil {
-			gr.ExaBGP = clone(gr.ExaBGP)
+			gr.ExaBGP = maps.Clone(gr.ExaBGP)
 		}
 		if wr.ExaBGP == nil {
 			wr.ExaBGP = map[string]json.RawMessage{}
@@ -168,17 +169,11 @@ func sameRoutesBut(t *testing.T, want, got []record.Event, blank func(*record.Ro
 	}
 }
 
-func clone(m map[string]json.RawMessage) map[string]json.RawMessage {
-	c := make(map[string]json.RawMessage, len(m))
-	for k, v := range m {
-		c[k] = v
-	}
-	return c
-}
-
 // undecodable are upstream tests GoBGP cannot decode, with its error.
-var undecodable = map[string]string{
-	"bgp-evpn-1": "Unknown EVPN Route type: 8", // exaBGP's test has a route type GoBGP lacks
+func undecodable() map[string]string {
+	return map[string]string{
+		"bgp-evpn-1": "Unknown EVPN Route type: 8", // exaBGP's test has a route type GoBGP lacks
+	}
 }
 
 var nonHex = regexp.MustCompile(`[^0-9A-Fa-f]`)
@@ -230,7 +225,7 @@ func TestNormalisePacketsUpstreamQA(t *testing.T) {
 			}
 			for _, e := range got {
 				if e.Type == TypeDecodeError {
-					if want, ok := undecodable[filepath.Base(f)]; ok && strings.Contains(e.Data.(packetErrorData).Error, want) {
+					if want, ok := undecodable()[filepath.Base(f)]; ok && strings.Contains(e.Data.(packetErrorData).Error, want) {
 						// Kept raw, reported.
 						if len(got) != 2 || got[0].Type != "update" {
 							t.Fatalf("undecodable update not kept: %s", eventsJSON(t, got))
@@ -575,5 +570,34 @@ func TestNormalisePacketsMixed(t *testing.T) {
 	}
 	if g, w := eventsJSON(t, got), eventsJSON(t, want); g != w {
 		t.Fatalf("from hex:\n%s\nparsed:\n%s", g, w)
+	}
+}
+
+// TestNormaliserAddPathPerDirection: a negotiated event carries Add-Path for
+// both directions; a received UPDATE takes the receive set, a sent one the
+// send set.
+func TestNormaliserAddPathPerDirection(t *testing.T) {
+	const body = "0x0000001C4001010040020040030465016501800404000000C840050400000064000000002001010101"
+	line := func(typ, rest string) []byte {
+		return []byte(`{"exabgp":"4.0.1","type":"` + typ + `","neighbor":{"address":{"local":"127.0.0.1","peer":"127.0.0.2"},"asn":{"local":65001,"peer":65002},` + rest + `}}`)
+	}
+	update := func(direction string) []byte {
+		return line("update", `"direction":"`+direction+`","message":{"category":2,"header":"0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF003C02","body":"`+body+`"}`)
+	}
+	var z Normaliser
+	if _, err := z.Normalise(mustParse(t, line("negotiated", `"negotiated":{"asn4":true,"add_path":{"send":["ipv4 unicast"],"receive":[]}}`))); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		direction string
+		routes    int // the body holds 1 route with a path id, or 5 (four /0) without
+	}{{"receive", 5}, {"send", 1}} {
+		evs, err := z.Normalise(mustParse(t, update(tt.direction)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) != tt.routes {
+			t.Errorf("%s: %d events, want %d: %s", tt.direction, len(evs), tt.routes, eventsJSON(t, evs))
+		}
 	}
 }
