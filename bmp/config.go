@@ -82,7 +82,7 @@ func DefaultConfig() Config {
 		MaxSessions:       1000,
 		MaxMessageBytes:   DefaultMaxMessageBytes,
 		ReadBufferBytes:   256 << 10,
-		BufferBudgetBytes: 64 << 20,
+		BufferBudgetBytes: 32 << 20,
 		PartialTimeout:    60 * time.Second,
 		BatchMessages:     4096,
 		TCPKeepalive:      30 * time.Second,
