@@ -101,7 +101,7 @@ func TestConfigValidate(t *testing.T) {
 		mod  func(*Config)
 		want string
 	}{
-		{"bad cidr", func(c *Config) { c.Policy.AllowedPrefixes = []string{"10.0.0.0/8", "2001:db8::/32", "10.0.0/8"} }, `exabgp.policy.allowed_prefixes[2]: invalid CIDR "10.0.0/8"`},
+		{"bad cidr", func(c *Config) { c.Policy.AllowedPrefixes = []string{"10.0.0.0/8", "2001:db8::/32", "10.0.0/8"} }, `exabgp.policy.allowed_prefixes[2]: invalid CIDR: netip.ParsePrefix("10.0.0/8")`},
 		{"verb", func(c *Config) { c.Policy.AllowedVerbs = []string{"announce"} }, `exabgp.policy.allowed_verbs[0]: unknown verb "announce"`},
 		{"queue policy", func(c *Config) { c.QueuePolicy = "spill" }, `exabgp.queue_policy: must be block or drop`},
 		{"nats url", func(c *Config) { c.Commands.Enabled = true }, `exabgp.commands.nats.url: must be set`},
