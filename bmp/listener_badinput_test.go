@@ -648,42 +648,13 @@ func TestSessionFramingMatchesReference(t *testing.T) {
 	for name, end := range endings {
 		for _, size := range []int{7, 1460, 64 << 10, 1 << 20} {
 			t.Run(fmt.Sprintf("%s/reads of %d", name, size), func(t *testing.T) {
-				stream := append(bytes.Clone(valid), end...)
-				spool := &memSpool{}
 				cfg := DefaultConfig()
 				cfg.MaxMessageBytes = 400 << 10
 				cfg.ReadBufferBytes = 64 << 10
 				cfg.BufferBudgetBytes = 400 << 10
 				cfg.BatchMessages = 100
 				cfg.PartialTimeout = 100 * time.Millisecond
-				reg := prometheus.NewRegistry()
-				l, err := NewListener(cfg, spool, nil, reg)
-				if err != nil {
-					t.Fatal(err)
-				}
-				remote := netip.MustParseAddrPort("192.0.2.1:179")
-				s := newSession(l, &chunkConn{data: stream, size: size}, remote)
-				s.run()
-
-				want, reason := referenceWalk(stream, cfg.MaxMessageBytes)
-				if reason == "" {
-					reason = CloseEOF
-				}
-				if got := gatherValue(t, reg, "bgpedge_bmp_sessions_closed_total", "reason", reason); got != 1 {
-					t.Errorf("closed{%s} = %v", reason, got)
-				}
-				got := bySource(spool.snapshot(), remote.String())
-				if len(got) != len(want) {
-					t.Fatalf("%d messages spooled, reference %d", len(got), len(want))
-				}
-				for i := range want {
-					if !bytes.Equal(got[i], want[i]) {
-						t.Fatalf("message %d differs from the reference", i)
-					}
-				}
-				if u, b := l.budget.used.Load(), l.budget.total.Load(); u != 0 || b != 0 {
-					t.Errorf("after the session: budget used %d, buffers %d; want 0", u, b)
-				}
+				checkSessionFraming(t, cfg, append(bytes.Clone(valid), end...), size)
 			})
 		}
 	}

@@ -24,17 +24,7 @@ import (
 // captures, a plain length walk for raw streams.
 func TestReplayCapturesIntoSpool(t *testing.T) {
 	dir := testenv.Shared(t, "bmpdata")
-	var files []string
-	for _, pattern := range []string{"raw/*", "pcap/*/*"} {
-		m, err := filepath.Glob(filepath.Join(dir, pattern))
-		if err != nil {
-			t.Fatal(err)
-		}
-		files = append(files, m...)
-	}
-	if len(files) < 20 {
-		t.Fatalf("found only %d captures under %s", len(files), dir)
-	}
+	files := testenv.BMPCaptures(t, 20)
 	tshark := testenv.Binary(t, "tshark", "tshark")
 	for _, file := range files {
 		rel, _ := filepath.Rel(dir, file)

@@ -219,17 +219,7 @@ func TestRunCapturesAgainstTshark(t *testing.T) {
 func runCaptures(t *testing.T, tmp string) []*runCapture {
 	t.Helper()
 	dir := testenv.Shared(t, "bmpdata")
-	var files []string
-	for _, pattern := range []string{"raw/*", "pcap/*/*"} {
-		m, err := filepath.Glob(filepath.Join(dir, pattern))
-		if err != nil {
-			t.Fatal(err)
-		}
-		files = append(files, m...)
-	}
-	if len(files) < 30 {
-		t.Fatalf("found only %d captures under %s", len(files), dir)
-	}
+	files := testenv.BMPCaptures(t, 30)
 	var caps []*runCapture
 	for _, f := range files {
 		name, _ := filepath.Rel(dir, f)

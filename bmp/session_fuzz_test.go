@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"path/filepath"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,24 +21,8 @@ import (
 // read while Buffered is true, and never a panic or an oversized allocation.
 // Seeds are the real captures, read from the shared data at fuzz time.
 func FuzzFramer(f *testing.F) {
-	dir := testenv.Shared(f, "bmpdata")
-	var files []string
-	for _, pattern := range []string{"raw/*", "pcap/*/*"} {
-		m, _ := filepath.Glob(filepath.Join(dir, pattern))
-		files = append(files, m...)
-	}
-	for _, file := range files {
-		streams, err := capture.Open(file)
-		if err != nil {
-			f.Fatalf("%s: %v", file, err)
-		}
-		for _, s := range streams {
-			data := s.Data
-			if len(data) > 64<<10 {
-				data = data[:64<<10] // the seed corpus stays small; the tail is truncated on purpose
-			}
-			f.Add(data, uint16(1460), uint32(4096))
-		}
+	for _, data := range captureSeeds(f) {
+		f.Add(data, uint16(1460), uint32(4096))
 	}
 	f.Add([]byte{3, 0, 0, 0, 5, 0}, uint16(1), uint32(64))
 	f.Add([]byte{3, 0xff, 0xff, 0xff, 0xff, 0}, uint16(6), uint32(64))
@@ -156,24 +139,8 @@ func (r *checkedReader) Read(p []byte) (int, error) {
 // against the reference walk: the same messages spooled in order, the same
 // close reason counted, and every byte of budget and buffer given back.
 func FuzzSessionFraming(f *testing.F) {
-	dir := testenv.Shared(f, "bmpdata")
-	var files []string
-	for _, pattern := range []string{"raw/*", "pcap/*/*"} {
-		m, _ := filepath.Glob(filepath.Join(dir, pattern))
-		files = append(files, m...)
-	}
-	for _, file := range files {
-		streams, err := capture.Open(file)
-		if err != nil {
-			f.Fatalf("%s: %v", file, err)
-		}
-		for _, s := range streams {
-			data := s.Data
-			if len(data) > 64<<10 {
-				data = data[:64<<10] // the seed corpus stays small; the tail is truncated on purpose
-			}
-			f.Add(data, uint16(1460), uint32(4096), uint8(0))
-		}
+	for _, data := range captureSeeds(f) {
+		f.Add(data, uint16(1460), uint32(4096), uint8(0))
 	}
 	f.Add([]byte{3, 0, 0, 0, 5, 0}, uint16(1), uint32(64), uint8(1))
 	f.Add([]byte{3, 0xff, 0xff, 0xff, 0xff, 0}, uint16(6), uint32(64), uint8(2))
@@ -188,33 +155,59 @@ func FuzzSessionFraming(f *testing.F) {
 		if err := cfg.Validate(); err != nil {
 			t.Fatal(err)
 		}
-		spool := &memSpool{}
-		reg := prometheus.NewRegistry()
-		l, err := NewListener(cfg, spool, slog.New(slog.DiscardHandler), reg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		remote := netip.MustParseAddrPort("192.0.2.1:179")
-		newSession(l, &chunkConn{data: stream, size: int(readSize)%8192 + 1}, remote).run()
-
-		want, reason := referenceWalk(stream, cfg.MaxMessageBytes)
-		if reason == "" {
-			reason = CloseEOF
-		}
-		if got := gatherValue(t, reg, "bgpedge_bmp_sessions_closed_total", "reason", reason); got != 1 {
-			t.Fatalf("closed{reason=%q} = %v, want 1", reason, got)
-		}
-		got := bySource(spool.snapshot(), remote.String())
-		if len(got) != len(want) {
-			t.Fatalf("%d messages spooled, reference %d", len(got), len(want))
-		}
-		for i := range want {
-			if !bytes.Equal(got[i], want[i]) {
-				t.Fatalf("message %d differs from the reference", i)
-			}
-		}
-		if u, b := l.budget.used.Load(), l.budget.total.Load(); u != 0 || b != 0 {
-			t.Fatalf("after the session: budget used %d, buffers %d; want 0", u, b)
-		}
+		checkSessionFraming(t, cfg, stream, int(readSize)%8192+1)
 	})
+}
+
+// captureSeeds are the streams of every shared capture, each cut to its
+// first 64 KiB so the seed corpus stays small (the cut tail is truncated on
+// purpose: one more ending to test).
+func captureSeeds(f *testing.F) [][]byte {
+	var seeds [][]byte
+	for _, file := range testenv.BMPCaptures(f, 20) {
+		streams, err := capture.Open(file)
+		if err != nil {
+			f.Fatalf("%s: %v", file, err)
+		}
+		for _, s := range streams {
+			seeds = append(seeds, s.Data[:min(len(s.Data), 64<<10)])
+		}
+	}
+	return seeds
+}
+
+// checkSessionFraming runs one session of a listener with cfg over stream,
+// served in reads of readSize bytes, and checks it against the reference
+// walk: the same messages spooled in order, the same close reason counted,
+// and every byte of budget and buffer given back.
+func checkSessionFraming(t testing.TB, cfg Config, stream []byte, readSize int) {
+	t.Helper()
+	spool := &memSpool{}
+	reg := prometheus.NewRegistry()
+	l, err := NewListener(cfg, spool, slog.New(slog.DiscardHandler), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote := netip.MustParseAddrPort("192.0.2.1:179")
+	newSession(l, &chunkConn{data: stream, size: readSize}, remote).run()
+
+	want, reason := referenceWalk(stream, cfg.MaxMessageBytes)
+	if reason == "" {
+		reason = CloseEOF
+	}
+	if got := gatherValue(t, reg, "bgpedge_bmp_sessions_closed_total", "reason", reason); got != 1 {
+		t.Fatalf("closed{reason=%q} = %v, want 1", reason, got)
+	}
+	got := bySource(spool.snapshot(), remote.String())
+	if len(got) != len(want) {
+		t.Fatalf("%d messages spooled, reference %d", len(got), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("message %d differs from the reference", i)
+		}
+	}
+	if u, b := l.budget.used.Load(), l.budget.total.Load(); u != 0 || b != 0 {
+		t.Fatalf("after the session: budget used %d, buffers %d; want 0", u, b)
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -65,15 +64,7 @@ func bmpEncoder(t testing.TB, agent string) Encoder {
 func TestEndToEndCapturesToKafka(t *testing.T) {
 	t.Parallel()
 	brokers := testenv.KafkaBrokers(t)
-	dir := testenv.Shared(t, "bmpdata")
-	var files []string
-	for _, pattern := range []string{"raw/*", "pcap/*/*"} {
-		m, err := filepath.Glob(filepath.Join(dir, pattern))
-		if err != nil {
-			t.Fatal(err)
-		}
-		files = append(files, m...)
-	}
+	files := testenv.BMPCaptures(t, 20)
 	// The 100k-route dump is 98 % of all messages; under the race detector
 	// (or -short) only its first messages are replayed, so the test stays
 	// within minutes. Without either it is replayed whole.

@@ -76,6 +76,26 @@ func Shared(t testing.TB, elem ...string) string {
 	return p
 }
 
+// BMPCaptures lists every capture of the shared BMP data: the raw streams
+// and the pcap/pcapng files, at least min of them (fewer means the data is
+// incomplete, which fails the test).
+func BMPCaptures(t testing.TB, min int) []string {
+	t.Helper()
+	dir := Shared(t, "bmpdata")
+	var files []string
+	for _, pattern := range []string{"raw/*", "pcap/*/*"} {
+		m, err := filepath.Glob(filepath.Join(dir, pattern))
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, m...)
+	}
+	if len(files) < min {
+		t.Fatalf("found only %d captures under %s", len(files), dir)
+	}
+	return files
+}
+
 // Eventually polls cond every few milliseconds until it returns true or the
 // timeout passes, then fails the test with msg. Tests poll; they never sleep and hope.
 func Eventually(t testing.TB, timeout time.Duration, msg string, cond func() bool) {
