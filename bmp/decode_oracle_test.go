@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -32,13 +31,9 @@ type decodedMsg struct {
 }
 
 // decodeStreams frames and decodes every stream of a capture file, in
-// order, with one decoder (so Peer Up state carries over as in production).
-func decodeStreams(t testing.TB, path string, reg prometheus.Registerer) []decodedMsg {
-	return decodeStreamsKeep(t, path, reg, true)
-}
-
-// decodeStreamsKeep can drop the events once checked, for the large capture.
-func decodeStreamsKeep(t testing.TB, path string, reg prometheus.Registerer, keep bool) []decodedMsg {
+// order, with one decoder (so Peer Up state carries over as in production);
+// without keep it drops the events once checked, for the large capture.
+func decodeStreams(t testing.TB, path string, reg prometheus.Registerer, keep bool) []decodedMsg {
 	t.Helper()
 	streams, err := capture.Open(path)
 	if err != nil && len(streams) == 0 {
@@ -208,17 +203,8 @@ var tsharkPrefixKeys = map[string]bool{
 	"bgp.mp_reach_nlri_ipv6_prefix": true, "bgp.mp_unreach_nlri_ipv6_prefix": true,
 }
 
-// tsharkMessages runs tshark's BMP and BGP dissectors over a capture.
-func tsharkMessages(t testing.TB, tshark, path string, ports []uint16) []tsharkMsg {
-	t.Helper()
-	msgs, err := tsharkJSON(tshark, path, ports)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return msgs
-}
-
-// tsharkJSON is tsharkMessages for callers off the test goroutine.
+// tsharkJSON runs tshark's BMP and BGP dissectors over a capture; it does
+// not touch the test, so it can run off the test goroutine.
 func tsharkJSON(tshark, path string, ports []uint16) ([]tsharkMsg, error) {
 	args := []string{"-r", path}
 	for _, p := range ports {
@@ -473,7 +459,7 @@ func TestDecodeRawCaptures(t *testing.T) {
 		name := filepath.Base(f)
 		t.Run(name, func(t *testing.T) {
 			reg := prometheus.NewRegistry()
-			msgs := decodeStreamsKeep(t, f, reg, !strings.Contains(name, "100k"))
+			msgs := decodeStreams(t, f, reg, !strings.Contains(name, "100k"))
 			want := rawCounts[name]
 			if strings.Contains(name, "100k") && raceEnabled {
 				// A prefix only (see raceEnabled): Initiation, Peer Up, then Route Monitoring.
@@ -513,202 +499,4 @@ func counterOf(t testing.TB, reg *prometheus.Registry, name string) prometheus.C
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "sum"})
 	c.Add(sum)
 	return c
-}
-
-// tsharkExceptions lists, per capture, the Route Monitoring messages where
-// tshark 4.0 is not a usable oracle, and why. Each entry is checked: the
-// count of disagreeing messages must be exactly this.
-var tsharkExceptions = map[string]struct {
-	typesFromFraming string // message types when tshark loses the stream
-	routeMismatches  int
-	why              string
-}{
-	"stateless-with-add-path__ipv4_unicast_all.pcap": {
-		typesFromFraming: strings.Repeat("3 ", 9) + strings.TrimSpace(strings.Repeat("0 ", 21)),
-		routeMismatches:  21,
-		why:              "crafted BMPv4 messages: tshark throws on the first Peer Up's TLVs and loses the TCP stream after 7 messages; its 21 Route Monitoring messages (BGP PDU in a v4 TLV, stateless-parsing Add-Path) are never dissected",
-	},
-	"huawei-ne40e-vrp8.230__daisy-23.bmp": {
-		routeMismatches: 2,
-		why:             "locally originated routes (empty AS_PATH) with Add-Path path ids: tshark 4.0 has no Add-Path reading for them, flags them malformed and shows neither prefix, next hop nor AS path, so nothing is left to compare; the other 115 Add-Path messages it flags agree on AS path and flags",
-	},
-	"vpnv4-stateless-with-withdraw__vpnv4-stateless-with-withdraw.pcap": {
-		routeMismatches: 15,
-		why:             "BMPv4 Route Monitoring with the BGP PDU inside a TLV: tshark 4.0 does not dissect the BGP PDU",
-	},
-	"path-status__ipv4_unicast_path_marking.pcap": {
-		routeMismatches: 2,
-		why:             "BMPv4 Route Monitoring with the BGP PDU inside a TLV (path marking): tshark 4.0 does not dissect the BGP PDU (the third message, with nothing tshark could show, matches trivially)",
-	},
-}
-
-// TestDecodeAgainstTshark decodes every shared pcap and checks, for every
-// Route Monitoring message, that prefixes, next hops, AS path and peer
-// flags agree with tshark's BMP/BGP dissectors, and that per-type message
-// counts agree with tshark's.
-func TestDecodeAgainstTshark(t *testing.T) {
-	tshark := testenv.Binary(t, "tshark", "tshark")
-	files, _ := filepath.Glob(filepath.Join(testenv.Shared(t, "bmpdata", "pcap"), "*", "*.pcap*"))
-	if len(files) == 0 {
-		testenv.Missing(t, "shared pcaps", "bmpdata/pcap is empty")
-	}
-	// The raw stream files go through tshark too, wrapped in a pcap; the
-	// 100k dump is left out (tshark's JSON of it is gigabytes).
-	raw, _ := filepath.Glob(filepath.Join(testenv.Shared(t, "bmpdata", "raw"), "*.bmp"))
-	var totalRM, totalAgree int
-	for _, f := range append(files, raw...) {
-		name := filepath.Base(f)
-		t.Run(name, func(t *testing.T) {
-			streams, _ := capture.Open(f)
-			var ports []uint16
-			for _, s := range streams {
-				if !slices.Contains(ports, s.Dst.Port()) {
-					ports = append(ports, s.Dst.Port())
-				}
-			}
-			tsharkInput := f
-			if !streams[0].Src.IsValid() {
-				tsharkInput = filepath.Join(t.TempDir(), "stream.pcap")
-				if err := os.WriteFile(tsharkInput, streamPcap(streams[0].Data), 0o600); err != nil {
-					t.Fatal(err)
-				}
-				ports = []uint16{1790}
-			}
-			reg := prometheus.NewRegistry()
-			ours := decodeStreams(t, f, reg)
-			theirs := tsharkMessages(t, tshark, tsharkInput, ports)
-			exc := tsharkExceptions[name]
-
-			// Per-type counts.
-			var oursTypes, theirTypes []string
-			for _, m := range ours {
-				oursTypes = append(oursTypes, strconv.Itoa(int(m.typ)))
-			}
-			for _, m := range theirs {
-				theirTypes = append(theirTypes, m.typ)
-			}
-			if exc.typesFromFraming != "" {
-				theirTypes = strings.Fields(exc.typesFromFraming)
-			}
-			slices.Sort(oursTypes)
-			slices.Sort(theirTypes)
-			if !slices.Equal(oursTypes, theirTypes) {
-				t.Errorf("message types differ:\n ours   %v\n tshark %v", oursTypes, theirTypes)
-			}
-			for typ := bmp.MsgRouteMonitoring; typ <= bmp.MsgRouteMirroring; typ++ {
-				want := 0
-				for _, s := range oursTypes {
-					if s == strconv.Itoa(int(typ)) {
-						want++
-					}
-				}
-				if got := decodedCount(t, reg, typ); got != want {
-					t.Errorf("metric decoded %s = %d, want %d", typ, got, want)
-				}
-			}
-
-			// Route Monitoring content: compare multisets of per-message
-			// signatures (streams of multi-router captures interleave).
-			// Where tshark flags a message malformed and leaves fields out
-			// (it has no Add-Path heuristic for labeled and VPN families, and
-			// does not read RFC 8950 IPv6 next hops of VPNv4 routes), the
-			// fields it did show must still agree.
-			count := map[string]int{}
-			partial := map[sigMask]map[string]int{}
-			var tsharkMalformed, partialAgree int
-			for _, m := range theirs {
-				if m.typ != "0" {
-					continue
-				}
-				k := fmt.Sprintf("flags=%#02x %s", m.flags, m.sig)
-				if m.malformed {
-					tsharkMalformed++
-					mask := sigMask{noPrefixes: strings.Contains(k, " prefixes= "), noNextHops: strings.Contains(k, " next_hops= ")}
-					// Something must be left to compare besides the flags.
-					showed := !mask.noPrefixes || !strings.HasSuffix(k, " as_path=")
-					if (mask.noPrefixes || mask.noNextHops) && showed {
-						if partial[mask] == nil {
-							partial[mask] = map[string]int{}
-						}
-						partial[mask][mask.reduce(k)]++
-						continue
-					}
-				}
-				count[k]++
-			}
-			var rm, mismatches int
-			var diffs []string
-			for i, m := range ours {
-				if m.typ != bmp.MsgRouteMonitoring {
-					continue
-				}
-				rm++
-				sig, failed := oursRouteSig(m)
-				if failed {
-					t.Logf("message %d: our decoder rejected it: %s", i+1, strings.Join(decodeErrors(ours[i:i+1]), "; "))
-				}
-				k := fmt.Sprintf("flags=%#02x %s", m.flags, sig)
-				if count[k] > 0 {
-					count[k]--
-					continue
-				}
-				matched := false
-				for _, mask := range []sigMask{{noNextHops: true}, {noPrefixes: true}, {noPrefixes: true, noNextHops: true}} {
-					if partial[mask][mask.reduce(k)] > 0 {
-						partial[mask][mask.reduce(k)]--
-						partialAgree++
-						matched = true
-						break
-					}
-				}
-				if matched {
-					continue
-				}
-				mismatches++
-				var fams []string
-				for _, ev := range m.events {
-					if ev.Route != nil && !slices.Contains(fams, ev.Route.Family) {
-						fams = append(fams, ev.Route.Family)
-					}
-				}
-				diffs = append(diffs, fmt.Sprintf("message %d ours:   %s (families %v)", i+1, k, fams))
-			}
-			pools := []map[string]int{count}
-			for _, p := range partial {
-				pools = append(pools, p)
-			}
-			for _, c := range pools {
-				for k, n := range c {
-					for range n {
-						diffs = append(diffs, "tshark (unmatched): "+k)
-					}
-				}
-			}
-			if partialAgree > 0 {
-				t.Logf("%d route monitoring messages agree on the fields tshark could show (flags, AS path, and prefixes or next hops); tshark flagged them malformed and left the others out", partialAgree)
-			}
-			totalRM += rm
-			totalAgree += rm - mismatches
-			if mismatches != exc.routeMismatches {
-				t.Errorf("%d of %d route monitoring messages disagree with tshark (expected %d):\n%s", mismatches, rm, exc.routeMismatches, strings.Join(diffs, "\n"))
-			} else if mismatches > 0 {
-				t.Logf("%d of %d route monitoring messages not checkable against tshark: %s", mismatches, rm, exc.why)
-			}
-			if tsharkMalformed > 0 {
-				t.Logf("tshark flagged %d route monitoring messages as malformed", tsharkMalformed)
-			}
-			if errs := decodeErrors(ours); len(errs) > 0 {
-				t.Errorf("decode errors:\n%s", strings.Join(errs, "\n"))
-			}
-		})
-	}
-	t.Logf("route monitoring messages agreeing with tshark: %d of %d", totalAgree, totalRM)
-}
-
-// streamPcap wraps a raw BMP stream in a pcap of one TCP connection
-// (192.0.2.250:40000 → 192.0.2.1:1790, Ethernet) so tshark can dissect it,
-// one message per segment as cut by walkMessages (see streamsPcap).
-func streamPcap(data []byte) []byte {
-	msgs, _ := walkMessages(data)
-	return streamsPcap([][][]byte{msgs})
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -98,8 +99,15 @@ func startStation(t testing.TB, spool *memSpool, mutate func(*Config)) *testStat
 	return st
 }
 
-// startListener starts a listener on an ephemeral loopback port over any spool.
+// startListener starts a listener on an ephemeral loopback port over any
+// spool, logging to the test.
 func startListener(t testing.TB, spool Spool, mutate func(*Config)) *testStation {
+	t.Helper()
+	return startLoggedStation(t, spool, testWriter{t}, mutate)
+}
+
+// startLoggedStation is startListener with the station's log written to w.
+func startLoggedStation(t testing.TB, spool Spool, w io.Writer, mutate func(*Config)) *testStation {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
@@ -107,7 +115,7 @@ func startListener(t testing.TB, spool Spool, mutate func(*Config)) *testStation
 		mutate(&cfg)
 	}
 	reg := prometheus.NewRegistry()
-	l, err := NewListener(cfg, spool, slog.New(slog.NewTextHandler(testWriter{t}, nil)), reg)
+	l, err := NewListener(cfg, spool, slog.New(slog.NewTextHandler(w, nil)), reg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -241,6 +241,14 @@ func TestConfigValidate(t *testing.T) {
 		{"keepalive off", func(c *Config) { c.TCPKeepalive = 0 }, ""},
 		{"no initiation timeout", func(c *Config) { c.InitiationTimeout = 0 }, "bmp.initiation_timeout:"},
 		{"negative idle", func(c *Config) { c.IdleTimeout = -time.Second }, "bmp.idle_timeout:"},
+		{"budget below max message", func(c *Config) { c.BufferBudgetBytes = c.MaxMessageBytes - 1 }, "bmp.buffer_budget_bytes:"},
+		{"budget below read buffer", func(c *Config) {
+			c.MaxMessageBytes = 64 << 10
+			c.ReadBufferBytes = 1 << 20
+			c.BufferBudgetBytes = 512 << 10
+		}, "bmp.buffer_budget_bytes:"},
+		{"zero partial timeout", func(c *Config) { c.PartialTimeout = 0 }, "bmp.partial_timeout:"},
+		{"negative partial timeout", func(c *Config) { c.PartialTimeout = -time.Second }, "bmp.partial_timeout:"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -142,61 +142,49 @@ func TestForwarderWatermarkAndRetry(t *testing.T) {
 	}
 }
 
+// A record that cannot be encoded, for an error or a panic of its encoder,
+// costs that record (a dead letter), not the records around it or the process.
 func TestForwarderDeadLetter(t *testing.T) {
-	src := newMemSource()
-	sink := newFakeSink(SinkKafka)
-	reg := prometheus.NewRegistry()
-	f, err := newForwarder(unitConfig(), src, Raw{}, sink, nil, nil, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	src.Append(bmpRecord("192.0.2.1", 40))
-	src.Append(record.Record{Kind: record.Kind(99), Key: []byte("x"), Payload: []byte("poison")})
-	src.Append(bmpRecord("192.0.2.1", 40))
-	startForwarder(t, f)
-	testenv.Eventually(t, 10*time.Second, "spool acked through 3", func() bool { return src.Acked() == 3 })
-	got := sink.ids()
-	for _, id := range []string{"a1:1", "a1:2", "a1:3"} {
-		if got[id] != 1 {
-			t.Errorf("id %s delivered %d times, want 1", id, got[id])
-		}
-	}
-	if v := testutil.ToFloat64(f.m.deadLetters.WithLabelValues("sent")); v != 1 {
-		t.Errorf("dead letters sent = %v, want 1", v)
-	}
-}
-
-// A panicking encoder costs its record (dead letter), not the process.
-func TestForwarderEncoderPanic(t *testing.T) {
-	src := newMemSource()
-	sink := newFakeSink(SinkKafka)
-	reg := prometheus.NewRegistry()
-	enc := EncoderFunc(func(rec record.Record, emit func(Message)) error {
+	panicky := EncoderFunc(func(rec record.Record, emit func(Message)) error {
 		if string(rec.Payload) == "poison" {
 			panic("decoder bug")
 		}
 		return Raw{}.Encode(rec, emit)
 	})
-	f, err := newForwarder(unitConfig(), src, enc, sink, nil, nil, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	src.Append(bmpRecord("192.0.2.1", 40))
-	src.Append(record.Record{Kind: record.KindBMP, Key: []byte("x"), Payload: []byte("poison")})
-	src.Append(bmpRecord("192.0.2.1", 40))
-	startForwarder(t, f)
-	testenv.Eventually(t, 10*time.Second, "spool acked through 3", func() bool { return src.Acked() == 3 })
-	got := sink.ids()
-	for _, id := range []string{"a1:1", "a1:2", "a1:3"} {
-		if got[id] != 1 {
-			t.Errorf("id %s delivered %d times, want 1", id, got[id])
-		}
-	}
-	if v := testutil.ToFloat64(f.m.panics); v != 1 {
-		t.Errorf("encoder panics = %v, want 1", v)
-	}
-	if v := testutil.ToFloat64(f.m.deadLetters.WithLabelValues("sent")); v != 1 {
-		t.Errorf("dead letters sent = %v, want 1", v)
+	for _, tt := range []struct {
+		name   string
+		enc    Encoder
+		poison record.Kind
+		panics float64
+	}{
+		{"unknown kind", Raw{}, record.Kind(99), 0},
+		{"encoder panic", panicky, record.KindBMP, 1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			src := newMemSource()
+			sink := newFakeSink(SinkKafka)
+			f, err := newForwarder(unitConfig(), src, tt.enc, sink, nil, nil, prometheus.NewRegistry())
+			if err != nil {
+				t.Fatal(err)
+			}
+			src.Append(bmpRecord("192.0.2.1", 40))
+			src.Append(record.Record{Kind: tt.poison, Key: []byte("x"), Payload: []byte("poison")})
+			src.Append(bmpRecord("192.0.2.1", 40))
+			startForwarder(t, f)
+			testenv.Eventually(t, 10*time.Second, "spool acked through 3", func() bool { return src.Acked() == 3 })
+			got := sink.ids()
+			for _, id := range []string{"a1:1", "a1:2", "a1:3"} {
+				if got[id] != 1 {
+					t.Errorf("id %s delivered %d times, want 1", id, got[id])
+				}
+			}
+			if v := testutil.ToFloat64(f.m.deadLetters.WithLabelValues("sent")); v != 1 {
+				t.Errorf("dead letters sent = %v, want 1", v)
+			}
+			if v := testutil.ToFloat64(f.m.panics); v != tt.panics {
+				t.Errorf("encoder panics = %v, want %v", v, tt.panics)
+			}
+		})
 	}
 }
 
