@@ -108,7 +108,7 @@ func benchAppend(b *testing.B, bc benchCase, drain string) {
 	const rounds = 10
 	callsPerRound := max(1, b.N/rounds/bc.perCall)
 	writesPerRound := max(1, callsPerRound*bc.perCall/plainBatch)
-	var spoolTime, plainTime, groupedTime time.Duration
+	var spoolTime, plainWrite, plainSync, groupedTime time.Duration
 	var spoolRecs, plainRecs int
 	chunk, err := appendChunk(nil, recs)
 	if err != nil {
@@ -126,16 +126,18 @@ func benchAppend(b *testing.B, bc benchCase, drain string) {
 		})
 		spoolRecs += callsPerRound * bc.perCall
 
-		start := time.Now()
 		for i := 0; i < writesPerRound; i++ {
+			start := time.Now()
 			if _, err := f.Write(plainBuf); err != nil {
 				b.Fatal(err)
 			}
+			synced := time.Now()
 			if err := syscall.Fdatasync(int(f.Fd())); err != nil {
 				b.Fatal(err)
 			}
+			plainWrite += synced.Sub(start)
+			plainSync += time.Since(synced)
 		}
-		plainTime += time.Since(start)
 		plainRecs += writesPerRound * plainBatch
 
 		if grouped != nil {
@@ -146,7 +148,7 @@ func benchAppend(b *testing.B, bc benchCase, drain string) {
 	}
 	b.StopTimer()
 	sp := float64(spoolRecs) / spoolTime.Seconds()
-	pl := float64(plainRecs) / plainTime.Seconds()
+	pl := float64(plainRecs) / (plainWrite + plainSync).Seconds()
 	b.ReportMetric(sp, "rec/s")
 	b.ReportMetric(pl, "plain-rec/s")
 	b.ReportMetric(sp/pl, "ratio")
@@ -155,8 +157,21 @@ func benchAppend(b *testing.B, bc benchCase, drain string) {
 		b.ReportMetric(gr, "grouped-rec/s")
 		b.ReportMetric(sp/gr, "grouped-ratio")
 	}
-	commits := sampleCount(reg, "bgpedge_buffer_commit_batch_records")
+	commits, _ := histogram(reg, "bgpedge_buffer_commit_batch_records")
 	b.ReportMetric(float64(spoolRecs)/float64(max(commits, 1)), "rec/commit")
+	// Where the time goes, per commit and per plain-file batch: the spool's
+	// commit (bbolt transaction, its writes and the fdatasync) and its
+	// fdatasync alone, against the plain file's write and fdatasync.
+	writes := float64(rounds * writesPerRound)
+	for _, h := range []struct{ metric, unit string }{
+		{"bgpedge_buffer_commit_duration_seconds", "commit-µs"},
+		{"bgpedge_buffer_sync_duration_seconds", "sync-µs"},
+	} {
+		n, sum := histogram(reg, h.metric)
+		b.ReportMetric(sum/float64(max(n, 1))*1e6, h.unit)
+	}
+	b.ReportMetric(float64(plainWrite.Microseconds())/writes, "plain-write-µs")
+	b.ReportMetric(float64(plainSync.Microseconds())/writes, "plain-sync-µs")
 	b.ReportMetric(float64(s.Stats().Bytes)/(1<<20), "spool-MiB")
 }
 
@@ -265,14 +280,16 @@ func binaryGC(b *testing.B) {
 	})
 }
 
-func sampleCount(reg *prometheus.Registry, name string) uint64 {
+// histogram returns the sample count and sum of a histogram in reg.
+func histogram(reg *prometheus.Registry, name string) (uint64, float64) {
 	mfs, _ := reg.Gather()
 	for _, mf := range mfs {
 		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetHistogram().GetSampleCount()
+			h := mf.GetMetric()[0].GetHistogram()
+			return h.GetSampleCount(), h.GetSampleSum()
 		}
 	}
-	return 0
+	return 0, 0
 }
 
 // BenchmarkReadAck drains a pre-filled spool 1000 records at a time,

@@ -517,7 +517,9 @@ func (s *Spool) write(value []byte, n int) (uint64, error) {
 	// unknown durability: the appenders get the error and will retry, and
 	// the state still advances so bbolt and the spool agree and no seq is
 	// reused; if the records survive they are delivered twice (at least once).
+	syncStart := time.Now()
 	syncErr := seg.db.Sync()
+	s.m.syncDuration.Observe(time.Since(syncStart).Seconds())
 	if acked > s.persisted && syncErr == nil {
 		s.persisted = acked
 	}

@@ -20,7 +20,7 @@ echo "$raw"
 # "name unit value" for every custom metric of every result line
 pairs=$(echo "$raw" | awk '/^Benchmark/ {
 	name = $1; sub(/^Benchmark/, "", name); sub(/-[0-9]+$/, "", name)
-	for (i = 3; i < NF; i++) if ($(i+1) ~ /^(rec\/s|plain-rec\/s|ratio|rec\/commit|grouped-rec\/s|grouped-ratio|spool-MiB)$/) print name, $(i+1), $i
+	for (i = 3; i < NF; i++) if ($(i+1) ~ /^(rec\/s|plain-rec\/s|ratio|rec\/commit|grouped-rec\/s|grouped-ratio|spool-MiB|commit-µs|sync-µs|plain-write-µs|plain-sync-µs)$/) print name, $(i+1), $i
 }')
 
 median() { # name unit
@@ -45,6 +45,22 @@ for c in "200 1 1000 1000" "200 64 16 1024" "1024 1 1000 1000" "1024 64 16 1024"
 			gs = "same as plain"; grs = ""
 			if (g != "NaN") { gs = sprintf("%.0f", g); grs = sprintf("%.2f", gr) }
 			printf "| %d B | %d × %d | %s | %.0f | %.0f | %.1f | %.0f (%d records) | %.2f | %s | %s |\n", s, a, p, d, sp, pc, mib, pl, b, r, gs, grs }'
+	done
+done
+echo
+echo "Where the time goes (medians, µs): one spool commit (the bbolt transaction with its writes,"
+echo "then the fdatasync) against one plain-file batch (write, then fdatasync). The rest of an"
+echo "Append is encoding the records and handing them to the writer."
+echo
+echo "| record | appenders | drain | spool commit µs | of which fdatasync µs | plain write µs | plain fdatasync µs |"
+echo "| --- | --- | --- | ---: | ---: | ---: | ---: |"
+for c in "200 1" "200 64" "1024 1" "1024 64"; do
+	read -r size app <<<"$c"
+	for drain in none ack reader; do
+		k="Append/size=$size/appenders=$app/drain=$drain"
+		awk -v s="$size" -v a="$app" -v d="$drain" -v c="$(median "$k" commit-µs)" -v y="$(median "$k" sync-µs)" \
+			-v w="$(median "$k" plain-write-µs)" -v p="$(median "$k" plain-sync-µs)" 'BEGIN {
+			printf "| %d B | %d | %s | %.0f | %.0f | %.0f | %.0f |\n", s, a, d, c, y, w, p }'
 	done
 done
 echo
