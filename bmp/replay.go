@@ -252,18 +252,15 @@ func awaitClose(c net.Conn, timeout time.Duration) error {
 	}
 	_ = c.SetReadDeadline(time.Now().Add(timeout))
 	_, err := io.Copy(io.Discard, c)
-	if errors.Is(err, os.ErrDeadlineExceeded) {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
 		return fmt.Errorf("station did not close the session within %v", timeout)
-	}
-	if err != nil && !isReset(err) {
-		return err
+	case err != nil:
+		// Only an orderly close says the station read and spooled the whole
+		// session; a reset means it aborted, and what it kept is unknown.
+		return fmt.Errorf("station aborted the session instead of closing it: %w", err)
 	}
 	return nil
-}
-
-func isReset(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && !op.Timeout()
 }
 
 // replayDialer returns a function that opens connection i. On a loopback

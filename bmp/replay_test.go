@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"maps"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -185,4 +187,42 @@ func sum(m map[int]int) int {
 		n += v
 	}
 	return n
+}
+
+// TestReplayDrainFailsOnAbort: with DrainTimeout, only an orderly close by
+// the station counts as delivered. A station that reads the whole stream but
+// then aborts (RST) has not said it spooled anything, so the replay fails.
+func TestReplayDrainFailsOnAbort(t *testing.T) {
+	stream := bytes.Join([][]byte{initiation(), peerUp(1), routeMonitoring(1, 1)}, nil)
+	for _, abort := range []bool{false, true} {
+		t.Run(fmt.Sprintf("abort=%v", abort), func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				if _, err := io.ReadFull(c, make([]byte, len(stream))); err != nil {
+					return
+				}
+				if abort {
+					_ = c.(*net.TCPConn).SetLinger(0) // Close sends RST
+					return
+				}
+				_, _ = io.Copy(io.Discard, c) // up to the sender's FIN
+			}()
+			_, err = Replay(t.Context(), ReplayOptions{Streams: [][]byte{stream}, Target: ln.Addr().String(), DrainTimeout: 10 * time.Second})
+			if abort && (err == nil || !strings.Contains(err.Error(), "aborted")) {
+				t.Fatalf("replay into an aborting station: %v, want an error saying it aborted", err)
+			}
+			if !abort && err != nil {
+				t.Fatalf("replay into a station that closes: %v", err)
+			}
+		})
+	}
 }
