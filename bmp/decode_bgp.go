@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"slices"
-	"strconv"
-	"strings"
 
+	"github.com/bgpedge/bgpedge/internal/bgpattr"
 	"github.com/bgpedge/bgpedge/record"
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
@@ -413,123 +411,53 @@ func rawNextHop(b []byte) string {
 	return ""
 }
 
-// asSegment is one AS_PATH or AS4_PATH segment.
-type asSegment struct {
-	typ  uint8
-	asns []uint32
-}
-
-// asLen is the segment's length for path selection (RFC 4271 9.1.2.2,
-// RFC 5065): a set counts one, confederation segments nothing.
-func (s asSegment) asLen() int {
-	switch s.typ {
-	case bgp.BGP_ASPATH_ATTR_TYPE_SEQ:
-		return len(s.asns)
-	case bgp.BGP_ASPATH_ATTR_TYPE_SET:
-		return 1
-	}
-	return 0
-}
-
-func asSegments(params []bgp.AsPathParamInterface) []asSegment {
-	out := make([]asSegment, 0, len(params))
-	for _, p := range params {
-		out = append(out, asSegment{typ: p.GetType(), asns: p.GetAS()})
-	}
-	return out
-}
-
 // asAttrs collects what the AS-related attributes of one UPDATE say; the
 // route's AS path and aggregator are set from it once all are read.
 type asAttrs struct {
 	twoByte    bool // AS_PATH read with 2-byte ASNs
 	otherWidth bool // ... against the width asked for
-	path       []asSegment
+	path       []bgpattr.Segment
 	hasPath    bool
-	as4Path    []asSegment
+	as4Path    []bgpattr.Segment
 	hasAS4Path bool
+	aggr       *bgpattr.Aggregator
 	aggr2      bool // AGGREGATOR has a 2-byte AS
-	as4Aggr    *uint32
+	as4Aggr    *bgpattr.Aggregator
 }
 
 // apply sets the route's AS path and aggregator. On a 2-byte session the
 // 4-byte ASNs travel in AS4_PATH and AS4_AGGREGATOR, with AS_TRANS in
-// AS_PATH and AGGREGATOR; they are merged back as a NEW speaker does
-// (RFC 6793 4.2.3, as GoBGP's UpdatePathAttrs4ByteAs and
-// UpdatePathAggregator4ByteAs). A 4-byte session has nothing to merge:
-// AS4 attributes there are only carried raw. Both AS4 attributes are
-// also kept raw in Attributes, as received.
+// AS_PATH and AGGREGATOR; they are reconciled as a NEW speaker does
+// (RFC 6793 4.2.3, bgpattr). A 4-byte session has nothing to merge: AS4
+// attributes there are only carried raw. Both AS4 attributes are also kept
+// raw in Attributes, as received.
 func (a *asAttrs) apply(r *record.Route) {
-	if a.twoByte && a.as4Aggr != nil && a.aggr2 {
-		if i := strings.IndexByte(r.Aggregator, ':'); i >= 0 {
-			r.Aggregator = strconv.FormatUint(uint64(*a.as4Aggr), 10) + r.Aggregator[i:]
-		}
+	in := bgpattr.AS4{Path: a.path, Aggregator: a.aggr}
+	if a.twoByte && a.hasAS4Path {
+		in.AS4Path = a.as4Path
+	}
+	if a.aggr2 {
+		in.AS4Aggregator = a.as4Aggr
+	}
+	path, aggr := in.Reconcile()
+	if aggr != nil {
+		r.Aggregator = aggr.String()
 	}
 	if !a.hasPath {
 		return
 	}
-	path := a.path
-	if a.twoByte && a.hasAS4Path {
-		path = mergeAS4Path(path, a.as4Path)
-	}
 	var segs []record.ASPathSegment
 	plain := true
 	for _, s := range path {
-		r.ASPath = append(r.ASPath, s.asns...)
-		segs = append(segs, record.ASPathSegment{Type: asPathSegmentName(s.typ), ASNs: s.asns})
-		if s.typ != bgp.BGP_ASPATH_ATTR_TYPE_SEQ {
+		r.ASPath = append(r.ASPath, s.ASNs...)
+		segs = append(segs, record.ASPathSegment{Type: bgpattr.SegmentName(s.Type), ASNs: s.ASNs})
+		if s.Type != bgp.BGP_ASPATH_ATTR_TYPE_SEQ {
 			plain = false
 		}
 	}
 	if !plain || len(segs) > 1 {
 		r.ASPathSegments = segs
 	}
-}
-
-// mergeAS4Path rebuilds the AS path from AS_PATH and AS4_PATH (RFC 6793
-// 4.2.3): AS4_PATH replaces as many trailing ASNs of AS_PATH as it holds;
-// confederation segments in AS4_PATH are dropped (RFC 6793 6), and an
-// AS4_PATH longer than AS_PATH is ignored.
-func mergeAS4Path(path, as4 []asSegment) []asSegment {
-	// Confederation segments count 0 (asLen): a leading one stays as it is.
-	asLen := 0
-	for _, s := range path {
-		asLen += s.asLen()
-	}
-	var tail []asSegment
-	as4Len := 0
-	for _, s := range as4 {
-		if s.typ == bgp.BGP_ASPATH_ATTR_TYPE_CONFED_SEQ || s.typ == bgp.BGP_ASPATH_ATTR_TYPE_CONFED_SET {
-			continue
-		}
-		as4Len += s.asLen()
-		tail = append(tail, s)
-	}
-	if asLen < as4Len || len(tail) == 0 {
-		return path
-	}
-	keep := asLen - as4Len
-	var out []asSegment
-	for _, s := range path {
-		if n := s.asLen(); keep-n >= 0 {
-			out = append(out, s) // a leading confederation segment stays
-			keep -= n
-		} else {
-			out = append(out, asSegment{typ: s.typ, asns: s.asns[:keep]})
-			keep = 0
-		}
-		if keep <= 0 {
-			break
-		}
-	}
-	for _, s := range tail {
-		if n := len(out); n > 0 && s.typ == bgp.BGP_ASPATH_ATTR_TYPE_SEQ && out[n-1].typ == bgp.BGP_ASPATH_ATTR_TYPE_SEQ {
-			out[n-1].asns = slices.Concat(out[n-1].asns, s.asns)
-			continue
-		}
-		out = append(out, s)
-	}
-	return slices.DeleteFunc(out, func(s asSegment) bool { return len(s.asns) == 0 })
 }
 
 // applyAttr decodes one non-MP attribute into the route template; the
@@ -560,16 +488,12 @@ func applyAttr(r *record.Route, a *rawAttr, mo *bgp.MarshallingOption, as *asAtt
 	case *bgp.PathAttributeOrigin:
 		r.Origin = originName(v.Value)
 	case *bgp.PathAttributeAsPath:
-		as.path, as.hasPath = asSegments(v.Value), true
+		as.path, as.hasPath = bgpattr.Segments(v.Value), true
 	case *bgp.PathAttributeAs4Path:
-		for _, s := range v.Value {
-			as.as4Path = append(as.as4Path, asSegment{typ: s.Type, asns: s.AS})
-		}
-		as.hasAS4Path = true
+		as.as4Path, as.hasAS4Path = bgpattr.AS4Segments(v.Value), true
 		r.Attributes = append(r.Attributes, record.OtherAttribute{Type: a.typ, Flags: a.flags, Value: a.value})
 	case *bgp.PathAttributeAs4Aggregator:
-		x := v.Value.AS
-		as.as4Aggr = &x
+		as.as4Aggr = &bgpattr.Aggregator{AS: v.Value.AS, Address: v.Value.Address}
 		r.Attributes = append(r.Attributes, record.OtherAttribute{Type: a.typ, Flags: a.flags, Value: a.value})
 	case *bgp.PathAttributeNextHop:
 		r.NextHop = v.Value.String()
@@ -584,10 +508,10 @@ func applyAttr(r *record.Route, a *rawAttr, mo *bgp.MarshallingOption, as *asAtt
 	case *bgp.PathAttributeAggregator:
 		// Its width shows in its length (6 or 8 bytes), whatever the session.
 		as.aggr2 = len(a.value) == 6
-		r.Aggregator = strconv.FormatUint(uint64(v.Value.AS), 10) + ":" + v.Value.Address.String()
+		as.aggr = &bgpattr.Aggregator{AS: v.Value.AS, Address: v.Value.Address}
 	case *bgp.PathAttributeCommunities:
 		for _, c := range v.Value {
-			r.Communities = append(r.Communities, strconv.Itoa(int(c>>16))+":"+strconv.Itoa(int(c&0xffff)))
+			r.Communities = append(r.Communities, bgpattr.Community(c))
 		}
 	case *bgp.PathAttributeOriginatorId:
 		r.OriginatorID = v.Value.String()
@@ -601,7 +525,7 @@ func applyAttr(r *record.Route, a *rawAttr, mo *bgp.MarshallingOption, as *asAtt
 		}
 	case *bgp.PathAttributeLargeCommunities:
 		for _, c := range v.Values {
-			r.LargeCommunities = append(r.LargeCommunities, fmt.Sprintf("%d:%d:%d", c.ASN, c.LocalData1, c.LocalData2))
+			r.LargeCommunities = append(r.LargeCommunities, bgpattr.LargeCommunity(c))
 		}
 	default:
 		r.Attributes = append(r.Attributes, record.OtherAttribute{Type: a.typ, Flags: a.flags, Value: a.value})

@@ -616,6 +616,7 @@ func TestDecodeASWidth(t *testing.T) {
 	}
 	as4Path := func(segs ...[]byte) []byte { return attr(0xc0, 17, slices.Concat(segs...)) }
 	aggr2 := attr(0xc0, 7, []byte{0x5b, 0xa0, 192, 0, 2, 99})         // AS_TRANS, 192.0.2.99
+	aggrOld := attr(0xc0, 7, []byte{0xfd, 0xf1, 192, 0, 2, 9})        // 65009, 192.0.2.9
 	as4Aggr := attr(0xc0, 18, append(u32(4200000001), 192, 0, 2, 99)) // 4200000001, 192.0.2.99
 	rm := func(p peerHdr, attrs ...[]byte) []byte {
 		all := append([][]byte{attr(0x40, 1, []byte{0})}, attrs...)
@@ -636,6 +637,9 @@ func TestDecodeASWidth(t *testing.T) {
 		{name: "2-byte session: AS4_AGGREGATOR replaces AS_TRANS in AGGREGATOR",
 			msgs:   [][]byte{session2, rm(peer, asPath2([]uint16{65007, 23456}), aggr2, as4Path(seg4(2, 4200000001)), as4Aggr)},
 			asPath: "[65007 4200000001]", aggregator: "4200000001:192.0.2.99", rawTypes: []uint8{17, 18}},
+		{name: "2-byte session: AGGREGATOR not AS_TRANS, so both AS4 attributes are stale and ignored (RFC 6793 4.2.3)",
+			msgs:   [][]byte{session2, rm(peer, asPath2([]uint16{65007, 23456}), aggrOld, as4Path(seg4(2, 4200000001)), as4Aggr)},
+			asPath: "[65007 23456]", aggregator: "65009:192.0.2.9", rawTypes: []uint8{17, 18}},
 		{name: "2-byte session: AS4_PATH longer than AS_PATH is ignored",
 			msgs:   [][]byte{session2, rm(peer, asPath2([]uint16{23456}), as4Path(seg4(2, 4200000001, 4200000002)))},
 			asPath: "[23456]", rawTypes: []uint8{17}},

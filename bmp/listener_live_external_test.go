@@ -36,7 +36,7 @@ func TestLiveGoBGPDaemon(t *testing.T) {
 	tapHost, tapPort, _ := net.SplitHostPort(tap.addr)
 
 	dir := t.TempDir()
-	port, grpcPort := freePort(t, "127.0.0.2"), freePort(t, "127.0.0.1")
+	port, grpcPort := testenv.FreePorts(t, "127.0.0.2", 1)[0], testenv.FreePorts(t, "127.0.0.1", 1)[0]
 	conf := fmt.Sprintf(`[global.config]
   as = %[1]d
   router-id = "127.0.0.2"
@@ -85,7 +85,7 @@ func TestLiveFRR(t *testing.T) {
 	tapHost, tapPort, _ := net.SplitHostPort(tap.addr)
 
 	dir := t.TempDir()
-	port := freePort(t, "127.0.0.6")
+	port := testenv.FreePorts(t, "127.0.0.6", 1)[0]
 	conf := fmt.Sprintf(`hostname bgpedge-test-frr
 router bgp %[1]d
  bgp router-id 127.0.0.6

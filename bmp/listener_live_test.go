@@ -158,17 +158,6 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-// freePort finds a free TCP port on a loopback address.
-func freePort(t testing.TB, addr string) int {
-	t.Helper()
-	ln, err := net.Listen("tcp4", net.JoinHostPort(addr, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // waitAccepted waits until router s holds n routes from neighbor.
 func waitAccepted(t testing.TB, s *server.BgpServer, neighbor string, n int) {
 	t.Helper()
@@ -193,7 +182,7 @@ const gobgpAS = 65001 // iBGP everywhere keeps the 192.0.2.x next hops (127/8 on
 
 func startGoBGP(t testing.TB, routerID, addr string) *gobgpRouter {
 	t.Helper()
-	port := freePort(t, addr)
+	port := testenv.FreePorts(t, addr, 1)[0]
 	var level slog.LevelVar
 	level.Set(slog.LevelWarn)
 	s := server.NewBgpServer(server.LoggerOption(slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: &level})), &level))

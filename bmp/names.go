@@ -2,8 +2,6 @@ package bmp
 
 import (
 	"strconv"
-
-	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
 
 // Names for the registries the JSON events spell out. Unknown values get a
@@ -20,20 +18,6 @@ func originName(o uint8) string {
 		return "incomplete"
 	}
 	return "unknown-" + strconv.Itoa(int(o))
-}
-
-func asPathSegmentName(t uint8) string {
-	switch t {
-	case bgp.BGP_ASPATH_ATTR_TYPE_SET:
-		return "set"
-	case bgp.BGP_ASPATH_ATTR_TYPE_SEQ:
-		return "sequence"
-	case bgp.BGP_ASPATH_ATTR_TYPE_CONFED_SEQ:
-		return "confed-sequence"
-	case bgp.BGP_ASPATH_ATTR_TYPE_CONFED_SET:
-		return "confed-set"
-	}
-	return "unknown-" + strconv.Itoa(int(t))
 }
 
 func peerTypeName(t uint8) string {

@@ -245,9 +245,12 @@ func sendStream(ctx context.Context, c net.Conn, rs *replayStream, rate float64,
 // awaitClose half-closes the connection and waits for the station to close
 // its side, which a bgpedge station does after spooling everything it read.
 func awaitClose(c net.Conn, timeout time.Duration) error {
+	// Only an orderly close says the station read and spooled the whole
+	// session; a reset, seen here or already by CloseWrite, means it
+	// aborted, and what it kept is unknown.
 	if tc, ok := c.(*net.TCPConn); ok {
 		if err := tc.CloseWrite(); err != nil {
-			return err
+			return fmt.Errorf("station aborted the session instead of closing it: %w", err)
 		}
 	}
 	_ = c.SetReadDeadline(time.Now().Add(timeout))
@@ -256,8 +259,6 @@ func awaitClose(c net.Conn, timeout time.Duration) error {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return fmt.Errorf("station did not close the session within %v", timeout)
 	case err != nil:
-		// Only an orderly close says the station read and spooled the whole
-		// session; a reset means it aborted, and what it kept is unknown.
 		return fmt.Errorf("station aborted the session instead of closing it: %w", err)
 	}
 	return nil

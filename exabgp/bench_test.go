@@ -81,7 +81,7 @@ func benchEndToEnd(b *testing.B, kafka bool) {
 		gAddr, eAddr := labAddrs()
 		g := startGoBGP(b, gAddr, eAddr)
 		dir := b.TempDir()
-		metrics := fmt.Sprintf("127.0.0.1:%d", freePort(b, "127.0.0.1"))
+		metrics := fmt.Sprintf("127.0.0.1:%d", testenv.FreePorts(b, "127.0.0.1", 1)[0])
 		yaml := labConfig(b, dir, metrics, "")
 		if kafka {
 			enableKafkaForwarder(b, yaml, testenv.KafkaBrokers(b), startNATS(b))

@@ -65,7 +65,7 @@ func startLab(t *testing.T, maxRoutes int) *labEnv {
 	l := &labEnv{bin: bgpedgeBinary(t), natsURL: startNATS(t), dir: t.TempDir()}
 	gAddr, eAddr := labAddrs()
 	l.g = startGoBGP(t, gAddr, eAddr)
-	l.metrics = fmt.Sprintf("127.0.0.1:%d", freePort(t, "127.0.0.1"))
+	l.metrics = fmt.Sprintf("127.0.0.1:%d", testenv.FreePorts(t, "127.0.0.1", 1)[0])
 	l.yaml = labConfig(t, l.dir, l.metrics, commandsConfig(l.natsURL, gAddr, maxRoutes))
 	l.e = startExaBGP(t, l.dir, exabgpConf(l.bin, l.yaml, l.g))
 	testenv.Eventually(t, 30*time.Second, "exaBGP session with GoBGP established", l.g.established)

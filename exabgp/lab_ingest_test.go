@@ -137,7 +137,7 @@ func TestExaBGPIngestRealPeers(t *testing.T) {
 	gAddr, eAddr := labAddrs()
 	g := startGoBGP(t, gAddr, eAddr)
 	dir := t.TempDir()
-	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t, "127.0.0.1"))
+	metrics := fmt.Sprintf("127.0.0.1:%d", testenv.FreePorts(t, "127.0.0.1", 1)[0])
 	yaml := labConfig(t, dir, metrics, "")
 	prefix := enableKafkaForwarder(t, yaml, brokers, natsURL)
 	// The default api block plus FSM transitions and the signals exaBGP gets.
@@ -466,7 +466,7 @@ func TestExaBGPApiOptions(t *testing.T) {
 	gAddr, eAddr := labAddrs()
 	g := startGoBGP(t, gAddr, eAddr)
 	dir := t.TempDir()
-	metrics := fmt.Sprintf("127.0.0.1:%d", freePort(t, "127.0.0.1"))
+	metrics := fmt.Sprintf("127.0.0.1:%d", testenv.FreePorts(t, "127.0.0.1", 1)[0])
 	yaml := labConfig(t, dir, metrics, "")
 	api := `api {
         processes [ bgpedge ];

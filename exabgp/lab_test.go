@@ -9,7 +9,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -71,16 +70,6 @@ func labAddrs() (gobgpAddr, exaAddr string) {
 	return fmt.Sprintf("127.%d.%d.2", b, c), fmt.Sprintf("127.%d.%d.3", b, c)
 }
 
-func freePort(t testing.TB, host string) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // gobgpPeer is an in-process GoBGP v4 server. GoBGP keeps route selection
 // options in package globals (table.SelectionOptions, written by StartBgp),
 // so two servers in one process race: the lab tests must not run in parallel.
@@ -97,7 +86,7 @@ func startGoBGP(t testing.TB, addr, exaAddr string) *gobgpPeer {
 	t.Helper()
 	s := gobgp.NewBgpServer()
 	go s.Serve()
-	port := freePort(t, addr)
+	port := testenv.FreePorts(t, addr, 1)[0]
 	ctx := context.Background()
 	if err := s.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{Asn: 65001, RouterId: addr, ListenPort: int32(port), ListenAddresses: []string{addr}}}); err != nil {
 		t.Fatal(err)

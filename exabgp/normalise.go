@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sort"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/bgpedge/bgpedge/internal/bgpattr"
 	"github.com/bgpedge/bgpedge/record"
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 )
@@ -872,9 +874,8 @@ func packetAttributes(pas []bgp.PathAttributeInterface, as2 bool) (*attributes, 
 	var (
 		reach        []*bgp.PathAttributeMpReachNLRI
 		unreach      []*bgp.PathAttributeMpUnreachNLRI
-		asPath       []bgp.AsPathParamInterface
-		as4Path      []*bgp.As4PathParam
-		aggregator4  *bgp.PathAttributeAggregatorParam
+		as           = bgpattr.AS4{}
+		aggregator2  bool
 		extValues    []extCommunityJSON
 		haveExtended bool
 	)
@@ -896,9 +897,9 @@ func packetAttributes(pas []bgp.PathAttributeInterface, as2 bool) (*attributes, 
 				a.origin = strconv.Itoa(int(v.Value))
 			}
 		case *bgp.PathAttributeAsPath:
-			asPath = v.Value
+			as.Path = bgpattr.Segments(v.Value)
 		case *bgp.PathAttributeAs4Path:
-			as4Path = v.Value
+			as.AS4Path = bgpattr.AS4Segments(v.Value)
 		case *bgp.PathAttributeNextHop:
 			a.nextHop = v.Value.String()
 		case *bgp.PathAttributeMultiExitDisc:
@@ -910,10 +911,10 @@ func packetAttributes(pas []bgp.PathAttributeInterface, as2 bool) (*attributes, 
 		case *bgp.PathAttributeAtomicAggregate:
 			a.atomicAggregate = true
 		case *bgp.PathAttributeAggregator:
-			a.aggregator = strconv.FormatUint(uint64(v.Value.AS), 10) + ":" + v.Value.Address.String()
+			as.Aggregator = &bgpattr.Aggregator{AS: v.Value.AS, Address: v.Value.Address}
+			aggregator2 = v.Value.Askind == reflect.Uint16
 		case *bgp.PathAttributeAs4Aggregator:
-			p := v.Value
-			aggregator4 = &p
+			as.AS4Aggregator = &bgpattr.Aggregator{AS: v.Value.AS, Address: v.Value.Address}
 		case *bgp.PathAttributeOriginatorId:
 			a.originatorID = v.Value.String()
 		case *bgp.PathAttributeClusterList:
@@ -922,11 +923,11 @@ func packetAttributes(pas []bgp.PathAttributeInterface, as2 bool) (*attributes, 
 			}
 		case *bgp.PathAttributeCommunities:
 			for _, c := range v.Value {
-				a.communities = append(a.communities, strconv.FormatUint(uint64(c>>16), 10)+":"+strconv.FormatUint(uint64(c&0xffff), 10))
+				a.communities = append(a.communities, bgpattr.Community(c))
 			}
 		case *bgp.PathAttributeLargeCommunities:
 			for _, c := range v.Values {
-				a.largeCommunities = append(a.largeCommunities, fmt.Sprintf("%d:%d:%d", c.ASN, c.LocalData1, c.LocalData2))
+				a.largeCommunities = append(a.largeCommunities, bgpattr.LargeCommunity(c))
 			}
 		case *bgp.PathAttributeExtendedCommunities:
 			haveExtended = true
@@ -968,93 +969,32 @@ func packetAttributes(pas []bgp.PathAttributeInterface, as2 bool) (*attributes, 
 		// As parsed updates keep exaBGP's list: the uint64 values in full.
 		a.keepExtra("extended-community", b)
 	}
-	if as2 && aggregator4 != nil {
-		a.aggregator = strconv.FormatUint(uint64(aggregator4.AS), 10) + ":" + aggregator4.Address.String()
+	// The AS4 attributes mean something only on a 2-byte session (RFC 6793).
+	if !as2 {
+		as.AS4Path = nil
 	}
-	a.setASPath(mergeAS4Path(asPath, as4Path, as2))
+	if !as2 || !aggregator2 {
+		as.AS4Aggregator = nil
+	}
+	path, aggr := as.Reconcile()
+	if aggr != nil {
+		a.aggregator = aggr.String()
+	}
+	a.setASPath(path)
 	return a, reach, unreach, nil
 }
 
-// asSegment is one AS_PATH segment: type (RFC 4271/5065 codes) and ASNs.
-type asSegment struct {
-	typ  uint8
-	asns []uint32
-}
-
-// mergeAS4Path rebuilds the 4-byte path of a 2-byte AS session from AS_PATH
-// and AS4_PATH (RFC 6793 4.2.3): the leading ASNs AS4_PATH does not cover,
-// then AS4_PATH.
-func mergeAS4Path(path []bgp.AsPathParamInterface, path4 []*bgp.As4PathParam, as2 bool) []asSegment {
-	segs := make([]asSegment, 0, len(path))
-	for _, p := range path {
-		segs = append(segs, asSegment{typ: p.GetType(), asns: p.GetAS()})
-	}
-	if !as2 || len(path4) == 0 {
-		return segs
-	}
-	count := func(s asSegment) int {
-		switch s.typ {
-		case bgp.BGP_ASPATH_ATTR_TYPE_SEQ:
-			return len(s.asns)
-		case bgp.BGP_ASPATH_ATTR_TYPE_SET:
-			return 1
-		}
-		return 0
-	}
-	n, n4 := 0, 0
-	for _, s := range segs {
-		n += count(s)
-	}
-	segs4 := make([]asSegment, 0, len(path4))
-	for _, p := range path4 {
-		s := asSegment{typ: p.Type, asns: p.AS}
-		n4 += count(s)
-		segs4 = append(segs4, s)
-	}
-	if n < n4 {
-		return segs // AS4_PATH is not usable (RFC 6793 4.2.3)
-	}
-	keep := n - n4
-	var out []asSegment
-	for _, s := range segs {
-		if keep == 0 {
-			break
-		}
-		c := count(s)
-		switch {
-		case c == 0:
-			out = append(out, s)
-		case c <= keep:
-			out = append(out, s)
-			keep -= c
-		default:
-			out = append(out, asSegment{typ: s.typ, asns: s.asns[:keep]})
-			keep = 0
-		}
-	}
-	return append(out, segs4...)
-}
-
 // setASPath fills the path as decodeASPath5 does from 5.x's segment list.
-func (a *attributes) setASPath(segs []asSegment) {
+func (a *attributes) setASPath(segs []bgpattr.Segment) {
 	plain := true
 	for _, s := range segs {
-		typ := "sequence"
-		switch s.typ {
-		case bgp.BGP_ASPATH_ATTR_TYPE_SET:
-			typ = "set"
-		case bgp.BGP_ASPATH_ATTR_TYPE_CONFED_SEQ:
-			typ = "confed-sequence"
-		case bgp.BGP_ASPATH_ATTR_TYPE_CONFED_SET:
-			typ = "confed-set"
+		if !s.Confed() {
+			a.asPath = append(a.asPath, s.ASNs...)
 		}
-		if !strings.HasPrefix(typ, "confed") {
-			a.asPath = append(a.asPath, s.asns...)
-		}
-		if typ != "sequence" {
+		if s.Type != bgp.BGP_ASPATH_ATTR_TYPE_SEQ {
 			plain = false
 		}
-		a.segments = append(a.segments, record.ASPathSegment{Type: typ, ASNs: s.asns})
+		a.segments = append(a.segments, record.ASPathSegment{Type: bgpattr.SegmentName(s.Type), ASNs: s.ASNs})
 	}
 	if plain && len(a.segments) <= 1 {
 		a.segments = nil

@@ -439,6 +439,27 @@ func TestNormaliserNegotiatedAS2(t *testing.T) {
 			t.Fatal("2-byte AS path decoded right without negotiated asn4 false")
 		}
 	}
+	// An AGGREGATOR that is not AS_TRANS next to AS4_AGGREGATOR: an OLD
+	// speaker aggregated after the AS4 attributes were attached, so both are
+	// stale and ignored (RFC 6793 4.2.3).
+	old, err := bgp.NewPathAttributeAggregator(uint16(65009), netip.MustParseAddr("10.0.0.9"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	attrs[4] = old
+	msg, err = bgp.NewBGPUpdateMessage(nil, attrs, []bgp.PathNLRI{{NLRI: nlri}}).Serialize(&bgp.MarshallingOption{Use2ByteAS: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	line = []byte(`{"exabgp":"4.0.1","type":"update","neighbor":{"address":{"local":"127.0.0.1","peer":"127.0.0.2"},"asn":{"local":65001,"peer":65002},` + neg +
+		`"direction":"receive","message":{"category":2,"header":"0x` + hex.EncodeToString(msg[:19]) + `","body":"0x` + hex.EncodeToString(msg[19:]) + `"}}}`)
+	evs, err = Normalise(mustParse(t, line))
+	if err != nil || len(evs) != 1 || evs[0].Route == nil {
+		t.Fatalf("got %s, %v", eventsJSON(t, evs), err)
+	}
+	if r := evs[0].Route; fmt.Sprint(r.ASPath) != "[65001 23456 23456]" || r.Aggregator != "65009:10.0.0.9" {
+		t.Fatalf("stale AS4 attributes applied: as_path %v aggregator %s", r.ASPath, r.Aggregator)
+	}
 }
 
 // TestNormalisePacketsDecodeError: a raw UPDATE that does not decode is

@@ -282,7 +282,7 @@ func KafkaControlWith(t testing.TB, opts KafkaOptions) *Kafka {
 	if opts.Secure {
 		nports = 5
 	}
-	ports := freePorts(t, nports)
+	ports := FreePorts(t, "127.0.0.1", nports)
 	port, cport := ports[0], ports[1]
 	dir := t.TempDir()
 	k := &Kafka{
@@ -417,20 +417,4 @@ func (k *Kafka) run(args ...string) ([]byte, error) {
 		return out, fmt.Errorf("kafka.sh %s: %w", strings.Join(args, " "), err)
 	}
 	return out, nil
-}
-
-// freePorts returns n distinct ports that were free a moment ago: all are
-// held open together, so none is handed out twice.
-func freePorts(t testing.TB, n int) []int {
-	t.Helper()
-	ports := make([]int, 0, n)
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("find a free port: %v", err)
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports
 }
