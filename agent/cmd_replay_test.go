@@ -79,7 +79,7 @@ func TestReplayReconnectsToRestartedStation(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var out, errOut lockedBuffer
+	var out, errOut testenv.LogBuffer
 	done := make(chan int, 1)
 	// About five seconds per complete session: slow enough to stop the
 	// station in the middle of the first one, even on a loaded machine.
@@ -182,7 +182,7 @@ func TestReplayReconnectInterruptedAndPlainFailure(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			var out, errOut lockedBuffer
+			var out, errOut testenv.LogBuffer
 			done := make(chan int, 1)
 			args := append([]string{"replay", "--file", capture, "--to", closed}, tt.args...)
 			go func() { done <- Main(ctx, args, strings.NewReader(""), &out, &errOut) }()

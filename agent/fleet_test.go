@@ -164,7 +164,7 @@ func TestFleetApplyKeepOldAndLastGood(t *testing.T) {
 	cancel()
 	<-done
 	ns.Shutdown()
-	logs := &lockedBuffer{}
+	logs := &testenv.LogBuffer{}
 	started := make(chan *Agent, 1)
 	runCtx, stopRun := context.WithCancel(t.Context())
 	runDone := make(chan error, 1)
@@ -188,23 +188,6 @@ func TestFleetApplyKeepOldAndLastGood(t *testing.T) {
 	if err := <-runDone; err != nil {
 		t.Fatalf("run: %v", err)
 	}
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestFleetDocumentMustNotChangeFleet(t *testing.T) {

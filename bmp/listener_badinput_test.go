@@ -14,7 +14,6 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -252,7 +251,7 @@ func TestBadInputMemoryBounded(t *testing.T) {
 		total      = bigHeaders + silent + hogs
 	)
 	raiseFileLimit(t, 2*total+200)
-	logs := &lockedBuffer{}
+	logs := &testenv.LogBuffer{}
 	spool := &orderSpool{}
 	st := startLoggedStation(t, spool, logs, func(c *Config) {
 		c.Allow = []string{"127.0.0.1/32"}
@@ -457,23 +456,6 @@ func (o *orderSpool) Append(ctx context.Context, recs ...record.Record) (uint64,
 }
 
 func (o *orderSpool) goodCount() int { return int(o.goodN.Load()) }
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // procStatusKiB reads a kB field of /proc/self/status (VmRSS, VmHWM).
 func procStatusKiB(t testing.TB, field string) uint64 {

@@ -358,27 +358,9 @@ func buildAgent(t *testing.T, tmp string) string {
 type runAgent struct {
 	cmd      *exec.Cmd
 	exited   chan error
-	logs     *syncBuffer
+	logs     *testenv.LogBuffer
 	httpAddr string
 	bmpAddr  string
-}
-
-// syncBuffer is the agent's log, written by the log reader, read on failure.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startRunAgent runs `bgpedge run` with the spool in tmp/spool, the forwarder
@@ -411,7 +393,7 @@ exabgp:
 	if err := os.WriteFile(conf, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a := &runAgent{logs: &syncBuffer{}, exited: make(chan error, 1)}
+	a := &runAgent{logs: &testenv.LogBuffer{}, exited: make(chan error, 1)}
 	a.cmd = exec.Command(bin, "run", "--config", conf)
 	a.cmd.Dir = tmp
 	stderr, err := a.cmd.StderrPipe()

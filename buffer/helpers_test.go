@@ -1,7 +1,6 @@
 package buffer
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
@@ -9,7 +8,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -48,34 +46,16 @@ func testRecords(rng *rand.Rand, n, size int) []record.Record {
 	return recs
 }
 
-// logBuffer collects log output for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 type testSpool struct {
 	*Spool
 	reg  *prometheus.Registry
-	logs *logBuffer
+	logs *testenv.LogBuffer
 }
 
 // openTest opens a spool with a private registry and a captured log.
 func openTest(t testing.TB, opts Options) testSpool {
 	t.Helper()
-	ts := testSpool{reg: prometheus.NewRegistry(), logs: &logBuffer{}}
+	ts := testSpool{reg: prometheus.NewRegistry(), logs: &testenv.LogBuffer{}}
 	if opts.Dir == "" {
 		opts.Dir = t.TempDir()
 	}

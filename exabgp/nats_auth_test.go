@@ -2,7 +2,6 @@ package exabgp
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -337,7 +336,7 @@ func TestCommandSubjectPermissions(t *testing.T) {
 type permAgent struct {
 	id   string
 	exa  *permExaBGP
-	logs *permLog
+	logs *testenv.LogBuffer
 }
 
 type permExaBGP struct {
@@ -351,24 +350,6 @@ func (f *permExaBGP) seen() []string {
 	return append([]string(nil), f.lines...)
 }
 
-// permLog collects the process's log lines.
-type permLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *permLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *permLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 func startPermAgent(t *testing.T, url, id, password string) *permAgent {
 	t.Helper()
 	cfg := testConfig(t)
@@ -380,7 +361,7 @@ func startPermAgent(t *testing.T, url, id, password string) *permAgent {
 		MaxRoutes: 10, RatePerSecond: 100, RateBurst: 100}
 	inR, inW := io.Pipe()   // exaBGP -> bgpedge stdin
 	outR, outW := io.Pipe() // bgpedge stdout -> exaBGP
-	a := &permAgent{id: id, exa: &permExaBGP{}, logs: &permLog{}}
+	a := &permAgent{id: id, exa: &permExaBGP{}, logs: &testenv.LogBuffer{}}
 	p, err := New(Options{Config: cfg, AgentID: id, OpenSpool: func() (Spool, error) { return &memSpool{}, nil },
 		In: inR, Out: outW, Logger: slog.New(slog.NewTextHandler(a.logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
