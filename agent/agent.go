@@ -53,7 +53,7 @@ var (
 // the real packages.
 type Builders struct {
 	OpenSpool    func(cfg Config, log *slog.Logger, reg prometheus.Registerer) (Spool, error)
-	NewStation   func(cfg Config, sp Spool, log *slog.Logger, reg prometheus.Registerer) (station, error)
+	NewStation   func(cfg Config, sp Spool, j *bmp.SessionJournal, log *slog.Logger, reg prometheus.Registerer) (station, error)
 	NewForwarder func(cfg Config, sp Spool, log *slog.Logger, reg prometheus.Registerer) (drainer, error)
 }
 
@@ -93,6 +93,7 @@ type Agent struct {
 	cfg       Config
 	spool     Spool
 	spoolErr  error
+	journal   *bmp.SessionJournal // opened (and recovered) once per run, shared by listeners
 	station   *stationPart
 	fwd       *forwarderPart
 	http      *httpServer
@@ -234,6 +235,16 @@ func (a *Agent) tryStart(ctx context.Context) error {
 			return fmt.Errorf("open spool: %w", err)
 		}
 	}
+	if a.journal == nil {
+		j, err := openJournal(ctx, cfg, a.spool, a.log.With("component", "bmp"))
+		if err != nil {
+			a.metrics.startFailures.WithLabelValues("bmp").Inc()
+			return err
+		}
+		a.mu.Lock()
+		a.journal = j
+		a.mu.Unlock()
+	}
 	if a.station == nil {
 		st, err := a.startStation(ctx, cfg, a.spool)
 		if err != nil {
@@ -260,9 +271,26 @@ func (a *Agent) tryStart(ctx context.Context) error {
 	return nil
 }
 
+// openJournal opens the BMP session journal in agent.state_dir and marks
+// down the peers a previous run left up, before any listener starts.
+func openJournal(ctx context.Context, cfg Config, sp Spool, log *slog.Logger) (*bmp.SessionJournal, error) {
+	j, err := bmp.OpenSessionJournal(cfg.Agent.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := j.Recover(ctx, sp, log); err != nil {
+		_ = j.Close()
+		return nil, err
+	}
+	return j, nil
+}
+
 func (a *Agent) startStation(ctx context.Context, cfg Config, sp Spool) (*stationPart, error) {
 	reg := prometheus.NewRegistry()
-	st, err := a.build.NewStation(cfg, sp, a.log.With("component", "bmp"), reg)
+	a.mu.Lock()
+	j := a.journal
+	a.mu.Unlock()
+	st, err := a.build.NewStation(cfg, sp, j, a.log.With("component", "bmp"), reg)
 	if err != nil {
 		return nil, fmt.Errorf("bmp listener: %w", err)
 	}
@@ -346,8 +374,8 @@ func (a *Agent) shutdown() error {
 	start := time.Now()
 
 	a.mu.Lock()
-	st, fw, sp, h := a.station, a.fwd, a.spool, a.http
-	a.station, a.fwd, a.running = nil, nil, false
+	st, fw, sp, h, j := a.station, a.fwd, a.spool, a.http, a.journal
+	a.station, a.fwd, a.running, a.journal = nil, nil, false, nil
 	a.mu.Unlock()
 
 	var errs []error
@@ -356,6 +384,11 @@ func (a *Agent) shutdown() error {
 	if st != nil {
 		if err := st.s.Close(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("close bmp listener: %w", err))
+		}
+	}
+	if j != nil {
+		if err := j.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close bmp session journal: %w", err))
 		}
 	}
 	if fw != nil {

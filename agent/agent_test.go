@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bgpedge/bgpedge/bmp"
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/bgpedge/bgpedge/record"
 	"github.com/prometheus/client_golang/prometheus"
@@ -117,7 +118,7 @@ func (p *fakeParts) builders() *Builders {
 			p.spool = &fakeSpool{}
 			return p.spool, nil
 		},
-		NewStation: func(cfg Config, _ Spool, _ *slog.Logger, _ prometheus.Registerer) (station, error) {
+		NewStation: func(cfg Config, _ Spool, _ *bmp.SessionJournal, _ *slog.Logger, _ prometheus.Registerer) (station, error) {
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			if p.stationErr != nil {

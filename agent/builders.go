@@ -25,8 +25,11 @@ func DefaultBuilders() Builders {
 			}
 			return sp, nil
 		},
-		NewStation: func(cfg Config, sp Spool, log *slog.Logger, reg prometheus.Registerer) (station, error) {
-			return bmp.NewListener(cfg.BMP.Config, sp, log, reg)
+		NewStation: func(cfg Config, sp Spool, j *bmp.SessionJournal, log *slog.Logger, reg prometheus.Registerer) (station, error) {
+			if j == nil {
+				return bmp.NewListener(cfg.BMP.Config, sp, log, reg)
+			}
+			return bmp.NewListener(cfg.BMP.Config, sp, log, reg, bmp.WithSessionJournal(j))
 		},
 		NewForwarder: newForwarder,
 	}

@@ -36,7 +36,8 @@ type AgentConfig struct {
 	// ID names this edge host in message ids, NATS subjects and fleet status.
 	// Defaults to the host name.
 	ID string `mapstructure:"id"`
-	// StateDir holds the agent's own state (last-good fleet configuration).
+	// StateDir holds the agent's own state: the last-good fleet configuration
+	// and the BMP session journal.
 	StateDir string `mapstructure:"state_dir"`
 	// ShutdownTimeout bounds a graceful stop: sources closed, forwarder flushed, spool closed.
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`

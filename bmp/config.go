@@ -38,9 +38,10 @@ type Config struct {
 	// budget for throughput keeps its buffer; one that needs more to hold a
 	// message waits (only it stops reading) — see partial_timeout.
 	BufferBudgetBytes int `mapstructure:"buffer_budget_bytes"`
-	// PartialTimeout closes a session that holds part of a message and
-	// receives nothing more for this long: a stalled or hostile client must
-	// not keep buffer memory. It also bounds the wait for budget: a session
+	// PartialTimeout closes a session whose message has not arrived whole
+	// this long after its first byte (time the session itself waits for the
+	// spool or for budget does not count): a stalled, trickling or hostile
+	// client must not keep buffer memory. It also bounds the wait for budget: a session
 	// that cannot get budget to hold a message within twice this time (long
 	// enough for stalled sessions holding it to be closed) is closed.
 	PartialTimeout time.Duration `mapstructure:"partial_timeout"`

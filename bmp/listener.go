@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,14 +57,27 @@ type Listener struct {
 	appendCtx    context.Context
 	cancelAppend context.CancelFunc
 
+	journal *SessionJournal // nil: no journal
+
 	refusedLog logLimiter
 	acceptLog  logLimiter
 	budgetLog  logLimiter
+	journalLog logLimiter
+}
+
+// ListenerOption configures a Listener beyond its Config.
+type ListenerOption func(*Listener)
+
+// WithSessionJournal makes the listener record in j which peers each session
+// has up, so that the next start after a crash can mark them down (see
+// SessionJournal.Recover).
+func WithSessionJournal(j *SessionJournal) ListenerOption {
+	return func(l *Listener) { l.journal = j }
 }
 
 // NewListener validates cfg and registers the listener's metrics. A nil
 // logger discards logs; a nil registerer skips registration.
-func NewListener(cfg Config, spool Spool, logger *slog.Logger, reg prometheus.Registerer) (*Listener, error) {
+func NewListener(cfg Config, spool Spool, logger *slog.Logger, reg prometheus.Registerer, opts ...ListenerOption) (*Listener, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -90,6 +104,9 @@ func NewListener(cfg Config, spool Spool, logger *slog.Logger, reg prometheus.Re
 	for _, a := range cfg.Allow {
 		p, _ := parseAllow(a) // Validate checked it
 		l.allow = append(l.allow, p)
+	}
+	for _, o := range opts {
+		o(l)
 	}
 	l.appendCtx, l.cancelAppend = context.WithCancel(context.Background())
 	return l, nil
@@ -323,23 +340,33 @@ func (l *Listener) putBatch(b []record.Record) {
 // each session's initial buffer. Sessions reserve before they grow and
 // release when they shrink or end; reservations are rare (a buffer doubles
 // at most a few times per message size change), so the per-message path
-// never touches it.
+// never touches it. Sessions that must wait are served in arrival order, and
+// everyone else yields to them, so a session waiting to hold one large
+// message is not starved by a stream of smaller reservations.
 type bufferBudget struct {
-	limit int64
-	used  atomic.Int64 // reserved bytes, ≤ limit
-	total atomic.Int64 // every session buffer, initial ones included (for the gauge)
+	limit   int64
+	used    atomic.Int64 // reserved bytes, ≤ limit
+	total   atomic.Int64 // every session buffer, initial ones included (for the gauge)
+	waiting atomic.Int32 // len(queue), read without mu
 
 	mu    sync.Mutex
-	freed chan struct{} // closed and replaced by release, to wake waiters
+	freed chan struct{} // closed and replaced to wake waiters
+	queue []*budgetWaiter
 }
+
+type budgetWaiter struct{ n int64 }
 
 func newBufferBudget(limit int) *bufferBudget {
 	return &bufferBudget{limit: int64(limit), freed: make(chan struct{})}
 }
 
 // tryReserve takes n bytes if they are available with keep bytes still left
-// over afterwards.
+// over afterwards and no session is waiting for budget.
 func (b *bufferBudget) tryReserve(n, keep int64) bool {
+	return b.waiting.Load() == 0 && b.take(n, keep)
+}
+
+func (b *bufferBudget) take(n, keep int64) bool {
 	for {
 		u := b.used.Load()
 		if u+n > b.limit-keep {
@@ -351,33 +378,54 @@ func (b *bufferBudget) tryReserve(n, keep int64) bool {
 	}
 }
 
-// reserve takes n bytes, waiting until another session releases enough, stop
-// is closed, or timeout passes. It reports whether it reserved.
+// reserve takes n bytes, waiting its turn until enough are released, stop is
+// closed, or timeout passes. It reports whether it reserved.
 func (b *bufferBudget) reserve(stop <-chan struct{}, timeout time.Duration, n int64) bool {
-	var timer *time.Timer
+	b.mu.Lock()
+	if len(b.queue) == 0 && b.take(n, 0) {
+		b.mu.Unlock()
+		return true
+	}
+	w := &budgetWaiter{n: n}
+	b.queue = append(b.queue, w)
+	b.waiting.Add(1)
+	b.mu.Unlock()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
 	for {
 		b.mu.Lock()
-		ok := b.tryReserve(n, 0)
-		freed := b.freed
-		b.mu.Unlock()
-		if ok {
-			if timer != nil {
-				timer.Stop()
-			}
+		if b.queue[0] == w && b.take(w.n, 0) {
+			b.leaveLocked(w)
+			b.mu.Unlock()
 			return true
 		}
-		if timer == nil {
-			timer = time.NewTimer(timeout)
-		}
+		freed := b.freed
+		b.mu.Unlock()
 		select {
 		case <-freed:
 		case <-stop:
-			timer.Stop()
+			b.leave(w)
 			return false
 		case <-timer.C:
+			b.leave(w)
 			return false
 		}
 	}
+}
+
+func (b *bufferBudget) leave(w *budgetWaiter) {
+	b.mu.Lock()
+	b.leaveLocked(w)
+	b.mu.Unlock()
+}
+
+// leaveLocked takes w out of the queue and wakes the others: the next in
+// line may now go ahead.
+func (b *bufferBudget) leaveLocked(w *budgetWaiter) {
+	b.queue = slices.DeleteFunc(b.queue, func(q *budgetWaiter) bool { return q == w })
+	b.waiting.Add(-1)
+	close(b.freed)
+	b.freed = make(chan struct{})
 }
 
 func (b *bufferBudget) release(n int64) {

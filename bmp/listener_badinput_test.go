@@ -14,6 +14,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -405,7 +406,7 @@ func TestBadInputMemoryBounded(t *testing.T) {
 	}
 	wantLogLine(t, out, `msg="bmp connection refused" router=`+refused.LocalAddr().String()+` reason=`+RefuseNotAllowed)
 	wantLogLine(t, out, `reason=`+ClosePartialTimeout+` `)
-	wantLogLine(t, out, `detail="14 of 1048512 bytes of a message received, then nothing for 5s"`)
+	wantLogLine(t, out, `detail="14 of 1048512 bytes of a message received, not the whole message within 5s of its first byte"`)
 	wantLogLine(t, out, `reason=`+CloseInitiationTimeout+` `)
 	wantLogLine(t, out, `msg="bmp read buffer budget used up; session waits before reading on"`)
 }
@@ -658,4 +659,114 @@ func (c *idleAfterConn) Read(p []byte) (int, error) {
 	c.idle.Store(true)
 	<-c.closed
 	return 0, io.EOF
+}
+
+// TestPartialTimeoutTrickle: a message must arrive whole within
+// partial_timeout of reading after its first byte. A client that trickles
+// one byte at a time, each well within the timeout, no longer keeps its
+// session and buffer forever; a session whose spool makes it wait longer
+// than the timeout in the middle of a message is not cut, because the wait
+// was this side's.
+func TestPartialTimeoutTrickle(t *testing.T) {
+	const timeout = 600 * time.Millisecond
+	gate := make(chan struct{}, 16)
+	spool := &memSpool{gate: gate}
+	st := startStation(t, spool, func(c *Config) { c.PartialTimeout = timeout })
+
+	// The spool holds the router's first append (its initiation) for 2× the
+	// timeout while the first half of a message is buffered and the second
+	// waits in the socket.
+	router := dialFrom(t, st.addr, "")
+	msg := bmpMsg(MsgStatistics, bytes.Repeat([]byte{9}, 2000))
+	if _, err := router.Write(append(initiation(), msg[:1000]...)); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 5*time.Second, "the router's first append blocked", func() bool { return spool.attempts.Load() == 1 })
+	if _, err := router.Write(msg[1000:]); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * timeout) // the spool's stall, not a wait for a condition
+	gate <- struct{}{}
+	gate <- struct{}{}
+	testenv.Eventually(t, 5*time.Second, "the router's message spooled", func() bool {
+		return len(bySource(spool.snapshot(), router.LocalAddr().String())) == 2
+	})
+
+	trickler := dialFrom(t, st.addr, "")
+	if _, err := trickler.Write(append(initiation(), hdr(3, 1000, byte(MsgStatistics))...)); err != nil {
+		t.Fatal(err)
+	}
+	gate <- struct{}{} // the trickler's initiation
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		tick := time.NewTicker(timeout / 4)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				if _, err := trickler.Write([]byte{0}); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	start := time.Now()
+	testenv.Eventually(t, 10*time.Second, "the trickler closed", func() bool {
+		return st.metric(t, "bgpedge_bmp_sessions_closed_total", "reason", ClosePartialTimeout) == 1
+	})
+	if d := time.Since(start); d > 5*timeout {
+		t.Errorf("trickler closed after %v, partial_timeout is %v", d, timeout)
+	}
+	if v := st.metric(t, "bgpedge_bmp_sessions_closed_total"); v != 1 {
+		t.Errorf("%v sessions closed, want only the trickler", v)
+	}
+}
+
+// TestBudgetWaitersInOrder: sessions waiting for read-buffer budget are
+// served in arrival order, and a reservation that does not wait yields to
+// them, so a session waiting to hold a large message is not starved by
+// smaller ones.
+func TestBudgetWaitersInOrder(t *testing.T) {
+	b := newBufferBudget(1000)
+	if !b.tryReserve(1000, 0) {
+		t.Fatal("empty budget refused")
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	var mu sync.Mutex
+	var order []string
+	wait := func(name string, n int64) {
+		if b.reserve(stop, time.Minute, n) {
+			mu.Lock()
+			order = append(order, name)
+			mu.Unlock()
+		}
+	}
+	got := func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Join(order, ",")
+	}
+	go wait("large", 600)
+	testenv.Eventually(t, 5*time.Second, "the large reservation queued", func() bool { return b.waiting.Load() == 1 })
+	go wait("small", 100)
+	testenv.Eventually(t, 5*time.Second, "the small reservation queued", func() bool { return b.waiting.Load() == 2 })
+
+	b.release(200) // enough for the small one, not for the first in line
+	if b.tryReserve(150, 0) {
+		t.Fatal("a reservation that does not wait went ahead of the queue")
+	}
+	b.release(400)
+	testenv.Eventually(t, 5*time.Second, "the large reservation served", func() bool { return got() != "" })
+	b.release(100)
+	testenv.Eventually(t, 5*time.Second, "both served", func() bool { return b.waiting.Load() == 0 })
+	if g := got(); g != "large,small" {
+		t.Fatalf("served in order %s, want large,small", g)
+	}
+	if u := b.used.Load(); u != 1000 {
+		t.Fatalf("used %d, want 1000", u)
+	}
 }

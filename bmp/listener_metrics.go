@@ -13,7 +13,7 @@ const (
 	CloseIdleTimeout       = "idle-timeout"       // silent for longer than idle_timeout
 	CloseShutdown          = "shutdown"           // the listener was closed
 	CloseSpoolFailed       = "spool-failed"       // appending gave up at the shutdown deadline
-	ClosePartialTimeout    = "partial-timeout"    // part of a message buffered, nothing more for partial_timeout
+	ClosePartialTimeout    = "partial-timeout"    // a message not whole within partial_timeout of its first byte
 	CloseBufferBudget      = "buffer-budget"      // no read-buffer budget to hold a message within 2×partial_timeout
 )
 
@@ -44,6 +44,7 @@ type metrics struct {
 	appendSeconds prometheus.Histogram
 	appendErrors  prometheus.Counter
 	syntheticDown prometheus.Counter
+	journalErrors prometheus.Counter
 	dropped       prometheus.Counter
 	budgetWaits   prometheus.Counter
 	// gauges read from the budget's atomics at scrape time, so buffer
@@ -85,6 +86,10 @@ func newMetrics(reg prometheus.Registerer, b *bufferBudget) (*metrics, error) {
 		syntheticDown: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgpedge_bmp_synthetic_peer_downs_total",
 			Help: "Synthetic peer-down records spooled for peers still up when their session ended.",
+		}),
+		journalErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bgpedge_bmp_session_journal_errors_total",
+			Help: "Failed writes to the session journal (the peers each session has up, kept so a crash of bgpedge can be followed by synthetic peer-downs); spooling goes on.",
 		}),
 		dropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgpedge_bmp_messages_dropped_total",
@@ -136,7 +141,7 @@ func newMetrics(reg prometheus.Registerer, b *bufferBudget) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{
 		m.active, m.accepted, m.refused, m.closed, m.framingErrors, msgs, byts,
-		m.appendSeconds, m.appendErrors, m.syntheticDown, m.dropped,
+		m.appendSeconds, m.appendErrors, m.syntheticDown, m.journalErrors, m.dropped,
 		m.budgetWaits, m.bufferBytes, m.budgetUsed, m.budgetLimit,
 	} {
 		if err := reg.Register(c); err != nil {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/bgpedge/bgpedge/record"
@@ -30,6 +32,9 @@ type session struct {
 
 	// peers that are up: the 42-byte per-peer header of their last Peer Up
 	peers map[PeerKey][]byte
+	// what the session journal holds for this session (id), when there is one
+	id        string
+	journaled map[PeerKey][]byte
 
 	messages   uint64
 	bytes      uint64
@@ -40,9 +45,12 @@ type session struct {
 	start, end int
 	grow       bool // the last read filled the buffer: grow before the next
 	initiated  bool // a whole message arrived
-	// the read deadline armed on conn, and when
-	deadline    int
-	deadlineSet time.Time
+	// time spent in reads for the message pending in buf[start:end] since
+	// its first byte (waits for the spool or for budget do not count)
+	partialWait time.Duration
+	// the read deadline armed on conn, and when it passes
+	deadline   int
+	deadlineAt time.Time
 }
 
 func newSession(l *Listener, conn net.Conn, remote netip.AddrPort) *session {
@@ -52,6 +60,7 @@ func newSession(l *Listener, conn net.Conn, remote netip.AddrPort) *session {
 		remote: remote,
 		key:    []byte(remote.Addr().String()),
 		source: remote.String(),
+		id:     remote.String() + "@" + strconv.FormatInt(time.Now().UnixNano(), 10),
 	}
 }
 
@@ -80,8 +89,12 @@ func (s *session) run() {
 	}
 	synthetic := len(s.peers)
 	if !s.flush() {
+		// The journal keeps the peers: the next start marks them down.
 		reason, detail = CloseSpoolFailed, "shutdown deadline passed before the spool accepted the last batch"
 		synthetic = 0
+	} else if s.journaled != nil {
+		s.journalWrite(func(j *SessionJournal) error { return j.forget(s.id) })
+		s.journaled = nil
 	}
 	s.releaseBuffer()
 	l.m.syntheticDown.Add(float64(synthetic))
@@ -212,6 +225,11 @@ func (s *session) next() ([]byte, error) {
 // first moving pending bytes to the front and resizing the buffer.
 func (s *session) fill(need int) error {
 	cfg := &s.l.cfg
+	if s.start > 0 || s.end == 0 {
+		// Messages were consumed since the last read (or none is pending):
+		// what is pending now is a new message.
+		s.partialWait = 0
+	}
 	if s.start > 0 {
 		s.end = copy(s.buf, s.buf[s.start:s.end])
 		s.start = 0
@@ -235,9 +253,14 @@ func (s *session) fill(need int) error {
 		s.resize(cfg.ReadBufferBytes) // the large message is done: give the budget back
 	}
 	s.grow = false
-	s.armDeadline()
+	pending := s.end > 0
+	start := time.Now()
+	s.armDeadline(start)
 	free := len(s.buf) - s.end
 	n, err := s.conn.Read(s.buf[s.end:])
+	if pending {
+		s.partialWait += time.Since(start)
+	}
 	s.end += n
 	if n > 0 {
 		// Filling a sliver left behind a partial message proves nothing.
@@ -314,24 +337,25 @@ func (s *session) releaseBuffer() {
 	s.buf, s.start, s.end = nil, 0, 0
 }
 
-// armDeadline sets the read deadline for the coming read. A session holding
-// part of a message must make progress within partial_timeout; otherwise
-// idle_timeout applies, if set. Deadlines are re-armed only when stale by
-// more than 1/64 of their length, so a streaming session does not reset its
-// timer on every read.
-func (s *session) armDeadline() {
+// armDeadline sets the read deadline for a read starting at now. A message
+// must arrive whole within partial_timeout of reading after its first byte,
+// however it trickles in (time this side spends waiting for the spool or for
+// budget does not count); otherwise idle_timeout applies, if set. Deadlines
+// are re-armed only when they move by more than 1/64 of their length, so a
+// streaming session does not reset its timer on every read.
+func (s *session) armDeadline(now time.Time) {
 	cfg := &s.l.cfg
-	kind, d := deadlineNone, time.Duration(0)
-	switch {
-	case !s.initiated:
+	if !s.initiated {
 		return // the initiation deadline set when the session started stands
-	case s.end > s.start:
-		kind, d = deadlinePartial, cfg.PartialTimeout
-		if cfg.IdleTimeout > 0 && cfg.IdleTimeout < d {
-			kind, d = deadlineIdle, cfg.IdleTimeout
+	}
+	kind, d, at := deadlineNone, time.Duration(0), time.Time{}
+	if cfg.IdleTimeout > 0 {
+		kind, d, at = deadlineIdle, cfg.IdleTimeout, now.Add(cfg.IdleTimeout)
+	}
+	if s.end > s.start {
+		if p := now.Add(cfg.PartialTimeout - s.partialWait); kind == deadlineNone || p.Before(at) {
+			kind, d, at = deadlinePartial, cfg.PartialTimeout, p
 		}
-	case cfg.IdleTimeout > 0:
-		kind, d = deadlineIdle, cfg.IdleTimeout
 	}
 	if kind == deadlineNone {
 		if s.deadline != deadlineNone {
@@ -340,12 +364,11 @@ func (s *session) armDeadline() {
 		}
 		return
 	}
-	now := time.Now()
-	if kind == s.deadline && now.Sub(s.deadlineSet) < d/64 {
+	if kind == s.deadline && at.Sub(s.deadlineAt).Abs() < d/64 {
 		return
 	}
-	_ = s.conn.SetReadDeadline(now.Add(d))
-	s.deadline, s.deadlineSet = kind, now
+	_ = s.conn.SetReadDeadline(at)
+	s.deadline, s.deadlineAt = kind, at
 }
 
 // errShutdown ends a session whose wait for budget was cut by Close.
@@ -391,7 +414,7 @@ func (s *session) readFailure(err error) (reason, detail string) {
 			if pending >= HeaderLen {
 				want, _ = CheckHeader(s.buf[s.start:s.end], cfg.MaxMessageBytes)
 			}
-			return ClosePartialTimeout, fmt.Sprintf("%d of %d bytes of a message received, then nothing for %s", pending, want, cfg.PartialTimeout)
+			return ClosePartialTimeout, fmt.Sprintf("%d of %d bytes of a message received, not the whole message within %s of its first byte", pending, want, cfg.PartialTimeout)
 		}
 		return CloseIdleTimeout, "nothing received for " + cfg.IdleTimeout.String()
 	case err == nil:
@@ -440,6 +463,7 @@ func (s *session) flush() bool {
 	for i := range s.batch {
 		s.batch[i].Time = now
 	}
+	s.journalUp()
 	backoff := 10 * time.Millisecond
 	ok := true
 	for {
@@ -480,6 +504,7 @@ func (s *session) flush() bool {
 		s.nMsgs[i], s.nBytes[i] = 0, 0
 	}
 	if ok {
+		s.journalDown()
 		s.messages += msgs
 		if s.appendWarn {
 			s.appendWarn = false
@@ -495,4 +520,68 @@ func (s *session) flush() bool {
 	l.putBatch(s.batch)
 	s.batch = nil
 	return ok
+}
+
+// journalUp records peers that came up in the batch before it is spooled, so
+// the journal never lacks a peer the spool has up. Peers that went down stay
+// in it until their Peer Down is spooled (journalDown).
+func (s *session) journalUp() {
+	if s.l.journal == nil {
+		return
+	}
+	changed := false
+	for k, h := range s.peers {
+		if old, ok := s.journaled[k]; !ok || !bytes.Equal(old, h) {
+			changed = true
+			break
+		}
+	}
+	if !changed {
+		return
+	}
+	next := maps.Clone(s.journaled)
+	if next == nil {
+		next = make(map[PeerKey][]byte, len(s.peers))
+	}
+	maps.Copy(next, s.peers)
+	if s.journalSet(next) {
+		s.journaled = next
+	}
+}
+
+// journalDown drops the peers whose Peer Down was just spooled.
+func (s *session) journalDown() {
+	if s.l.journal == nil || len(s.journaled) <= len(s.peers) {
+		return
+	}
+	next := maps.Clone(s.peers)
+	if next == nil {
+		next = map[PeerKey][]byte{}
+	}
+	if s.journalSet(next) {
+		s.journaled = next
+	}
+}
+
+func (s *session) journalSet(peers map[PeerKey][]byte) bool {
+	e := journalEntry{Router: s.key, Source: s.source}
+	for _, h := range peers {
+		e.Headers = append(e.Headers, h)
+	}
+	return s.journalWrite(func(j *SessionJournal) error { return j.set(s.id, e) })
+}
+
+// journalWrite applies one change to the journal. A failure is counted and
+// logged, and spooling goes on: the journal only serves a later crash.
+func (s *session) journalWrite(fn func(*SessionJournal) error) bool {
+	l := s.l
+	if err := fn(l.journal); err != nil {
+		l.m.journalErrors.Inc()
+		if n, ok := l.journalLog.allowCount(); ok {
+			l.log.Error("bmp session journal write failed; a crash now would leave these peers up for consumers",
+				"router", s.source, "err", err, "suppressed_since_last", n)
+		}
+		return false
+	}
+	return true
 }

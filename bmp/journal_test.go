@@ -1,0 +1,119 @@
+package bmp
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/bgpedge/bgpedge/internal/testenv"
+	"github.com/bgpedge/bgpedge/record"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// syntheticDowns returns the payloads of the synthetic peer-down records.
+func syntheticDowns(recs []record.Record) [][]byte {
+	var out [][]byte
+	for _, r := range recs {
+		if r.Kind == record.KindBMPSyntheticPeerDown {
+			out = append(out, r.Payload)
+		}
+	}
+	return out
+}
+
+// TestSessionJournal: the journal holds the peers a session has up, from
+// before their Peer Up is spooled until their Peer Down (or the session's
+// synthetic ones) is; Recover marks down what a run left behind, once.
+func TestSessionJournal(t *testing.T) {
+	for _, crash := range []bool{false, true} {
+		name := "clean close"
+		if crash {
+			name = "crash"
+		}
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			j, err := OpenSessionJournal(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := DefaultConfig()
+			cfg.Listen = "127.0.0.1:0"
+			spool := &memSpool{}
+			reg := prometheus.NewRegistry()
+			l, err := NewListener(cfg, spool, slog.New(slog.DiscardHandler), reg, WithSessionJournal(j))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := l.Start(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			c, err := net.Dial("tcp", l.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// Peer 2 goes down in a later batch than it came up in.
+			if _, err := c.Write(bytes.Join([][]byte{initiation(), peerUp(1), peerUp(2), peerUp(3)}, nil)); err != nil {
+				t.Fatal(err)
+			}
+			testenv.Eventually(t, 5*time.Second, "4 messages spooled", func() bool { return spool.len() == 4 })
+			if _, err := c.Write(peerDown(2)); err != nil {
+				t.Fatal(err)
+			}
+			testenv.Eventually(t, 5*time.Second, "the peer down spooled", func() bool { return spool.len() == 5 })
+			if crash {
+				// The process dies: nothing after this reaches the journal.
+				if err := j.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := l.Close(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if crash {
+				if j, err = OpenSessionJournal(dir); err != nil {
+					t.Fatal(err)
+				}
+			}
+			defer j.Close()
+
+			after := &memSpool{}
+			n, err := j.Recover(context.Background(), after, slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := syntheticDowns(after.snapshot())
+			if !crash {
+				if n != 0 || len(got) != 0 {
+					t.Fatalf("after a clean close Recover marked %d peers down", n)
+				}
+				if downs := syntheticDowns(spool.snapshot()); len(downs) != 2 {
+					t.Fatalf("clean close spooled %d synthetic peer downs, want 2", len(downs))
+				}
+				return
+			}
+			if n != 2 || len(got) != 2 {
+				t.Fatalf("Recover marked %d peers down (%d records), want peers 1 and 3", n, len(got))
+			}
+			want := map[string]bool{string(peerHeader(1)): true, string(peerHeader(3)): true}
+			for _, h := range got {
+				if !want[string(h)] {
+					t.Fatalf("synthetic peer down for %x, want peers 1 and 3 only", h)
+				}
+				delete(want, string(h))
+			}
+			for _, r := range after.snapshot() {
+				if string(r.Key) != "127.0.0.1" || r.Source != c.LocalAddr().String() {
+					t.Fatalf("record key %q source %q, want the router's", r.Key, r.Source)
+				}
+			}
+			// Recovered once: a second start has nothing to mark down.
+			if n, err := j.Recover(context.Background(), &memSpool{}, slog.New(slog.DiscardHandler)); n != 0 || err != nil {
+				t.Fatalf("second Recover: %d, %v", n, err)
+			}
+		})
+	}
+}
