@@ -88,7 +88,7 @@ func TestFleetApplyKeepOldAndLastGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, _, level, _ := runFakeAgent(t, cfg)
+	a, _, level, stopAgent := runFakeAgent(t, cfg)
 	w := &fleetWatcher{cfg: cfg.Fleet, agentID: "edge-1", src: src, store: lastGood{dir: stateDir}, apply: a.Apply, log: testLogger(t)}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
@@ -163,6 +163,9 @@ func TestFleetApplyKeepOldAndLastGood(t *testing.T) {
 	// 6. Central down: a new start uses the last-good document.
 	cancel()
 	<-done
+	if err := stopAgent(); err != nil {
+		t.Fatal(err)
+	}
 	ns.Shutdown()
 	logs := &testenv.LogBuffer{}
 	started := make(chan *Agent, 1)
