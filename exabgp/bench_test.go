@@ -86,7 +86,7 @@ func benchEndToEnd(b *testing.B, kafka bool) {
 		if kafka {
 			enableKafkaForwarder(b, yaml, testenv.KafkaBrokers(b), startNATS(b))
 		}
-		e := startExaBGP(b, dir, exabgpConf(bin, yaml, g))
+		e := startExaBGP(b, debianExaBGP(b), dir, exabgpConf(bin, yaml, g))
 		testenv.Eventually(b, 30*time.Second, "session established", g.established)
 		testenv.Eventually(b, 30*time.Second, "process up", func() bool { return metric(metrics, "bgpedge_exabgp_spool_available") == 1 })
 		base := metric(metrics, "bgpedge_exabgp_spooled_records_total")

@@ -190,9 +190,24 @@ neighbor %s {
 `, bin, yaml, g.addr, g.exaAddr, g.exaAddr, g.port, apiBlock)
 }
 
-func startExaBGP(t testing.TB, dir, conf string, env ...string) *exaBGP {
+// labExaBGP is one exaBGP the lab tests run against.
+type labExaBGP struct{ version, bin string }
+
+// debianExaBGP is Debian's exaBGP 4.2.
+func debianExaBGP(t testing.TB) labExaBGP {
+	return labExaBGP{"4.2", testenv.Binary(t, "exabgp", "exabgp")}
+}
+
+// forEachExaBGP runs fn against Debian's exaBGP 4.2 and against exaBGP 5.0
+// from PyPI, each in its own subtest.
+func forEachExaBGP(t *testing.T, fn func(t *testing.T, x labExaBGP)) {
+	t.Run("exabgp-4.2", func(t *testing.T) { fn(t, debianExaBGP(t)) })
+	t.Run("exabgp-5.0", func(t *testing.T) { fn(t, labExaBGP{"5.0", testenv.ExaBGP5(t)}) })
+}
+
+func startExaBGP(t testing.TB, x labExaBGP, dir, conf string, env ...string) *exaBGP {
 	t.Helper()
-	bin := testenv.Binary(t, "exabgp", "exabgp")
+	bin := x.bin
 	confPath := filepath.Join(dir, "exabgp.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)

@@ -25,6 +25,7 @@ debs=(
 	debootstrap
 	default-jdk-headless
 	maven
+	python3-venv
 )
 read -r -a extra <<<"${BGPEDGE_DEBS:-}"
 debs+=("${extra[@]}")
@@ -76,5 +77,18 @@ done
 
 # The broker jars (cached; a no-op once downloaded).
 "$root/scripts/kafka.sh" fetch
+
+# exaBGP 5 from PyPI beside Debian's 4.2, for the lab tests (cached; a venv
+# is not relocatable, so it is built in place and marked complete last).
+exa5_version=5.0.15
+exa5=$root/.cache/exabgp-$exa5_version
+if [[ ! -f $exa5/.complete ]]; then
+	log "installing exaBGP $exa5_version from PyPI into $exa5"
+	rm -rf "$exa5"
+	python3 -m venv "$exa5"
+	"$exa5/bin/pip" install --quiet --disable-pip-version-check "exabgp==$exa5_version"
+	touch "$exa5/.complete"
+fi
+ln -sfn "exabgp-$exa5_version" "$root/.cache/exabgp5"
 
 go mod download

@@ -19,6 +19,7 @@
 #   BGPEDGE_SKIP_DEPS=1    do not run scripts/deps.sh
 #   BGPEDGE_KAFKA_PORT     broker port [9092] (see scripts/kafka.sh for the rest)
 #   BGPEDGE_TEST_KAFKA     when already set, use that broker and start none
+#   BGPEDGE_EXABGP5        exaBGP 5 for the lab tests [.cache/exabgp5/bin/exabgp, from deps.sh]
 #   CI                     set to true unless already set: this run installs
 #                          every component, so a test that still finds one
 #                          missing fails (testenv.Missing) instead of skipping
@@ -59,6 +60,8 @@ if [[ ${BGPEDGE_SKIP_DEPS:-} != 1 ]]; then
 fi
 
 export BGPEDGE_KAFKA_SH=$root/scripts/kafka.sh
+# exaBGP 5, installed by scripts/deps.sh beside Debian's 4.2.
+export BGPEDGE_EXABGP5=${BGPEDGE_EXABGP5:-$root/.cache/exabgp5/bin/exabgp}
 if [[ -z ${BGPEDGE_TEST_KAFKA:-} ]]; then
 	step "Kafka broker (scripts/kafka.sh start)"
 	export BGPEDGE_KAFKA_HOST=${BGPEDGE_KAFKA_HOST:-127.0.0.1}

@@ -120,3 +120,14 @@ func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
 }
+
+// ExaBGP5 returns the exaBGP 5 that scripts/deps.sh installs from PyPI into
+// a cached virtualenv (Debian ships 4.2), named by BGPEDGE_EXABGP5.
+func ExaBGP5(t testing.TB) string {
+	t.Helper()
+	p := os.Getenv("BGPEDGE_EXABGP5")
+	if p == "" || !fileExists(p) {
+		Missing(t, "exaBGP 5", "scripts/deps.sh installs it into .cache/ from PyPI and scripts/test.sh sets BGPEDGE_EXABGP5 to it")
+	}
+	return p
+}
