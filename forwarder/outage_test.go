@@ -94,31 +94,65 @@ func bridgeAll(t testing.TB, cfg Config) uint64 {
 	return b.Moved()
 }
 
+// outage is a forwarder with Kafka and JetStream fed by an appender, caught
+// just after Kafka stopped and the forwarder failed over to JetStream.
+type outage struct {
+	k       *testenv.Kafka
+	n       *testenv.NATS
+	cfg     Config
+	src     *memSource
+	f       *Forwarder
+	stopFwd func()
+	app     *appender
+	down    time.Time // when Kafka stopped
+}
+
+func startOutage(t *testing.T) *outage {
+	t.Helper()
+	r := &outage{k: testenv.KafkaControl(t), n: testenv.StartNATS(t)}
+	r.cfg = testConfig(t, r.k.Brokers())
+	r.cfg.NATS.Enabled = true
+	r.cfg.NATS.URL = r.n.URL()
+	r.cfg.Topics.Ensure = []string{StreamBMPRaw}
+	r.src = newMemSource()
+	f, err := New(r.cfg, r.src, Raw{}, testLogger(t), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.f = f
+	r.stopFwd = startForwarder(t, f)
+	r.app = startAppender(t, r.src, 20, 20*time.Millisecond)
+	testenv.Eventually(t, 60*time.Second, "first records acked by kafka", func() bool {
+		return f.ActiveSink() == SinkKafka && r.src.Acked() > 500
+	})
+	r.k.Stop(t)
+	r.down = time.Now()
+	testenv.Eventually(t, r.cfg.FailoverAfter+30*time.Second, "failover to nats", func() bool { return f.ActiveSink() == SinkNATS })
+	return r
+}
+
+// bridgeAndCheck moves what JetStream holds into Kafka and requires every
+// record the source ever handed out to be there; it returns how many the
+// bridge moved and the records sent.
+func bridgeAndCheck(t *testing.T, k *testenv.Kafka, cfg Config, src *memSource, o *idOracle) (moved uint64, total int) {
+	t.Helper()
+	moved = bridgeAll(t, cfg)
+	consumeInto(t, k.Brokers(), o, cfg.Topics.Topic(StreamBMPRaw))
+	total = int(src.Len())
+	testenv.Eventually(t, 2*time.Minute, "every record in kafka", func() bool { return o.distinct() >= total })
+	if miss := o.missingSeqs(src.Len()); len(miss) > 0 {
+		t.Fatalf("%d records missing in kafka, first %v", len(miss), miss[:min(10, len(miss))])
+	}
+	return moved, total
+}
+
 // Kafka stopped for two minutes mid-stream: the forwarder fails over to
 // JetStream, returns to Kafka after the restart, and the bridge moves the
 // JetStream part into Kafka: 0 missing (acceptance 3).
 func TestKafkaOutageFailsOverToJetStream(t *testing.T) {
 	t.Parallel()
-	k := testenv.KafkaControl(t)
-	n := testenv.StartNATS(t)
-	cfg := testConfig(t, k.Brokers())
-	cfg.NATS.Enabled = true
-	cfg.NATS.URL = n.URL()
-	cfg.Topics.Ensure = []string{StreamBMPRaw}
-	src := newMemSource()
-	f, err := New(cfg, src, Raw{}, testLogger(t), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopFwd := startForwarder(t, f)
-	app := startAppender(t, src, 20, 20*time.Millisecond)
-
-	testenv.Eventually(t, 60*time.Second, "first records acked by kafka", func() bool {
-		return f.ActiveSink() == SinkKafka && src.Acked() > 500
-	})
-	k.Stop(t)
-	down := time.Now()
-	testenv.Eventually(t, cfg.FailoverAfter+30*time.Second, "failover to nats", func() bool { return f.ActiveSink() == SinkNATS })
+	r := startOutage(t)
+	k, cfg, src, f, stopFwd, app, down := r.k, r.cfg, r.src, r.f, r.stopFwd, r.app, r.down
 	t.Logf("failed over to nats %v after kafka stopped (failover_after %v)", time.Since(down).Round(100*time.Millisecond), cfg.FailoverAfter)
 	acked := src.Acked()
 	waitFor(outageLength() - time.Since(down))
@@ -135,14 +169,8 @@ func TestKafkaOutageFailsOverToJetStream(t *testing.T) {
 	testenv.Eventually(t, 60*time.Second, "spool drained", func() bool { return src.Acked() == src.Len() })
 	stopFwd()
 
-	moved := bridgeAll(t, cfg)
 	o := idOracle{keep: true}
-	consumeInto(t, k.Brokers(), &o, cfg.Topics.Topic(StreamBMPRaw))
-	total := int(src.Len())
-	testenv.Eventually(t, 2*time.Minute, "every record in kafka", func() bool { return o.distinct() >= total })
-	if miss := o.missingSeqs(src.Len()); len(miss) > 0 {
-		t.Fatalf("%d records missing in kafka, first %v", len(miss), miss[:min(10, len(miss))])
-	}
+	moved, total := bridgeAndCheck(t, k, cfg, src, &o)
 	// What took the JetStream path keeps its key and headers through the bridge.
 	o.mu.Lock()
 	for _, m := range o.msgs[cfg.Topics.Topic(StreamBMPRaw)] {
@@ -160,26 +188,8 @@ func TestKafkaOutageFailsOverToJetStream(t *testing.T) {
 // lost, and everything drains after recovery (acceptance 4).
 func TestBothSinksDownSpoolGrows(t *testing.T) {
 	t.Parallel()
-	k := testenv.KafkaControl(t)
-	n := testenv.StartNATS(t)
-	cfg := testConfig(t, k.Brokers())
-	cfg.NATS.Enabled = true
-	cfg.NATS.URL = n.URL()
-	cfg.Topics.Ensure = []string{StreamBMPRaw}
-	src := newMemSource()
-	f, err := New(cfg, src, Raw{}, testLogger(t), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopFwd := startForwarder(t, f)
-	app := startAppender(t, src, 20, 20*time.Millisecond)
-
-	testenv.Eventually(t, 60*time.Second, "first records acked by kafka", func() bool {
-		return f.ActiveSink() == SinkKafka && src.Acked() > 500
-	})
-	k.Stop(t)
-	down := time.Now()
-	testenv.Eventually(t, cfg.FailoverAfter+30*time.Second, "failover to nats", func() bool { return f.ActiveSink() == SinkNATS })
+	r := startOutage(t)
+	k, n, cfg, src, f, stopFwd, app, down := r.k, r.n, r.cfg, r.src, r.f, r.stopFwd, r.app, r.down
 	n.Stop(t)
 	testenv.Eventually(t, 30*time.Second, "no sink active", func() bool { return f.ActiveSink() == SinkNone })
 	ackedDown, lenDown := src.Acked(), src.Len()
@@ -202,13 +212,7 @@ func TestBothSinksDownSpoolGrows(t *testing.T) {
 	testenv.Eventually(t, 90*time.Second, "spool drained", func() bool { return src.Acked() == src.Len() })
 	stopFwd()
 
-	moved := bridgeAll(t, cfg)
 	var o idOracle
-	consumeInto(t, k.Brokers(), &o, cfg.Topics.Topic(StreamBMPRaw))
-	total := int(src.Len())
-	testenv.Eventually(t, 2*time.Minute, "every record in kafka", func() bool { return o.distinct() >= total })
-	if miss := o.missingSeqs(src.Len()); len(miss) > 0 {
-		t.Fatalf("%d records missing in kafka, first %v", len(miss), miss[:min(10, len(miss))])
-	}
+	moved, total := bridgeAndCheck(t, k, cfg, src, &o)
 	t.Logf("%d records sent, %d via jetstream and the bridge, 0 missing, %d duplicates", total, moved, o.duplicates())
 }
