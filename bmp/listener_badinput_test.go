@@ -671,7 +671,7 @@ func TestPartialTimeoutTrickle(t *testing.T) {
 	const timeout = 600 * time.Millisecond
 	gate := make(chan struct{}, 16)
 	spool := &memSpool{gate: gate}
-	st := startStation(t, spool, func(c *Config) { c.PartialTimeout = timeout })
+	st := startStation(t, spool, func(c *Config) { c.PartialTimeout, c.InitiationTimeout = timeout, timeout })
 
 	// The spool holds the router's first append (its initiation) for 2× the
 	// timeout while the first half of a message is buffered and the second
@@ -685,7 +685,12 @@ func TestPartialTimeoutTrickle(t *testing.T) {
 	if _, err := router.Write(msg[1000:]); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * timeout) // the spool's stall, not a wait for a condition
+	// A silent client dialled now is closed after one timeout: the stall
+	// has lasted at least that long when it is.
+	dialFrom(t, st.addr, "")
+	testenv.Eventually(t, 10*time.Second, "a timeout passed during the spool's stall", func() bool {
+		return st.metric(t, "bgpedge_bmp_sessions_closed_total", "reason", CloseInitiationTimeout) == 1
+	})
 	gate <- struct{}{}
 	gate <- struct{}{}
 	testenv.Eventually(t, 5*time.Second, "the router's message spooled", func() bool {
@@ -720,8 +725,8 @@ func TestPartialTimeoutTrickle(t *testing.T) {
 	if d := time.Since(start); d > 5*timeout {
 		t.Errorf("trickler closed after %v, partial_timeout is %v", d, timeout)
 	}
-	if v := st.metric(t, "bgpedge_bmp_sessions_closed_total"); v != 1 {
-		t.Errorf("%v sessions closed, want only the trickler", v)
+	if v := st.metric(t, "bgpedge_bmp_sessions_closed_total"); v != 2 {
+		t.Errorf("%v sessions closed, want only the silent client and the trickler", v)
 	}
 }
 
