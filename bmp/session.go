@@ -32,9 +32,11 @@ type session struct {
 
 	// peers that are up: the 42-byte per-peer header of their last Peer Up
 	peers map[PeerKey][]byte
-	// what the session journal holds for this session (id), when there is one
-	id        string
-	journaled map[PeerKey][]byte
+	// what the session journal holds for this session (id), when there is
+	// one, and whether peers may differ from it (a Peer Up or Down was read)
+	id           string
+	journaled    map[PeerKey][]byte
+	peersChanged bool
 
 	messages   uint64
 	bytes      uint64
@@ -434,10 +436,12 @@ func (s *session) add(msg []byte) {
 			}
 			// Copied: msg lives in the framer's buffer.
 			s.peers[p.Key()] = bytes.Clone(msg[HeaderLen : HeaderLen+PerPeerHeaderLen])
+			s.peersChanged = true
 		}
 	case MsgPeerDown:
 		if p, err := ParsePeerHeader(msg); err == nil {
 			delete(s.peers, p.Key())
+			s.peersChanged = true
 		}
 	}
 	i := typeIndex(t)
@@ -526,7 +530,7 @@ func (s *session) flush() bool {
 // the journal never lacks a peer the spool has up. Peers that went down stay
 // in it until their Peer Down is spooled (journalDown).
 func (s *session) journalUp() {
-	if s.l.journal == nil {
+	if s.l.journal == nil || !s.peersChanged {
 		return
 	}
 	changed := false
@@ -549,18 +553,22 @@ func (s *session) journalUp() {
 	}
 }
 
-// journalDown drops the peers whose Peer Down was just spooled.
+// journalDown drops the peers whose Peer Down was just spooled. Until the
+// journal matches the session's peers again, the next flush retries.
 func (s *session) journalDown() {
-	if s.l.journal == nil || len(s.journaled) <= len(s.peers) {
+	if s.l.journal == nil || !s.peersChanged {
 		return
 	}
-	next := maps.Clone(s.peers)
-	if next == nil {
-		next = map[PeerKey][]byte{}
+	if len(s.journaled) > len(s.peers) {
+		next := maps.Clone(s.peers)
+		if next == nil {
+			next = map[PeerKey][]byte{}
+		}
+		if s.journalSet(next) {
+			s.journaled = next
+		}
 	}
-	if s.journalSet(next) {
-		s.journaled = next
-	}
+	s.peersChanged = !maps.EqualFunc(s.journaled, s.peers, bytes.Equal)
 }
 
 func (s *session) journalSet(peers map[PeerKey][]byte) bool {
