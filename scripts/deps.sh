@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deps.sh — install what the tests need, idempotently: Debian packages (only
 # when one is missing, so a warm machine makes no network call), a JDK and
-# Maven for the Kafka broker, the Kafka jars, and the Go modules.
+# Maven for the Kafka broker, the Kafka jars, exaBGP 5 from PyPI, and the Go
+# modules.
 #
 # Environment:
 #   BGPEDGE_DEBS        extra Debian packages to require, space-separated
