@@ -164,17 +164,7 @@ func (c *child) waitReady(t *testing.T) Status {
 // stop sends SIGTERM and requires a clean exit.
 func (c *child) stop(t *testing.T) {
 	t.Helper()
-	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-c.exited:
-		if err != nil {
-			t.Fatalf("bgpedge run exited with %v after SIGTERM", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("bgpedge run did not exit within 30s of SIGTERM")
-	}
+	testenv.Terminate(t, c.cmd.Process, c.exited, "bgpedge run")
 	if !strings.Contains(c.logs.String(), `"agent stopped"`) {
 		t.Error("no clean-stop log line")
 	}

@@ -19,7 +19,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -463,17 +462,7 @@ func (a *runAgent) appended(t *testing.T) uint64 {
 // stop sends SIGTERM and requires a clean exit.
 func (a *runAgent) stop(t *testing.T) {
 	t.Helper()
-	if err := a.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-a.exited:
-		if err != nil {
-			t.Fatalf("bgpedge run exited with %v after SIGTERM", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("bgpedge run did not exit within 30s of SIGTERM")
-	}
+	testenv.Terminate(t, a.cmd.Process, a.exited, "bgpedge run")
 }
 
 func tail(s string, n int) string {

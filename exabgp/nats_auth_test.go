@@ -90,22 +90,7 @@ func TestConnectNATSCreds(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer nc.Close()
-		sub, err := nc.Subscribe("bgpedge.edge1.exabgp.command", func(m *nats.Msg) {
-			b, _ := json.Marshal(Reply{ID: "creds", Result: ResultOK})
-			_ = m.Respond(b)
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sub.Unsubscribe()
-		msg, err := nc.Request("bgpedge.edge1.exabgp.command", []byte(`{"verb":"list"}`), 10*time.Second)
-		if err != nil {
-			t.Fatalf("request with the creds file: %v", err)
-		}
-		var rep Reply
-		if err := json.Unmarshal(msg.Data, &rep); err != nil || rep.ID != "creds" || rep.Result != ResultOK {
-			t.Fatalf("reply %q (%v)", msg.Data, err)
-		}
+		commandRoundTrip(t, nc, "creds")
 	})
 
 	for _, tt := range []struct {
@@ -471,4 +456,26 @@ func natsAuthCreds(t *testing.T, dir, name string, account, user nkeys.KeyPair) 
 		t.Fatal(err)
 	}
 	return path
+}
+
+// commandRoundTrip answers on edge1's command subject over nc and sends a
+// request there: the connection may both listen and publish on it.
+func commandRoundTrip(t *testing.T, nc *nats.Conn, id string) {
+	t.Helper()
+	sub, err := nc.Subscribe("bgpedge.edge1.exabgp.command", func(m *nats.Msg) {
+		b, _ := json.Marshal(Reply{ID: id, Result: ResultOK})
+		_ = m.Respond(b)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	msg, err := nc.Request("bgpedge.edge1.exabgp.command", []byte(`{"verb":"list"}`), 10*time.Second)
+	if err != nil {
+		t.Fatalf("command request: %v", err)
+	}
+	var rep Reply
+	if err := json.Unmarshal(msg.Data, &rep); err != nil || rep.ID != id || rep.Result != ResultOK {
+		t.Fatalf("reply %q (%v)", msg.Data, err)
+	}
 }

@@ -7,7 +7,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/json"
 	"encoding/pem"
 	"log/slog"
 	"math/big"
@@ -18,7 +17,6 @@ import (
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
 	"github.com/bgpedge/bgpedge/internal/testenv"
@@ -76,18 +74,7 @@ func TestConnectNATSAuth(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer nc.Close()
-			sub, err := nc.Subscribe("bgpedge.edge1.exabgp.command", func(m *nats.Msg) {
-				b, _ := json.Marshal(Reply{ID: "x", Result: ResultOK})
-				_ = m.Respond(b)
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sub.Unsubscribe()
-			msg, err := nc.Request("bgpedge.edge1.exabgp.command", []byte(`{"verb":"list"}`), 5*time.Second)
-			if err != nil || !json.Valid(msg.Data) {
-				t.Fatalf("request with good credentials: %v", err)
-			}
+			commandRoundTrip(t, nc, "x")
 
 			bad := tt.bad
 			bad.URL = ns.ClientURL()
