@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/bgpedge/bgpedge/internal/lograte"
 	"github.com/bgpedge/bgpedge/record"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -59,10 +60,10 @@ type Listener struct {
 
 	journal *SessionJournal // nil: no journal
 
-	refusedLog logLimiter
-	acceptLog  logLimiter
-	budgetLog  logLimiter
-	journalLog logLimiter
+	refusedLog lograte.Limiter
+	acceptLog  lograte.Limiter
+	budgetLog  lograte.Limiter
+	journalLog lograte.Limiter
 }
 
 // ListenerOption configures a Listener beyond its Config.
@@ -219,7 +220,7 @@ func (l *Listener) acceptLoop(ln net.Listener) {
 			}
 			// Out of file descriptors and the like: wait rather than spin.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			if l.acceptLog.allow() {
+			if _, ok := l.acceptLog.Allow(); ok {
 				l.log.Warn("bmp accept failed", "err", err, "retry_in", backoff)
 			}
 			time.Sleep(backoff)
@@ -268,7 +269,7 @@ func (l *Listener) admit(conn net.Conn) {
 func (l *Listener) refuse(conn net.Conn, remote netip.AddrPort, reason string) {
 	conn.Close()
 	l.m.refused.WithLabelValues(reason).Inc()
-	if n, ok := l.refusedLog.allowCount(); ok {
+	if n, ok := l.refusedLog.Allow(); ok {
 		l.log.Warn("bmp connection refused", "router", remote.String(), "reason", reason, "suppressed_since_last", n)
 	}
 }
@@ -293,35 +294,6 @@ func addrPort(a net.Addr) netip.AddrPort {
 	}
 	ap, _ := netip.ParseAddrPort(a.String())
 	return ap
-}
-
-// logLimiter lets one log line through per interval and counts the rest, so
-// a connection flood cannot flood the log too.
-type logLimiter struct {
-	mu         sync.Mutex
-	last       time.Time
-	suppressed int
-}
-
-const logInterval = time.Second
-
-func (ll *logLimiter) allow() bool {
-	_, ok := ll.allowCount()
-	return ok
-}
-
-func (ll *logLimiter) allowCount() (suppressed int, ok bool) {
-	ll.mu.Lock()
-	defer ll.mu.Unlock()
-	now := time.Now()
-	if now.Sub(ll.last) < logInterval {
-		ll.suppressed++
-		return 0, false
-	}
-	ll.last = now
-	n := ll.suppressed
-	ll.suppressed = 0
-	return n, true
 }
 
 func (l *Listener) getBatch() []record.Record {

@@ -283,7 +283,7 @@ func (s *session) growFor(need int) error {
 		return nil
 	}
 	l.m.budgetWaits.Inc()
-	if n, ok := l.budgetLog.allowCount(); ok {
+	if n, ok := l.budgetLog.Allow(); ok {
 		l.log.Warn("bmp read buffer budget used up; session waits before reading on",
 			"router", s.source, "message_bytes", need, "buffered", s.end,
 			"budget_bytes", l.cfg.BufferBudgetBytes, "suppressed_since_last", n)
@@ -585,7 +585,7 @@ func (s *session) journalWrite(fn func(*SessionJournal) error) bool {
 	l := s.l
 	if err := fn(l.journal); err != nil {
 		l.m.journalErrors.Inc()
-		if n, ok := l.journalLog.allowCount(); ok {
+		if n, ok := l.journalLog.Allow(); ok {
 			l.log.Error("bmp session journal write failed; a crash now would leave these peers up for consumers",
 				"router", s.source, "err", err, "suppressed_since_last", n)
 		}

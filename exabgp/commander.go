@@ -27,6 +27,11 @@ type commander struct {
 	acks    chan Ack
 	m       *metrics
 	log     *slog.Logger
+	// stalled reports whether the stdin reader is blocked on a full queue.
+	// Acks are read by that reader, so a command written then could only
+	// time out, and its ack, read after the stall, would answer a later
+	// command: commands are refused instead.
+	stalled func() bool
 }
 
 type pendingCmd struct {
@@ -97,6 +102,10 @@ func (c *commander) run(ctx context.Context) {
 		}
 		if p.ctx.Err() != nil {
 			p.done <- cmdResult{ResultTimeout, "not sent: caller gave up while queued"}
+			continue
+		}
+		if c.stalled != nil && c.stalled() {
+			p.done <- cmdResult{ResultError, "not sent: exabgp's output is not being read (spool stalled)"}
 			continue
 		}
 		c.drainStray()

@@ -53,6 +53,9 @@ type journalFile struct {
 	Entries []JournalEntry `json:"entries"`
 }
 
+// ErrJournalCorrupt marks a journal file that exists but does not decode.
+var ErrJournalCorrupt = errors.New("journal does not decode")
+
 // OpenJournal loads the journal at path (a missing file is an empty journal).
 func OpenJournal(path string) (*Journal, error) {
 	j := &Journal{path: path, ents: map[string]JournalEntry{}}
@@ -65,7 +68,7 @@ func OpenJournal(path string) (*Journal, error) {
 	}
 	var f journalFile
 	if err := json.Unmarshal(b, &f); err != nil {
-		return nil, fmt.Errorf("decode journal %s: %w", path, err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrJournalCorrupt, path, err)
 	}
 	for _, e := range f.Entries {
 		j.ents[e.Key] = e

@@ -2,6 +2,8 @@ package exabgp
 
 import (
 	"bytes"
+	"encoding/json"
+	"net/netip"
 )
 
 // LineKind says which path a line read from exaBGP belongs to.
@@ -88,10 +90,16 @@ func ClassifyLine(line []byte) (LineKind, Ack) {
 	case bytes.HasPrefix(head, []byte(`"exabgp"`)):
 		return LineEvent, AckNone
 	case bytes.HasPrefix(head, []byte(`"answer"`)):
-		switch {
-		case bytes.Contains(line, []byte(`"done"`)):
+		// Answers are rare (one per command): decoded, so a message text
+		// that happens to contain "done" is not taken for success.
+		var a struct {
+			Answer string `json:"answer"`
+		}
+		_ = json.Unmarshal(line, &a)
+		switch a.Answer {
+		case "done":
 			return LineAck, AckDone
-		case bytes.Contains(line, []byte(`"shutdown"`)):
+		case "shutdown":
 			return LineAck, AckShutdown
 		default:
 			return LineAck, AckError
@@ -131,5 +139,11 @@ func stateUpPeer(line []byte) (string, bool) {
 	if err != nil || m.Type != "state" || m.Neighbor == nil || m.Neighbor.State != "up" {
 		return "", false
 	}
-	return m.Neighbor.Address.Peer, true
+	// The address goes into a command line ("neighbor <addr> announce ..."):
+	// only a valid address is used, in the form the journal keeps.
+	a, err := netip.ParseAddr(m.Neighbor.Address.Peer)
+	if err != nil {
+		return "", false
+	}
+	return a.String(), true
 }

@@ -10,7 +10,6 @@ import (
 type metrics struct {
 	lines          *prometheus.CounterVec // kind: event, ack, output, empty
 	truncated      prometheus.Counter
-	queueDepth     prometheus.Gauge
 	queueDropped   prometheus.Counter
 	readerBlocked  prometheus.Counter
 	spooled        prometheus.Counter
@@ -23,6 +22,7 @@ type metrics struct {
 	pending        prometheus.Gauge
 	replayed       *prometheus.CounterVec // result: done, error, timeout
 	rejected       *prometheus.CounterVec // reason: the Reject* constants
+	journalFaults  *prometheus.CounterVec // reason: corrupt, unreadable
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -31,8 +31,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Lines read from exaBGP, by kind (event, ack, output, empty)."}, []string{"kind"}),
 		truncated: prometheus.NewCounter(prometheus.CounterOpts{Name: "bgpedge_exabgp_lines_truncated_total",
 			Help: "Lines longer than exabgp.max_line_bytes, spooled truncated."}),
-		queueDepth: prometheus.NewGauge(prometheus.GaugeOpts{Name: "bgpedge_exabgp_queue_lines",
-			Help: "Events read from exaBGP and not yet durable in the spool."}),
 		queueDropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "bgpedge_exabgp_queue_dropped_total",
 			Help: "Events dropped because the queue was full (queue_policy drop)."}),
 		readerBlocked: prometheus.NewCounter(prometheus.CounterOpts{Name: "bgpedge_exabgp_reader_blocked_seconds_total",
@@ -57,6 +55,11 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Journaled routes announced again after a restart or a session coming up, by exaBGP's answer (done, error, timeout)."}, []string{"result"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bgpedge_exabgp_commands_rejected_total",
 			Help: "Route commands rejected before reaching exaBGP, by reason (verb, neighbor, prefix, prefix_length, next_hop, max_routes, rate, invalid)."}, []string{"reason"}),
+		journalFaults: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "bgpedge_exabgp_journal_faults_total",
+			Help: "Journals of injected routes found at start that could not be used, by reason: corrupt (set aside, started empty), unreadable (route commands off)."}, []string{"reason"}),
+	}
+	for _, r := range []string{"corrupt", "unreadable"} {
+		m.journalFaults.WithLabelValues(r)
 	}
 	for _, r := range []string{ResultDone, ResultError, ResultTimeout} {
 		m.replayed.WithLabelValues(r) // exported at 0 from the start
@@ -64,8 +67,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.lines, m.truncated, m.queueDepth, m.queueDropped, m.readerBlocked, m.spooled,
-		m.spoolErrors, m.spoolAvailable, m.lost, m.commands, m.acks, m.injected, m.pending, m.replayed, m.rejected} {
+	for _, c := range []prometheus.Collector{m.lines, m.truncated, m.queueDropped, m.readerBlocked, m.spooled,
+		m.spoolErrors, m.spoolAvailable, m.lost, m.commands, m.acks, m.injected, m.pending, m.replayed, m.rejected, m.journalFaults} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
@@ -74,4 +77,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// registerQueueDepth exports the events read and not yet durable, read at
+// scrape time so the gauge moves while the spool is stuck, too. A process
+// replacing another on the same registry takes the gauge over.
+func registerQueueDepth(reg prometheus.Registerer, depth func() float64) error {
+	if reg == nil {
+		return nil
+	}
+	g := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "bgpedge_exabgp_queue_lines",
+		Help: "Events read from exaBGP and not yet durable in the spool."}, depth)
+	reg.Unregister(g)
+	if err := reg.Register(g); err != nil {
+		return fmt.Errorf("register metrics: %w", err)
+	}
+	return nil
 }

@@ -265,6 +265,9 @@ func TestClassifyLine(t *testing.T) {
 		{"shutdown", LineAck, AckShutdown},
 		{`{ "answer": "done", "message": "command completed" }`, LineAck, AckDone},
 		{`{ "answer": "error", "message": "x" }`, LineAck, AckError},
+		{`{ "answer": "error", "message": "neighbor not done yet" }`, LineAck, AckError},
+		{`{ "answer": "shutdown" }`, LineAck, AckShutdown},
+		{`{ "answer": "done" `, LineAck, AckError}, // torn: not taken for success
 		{"exabgp 4.2.21", LineOutput, AckNone},
 		{`{ "ls-nlri-type": "bgpls-link" }`, LineOutput, AckNone},
 		{`{ "exabgp": "4.0.1", "type": "keepalive" }`, LineEvent, AckNone},
@@ -367,33 +370,44 @@ func FuzzParseLine(f *testing.F) {
 	} {
 		f.Add([]byte(`{"exabgp":"4.0.1","type":"update","neighbor":{"address":{"local":"127.0.0.3","peer":"127.0.0.2"},"asn":{"local":65002,"peer":65001},"direction":"receive","message":{"category":2,"header":"","body":"` + body + `"}}}`))
 	}
-	f.Add([]byte(`{"exabgp":"4.0.1","type":"negotiated","neighbor":{"address":{"local":"127.0.0.3","peer":"127.0.0.2"},"asn":{"local":65002,"peer":65001},"negotiated":{"asn4":false,"add_path":{"send":[],"receive":["ipv4 unicast","ipv6 unicast"]}}}}`))
+	negotiated := `{"exabgp":"4.0.1","type":"negotiated","neighbor":{"address":{"local":"127.0.0.3","peer":"127.0.0.2"},"asn":{"local":65002,"peer":65001},"negotiated":{"asn4":false,"add_path":{"send":[],"receive":["ipv4 unicast","ipv6 unicast"]}}}}`
+	f.Add([]byte(negotiated))
+	// One input may hold several lines, read by one session's Normaliser:
+	// what a negotiated line leaves behind shapes the updates after it, and
+	// a crash found that way reproduces from the saved input alone.
+	f.Add([]byte(negotiated + "\n" + `{"exabgp":"4.0.1","type":"update","neighbor":{"address":{"local":"127.0.0.3","peer":"127.0.0.2"},"asn":{"local":65002,"peer":65001},"direction":"receive","message":{"category":2,"header":"","body":"0x0000002C4001010240020602010000FDE9800E1C0002011020010DB8000000000000000000000002003020010DB80001"}}}`))
 	enc := &Encoder{AgentID: "f", Raw: true}
-	var z Normaliser // its session memory carries over between inputs
-	f.Fuzz(func(t *testing.T, line []byte) {
-		kind, _ := ClassifyLine(line)
-		_ = peerOf(line)
-		_, _ = stateUpPeer(line)
-		if m, err := ParseEvent(line); err == nil {
-			if _, err := Normalise(m); err != nil {
-				_ = err // a decode error is a valid outcome; panics are not
-			}
-			evs, err := z.Normalise(m)
-			if err == nil {
-				if _, err := json.Marshal(evs); err != nil {
-					t.Fatalf("events do not marshal: %v", err)
-				}
-			}
-		}
-		n := 0
-		err := enc.Encode(record.Record{Seq: 1, Kind: record.KindExaBGP, Payload: line}, func(s string, _, v []byte) {
-			n++
-			if s != StreamRaw && !json.Valid(v) {
-				t.Fatalf("invalid JSON on %s: %q", s, v)
-			}
-		})
-		if err != nil || n < 2 {
-			t.Fatalf("encode: %v (%d outputs, kind %v)", err, n, kind)
+	f.Fuzz(func(t *testing.T, input []byte) {
+		var z Normaliser
+		for line := range bytes.SplitSeq(input, []byte("\n")) {
+			fuzzLine(t, enc, &z, line)
 		}
 	})
+}
+
+func fuzzLine(t *testing.T, enc *Encoder, z *Normaliser, line []byte) {
+	kind, _ := ClassifyLine(line)
+	_ = peerOf(line)
+	_, _ = stateUpPeer(line)
+	if m, err := ParseEvent(line); err == nil {
+		if _, err := Normalise(m); err != nil {
+			_ = err // a decode error is a valid outcome; panics are not
+		}
+		evs, err := z.Normalise(m)
+		if err == nil {
+			if _, err := json.Marshal(evs); err != nil {
+				t.Fatalf("events do not marshal: %v", err)
+			}
+		}
+	}
+	n := 0
+	err := enc.Encode(record.Record{Seq: 1, Kind: record.KindExaBGP, Payload: line}, func(s string, _, v []byte) {
+		n++
+		if s != StreamRaw && !json.Valid(v) {
+			t.Fatalf("invalid JSON on %s: %q", s, v)
+		}
+	})
+	if err != nil || n < 2 {
+		t.Fatalf("encode: %v (%d outputs, kind %v)", err, n, kind)
+	}
 }

@@ -7,14 +7,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
+	"github.com/bgpedge/bgpedge/internal/lograte"
 	"github.com/bgpedge/bgpedge/record"
 )
 
@@ -49,15 +52,33 @@ const drainTimeout = 5 * time.Second
 
 // Process is bgpedge running as an exaBGP process.
 type Process struct {
-	opts    Options
-	cfg     Config
-	log     *slog.Logger
-	m       *metrics
-	cmd     *commander
-	svc     *service
-	queue   chan record.Record
-	ups     chan string
-	journal *Journal
+	opts  Options
+	cfg   Config
+	log   *slog.Logger
+	m     *metrics
+	cmd   *commander
+	svc   *service
+	queue chan record.Record
+	// ups holds the neighbors whose session came up and still wait for
+	// their replay, a set so that no trigger is ever dropped; upSignal
+	// wakes the replayer.
+	upsMu    sync.Mutex
+	ups      map[string]struct{}
+	upSignal chan struct{}
+	// inFlight is the batch being appended; with the queue it makes the
+	// queue depth gauge.
+	inFlight atomic.Int64
+	// readerStalled is set while the stdin reader waits for queue space.
+	readerStalled atomic.Bool
+	// writerGrace bounds the wait for the command writer at shutdown: a
+	// write to exaBGP that is not reading cannot be interrupted.
+	writerGrace time.Duration
+	dropLog     lograte.Limiter
+	truncLog    lograte.Limiter
+	journal     *Journal
+	// commands is whether route commands are served: configured, and the
+	// journal could be read.
+	commands bool
 	// lineCounters are resolved once: the reader's hot path does no label lookup.
 	lineCounters [4]prometheus.Counter
 }
@@ -88,23 +109,55 @@ func New(opts Options) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	j, err := OpenJournal(cfg.JournalPath())
-	if err != nil {
-		return nil, err
-	}
+	j, commands := openJournal(cfg.JournalPath(), opts.Logger, m)
 	m.injected.Set(float64(j.Len()))
 	cmd := newCommander(opts.Out, cfg.Commands.AckTimeout, m, opts.Logger)
 	var lc [4]prometheus.Counter
 	for _, k := range []LineKind{LineEmpty, LineEvent, LineAck, LineOutput} {
 		lc[k] = m.lines.WithLabelValues(k.String())
 	}
-	return &Process{lineCounters: lc,
+	p := &Process{lineCounters: lc, commands: commands && cfg.Commands.Enabled,
 		opts: opts, cfg: cfg, log: opts.Logger, m: m, cmd: cmd, journal: j,
 		svc: &service{policy: policy, maxRoutes: cfg.Policy.MaxRoutes, journal: j, cmd: cmd,
 			limiter: rate.NewLimiter(rate.Limit(cfg.Policy.RatePerSecond), cfg.Policy.RateBurst), m: m, log: opts.Logger},
-		queue: make(chan record.Record, cfg.QueueLines),
-		ups:   make(chan string, 64),
-	}, nil
+		queue:       make(chan record.Record, cfg.QueueLines),
+		upSignal:    make(chan struct{}, 1),
+		writerGrace: drainTimeout,
+	}
+	cmd.stalled = p.readerStalled.Load
+	if err := registerQueueDepth(opts.Registerer, p.queueDepth); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// queueDepth is the number of events read and not yet durable.
+func (p *Process) queueDepth() float64 { return float64(len(p.queue)) + float64(p.inFlight.Load()) }
+
+// openJournal opens the journal of injected routes. Its faults touch route
+// commands only, never ingest: a journal that does not decode is set aside
+// and a fresh one started (the routes it held are not announced again until
+// central sends them again); one that cannot be read at all turns route
+// commands off for this run. Either way every exaBGP event is still spooled.
+func openJournal(path string, log *slog.Logger, m *metrics) (*Journal, bool) {
+	j, err := OpenJournal(path)
+	if err == nil {
+		return j, true
+	}
+	empty := &Journal{path: path, ents: map[string]JournalEntry{}}
+	if errors.Is(err, ErrJournalCorrupt) {
+		aside := path + ".corrupt-" + time.Now().UTC().Format("20060102T150405Z")
+		if rerr := os.Rename(path, aside); rerr == nil {
+			m.journalFaults.WithLabelValues("corrupt").Inc()
+			log.Error("journal of injected routes set aside and started empty: the routes it held are not announced again until central sends them",
+				"path", path, "set_aside_as", aside, "err", err)
+			return empty, true
+		}
+	}
+	m.journalFaults.WithLabelValues("unreadable").Inc()
+	log.Error("route commands off for this run: the journal of injected routes cannot be read; exaBGP events are spooled as usual",
+		"path", path, "err", err)
+	return empty, false
 }
 
 // Run reads exaBGP until its output ends (exaBGP stopped or restarts the
@@ -113,7 +166,16 @@ func (p *Process) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	defer cancel() // runs first: stops the goroutines wg waits for
+	cmdDone := make(chan struct{})
+	go func() { defer close(cmdDone); p.cmd.run(ctx) }()
+	defer func() {
+		select {
+		case <-cmdDone:
+		case <-time.After(p.writerGrace):
+			p.log.Warn("exabgp is not reading commands; stopping without waiting for the command writer", "waited", p.writerGrace)
+		}
+	}()
+	defer cancel() // runs first: stops the goroutines waited for
 
 	readerDone := make(chan error, 1)
 	go func() { readerDone <- p.read() }() // never joined: a read on stdin cannot be interrupted
@@ -123,12 +185,9 @@ func (p *Process) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); spoolDone <- p.spool(ctx) }()
 
 	wg.Add(1)
-	go func() { defer wg.Done(); p.cmd.run(ctx) }()
-
-	wg.Add(1)
 	go func() { defer wg.Done(); p.startup(ctx) }()
 
-	if p.cfg.Commands.Enabled {
+	if p.commands {
 		nc := p.opts.NATS
 		if nc == nil {
 			var err error
@@ -194,8 +253,14 @@ func (p *Process) startup(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case n := <-p.ups:
-			p.svc.replay(ctx, n)
+		case <-p.upSignal:
+			p.upsMu.Lock()
+			ups := p.ups
+			p.ups = nil
+			p.upsMu.Unlock()
+			for n := range ups {
+				p.svc.replay(ctx, n)
+			}
 		}
 	}
 }
@@ -253,15 +318,25 @@ func (p *Process) handleLine(line []byte) {
 		return
 	}
 	if len(line) > p.cfg.MaxLineBytes {
+		if n, ok := p.truncLog.Allow(); ok {
+			p.log.Warn("exabgp line longer than max_line_bytes spooled truncated", "neighbor", string(peerOf(line)),
+				"bytes", len(line), "max_line_bytes", p.cfg.MaxLineBytes, "suppressed_since_last", n)
+		}
 		line = line[:p.cfg.MaxLineBytes]
 		p.m.truncated.Inc()
 	}
 	payload := append([]byte(nil), line...)
 	rec := record.Record{Kind: record.KindExaBGP, Key: peerOf(payload), Time: time.Now(), Source: "exabgp", Payload: payload}
 	if n, ok := stateUpPeer(payload); ok {
+		p.upsMu.Lock()
+		if p.ups == nil {
+			p.ups = make(map[string]struct{})
+		}
+		p.ups[n] = struct{}{}
+		p.upsMu.Unlock()
 		select {
-		case p.ups <- n:
-		default:
+		case p.upSignal <- struct{}{}:
+		default: // a wake-up is already pending; it takes the whole set
 		}
 	}
 	select {
@@ -271,11 +346,29 @@ func (p *Process) handleLine(line []byte) {
 	}
 	if p.cfg.QueuePolicy == PolicyDrop {
 		p.m.queueDropped.Inc()
+		if n, ok := p.dropLog.Allow(); ok {
+			p.log.Warn("exabgp event dropped: queue full (queue_policy drop)", "neighbor", string(rec.Key),
+				"queue_lines", cap(p.queue), "suppressed_since_last", n)
+		}
 		return
 	}
+	// Blocked time is counted while it lasts, not only once the wait ends,
+	// so a reader stuck behind a stalled spool shows on the dashboard.
 	start := time.Now()
-	p.queue <- rec
-	p.m.readerBlocked.Add(time.Since(start).Seconds())
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	p.readerStalled.Store(true)
+	defer p.readerStalled.Store(false)
+	for {
+		select {
+		case p.queue <- rec:
+			p.m.readerBlocked.Add(time.Since(start).Seconds())
+			return
+		case now := <-tick.C:
+			p.m.readerBlocked.Add(now.Sub(start).Seconds())
+			start = now
+		}
+	}
 }
 
 // spool moves queued events into the spool in batches until the queue is
@@ -328,7 +421,7 @@ func (p *Process) spool(ctx context.Context) error {
 				break fill
 			}
 		}
-		p.m.queueDepth.Set(float64(len(p.queue)))
+		p.inFlight.Store(int64(len(batch)))
 		backoff := 50 * time.Millisecond
 		for {
 			_, err := sp.Append(ctx, batch...)
@@ -348,6 +441,7 @@ func (p *Process) spool(ctx context.Context) error {
 			backoff = min(backoff*2, 5*time.Second)
 		}
 		p.m.spooled.Add(float64(len(batch)))
+		p.inFlight.Store(0)
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -122,7 +124,10 @@ func TestProcessQueuePolicies(t *testing.T) {
 			cfg.QueuePolicy = policy
 			pr, pw := io.Pipe()
 			sp := &memSpool{gate: make(chan struct{})}
-			p, err := New(Options{Config: cfg, OpenSpool: func() (Spool, error) { return sp, nil }, In: pr, Out: io.Discard})
+			reg := prometheus.NewRegistry()
+			logs := &testenv.LogBuffer{}
+			p, err := New(Options{Config: cfg, OpenSpool: func() (Spool, error) { return sp, nil }, In: pr, Out: io.Discard,
+				Registerer: reg, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -148,12 +153,28 @@ func TestProcessQueuePolicies(t *testing.T) {
 				testenv.Eventually(t, 5*time.Second, "drops counted", func() bool {
 					return testutil.ToFloat64(p.m.queueDropped) >= float64(50-cfg.QueueLines-1)
 				})
+				if !strings.Contains(logs.String(), "queue full") || !strings.Contains(logs.String(), "neighbor=127.0.0.2") {
+					t.Errorf("drops not logged with their neighbor:\n%s", logs)
+				}
 			} else {
 				testenv.Eventually(t, 5*time.Second, "queue full", func() bool { return len(p.queue) == cfg.QueueLines })
 				select {
 				case <-wrote:
 					t.Fatal("writer finished although the queue is full: the reader did not block")
 				default:
+				}
+				// While the spool is stuck the gauges move: the queue plus
+				// the batch held in Append, and the reader's blocked time.
+				if got := gathered(t, reg, "bgpedge_exabgp_queue_lines"); got != float64(cfg.QueueLines+1) {
+					t.Errorf("queue_lines %v while stuck, want %d", got, cfg.QueueLines+1)
+				}
+				testenv.Eventually(t, 5*time.Second, "blocked time counted during the stall", func() bool {
+					return testutil.ToFloat64(p.m.readerBlocked) >= 1
+				})
+				// Acks are read by the blocked reader: a command now is
+				// refused at once rather than written and timed out.
+				if r := p.cmd.Do(context.Background(), "announce route 10.0.0.0/24 next-hop self"); r.result != ResultError || !strings.Contains(r.reason, "stalled") {
+					t.Errorf("command during the stall: %+v", r)
 				}
 			}
 			close(sp.gate)
@@ -166,6 +187,9 @@ func TestProcessQueuePolicies(t *testing.T) {
 			}
 			if sp.len() != want {
 				t.Fatalf("spooled %d, want %d", sp.len(), want)
+			}
+			if got := gathered(t, reg, "bgpedge_exabgp_queue_lines"); got != 0 {
+				t.Errorf("queue_lines %v after the drain", got)
 			}
 		})
 	}
@@ -208,11 +232,12 @@ func TestCommanderAckMatching(t *testing.T) {
 	m, _ := newMetrics(nil)
 	pr, pw := io.Pipe()
 	t.Cleanup(func() { pr.Close() })
-	c := newCommander(pw, 100*time.Millisecond, m, discard())
+	c := newCommander(pw, 300*time.Millisecond, m, discard())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go c.run(ctx)
 	lateAck := make(chan struct{})
+	slowTimedOut := make(chan struct{})
 	go func() { // a fake exaBGP: answers each command it reads, by its text
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
@@ -222,7 +247,8 @@ func TestCommanderAckMatching(t *testing.T) {
 			case strings.Contains(line, "bad"):
 				c.onAck(AckError)
 			case strings.Contains(line, "slow"):
-				time.AfterFunc(150*time.Millisecond, func() { c.onAck(AckDone); close(lateAck) })
+				// Answered once the command has timed out: inside its ghost period.
+				go func() { <-slowTimedOut; c.onAck(AckDone); close(lateAck) }()
 			}
 		}
 	}()
@@ -236,6 +262,9 @@ func TestCommanderAckMatching(t *testing.T) {
 	for _, tt := range tests {
 		if r := c.Do(ctx, tt.line); r.result != tt.want {
 			t.Errorf("%s: got %s (%s), want %s", tt.line, r.result, r.reason, tt.want)
+		}
+		if tt.line == "announce slow" {
+			close(slowTimedOut)
 		}
 	}
 	<-lateAck
@@ -282,4 +311,216 @@ func TestProcessDrainsOnShutdown(t *testing.T) {
 			t.Fatalf("record %d out of order", i)
 		}
 	}
+}
+
+// TestProcessJournalFaults: a journal of injected routes that cannot be used
+// costs route commands at most, never an event. One that does not decode is
+// set aside whole and replaced by an empty one; one that cannot be read turns
+// commands off for the run.
+func TestProcessJournalFaults(t *testing.T) {
+	for _, tc := range []struct {
+		reason   string
+		plant    func(t *testing.T, path string)
+		commands bool
+	}{
+		{"corrupt", func(t *testing.T, path string) {
+			if err := os.WriteFile(path, []byte(`{"version":1,"entries":[{"key":`), 0o640); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"unreadable", func(t *testing.T, path string) {
+			if err := os.Mkdir(path, 0o750); err != nil { // read fails even as root
+				t.Fatal(err)
+			}
+		}, false},
+	} {
+		t.Run(tc.reason, func(t *testing.T) {
+			cfg := testConfig(t)
+			cfg.Commands.Enabled = true
+			cfg.Commands.NATS.URL = "nats://127.0.0.1:1" // never dialled: Run below is without commands
+			tc.plant(t, cfg.JournalPath())
+			var in strings.Builder
+			for i := range 20 {
+				in.WriteString(event(i) + "\n")
+			}
+			sp := &memSpool{}
+			logs := &testenv.LogBuffer{}
+			p, err := New(Options{Config: cfg, OpenSpool: func() (Spool, error) { return sp, nil },
+				In: strings.NewReader(in.String()), Out: io.Discard, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+			if err != nil {
+				t.Fatalf("New must not fail on a bad journal: %v", err)
+			}
+			if p.commands != tc.commands {
+				t.Errorf("commands %v, want %v", p.commands, tc.commands)
+			}
+			if got := testutil.ToFloat64(p.m.journalFaults.WithLabelValues(tc.reason)); got != 1 {
+				t.Errorf("journal faults{%s} = %v, want 1", tc.reason, got)
+			}
+			if !strings.Contains(logs.String(), cfg.JournalPath()) {
+				t.Errorf("log does not name the journal:\n%s", logs)
+			}
+			p.commands = false // no NATS here; ingest is what is checked
+			if err := p.Run(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if sp.len() != 20 {
+				t.Fatalf("spooled %d events, want 20", sp.len())
+			}
+			if tc.reason != "corrupt" {
+				return
+			}
+			aside, _ := filepath.Glob(cfg.JournalPath() + ".corrupt-*")
+			if len(aside) != 1 {
+				t.Fatalf("set-aside copies: %v", aside)
+			}
+			if b, _ := os.ReadFile(aside[0]); !strings.HasPrefix(string(b), `{"version":1`) {
+				t.Errorf("set-aside copy holds %q", b)
+			}
+			if err := p.journal.Put(JournalEntry{Key: "k", Body: "announce route 10.0.0.0/24 next-hop self"}); err != nil {
+				t.Fatal(err)
+			}
+			if j, err := OpenJournal(cfg.JournalPath()); err != nil || j.Len() != 1 {
+				t.Fatalf("fresh journal: %v, %v", j, err)
+			}
+		})
+	}
+}
+
+// gathered is the value of the unlabelled metric name in reg.
+func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		m := mf.GetMetric()[0]
+		switch {
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue()
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("%s not registered", name)
+	return 0
+}
+
+// TestProcessReplaysEveryNeighborUp: each neighbor whose session comes up
+// gets the journaled routes, however many come up while replays are still
+// being answered; a "state up" with an address that is not one is ignored.
+func TestProcessReplaysEveryNeighborUp(t *testing.T) {
+	const neighbors = 150
+	cfg := testConfig(t)
+	j, err := OpenJournal(cfg.JournalPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.Put(JournalEntry{Key: "|route 100.100.1.0/24", Verb: VerbAnnounceRoute, Body: "announce route 100.100.1.0/24 next-hop self"}); err != nil {
+		t.Fatal(err)
+	}
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	p, err := New(Options{Config: cfg, OpenSpool: func() (Spool, error) { return &memSpool{}, nil }, In: inR, Out: outW})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Run(context.Background()) }()
+
+	// exaBGP: every command is answered, slowly enough that many sessions
+	// come up while replays are still running.
+	replayed := make(chan string, 2*neighbors)
+	go func() {
+		sc := bufio.NewScanner(outR)
+		for sc.Scan() {
+			replayed <- sc.Text()
+			time.Sleep(time.Millisecond)
+			if _, err := io.WriteString(inW, "done\n"); err != nil {
+				return
+			}
+		}
+	}()
+	if got := <-replayed; got != "announce route 100.100.1.0/24 next-hop self" {
+		t.Fatalf("start-up replay wrote %q", got)
+	}
+	up := func(addr string) string {
+		return `{ "exabgp": "4.0.1", "type": "state", "neighbor": { "address": { "local": "127.0.0.1", "peer": "` + addr + `" }, "asn": { "local": 1, "peer": 2 }, "state": "up" } }` + "\n"
+	}
+	if _, err := io.WriteString(inW, up("not-an-address announce route 0.0.0.0/0 next-hop self\\n")); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{}
+	for i := range neighbors {
+		addr := fmt.Sprintf("10.0.%d.%d", i/200, i%200+1)
+		want["neighbor "+addr+" announce route 100.100.1.0/24 next-hop self"] = true
+		if _, err := io.WriteString(inW, up(addr)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.After(30 * time.Second)
+	for len(want) > 0 {
+		select {
+		case line := <-replayed:
+			if !want[line] {
+				t.Fatalf("unexpected command %q", line)
+			}
+			delete(want, line)
+		case <-deadline:
+			t.Fatalf("%d neighbors never got their replay", len(want))
+		}
+	}
+	inW.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	outW.Close()
+}
+
+// TestProcessShutdownStuckWriter: exaBGP that stops reading our commands
+// cannot hold shutdown: the blocked writer is left behind after its grace.
+func TestProcessShutdownStuckWriter(t *testing.T) {
+	inR, inW := io.Pipe()
+	defer inW.Close()
+	_, outW := io.Pipe() // nobody reads: every write blocks
+	defer outW.Close()
+	out := &enteredWriter{w: outW, entered: make(chan struct{})}
+	p, err := New(Options{Config: testConfig(t), OpenSpool: func() (Spool, error) { return &memSpool{}, nil }, In: inR, Out: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.writerGrace = 200 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	res := make(chan cmdResult, 1)
+	go func() { res <- p.cmd.Do(ctx, "announce route 10.0.0.0/24 next-hop self") }()
+	<-out.entered // the writer is blocked in its write
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return: shutdown waits on a write exaBGP never reads")
+	}
+	if r := <-res; r.result != ResultTimeout {
+		t.Errorf("command %+v, want a timeout (outcome unknown)", r)
+	}
+}
+
+// enteredWriter closes entered when the first Write begins.
+type enteredWriter struct {
+	w       io.Writer
+	once    sync.Once
+	entered chan struct{}
+}
+
+func (e *enteredWriter) Write(b []byte) (int, error) {
+	e.once.Do(func() { close(e.entered) })
+	return e.w.Write(b)
 }
