@@ -16,6 +16,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -412,5 +413,100 @@ func TestTornLastCommitRolledBack(t *testing.T) {
 	first, err := s2.Append(context.Background(), all[0])
 	if err != nil || first <= 30 {
 		t.Fatalf("append after rollback: seq %d, %v (seqs up to 30 were handed out)", first, err)
+	}
+}
+
+// TestBrokenPageFoundByRead: a page header damaged after start-up makes
+// bbolt panic inside Read. The records before the damage are handed out, the
+// rest of that segment is skipped and counted once, and reading goes on in
+// the next segment instead of retrying the same panic forever.
+func TestBrokenPageFoundByRead(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, Options{Dir: dir, SegmentBytes: 64 << 10})
+	rng := rand.New(rand.NewPCG(17, 17))
+	var all []record.Record
+	for i := 0; i < 30; i++ {
+		recs := testRecords(rng, 10, 500)
+		if _, err := s.Append(context.Background(), recs...); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, recs...)
+	}
+	files, _ := listSegments(dir)
+	if len(files) < 2 {
+		t.Fatalf("want several segments, have %d", len(files))
+	}
+	b, err := os.ReadFile(files[0].path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The page that holds the second block (records 11..20): its type flags
+	// become invalid, which bbolt meets with a panic.
+	i := bytes.Index(b, all[10].Payload)
+	if i < 0 {
+		t.Fatal("payload not found")
+	}
+	page := i - i%os.Getpagesize()
+	writeAt(t, files[0].path, page+8, []byte{0xff, 0xff})
+	segEnd := files[1].first // the first segment holds [1, segEnd)
+
+	done := make(chan []record.Record, 1)
+	go func() { done <- readAll(t, s.Spool, 1) }()
+	var got []record.Record
+	select {
+	case got = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Read did not return: the same damage is retried forever")
+	}
+	want := len(all) - int(segEnd-11)
+	if len(got) != want {
+		t.Fatalf("read %d records, want %d (all but seqs 11..%d)", len(got), want, segEnd-1)
+	}
+	for _, r := range got {
+		if r.Seq >= 11 && r.Seq < segEnd {
+			t.Fatalf("seq %d of the damaged segment was returned", r.Seq)
+		}
+		if err := sameRecord(r, all[r.Seq-1]); err != nil {
+			t.Fatalf("seq %d: %v", r.Seq, err)
+		}
+	}
+	if d := testutil.ToFloat64(s.m.dropped.WithLabelValues(dropCorrupt)); d != float64(segEnd-11) {
+		t.Fatalf("dropped{corrupt} = %v, want %d: each lost record counted once", d, segEnd-11)
+	}
+	if n := strings.Count(s.logs.String(), "spool block unreadable"); n != 1 {
+		t.Fatalf("logged %d times, want once:\n%s", n, s.logs)
+	}
+	if st := s.Stats(); st.Records == 0 { // a scrape reads the oldest record: must return
+		t.Fatalf("stats: %+v", st)
+	}
+}
+
+// TestAckPersistFailureReported: a watermark that cannot be written keeps
+// acknowledged segments on disk, so the failure is counted, logged, and
+// returned by Close rather than passing unseen.
+func TestAckPersistFailureReported(t *testing.T) {
+	s := openTest(t, Options{})
+	rng := rand.New(rand.NewPCG(5, 5))
+	if _, err := s.Append(context.Background(), testRecords(rng, 10, 100)...); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AckThrough(10); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	active := s.segs[len(s.segs)-1]
+	s.mu.Unlock()
+	if err := active.db.Close(); err != nil { // the file can no longer be written
+		t.Fatal(err)
+	}
+	err := s.Close()
+	if err == nil || !strings.Contains(err.Error(), "persist ack watermark") {
+		t.Fatalf("Close: %v, want the failed watermark write", err)
+	}
+	if n := testutil.ToFloat64(s.m.ackPersistErrors); n < 1 {
+		t.Fatalf("ack persist errors %v", n)
+	}
+	if !strings.Contains(s.logs.String(), "could not persist the ack watermark") {
+		t.Fatalf("not logged:\n%s", s.logs)
 	}
 }

@@ -15,15 +15,16 @@ const (
 )
 
 type metrics struct {
-	appendDuration prometheus.Histogram
-	commitDuration prometheus.Histogram
-	syncDuration   prometheus.Histogram
-	batchRecords   prometheus.Histogram
-	appended       prometheus.Counter
-	dropped        *prometheus.CounterVec
-	quarantined    prometheus.Counter
-	commitErrors   *prometheus.CounterVec
-	blocked        prometheus.Counter
+	appendDuration   prometheus.Histogram
+	commitDuration   prometheus.Histogram
+	syncDuration     prometheus.Histogram
+	batchRecords     prometheus.Histogram
+	appended         prometheus.Counter
+	dropped          *prometheus.CounterVec
+	quarantined      prometheus.Counter
+	commitErrors     *prometheus.CounterVec
+	ackPersistErrors prometheus.Counter
+	blocked          prometheus.Counter
 
 	registered []prometheus.Collector
 }
@@ -66,6 +67,10 @@ func newMetrics() *metrics {
 			Name: "bgpedge_buffer_commit_errors_total",
 			Help: "Group commits that failed, by reason (full: disk full or file size limit; io: anything else).",
 		}, []string{"reason"}),
+		ackPersistErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bgpedge_buffer_ack_persist_errors_total",
+			Help: "Failed writes of the ack watermark; acknowledged segments stay on disk until one succeeds.",
+		}),
 		blocked: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgpedge_buffer_append_blocked_total",
 			Help: "Append calls that had to wait for capacity (policy block).",
@@ -84,7 +89,7 @@ func newMetrics() *metrics {
 // computed at scrape time from the spool's state.
 func (m *metrics) collectors(s *Spool) []prometheus.Collector {
 	return []prometheus.Collector{
-		m.appendDuration, m.commitDuration, m.syncDuration, m.batchRecords, m.appended, m.dropped, m.quarantined, m.commitErrors, m.blocked,
+		m.appendDuration, m.commitDuration, m.syncDuration, m.batchRecords, m.appended, m.dropped, m.quarantined, m.commitErrors, m.ackPersistErrors, m.blocked,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "bgpedge_buffer_records",
 			Help: "Unacknowledged records in the spool.",

@@ -18,6 +18,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/bgpedge/bgpedge/internal/lograte"
 	"github.com/bgpedge/bgpedge/record"
 )
 
@@ -74,6 +75,8 @@ type Spool struct {
 	persisted uint64 // acked watermark known to be durable
 	failing   bool   // last commit failed; log the recovery once
 	timer     *time.Timer
+	ackLog    lograte.Limiter
+	stopErr   error // the final watermark persist; read by Close after writerDone
 
 	mu      sync.Mutex
 	segs    []*segment // in seq order; the last one is the active segment
@@ -369,7 +372,7 @@ func (s *Spool) writer() {
 			s.mu.Lock()
 			acked := s.acked
 			s.mu.Unlock()
-			s.persistAcked(acked)
+			s.stopErr = s.persistAcked(acked)
 			return
 		}
 	}
@@ -589,7 +592,7 @@ func (s *Spool) maintain(tick bool) {
 		deletable = true
 	}
 	if deletable || tick {
-		s.persistAcked(acked)
+		_ = s.persistAcked(acked) // counted and logged; retried at the next maintain
 	}
 	s.deleteAcked()
 	if s.opts.Policy == PolicyDropOldest && s.opts.MaxBytes > 0 {
@@ -604,9 +607,9 @@ func (s *Spool) maintain(tick bool) {
 // persistAcked makes the watermark durable in the active segment. Deleting
 // a segment waits for this, so an acknowledged and deleted segment can never
 // come back as unacknowledged, even if its unlink is lost to a power cut.
-func (s *Spool) persistAcked(acked uint64) {
+func (s *Spool) persistAcked(acked uint64) error {
 	if acked <= s.persisted {
-		return
+		return nil
 	}
 	s.mu.Lock()
 	seg := s.segs[len(s.segs)-1]
@@ -618,10 +621,16 @@ func (s *Spool) persistAcked(acked uint64) {
 		err = seg.db.Sync()
 	}
 	if err != nil {
-		s.log.Debug("spool could not persist ack watermark", "err", err)
-		return
+		// Acknowledged segments stay on disk until this succeeds.
+		s.m.ackPersistErrors.Inc()
+		if n, ok := s.ackLog.Allow(); ok {
+			s.log.Warn("spool could not persist the ack watermark; acknowledged segments are kept until it can",
+				"acked_through", acked, "err", err, "suppressed_since_last", n)
+		}
+		return fmt.Errorf("buffer: persist ack watermark: %w", err)
 	}
 	s.persisted = acked
+	return nil
 }
 
 func (s *Spool) deleteAcked() {
@@ -916,8 +925,7 @@ func (s *Spool) readAvailable(from uint64, maxRecords int) ([]record.Record, err
 			continue // segment deleted or closed under us: look again
 		}
 		var cerr *corruptRangeError
-		if errors.As(err, &cerr) {
-			s.skipCorrupt(seg, cerr)
+		if errors.As(err, &cerr) && s.skipCorrupt(seg, cerr) {
 			continue
 		}
 		return nil, fmt.Errorf("buffer: read %d: %w", from, err)
@@ -926,13 +934,26 @@ func (s *Spool) readAvailable(from uint64, maxRecords int) ([]record.Record, err
 
 // skipCorrupt handles unreadable data found after start-up: the range is
 // counted as dropped, logged, and skipped from now on. The file itself is
-// quarantined at the next start, when verification fails.
-func (s *Spool) skipCorrupt(seg *segment, cerr *corruptRangeError) {
+// quarantined at the next start, when verification fails. It reports
+// whether the range was new: a range already skipped that is met again would
+// make the reader loop, so it is an error instead.
+func (s *Spool) skipCorrupt(seg *segment, cerr *corruptRangeError) bool {
 	s.mu.Lock()
+	for _, b := range s.bad {
+		if cerr.lo >= b.lo && cerr.hi-1 <= b.hi {
+			s.mu.Unlock()
+			return false
+		}
+	}
 	lo := max(cerr.lo, s.acked+1)
 	var lost uint64
 	if cerr.hi > lo {
 		lost = cerr.hi - lo
+		for _, b := range s.bad { // skipped before: counted then
+			if olo, ohi := max(lo, b.lo), min(cerr.hi-1, b.hi); olo <= ohi {
+				lost -= ohi - olo + 1
+			}
+		}
 		s.pending = insertRange(s.pending, seqRange{lo, cerr.hi - 1})
 	}
 	s.bad = insertRange(s.bad, seqRange{cerr.lo, cerr.hi - 1})
@@ -941,6 +962,7 @@ func (s *Spool) skipCorrupt(seg *segment, cerr *corruptRangeError) {
 	s.m.dropped.WithLabelValues(dropCorrupt).Add(float64(lost))
 	s.log.Error("spool block unreadable; its records are skipped", "segment", filepath.Base(seg.path),
 		"first_seq", cerr.lo, "last_seq", cerr.hi-1, "unacknowledged", lost, "err", cerr.err)
+	return true
 }
 
 func (s *Spool) readSegment(seg *segment, from, end uint64, maxRecords int) ([]record.Record, error) {
@@ -1010,6 +1032,11 @@ func (s *Spool) readSegment(seg *segment, from, end uint64, maxRecords int) ([]r
 	})
 	if err != nil {
 		if errors.Is(err, errPanic) {
+			if len(out) > 0 {
+				// Hand out what was read before the damage; the next read
+				// starts there and finds it.
+				return out, nil
+			}
 			// The page structure itself is broken: skip the rest of the segment.
 			return nil, &corruptRangeError{lo: from, hi: end, err: err}
 		}
@@ -1082,7 +1109,7 @@ func (s *Spool) Close() error {
 		s.mu.Lock()
 		s.closed = true
 		s.mu.Unlock()
-		s.closeErr = s.closeFiles()
+		s.closeErr = errors.Join(s.stopErr, s.closeFiles())
 		if s.opts.Registerer != nil {
 			s.m.unregister(s.opts.Registerer)
 		}

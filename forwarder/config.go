@@ -236,8 +236,8 @@ func (c Config) Validate() error {
 	if k.FlushBytes < 0 || k.FlushMessages < 0 || k.FlushFrequency < 0 {
 		bad("kafka.flush_bytes", "flush settings must not be negative")
 	}
-	if k.MaxMessageBytes < 1024 {
-		bad("kafka.max_message_bytes", "must be at least 1024")
+	if k.MaxMessageBytes < minMessageBytes {
+		bad("kafka.max_message_bytes", "must be at least %d (a dead letter carries up to 1 KiB of key and %d bytes of headers)", minMessageBytes, messageOverhead)
 	}
 	if k.Producers < 1 || k.Producers > 16 {
 		bad("kafka.producers", "must be between 1 and 16")

@@ -409,8 +409,11 @@ func (f *Forwarder) encode(rec record.Record, out []*Outgoing) []*Outgoing {
 			// Brokers reject it for ever (message.max.bytes, NATS
 			// max_payload): retrying would block the queue.
 			out = out[:start]
-			return append(out, f.deadLetter(rec, fmt.Errorf("%w: a %s message of %d bytes (forwarder.kafka.max_message_bytes %d)",
-				ErrTooLarge, m.Stream, size, f.cfg.Kafka.MaxMessageBytes)))
+			if dl := f.deadLetter(rec, fmt.Errorf("%w: a %s message of %d bytes (forwarder.kafka.max_message_bytes %d)",
+				ErrTooLarge, m.Stream, size, f.cfg.Kafka.MaxMessageBytes)); dl != nil {
+				out = append(out, dl)
+			}
+			return out
 		}
 	}
 	if !uniqueIndexes(msgs) {
@@ -453,7 +456,15 @@ var ErrTooLarge = errors.New("output message too large")
 
 // maxValue is the largest key+value sent, leaving room for headers and
 // the record framing within kafka.max_message_bytes.
-func (f *Forwarder) maxValue() int { return f.cfg.Kafka.MaxMessageBytes - 2048 }
+func (f *Forwarder) maxValue() int { return f.cfg.Kafka.MaxMessageBytes - messageOverhead }
+
+// messageOverhead is what headers and framing may take of a message;
+// minMessageBytes leaves a dead letter room for its key (up to 1 KiB) and
+// some payload.
+const (
+	messageOverhead = 2048
+	minMessageBytes = 16 << 10
+)
 
 // deadLetter makes the dlq message for a record that cannot be forwarded,
 // or returns nil (counted, logged) when the dlq is disabled. The raw payload

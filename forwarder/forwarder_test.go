@@ -151,35 +151,52 @@ func TestForwarderDeadLetter(t *testing.T) {
 		}
 		return Raw{}.Encode(rec, emit)
 	})
+	oversize := append([]byte("poison"), make([]byte, 20000)...)
 	for _, tt := range []struct {
-		name   string
-		enc    Encoder
-		poison record.Kind
-		panics float64
+		name    string
+		enc     Encoder
+		poison  record.Kind
+		payload []byte
+		dlq     bool
+		panics  float64
 	}{
-		{"unknown kind", Raw{}, record.Kind(99), 0},
-		{"encoder panic", panicky, record.KindBMP, 1},
+		{"unknown kind", Raw{}, record.Kind(99), []byte("poison"), true, 0},
+		{"encoder panic", panicky, record.KindBMP, []byte("poison"), true, 1},
+		{"oversize", Raw{}, record.KindBMP, oversize, true, 0},
+		// With the dlq disabled the record is dropped (counted), and the
+		// records after it still flow.
+		{"unknown kind, dlq disabled", Raw{}, record.Kind(99), []byte("poison"), false, 0},
+		{"encoder panic, dlq disabled", panicky, record.KindBMP, []byte("poison"), false, 1},
+		{"oversize, dlq disabled", Raw{}, record.KindBMP, oversize, false, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			src := newMemSource()
 			sink := newFakeSink(SinkKafka)
-			f, err := newForwarder(unitConfig(), src, tt.enc, sink, nil, nil, prometheus.NewRegistry())
+			cfg := unitConfig()
+			cfg.DLQ.Enabled = tt.dlq
+			cfg.Kafka.MaxMessageBytes = 16 << 10
+			f, err := newForwarder(cfg, src, tt.enc, sink, nil, nil, prometheus.NewRegistry())
 			if err != nil {
 				t.Fatal(err)
 			}
 			src.Append(bmpRecord("192.0.2.1", 40))
-			src.Append(record.Record{Kind: tt.poison, Key: []byte("x"), Payload: []byte("poison")})
+			src.Append(record.Record{Kind: tt.poison, Key: []byte("x"), Payload: tt.payload})
 			src.Append(bmpRecord("192.0.2.1", 40))
 			startForwarder(t, f)
 			testenv.Eventually(t, 10*time.Second, "spool acked through 3", func() bool { return src.Acked() == 3 })
 			got := sink.ids()
-			for _, id := range []string{"a1:1", "a1:2", "a1:3"} {
-				if got[id] != 1 {
-					t.Errorf("id %s delivered %d times, want 1", id, got[id])
+			want := map[string]int{"a1:1": 1, "a1:2": 1, "a1:3": 1}
+			outcome := "sent"
+			if !tt.dlq {
+				want["a1:2"], outcome = 0, "dropped"
+			}
+			for id, n := range want {
+				if got[id] != n {
+					t.Errorf("id %s delivered %d times, want %d", id, got[id], n)
 				}
 			}
-			if v := testutil.ToFloat64(f.m.deadLetters.WithLabelValues("sent")); v != 1 {
-				t.Errorf("dead letters sent = %v, want 1", v)
+			if v := testutil.ToFloat64(f.m.deadLetters.WithLabelValues(outcome)); v != 1 {
+				t.Errorf("dead letters %s = %v, want 1", outcome, v)
 			}
 			if v := testutil.ToFloat64(f.m.panics); v != tt.panics {
 				t.Errorf("encoder panics = %v, want %v", v, tt.panics)
@@ -253,6 +270,7 @@ func TestConfigValidate(t *testing.T) {
 		{"version", func(c *Config) { c.Kafka.Version = "x" }, "forwarder.kafka.version"},
 		{"no producers", func(c *Config) { c.Kafka.Producers = 0 }, "forwarder.kafka.producers"},
 		{"too many producers", func(c *Config) { c.Kafka.Producers = 17 }, "forwarder.kafka.producers"},
+		{"message limit below a dead letter", func(c *Config) { c.Kafka.MaxMessageBytes = 4096 }, "forwarder.kafka.max_message_bytes: must be at least 16384"},
 		{"one producer", func(c *Config) { c.Kafka.Producers = 1 }, ""},
 	}
 	for _, tt := range tests {
@@ -453,12 +471,12 @@ func headerValue2(hs []Header, key string) string {
 // cut to the size limit, instead of blocking the queue.
 func TestOversizeRecordIsDeadLettered(t *testing.T) {
 	cfg := unitConfig()
-	cfg.Kafka.MaxMessageBytes = 10000
+	cfg.Kafka.MaxMessageBytes = 16 << 10
 	f, err := newForwarder(cfg, newMemSource(), Raw{}, newFakeSink(SinkKafka), nil, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := bmpRecord("192.0.2.1", 20000)
+	rec := bmpRecord("192.0.2.1", 40000)
 	rec.Seq = 4
 	out := f.encode(rec, nil)
 	if len(out) != 1 || out[0].Stream != StreamDLQ || out[0].ID != "a1:4" {
