@@ -23,6 +23,12 @@ type Config struct {
 	// MaxSessions bounds concurrent router sessions; further connections are
 	// refused (closed right after accept) and counted.
 	MaxSessions int `mapstructure:"max_sessions"`
+	// MaxPeers bounds the peers one session may have up at once (each Peer
+	// Up of a new peer, per peer type, distinguisher and address). A session
+	// that goes beyond it is closed after spooling what it sent, so a router
+	// or client flooding Peer Ups cannot grow the session's memory and its
+	// journal without bound.
+	MaxPeers int `mapstructure:"max_peers"`
 	// MaxMessageBytes is the largest BMP message accepted; a longer length
 	// field closes the session as a framing error.
 	MaxMessageBytes int `mapstructure:"max_message_bytes"`
@@ -81,6 +87,7 @@ func DefaultConfig() Config {
 	return Config{
 		Listen:            ":11019",
 		MaxSessions:       1000,
+		MaxPeers:          16384,
 		MaxMessageBytes:   DefaultMaxMessageBytes,
 		ReadBufferBytes:   256 << 10,
 		BufferBudgetBytes: 32 << 20,
@@ -108,6 +115,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxSessions < 1 || c.MaxSessions > maxSessions {
 		bad("max_sessions", "must be between 1 and %d", maxSessions)
+	}
+	if c.MaxPeers < 1 || c.MaxPeers > 1<<20 {
+		bad("max_peers", "must be between 1 and %d", 1<<20)
 	}
 	if c.MaxMessageBytes < HeaderLen || c.MaxMessageBytes > MaxMessageBytesLimit {
 		bad("max_message_bytes", "must be between %d and %d", HeaderLen, MaxMessageBytesLimit)

@@ -181,6 +181,39 @@ func TestMaxSessions(t *testing.T) {
 	testenv.Eventually(t, 5*time.Second, "new session spooling", func() bool { return st.spool.len() == 1 })
 }
 
+// TestMaxPeers: a session with more peers up at once than max_peers is
+// closed after what it sent is spooled, and every peer it had up gets its
+// synthetic peer-down; peers that went down do not count.
+func TestMaxPeers(t *testing.T) {
+	sp := &memSpool{}
+	st := startStation(t, sp, func(c *Config) { c.MaxPeers = 3 })
+	c := dialFrom(t, st.addr, "")
+	var stream []byte
+	for _, m := range [][]byte{initiation(), peerUp(1), peerUp(2), peerUp(3), peerDown(2), peerUp(4), peerUp(3), peerUp(5)} {
+		stream = append(stream, m...)
+	}
+	if _, err := c.Write(stream); err != nil {
+		t.Fatal(err)
+	}
+	awaitStationClose(t, c)
+	testenv.Eventually(t, 5*time.Second, "session closed", func() bool {
+		return st.metric(t, "bgpedge_bmp_sessions_closed_total", "reason", CloseTooManyPeers) == 1
+	})
+	recs := sp.snapshot()
+	var spooled, synthetic int
+	for _, r := range recs {
+		switch r.Kind {
+		case record.KindBMP:
+			spooled++
+		case record.KindBMPSyntheticPeerDown:
+			synthetic++
+		}
+	}
+	if spooled != 8 || synthetic != 4 { // peers 1, 3, 4 and 5 were up
+		t.Fatalf("spooled %d messages and %d synthetic peer-downs, want 8 and 4", spooled, synthetic)
+	}
+}
+
 // TestIdleTimeout closes a session that goes silent when idle_timeout is set.
 func TestIdleTimeout(t *testing.T) {
 	st := startStation(t, &memSpool{}, func(c *Config) { c.IdleTimeout = 300 * time.Millisecond })

@@ -15,6 +15,7 @@ const (
 	CloseSpoolFailed       = "spool-failed"       // appending gave up at the shutdown deadline
 	ClosePartialTimeout    = "partial-timeout"    // a message not whole within partial_timeout of its first byte
 	CloseBufferBudget      = "buffer-budget"      // no read-buffer budget to hold a message within 2×partial_timeout
+	CloseTooManyPeers      = "too-many-peers"     // more peers up at once than max_peers
 )
 
 // Refusal reasons of bgpedge_bmp_sessions_refused_total.
@@ -68,7 +69,7 @@ func newMetrics(reg prometheus.Registerer, b *bufferBudget) (*metrics, error) {
 		}, []string{"reason"}),
 		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bgpedge_bmp_sessions_closed_total",
-			Help: "BMP sessions ended, by reason.",
+			Help: "BMP sessions ended, by reason (eof, read-error, initiation-timeout, idle-timeout, shutdown, spool-failed, partial-timeout, buffer-budget, too-many-peers, or a framing reason: bad-version, short-length, long-length, truncated).",
 		}, []string{"reason"}),
 		framingErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bgpedge_bmp_framing_errors_total",
@@ -133,7 +134,7 @@ func newMetrics(reg prometheus.Registerer, b *bufferBudget) (*metrics, error) {
 		m.framingErrors.WithLabelValues(r)
 		m.closed.WithLabelValues(r)
 	}
-	for _, r := range []string{CloseEOF, CloseReadError, CloseInitiationTimeout, CloseIdleTimeout, CloseShutdown, CloseSpoolFailed, ClosePartialTimeout, CloseBufferBudget} {
+	for _, r := range []string{CloseEOF, CloseReadError, CloseInitiationTimeout, CloseIdleTimeout, CloseShutdown, CloseSpoolFailed, ClosePartialTimeout, CloseBufferBudget, CloseTooManyPeers} {
 		m.closed.WithLabelValues(r)
 	}
 	if reg == nil {

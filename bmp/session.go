@@ -151,6 +151,9 @@ func (s *session) read() (reason, detail string) {
 		if !s.flush() {
 			return CloseSpoolFailed, "shutdown deadline passed before the spool accepted a batch"
 		}
+		if len(s.peers) > l.cfg.MaxPeers {
+			return CloseTooManyPeers, fmt.Sprintf("%d peers up at once, more than max_peers %d", len(s.peers), l.cfg.MaxPeers)
+		}
 	}
 }
 
