@@ -73,13 +73,17 @@ func TestAppendReadAckReopen(t *testing.T) {
 	}
 
 	half := uint64(len(want) / 2)
+	before := s.counts().Segments
+	if before < 3 {
+		t.Fatalf("only %d segments; the test needs several", before)
+	}
 	if err := s.AckThrough(half); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.AckThrough(uint64(len(want)) + 1); !errors.Is(err, ErrUnknownSeq) {
 		t.Fatalf("ack beyond end: %v", err)
 	}
-	testenvEventually(t, "acked segments deleted", func() bool { return s.counts().Segments < 3 || s.FirstUnacked() > half })
+	testenvEventually(t, "acked segments deleted", func() bool { return s.counts().Segments < before })
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -32,11 +32,12 @@ type BridgeOptions struct {
 // Bridge moves what the forwarder wrote to JetStream into Kafka, with the same
 // ids and headers, acknowledging JetStream only after Kafka acknowledged.
 type Bridge struct {
-	opts   BridgeOptions
-	logger *slog.Logger
-	moved  prometheus.Counter
-	errs   prometheus.Counter
-	count  atomic.Uint64
+	opts    BridgeOptions
+	logger  *slog.Logger
+	moved   prometheus.Counter
+	errs    prometheus.Counter
+	skipped prometheus.Counter
+	count   atomic.Uint64
 }
 
 // NewBridge checks opts; it connects nothing until Run.
@@ -67,9 +68,13 @@ func NewBridge(opts BridgeOptions) (*Bridge, error) {
 			Name: "bgpedge_bridge_errors_total",
 			Help: "Bridge sessions that ended on a Kafka or NATS error.",
 		}),
+		skipped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bgpedge_bridge_skipped_messages_total",
+			Help: "JetStream messages not bridgeable (subject or headers not bgpedge's), terminated and left in the stream for an operator.",
+		}),
 	}
 	if opts.Registerer != nil {
-		for _, c := range []prometheus.Collector{b.moved, b.errs} {
+		for _, c := range []prometheus.Collector{b.moved, b.errs, b.skipped} {
 			if err := opts.Registerer.Register(c); err != nil {
 				return nil, fmt.Errorf("bridge metrics: %w", err)
 			}
@@ -192,6 +197,7 @@ func (b *Bridge) session(ctx context.Context) (progressed bool, err error) {
 			out, err := b.outgoing(msg)
 			if err != nil {
 				// Not ours (or damaged): leave it to an operator, never loop on it.
+				b.skipped.Inc()
 				b.logger.Warn("jetstream message not bridgeable, terminated", "subject", msg.Subject(), "err", err)
 				_ = msg.Term()
 				continue

@@ -334,7 +334,10 @@ func (f *Forwarder) session(ctx context.Context, sink Sink, stop <-chan struct{}
 	commit()
 
 	res := sessionResult{delivered: delivered.Load(), err: tr.failure(), failedAt: tr.failedSince()}
-	if res.err != nil {
+	// A write cut short because the session was ended on purpose (shutdown,
+	// or failback from NATS) is not the sink's failure.
+	deliberate := ctx.Err() != nil || closed(stop)
+	if res.err != nil && !(deliberate && errors.Is(res.err, context.Canceled)) {
 		f.m.errors.WithLabelValues(name, "write").Inc()
 	}
 	if ackErr != nil {
@@ -344,6 +347,16 @@ func (f *Forwarder) session(ctx context.Context, sink Sink, stop <-chan struct{}
 		return res, readErr
 	}
 	return res, nil
+}
+
+// closed reports whether ch is closed; a nil ch never is.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // pump reads, encodes and writes until ctx ends or the session fails.

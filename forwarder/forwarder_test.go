@@ -493,3 +493,39 @@ func TestOversizeRecordIsDeadLettered(t *testing.T) {
 		t.Errorf("small record: %+v", out)
 	}
 }
+
+// stallingSink is a connected sink whose writes wait for the session's
+// context and then fail their messages with its error, as the Kafka and
+// NATS sinks do at shutdown.
+type stallingSink struct {
+	*fakeSink
+	entered chan struct{}
+	once    sync.Once
+}
+
+func (s *stallingSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc) error {
+	s.once.Do(func() { close(s.entered) })
+	<-ctx.Done()
+	for _, m := range batch {
+		ack(m, ctx.Err())
+	}
+	return ctx.Err()
+}
+
+// TestShutdownIsNotAWriteError: a write cut short by shutdown is not
+// counted as a sink failure.
+func TestShutdownIsNotAWriteError(t *testing.T) {
+	src := newMemSource()
+	sink := &stallingSink{fakeSink: newFakeSink(SinkKafka), entered: make(chan struct{})}
+	f, err := newForwarder(unitConfig(), src, Raw{}, sink, nil, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.Append(bmpRecord("192.0.2.1", 40))
+	stop := startForwarder(t, f)
+	<-sink.entered
+	stop()
+	if v := testutil.ToFloat64(f.m.errors.WithLabelValues(SinkKafka, "write")); v != 0 {
+		t.Fatalf("sink_errors{write} = %v after a clean shutdown, want 0", v)
+	}
+}

@@ -188,6 +188,9 @@ func tailKafka(ctx context.Context, o TailOptions, p *tailPrinter) error {
 		start = sarama.OffsetOldest
 	}
 	errs := make(chan error, len(parts))
+	// One partition failing ends the whole tail, with its error.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var wg sync.WaitGroup
 	for _, part := range parts {
 		pc, err := consumer.ConsumePartition(o.Topic, part, start)
@@ -205,6 +208,7 @@ func tailKafka(ctx context.Context, o TailOptions, p *tailPrinter) error {
 				case e := <-pc.Errors():
 					if e != nil {
 						errs <- e
+						cancel()
 						return
 					}
 				case m := <-pc.Messages():
@@ -215,6 +219,7 @@ func tailKafka(ctx context.Context, o TailOptions, p *tailPrinter) error {
 					tm.ID = tm.Headers[HeaderID]
 					if err := p.print(tm, m.Value); err != nil {
 						errs <- err
+						cancel()
 						return
 					}
 				}
