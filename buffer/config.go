@@ -153,6 +153,10 @@ type Options struct {
 	ReadOnly   bool
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+
+	// openSegment replaces the segment opener in tests, to inject errors
+	// that root (which runs the tests) cannot provoke, like EACCES.
+	openSegment func(segFile, bool) (*segment, segmentInfo, error)
 }
 
 func (o Options) withDefaults() (Options, error) {

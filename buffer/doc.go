@@ -54,6 +54,8 @@
 // Faults. At Open every segment is verified completely (bbolt structure,
 // block sequence, every CRC; bbolt panics and memory faults are recovered).
 // A segment that fails is renamed to *.quarantined, logged and counted, and
-// its seqs are never handed out again. A block found damaged later by Read is
+// its seqs are never handed out again. One that cannot be opened for a
+// reason outside its contents (permission, out of memory or descriptors)
+// fails Open instead, so a fixable condition never costs records. A block found damaged later by Read is
 // skipped, counted as dropped (reason corrupt) and logged.
 package buffer

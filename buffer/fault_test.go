@@ -9,10 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io/fs"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -508,5 +511,51 @@ func TestAckPersistFailureReported(t *testing.T) {
 	}
 	if !strings.Contains(s.logs.String(), "could not persist the ack watermark") {
 		t.Fatalf("not logged:\n%s", s.logs)
+	}
+}
+
+// TestSegmentOpenErrorNotDamage: a segment that cannot be opened for a
+// reason outside its contents (permissions, no memory) makes Open fail,
+// naming it, instead of being rolled back or set aside; once the cause is
+// gone every record is there.
+func TestSegmentOpenErrorNotDamage(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, Options{Dir: dir, SegmentBytes: 64 << 10})
+	rng := rand.New(rand.NewPCG(9, 9))
+	var all []record.Record
+	for i := 0; i < 20; i++ {
+		recs := testRecords(rng, 10, 500)
+		if _, err := s.Append(context.Background(), recs...); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, recs...)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := listSegments(dir)
+	for _, errno := range []syscall.Errno{syscall.EACCES, syscall.ENOMEM} {
+		for _, victim := range []segFile{files[0], files[len(files)-1]} {
+			_, err := Open(Options{Dir: dir, Logger: slog.New(slog.DiscardHandler), openSegment: func(f segFile, ro bool) (*segment, segmentInfo, error) {
+				if f.path == victim.path {
+					return nil, segmentInfo{}, fmt.Errorf("open: %w", &fs.PathError{Op: "open", Path: f.path, Err: errno})
+				}
+				return openSegment(f, ro)
+			}})
+			if err == nil || !errors.Is(err, errno) || !strings.Contains(err.Error(), filepath.Base(victim.path)) {
+				t.Fatalf("%v on %s: Open = %v, want that error naming the file", errno, filepath.Base(victim.path), err)
+			}
+			if after, _ := listSegments(dir); len(after) != len(files) {
+				t.Fatalf("%v: %d segments left of %d: one was set aside", errno, len(after), len(files))
+			}
+		}
+	}
+	s2 := openTest(t, Options{Dir: dir})
+	got := readAll(t, s2.Spool, 1)
+	if len(got) != len(all) {
+		t.Fatalf("read %d records after the cause went away, want %d", len(got), len(all))
+	}
+	if q := testutil.ToFloat64(s2.m.quarantined); q != 0 {
+		t.Fatalf("quarantined %v", q)
 	}
 }

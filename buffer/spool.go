@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -180,14 +181,24 @@ func (s *Spool) load() error {
 			s.quarantine(f.path, fmt.Errorf("starts at seq %d inside the previous segment (ends before %d): %w", f.first, lastEnd, ErrCorrupt))
 			continue
 		}
-		seg, info, err := openSegment(f, s.opts.ReadOnly)
+		open := openSegment
+		if s.opts.openSegment != nil {
+			open = s.opts.openSegment
+		}
+		seg, info, err := open(f, s.opts.ReadOnly)
+		if err != nil && transientOpenError(err) {
+			// Not damage: the file is fine but cannot be opened now. Rolling
+			// back or setting it aside would abandon good records; failing
+			// Open lets the caller retry once the cause is fixed.
+			return fmt.Errorf("buffer: open segment %s: %w", f.path, err)
+		}
 		rolledBack := false
 		if err != nil && !errors.Is(err, bolterrors.ErrTimeout) && !s.opts.ReadOnly && i == len(files)-1 {
 			// The newest segment may end in a commit a power cut interrupted.
 			if rerr := rollbackLastCommit(f); rerr == nil {
 				s.log.Warn("spool rolled back the interrupted last commit of its newest segment", "segment", filepath.Base(f.path), "err", err)
 				rolledBack = true
-				seg, info, err = openSegment(f, false)
+				seg, info, err = open(f, false)
 			}
 		}
 		if err != nil {
@@ -873,6 +884,14 @@ func (s *Spool) Read(ctx context.Context, from uint64, maxRecords int) ([]record
 			return nil, ErrClosed
 		}
 	}
+}
+
+// transientOpenError reports whether a segment failed to open for a reason
+// outside the file's contents: permissions, or the process being out of
+// memory or file descriptors.
+func transientOpenError(err error) bool {
+	return errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.ENOMEM) ||
+		errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
 }
 
 // corruptRangeError reports an unreadable block, seqs [lo, hi).
