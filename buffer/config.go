@@ -157,6 +157,9 @@ type Options struct {
 	// openSegment replaces the segment opener in tests, to inject errors
 	// that root (which runs the tests) cannot provoke, like EACCES.
 	openSegment func(segFile, bool) (*segment, segmentInfo, error)
+	// syncHook, in tests, runs before each commit's fdatasync; an error
+	// stands for a failed fdatasync.
+	syncHook func() error
 }
 
 func (o Options) withDefaults() (Options, error) {

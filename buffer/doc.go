@@ -23,7 +23,10 @@
 // (block CRCs) in the newest segment and rolls back to the previous commit,
 // which was complete; the rolled-back commit was never acknowledged. Seqs are
 // assigned at commit, so a failed commit (disk full: ErrFull) leaves no trace
-// and consumes no seq. The active segment is rotated once it reaches
+// and consumes no seq. A failed fdatasync is different: the commit is in the
+// file with unknown durability, Append returns the error, the retry stores
+// the records again under new seqs (at least once), and the next commit
+// starts a new segment so the doubtful one stays the last of its segment. The active segment is rotated once it reaches
 // SegmentBytes, or before it would hold more seqs than its file has bytes
 // (see Reclaiming); a new segment is built under a temporary name and renamed
 // into place. Read hands out only what a returned commit made durable: a

@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -557,5 +558,54 @@ func TestSegmentOpenErrorNotDamage(t *testing.T) {
 	}
 	if q := testutil.ToFloat64(s2.m.quarantined); q != 0 {
 		t.Fatalf("quarantined %v", q)
+	}
+}
+
+// TestFailedSyncStartsNewSegment: an Append whose fdatasync fails returns
+// the error; its records may or may not survive, so the retry stores them
+// again (at least once), and the next commit goes to a new segment, keeping
+// the doubtful commit the last of its own.
+func TestFailedSyncStartsNewSegment(t *testing.T) {
+	var failNext atomic.Bool
+	dir := t.TempDir()
+	s := openTest(t, Options{Dir: dir, syncHook: func() error {
+		if failNext.CompareAndSwap(true, false) {
+			return syscall.EIO
+		}
+		return nil
+	}})
+	rng := rand.New(rand.NewPCG(3, 3))
+	ctx := context.Background()
+	if _, err := s.Append(ctx, testRecords(rng, 5, 100)...); err != nil {
+		t.Fatal(err)
+	}
+	doubtful := testRecords(rng, 5, 100)
+	failNext.Store(true)
+	if _, err := s.Append(ctx, doubtful...); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("append with a failed sync: %v", err)
+	}
+	before := s.counts().Segments
+	first, err := s.Append(ctx, doubtful...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after := s.counts().Segments; after != before+1 {
+		t.Fatalf("segments %d after the retry, want %d: the commit after a failed sync must start a new one", after, before+1)
+	}
+	if first != 11 {
+		t.Fatalf("retry got seq %d, want 11 (seqs of the doubtful commit are not reused)", first)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := openTest(t, Options{Dir: dir})
+	got := readAll(t, s2.Spool, 1)
+	if len(got) != 15 {
+		t.Fatalf("read %d records, want 15 (the doubtful five twice)", len(got))
+	}
+	for i, r := range got[10:] {
+		if err := sameRecord(r, doubtful[i]); err != nil {
+			t.Fatalf("retried record %d: %v", i, err)
+		}
 	}
 }

@@ -78,6 +78,9 @@ type Spool struct {
 	timer     *time.Timer
 	ackLog    lograte.Limiter
 	stopErr   error // the final watermark persist; read by Close after writerDone
+	// syncFailed is set by a failed fdatasync; the next commit starts a new
+	// segment.
+	syncFailed bool
 
 	mu      sync.Mutex
 	segs    []*segment // in seq order; the last one is the active segment
@@ -270,7 +273,10 @@ func (s *Spool) quarantine(path string, cause error) {
 
 // Append makes recs durable and returns the seq of the first; the others
 // follow in order. It blocks while the spool is full under policy block.
-// If it returns an error, none of recs was stored.
+// If it returns an error, recs are not durable: none was stored, or, after a
+// failed fdatasync only, they were written but may not survive a crash; a
+// retry then stores them again, and if they survive they are delivered
+// twice (at least once, never lost).
 func (s *Spool) Append(ctx context.Context, recs ...record.Record) (uint64, error) {
 	if s.opts.ReadOnly {
 		return 0, ErrReadOnly
@@ -498,10 +504,18 @@ func (s *Spool) write(value []byte, n int) (uint64, error) {
 	// (see load). Only reclaimed pages let the seqs outgrow the file.
 	full := seg.end > seg.first && seg.end+uint64(n)-seg.first > uint64(seg.size)
 	s.mu.Unlock()
+	// After a failed fdatasync the segment's last commit may be lost on disk
+	// while later ones persist: a new segment keeps that commit the last of
+	// its segment, where a torn commit is rolled back at open, instead of a
+	// hole in the middle that would set the whole segment aside.
+	if s.syncFailed {
+		full = true
+	}
 	if full {
 		if err := s.rotate(); err != nil {
 			return 0, classify(fmt.Errorf("rotate: %w", err))
 		}
+		s.syncFailed = false
 		s.mu.Lock()
 		seg = s.segs[len(s.segs)-1]
 		s.mu.Unlock()
@@ -532,7 +546,7 @@ func (s *Spool) write(value []byte, n int) (uint64, error) {
 	// the state still advances so bbolt and the spool agree and no seq is
 	// reused; if the records survive they are delivered twice (at least once).
 	syncStart := time.Now()
-	syncErr := seg.db.Sync()
+	syncErr := s.syncSegment(seg)
 	s.m.syncDuration.Observe(time.Since(syncStart).Seconds())
 	if acked > s.persisted && syncErr == nil {
 		s.persisted = acked
@@ -552,9 +566,20 @@ func (s *Spool) write(value []byte, n int) (uint64, error) {
 	s.dataCh = make(chan struct{})
 	s.mu.Unlock()
 	if syncErr != nil {
+		s.syncFailed = true
 		return 0, classify(fmt.Errorf("sync: %w", syncErr))
 	}
 	return first, nil
+}
+
+// syncSegment is the fdatasync that ends a commit.
+func (s *Spool) syncSegment(seg *segment) error {
+	if s.opts.syncHook != nil {
+		if err := s.opts.syncHook(); err != nil {
+			return err
+		}
+	}
+	return seg.db.Sync()
 }
 
 // update runs fn in a write transaction. bbolt rolls back a failed commit
