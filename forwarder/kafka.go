@@ -460,15 +460,28 @@ func (k *KafkaSink) Probe(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer c.Close()
 	var topics []string
 	for _, s := range k.topics.Ensure {
 		topics = append(topics, k.topics.Topic(s))
 	}
-	if err := c.RefreshMetadata(topics...); err != nil {
-		return fmt.Errorf("kafka probe: %w: %w", ErrUnavailable, explainRefusal(k.cfg, err))
+	// A metadata request to a broker that accepted the connection and then
+	// went silent waits for sarama's read timeout; the probe must not hold
+	// a shutdown or a failback that long.
+	done := make(chan error, 1)
+	go func() {
+		err := c.RefreshMetadata(topics...)
+		_ = c.Close()
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("kafka probe: %w: %w", ErrUnavailable, explainRefusal(k.cfg, err))
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("kafka probe: %w", ctx.Err())
 	}
-	return nil
 }
 
 // explainRefusal names the settings to check when the broker was reached but
