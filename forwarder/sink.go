@@ -40,6 +40,8 @@ type Outgoing struct {
 	Key     []byte
 	Value   []byte
 	Headers []Header
+
+	reported bool // its ack was counted by the session's tracker
 }
 
 // MessageID is the stable id of a record's output message: "<agent>:<seq>",

@@ -51,10 +51,11 @@ func (t *tracker) ack(m *Outgoing, err error) {
 	t.mu.Lock()
 	live := t.entries[t.head:]
 	i := sort.Search(len(live), func(i int) bool { return live[i].seq >= m.Seq })
-	if i == len(live) || live[i].seq != m.Seq {
+	if i == len(live) || live[i].seq != m.Seq || m.reported {
 		t.mu.Unlock()
 		return // already counted (duplicate report): never double-count
 	}
+	m.reported = true
 	e := &live[i]
 	t.inflight--
 	first := false
