@@ -3,6 +3,7 @@ package bmp_test
 import (
 	"bytes"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/bgpedge/bgpedge/bmp"
@@ -15,11 +16,15 @@ import (
 // 100k dump excluded), for fuzz seeds. Nothing is copied into the repository.
 func sharedStreams(f *testing.F) [][]byte {
 	f.Helper()
-	raw, _ := filepath.Glob(filepath.Join(testenv.Shared(f, "bmpdata", "raw"), "*.bmp"))
-	pcaps, _ := filepath.Glob(filepath.Join(testenv.Shared(f, "bmpdata", "pcap"), "*", "*.pcap*"))
 	var out [][]byte
-	for _, p := range append(raw, pcaps...) {
-		ss, _ := capture.Open(p)
+	for _, p := range testenv.BMPCaptures(f, 10) {
+		if strings.HasSuffix(p, ".gz") {
+			continue // the 100k dump: too large a seed
+		}
+		ss, err := capture.Open(p)
+		if err != nil {
+			f.Fatalf("seed capture %s: %v", filepath.Base(p), err)
+		}
 		for _, s := range ss {
 			out = append(out, s.Data)
 		}
