@@ -281,6 +281,9 @@ func (d *Decoder) Decode(rec record.Record, emit func(record.Event)) error {
 		if err == nil {
 			err = fmt.Errorf("header length %d, record holds %d bytes", n, len(c.msg))
 		}
+		// Type unknown: the event must not name one, nor read a peer
+		// header out of bytes that are not one.
+		c.typ = msgTypeUnknown
 		d.m.decoded.WithLabelValues("unknown").Inc()
 		d.fail(c, ErrReasonBMPHeader, err)
 		return nil

@@ -347,6 +347,17 @@ func TestDecodeMessageTypes(t *testing.T) {
 					t.Errorf("decode error: %+v", de)
 				}
 			}},
+		{"bad version: decode error of unknown type, no peer", [][]byte{func() []byte {
+			m := bmpMessage(bmp.MsgRouteMonitoring, globalPeer.bytes(), ipv4Update)
+			m[0] = 7
+			return m
+		}()},
+			func(t *testing.T, evs [][]record.Event) {
+				ev := one(t, evs[0], bmp.EventDecodeError)
+				if de := ev.Data.(*bmp.DecodeError); de.Reason != bmp.ErrReasonBMPHeader || de.MessageType != "unknown" || ev.Peer != nil {
+					t.Errorf("decode error %+v, peer %+v: a message whose header does not check has no type and no peer", de, ev.Peer)
+				}
+			}},
 		{"unknown message type: decode error", [][]byte{bmpMessage(9, []byte{1, 2})},
 			func(t *testing.T, evs [][]record.Event) {
 				if de := one(t, evs[0], bmp.EventDecodeError).Data.(*bmp.DecodeError); de.Reason != bmp.ErrReasonBMPHeader || !strings.Contains(de.Error, "type 9") {

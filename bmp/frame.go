@@ -31,6 +31,10 @@ const (
 	MsgInitiation      MsgType = 4
 	MsgTermination     MsgType = 5
 	MsgRouteMirroring  MsgType = 6
+
+	// msgTypeUnknown stands for a message whose header does not check, so
+	// its type byte means nothing.
+	msgTypeUnknown MsgType = 255
 )
 
 func (t MsgType) String() string {
