@@ -206,6 +206,10 @@ func cutMessages(data []byte) (replayStream, error) {
 const sendChunk = 256 << 10
 
 func sendStream(ctx context.Context, c net.Conn, rs *replayStream, rate float64, msgs, bytes *atomic.Uint64) error {
+	// A write blocked by a station applying backpressure does not see ctx:
+	// an expired write deadline unblocks it when ctx ends.
+	stop := context.AfterFunc(ctx, func() { _ = c.SetWriteDeadline(time.Unix(1, 0)) })
+	defer stop()
 	start := time.Now()
 	sent, off := 0, 0
 	for sent < len(rs.ends) {
@@ -233,6 +237,9 @@ func sendStream(ctx context.Context, c net.Conn, rs *replayStream, rate float64,
 		}
 		end := rs.ends[last-1]
 		if _, err := c.Write(rs.data[off:end]); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
 			return err
 		}
 		msgs.Add(uint64(last - sent))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -13,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -224,5 +226,51 @@ func TestReplayDrainFailsOnAbort(t *testing.T) {
 				t.Fatalf("replay into a station that closes: %v", err)
 			}
 		})
+	}
+}
+
+// TestReplayStopsOnCancelWhileBlocked: a station that stops reading blocks
+// the writes; cancelling the context still ends Replay promptly.
+func TestReplayStopsOnCancelWhileBlocked(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c // never read: the sender's writes fill the socket buffers and block
+		}
+	}()
+	var stream []byte
+	stream = append(stream, initiation()...)
+	for i := range 200000 {
+		stream = append(stream, routeMonitoring(1, i)...)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var sent atomic.Uint64
+	go func() {
+		_, err := Replay(ctx, ReplayOptions{Streams: [][]byte{stream}, Target: ln.Addr().String(),
+			Progress: func(n, _ uint64) { sent.Store(n) }})
+		done <- err
+	}()
+	c := <-accepted
+	defer c.Close()
+	testenv.Eventually(t, 10*time.Second, "writes blocked on the full socket", func() bool {
+		before := sent.Load()
+		time.Sleep(300 * time.Millisecond) // progress is reported every 200 ms
+		return before > 0 && sent.Load() == before
+	})
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Replay: %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Replay did not return after cancel: a blocked write ignores the context")
 	}
 }
