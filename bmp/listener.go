@@ -35,6 +35,10 @@ var ErrListenerClosed = errors.New("bmp: listener closed")
 // Lifecycle: NewListener, Start (binds and begins accepting), Addr, Close.
 // Serve combines them for callers that want one blocking call.
 type Listener struct {
+	// closeGrace bounds the wait for sessions after Close's deadline, once
+	// their appends are cancelled.
+	closeGrace time.Duration
+
 	cfg   Config
 	spool Spool
 	log   *slog.Logger
@@ -94,13 +98,14 @@ func NewListener(cfg Config, spool Spool, logger *slog.Logger, reg prometheus.Re
 		return nil, fmt.Errorf("bmp: register metrics: %w", err)
 	}
 	l := &Listener{
-		cfg:      cfg,
-		spool:    spool,
-		log:      logger,
-		m:        m,
-		sessions: make(map[*session]struct{}),
-		done:     make(chan struct{}),
-		budget:   budget,
+		cfg:        cfg,
+		spool:      spool,
+		log:        logger,
+		m:          m,
+		sessions:   make(map[*session]struct{}),
+		done:       make(chan struct{}),
+		budget:     budget,
+		closeGrace: closeGrace,
 	}
 	for _, a := range cfg.Allow {
 		p, _ := parseAllow(a) // Validate checked it
@@ -199,7 +204,17 @@ func (l *Listener) Close(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		l.cancelAppend()
-		<-done
+		select {
+		case <-done:
+		case <-time.After(l.closeGrace):
+			// A spool or journal write that does not honour cancellation
+			// (a stalled disk) must not hold the process's shutdown.
+			l.mu.Lock()
+			left := len(l.sessions)
+			l.mu.Unlock()
+			l.log.Error("bmp sessions did not end after their appends were cancelled; shutting down without them",
+				"sessions", left, "grace", l.closeGrace)
+		}
 		return fmt.Errorf("bmp: close: %w", ctx.Err())
 	}
 	l.cancelAppend()
@@ -208,6 +223,10 @@ func (l *Listener) Close(ctx context.Context) error {
 	}
 	return nil
 }
+
+// closeGrace is how long Close waits for sessions once their appends are
+// cancelled at its deadline.
+const closeGrace = 5 * time.Second
 
 func (l *Listener) acceptLoop(ln net.Listener) {
 	defer l.wg.Done()

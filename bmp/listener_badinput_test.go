@@ -3,6 +3,7 @@ package bmp
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -806,5 +807,53 @@ func TestBudgetWaitersInOrder(t *testing.T) {
 	}
 	if u := b.used.Load(); u != 1000 {
 		t.Fatalf("used %d, want 1000", u)
+	}
+}
+
+// deafSpool blocks every Append until released, ignoring ctx: a stalled
+// disk under a write that cannot be interrupted.
+type deafSpool struct {
+	entered chan struct{}
+	once    sync.Once
+	release chan struct{}
+}
+
+func (d *deafSpool) Append(context.Context, ...record.Record) (uint64, error) {
+	d.once.Do(func() { close(d.entered) })
+	<-d.release
+	return 1, nil
+}
+
+// TestCloseBoundedByGrace: Close returns within its deadline plus the grace
+// even when a session is stuck in an append that ignores cancellation.
+func TestCloseBoundedByGrace(t *testing.T) {
+	sp := &deafSpool{entered: make(chan struct{}), release: make(chan struct{})}
+	cfg := DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	l, err := NewListener(cfg, sp, slog.New(slog.DiscardHandler), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.closeGrace = 200 * time.Millisecond
+	if err := l.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer close(sp.release) // lets the stuck session end after the test
+	c := dialFrom(t, l.Addr().String(), "")
+	if _, err := c.Write(initiation()); err != nil {
+		t.Fatal(err)
+	}
+	<-sp.entered
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- l.Close(ctx) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Close: %v, want the deadline's error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waited on a session stuck in an append")
 	}
 }
