@@ -200,11 +200,17 @@ func exabgpEncoder(cfg Config, reg prometheus.Registerer) (forwarder.Encoder, er
 	ex := &exabgp.Encoder{AgentID: cfg.ForwarderSettings().AgentID, Raw: cfg.ExaBGP.RawStream}
 	// Re-encodes after a sink retry count again: the counter is of decode
 	// attempts that failed, not of distinct lines.
-	if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
-		Name: "bgpedge_exabgp_decode_errors_total",
-		Help: "exaBGP lines or raw UPDATEs that did not decode (kept raw, reported on exabgp.errors).",
-	}, func() float64 { return float64(ex.DecodeErrors()) })); err != nil {
-		return nil, fmt.Errorf("register exabgp encoder metrics: %w", err)
+	for reason, count := range map[string]func() uint64{
+		"line":   func() uint64 { n, _ := ex.DecodeErrors(); return n },
+		"update": func() uint64 { _, n := ex.DecodeErrors(); return n },
+	} {
+		if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "bgpedge_exabgp_decode_errors_total",
+			Help:        "exaBGP events that did not decode (kept raw, reported on exabgp.errors), by reason: line (not exaBGP's JSON, or not normalisable), update (a raw UPDATE inside an event).",
+			ConstLabels: prometheus.Labels{"reason": reason},
+		}, func() float64 { return float64(count()) })); err != nil {
+			return nil, fmt.Errorf("register exabgp encoder metrics: %w", err)
+		}
 	}
 	return forwarder.Mux{
 		record.KindExaBGP: forwarder.StreamEncoderFunc(ex.Encode),

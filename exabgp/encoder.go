@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/bgpedge/bgpedge/record"
 )
@@ -30,12 +31,16 @@ type Encoder struct {
 	// AgentID prefixes event ids: "<agent>:<seq>:<index>".
 	AgentID string
 	// Raw also emits the line as received on exabgp.raw (first output).
-	Raw  bool
-	norm Normaliser
+	Raw        bool
+	norm       Normaliser
+	lineErrors atomic.Uint64
 }
 
-// DecodeErrors counts lines and raw UPDATEs that did not decode.
-func (e *Encoder) DecodeErrors() uint64 { return e.norm.DecodeErrors.Load() }
+// DecodeErrors counts what did not decode: whole lines (not exaBGP's JSON,
+// or not normalisable) and raw UPDATEs inside otherwise good events.
+func (e *Encoder) DecodeErrors() (lines, updates uint64) {
+	return e.lineErrors.Load(), e.norm.DecodeErrors.Load()
+}
 
 // decodeErrorData is the Data of a decode-error event.
 type decodeErrorData struct {
@@ -93,7 +98,7 @@ func (e *Encoder) events(rec record.Record) ([]record.Event, []string, [][]byte)
 		evs, err = e.norm.Normalise(m)
 	}
 	if err != nil {
-		e.norm.DecodeErrors.Add(1)
+		e.lineErrors.Add(1)
 		ev := record.Event{V: record.EventSchemaVersion, Type: TypeDecodeError, Source: "exabgp",
 			Data: decodeErrorData{Error: err.Error(), Line: string(rec.Payload)}}
 		if len(rec.Key) > 0 {

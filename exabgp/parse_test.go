@@ -411,3 +411,19 @@ func fuzzLine(t *testing.T, enc *Encoder, z *Normaliser, line []byte) {
 		t.Fatalf("encode: %v (%d outputs, kind %v)", err, n, kind)
 	}
 }
+
+// TestEncoderDecodeErrorReasons: a line that is not exaBGP's JSON and a raw
+// UPDATE that does not decode are counted apart.
+func TestEncoderDecodeErrorReasons(t *testing.T) {
+	enc := &Encoder{AgentID: "a"}
+	emit := func(string, []byte, []byte) {}
+	badUpdate := `{"exabgp":"4.0.1","type":"update","neighbor":{"address":{"local":"127.0.0.3","peer":"127.0.0.2"},"asn":{"local":65002,"peer":65001},"direction":"receive","message":{"category":2,"header":"","body":"0x00FF18C000020000"}}}`
+	for i, line := range []string{`not json`, `{"exabgp":`, badUpdate} {
+		if err := enc.Encode(record.Record{Seq: uint64(i + 1), Kind: record.KindExaBGP, Payload: []byte(line)}, emit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if lines, updates := enc.DecodeErrors(); lines != 2 || updates != 1 {
+		t.Fatalf("decode errors: %d lines, %d updates; want 2 and 1", lines, updates)
+	}
+}
