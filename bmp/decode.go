@@ -312,6 +312,15 @@ func (d *Decoder) Decode(rec record.Record, emit func(record.Event)) error {
 	if body[0] != 3 {
 		body = append([]byte{3}, c.msg[1:]...)
 	}
+	if c.typ == MsgPeerUp {
+		m, err := splitPeerUp(c.msg)
+		if err != nil {
+			d.fail(c, ErrReasonBMPBody, err)
+			return nil
+		}
+		d.peerUp(c, m)
+		return nil
+	}
 	bm, err := biobmp.Decode(body)
 	if err != nil {
 		d.fail(c, ErrReasonBMPBody, err)
@@ -557,6 +566,38 @@ func allAddPath() map[bgp.Family]bool {
 		m[f] = true
 	}
 	return m
+}
+
+// splitPeerUp cuts a Peer Up into its parts, each OPEN by the length in
+// its BGP header. bio-rd reads an OPEN by its one-byte optional parameters
+// length instead, which RFC 9072's extended form sets to 255 with the real
+// length after it, so it rejects every Peer Up of such a session.
+func splitPeerUp(msg []byte) (*biobmp.PeerUpNotification, error) {
+	const fixed = 20 // local address, local port, remote port
+	if len(msg) < HeaderLen+PerPeerHeaderLen+fixed {
+		return nil, fmt.Errorf("peer up of %d bytes, shorter than its fixed fields", len(msg))
+	}
+	b := msg[HeaderLen+PerPeerHeaderLen:]
+	m := &biobmp.PeerUpNotification{
+		LocalPort:  binary.BigEndian.Uint16(b[16:18]),
+		RemotePort: binary.BigEndian.Uint16(b[18:20]),
+	}
+	copy(m.LocalAddress[:], b[:16])
+	b = b[fixed:]
+	for _, open := range []struct {
+		dst  *[]byte
+		name string
+	}{{&m.SentOpenMsg, "sent"}, {&m.ReceivedOpenMsg, "received"}} {
+		_, _, n, err := bgpBody(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s open: %w", open.name, err)
+		}
+		*open.dst, b = b[:n], b[n:]
+	}
+	if len(b) > 0 {
+		m.Information = b
+	}
+	return m, nil
 }
 
 func (d *Decoder) peerUp(c *msgCtx, m *biobmp.PeerUpNotification) {

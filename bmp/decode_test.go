@@ -85,6 +85,26 @@ func openMsg(as uint16, id string, caps ...[]byte) []byte {
 	return bgpMsg(1, append(b, params...))
 }
 
+// extendedOpen is openMsg in RFC 9072's form: the one-byte optional
+// parameters length is 255, marked by a parameter type 255, and the real
+// length and each parameter's length take two bytes.
+func extendedOpen(as uint16, id string, caps ...[]byte) []byte {
+	var params []byte
+	for _, c := range caps {
+		params = append(params, 2)
+		params = binary.BigEndian.AppendUint16(params, uint16(len(c)))
+		params = append(params, c...)
+	}
+	b := []byte{4}
+	b = binary.BigEndian.AppendUint16(b, as)
+	b = binary.BigEndian.AppendUint16(b, 90)
+	x := netip.MustParseAddr(id).As4()
+	b = append(b, x[:]...)
+	b = append(b, 255, 255)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(params)))
+	return bgpMsg(1, append(b, params...))
+}
+
 func attr(flags, typ byte, v []byte) []byte {
 	if len(v) > 255 {
 		flags |= 0x10
@@ -234,6 +254,15 @@ func TestDecodeMessageTypes(t *testing.T) {
 			}
 			if ev.Timestamp == nil || ev.Timestamp.Unix() != 1700000000 || ev.Peer.Address != "192.0.2.1" || ev.Peer.AS != 65001 {
 				t.Errorf("event envelope: %s", jsonOf(t, ev))
+			}
+		}},
+		{"peer up with an RFC 9072 extended OPEN", [][]byte{
+			peerUp(globalPeer, openMsg(23456, "192.0.2.254", as4(65000), mp(1, 1)), extendedOpen(23456, "192.0.2.1", as4(4200000001), mp(1, 1), addPathBoth)),
+			bmpMessage(bmp.MsgRouteMonitoring, globalPeer.bytes(), ipv4Update),
+		}, func(t *testing.T, evs [][]record.Event) {
+			pu := one(t, evs[0], bmp.EventPeerUp).Data.(*bmp.PeerUp)
+			if pu.ReceivedOpen == nil || pu.ReceivedOpen.AS != 4200000001 || pu.ReceivedOpen.BGPID != "192.0.2.1" || len(pu.Negotiated.AddPathIn) != 0 || pu.Information[0].Value != "peer up note" {
+				t.Errorf("peer up: %s", jsonOf(t, pu))
 			}
 		}},
 		{"adj-rib-out add-path is the reverse direction", [][]byte{
