@@ -633,11 +633,14 @@ func (d *Decoder) peerUp(c *msgCtx, m *biobmp.PeerUpNotification) {
 	// not decode contributes no Add-Path, which is the safe default, and
 	// leaves the AS_PATH width to the A flag unless the other OPEN settles it.
 	v := negotiate(c.rec.Seq, sentCaps, recvCaps, ph.Type == PeerTypeLocRIB)
+	v.Session = c.rec.Source
 	key := peerStoreKey(c.router, ph.Key())
 	if ph.Type == PeerTypeLocRIB {
 		// Some routers (Huawei VRP) send one Loc-RIB Peer Up per address
-		// family for the same instance: each adds to, not replaces, the last.
-		if prev, ok := d.peers.lookup(key, c.rec.Seq); ok {
+		// family for the same instance: each adds to, not replaces, the
+		// last, within one BMP session; a new session starts afresh, so a
+		// family the router stopped announcing is not kept for ever.
+		if prev, ok := d.peers.lookup(key, c.rec.Seq); ok && prev.Session == v.Session && v.Session != "" {
 			v = mergeVersions(prev, v)
 		}
 	}

@@ -753,3 +753,48 @@ func TestDecodeMetricsLint(t *testing.T) {
 		t.Errorf("decode errors %v, want 1", got)
 	}
 }
+
+// TestLocRIBAddPathPerSession: Loc-RIB Peer Ups add up within one BMP
+// session, but a new session starts afresh: an Add-Path family the router
+// announced before it reconnected is not used to read its routes after.
+func TestLocRIBAddPathPerSession(t *testing.T) {
+	d, _ := newDecoder(t, t.TempDir())
+	locRIB := peerHdr{typ: bmp.PeerTypeLocRIB, flags: bmp.FlagF, addr: "0.0.0.0", as: 65001, id: "192.0.2.9"}
+	as4 := capab(65, u32(65001)...)
+	mp := capab(1, 0, 1, 0, 1)           // IPv4 unicast
+	addPathBoth := capab(69, 0, 1, 1, 3) // IPv4 unicast, send/receive
+	withAddPath := openMsg(23456, "192.0.2.9", as4, mp, addPathBoth)
+	without := openMsg(23456, "192.0.2.9", as4, mp)
+	// Two plain prefixes; read as Add-Path they would be one prefix with a
+	// path id made of the first.
+	plain := update(nil, [][]byte{attr(0x40, 1, []byte{0}), asPath4(65001), attr(0x40, 3, []byte{192, 0, 2, 1})},
+		[]byte{24, 198, 51, 100, 24, 198, 51, 101})
+	withPathID := update(nil, [][]byte{attr(0x40, 1, []byte{0}), asPath4(65001), attr(0x40, 3, []byte{192, 0, 2, 1})},
+		[]byte{24, 10, 0, 0, 24, 198, 51, 100}) // path id 0x180a0000, or 10.0.0.0/24 and 198.51.100.0/24 read plain
+	var routes []string
+	for i, m := range []struct {
+		source string
+		msg    []byte
+	}{
+		{"203.0.113.9:1000", peerUpMsg(locRIB, withAddPath, withAddPath)},
+		{"203.0.113.9:2000", peerUpMsg(locRIB, without, without)}, // the router reconnected
+		{"203.0.113.9:2000", bmpMessage(bmp.MsgRouteMonitoring, locRIB.bytes(), plain)},
+		// Within one session (Huawei VRP sends one Loc-RIB Peer Up per
+		// family) the Peer Ups add up: the first one's Add-Path stays.
+		{"203.0.113.9:3000", peerUpMsg(locRIB, withAddPath, withAddPath)},
+		{"203.0.113.9:3000", peerUpMsg(locRIB, without, without)},
+		{"203.0.113.9:3000", bmpMessage(bmp.MsgRouteMonitoring, locRIB.bytes(), withPathID)},
+	} {
+		rec := record.Record{Seq: uint64(i + 1), Kind: record.KindBMP, Source: m.source, Time: time.Unix(1700000001, 0).UTC(), Payload: m.msg}
+		if err := d.Decode(rec, func(ev record.Event) {
+			if ev.Type == bmp.EventRoute {
+				routes = append(routes, fmt.Sprintf("%s/%d", ev.Route.Prefix, ev.Route.PathID))
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := []string{"198.51.100.0/24/0", "198.51.101.0/24/0", "198.51.100.0/24/403308544"}; !slices.Equal(routes, want) {
+		t.Fatalf("routes %v, want %v", routes, want)
+	}
+}

@@ -45,6 +45,10 @@ type peerVersion struct {
 	In     []uint32 `json:"in,omitempty"`      // Adj-RIB-In: peer sends, router receives
 	Out    []uint32 `json:"out,omitempty"`     // Adj-RIB-Out: router sends, peer receives
 	LocRIB []uint32 `json:"loc_rib,omitempty"` // Loc-RIB (RFC 9069): any Add-Path mention
+	// Session is the BMP session (the router's address and port) whose
+	// Peer Up made the version: Loc-RIB Peer Ups of one session add up,
+	// a new session starts afresh.
+	Session string `json:"session,omitempty"`
 }
 
 type peerRecord struct {
@@ -259,9 +263,9 @@ func mergeVersions(a, b peerVersion) peerVersion {
 		slices.Sort(out)
 		return slices.Compact(out)
 	}
-	return peerVersion{Seq: b.Seq, AS4: a.AS4 || b.AS4, ASWidth: max(a.ASWidth, b.ASWidth), In: union(a.In, b.In), Out: union(a.Out, b.Out), LocRIB: union(a.LocRIB, b.LocRIB)}
+	return peerVersion{Seq: b.Seq, AS4: a.AS4 || b.AS4, ASWidth: max(a.ASWidth, b.ASWidth), In: union(a.In, b.In), Out: union(a.Out, b.Out), LocRIB: union(a.LocRIB, b.LocRIB), Session: b.Session}
 }
 
 func equalVersion(a, b peerVersion) bool {
-	return a.Seq == b.Seq && a.AS4 == b.AS4 && a.ASWidth == b.ASWidth && slices.Equal(a.In, b.In) && slices.Equal(a.Out, b.Out) && slices.Equal(a.LocRIB, b.LocRIB)
+	return a.Seq == b.Seq && a.AS4 == b.AS4 && a.ASWidth == b.ASWidth && slices.Equal(a.In, b.In) && slices.Equal(a.Out, b.Out) && slices.Equal(a.LocRIB, b.LocRIB) && a.Session == b.Session
 }
