@@ -1,8 +1,10 @@
 package bmp
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/bgpedge/bgpedge/record"
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // A session that ends while bgpedge runs spools a synthetic peer-down for
@@ -34,12 +37,30 @@ type SessionJournal struct {
 	db *bolt.DB
 }
 
-// journalEntry is one session's peers: their per-peer headers, as a
-// synthetic peer-down record carries them.
+// Layout: the sessions bucket holds a bucket per session, with the
+// session's router under metaKey and one key per peer that is up (peerKey)
+// whose value is the peer's per-peer header, as a synthetic peer-down record
+// carries it. A change writes only the peers it adds or removes.
+//
+// journalEntry is a session's router; the journals of earlier versions kept
+// the whole session as one JSON value of this type, Headers included, and
+// Recover still reads them.
 type journalEntry struct {
 	Router  []byte   `json:"router"`
 	Source  string   `json:"source"`
-	Headers [][]byte `json:"headers"`
+	Headers [][]byte `json:"headers,omitempty"`
+}
+
+var metaKey = []byte("meta")
+
+// peerKey is a peer's key in its session's bucket: 'p', type, distinguisher
+// and the address in 16 bytes.
+func peerKey(k PeerKey) []byte {
+	b := make([]byte, 0, 26)
+	b = append(b, 'p', k.Type)
+	b = append(b, k.Distinguisher[:]...)
+	a := k.Address.As16()
+	return append(b, a[:]...)
 }
 
 // OpenSessionJournal opens (creating) the journal in dir.
@@ -72,9 +93,22 @@ func (j *SessionJournal) Recover(ctx context.Context, spool Spool, log *slog.Log
 	sessions := 0
 	now := time.Now()
 	err := j.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(journalBucket).ForEach(func(k, v []byte) error {
+		sb := tx.Bucket(journalBucket)
+		return sb.ForEach(func(k, v []byte) error {
 			var e journalEntry
-			if err := json.Unmarshal(v, &e); err != nil {
+			if v == nil { // a session bucket
+				b := sb.Bucket(k)
+				if err := json.Unmarshal(b.Get(metaKey), &e); err != nil {
+					log.Warn("bmp session journal: unreadable entry skipped", "session", string(k), "err", err)
+					return nil
+				}
+				_ = b.ForEach(func(pk, h []byte) error {
+					if len(pk) > 0 && pk[0] == 'p' {
+						e.Headers = append(e.Headers, bytes.Clone(h))
+					}
+					return nil
+				})
+			} else if err := json.Unmarshal(v, &e); err != nil {
 				log.Warn("bmp session journal: unreadable entry skipped", "session", string(k), "err", err)
 				return nil
 			}
@@ -113,17 +147,45 @@ func (j *SessionJournal) Recover(ctx context.Context, spool Spool, log *slog.Log
 	return len(recs), nil
 }
 
-// set records the peers session id has up (replacing what it held).
-func (j *SessionJournal) set(id string, e journalEntry) error {
-	v, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
-	return j.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(journalBucket).Put([]byte(id), v) })
+// update records, for session id, the peers in up (their headers) and
+// forgets those in down, in one transaction.
+func (j *SessionJournal) update(id string, e journalEntry, up map[PeerKey][]byte, down []PeerKey) error {
+	return j.db.Update(func(tx *bolt.Tx) error {
+		b, err := tx.Bucket(journalBucket).CreateBucketIfNotExists([]byte(id))
+		if err != nil {
+			return err
+		}
+		if b.Get(metaKey) == nil {
+			v, err := json.Marshal(journalEntry{Router: e.Router, Source: e.Source})
+			if err != nil {
+				return err
+			}
+			if err := b.Put(metaKey, v); err != nil {
+				return err
+			}
+		}
+		for k, h := range up {
+			if err := b.Put(peerKey(k), h); err != nil {
+				return err
+			}
+		}
+		for _, k := range down {
+			if err := b.Delete(peerKey(k)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // forget removes session id: none of its peers is up any more, or their
 // synthetic peer-downs are in the spool.
 func (j *SessionJournal) forget(id string) error {
-	return j.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(journalBucket).Delete([]byte(id)) })
+	return j.db.Update(func(tx *bolt.Tx) error {
+		err := tx.Bucket(journalBucket).DeleteBucket([]byte(id))
+		if errors.Is(err, bolterrors.ErrBucketNotFound) {
+			return nil
+		}
+		return err
+	})
 }

@@ -3,14 +3,17 @@ package bmp
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/bgpedge/bgpedge/record"
 	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
 )
 
 // syntheticDowns returns the payloads of the synthetic peer-down records.
@@ -115,5 +118,62 @@ func TestSessionJournal(t *testing.T) {
 				t.Fatalf("second Recover: %d, %v", n, err)
 			}
 		})
+	}
+}
+
+// TestSessionJournalWritesOnlyChanges: a session with many peers up writes
+// one key per Peer Up or Down, not its whole peer set, and the journal of
+// an earlier version (one JSON value per session) is still recovered.
+func TestSessionJournalWritesOnlyChanges(t *testing.T) {
+	j, err := OpenSessionJournal(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	e := journalEntry{Router: []byte("192.0.2.200"), Source: "192.0.2.200:4000"}
+	peer := func(n int) (PeerKey, []byte) {
+		a := netip.AddrFrom4([4]byte{10, 0, byte(n >> 8), byte(n)})
+		h := make([]byte, PerPeerHeaderLen)
+		copy(h[22:26], a.AsSlice())
+		return PeerKey{Address: a}, h
+	}
+	pages := func() int64 { st := j.db.Stats(); return st.TxStats.GetPageCount() }
+	const peers = 1000
+	for n := 1; n <= peers; n++ {
+		k, h := peer(n)
+		before := pages()
+		if err := j.update("s1", e, map[PeerKey][]byte{k: h}, nil); err != nil {
+			t.Fatal(err)
+		}
+		// A leaf and the branches above it, at most a split's worth, however
+		// many peers are up already (the whole set of 1,000 is 15 pages).
+		if written := pages() - before; written > 8 {
+			t.Fatalf("peer %d: the update wrote %d pages", n, written)
+		}
+	}
+	k7, _ := peer(7)
+	k9, _ := peer(9)
+	if err := j.update("s1", e, nil, []PeerKey{k7, k9}); err != nil {
+		t.Fatal(err)
+	}
+	old, err := json.Marshal(journalEntry{Router: []byte("192.0.2.201"), Source: "192.0.2.201:5000", Headers: [][]byte{peerHeader(42)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(journalBucket).Put([]byte("old"), old) }); err != nil {
+		t.Fatal(err)
+	}
+	sp := &memSpool{}
+	n, err := j.Recover(context.Background(), sp, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := sp.snapshot()
+	sources := map[string]int{}
+	for _, r := range recs {
+		sources[r.Source]++
+	}
+	if n != peers-1 || sources["192.0.2.200:4000"] != peers-2 || sources["192.0.2.201:5000"] != 1 {
+		t.Fatalf("recovered %d synthetic peer-downs, by source %v; want %d and 1", n, sources, peers-2)
 	}
 }

@@ -536,23 +536,23 @@ func (s *session) journalUp() {
 	if s.l.journal == nil || !s.peersChanged {
 		return
 	}
-	changed := false
+	var up map[PeerKey][]byte
 	for k, h := range s.peers {
 		if old, ok := s.journaled[k]; !ok || !bytes.Equal(old, h) {
-			changed = true
-			break
+			if up == nil {
+				up = make(map[PeerKey][]byte)
+			}
+			up[k] = h
 		}
 	}
-	if !changed {
+	if up == nil {
 		return
 	}
-	next := maps.Clone(s.journaled)
-	if next == nil {
-		next = make(map[PeerKey][]byte, len(s.peers))
-	}
-	maps.Copy(next, s.peers)
-	if s.journalSet(next) {
-		s.journaled = next
+	if s.journalUpdate(up, nil) {
+		if s.journaled == nil {
+			s.journaled = make(map[PeerKey][]byte, len(s.peers))
+		}
+		maps.Copy(s.journaled, up)
 	}
 }
 
@@ -562,24 +562,26 @@ func (s *session) journalDown() {
 	if s.l.journal == nil || !s.peersChanged {
 		return
 	}
-	if len(s.journaled) > len(s.peers) {
-		next := maps.Clone(s.peers)
-		if next == nil {
-			next = map[PeerKey][]byte{}
+	var down []PeerKey
+	for k := range s.journaled {
+		if _, ok := s.peers[k]; !ok {
+			down = append(down, k)
 		}
-		if s.journalSet(next) {
-			s.journaled = next
+	}
+	if len(down) > 0 && s.journalUpdate(nil, down) {
+		for _, k := range down {
+			delete(s.journaled, k)
 		}
 	}
 	s.peersChanged = !maps.EqualFunc(s.journaled, s.peers, bytes.Equal)
 }
 
-func (s *session) journalSet(peers map[PeerKey][]byte) bool {
+// journalUpdate writes the peers that came up (or changed) and forgets those
+// that went down: only the change, so a session's journal writes stay in
+// proportion to its Peer Ups and Downs, not to how many peers it has.
+func (s *session) journalUpdate(up map[PeerKey][]byte, down []PeerKey) bool {
 	e := journalEntry{Router: s.key, Source: s.source}
-	for _, h := range peers {
-		e.Headers = append(e.Headers, h)
-	}
-	return s.journalWrite(func(j *SessionJournal) error { return j.set(s.id, e) })
+	return s.journalWrite(func(j *SessionJournal) error { return j.update(s.id, e, up, down) })
 }
 
 // journalWrite applies one change to the journal. A failure is counted and
