@@ -76,13 +76,17 @@ func openMsg(as uint16, id string, caps ...[]byte) []byte {
 		params = append(params, 2, byte(len(c)))
 		params = append(params, c...)
 	}
+	b := append(openFixed(as, id), byte(len(params)))
+	return bgpMsg(1, append(b, params...))
+}
+
+// openFixed is an OPEN body's fixed part: version 4, AS, hold time 90, id.
+func openFixed(as uint16, id string) []byte {
 	b := []byte{4}
 	b = binary.BigEndian.AppendUint16(b, as)
 	b = binary.BigEndian.AppendUint16(b, 90)
 	x := netip.MustParseAddr(id).As4()
-	b = append(b, x[:]...)
-	b = append(b, byte(len(params)))
-	return bgpMsg(1, append(b, params...))
+	return append(b, x[:]...)
 }
 
 // extendedOpen is openMsg in RFC 9072's form: the one-byte optional
@@ -95,12 +99,7 @@ func extendedOpen(as uint16, id string, caps ...[]byte) []byte {
 		params = binary.BigEndian.AppendUint16(params, uint16(len(c)))
 		params = append(params, c...)
 	}
-	b := []byte{4}
-	b = binary.BigEndian.AppendUint16(b, as)
-	b = binary.BigEndian.AppendUint16(b, 90)
-	x := netip.MustParseAddr(id).As4()
-	b = append(b, x[:]...)
-	b = append(b, 255, 255)
+	b := append(openFixed(as, id), 255, 255)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(params)))
 	return bgpMsg(1, append(b, params...))
 }

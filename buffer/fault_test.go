@@ -284,15 +284,7 @@ func TestCorruptSegmentQuarantined(t *testing.T) {
 func TestCorruptBlockFoundByRead(t *testing.T) {
 	dir := t.TempDir()
 	s := openTest(t, Options{Dir: dir, SegmentBytes: 64 << 10})
-	rng := rand.New(rand.NewPCG(13, 13))
-	var all []record.Record
-	for i := 0; i < 30; i++ {
-		recs := testRecords(rng, 10, 500)
-		if _, err := s.Append(context.Background(), recs...); err != nil {
-			t.Fatal(err)
-		}
-		all = append(all, recs...)
-	}
+	all := appendBlocks(t, s.Spool, 13, 30)
 	files, _ := listSegments(dir)
 	b, err := os.ReadFile(files[0].path)
 	if err != nil {
@@ -304,18 +296,7 @@ func TestCorruptBlockFoundByRead(t *testing.T) {
 		t.Fatal("payload not found")
 	}
 	writeAt(t, files[0].path, i+10, []byte("corrupted"))
-	got := readAll(t, s.Spool, 1)
-	if len(got) != len(all)-10 {
-		t.Fatalf("read %d records, want %d", len(got), len(all)-10)
-	}
-	for _, r := range got {
-		if r.Seq >= 11 && r.Seq <= 20 {
-			t.Fatalf("seq %d of the damaged block was returned", r.Seq)
-		}
-		if err := sameRecord(r, all[r.Seq-1]); err != nil {
-			t.Fatalf("seq %d: %v", r.Seq, err)
-		}
-	}
+	requireAllBut(t, readAll(t, s.Spool, 1), all, 11, 21)
 	if d := testutil.ToFloat64(s.m.dropped.WithLabelValues(dropCorrupt)); d != 10 {
 		t.Fatalf("dropped{corrupt} = %v, want 10", d)
 	}
@@ -427,15 +408,7 @@ func TestTornLastCommitRolledBack(t *testing.T) {
 func TestBrokenPageFoundByRead(t *testing.T) {
 	dir := t.TempDir()
 	s := openTest(t, Options{Dir: dir, SegmentBytes: 64 << 10})
-	rng := rand.New(rand.NewPCG(17, 17))
-	var all []record.Record
-	for i := 0; i < 30; i++ {
-		recs := testRecords(rng, 10, 500)
-		if _, err := s.Append(context.Background(), recs...); err != nil {
-			t.Fatal(err)
-		}
-		all = append(all, recs...)
-	}
+	all := appendBlocks(t, s.Spool, 17, 30)
 	files, _ := listSegments(dir)
 	if len(files) < 2 {
 		t.Fatalf("want several segments, have %d", len(files))
@@ -462,18 +435,7 @@ func TestBrokenPageFoundByRead(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("Read did not return: the same damage is retried forever")
 	}
-	want := len(all) - int(segEnd-11)
-	if len(got) != want {
-		t.Fatalf("read %d records, want %d (all but seqs 11..%d)", len(got), want, segEnd-1)
-	}
-	for _, r := range got {
-		if r.Seq >= 11 && r.Seq < segEnd {
-			t.Fatalf("seq %d of the damaged segment was returned", r.Seq)
-		}
-		if err := sameRecord(r, all[r.Seq-1]); err != nil {
-			t.Fatalf("seq %d: %v", r.Seq, err)
-		}
-	}
+	requireAllBut(t, got, all, 11, segEnd)
 	if d := testutil.ToFloat64(s.m.dropped.WithLabelValues(dropCorrupt)); d != float64(segEnd-11) {
 		t.Fatalf("dropped{corrupt} = %v, want %d: each lost record counted once", d, segEnd-11)
 	}
@@ -522,15 +484,7 @@ func TestAckPersistFailureReported(t *testing.T) {
 func TestSegmentOpenErrorNotDamage(t *testing.T) {
 	dir := t.TempDir()
 	s := openTest(t, Options{Dir: dir, SegmentBytes: 64 << 10})
-	rng := rand.New(rand.NewPCG(9, 9))
-	var all []record.Record
-	for i := 0; i < 20; i++ {
-		recs := testRecords(rng, 10, 500)
-		if _, err := s.Append(context.Background(), recs...); err != nil {
-			t.Fatal(err)
-		}
-		all = append(all, recs...)
-	}
+	all := appendBlocks(t, s.Spool, 9, 20)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -606,6 +560,39 @@ func TestFailedSyncStartsNewSegment(t *testing.T) {
 	for i, r := range got[10:] {
 		if err := sameRecord(r, doubtful[i]); err != nil {
 			t.Fatalf("retried record %d: %v", i, err)
+		}
+	}
+}
+
+// appendBlocks appends n commits of 10 records of 500 bytes and returns
+// the records in seq order.
+func appendBlocks(t *testing.T, s *Spool, seed uint64, n int) []record.Record {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(seed, seed))
+	var all []record.Record
+	for range n {
+		recs := testRecords(rng, 10, 500)
+		if _, err := s.Append(context.Background(), recs...); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, recs...)
+	}
+	return all
+}
+
+// requireAllBut checks that got is every record of all (seq i at all[i-1])
+// except seqs [lo, hi), intact.
+func requireAllBut(t *testing.T, got, all []record.Record, lo, hi uint64) {
+	t.Helper()
+	if want := len(all) - int(hi-lo); len(got) != want {
+		t.Fatalf("read %d records, want %d (all but seqs %d..%d)", len(got), want, lo, hi-1)
+	}
+	for _, r := range got {
+		if r.Seq >= lo && r.Seq < hi {
+			t.Fatalf("seq %d of the damaged range was returned", r.Seq)
+		}
+		if err := sameRecord(r, all[r.Seq-1]); err != nil {
+			t.Fatalf("seq %d: %v", r.Seq, err)
 		}
 	}
 }
