@@ -744,8 +744,14 @@ func (d *Decoder) stats(c *msgCtx, m *biobmp.StatsReport) {
 	ev := c.event(EventStats)
 	ev.Peer, ev.Timestamp, ev.Data = peerOf(&ph), timestamp(ph.Timestamp), st
 	c.emit(ev)
-	if int(m.StatsCount) != len(m.Stats) {
-		d.fail(c, ErrReasonTLV, fmt.Errorf("stats count %d, %d counters present", m.StatsCount, len(m.Stats)))
+	// bio-rd reads exactly the declared counters: bytes after them would
+	// otherwise pass unseen.
+	used := HeaderLen + PerPeerHeaderLen + 4
+	for _, t := range m.Stats {
+		used += 4 + len(t.Information)
+	}
+	if used != len(c.msg) {
+		d.fail(c, ErrReasonTLV, fmt.Errorf("%d bytes after the %d declared counters", len(c.msg)-used, m.StatsCount))
 	}
 }
 

@@ -392,6 +392,15 @@ func TestDecodeMessageTypes(t *testing.T) {
 					t.Errorf("decode error: %+v", de)
 				}
 			}},
+		{"bytes after the declared stats: counters kept, decode error", [][]byte{bmpMessage(bmp.MsgStatistics, globalPeer.bytes(), u32(1), tlv(0, u32(5)), []byte{1, 2, 3})},
+			func(t *testing.T, evs [][]record.Event) {
+				if len(evs[0]) != 2 || evs[0][0].Type != bmp.EventStats || evs[0][1].Type != bmp.EventDecodeError {
+					t.Fatalf("events %s", jsonOf(t, evs[0]))
+				}
+				if de := evs[0][1].Data.(*bmp.DecodeError); de.Reason != bmp.ErrReasonTLV || !strings.Contains(de.Error, "3 bytes after") {
+					t.Errorf("decode error: %+v", de)
+				}
+			}},
 		{"stats count beyond the message: decode error, no huge allocation", [][]byte{bmpMessage(bmp.MsgStatistics, globalPeer.bytes(), u32(0xffffffff), tlv(0, u32(1)))},
 			func(t *testing.T, evs [][]record.Event) {
 				if de := one(t, evs[0], bmp.EventDecodeError).Data.(*bmp.DecodeError); de.Reason != bmp.ErrReasonBMPBody || !strings.Contains(de.Error, "stats count") {
