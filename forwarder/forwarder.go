@@ -318,7 +318,11 @@ func (f *Forwarder) session(ctx context.Context, sink Sink, stop <-chan struct{}
 		}
 	}()
 
-	readErr := f.pump(sctx, sink, tr)
+	limit := f.cfg.Kafka.MaxMessageBytes
+	if pl, ok := sink.(PayloadLimiter); ok && pl.MaxPayload() > 0 && pl.MaxPayload() < limit {
+		limit = pl.MaxPayload()
+	}
+	readErr := f.pump(sctx, sink, tr, limit)
 
 	// Flush: wait for what is in flight, bounded, then close the sink.
 	fctx, cancelFlush := context.WithTimeout(context.WithoutCancel(ctx), f.cfg.ShutdownTimeout)
@@ -360,7 +364,8 @@ func closed(ch <-chan struct{}) bool {
 }
 
 // pump reads, encodes and writes until ctx ends or the session fails.
-func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker) error {
+// limit is the largest message the sink takes.
+func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker, limit int) error {
 	from := f.src.FirstUnacked()
 	batch := make([]*Outgoing, 0, f.cfg.ReadBatch)
 	counts := make([]int, 0, f.cfg.ReadBatch)
@@ -379,7 +384,7 @@ func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker) error {
 		counts = counts[:0]
 		for i := range recs {
 			n := len(batch)
-			batch = f.encode(recs[i], batch)
+			batch = f.encode(recs[i], batch, limit)
 			counts = append(counts, len(batch)-n)
 		}
 		if err := tr.waitRoom(ctx, len(batch), f.cfg.MaxInFlight); err != nil {
@@ -401,8 +406,9 @@ func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker) error {
 	}
 }
 
-// encode appends rec's output messages, or one dead letter, to out.
-func (f *Forwarder) encode(rec record.Record, out []*Outgoing) []*Outgoing {
+// encode appends rec's output messages, or one dead letter, to out; limit
+// is the largest message the sink takes.
+func (f *Forwarder) encode(rec record.Record, out []*Outgoing, limit int) []*Outgoing {
 	start := len(out)
 	err := f.safeEncode(rec, func(m Message) {
 		o := f.arena.msg()
@@ -411,19 +417,19 @@ func (f *Forwarder) encode(rec record.Record, out []*Outgoing) []*Outgoing {
 	})
 	if err != nil {
 		out = out[:start]
-		if m := f.deadLetter(rec, err); m != nil {
+		if m := f.deadLetter(rec, err, limit); m != nil {
 			out = append(out, m)
 		}
 		return out
 	}
 	msgs := out[start:]
 	for _, m := range msgs {
-		if size := len(m.Key) + len(m.Value); size > f.maxValue() {
+		if size := len(m.Key) + len(m.Value); size > limit-messageOverhead {
 			// Brokers reject it for ever (message.max.bytes, NATS
 			// max_payload): retrying would block the queue.
 			out = out[:start]
-			if dl := f.deadLetter(rec, fmt.Errorf("%w: a %s message of %d bytes (forwarder.kafka.max_message_bytes %d)",
-				ErrTooLarge, m.Stream, size, f.cfg.Kafka.MaxMessageBytes)); dl != nil {
+			if dl := f.deadLetter(rec, fmt.Errorf("%w: a %s message of %d bytes (limit %d: the smaller of forwarder.kafka.max_message_bytes and the sink's own)",
+				ErrTooLarge, m.Stream, size, limit), limit); dl != nil {
 				out = append(out, dl)
 			}
 			return out
@@ -467,10 +473,6 @@ var ErrEncoderPanic = errors.New("encoder panicked")
 // ErrTooLarge marks a record whose output exceeds the message size limit.
 var ErrTooLarge = errors.New("output message too large")
 
-// maxValue is the largest key+value sent, leaving room for headers and
-// the record framing within kafka.max_message_bytes.
-func (f *Forwarder) maxValue() int { return f.cfg.Kafka.MaxMessageBytes - messageOverhead }
-
 // messageOverhead is what headers and framing may take of a message;
 // minMessageBytes leaves a dead letter room for its key (up to 1 KiB) and
 // some payload.
@@ -482,7 +484,7 @@ const (
 // deadLetter makes the dlq message for a record that cannot be forwarded,
 // or returns nil (counted, logged) when the dlq is disabled. The raw payload
 // is cut to the size limit; bgpedge-error says why.
-func (f *Forwarder) deadLetter(rec record.Record, cause error) *Outgoing {
+func (f *Forwarder) deadLetter(rec record.Record, cause error, limit int) *Outgoing {
 	if !f.cfg.DLQ.Enabled {
 		f.m.deadLetters.WithLabelValues("dropped").Inc()
 		f.logger.Warn("record cannot be forwarded, dropped (dlq disabled)", "seq", rec.Seq, "kind", rec.Kind, "err", cause)
@@ -495,8 +497,8 @@ func (f *Forwarder) deadLetter(rec record.Record, cause error) *Outgoing {
 		key = key[:1024]
 	}
 	value := rec.Payload
-	if len(value) > f.maxValue()-len(key) {
-		value = value[:f.maxValue()-len(key)]
+	if room := max(0, limit-messageOverhead-len(key)); len(value) > room {
+		value = value[:room]
 	}
 	m := &Outgoing{Seq: rec.Seq, Index: -1, ID: MessageID(f.cfg.AgentID, rec.Seq, -1), Stream: StreamDLQ, Key: key, Value: value}
 	m.Headers = f.headers(rec, m, Header{Key: HeaderError, Value: cause.Error()})

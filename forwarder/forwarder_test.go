@@ -443,7 +443,7 @@ func TestEncodeIndexes(t *testing.T) {
 			}
 			rec := bmpRecord("r", 10)
 			rec.Seq = 9
-			out := f.encode(rec, nil)
+			out := f.encode(rec, nil, f.cfg.Kafka.MaxMessageBytes)
 			var got []string
 			for _, m := range out {
 				got = append(got, m.ID)
@@ -478,7 +478,7 @@ func TestOversizeRecordIsDeadLettered(t *testing.T) {
 	}
 	rec := bmpRecord("192.0.2.1", 40000)
 	rec.Seq = 4
-	out := f.encode(rec, nil)
+	out := f.encode(rec, nil, cfg.Kafka.MaxMessageBytes)
 	if len(out) != 1 || out[0].Stream != StreamDLQ || out[0].ID != "a1:4" {
 		t.Fatalf("outputs %+v, want one dead letter", out)
 	}
@@ -489,7 +489,7 @@ func TestOversizeRecordIsDeadLettered(t *testing.T) {
 		t.Errorf("error header %q", e)
 	}
 	small := bmpRecord("192.0.2.1", 100)
-	if out := f.encode(small, nil); len(out) != 1 || out[0].Stream != StreamBMPRaw {
+	if out := f.encode(small, nil, cfg.Kafka.MaxMessageBytes); len(out) != 1 || out[0].Stream != StreamBMPRaw {
 		t.Errorf("small record: %+v", out)
 	}
 }

@@ -128,6 +128,17 @@ func (n *NATSSink) Connect(ctx context.Context) error {
 	return nil
 }
 
+// MaxPayload implements PayloadLimiter: the server's max_payload, 0 while
+// not connected.
+func (n *NATSSink) MaxPayload() int {
+	if n.nc == nil {
+		return 0
+	}
+	return int(n.nc.MaxPayload())
+}
+
+var _ PayloadLimiter = (*NATSSink)(nil)
+
 // collect waits for each publish's ack in publish order; JetStream answers
 // roughly in order, so waiting on the oldest first costs nothing.
 func (n *NATSSink) collect(pending <-chan pendingPub, done chan<- struct{}) {

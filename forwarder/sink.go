@@ -100,6 +100,14 @@ type Sink interface {
 	Close(ctx context.Context) error
 }
 
+// PayloadLimiter is implemented by sinks whose destination has a message
+// size limit of its own, known once connected (NATS's max_payload): the
+// forwarder then dead-letters what exceeds the smaller of it and
+// kafka.max_message_bytes instead of retrying it for ever.
+type PayloadLimiter interface {
+	MaxPayload() int
+}
+
 // Prober is implemented by sinks that can check their destination's health
 // without being connected, so an idle primary can be watched for recovery.
 type Prober interface {
