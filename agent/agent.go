@@ -365,6 +365,35 @@ func stopForwarder(ctx context.Context, fw *forwarderPart) error {
 	}
 }
 
+// closeGrace is how long a close may still take once the shutdown deadline
+// has passed.
+const closeGrace = 5 * time.Second
+
+// closeWithin runs closeFn and waits for it until ctx ends, then at most
+// grace more. A close stuck on a stalled disk (a bbolt transaction or an
+// fdatasync that does not return) must not hold the process: what it did not
+// finish is what a crash leaves, and the spool and journal recover from that.
+func closeWithin(ctx context.Context, grace time.Duration, what string, closeFn func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- closeFn() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		select {
+		case err = <-done:
+		case <-t.C:
+			return fmt.Errorf("close %s: still blocked %v after the shutdown deadline; left behind", what, grace)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("close %s: %w", what, err)
+	}
+	return nil
+}
+
 func (a *Agent) shutdown() error {
 	a.applyMu.Lock()
 	defer a.applyMu.Unlock()
@@ -387,8 +416,8 @@ func (a *Agent) shutdown() error {
 		}
 	}
 	if j != nil {
-		if err := j.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close bmp session journal: %w", err))
+		if err := closeWithin(ctx, closeGrace, "bmp session journal", j.Close); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if fw != nil {
@@ -397,8 +426,8 @@ func (a *Agent) shutdown() error {
 		}
 	}
 	if sp != nil {
-		if err := sp.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close spool: %w", err))
+		if err := closeWithin(ctx, closeGrace, "spool", sp.Close); err != nil {
+			errs = append(errs, err)
 		}
 		a.mu.Lock()
 		a.spool = nil

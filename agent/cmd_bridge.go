@@ -12,9 +12,10 @@ import (
 
 func newBridgeCommand() *cobra.Command {
 	var (
-		flags   configFlags
-		durable string
-		batch   int
+		flags         configFlags
+		durable       string
+		batch         int
+		metricsListen string
 	)
 	cmd := &cobra.Command{
 		Use:   "bridge",
@@ -30,23 +31,29 @@ path while Kafka was down still ends in Kafka. Runs until interrupted.`,
 			if err != nil {
 				return err
 			}
-			level := new(slog.LevelVar)
-			if err := level.UnmarshalText([]byte(cfg.Log.Level)); err != nil {
+			l, err := parseLevel(cfg.Log.Level)
+			if err != nil {
 				return fmt.Errorf("log.level: %w", err)
 			}
+			level := new(slog.LevelVar)
+			level.Set(l)
 			log, err := NewLogger(cmd.ErrOrStderr(), cfg.Log.Format, level)
 			if err != nil {
 				return err
 			}
+			reg := prometheus.NewRegistry()
 			b, err := forwarder.NewBridge(forwarder.BridgeOptions{
 				Config:     cfg.ForwarderSettings(),
 				Durable:    durable,
 				Batch:      batch,
 				Logger:     log,
-				Registerer: prometheus.NewRegistry(),
+				Registerer: reg,
 			})
 			if err != nil {
 				return err
+			}
+			if metricsListen != "" {
+				defer serveMetrics(metricsListen, reg, log)()
 			}
 			log.Info("bridging jetstream to kafka", "stream", cfg.Forwarder.NATS.Stream, "durable", durable)
 			err = b.Run(cmd.Context())
@@ -57,5 +64,6 @@ path while Kafka was down still ends in Kafka. Runs until interrupted.`,
 	flags.register(cmd.Flags())
 	cmd.Flags().StringVar(&durable, "durable", "bgpedge-bridge", "JetStream durable consumer name (a restarted bridge continues where it stopped)")
 	cmd.Flags().IntVar(&batch, "batch", 1000, "messages fetched from JetStream at once")
+	cmd.Flags().StringVar(&metricsListen, "metrics-listen", "", "serve the bridge's Prometheus metrics on this address (/metrics); off when empty")
 	return cmd
 }

@@ -67,7 +67,7 @@ func runExabgp(ctx context.Context, file string, stdin io.Reader, stdout, stderr
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if ecfg.MetricsListen != "" {
-		stopHTTP := serveExabgpMetrics(ecfg.MetricsListen, reg, log)
+		stopHTTP := serveMetrics(ecfg.MetricsListen, reg, log)
 		defer stopHTTP()
 	}
 
@@ -163,7 +163,7 @@ func readDegraded(ctx context.Context, stdin io.Reader, log *slog.Logger) error 
 	return nil
 }
 
-func serveExabgpMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) func() {
+func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) func() {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		log.Error("metrics listener not started", "addr", addr, "err", err)

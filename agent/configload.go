@@ -4,6 +4,7 @@ import (
 	"encoding"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"reflect"
 	"sort"
@@ -125,6 +126,7 @@ func decodeSettings(settings map[string]any) (Config, error) {
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 		DecodeHook: mapstructure.ComposeDecodeHookFunc(
 			scalarFromStringHook,
+			exactNumberHook,
 			mapstructure.StringToSliceHookFunc(","),
 			mapstructure.TextUnmarshallerHookFunc(),
 		),
@@ -254,6 +256,54 @@ func scalarFromStringHook(from, to reflect.Type, data any) (any, error) {
 			return nil, fmt.Errorf("invalid value %q: expected a number", s)
 		}
 		return f, nil
+	}
+	return data, nil
+}
+
+// exactNumberHook rejects numbers their field cannot hold as written, which
+// the decoder would otherwise change silently: a bare number for a duration
+// (YAML's 30 would be 30ns; 0 is accepted), a fraction for an integer, and an
+// integer outside the field's range (it would wrap).
+func exactNumberHook(from, to reflect.Type, data any) (any, error) {
+	if from == reflect.TypeOf(time.Duration(0)) {
+		return data, nil // parsed from text, with its unit
+	}
+	v := reflect.ValueOf(data)
+	var n float64
+	switch from.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		n = float64(v.Int())
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		n = float64(v.Uint())
+	case reflect.Float32, reflect.Float64:
+		n = v.Float()
+	default:
+		return data, nil
+	}
+	if to == reflect.TypeOf(time.Duration(0)) {
+		if n != 0 {
+			return nil, fmt.Errorf("duration %v has no unit (use e.g. %vs or %vms)", data, data, data)
+		}
+		return time.Duration(0), nil
+	}
+	switch to.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+	default:
+		return data, nil
+	}
+	if n != math.Trunc(n) {
+		return nil, fmt.Errorf("%v is not a whole number", data)
+	}
+	z := reflect.Zero(to)
+	out := false
+	if to.Kind() >= reflect.Uint && to.Kind() <= reflect.Uint64 {
+		out = n < 0 || n >= 1<<64 || z.OverflowUint(uint64(n))
+	} else {
+		out = n < -(1<<63) || n >= 1<<63 || z.OverflowInt(int64(n))
+	}
+	if out {
+		return nil, fmt.Errorf("%v is out of range for this setting", data)
 	}
 	return data, nil
 }

@@ -23,11 +23,12 @@ type Config struct {
 	// MaxSessions bounds concurrent router sessions; further connections are
 	// refused (closed right after accept) and counted.
 	MaxSessions int `mapstructure:"max_sessions"`
-	// MaxPeers bounds the peers one session may have up at once (each Peer
-	// Up of a new peer, per peer type, distinguisher and address). A session
-	// that goes beyond it is closed after spooling what it sent, so a router
-	// or client flooding Peer Ups cannot grow the session's memory and its
-	// journal without bound.
+	// MaxPeers bounds the peers one session may have up at once (a peer is
+	// its type, distinguisher and address). It is checked after each spooled
+	// batch: a session beyond it is closed after spooling what it sent, so a
+	// router or client flooding Peer Ups cannot grow the session's memory and
+	// its journal without bound (one batch, batch_messages at most, may
+	// overshoot).
 	MaxPeers int `mapstructure:"max_peers"`
 	// MaxMessageBytes is the largest BMP message accepted; a longer length
 	// field closes the session as a framing error.

@@ -640,7 +640,9 @@ func (d *Decoder) peerUp(c *msgCtx, m *biobmp.PeerUpNotification) {
 		// family for the same instance: each adds to, not replaces, the
 		// last, within one BMP session; a new session starts afresh, so a
 		// family the router stopped announcing is not kept for ever.
-		if prev, ok := d.peers.lookup(key, c.rec.Seq); ok && prev.Session == v.Session && v.Session != "" {
+		// A version stored before sessions were recorded has none: merged,
+		// as it was then.
+		if prev, ok := d.peers.lookup(key, c.rec.Seq); ok && (prev.Session == v.Session || prev.Session == "") {
 			v = mergeVersions(prev, v)
 		}
 	}

@@ -53,14 +53,19 @@ type journalEntry struct {
 
 var metaKey = []byte("meta")
 
-// peerKey is a peer's key in its session's bucket: 'p', type, distinguisher
-// and the address in 16 bytes.
+// peerKey is a peer's key in its session's bucket: 'p', type, distinguisher,
+// whether the address is IPv4 (so an IPv4 peer and its IPv4-mapped IPv6 twin
+// stay apart) and the address in 16 bytes.
 func peerKey(k PeerKey) []byte {
-	b := make([]byte, 0, 26)
+	b := make([]byte, 0, 27)
 	b = append(b, 'p', k.Type)
 	b = append(b, k.Distinguisher[:]...)
+	v4 := byte(0)
+	if k.Address.Is4() {
+		v4 = 1
+	}
 	a := k.Address.As16()
-	return append(b, a[:]...)
+	return append(append(b, v4), a[:]...)
 }
 
 // OpenSessionJournal opens (creating) the journal in dir.

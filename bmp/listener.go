@@ -105,7 +105,7 @@ func NewListener(cfg Config, spool Spool, logger *slog.Logger, reg prometheus.Re
 		sessions:   make(map[*session]struct{}),
 		done:       make(chan struct{}),
 		budget:     budget,
-		closeGrace: closeGrace,
+		closeGrace: defaultCloseGrace,
 	}
 	for _, a := range cfg.Allow {
 		p, _ := parseAllow(a) // Validate checked it
@@ -224,9 +224,9 @@ func (l *Listener) Close(ctx context.Context) error {
 	return nil
 }
 
-// closeGrace is how long Close waits for sessions once their appends are
-// cancelled at its deadline.
-const closeGrace = 5 * time.Second
+// defaultCloseGrace is how long Close waits for sessions once their
+// appends are cancelled at its deadline.
+const defaultCloseGrace = 5 * time.Second
 
 func (l *Listener) acceptLoop(ln net.Listener) {
 	defer l.wg.Done()

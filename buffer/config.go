@@ -157,8 +157,8 @@ type Options struct {
 	// openSegment replaces the segment opener in tests, to inject errors
 	// that root (which runs the tests) cannot provoke, like EACCES.
 	openSegment func(segFile, bool) (*segment, segmentInfo, error)
-	// syncHook, in tests, runs before each commit's fdatasync; an error
-	// stands for a failed fdatasync.
+	// syncHook, in tests, runs before each fdatasync of the writer (commits,
+	// the ack watermark, new segments); an error stands for a failed one.
 	syncHook func() error
 }
 

@@ -179,7 +179,7 @@ func (s *Spool) load() error {
 	// lastEnd is where the last good segment ends; qFloor bounds the seqs of
 	// a quarantined segment after it.
 	lastEnd, qFloor := uint64(1), uint64(0)
-	for i, f := range files {
+	for _, f := range files {
 		if f.first < lastEnd {
 			s.quarantine(f.path, fmt.Errorf("starts at seq %d inside the previous segment (ends before %d): %w", f.first, lastEnd, ErrCorrupt))
 			continue
@@ -196,10 +196,11 @@ func (s *Spool) load() error {
 			return fmt.Errorf("buffer: open segment %s: %w", f.path, err)
 		}
 		rolledBack := false
-		if err != nil && !errors.Is(err, bolterrors.ErrTimeout) && !s.opts.ReadOnly && i == len(files)-1 {
-			// The newest segment may end in a commit a power cut interrupted.
+		if err != nil && !errors.Is(err, bolterrors.ErrTimeout) && !s.opts.ReadOnly {
+			// A segment may end in a commit a power cut interrupted: the
+			// newest one, or one the spool left after a failed fdatasync.
 			if rerr := rollbackLastCommit(f); rerr == nil {
-				s.log.Warn("spool rolled back the interrupted last commit of its newest segment", "segment", filepath.Base(f.path), "err", err)
+				s.log.Warn("spool rolled back the last commit of a segment that did not verify", "segment", filepath.Base(f.path), "err", err)
 				rolledBack = true
 				seg, info, err = open(f, false)
 			}
@@ -647,6 +648,16 @@ func (s *Spool) persistAcked(acked uint64) error {
 	if acked <= s.persisted {
 		return nil
 	}
+	if s.syncFailed {
+		// Not after the doubtful commit: a new segment, which stores the
+		// watermark as it is created, keeps that commit the last of its own.
+		if err := s.rotate(); err == nil {
+			s.syncFailed = false
+			if s.persisted >= acked {
+				return nil
+			}
+		}
+	}
 	s.mu.Lock()
 	seg := s.segs[len(s.segs)-1]
 	s.mu.Unlock()
@@ -654,7 +665,9 @@ func (s *Spool) persistAcked(acked uint64) error {
 		return tx.Bucket(bucketMeta()).Put(keyAcked(), binary.BigEndian.AppendUint64(nil, acked))
 	})
 	if err == nil {
-		err = seg.db.Sync()
+		if err = s.syncSegment(seg); err != nil {
+			s.syncFailed = true
+		}
 	}
 	if err != nil {
 		// Acknowledged segments stay on disk until this succeeds.
@@ -738,6 +751,11 @@ func (s *Spool) rotate() error {
 	s.mu.Unlock()
 	if act.first == next {
 		return nil
+	}
+	if h := s.opts.syncHook; h != nil { // the new segment is fdatasync'd too
+		if err := h(); err != nil {
+			return err
+		}
 	}
 	seg, err := createSegment(s.opts.Dir, next, acked)
 	if err != nil {

@@ -30,7 +30,8 @@ type commander struct {
 	// stalled reports whether the stdin reader is blocked on a full queue.
 	// Acks are read by that reader, so a command written then could only
 	// time out, and its ack, read after the stall, would answer a later
-	// command: commands are refused instead.
+	// command: commands wait for the stall to end (or their caller to give
+	// up) before they are written.
 	stalled func() bool
 }
 
@@ -104,8 +105,10 @@ func (c *commander) run(ctx context.Context) {
 			p.done <- cmdResult{ResultTimeout, "not sent: caller gave up while queued"}
 			continue
 		}
-		if c.stalled != nil && c.stalled() {
-			p.done <- cmdResult{ResultError, "not sent: exabgp's output is not being read (spool stalled)"}
+		if !c.awaitReader(ctx, p) {
+			if ctx.Err() != nil {
+				return
+			}
 			continue
 		}
 		c.drainStray()
@@ -156,6 +159,33 @@ func (c *commander) run(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// stallPoll is how often a command waiting for a stalled reader looks again.
+const stallPoll = 50 * time.Millisecond
+
+// awaitReader holds p while the stdin reader is stalled. It reports whether
+// p may be written; if not, p has been answered (its caller gave up, or the
+// process is stopping).
+func (c *commander) awaitReader(ctx context.Context, p *pendingCmd) bool {
+	if c.stalled == nil {
+		return true
+	}
+	for c.stalled() {
+		t := time.NewTimer(stallPoll)
+		select {
+		case <-t.C:
+		case <-p.ctx.Done():
+			t.Stop()
+			p.done <- cmdResult{ResultTimeout, "not sent: exabgp's output was not being read (spool stalled) until the caller gave up"}
+			return false
+		case <-ctx.Done():
+			t.Stop()
+			p.done <- cmdResult{ResultTimeout, "not sent: shutting down while exabgp's output was not being read"}
+			return false
+		}
+	}
+	return true
 }
 
 // drainStray discards acks nobody is waiting for (e.g. later than the ghost

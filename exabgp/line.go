@@ -60,9 +60,9 @@ func (a Ack) String() string {
 	}
 }
 
-// ClassifyLine decides, without decoding JSON, whether a line is an event for
-// the spool or belongs to the command path. It runs on the stdin reader's hot
-// path, so it only looks at a few bytes.
+// ClassifyLine decides whether a line is an event for the spool or belongs
+// to the command path. It runs on the stdin reader's hot path, so for events
+// it only looks at a few bytes; only answers (one per command) are decoded.
 func ClassifyLine(line []byte) (LineKind, Ack) {
 	line = bytes.TrimSpace(line)
 	if len(line) == 0 {

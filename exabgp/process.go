@@ -450,6 +450,7 @@ func (p *Process) spool(ctx context.Context) error {
 func (p *Process) drain(sp Spool, pending []record.Record) error {
 	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
 	defer cancel()
+	defer p.inFlight.Store(0)
 	if len(pending) > 0 {
 		if _, err := sp.Append(ctx, pending...); err != nil {
 			return p.abandon(pending)
@@ -482,6 +483,7 @@ func (p *Process) drain(sp Spool, pending []record.Record) error {
 
 // abandon counts the events that will not reach the spool at shutdown.
 func (p *Process) abandon(batch []record.Record) error {
+	p.inFlight.Store(0)
 	n := len(batch) + len(p.queue)
 	if n > 0 {
 		p.m.lost.Add(float64(n))

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -126,7 +127,8 @@ func TestProcessQueuePolicies(t *testing.T) {
 			sp := &memSpool{gate: make(chan struct{})}
 			reg := prometheus.NewRegistry()
 			logs := &testenv.LogBuffer{}
-			p, err := New(Options{Config: cfg, OpenSpool: func() (Spool, error) { return sp, nil }, In: pr, Out: io.Discard,
+			out := &countingWriter{}
+			p, err := New(Options{Config: cfg, OpenSpool: func() (Spool, error) { return sp, nil }, In: pr, Out: out,
 				Registerer: reg, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 			if err != nil {
 				t.Fatal(err)
@@ -171,10 +173,17 @@ func TestProcessQueuePolicies(t *testing.T) {
 				testenv.Eventually(t, 5*time.Second, "blocked time counted during the stall", func() bool {
 					return testutil.ToFloat64(p.m.readerBlocked) >= 1
 				})
-				// Acks are read by the blocked reader: a command now is
-				// refused at once rather than written and timed out.
-				if r := p.cmd.Do(context.Background(), "announce route 10.0.0.0/24 next-hop self"); r.result != ResultError || !strings.Contains(r.reason, "stalled") {
+				// Acks are read by the blocked reader: a command now waits
+				// for the stall to end, and is not written if its caller
+				// gives up first.
+				ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+				r := p.cmd.Do(ctx, "announce route 10.0.0.0/24 next-hop self")
+				cancel()
+				if r.result != ResultTimeout {
 					t.Errorf("command during the stall: %+v", r)
+				}
+				if n := out.writes.Load(); n != 0 {
+					t.Errorf("%d writes to exabgp during the stall", n)
 				}
 			}
 			close(sp.gate)
@@ -415,6 +424,7 @@ func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
 func TestProcessReplaysEveryNeighborUp(t *testing.T) {
 	const neighbors = 150
 	cfg := testConfig(t)
+	cfg.Commands.AckTimeout = 5 * time.Second // every command is acked; a timeout is a failure
 	j, err := OpenJournal(cfg.JournalPath())
 	if err != nil {
 		t.Fatal(err)
@@ -511,6 +521,14 @@ func TestProcessShutdownStuckWriter(t *testing.T) {
 	if r := <-res; r.result != ResultTimeout {
 		t.Errorf("command %+v, want a timeout (outcome unknown)", r)
 	}
+}
+
+// countingWriter discards what is written and counts the writes.
+type countingWriter struct{ writes atomic.Int64 }
+
+func (w *countingWriter) Write(b []byte) (int, error) {
+	w.writes.Add(1)
+	return len(b), nil
 }
 
 // enteredWriter closes entered when the first Write begins.

@@ -338,10 +338,11 @@ func (f *Forwarder) session(ctx context.Context, sink Sink, stop <-chan struct{}
 	commit()
 
 	res := sessionResult{delivered: delivered.Load(), err: tr.failure(), failedAt: tr.failedSince()}
-	// A write cut short because the session was ended on purpose (shutdown,
-	// or failback from NATS) is not the sink's failure.
+	// Writes cut short because the session was ended on purpose (shutdown,
+	// or failback from NATS), cancelled or failed by the bounded final
+	// flush, are not the sink's failure.
 	deliberate := ctx.Err() != nil || closed(stop)
-	if res.err != nil && !(deliberate && errors.Is(res.err, context.Canceled)) {
+	if res.err != nil && !deliberate {
 		f.m.errors.WithLabelValues(name, "write").Inc()
 	}
 	if ackErr != nil {

@@ -59,7 +59,7 @@ func newMetrics(reg prometheus.Registerer, states *stateClock) (*metrics, error)
 			Help: "Highest spool seq below which everything is delivered.",
 		}),
 	}
-	cs := []prometheus.Collector{m.active, m.records, m.messages, m.bytes, m.errors, m.deadLetters, m.failovers, m.ackedSeq}
+	cs := []prometheus.Collector{m.active, m.records, m.messages, m.bytes, m.errors, m.deadLetters, m.failovers, m.ackedSeq, m.panics}
 	for _, s := range sinkNames {
 		m.active.WithLabelValues(s)
 		m.records.WithLabelValues(s)

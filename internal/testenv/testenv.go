@@ -71,7 +71,7 @@ func Shared(t testing.TB, elem ...string) string {
 	}
 	p := filepath.Join(append([]string{base}, elem...)...)
 	if _, err := os.Stat(p); err != nil {
-		Missing(t, "shared test data "+p, "check out the steering repo's shared/ beside this one, or set BGPEDGE_SHARED")
+		Missing(t, "shared test data "+p, "put the test-data checkout (bmpdata/, exabgp/) at ../shared beside this repository, or set BGPEDGE_SHARED to it")
 	}
 	return p
 }
