@@ -16,7 +16,7 @@ TOOL     := $(GO) tool -modfile=tools/go.mod
 FUZZTIME ?= 1m
 CONFIG   ?= configs/local.yaml
 
-.PHONY: all build test bench fuzz lint run kafka-up kafka-down tools clean
+.PHONY: all build test bench fuzz lint run package kafka-up kafka-down tools clean
 
 all: build
 

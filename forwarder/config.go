@@ -233,8 +233,13 @@ func (c Config) Validate() error {
 	if _, err := compressionCodec(k.Compression); err != nil {
 		bad("kafka.compression", "%v", err)
 	}
-	if k.FlushBytes < 0 || k.FlushMessages < 0 || k.FlushFrequency < 0 {
-		bad("kafka.flush_bytes", "flush settings must not be negative")
+	for _, f := range []struct {
+		key string
+		v   int64
+	}{{"kafka.flush_bytes", int64(k.FlushBytes)}, {"kafka.flush_messages", int64(k.FlushMessages)}, {"kafka.flush_frequency", int64(k.FlushFrequency)}} {
+		if f.v < 0 {
+			bad(f.key, "must not be negative")
+		}
 	}
 	if k.MaxMessageBytes < minMessageBytes {
 		bad("kafka.max_message_bytes", "must be at least %d (a dead letter carries up to 1 KiB of key and %d bytes of headers)", minMessageBytes, messageOverhead)

@@ -270,6 +270,7 @@ func TestConfigValidate(t *testing.T) {
 		{"version", func(c *Config) { c.Kafka.Version = "x" }, "forwarder.kafka.version"},
 		{"no producers", func(c *Config) { c.Kafka.Producers = 0 }, "forwarder.kafka.producers"},
 		{"too many producers", func(c *Config) { c.Kafka.Producers = 17 }, "forwarder.kafka.producers"},
+		{"negative flush frequency", func(c *Config) { c.Kafka.FlushFrequency = -time.Millisecond }, "forwarder.kafka.flush_frequency: must not be negative"},
 		{"message limit below a dead letter", func(c *Config) { c.Kafka.MaxMessageBytes = 4096 }, "forwarder.kafka.max_message_bytes: must be at least 16384"},
 		{"one producer", func(c *Config) { c.Kafka.Producers = 1 }, ""},
 	}

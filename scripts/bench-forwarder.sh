@@ -21,14 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export BGPEDGE_BENCH_RECORDS=${BGPEDGE_BENCH_RECORDS:-5000000}
-started=false
-if ! scripts/kafka.sh status >/dev/null 2>&1; then
-	scripts/kafka.sh start
-	started=true
-fi
-cleanup() { if $started; then scripts/kafka.sh stop; fi; }
-trap cleanup EXIT
-export BGPEDGE_TEST_KAFKA=${BGPEDGE_TEST_KAFKA:-$(scripts/kafka.sh brokers)}
+source scripts/lib-kafka.sh
 
 bench=${BGPEDGE_BENCH:-BenchmarkDrainKafka|BenchmarkDrainBMPJSON|BenchmarkDrainJetStream|BenchmarkSpoolReadAck}
 cmd=(go test -run '^$' -bench "$bench" -benchtime 1x -timeout 60m ./forwarder/)

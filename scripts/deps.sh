@@ -27,6 +27,9 @@ debs=(
 	default-jdk-headless
 	maven
 	python3-venv
+	gcc
+	make
+	git
 )
 read -r -a extra <<<"${BGPEDGE_DEBS:-}"
 debs+=("${extra[@]}")
@@ -92,4 +95,11 @@ if [[ ! -f $exa5/.complete ]]; then
 fi
 ln -sfn "exabgp-$exa5_version" "$root/.cache/exabgp5"
 
+# Go itself is not a Debian package of the right version: check it.
+want=$(awk '$1 == "go" { print $2 }' "$root/go.mod")
+have=$(go env GOVERSION 2>/dev/null | sed 's/^go//')
+if [ -z "$have" ] || [ "$(printf '%s\n%s\n' "$want" "$have" | sort -V | head -n1)" != "$want" ]; then
+	echo "deps.sh: Go $want or newer is needed (found: ${have:-none}); see https://go.dev/dl" >&2
+	exit 1
+fi
 go mod download
