@@ -192,7 +192,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.applyMu.Unlock()
 
 	err := a.startParts(ctx)
-	if err == nil {
+	if err == nil && ctx.Err() == nil { // not when stopped while still starting
 		a.notify("READY=1")
 		a.log.Info("agent ready", "agent_id", cfg.Agent.ID, "bmp", a.stationAddr(), "forwarder", cfg.Forwarder.Enabled)
 		<-ctx.Done()

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/bgpedge/bgpedge/record"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // Fakes for the fast lifecycle tests; the integration tests below and in
@@ -492,5 +494,41 @@ func TestApplyForwarderPrepareFailureRestoresOld(t *testing.T) {
 	}
 	if calls.Load() != 3 {
 		t.Fatalf("forwarder builds %d, want 3 (old, failing new, restored old)", calls.Load())
+	}
+}
+
+// TestStopWhileStartingIsNotReady: an agent stopped while its parts still
+// fail to start never tells the service manager it is ready.
+func TestStopWhileStartingIsNotReady(t *testing.T) {
+	cfg := testConfig(t)
+	blocker := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(blocker, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Buffer.Dir = filepath.Join(blocker, "spool") // under a file: cannot be created
+	var mu sync.Mutex
+	var states []string
+	a, err := New(Options{Config: cfg, Logger: testLogger(t), Notify: func(s string) {
+		mu.Lock()
+		states = append(states, s)
+		mu.Unlock()
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	testenv.Eventually(t, 10*time.Second, "a failed start attempt", func() bool {
+		return testutil.ToFloat64(a.metrics.startFailures.WithLabelValues("spool")) >= 1
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if slices.Contains(states, "READY=1") {
+		t.Fatalf("notified %v: READY=1 although nothing ever started", states)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/kardianos/service"
@@ -135,11 +136,15 @@ func runAgent(ctx context.Context, cfg Config, src *configSource, stderr io.Writ
 	)
 	var a *Agent
 	var fleetOnce sync.Once
+	var ready atomic.Bool // the agent said READY=1: every part runs
 	notify := func(state string) {
 		if err := SDNotify(state); err != nil {
 			logger.Warn("sd_notify failed", "state", state, "err", err)
 		}
-		if state == "READY=1" && fleet != nil {
+	}
+	agentNotify := func(state string) {
+		notify(state)
+		if state == "READY=1" && ready.CompareAndSwap(false, true) && fleet != nil {
 			// Central documents apply to a running agent only.
 			fleetOnce.Do(func() {
 				fleet.apply = a.Apply
@@ -147,7 +152,7 @@ func runAgent(ctx context.Context, cfg Config, src *configSource, stderr io.Writ
 			})
 		}
 	}
-	a, err = New(Options{Config: cfg, Logger: logger, Level: level, Registry: reg, Notify: notify})
+	a, err = New(Options{Config: cfg, Logger: logger, Level: level, Registry: reg, Notify: agentNotify})
 	if err != nil {
 		return err
 	}
@@ -168,6 +173,11 @@ func runAgent(ctx context.Context, cfg Config, src *configSource, stderr io.Writ
 		case err := <-runDone:
 			return err
 		case <-hup:
+			if !ready.Load() {
+				// Not ready yet: telling systemd READY=1 now would be false.
+				logger.Warn("reload ignored: the agent is still starting (its parts keep retrying with the configuration it started with); send SIGHUP again once it is ready")
+				continue
+			}
 			notify("RELOADING=1")
 			reload(ctx, a, src, logger)
 			notify("READY=1")
