@@ -3,6 +3,8 @@ package forwarder
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -297,9 +299,19 @@ func (c Config) Validate() error {
 		}
 		validateTLS("nats.tls", n.TLS, bad)
 	}
-	for stream, topic := range c.Topics.Overrides {
+	known := Streams()
+	for _, stream := range slices.Sorted(maps.Keys(c.Topics.Overrides)) {
+		topic := c.Topics.Overrides[stream]
+		if !slices.Contains(known, stream) {
+			bad("topics.overrides."+stream, "no stream %q (streams: %s)", stream, strings.Join(known, ", "))
+		}
 		if topic == "" || strings.ContainsAny(topic, " /\\") {
 			bad("topics.overrides."+stream, "%q is not a valid topic name", topic)
+		}
+	}
+	for i, stream := range c.Topics.Ensure {
+		if !slices.Contains(known, stream) {
+			bad(fmt.Sprintf("topics.ensure[%d]", i), "no stream %q (streams: %s)", stream, strings.Join(known, ", "))
 		}
 	}
 	return errors.Join(errs...)

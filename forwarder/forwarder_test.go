@@ -270,6 +270,8 @@ func TestConfigValidate(t *testing.T) {
 		{"version", func(c *Config) { c.Kafka.Version = "x" }, "forwarder.kafka.version"},
 		{"no producers", func(c *Config) { c.Kafka.Producers = 0 }, "forwarder.kafka.producers"},
 		{"too many producers", func(c *Config) { c.Kafka.Producers = 17 }, "forwarder.kafka.producers"},
+		{"override of a stream that does not exist", func(c *Config) { c.Topics.Overrides = map[string]string{"bmp.raww": "x"} }, "forwarder.topics.overrides.bmp.raww: no stream"},
+		{"ensure of a stream that does not exist", func(c *Config) { c.Topics.Ensure = []string{"bmp.raw", "bogus"} }, "forwarder.topics.ensure[1]: no stream \"bogus\""},
 		{"negative flush frequency", func(c *Config) { c.Kafka.FlushFrequency = -time.Millisecond }, "forwarder.kafka.flush_frequency: must not be negative"},
 		{"message limit below a dead letter", func(c *Config) { c.Kafka.MaxMessageBytes = 4096 }, "forwarder.kafka.max_message_bytes: must be at least 16384"},
 		{"one producer", func(c *Config) { c.Kafka.Producers = 1 }, ""},
