@@ -251,19 +251,24 @@ func TestReplayStopsOnCancelWhileBlocked(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	var sent atomic.Uint64
+	// Progress is reported about every 200 ms: reports that repeat the same
+	// non-zero count say the writes stopped moving.
+	var last atomic.Uint64
+	var unchanged atomic.Int32
 	go func() {
 		_, err := Replay(ctx, ReplayOptions{Streams: [][]byte{stream}, Target: ln.Addr().String(),
-			Progress: func(n, _ uint64) { sent.Store(n) }})
+			Progress: func(n, _ uint64) {
+				if n > 0 && last.Swap(n) == n {
+					unchanged.Add(1)
+				} else {
+					unchanged.Store(0)
+				}
+			}})
 		done <- err
 	}()
 	c := <-accepted
 	defer c.Close()
-	testenv.Eventually(t, 10*time.Second, "writes blocked on the full socket", func() bool {
-		before := sent.Load()
-		time.Sleep(300 * time.Millisecond) // progress is reported every 200 ms
-		return before > 0 && sent.Load() == before
-	})
+	testenv.Eventually(t, 10*time.Second, "writes blocked on the full socket", func() bool { return unchanged.Load() >= 2 })
 	cancel()
 	select {
 	case err := <-done:

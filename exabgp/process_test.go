@@ -441,14 +441,15 @@ func TestProcessReplaysEveryNeighborUp(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- p.Run(context.Background()) }()
 
-	// exaBGP: every command is answered, slowly enough that many sessions
-	// come up while replays are still running.
+	// exaBGP: every command is answered, but not before every session has
+	// come up, so all of them come up while the start-up replay still waits.
 	replayed := make(chan string, 2*neighbors)
+	release := make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(outR)
 		for sc.Scan() {
 			replayed <- sc.Text()
-			time.Sleep(time.Millisecond)
+			<-release
 			if _, err := io.WriteString(inW, "done\n"); err != nil {
 				return
 			}
@@ -471,6 +472,10 @@ func TestProcessReplaysEveryNeighborUp(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	testenv.Eventually(t, 10*time.Second, "every state up read", func() bool {
+		return testutil.ToFloat64(p.m.lines.WithLabelValues("event")) == neighbors+1
+	})
+	close(release)
 	deadline := time.After(30 * time.Second)
 	for len(want) > 0 {
 		select {
