@@ -83,6 +83,7 @@ func runExabgp(ctx context.Context, file string, stdin io.Reader, stdout, stderr
 		sp, err := buffer.Open(buffer.Options{
 			Dir:        ecfg.SpoolDir(),
 			MaxBytes:   ecfg.SpoolMaxBytes,
+			FirstSeq:   buffer.SeqFromClock(time.Now()),
 			Policy:     buffer.PolicyBlock,
 			Logger:     log.With("component", "buffer"),
 			Registerer: reg,

@@ -129,9 +129,23 @@ func (c Config) Options(logger *slog.Logger, reg prometheus.Registerer) Options 
 		BatchBytes:   c.BatchBytes,
 		MaxDelay:     delay,
 		KeepAcked:    c.KeepAcked,
+		FirstSeq:     SeqFromClock(time.Now()),
 		Logger:       logger,
 		Registerer:   reg,
 	}
+}
+
+// SeqFromClock is the first seq for a new spool created at t: its Unix time
+// in microseconds. Message ids are built from seqs, and a spool that starts
+// at 1 again after its directory was wiped would reuse the old spool's ids:
+// JetStream drops a message whose id it saw within its duplicate window and
+// acknowledges it as stored, and consumers that deduplicate by id drop it
+// too. Starting at the clock keeps the new ids above the old ones unless the
+// old spool averaged more than one record per microsecond over its life, or
+// the clock stepped back. Microseconds keep seqs below 2^53, exact in JSON
+// numbers, for two centuries.
+func SeqFromClock(t time.Time) uint64 {
+	return uint64(max(t.UnixMicro(), 1))
 }
 
 // Options configures Open. Zero values take the defaults of DefaultConfig,
@@ -148,6 +162,10 @@ type Options struct {
 	MaxDelay     time.Duration
 	// KeepAcked: see Config.KeepAcked.
 	KeepAcked bool
+	// FirstSeq is the first seq of a spool whose directory holds no segment
+	// file yet (0 means 1); a spool with segments goes on from its own.
+	// Config.Options sets it from the clock (SeqFromClock).
+	FirstSeq uint64
 	// ReadOnly opens the spool for inspection (the CLI): no writer, no
 	// deletion, no quarantine; Append and Ack fail with ErrReadOnly.
 	ReadOnly   bool

@@ -229,6 +229,12 @@ func (s *Spool) load() error {
 		}
 	}
 	floor := max(lastEnd, qFloor)
+	if len(files) == 0 && s.opts.FirstSeq > floor {
+		// A new spool: nothing below FirstSeq exists, so it counts as
+		// acknowledged, and FirstUnacked and the stats start there.
+		floor = s.opts.FirstSeq
+		s.acked = floor - 1
+	}
 	s.next = floor
 	if s.opts.ReadOnly {
 		s.advanceLocked()

@@ -382,3 +382,52 @@ func TestReadNeverAheadOfDurable(t *testing.T) {
 		t.Fatalf("read bounded by end 201: %d records, %v", len(got), err)
 	}
 }
+
+// TestFirstSeq: a spool created with FirstSeq starts there and counts
+// nothing below it; once it has segments, it goes on from its own seqs
+// whatever FirstSeq a later Open passes.
+func TestFirstSeq(t *testing.T) {
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(3, 3))
+	ctx := context.Background()
+	const base = 1_795_000_000_000_000
+	s := openTest(t, Options{Dir: dir, FirstSeq: base})
+	if got := s.FirstUnacked(); got != base {
+		t.Fatalf("new spool: first unacked %d, want %d", got, base)
+	}
+	first, err := s.Append(ctx, testRecords(rng, 5, 100)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first != base {
+		t.Fatalf("first append got seq %d, want %d", first, base)
+	}
+	if st := s.Stats(); st.Records != 5 || st.FirstSeq != base || st.LastSeq != base+4 {
+		t.Fatalf("stats %+v; want 5 records %d..%d", st, base, base+4)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, fs := range []uint64{0, 1, base + 1_000_000} {
+		s = openTest(t, Options{Dir: dir, FirstSeq: fs})
+		if got := readAll(t, s.Spool, 1); len(got) != 5 || got[0].Seq != base {
+			t.Fatalf("reopen with FirstSeq %d: %d records; want 5 from seq %d", fs, len(got), base)
+		}
+		next, err := s.Append(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if next != base+5 {
+			t.Fatalf("reopen with FirstSeq %d: next seq %d, want %d", fs, next, base+5)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := SeqFromClock(time.UnixMicro(base)), uint64(base); got != want {
+		t.Fatalf("SeqFromClock = %d, want %d", got, want)
+	}
+	if got := SeqFromClock(time.Unix(0, 0)); got != 1 {
+		t.Fatalf("SeqFromClock(epoch) = %d, want 1", got)
+	}
+}
