@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -54,6 +55,9 @@ func newConfigValidateCommand() *cobra.Command {
 		Short: "Check the configuration (file, environment, flags); exit non-zero naming every bad key",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			for _, w := range EnvWarnings(os.Environ()) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "bgpedge: warning: %s\n", w)
+			}
 			if _, err := flags.load(); err != nil {
 				fmt.Fprintf(cmd.ErrOrStderr(), "bgpedge: %v\n", err)
 				return errSilent

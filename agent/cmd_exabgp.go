@@ -63,6 +63,7 @@ func runExabgp(ctx context.Context, file string, stdin io.Reader, stdout, stderr
 	if l, lerr := NewLogger(stderr, acfg.Log.Format, level); lerr == nil {
 		log = l.With("component", "exabgp")
 	}
+	logEnvWarnings(log)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

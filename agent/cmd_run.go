@@ -112,6 +112,7 @@ func runAgent(ctx context.Context, cfg Config, src *configSource, stderr io.Writ
 	if err != nil {
 		return err
 	}
+	logEnvWarnings(logger)
 	var fleet *fleetWatcher
 	if cfg.Fleet.Enabled {
 		fleet = &fleetWatcher{cfg: cfg.Fleet, agentID: cfg.Agent.ID, src: src, store: lastGood{dir: cfg.Agent.StateDir}, log: logger}

@@ -334,3 +334,42 @@ func TestExampleShowsDefaults(t *testing.T) {
 		t.Errorf("configs/bgpedge.yaml differs from DefaultConfig():\nfile:     %s\ndefaults: %s", got, want)
 	}
 }
+
+// TestEnvWarnings: a BGPEDGE_* variable that sets nothing is reported, with
+// the variable it was probably meant to be, and so is an empty one; the
+// variables that set keys, and other programs' variables, are not.
+func TestEnvWarnings(t *testing.T) {
+	got := EnvWarnings([]string{
+		"BGPEDGE_BUFFER_DIR=/var/lib/bgpedge/spool",
+		"BGPEDGE_BUFER_DIR=/x",                // one letter missing
+		"BGPEDGE_FORWARDER_KAFKA_BROKER=k1:1", // plural missing
+		"BGPEDGE_SOMETHING_ELSE=1",            // nothing near
+		"BGPEDGE_BMP_LISTEN=",                 // empty
+		"PATH=/usr/bin",
+		"BGPEDGE_HTTP_LISTEN=127.0.0.1:1=2", // '=' in a value
+	})
+	want := []string{
+		"BGPEDGE_BMP_LISTEN is empty and ignored: unset it, or set the key in the file",
+		"BGPEDGE_BUFER_DIR sets no configuration key (did you mean BGPEDGE_BUFFER_DIR?)",
+		"BGPEDGE_FORWARDER_KAFKA_BROKER sets no configuration key (did you mean BGPEDGE_FORWARDER_KAFKA_BROKERS?)",
+		"BGPEDGE_SOMETHING_ELSE sets no configuration key",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("EnvWarnings =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+
+	// config validate prints them and still passes.
+	t.Setenv("BGPEDGE_BUFER_DIR", "/x")
+	t.Chdir(t.TempDir())
+	var stdout, stderr bytes.Buffer
+	f := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(f, []byte("forwarder:\n  enabled: false\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code := Main(t.Context(), []string{"config", "validate", "--config", f}, strings.NewReader(""), &stdout, &stderr); code != 0 {
+		t.Fatalf("exit code %d (stderr %q)", code, stderr.String())
+	}
+	if w := "bgpedge: warning: BGPEDGE_BUFER_DIR sets no configuration key (did you mean BGPEDGE_BUFFER_DIR?)"; !strings.Contains(stderr.String(), w) {
+		t.Fatalf("stderr %q lacks %q", stderr.String(), w)
+	}
+}

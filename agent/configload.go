@@ -419,3 +419,67 @@ func flattenKeys(m map[string]any, prefix string) []string {
 	sort.Strings(out)
 	return out
 }
+
+// EnvWarnings names the BGPEDGE_* variables of environ that Load ignores:
+// a name that sets no key (a mistyped variable would otherwise change
+// nothing, silently), and an empty value (which does not clear a key).
+// The environment is not an error source: it also carries variables of
+// other tools that share the prefix.
+func EnvWarnings(environ []string) []string {
+	known := map[string]bool{}
+	names := EnvNames()
+	for _, n := range names {
+		known[n] = true
+	}
+	var out []string
+	for _, kv := range environ {
+		name, val, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, EnvPrefix) {
+			continue
+		}
+		switch {
+		case !known[name]:
+			w := name + " sets no configuration key"
+			if m := closestName(name, names); m != "" {
+				w += " (did you mean " + m + "?)"
+			}
+			out = append(out, w)
+		case val == "":
+			out = append(out, name+" is empty and ignored: unset it, or set the key in the file")
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// closestName returns the candidate nearest to name by edit distance, if it
+// is near enough to be a typo (at most one edit in four characters).
+func closestName(name string, candidates []string) string {
+	best, bestD := "", len(name)/4+1
+	for _, c := range candidates {
+		if d := editDistance(name, c); d < bestD {
+			best, bestD = c, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 )
@@ -78,4 +79,12 @@ func (l *limitedLogger) emit(level slog.Level, key, msg string, args []any) {
 		args = append(args, "suppressed", suppressed)
 	}
 	l.log.Log(context.Background(), level, msg, args...)
+}
+
+// logEnvWarnings logs the BGPEDGE_* variables of the process environment
+// that set nothing (EnvWarnings).
+func logEnvWarnings(log *slog.Logger) {
+	for _, w := range EnvWarnings(os.Environ()) {
+		log.Warn("environment variable ignored", "problem", w)
+	}
 }
