@@ -122,6 +122,10 @@ const (
 	FleetApplying = "applying"
 	FleetApplied  = "applied"
 	FleetFailed   = "failed"
+	// FleetPendingRestart: the document validated but changes a key only a
+	// restart applies; it is saved as the last-good document, so the next
+	// start runs it.
+	FleetPendingRestart = "pending-restart"
 )
 
 // configSource loads the effective configuration: the local file and
@@ -224,6 +228,18 @@ func (l lastGood) save(d FleetDoc) error {
 	return writeAtomic(metaPath, meta)
 }
 
+// clear removes the last-good document; the meta file goes first, which
+// alone makes load find none.
+func (l lastGood) clear() error {
+	docPath, metaPath := l.paths()
+	for _, p := range []string{metaPath, docPath} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("fleet: last-good: %w", err)
+		}
+	}
+	return syncDirPath(l.dir)
+}
+
 // load returns the last-good document, or ok=false if there is none or it
 // does not match its recorded hash.
 func (l lastGood) load() (FleetDoc, bool, error) {
@@ -270,7 +286,11 @@ func writeAtomic(path string, data []byte) error {
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	d, err := os.Open(filepath.Dir(path))
+	return syncDirPath(filepath.Dir(path))
+}
+
+func syncDirPath(dir string) error {
+	d, err := os.Open(dir)
 	if err != nil {
 		return err
 	}
@@ -321,9 +341,10 @@ type fleetWatcher struct {
 	mu      sync.Mutex
 	applied FleetDoc // the document in effect (zero: none)
 	limited *limitedLogger
-	failed  struct { // the last document that failed, until another comes
-		doc FleetDoc
-		err error
+	failed  struct { // the last document that did not apply, until another comes
+		doc   FleetDoc // zero: the revert to the local configuration
+		state string   // FleetFailed or FleetPendingRestart
+		err   error
 	}
 }
 
@@ -401,10 +422,12 @@ func (w *fleetWatcher) watch(ctx context.Context) error {
 			if !ok {
 				d, ok = docs[groupKey]
 			}
+			report := func(d FleetDoc, state string, err error) { w.reportKV(ctx, status, d, state, err) }
 			if !ok {
-				continue // nothing central: local configuration only
+				w.revert(ctx, report)
+				continue
 			}
-			w.applyDoc(ctx, d, func(d FleetDoc, state string, err error) { w.reportKV(ctx, status, d, state, err) })
+			w.applyDoc(ctx, d, report)
 		}
 	}
 }
@@ -420,7 +443,7 @@ func (w *fleetWatcher) applyDoc(ctx context.Context, d FleetDoc, report func(Fle
 		return
 	}
 	if f := w.failed; f.err != nil && f.doc.SHA256 == d.SHA256 && f.doc.Key == d.Key {
-		report(d, FleetFailed, f.err) // polled again unchanged: do not retry it
+		report(d, f.state, f.err) // polled again unchanged: do not retry it
 		return
 	}
 	report(d, FleetApplying, nil)
@@ -428,21 +451,85 @@ func (w *fleetWatcher) applyDoc(ctx context.Context, d FleetDoc, report func(Fle
 	if err == nil {
 		err = w.apply(ctx, cfg)
 	}
+	if errors.Is(err, ErrRestartRequired) {
+		// Valid over the local file; only the running parts cannot take
+		// it. Saved as last-good, it is what the next start runs.
+		if serr := w.store.save(d); serr != nil {
+			err = fmt.Errorf("%w; saving it for the next start: %w", err, serr)
+		} else {
+			w.log.Warn("fleet: document needs a restart to apply; saved, the next start runs it", "key", d.Key, "revision", d.Revision, "err", err)
+			w.notApplied(d, FleetPendingRestart, err, report)
+			return
+		}
+	}
 	if err != nil {
 		w.log.Error("fleet: document not applied, keeping the current configuration", "key", d.Key, "revision", d.Revision, "err", err)
-		w.failed.doc, w.failed.err = d, err
-		report(d, FleetFailed, err)
+		w.notApplied(d, FleetFailed, err, report)
 		return
 	}
 	w.src.setOverlay(d.Value)
 	w.mu.Lock()
 	w.applied = d
 	w.mu.Unlock()
+	w.failed.err = nil
 	if err := w.store.save(d); err != nil {
 		w.log.Error("fleet: saving last-good document", "err", err)
 	}
 	w.log.Info("fleet: document applied", "key", d.Key, "revision", d.Revision, "sha256", d.SHA256)
 	report(d, FleetApplied, nil)
+}
+
+func (w *fleetWatcher) notApplied(d FleetDoc, state string, err error, report func(FleetDoc, string, error)) {
+	w.failed.doc, w.failed.state, w.failed.err = d, state, err
+	report(d, state, err)
+}
+
+// revert returns to the local configuration alone: central holds no
+// document for this agent or its group (they were deleted). The last-good
+// document goes first, so a restart runs the local configuration too.
+func (w *fleetWatcher) revert(ctx context.Context, report func(FleetDoc, string, error)) {
+	var none FleetDoc
+	if f := w.failed; f.err != nil && f.doc.Key == "" {
+		report(none, f.state, f.err) // tried already: not again until a document comes
+		return
+	}
+	if _, ok, _ := w.store.load(); ok {
+		if err := w.store.clear(); err != nil {
+			w.log.Error("fleet: removing the last-good document", "err", err)
+		}
+	}
+	w.mu.Lock()
+	cur := w.applied
+	w.mu.Unlock()
+	if cur.Key == "" {
+		// The local configuration runs already; a document that failed or
+		// waited for a restart is gone.
+		if w.failed.err != nil {
+			w.failed.err = nil
+			report(none, FleetApplied, nil)
+		}
+		return
+	}
+	report(none, FleetApplying, nil)
+	cfg, err := loadWithOverlay(w.src.opts, nil)
+	if err == nil {
+		err = w.apply(ctx, cfg)
+	}
+	switch {
+	case errors.Is(err, ErrRestartRequired):
+		w.log.Warn("fleet: no central document; the local configuration needs a restart to apply", "err", err)
+		w.notApplied(none, FleetPendingRestart, err, report)
+	case err != nil:
+		w.log.Error("fleet: no central document, but the local configuration does not apply; keeping the current one", "err", err)
+		w.notApplied(none, FleetFailed, err, report)
+	default:
+		w.src.setOverlay(nil)
+		w.mu.Lock()
+		w.applied = none
+		w.mu.Unlock()
+		w.log.Info("fleet: no central document; reverted to the local configuration", "previous_key", cur.Key, "previous_revision", cur.Revision)
+		report(none, FleetApplied, nil)
+	}
 }
 
 func (w *fleetWatcher) status(d FleetDoc, state string, err error) []byte {
@@ -487,6 +574,8 @@ func (w *fleetWatcher) poll(ctx context.Context) {
 			w.retryLog("poll", "fleet: central unreachable, keeping the current configuration", err)
 		case d.Key != "":
 			w.applyDoc(ctx, d, report)
+		default:
+			w.revert(ctx, report)
 		}
 		select {
 		case <-ctx.Done():

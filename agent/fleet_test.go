@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -193,6 +194,53 @@ func TestFleetApplyKeepOldAndLastGood(t *testing.T) {
 	}
 }
 
+// TestFleetNATSDeleteReverts: when central deletes the only document that
+// applies to an agent, the agent returns to its local configuration.
+func TestFleetNATSDeleteReverts(t *testing.T) {
+	ns := startNATS(t)
+	url := ns.ClientURL()
+	cfg := testConfig(t)
+	cfg.Agent.ID = "edge-2"
+	cfg.Fleet = DefaultFleetConfig()
+	cfg.Fleet.Enabled, cfg.Fleet.URL, cfg.Fleet.Group = true, url, "pop-c"
+	local := filepath.Join(t.TempDir(), "bgpedge.yaml")
+	out, err := RenderYAML(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(local, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a, _, level, _ := runFakeAgent(t, cfg)
+	localLevel := level.Level()
+	w := &fleetWatcher{cfg: cfg.Fleet, agentID: "edge-2", src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
+		store: lastGood{dir: cfg.Agent.StateDir}, apply: a.Apply, log: testLogger(t)}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { w.run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	status := fleetKV(t, url, "bgpedge-fleet-status")
+	docs := fleetKV(t, url, "bgpedge-fleet")
+	if _, err := docs.Put(t.Context(), "group.pop-c", []byte("log:\n  level: error\n")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "group document applied", func() bool {
+		st := readStatus(t, status, "edge-2")
+		return st.State == FleetApplied && st.Key == "group.pop-c" && level.Level() == slog.LevelError
+	})
+	if err := docs.Delete(t.Context(), "group.pop-c"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "reverted to the local configuration", func() bool {
+		st := readStatus(t, status, "edge-2")
+		return st.State == FleetApplied && st.Key == "" && level.Level() == localLevel
+	})
+	if _, ok, err := (lastGood{dir: cfg.Agent.StateDir}).load(); ok || err != nil {
+		t.Fatalf("last-good document after the revert: ok=%v err=%v", ok, err)
+	}
+}
+
 func TestFleetDocumentMustNotChangeFleet(t *testing.T) {
 	err := checkFleetDoc([]byte("fleet:\n  enabled: false\n"))
 	if !errors.Is(err, ErrFleetSection) {
@@ -258,7 +306,7 @@ func TestFleetHTTPPollWithETag(t *testing.T) {
 	if err := os.WriteFile(local, out, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a, _, level, _ := runFakeAgent(t, cfg)
+	a, _, level, stopFake := runFakeAgent(t, cfg)
 	fc := FleetConfig{Enabled: true, HTTPURL: srv.URL, Group: "pop-b", PollInterval: 20 * time.Millisecond}
 	w := &fleetWatcher{cfg: fc, agentID: "edge-9", src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
 		store: lastGood{dir: cfg.Agent.StateDir}, apply: a.Apply, log: testLogger(t)}
@@ -292,5 +340,81 @@ func TestFleetHTTPPollWithETag(t *testing.T) {
 	})
 	if level.Level() != slog.LevelError {
 		t.Fatal("a failed document changed the level")
+	}
+
+	// Both documents deleted: back to the local configuration, and no
+	// last-good document left for the next start.
+	mu.Lock()
+	docs["/agent/edge-9.yaml"] = "log:\n  level: error\n" // applies again first
+	mu.Unlock()
+	testenv.Eventually(t, 10*time.Second, "good agent document applied again", func() bool {
+		st := last()
+		return st.State == FleetApplied && st.Key == "agent.edge-9"
+	})
+	mu.Lock()
+	delete(docs, "/agent/edge-9.yaml")
+	delete(docs, "/group/pop-b.yaml")
+	mu.Unlock()
+	localLevel, err := parseLevel(cfg.Log.Level)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "reverted to the local configuration", func() bool {
+		st := last()
+		return st.State == FleetApplied && st.Key == "" && level.Level() == localLevel
+	})
+	if _, ok, err := (lastGood{dir: cfg.Agent.StateDir}).load(); ok || err != nil {
+		t.Fatalf("last-good document after the revert: ok=%v err=%v", ok, err)
+	}
+
+	// A document that changes a restart-only key: pending, saved for the
+	// next start, the running agent unchanged.
+	const restartDoc = "buffer:\n  max_bytes: 3GiB\n"
+	mu.Lock()
+	docs["/agent/edge-9.yaml"] = restartDoc
+	mu.Unlock()
+	testenv.Eventually(t, 10*time.Second, "restart-only document pending", func() bool {
+		st := last()
+		return st.State == FleetPendingRestart && st.Key == "agent.edge-9" && strings.Contains(st.Error, "restart")
+	})
+	if got := a.Config().Buffer.MaxBytes; got == 3<<30 {
+		t.Fatal("a restart-only change was applied to the running agent")
+	}
+	if d, ok, err := (lastGood{dir: cfg.Agent.StateDir}).load(); !ok || err != nil || string(d.Value) != restartDoc {
+		t.Fatalf("pending document not saved for the next start: ok=%v err=%v value=%q", ok, err, d.Value)
+	}
+	cancel()
+	<-done
+	if err := stopFake(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The next start runs it, and reports it applied.
+	cfg.Fleet = DefaultFleetConfig()
+	cfg.Fleet.Enabled, cfg.Fleet.HTTPURL, cfg.Fleet.Group = true, srv.URL, "pop-b"
+	out, err = RenderYAML(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(local, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src := &configSource{opts: LoadOptions{File: local, FileRequired: true}}
+	cfg2, err := src.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan *Agent, 1)
+	runCtx, stopRun := context.WithCancel(t.Context())
+	runDone := make(chan error, 1)
+	go func() { runDone <- runAgent(runCtx, cfg2, src, io.Discard, func(a *Agent) { started <- a }) }()
+	a2 := <-started
+	testenv.Eventually(t, 15*time.Second, "restarted agent runs the pending document and reports it", func() bool {
+		st := last()
+		return a2.Status().Ready && a2.Config().Buffer.MaxBytes == 3<<30 && st.State == FleetApplied && st.Key == "agent.edge-9"
+	})
+	stopRun()
+	if err := <-runDone; err != nil {
+		t.Fatalf("run: %v", err)
 	}
 }
