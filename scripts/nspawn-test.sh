@@ -11,6 +11,7 @@
 #     a clean stop (Result=success, exit status 0, no panic, no error logged);
 #   * after a reboot the enabled service runs and is ready;
 #   * reinstalling the package restarts a running service; dpkg -r stops it;
+#     a reinstall after dpkg -r enables the unit again unless it was disabled;
 #   * `bgpedge service install|start|status|stop|uninstall` (the tarball
 #     install path, kardianos/service) under the same systemd.
 #
@@ -422,6 +423,22 @@ inside dpkg -r bgpedge >"$work/dpkg.log" 2>&1 || {
 [[ $(prop LoadState) == not-found ]] || fail "the unit is still loaded after dpkg -r"
 inside pgrep -x bgpedge >/dev/null && fail "a bgpedge process survived dpkg -r"
 check_journal "reinstall and remove"
+
+step "dpkg -i after dpkg -r enables the unit as before; one the administrator disabled stays disabled"
+dpkg_in() {
+	inside dpkg "$@" >"$work/dpkg.log" 2>&1 || {
+		cat "$work/dpkg.log" >&2
+		fail "dpkg $*"
+	}
+}
+dpkg_in -i /root/bgpedge.deb
+[[ $(inside systemctl is-enabled "$unit" 2>&1) == enabled ]] || fail "reinstall after dpkg -r left $unit $(inside systemctl is-enabled "$unit" 2>&1)"
+[[ $(inside systemctl is-active "$unit" 2>&1) != active ]] || fail "reinstall after dpkg -r started $unit"
+inside systemctl disable "$unit" >/dev/null 2>&1 || fail "systemctl disable"
+dpkg_in -r bgpedge
+dpkg_in -i /root/bgpedge.deb
+[[ $(inside systemctl is-enabled "$unit" 2>&1) == disabled ]] || fail "reinstall enabled $unit, which was disabled before dpkg -r"
+dpkg_in -r bgpedge
 
 # The tarball path: the binary alone, `bgpedge service install` writes the
 # unit. dpkg -r kept the user, the configuration and /var/lib/bgpedge.
