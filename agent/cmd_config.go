@@ -60,7 +60,7 @@ func newConfigValidateCommand() *cobra.Command {
 			}
 			if _, err := flags.load(); err != nil {
 				fmt.Fprintf(cmd.ErrOrStderr(), "bgpedge: %v\n", err)
-				return errSilent
+				return printed(err)
 			}
 			src := flags.file
 			if src == "" {
@@ -101,7 +101,7 @@ func newConfigShowCommand() *cobra.Command {
 			}
 			if err := cfg.Validate(); err != nil {
 				fmt.Fprintf(cmd.ErrOrStderr(), "bgpedge: warning: %v\n", err)
-				return errSilent
+				return printed(err)
 			}
 			return nil
 		},

@@ -73,7 +73,7 @@ func (p *program) Start(service.Service) error {
 	cfg, err := src.load()
 	if err != nil {
 		fmt.Fprintf(p.stderr, "bgpedge: %v\n", err)
-		return errSilent
+		return printed(err)
 	}
 	ctx, cancel := context.WithCancel(p.ctx)
 	p.cancel, p.done = cancel, make(chan struct{})

@@ -273,6 +273,10 @@ func TestConfigCommands(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("bmp:\n  allow: [300.0.0.0/8]\n  nope: 1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	invalid := filepath.Join(dir, "invalid.yaml") // decodes, does not validate
+	if err := os.WriteFile(invalid, []byte("bmp:\n  max_sessions: 0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		args       []string
 		code       int
@@ -281,11 +285,15 @@ func TestConfigCommands(t *testing.T) {
 		notInOuput string
 	}{
 		{[]string{"config", "validate", "--config", good}, 0, "configuration OK", "", ""},
-		{[]string{"config", "validate", "--config", bad}, 1, "", "bmp.nope: unknown key", ""},
-		{[]string{"config", "validate", "--config", filepath.Join(dir, "missing.yaml")}, 1, "", "not found", ""},
+		{[]string{"config", "validate", "--config", bad}, ExitConfig, "", "bmp.nope: unknown key", ""},
+		{[]string{"config", "validate", "--config", invalid}, ExitConfig, "", "bmp.max_sessions", ""},
+		{[]string{"config", "validate", "--config", filepath.Join(dir, "missing.yaml")}, ExitConfig, "", "not found", ""},
 		{[]string{"config", "show", "--config", good}, 0, "id: edge-7", "", "pw-123"},
 		{[]string{"config", "show", "--env"}, 0, "BGPEDGE_BUFFER_DIR", "", ""},
-		{[]string{"run", "--config", bad}, 1, "", "bmp.nope: unknown key", ""},
+		{[]string{"run", "--config", bad}, ExitConfig, "", "bmp.nope: unknown key", ""},
+		{[]string{"run", "--config", invalid}, ExitConfig, "", "bmp.max_sessions", ""},
+		{[]string{"run", "--config", filepath.Join(dir, "missing.yaml")}, ExitConfig, "", "not found", ""},
+		{[]string{"buffer", "stats", "--dir", filepath.Join(dir, "no-spool")}, 1, "", "", ""},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args[:2], " "), func(t *testing.T) {

@@ -21,6 +21,16 @@ var (
 // errSilent is returned by commands that already printed their error.
 var errSilent = errors.New("silent")
 
+// printed marks err as already printed; Main still reads its cause for the
+// exit status.
+func printed(err error) error { return fmt.Errorf("%w: %w", errSilent, err) }
+
+// ExitConfig is the exit status when the configuration is invalid or
+// missing (EX_CONFIG in sysexits.h). The unit's RestartPreventExitStatus
+// names it: restarting cannot fix a bad file, and a unit left failed is
+// what an operator's alerting sees.
+const ExitConfig = 78
+
 // Main runs the command line and returns the process exit code.
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root := NewRootCommand(stdin, stdout, stderr)
@@ -28,6 +38,9 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	if err := root.ExecuteContext(ctx); err != nil {
 		if !errors.Is(err, errSilent) {
 			fmt.Fprintf(stderr, "bgpedge: %v\n", err)
+		}
+		if errors.Is(err, ErrInvalidConfig) || errors.Is(err, ErrNoConfigFile) {
+			return ExitConfig
 		}
 		return 1
 	}

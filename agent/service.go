@@ -34,11 +34,12 @@ Type=notify
 NotifyAccess=main
 User=bgpedge
 Group=bgpedge
-ExecStartPre=@BIN@ config validate --config @CONFIG@
 ExecStart=@BIN@ run --config @CONFIG@
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=5s
+# 78 (EX_CONFIG): the configuration is bad; a restart cannot fix it.
+RestartPreventExitStatus=78
 TimeoutStartSec=120s
 TimeoutStopSec=90s
 KillMode=mixed

@@ -9,6 +9,8 @@
 #     (no Kafka is reachable: the agent is ready and spools);
 #   * `bgpedge service status`, systemctl reload (SIGHUP re-reads the file),
 #     a clean stop (Result=success, exit status 0, no panic, no error logged);
+#   * a bad configuration fails the start with exit status 78, which the
+#     unit's RestartPreventExitStatus keeps from a restart loop;
 #   * after a reboot the enabled service runs and is ready;
 #   * reinstalling the package restarts a running service; dpkg -r stops it;
 #     a reinstall after dpkg -r enables the unit again unless it was disabled;
@@ -396,6 +398,16 @@ journal | grep -q '"msg":"agent stopped"' || fail "no 'agent stopped' in the jou
 check_journal "start, reload, stop"
 [[ $(inside /usr/bin/bgpedge service status) == "bgpedge service: stopped (linux-systemd)" ]] ||
 	fail "bgpedge service status after stop: $(inside /usr/bin/bgpedge service status 2>&1)"
+
+step "a bad configuration fails the start, exit status 78, and systemd does not restart it"
+inside cp /etc/bgpedge/bgpedge.yaml /root/bgpedge.yaml.good
+inside sh -c 'echo "bogus_key: 1" >>/etc/bgpedge/bgpedge.yaml'
+inside systemctl start "$unit" >/dev/null 2>&1 && fail "systemctl start succeeded with an unknown key in the configuration"
+got="$(prop ActiveState) $(prop SubState) $(prop NRestarts) $(prop ExecMainStatus)"
+[[ $got == "failed failed 0 78" ]] || fail "after a start with a bad configuration: ActiveState SubState NRestarts ExecMainStatus = $got, want failed failed 0 78 (no restart loop)"
+journal | grep -q 'bogus_key: unknown key' || fail "the journal does not name the bad key"
+inside cp /root/bgpedge.yaml.good /etc/bgpedge/bgpedge.yaml
+inside systemctl reset-failed "$unit"
 
 # The unit is enabled: a boot starts it.
 power_off

@@ -92,7 +92,7 @@ check_stat /var/lib/bgpedge 750 bgpedge bgpedge
 check_stat /var/lib/bgpedge/exabgp 770 bgpedge bgpedge
 check_stat /usr/lib/systemd/system/bgpedge.service 644 root root
 grep -q 'bgpedge 1.0.0' <<<"$(/usr/bin/bgpedge version)" || fail "installed binary does not report its version"
-# ExecStartPre runs as the service user: it must be able to read the config.
+# The service runs as its own user: it must be able to read the config.
 runuser -u bgpedge -- /usr/bin/bgpedge config validate --config /etc/bgpedge/bgpedge.yaml >/dev/null ||
 	fail "the bgpedge user cannot validate the installed configuration"
 
