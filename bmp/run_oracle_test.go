@@ -25,6 +25,7 @@ import (
 	"github.com/bgpedge/bgpedge/bmp"
 	"github.com/bgpedge/bgpedge/bmp/capture"
 	"github.com/bgpedge/bgpedge/buffer"
+	"github.com/bgpedge/bgpedge/internal/spooltest"
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/bgpedge/bgpedge/record"
 )
@@ -392,6 +393,7 @@ exabgp:
 	if err := os.WriteFile(conf, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	spooltest.SeedAtOne(t, filepath.Join(tmp, "spool"))
 	a := &runAgent{logs: &testenv.LogBuffer{}, exited: make(chan error, 1)}
 	a.cmd = exec.Command(bin, "run", "--config", conf)
 	a.cmd.Dir = tmp

@@ -29,6 +29,7 @@ import (
 	gobgp "github.com/osrg/gobgp/v4/pkg/server"
 
 	"github.com/bgpedge/bgpedge/buffer"
+	"github.com/bgpedge/bgpedge/internal/spooltest"
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/bgpedge/bgpedge/record"
 )
@@ -319,6 +320,7 @@ exabgp:
 	if err := os.WriteFile(p, []byte(y), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	spooltest.SeedAtOne(t, filepath.Join(dir, "exabgp", "spool"))
 	return p
 }
 

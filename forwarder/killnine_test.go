@@ -25,6 +25,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/bgpedge/bgpedge/buffer"
+	"github.com/bgpedge/bgpedge/internal/spooltest"
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/bgpedge/bgpedge/record"
 )
@@ -88,6 +89,7 @@ func TestKillNineRun(t *testing.T) {
 
 	dir := t.TempDir()
 	spoolDir := filepath.Join(dir, "spool")
+	spooltest.SeedAtOne(t, spoolDir) // kill points are counted in seqs from 1
 	var rb [4]byte
 	_, _ = crand.Read(rb[:])
 	const agentID = "killnine"
