@@ -91,10 +91,7 @@ func TestFleetApplyKeepOldAndLastGood(t *testing.T) {
 	}
 	a, _, level, stopAgent := runFakeAgent(t, cfg)
 	w := &fleetWatcher{cfg: cfg.Fleet, agentID: "edge-1", src: src, store: lastGood{dir: stateDir}, apply: a.Apply, log: testLogger(t)}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { w.run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	stopWatcher := startWatcher(t, w.run)
 
 	status := fleetKV(t, url, "bgpedge-fleet-status")
 	docs := fleetKV(t, url, "bgpedge-fleet")
@@ -162,8 +159,7 @@ func TestFleetApplyKeepOldAndLastGood(t *testing.T) {
 	}
 
 	// 6. Central down: a new start uses the last-good document.
-	cancel()
-	<-done
+	stopWatcher()
 	if err := stopAgent(); err != nil {
 		t.Fatal(err)
 	}
@@ -204,21 +200,12 @@ func TestFleetNATSDeleteReverts(t *testing.T) {
 	cfg.Fleet = DefaultFleetConfig()
 	cfg.Fleet.Enabled, cfg.Fleet.URL, cfg.Fleet.Group = true, url, "pop-c"
 	local := filepath.Join(t.TempDir(), "bgpedge.yaml")
-	out, err := RenderYAML(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(local, out, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeConfig(t, local, cfg)
 	a, _, level, _ := runFakeAgent(t, cfg)
 	localLevel := level.Level()
 	w := &fleetWatcher{cfg: cfg.Fleet, agentID: "edge-2", src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
 		store: lastGood{dir: cfg.Agent.StateDir}, apply: a.Apply, log: testLogger(t)}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { w.run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	startWatcher(t, w.run)
 
 	status := fleetKV(t, url, "bgpedge-fleet-status")
 	docs := fleetKV(t, url, "bgpedge-fleet")
@@ -299,21 +286,12 @@ func TestFleetHTTPPollWithETag(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Agent.ID = "edge-9"
 	local := filepath.Join(t.TempDir(), "bgpedge.yaml")
-	out, err := RenderYAML(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(local, out, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeConfig(t, local, cfg)
 	a, _, level, stopFake := runFakeAgent(t, cfg)
 	fc := FleetConfig{Enabled: true, HTTPURL: srv.URL, Group: "pop-b", PollInterval: 20 * time.Millisecond}
 	w := &fleetWatcher{cfg: fc, agentID: "edge-9", src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
 		store: lastGood{dir: cfg.Agent.StateDir}, apply: a.Apply, log: testLogger(t)}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { w.poll(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	stopWatcher := startWatcher(t, w.poll)
 
 	testenv.Eventually(t, 10*time.Second, "group document applied", func() bool {
 		st := last()
@@ -383,8 +361,7 @@ func TestFleetHTTPPollWithETag(t *testing.T) {
 	if d, ok, err := (lastGood{dir: cfg.Agent.StateDir}).load(); !ok || err != nil || string(d.Value) != restartDoc {
 		t.Fatalf("pending document not saved for the next start: ok=%v err=%v value=%q", ok, err, d.Value)
 	}
-	cancel()
-	<-done
+	stopWatcher()
 	if err := stopFake(); err != nil {
 		t.Fatal(err)
 	}
@@ -392,13 +369,7 @@ func TestFleetHTTPPollWithETag(t *testing.T) {
 	// The next start runs it, and reports it applied.
 	cfg.Fleet = DefaultFleetConfig()
 	cfg.Fleet.Enabled, cfg.Fleet.HTTPURL, cfg.Fleet.Group = true, srv.URL, "pop-b"
-	out, err = RenderYAML(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(local, out, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeConfig(t, local, cfg)
 	src := &configSource{opts: LoadOptions{File: local, FileRequired: true}}
 	cfg2, err := src.load()
 	if err != nil {
@@ -417,4 +388,28 @@ func TestFleetHTTPPollWithETag(t *testing.T) {
 	if err := <-runDone; err != nil {
 		t.Fatalf("run: %v", err)
 	}
+}
+
+// writeConfig writes cfg as the YAML file at path.
+func writeConfig(t *testing.T, path string, cfg Config) {
+	t.Helper()
+	out, err := RenderYAML(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startWatcher runs a fleet watcher's loop until stop is called or the test
+// ends.
+func startWatcher(t *testing.T, run func(context.Context)) (stop func()) {
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { run(ctx); close(done) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
 }

@@ -126,23 +126,7 @@ func TestNATSSecured(t *testing.T) {
 			writeAll(t, NewNATSSink(good, "edge1", nil), msgs)
 
 			// Read back with a client of its own on the same server.
-			opts, err := NATSOptions(good, "reader")
-			if err != nil {
-				t.Fatal(err)
-			}
-			nc, err := nats.Connect(good.URL, opts...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer nc.Close()
-			js, err := jetstream.New(nc)
-			if err != nil {
-				t.Fatal(err)
-			}
-			st, err := js.Stream(ctx, good.Stream)
-			if err != nil {
-				t.Fatal(err)
-			}
+			st := openStream(t, ctx, good)
 			for i, m := range msgs {
 				got, err := st.GetMsg(ctx, uint64(i+1))
 				if err != nil {
@@ -286,4 +270,28 @@ func jwtAuth(t *testing.T, dir string) (op *jwt.OperatorClaims, res *server.MemA
 		t.Fatal(fmt.Errorf("no creds written"))
 	}
 	return op, res, sysPub, creds, strangerCreds
+}
+
+// openStream connects a client of its own with cfg's credentials and
+// returns cfg's stream, to read back what a sink published.
+func openStream(t *testing.T, ctx context.Context, cfg NATSConfig) jetstream.Stream {
+	t.Helper()
+	opts, err := NATSOptions(cfg, "reader")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(cfg.URL, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := js.Stream(ctx, cfg.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
