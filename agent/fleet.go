@@ -439,6 +439,14 @@ func (w *fleetWatcher) applyDoc(ctx context.Context, d FleetDoc, report func(Fle
 	cur := w.applied
 	w.mu.Unlock()
 	if cur.SHA256 == d.SHA256 && cur.Key == d.Key {
+		if w.failed.err != nil && w.failed.state == FleetPendingRestart {
+			// Central went back to what runs: the next start must not run
+			// the pending document saved in its place.
+			if err := w.store.save(d); err != nil {
+				w.log.Error("fleet: saving last-good document", "err", err)
+			}
+		}
+		w.failed.err = nil
 		report(d, FleetApplied, nil)
 		return
 	}

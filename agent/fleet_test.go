@@ -329,6 +329,28 @@ func TestFleetHTTPPollWithETag(t *testing.T) {
 		st := last()
 		return st.State == FleetApplied && st.Key == "agent.edge-9"
 	})
+	// A restart-only document, then central goes back to the one that
+	// runs: the next start must run that one, not the pending one.
+	const restartDoc = "buffer:\n  max_bytes: 3GiB\n"
+	setAgentDoc := func(doc string) {
+		mu.Lock()
+		docs["/agent/edge-9.yaml"] = doc
+		mu.Unlock()
+	}
+	setAgentDoc(restartDoc)
+	testenv.Eventually(t, 10*time.Second, "restart-only document pending", func() bool {
+		st := last()
+		return st.State == FleetPendingRestart && st.Key == "agent.edge-9" && strings.Contains(st.Error, "restart")
+	})
+	setAgentDoc("log:\n  level: error\n")
+	testenv.Eventually(t, 10*time.Second, "running document reported applied again", func() bool {
+		st := last()
+		return st.State == FleetApplied && st.Key == "agent.edge-9"
+	})
+	if d, ok, err := (lastGood{dir: cfg.Agent.StateDir}).load(); !ok || err != nil || string(d.Value) != "log:\n  level: error\n" {
+		t.Fatalf("last-good after central went back: ok=%v err=%v value=%q", ok, err, d.Value)
+	}
+
 	mu.Lock()
 	delete(docs, "/agent/edge-9.yaml")
 	delete(docs, "/group/pop-b.yaml")
@@ -347,10 +369,7 @@ func TestFleetHTTPPollWithETag(t *testing.T) {
 
 	// A document that changes a restart-only key: pending, saved for the
 	// next start, the running agent unchanged.
-	const restartDoc = "buffer:\n  max_bytes: 3GiB\n"
-	mu.Lock()
-	docs["/agent/edge-9.yaml"] = restartDoc
-	mu.Unlock()
+	setAgentDoc(restartDoc)
 	testenv.Eventually(t, 10*time.Second, "restart-only document pending", func() bool {
 		st := last()
 		return st.State == FleetPendingRestart && st.Key == "agent.edge-9" && strings.Contains(st.Error, "restart")
