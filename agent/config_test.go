@@ -129,13 +129,14 @@ func TestEnvironmentOverridesFileAndSetsAbsentKeys(t *testing.T) {
 	if err := os.WriteFile(f, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("BGPEDGE_BUFFER_DIR", "/from/env")                         // in the file
-	t.Setenv("BGPEDGE_BUFFER_MAX_BYTES", "2GiB")                        // absent from the file, unit
-	t.Setenv("BGPEDGE_HTTP_PPROF", "true")                              // bool
-	t.Setenv("BGPEDGE_BMP_ALLOW", "10.0.0.0/8,192.0.2.1")               // list
-	t.Setenv("BGPEDGE_FORWARDER_FAILOVER_AFTER", "45s")                 // duration
-	t.Setenv("BGPEDGE_FORWARDER_KAFKA_BROKERS", "k1:9092,k2:9092")      // nested list
-	t.Setenv("BGPEDGE_FORWARDER_KAFKA_SASL_PASSWORD", "hunter2-secret") // deep key
+	t.Setenv("BGPEDGE_BUFFER_DIR", "/from/env")                                                        // in the file
+	t.Setenv("BGPEDGE_BUFFER_MAX_BYTES", "2GiB")                                                       // absent from the file, unit
+	t.Setenv("BGPEDGE_HTTP_PPROF", "true")                                                             // bool
+	t.Setenv("BGPEDGE_BMP_ALLOW", "10.0.0.0/8,192.0.2.1")                                              // list
+	t.Setenv("BGPEDGE_FORWARDER_FAILOVER_AFTER", "45s")                                                // duration
+	t.Setenv("BGPEDGE_FORWARDER_KAFKA_BROKERS", "k1:9092,k2:9092")                                     // nested list
+	t.Setenv("BGPEDGE_FORWARDER_KAFKA_SASL_PASSWORD", "hunter2-secret")                                // deep key
+	t.Setenv("BGPEDGE_FORWARDER_TOPICS_OVERRIDES", "bmp.raw=openbmp.bmp_raw, bmp.peer = openbmp.peer") // map
 	cfg, err := Load(LoadOptions{File: f, FileRequired: true})
 	if err != nil {
 		t.Fatal(err)
@@ -155,13 +156,14 @@ func TestEnvironmentOverridesFileAndSetsAbsentKeys(t *testing.T) {
 		{"forwarder.failover_after", cfg.Forwarder.FailoverAfter, 45 * time.Second},
 		{"forwarder.kafka.brokers", cfg.Forwarder.Kafka.Brokers, []string{"k1:9092", "k2:9092"}},
 		{"forwarder.kafka.sasl.password", cfg.Forwarder.Kafka.SASL.Password, "hunter2-secret"},
+		{"forwarder.topics.overrides", cfg.Forwarder.Topics.Overrides, map[string]string{"bmp.raw": "openbmp.bmp_raw", "bmp.peer": "openbmp.peer"}},
 	}
 	for _, c := range checks {
 		if !reflect.DeepEqual(c.got, c.want) {
 			t.Errorf("%s = %#v, want %#v", c.name, c.got, c.want)
 		}
 	}
-	for _, n := range []string{"BGPEDGE_BUFFER_DIR", "BGPEDGE_FORWARDER_KAFKA_SASL_PASSWORD", "BGPEDGE_FORWARDER_TOPICS_PREFIX"} {
+	for _, n := range []string{"BGPEDGE_BUFFER_DIR", "BGPEDGE_FORWARDER_KAFKA_SASL_PASSWORD", "BGPEDGE_FORWARDER_TOPICS_PREFIX", "BGPEDGE_FORWARDER_TOPICS_OVERRIDES"} {
 		found := false
 		for _, e := range EnvNames() {
 			found = found || e == n
@@ -174,6 +176,11 @@ func TestEnvironmentOverridesFileAndSetsAbsentKeys(t *testing.T) {
 	t.Setenv("BGPEDGE_BUFFER_SEGMENT_BYTES", "big")
 	if _, err := Load(LoadOptions{File: f, FileRequired: true}); err == nil || !strings.Contains(err.Error(), "buffer.segment_bytes") {
 		t.Errorf("a bad environment value should name its key, got %v", err)
+	}
+	t.Setenv("BGPEDGE_BUFFER_SEGMENT_BYTES", "64MiB")
+	t.Setenv("BGPEDGE_FORWARDER_TOPICS_OVERRIDES", "bmp.raw")
+	if _, err := Load(LoadOptions{File: f, FileRequired: true}); err == nil || !strings.Contains(err.Error(), "forwarder.topics.overrides") || !strings.Contains(err.Error(), "key=value") {
+		t.Errorf("a map without '=' should name its key and the form, got %v", err)
 	}
 }
 

@@ -86,8 +86,7 @@ func LoadBytes(doc []byte) (Config, error) {
 }
 
 func decode(v *viper.Viper, overrides map[string]any) (Config, error) {
-	schema := configSchema(reflect.TypeOf(Config{}))
-	for _, k := range schema.leaves {
+	for _, k := range envKeys() {
 		if err := v.BindEnv(k, envName(k)); err != nil {
 			return Config{}, fmt.Errorf("bind env %s: %w", k, err)
 		}
@@ -103,11 +102,23 @@ func envName(key string) string {
 	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(key, keyDelim, "_"))
 }
 
+// envKeys are the keys the environment can set: every leaf, and every map
+// as a whole ("k=v,k=v"; it replaces the file's map).
+func envKeys() []string {
+	schema := configSchema(reflect.TypeOf(Config{}))
+	keys := append([]string(nil), schema.leaves...)
+	for m := range schema.maps {
+		keys = append(keys, m)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
 // EnvNames lists every environment variable that sets a key, for documentation.
 func EnvNames() []string {
-	schema := configSchema(reflect.TypeOf(Config{}))
-	out := make([]string, 0, len(schema.leaves))
-	for _, k := range schema.leaves {
+	keys := envKeys()
+	out := make([]string, 0, len(keys))
+	for _, k := range keys {
 		out = append(out, envName(k))
 	}
 	sort.Strings(out)
@@ -256,6 +267,20 @@ func scalarFromStringHook(from, to reflect.Type, data any) (any, error) {
 			return nil, fmt.Errorf("invalid value %q: expected a number", s)
 		}
 		return f, nil
+	case reflect.Map:
+		// A map from the environment: "bmp.raw=t1,bmp.peer=t2".
+		if to.Key().Kind() != reflect.String || to.Elem().Kind() != reflect.String {
+			return data, nil
+		}
+		m := map[string]string{}
+		for _, item := range strings.Split(s, ",") {
+			k, val, ok := strings.Cut(strings.TrimSpace(item), "=")
+			if k, val = strings.TrimSpace(k), strings.TrimSpace(val); !ok || k == "" || val == "" {
+				return nil, fmt.Errorf("invalid value %q: expected key=value pairs, comma-separated", s)
+			}
+			m[k] = val
+		}
+		return m, nil
 	}
 	return data, nil
 }
