@@ -115,20 +115,9 @@ func runAgent(ctx context.Context, cfg Config, src *configSource, stderr io.Writ
 	logEnvWarnings(logger)
 	var fleet *fleetWatcher
 	if cfg.Fleet.Enabled {
-		fleet = &fleetWatcher{cfg: cfg.Fleet, agentID: cfg.Agent.ID, src: src, store: lastGood{dir: cfg.Agent.StateDir}, log: logger}
-		// Start from the last document that applied: central may be unreachable.
-		if d, ok, err := fleet.store.load(); err != nil {
-			logger.Warn("fleet: ignoring the last-good document", "err", err)
-		} else if ok {
-			if c, err := loadWithOverlay(src.opts, d.Value); err != nil {
-				logger.Warn("fleet: the last-good document no longer applies over the local configuration", "err", err)
-			} else {
-				cfg = c
-				src.setOverlay(d.Value)
-				fleet.applied = d
-				logger.Info("fleet: starting from the last-good document", "key", d.Key, "revision", d.Revision, "sha256", d.SHA256)
-			}
-		}
+		fleet = &fleetWatcher{cfg: cfg.Fleet, agentID: cfg.Agent.ID, src: src, dir: cfg.Agent.StateDir, log: logger}
+		// Central may be unreachable: start from what central published.
+		cfg = fleet.startConfig(cfg)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -148,6 +137,7 @@ func runAgent(ctx context.Context, cfg Config, src *configSource, stderr io.Writ
 		if state == "READY=1" && ready.CompareAndSwap(false, true) && fleet != nil {
 			// Central documents apply to a running agent only.
 			fleetOnce.Do(func() {
+				fleet.ready()
 				fleet.apply = a.Apply
 				go fleet.run(ctx)
 			})

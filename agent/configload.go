@@ -69,9 +69,19 @@ func Load(opts LoadOptions) (Config, error) {
 	case errors.Is(err, os.ErrNotExist):
 		return Config{}, fmt.Errorf("%w: %s", ErrNoConfigFile, file)
 	default:
-		return Config{}, fmt.Errorf("read config: %w", err)
+		return Config{}, readError(file, err)
 	}
 	return decode(v, opts.Overrides)
+}
+
+// readError reports a configuration file that exists but cannot be read.
+// Permission denied is a configuration error (exit status 78): restarting
+// does not change the file's mode.
+func readError(file string, err error) error {
+	if errors.Is(err, os.ErrPermission) {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	return fmt.Errorf("read config %s: %w", file, err)
 }
 
 // LoadBytes decodes a YAML document strictly (used for fleet documents and tests).

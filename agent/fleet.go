@@ -173,7 +173,7 @@ func loadWithOverlay(opts LoadOptions, overlay []byte) (Config, error) {
 			return Config{}, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, file, err)
 		}
 	} else if !errors.Is(err, os.ErrNotExist) || opts.FileRequired {
-		return Config{}, fmt.Errorf("read config: %w", err)
+		return Config{}, readError(file, err)
 	}
 	if err := v.MergeConfig(bytes.NewReader(overlay)); err != nil {
 		return Config{}, fmt.Errorf("%w: central document: %w", ErrInvalidConfig, err)
@@ -201,19 +201,36 @@ func checkFleetDoc(doc []byte) error {
 	return nil
 }
 
-// lastGood is the last central document that applied, kept on disk so the
-// agent starts from it when central is unreachable.
-type lastGood struct {
-	dir string
+// docStore keeps one central document in agent.state_dir: <base>.yaml, and
+// its key, revision and hash in <base>.json.
+type docStore struct {
+	dir, base string
 }
 
-func (l lastGood) paths() (doc, meta string) {
-	return filepath.Join(l.dir, "fleet-last-good.yaml"), filepath.Join(l.dir, "fleet-last-good.json")
+// lastGoodStore holds the last document that ran: applied to the running
+// agent, or started with after a restart. The agent starts from it when
+// central is unreachable.
+func lastGoodStore(dir string) docStore { return docStore{dir: dir, base: "fleet-last-good"} }
+
+// pendingStore holds a document that needs a restart to apply; the next
+// start tries it.
+func pendingStore(dir string) docStore { return docStore{dir: dir, base: "fleet-pending"} }
+
+// rejectedStore holds a pending document the agent did not get ready with
+// at a start; it is not tried again until central publishes another.
+func rejectedStore(dir string) docStore { return docStore{dir: dir, base: "fleet-rejected"} }
+
+// trialPath marks a start that tries the pending document. A start that
+// finds it left over knows the last one never got ready with it.
+func trialPath(dir string) string { return filepath.Join(dir, "fleet-pending.trial") }
+
+func (l docStore) paths() (doc, meta string) {
+	return filepath.Join(l.dir, l.base+".yaml"), filepath.Join(l.dir, l.base+".json")
 }
 
-// save replaces the last-good document atomically: a crash leaves either
-// the old pair or the new one (the meta file, written last, names the hash).
-func (l lastGood) save(d FleetDoc) error {
+// save replaces the document atomically: a crash leaves either the old pair
+// or the new one (the meta file, written last, names the hash).
+func (l docStore) save(d FleetDoc) error {
 	if err := os.MkdirAll(l.dir, 0o750); err != nil {
 		return fmt.Errorf("fleet: state dir: %w", err)
 	}
@@ -228,39 +245,39 @@ func (l lastGood) save(d FleetDoc) error {
 	return writeAtomic(metaPath, meta)
 }
 
-// clear removes the last-good document; the meta file goes first, which
-// alone makes load find none.
-func (l lastGood) clear() error {
+// clear removes the document; the meta file goes first, which alone makes
+// load find none.
+func (l docStore) clear() error {
 	docPath, metaPath := l.paths()
 	for _, p := range []string{metaPath, docPath} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("fleet: last-good: %w", err)
+			return fmt.Errorf("fleet: %s: %w", l.base, err)
 		}
 	}
 	return syncDirPath(l.dir)
 }
 
-// load returns the last-good document, or ok=false if there is none or it
-// does not match its recorded hash.
-func (l lastGood) load() (FleetDoc, bool, error) {
+// load returns the document, or ok=false if there is none or it does not
+// match its recorded hash.
+func (l docStore) load() (FleetDoc, bool, error) {
 	docPath, metaPath := l.paths()
 	meta, err := os.ReadFile(metaPath)
 	if errors.Is(err, os.ErrNotExist) {
 		return FleetDoc{}, false, nil
 	}
 	if err != nil {
-		return FleetDoc{}, false, fmt.Errorf("fleet: last-good: %w", err)
+		return FleetDoc{}, false, fmt.Errorf("fleet: %s: %w", l.base, err)
 	}
 	var d FleetDoc
 	if err := json.Unmarshal(meta, &d); err != nil {
-		return FleetDoc{}, false, fmt.Errorf("fleet: last-good meta: %w", err)
+		return FleetDoc{}, false, fmt.Errorf("fleet: %s meta: %w", l.base, err)
 	}
 	value, err := os.ReadFile(docPath)
 	if err != nil {
-		return FleetDoc{}, false, fmt.Errorf("fleet: last-good: %w", err)
+		return FleetDoc{}, false, fmt.Errorf("fleet: %s: %w", l.base, err)
 	}
 	if got := newFleetDoc(d.Key, d.Revision, value); got.SHA256 != d.SHA256 {
-		return FleetDoc{}, false, fmt.Errorf("fleet: last-good document does not match its hash")
+		return FleetDoc{}, false, fmt.Errorf("fleet: %s document does not match its hash", l.base)
 	}
 	d.Value = value
 	return d, true, nil
@@ -334,18 +351,104 @@ type fleetWatcher struct {
 	cfg     FleetConfig
 	agentID string
 	src     *configSource
-	store   lastGood
+	dir     string // agent.state_dir: the last-good, pending and rejected documents
 	apply   func(context.Context, Config) error
 	log     *slog.Logger
 
 	mu      sync.Mutex
 	applied FleetDoc // the document in effect (zero: none)
+	trying  bool     // applied is the pending document, on trial until the agent is ready
 	limited *limitedLogger
 	failed  struct { // the last document that did not apply, until another comes
 		doc   FleetDoc // zero: the revert to the local configuration
 		state string   // FleetFailed or FleetPendingRestart
 		err   error
 	}
+}
+
+// errSetAside is the status error of a pending document the agent did not
+// get ready with.
+var errSetAside = errors.New("the agent did not get ready with this document after a restart, and started without it; publish a corrected document")
+
+// startConfig returns what the agent starts with: the document pending a
+// restart, on trial (a start that never gets ready leaves the trial mark,
+// and the next start sets the document aside); else the last-good document;
+// else cfg, the local configuration.
+func (w *fleetWatcher) startConfig(cfg Config) Config {
+	pending, trial := pendingStore(w.dir), trialPath(w.dir)
+	_, trialErr := os.Stat(trial)
+	p, ok, err := pending.load()
+	switch {
+	case err != nil:
+		w.log.Warn("fleet: ignoring the pending document", "err", err)
+	case ok && trialErr == nil:
+		w.log.Error("fleet: the agent did not get ready with the pending document at the last start; it is set aside", "key", p.Key, "revision", p.Revision, "sha256", p.SHA256)
+		if err := rejectedStore(w.dir).save(p); err != nil {
+			w.log.Error("fleet: saving the rejected document", "err", err)
+		}
+	case ok:
+		c, err := loadWithOverlay(w.src.opts, p.Value)
+		if err == nil {
+			err = writeAtomic(trial, nil)
+		}
+		if err == nil {
+			w.src.setOverlay(p.Value)
+			w.applied, w.trying = p, true
+			w.log.Info("fleet: starting from the document that was pending a restart, on trial until ready", "key", p.Key, "revision", p.Revision, "sha256", p.SHA256)
+			return c
+		}
+		w.log.Warn("fleet: the pending document does not apply over the local configuration", "err", err)
+	}
+	if ok || err != nil {
+		if err := pending.clear(); err != nil {
+			w.log.Warn("fleet: removing the pending document", "err", err)
+		}
+	}
+	if err := os.Remove(trial); err != nil && !errors.Is(err, os.ErrNotExist) {
+		w.log.Warn("fleet: removing the trial mark", "err", err)
+	}
+	if r, ok, _ := rejectedStore(w.dir).load(); ok {
+		w.failed.doc, w.failed.state, w.failed.err = r, FleetFailed, errSetAside
+	}
+	d, ok, err := lastGoodStore(w.dir).load()
+	if err != nil {
+		w.log.Warn("fleet: ignoring the last-good document", "err", err)
+		return cfg
+	}
+	if !ok {
+		return cfg
+	}
+	c, err := loadWithOverlay(w.src.opts, d.Value)
+	if err != nil {
+		w.log.Warn("fleet: the last-good document no longer applies over the local configuration", "err", err)
+		return cfg
+	}
+	w.src.setOverlay(d.Value)
+	w.applied = d
+	w.log.Info("fleet: starting from the last-good document", "key", d.Key, "revision", d.Revision, "sha256", d.SHA256)
+	return c
+}
+
+// ready is called once the agent is ready: a document on trial has
+// started, and becomes the last-good one.
+func (w *fleetWatcher) ready() {
+	w.mu.Lock()
+	d, trying := w.applied, w.trying
+	w.trying = false
+	w.mu.Unlock()
+	if !trying {
+		return
+	}
+	if err := lastGoodStore(w.dir).save(d); err != nil {
+		w.log.Error("fleet: saving last-good document", "err", err)
+	}
+	if err := pendingStore(w.dir).clear(); err != nil {
+		w.log.Error("fleet: removing the pending document", "err", err)
+	}
+	if err := os.Remove(trialPath(w.dir)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		w.log.Error("fleet: removing the trial mark", "err", err)
+	}
+	w.log.Info("fleet: the agent is ready with the document that was pending; it is the last-good document now", "key", d.Key, "revision", d.Revision)
 }
 
 // run watches the agent's and the group's keys until ctx ends, reconnecting
@@ -399,6 +502,9 @@ func (w *fleetWatcher) watch(ctx context.Context) error {
 
 	docs := map[string]FleetDoc{}
 	initial := true
+	// A missing document is a deletion only with its delete marker: a bucket
+	// central lost (and this agent created again, empty) is not one.
+	deleted := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -412,6 +518,7 @@ func (w *fleetWatcher) watch(ctx context.Context) error {
 					docs[e.Key()] = newFleetDoc(e.Key(), e.Revision(), e.Value())
 				} else {
 					delete(docs, e.Key())
+					deleted = true
 				}
 				if initial {
 					continue // apply once the initial values are all in
@@ -424,7 +531,9 @@ func (w *fleetWatcher) watch(ctx context.Context) error {
 			}
 			report := func(d FleetDoc, state string, err error) { w.reportKV(ctx, status, d, state, err) }
 			if !ok {
-				w.revert(ctx, report)
+				if deleted {
+					w.revert(ctx, report)
+				}
 				continue
 			}
 			w.applyDoc(ctx, d, report)
@@ -439,13 +548,9 @@ func (w *fleetWatcher) applyDoc(ctx context.Context, d FleetDoc, report func(Fle
 	cur := w.applied
 	w.mu.Unlock()
 	if cur.SHA256 == d.SHA256 && cur.Key == d.Key {
-		if w.failed.err != nil && w.failed.state == FleetPendingRestart {
-			// Central went back to what runs: the next start must not run
-			// the pending document saved in its place.
-			if err := w.store.save(d); err != nil {
-				w.log.Error("fleet: saving last-good document", "err", err)
-			}
-		}
+		// Central publishes what runs: a document that was pending in
+		// between is no longer wanted.
+		w.dropPending()
 		w.failed.err = nil
 		report(d, FleetApplied, nil)
 		return
@@ -454,6 +559,7 @@ func (w *fleetWatcher) applyDoc(ctx context.Context, d FleetDoc, report func(Fle
 		report(d, f.state, f.err) // polled again unchanged: do not retry it
 		return
 	}
+	w.clearStore(rejectedStore(w.dir)) // a new document: the rejected one is history
 	report(d, FleetApplying, nil)
 	cfg, err := loadWithOverlay(w.src.opts, d.Value)
 	if err == nil {
@@ -461,15 +567,16 @@ func (w *fleetWatcher) applyDoc(ctx context.Context, d FleetDoc, report func(Fle
 	}
 	if errors.Is(err, ErrRestartRequired) {
 		// Valid over the local file; only the running parts cannot take
-		// it. Saved as last-good, it is what the next start runs.
-		if serr := w.store.save(d); serr != nil {
+		// it. The next start tries it (startConfig).
+		if serr := pendingStore(w.dir).save(d); serr != nil {
 			err = fmt.Errorf("%w; saving it for the next start: %w", err, serr)
 		} else {
-			w.log.Warn("fleet: document needs a restart to apply; saved, the next start runs it", "key", d.Key, "revision", d.Revision, "err", err)
+			w.log.Warn("fleet: document needs a restart to apply; saved, the next start tries it", "key", d.Key, "revision", d.Revision, "err", err)
 			w.notApplied(d, FleetPendingRestart, err, report)
 			return
 		}
 	}
+	w.dropPending()
 	if err != nil {
 		w.log.Error("fleet: document not applied, keeping the current configuration", "key", d.Key, "revision", d.Revision, "err", err)
 		w.notApplied(d, FleetFailed, err, report)
@@ -480,7 +587,7 @@ func (w *fleetWatcher) applyDoc(ctx context.Context, d FleetDoc, report func(Fle
 	w.applied = d
 	w.mu.Unlock()
 	w.failed.err = nil
-	if err := w.store.save(d); err != nil {
+	if err := lastGoodStore(w.dir).save(d); err != nil {
 		w.log.Error("fleet: saving last-good document", "err", err)
 	}
 	w.log.Info("fleet: document applied", "key", d.Key, "revision", d.Revision, "sha256", d.SHA256)
@@ -492,19 +599,29 @@ func (w *fleetWatcher) notApplied(d FleetDoc, state string, err error, report fu
 	report(d, state, err)
 }
 
-// revert returns to the local configuration alone: central holds no
-// document for this agent or its group (they were deleted). The last-good
-// document goes first, so a restart runs the local configuration too.
+// dropPending removes a pending document central no longer publishes.
+func (w *fleetWatcher) dropPending() { w.clearStore(pendingStore(w.dir)) }
+
+func (w *fleetWatcher) clearStore(st docStore) {
+	if _, ok, _ := st.load(); !ok {
+		return
+	}
+	if err := st.clear(); err != nil {
+		w.log.Error("fleet: removing a saved document", "err", err)
+	}
+}
+
+// revert returns to the local configuration alone: central deleted the
+// documents for this agent and its group. The last-good document goes once
+// the local configuration runs (or waits for a restart), so a restart runs
+// it too; while the revert fails, the document that runs stays last-good.
 func (w *fleetWatcher) revert(ctx context.Context, report func(FleetDoc, string, error)) {
 	var none FleetDoc
+	w.dropPending()
+	w.clearStore(rejectedStore(w.dir))
 	if f := w.failed; f.err != nil && f.doc.Key == "" {
 		report(none, f.state, f.err) // tried already: not again until a document comes
 		return
-	}
-	if _, ok, _ := w.store.load(); ok {
-		if err := w.store.clear(); err != nil {
-			w.log.Error("fleet: removing the last-good document", "err", err)
-		}
 	}
 	w.mu.Lock()
 	cur := w.applied
@@ -512,6 +629,7 @@ func (w *fleetWatcher) revert(ctx context.Context, report func(FleetDoc, string,
 	if cur.Key == "" {
 		// The local configuration runs already; a document that failed or
 		// waited for a restart is gone.
+		w.clearStore(lastGoodStore(w.dir))
 		if w.failed.err != nil {
 			w.failed.err = nil
 			report(none, FleetApplied, nil)
@@ -526,11 +644,13 @@ func (w *fleetWatcher) revert(ctx context.Context, report func(FleetDoc, string,
 	switch {
 	case errors.Is(err, ErrRestartRequired):
 		w.log.Warn("fleet: no central document; the local configuration needs a restart to apply", "err", err)
+		w.clearStore(lastGoodStore(w.dir))
 		w.notApplied(none, FleetPendingRestart, err, report)
 	case err != nil:
 		w.log.Error("fleet: no central document, but the local configuration does not apply; keeping the current one", "err", err)
 		w.notApplied(none, FleetFailed, err, report)
 	default:
+		w.clearStore(lastGoodStore(w.dir))
 		w.src.setOverlay(nil)
 		w.mu.Lock()
 		w.applied = none
@@ -562,6 +682,7 @@ func (w *fleetWatcher) poll(ctx context.Context) {
 	base := strings.TrimSuffix(w.cfg.HTTPURL, "/")
 	etags := map[string]string{}
 	docs := map[string]FleetDoc{}
+	served := false
 	report := func(d FleetDoc, state string, err error) {
 		req, rerr := http.NewRequestWithContext(ctx, http.MethodPut, base+"/status/"+url.PathEscape(w.agentID)+".json", bytes.NewReader(w.status(d, state, err)))
 		if rerr != nil {
@@ -581,8 +702,11 @@ func (w *fleetWatcher) poll(ctx context.Context) {
 		case err != nil:
 			w.retryLog("poll", "fleet: central unreachable, keeping the current configuration", err)
 		case d.Key != "":
+			served = true
 			w.applyDoc(ctx, d, report)
-		default:
+		case served:
+			// Both answer 404 after one served a document: deleted. A
+			// server that never served one may be the wrong one.
 			w.revert(ctx, report)
 		}
 		select {

@@ -19,6 +19,7 @@ import (
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 func startNATS(t *testing.T) *server.Server {
@@ -90,7 +91,7 @@ func TestFleetApplyKeepOldAndLastGood(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, _, level, stopAgent := runFakeAgent(t, cfg)
-	w := &fleetWatcher{cfg: cfg.Fleet, agentID: "edge-1", src: src, store: lastGood{dir: stateDir}, apply: a.Apply, log: testLogger(t)}
+	w := &fleetWatcher{cfg: cfg.Fleet, agentID: "edge-1", src: src, dir: stateDir, apply: a.Apply, log: testLogger(t)}
 	stopWatcher := startWatcher(t, w.run)
 
 	status := fleetKV(t, url, "bgpedge-fleet-status")
@@ -150,7 +151,7 @@ func TestFleetApplyKeepOldAndLastGood(t *testing.T) {
 	}
 
 	// 5. The last good document is on disk, matching what was applied.
-	d, ok, err := lastGood{dir: stateDir}.load()
+	d, ok, err := lastGoodStore(stateDir).load()
 	if err != nil || !ok {
 		t.Fatalf("last-good: %v %v", ok, err)
 	}
@@ -204,7 +205,7 @@ func TestFleetNATSDeleteReverts(t *testing.T) {
 	a, _, level, _ := runFakeAgent(t, cfg)
 	localLevel := level.Level()
 	w := &fleetWatcher{cfg: cfg.Fleet, agentID: "edge-2", src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
-		store: lastGood{dir: cfg.Agent.StateDir}, apply: a.Apply, log: testLogger(t)}
+		dir: cfg.Agent.StateDir, apply: a.Apply, log: testLogger(t)}
 	startWatcher(t, w.run)
 
 	status := fleetKV(t, url, "bgpedge-fleet-status")
@@ -223,7 +224,7 @@ func TestFleetNATSDeleteReverts(t *testing.T) {
 		st := readStatus(t, status, "edge-2")
 		return st.State == FleetApplied && st.Key == "" && level.Level() == localLevel
 	})
-	if _, ok, err := (lastGood{dir: cfg.Agent.StateDir}).load(); ok || err != nil {
+	if _, ok, err := lastGoodStore(cfg.Agent.StateDir).load(); ok || err != nil {
 		t.Fatalf("last-good document after the revert: ok=%v err=%v", ok, err)
 	}
 }
@@ -290,7 +291,7 @@ func TestFleetHTTPPollWithETag(t *testing.T) {
 	a, _, level, stopFake := runFakeAgent(t, cfg)
 	fc := FleetConfig{Enabled: true, HTTPURL: srv.URL, Group: "pop-b", PollInterval: 20 * time.Millisecond}
 	w := &fleetWatcher{cfg: fc, agentID: "edge-9", src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
-		store: lastGood{dir: cfg.Agent.StateDir}, apply: a.Apply, log: testLogger(t)}
+		dir: cfg.Agent.StateDir, apply: a.Apply, log: testLogger(t)}
 	stopWatcher := startWatcher(t, w.poll)
 
 	testenv.Eventually(t, 10*time.Second, "group document applied", func() bool {
@@ -347,8 +348,11 @@ func TestFleetHTTPPollWithETag(t *testing.T) {
 		st := last()
 		return st.State == FleetApplied && st.Key == "agent.edge-9"
 	})
-	if d, ok, err := (lastGood{dir: cfg.Agent.StateDir}).load(); !ok || err != nil || string(d.Value) != "log:\n  level: error\n" {
+	if d, ok, err := lastGoodStore(cfg.Agent.StateDir).load(); !ok || err != nil || string(d.Value) != "log:\n  level: error\n" {
 		t.Fatalf("last-good after central went back: ok=%v err=%v value=%q", ok, err, d.Value)
+	}
+	if _, ok, err := pendingStore(cfg.Agent.StateDir).load(); ok || err != nil {
+		t.Fatalf("the pending document outlived central going back: ok=%v err=%v", ok, err)
 	}
 
 	mu.Lock()
@@ -363,49 +367,108 @@ func TestFleetHTTPPollWithETag(t *testing.T) {
 		st := last()
 		return st.State == FleetApplied && st.Key == "" && level.Level() == localLevel
 	})
-	if _, ok, err := (lastGood{dir: cfg.Agent.StateDir}).load(); ok || err != nil {
+	if _, ok, err := lastGoodStore(cfg.Agent.StateDir).load(); ok || err != nil {
 		t.Fatalf("last-good document after the revert: ok=%v err=%v", ok, err)
 	}
 
-	// A document that changes a restart-only key: pending, saved for the
-	// next start, the running agent unchanged.
-	setAgentDoc(restartDoc)
+	// A restart-only document the agent cannot start with (its spool
+	// directory lies under a file): pending, saved for the next start, the
+	// running agent unchanged.
+	stateDir := cfg.Agent.StateDir
+	notADir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notADir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	badDoc := "buffer:\n  dir: " + filepath.Join(notADir, "spool") + "\n"
+	setAgentDoc(badDoc)
 	testenv.Eventually(t, 10*time.Second, "restart-only document pending", func() bool {
 		st := last()
 		return st.State == FleetPendingRestart && st.Key == "agent.edge-9" && strings.Contains(st.Error, "restart")
 	})
-	if got := a.Config().Buffer.MaxBytes; got == 3<<30 {
+	if a.Config().Buffer.Dir == filepath.Join(notADir, "spool") {
 		t.Fatal("a restart-only change was applied to the running agent")
 	}
-	if d, ok, err := (lastGood{dir: cfg.Agent.StateDir}).load(); !ok || err != nil || string(d.Value) != restartDoc {
+	if d, ok, err := pendingStore(stateDir).load(); !ok || err != nil || string(d.Value) != badDoc {
 		t.Fatalf("pending document not saved for the next start: ok=%v err=%v value=%q", ok, err, d.Value)
+	}
+	if _, ok, _ := lastGoodStore(stateDir).load(); ok {
+		t.Fatal("the pending document became last-good before it ran")
 	}
 	stopWatcher()
 	if err := stopFake(); err != nil {
 		t.Fatal(err)
 	}
 
-	// The next start runs it, and reports it applied.
+	// Restarts run bgpedge's own loop, with fleet on.
 	cfg.Fleet = DefaultFleetConfig()
 	cfg.Fleet.Enabled, cfg.Fleet.HTTPURL, cfg.Fleet.Group = true, srv.URL, "pop-b"
+	cfg.Fleet.PollInterval = time.Second
 	writeConfig(t, local, cfg)
-	src := &configSource{opts: LoadOptions{File: local, FileRequired: true}}
-	cfg2, err := src.load()
-	if err != nil {
-		t.Fatal(err)
+	restart := func() (a *Agent, stop func()) {
+		src := &configSource{opts: LoadOptions{File: local, FileRequired: true}}
+		c, err := src.load()
+		if err != nil {
+			t.Fatal(err)
+		}
+		started := make(chan *Agent, 1)
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- runAgent(ctx, c, src, io.Discard, func(a *Agent) { started <- a }) }()
+		return <-started, func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("run: %v", err)
+			}
+		}
 	}
-	started := make(chan *Agent, 1)
-	runCtx, stopRun := context.WithCancel(t.Context())
-	runDone := make(chan error, 1)
-	go func() { runDone <- runAgent(runCtx, cfg2, src, io.Discard, func(a *Agent) { started <- a }) }()
-	a2 := <-started
+
+	// 1. The start tries the pending document and never gets ready (the
+	// service manager would stop it after TimeoutStartSec).
+	a1, stop1 := restart()
+	testenv.Eventually(t, 15*time.Second, "start with the bad pending document keeps failing", func() bool {
+		return testutil.ToFloat64(a1.metrics.startFailures.WithLabelValues("spool")) > 0
+	})
+	if a1.Status().Ready {
+		t.Fatal("ready with a spool directory under a file")
+	}
+	stop1()
+
+	// 2. The next start sets it aside, runs without it, and reports it
+	// failed while central still publishes it.
+	a2, stop2 := restart()
+	testenv.Eventually(t, 15*time.Second, "ready without the set-aside document, reported failed", func() bool {
+		st := last()
+		return a2.Status().Ready && st.State == FleetFailed && st.Key == "agent.edge-9" && strings.Contains(st.Error, "did not get ready")
+	})
+	if got := a2.Config().Buffer.Dir; got != cfg.Buffer.Dir {
+		t.Fatalf("buffer.dir %q, want the local %q", got, cfg.Buffer.Dir)
+	}
+	if _, ok, _ := pendingStore(stateDir).load(); ok {
+		t.Fatal("the set-aside document is still pending")
+	}
+
+	// 3. A good restart-only document: pending, then run by the next start,
+	// reported applied, and last-good once the agent is ready.
+	setAgentDoc(restartDoc)
+	testenv.Eventually(t, 10*time.Second, "good restart-only document pending", func() bool {
+		st := last()
+		return st.State == FleetPendingRestart && st.Key == "agent.edge-9"
+	})
+	if _, ok, _ := rejectedStore(stateDir).load(); ok {
+		t.Fatal("the rejected document outlived a new one")
+	}
+	stop2()
+	a3, stop3 := restart()
+	defer stop3()
 	testenv.Eventually(t, 15*time.Second, "restarted agent runs the pending document and reports it", func() bool {
 		st := last()
-		return a2.Status().Ready && a2.Config().Buffer.MaxBytes == 3<<30 && st.State == FleetApplied && st.Key == "agent.edge-9"
+		return a3.Status().Ready && a3.Config().Buffer.MaxBytes == 3<<30 && st.State == FleetApplied && st.Key == "agent.edge-9"
 	})
-	stopRun()
-	if err := <-runDone; err != nil {
-		t.Fatalf("run: %v", err)
+	if d, ok, err := lastGoodStore(stateDir).load(); !ok || err != nil || string(d.Value) != restartDoc {
+		t.Fatalf("last-good after the trial start: ok=%v err=%v value=%q", ok, err, d.Value)
+	}
+	if _, err := os.Stat(trialPath(stateDir)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("trial mark left after the agent got ready: %v", err)
 	}
 }
 
@@ -431,4 +494,48 @@ func startWatcher(t *testing.T, run func(context.Context)) (stop func()) {
 	stop = func() { once.Do(func() { cancel(); <-done }) }
 	t.Cleanup(stop)
 	return stop
+}
+
+// TestFleetNotFoundIsNoDeletion: a server that never served this agent a
+// document (a wrong URL, a proxy answering 404) does not make the agent
+// drop the document it runs: only a document that disappears is deleted.
+func TestFleetNotFoundIsNoDeletion(t *testing.T) {
+	var mu sync.Mutex
+	gets := 0
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			mu.Lock()
+			gets++
+			mu.Unlock()
+		}
+		http.NotFound(w, r)
+	}))
+	defer srv.Close()
+	cfg := testConfig(t)
+	local := filepath.Join(t.TempDir(), "bgpedge.yaml")
+	writeConfig(t, local, cfg)
+	doc := newFleetDoc("group.pop-d", 3, []byte("log:\n  level: error\n"))
+	if err := lastGoodStore(cfg.Agent.StateDir).save(doc); err != nil {
+		t.Fatal(err)
+	}
+	a, _, level, _ := runFakeAgent(t, cfg)
+	fc := FleetConfig{Enabled: true, HTTPURL: srv.URL, Group: "pop-d", PollInterval: 10 * time.Millisecond}
+	w := &fleetWatcher{cfg: fc, agentID: "edge-4", src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
+		dir: cfg.Agent.StateDir, apply: a.Apply, log: testLogger(t)}
+	started := w.startConfig(cfg)
+	if err := a.Apply(t.Context(), started); err != nil {
+		t.Fatal(err)
+	}
+	startWatcher(t, w.poll)
+	testenv.Eventually(t, 10*time.Second, "ten polls answered 404", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return gets >= 20 // two keys per poll
+	})
+	if _, ok, err := lastGoodStore(cfg.Agent.StateDir).load(); !ok || err != nil {
+		t.Fatalf("last-good dropped on 404s from a server that never served it: ok=%v err=%v", ok, err)
+	}
+	if level.Level() != slog.LevelError {
+		t.Fatalf("level %v: the agent left the document it runs", level.Level())
+	}
 }

@@ -138,6 +138,27 @@ func listSegments(dir string) ([]segFile, error) {
 	return out, nil
 }
 
+// quarantinedFloor is past every seq the segments set aside in dir (by
+// this or an earlier run) could hold, where they start at or after end, the
+// end of the good segments (one that starts before lies below a good
+// segment). Their seqs must never be handed out again, even by a spool
+// whose every segment was set aside.
+func quarantinedFloor(dir string, end uint64) uint64 {
+	files, _ := Quarantined(dir)
+	floor := end
+	for _, f := range files {
+		name := strings.TrimPrefix(filepath.Base(f), segPrefix)
+		digits, _, ok := strings.Cut(name, segSuffix)
+		first, err := strconv.ParseUint(digits, 10, 64)
+		st, serr := os.Stat(f)
+		if !ok || err != nil || serr != nil || first < end {
+			continue
+		}
+		floor = max(floor, first+uint64(st.Size()))
+	}
+	return floor
+}
+
 func boltOptions(readOnly bool) *bolt.Options {
 	return &bolt.Options{
 		// The directory lock already excludes other processes; this only

@@ -228,7 +228,7 @@ func (s *Spool) load() error {
 			qFloor = f.first + uint64(seg.size)
 		}
 	}
-	floor := max(lastEnd, qFloor)
+	floor := max(qFloor, quarantinedFloor(s.opts.Dir, lastEnd))
 	if len(files) == 0 && s.opts.FirstSeq > floor {
 		// A new spool: nothing below FirstSeq exists, so it counts as
 		// acknowledged, and FirstUnacked and the stats start there.

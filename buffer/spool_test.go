@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -429,5 +431,16 @@ func TestFirstSeq(t *testing.T) {
 	}
 	if got := SeqFromClock(time.Unix(0, 0)); got != 1 {
 		t.Fatalf("SeqFromClock(epoch) = %d, want 1", got)
+	}
+
+	// A directory holding only segments set aside by an earlier run: their
+	// seqs stay taken, whatever FirstSeq says.
+	qdir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(qdir, segmentName(1000)+quarantineSuffix), make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, Options{Dir: qdir, FirstSeq: 2})
+	if next, err := s.Append(ctx); err != nil || next < 1000+4096 {
+		t.Fatalf("spool beside a quarantined segment of seqs from 1000: next seq %d (%v), want at least %d", next, err, 1000+4096)
 	}
 }

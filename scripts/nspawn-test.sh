@@ -408,6 +408,15 @@ got="$(prop ActiveState) $(prop SubState) $(prop NRestarts) $(prop ExecMainStatu
 journal | grep -q 'bogus_key: unknown key' || fail "the journal does not name the bad key"
 inside cp /root/bgpedge.yaml.good /etc/bgpedge/bgpedge.yaml
 inside systemctl reset-failed "$unit"
+# The same for a file the service user cannot read (the package installs it
+# root:bgpedge 0640).
+inside chmod 0600 /etc/bgpedge/bgpedge.yaml
+inside systemctl start "$unit" >/dev/null 2>&1 && fail "systemctl start succeeded with an unreadable configuration"
+got="$(prop ActiveState) $(prop SubState) $(prop NRestarts) $(prop ExecMainStatus)"
+[[ $got == "failed failed 0 78" ]] || fail "after a start with an unreadable configuration: ActiveState SubState NRestarts ExecMainStatus = $got, want failed failed 0 78"
+journal | grep -q 'permission denied' || fail "the journal does not say the configuration is unreadable"
+inside chmod 0640 /etc/bgpedge/bgpedge.yaml
+inside systemctl reset-failed "$unit"
 
 # The unit is enabled: a boot starts it.
 power_off
