@@ -177,6 +177,8 @@ func runAgent(ctx context.Context, cfg Config, src *configSource, stderr io.Writ
 }
 
 func reload(ctx context.Context, a *Agent, src *configSource, logger *slog.Logger) {
+	src.applying.Lock()
+	defer src.applying.Unlock()
 	next, err := src.load()
 	if err != nil {
 		logger.Error("reload: configuration rejected, keeping the running one", "err", err)

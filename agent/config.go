@@ -36,8 +36,9 @@ type AgentConfig struct {
 	// ID names this edge host in message ids, NATS subjects and fleet status.
 	// Defaults to the host name.
 	ID string `mapstructure:"id"`
-	// StateDir holds the agent's own state: the last-good fleet configuration
-	// and the BMP session journal.
+	// StateDir holds the agent's own state: the fleet documents (last-good,
+	// pending a restart, rejected; always in the local file's state_dir) and
+	// the BMP session journal.
 	StateDir string `mapstructure:"state_dir"`
 	// ShutdownTimeout bounds a graceful stop: sources closed, forwarder flushed, spool closed.
 	ShutdownTimeout time.Duration `mapstructure:"shutdown_timeout"`

@@ -123,8 +123,7 @@ const (
 	FleetApplied  = "applied"
 	FleetFailed   = "failed"
 	// FleetPendingRestart: the document validated but changes a key only a
-	// restart applies; it is saved as the last-good document, so the next
-	// start runs it.
+	// restart applies; it is saved as pending, and the next start tries it.
 	FleetPendingRestart = "pending-restart"
 )
 
@@ -133,8 +132,30 @@ const (
 type configSource struct {
 	opts LoadOptions
 
+	// applying is held from loading a configuration to applying it (and
+	// setting the overlay it came from), so a SIGHUP reload and a central
+	// document cannot interleave and leave the agent on the older one.
+	applying sync.Mutex
+
 	mu      sync.Mutex
 	overlay []byte
+}
+
+// applyOverlay loads the configuration with overlay (nil: the local one
+// alone), applies it, and on success makes overlay the one reloads use.
+// Reloads wait meanwhile.
+func (s *configSource) applyOverlay(ctx context.Context, overlay []byte, apply func(context.Context, Config) error) error {
+	s.applying.Lock()
+	defer s.applying.Unlock()
+	cfg, err := loadWithOverlay(s.opts, overlay)
+	if err != nil {
+		return err
+	}
+	if err := apply(ctx, cfg); err != nil {
+		return err
+	}
+	s.setOverlay(overlay)
+	return nil
 }
 
 func (s *configSource) setOverlay(doc []byte) {
@@ -368,33 +389,55 @@ type fleetWatcher struct {
 
 // errSetAside is the status error of a pending document the agent did not
 // get ready with.
-var errSetAside = errors.New("the agent did not get ready with this document after a restart, and started without it; publish a corrected document")
+var errSetAside = fmt.Errorf("the agent did not get ready with this document at %d starts, and started without it; publish a corrected document", maxTrials)
+
+// maxTrials is how many starts may try a pending document without getting
+// ready before it is set aside. A stop during a slow start (a restart, a
+// package upgrade) counts as one, and must not condemn a good document.
+const maxTrials = 2
+
+// trials reads the trial mark: the starts that tried the pending document
+// and did not get ready with it (0 without a mark).
+func trials(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n < 1 {
+		return 1
+	}
+	return n
+}
 
 // startConfig returns what the agent starts with: the document pending a
-// restart, on trial (a start that never gets ready leaves the trial mark,
-// and the next start sets the document aside); else the last-good document;
-// else cfg, the local configuration.
+// restart, on trial (each start that tries it counts in the trial mark
+// until the agent is ready; after maxTrials the document is set aside);
+// else the last-good document; else cfg, the local configuration.
 func (w *fleetWatcher) startConfig(cfg Config) Config {
 	pending, trial := pendingStore(w.dir), trialPath(w.dir)
-	_, trialErr := os.Stat(trial)
+	tried := trials(trial)
+	last, lastOK, lastErr := lastGoodStore(w.dir).load()
 	p, ok, err := pending.load()
 	switch {
 	case err != nil:
 		w.log.Warn("fleet: ignoring the pending document", "err", err)
-	case ok && trialErr == nil:
-		w.log.Error("fleet: the agent did not get ready with the pending document at the last start; it is set aside", "key", p.Key, "revision", p.Revision, "sha256", p.SHA256)
+	case ok && lastOK && last.SHA256 == p.SHA256 && last.Key == p.Key:
+		// Promoted already: a crash cut ready() short.
+	case ok && tried >= maxTrials:
+		w.log.Error("fleet: the agent did not get ready with the pending document; it is set aside", "key", p.Key, "revision", p.Revision, "sha256", p.SHA256, "starts", tried)
 		if err := rejectedStore(w.dir).save(p); err != nil {
 			w.log.Error("fleet: saving the rejected document", "err", err)
 		}
 	case ok:
 		c, err := loadWithOverlay(w.src.opts, p.Value)
 		if err == nil {
-			err = writeAtomic(trial, nil)
+			err = writeAtomic(trial, []byte(strconv.Itoa(tried+1)))
 		}
 		if err == nil {
 			w.src.setOverlay(p.Value)
 			w.applied, w.trying = p, true
-			w.log.Info("fleet: starting from the document that was pending a restart, on trial until ready", "key", p.Key, "revision", p.Revision, "sha256", p.SHA256)
+			w.log.Info("fleet: starting from the document that was pending a restart, on trial until ready", "key", p.Key, "revision", p.Revision, "sha256", p.SHA256, "start", tried+1)
 			return c
 		}
 		w.log.Warn("fleet: the pending document does not apply over the local configuration", "err", err)
@@ -410,22 +453,21 @@ func (w *fleetWatcher) startConfig(cfg Config) Config {
 	if r, ok, _ := rejectedStore(w.dir).load(); ok {
 		w.failed.doc, w.failed.state, w.failed.err = r, FleetFailed, errSetAside
 	}
-	d, ok, err := lastGoodStore(w.dir).load()
-	if err != nil {
-		w.log.Warn("fleet: ignoring the last-good document", "err", err)
+	if lastErr != nil {
+		w.log.Warn("fleet: ignoring the last-good document", "err", lastErr)
 		return cfg
 	}
-	if !ok {
+	if !lastOK {
 		return cfg
 	}
-	c, err := loadWithOverlay(w.src.opts, d.Value)
+	c, err := loadWithOverlay(w.src.opts, last.Value)
 	if err != nil {
 		w.log.Warn("fleet: the last-good document no longer applies over the local configuration", "err", err)
 		return cfg
 	}
-	w.src.setOverlay(d.Value)
-	w.applied = d
-	w.log.Info("fleet: starting from the last-good document", "key", d.Key, "revision", d.Revision, "sha256", d.SHA256)
+	w.src.setOverlay(last.Value)
+	w.applied = last
+	w.log.Info("fleet: starting from the last-good document", "key", last.Key, "revision", last.Revision, "sha256", last.SHA256)
 	return c
 }
 
@@ -439,16 +481,29 @@ func (w *fleetWatcher) ready() {
 	if !trying {
 		return
 	}
-	if err := lastGoodStore(w.dir).save(d); err != nil {
+	err := lastGoodStore(w.dir).save(d)
+	if rerr := os.Remove(trialPath(w.dir)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+		w.log.Error("fleet: removing the trial mark", "err", rerr)
+	}
+	if err != nil {
+		// The document stays pending: the next start tries it afresh.
+		w.log.Error("fleet: saving last-good document", "err", err)
+		return
+	}
+	w.dropPending()
+	w.log.Info("fleet: the agent is ready with the document that was pending; it is the last-good document now", "key", d.Key, "revision", d.Revision)
+}
+
+// keepLastGood makes d, which runs, the last-good document if it is not
+// already (a revert that waited for a restart removed it).
+func (w *fleetWatcher) keepLastGood(d FleetDoc) {
+	st := lastGoodStore(w.dir)
+	if cur, ok, _ := st.load(); ok && cur.SHA256 == d.SHA256 && cur.Key == d.Key {
+		return
+	}
+	if err := st.save(d); err != nil {
 		w.log.Error("fleet: saving last-good document", "err", err)
 	}
-	if err := pendingStore(w.dir).clear(); err != nil {
-		w.log.Error("fleet: removing the pending document", "err", err)
-	}
-	if err := os.Remove(trialPath(w.dir)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		w.log.Error("fleet: removing the trial mark", "err", err)
-	}
-	w.log.Info("fleet: the agent is ready with the document that was pending; it is the last-good document now", "key", d.Key, "revision", d.Revision)
 }
 
 // run watches the agent's and the group's keys until ctx ends, reconnecting
@@ -548,9 +603,11 @@ func (w *fleetWatcher) applyDoc(ctx context.Context, d FleetDoc, report func(Fle
 	cur := w.applied
 	w.mu.Unlock()
 	if cur.SHA256 == d.SHA256 && cur.Key == d.Key {
-		// Central publishes what runs: a document that was pending in
-		// between is no longer wanted.
+		// Central publishes what runs: a document that was pending or
+		// rejected in between is no longer wanted.
 		w.dropPending()
+		w.clearStore(rejectedStore(w.dir))
+		w.keepLastGood(d)
 		w.failed.err = nil
 		report(d, FleetApplied, nil)
 		return
@@ -561,10 +618,7 @@ func (w *fleetWatcher) applyDoc(ctx context.Context, d FleetDoc, report func(Fle
 	}
 	w.clearStore(rejectedStore(w.dir)) // a new document: the rejected one is history
 	report(d, FleetApplying, nil)
-	cfg, err := loadWithOverlay(w.src.opts, d.Value)
-	if err == nil {
-		err = w.apply(ctx, cfg)
-	}
+	err := w.src.applyOverlay(ctx, d.Value, w.apply)
 	if errors.Is(err, ErrRestartRequired) {
 		// Valid over the local file; only the running parts cannot take
 		// it. The next start tries it (startConfig).
@@ -582,7 +636,6 @@ func (w *fleetWatcher) applyDoc(ctx context.Context, d FleetDoc, report func(Fle
 		w.notApplied(d, FleetFailed, err, report)
 		return
 	}
-	w.src.setOverlay(d.Value)
 	w.mu.Lock()
 	w.applied = d
 	w.mu.Unlock()
@@ -637,10 +690,7 @@ func (w *fleetWatcher) revert(ctx context.Context, report func(FleetDoc, string,
 		return
 	}
 	report(none, FleetApplying, nil)
-	cfg, err := loadWithOverlay(w.src.opts, nil)
-	if err == nil {
-		err = w.apply(ctx, cfg)
-	}
+	err := w.src.applyOverlay(ctx, nil, w.apply)
 	switch {
 	case errors.Is(err, ErrRestartRequired):
 		w.log.Warn("fleet: no central document; the local configuration needs a restart to apply", "err", err)
@@ -651,7 +701,6 @@ func (w *fleetWatcher) revert(ctx context.Context, report func(FleetDoc, string,
 		w.notApplied(none, FleetFailed, err, report)
 	default:
 		w.clearStore(lastGoodStore(w.dir))
-		w.src.setOverlay(nil)
 		w.mu.Lock()
 		w.applied = none
 		w.mu.Unlock()
