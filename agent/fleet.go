@@ -603,12 +603,15 @@ func (w *fleetWatcher) applyDoc(ctx context.Context, d FleetDoc, report func(Fle
 	cur := w.applied
 	w.mu.Unlock()
 	if cur.SHA256 == d.SHA256 && cur.Key == d.Key {
-		// Central publishes what runs: a document that was pending or
-		// rejected in between is no longer wanted.
-		w.dropPending()
-		w.clearStore(rejectedStore(w.dir))
-		w.keepLastGood(d)
-		w.failed.err = nil
+		if w.failed.err != nil {
+			// Central went back to what runs: a document that was pending
+			// or rejected in between is no longer wanted. (Unchanged polls
+			// skip this: only a document that did not apply leaves files.)
+			w.dropPending()
+			w.clearStore(rejectedStore(w.dir))
+			w.keepLastGood(d)
+			w.failed.err = nil
+		}
 		report(d, FleetApplied, nil)
 		return
 	}

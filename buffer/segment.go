@@ -125,11 +125,11 @@ func listSegments(dir string) ([]segFile, error) {
 	var out []segFile
 	for _, e := range ents {
 		n := e.Name()
-		if !strings.HasPrefix(n, segPrefix) || !strings.HasSuffix(n, segSuffix) || !e.Type().IsRegular() {
+		if !strings.HasSuffix(n, segSuffix) || !e.Type().IsRegular() {
 			continue
 		}
-		first, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(n, segPrefix), segSuffix), 10, 64)
-		if err != nil || first == 0 {
+		first, rest, ok := segmentFirst(n)
+		if !ok || rest != "" {
 			continue
 		}
 		out = append(out, segFile{first: first, path: filepath.Join(dir, n)})
@@ -147,16 +147,30 @@ func quarantinedFloor(dir string, end uint64) uint64 {
 	files, _ := Quarantined(dir)
 	floor := end
 	for _, f := range files {
-		name := strings.TrimPrefix(filepath.Base(f), segPrefix)
-		digits, _, ok := strings.Cut(name, segSuffix)
-		first, err := strconv.ParseUint(digits, 10, 64)
-		st, serr := os.Stat(f)
-		if !ok || err != nil || serr != nil || first < end {
+		first, _, ok := segmentFirst(filepath.Base(f))
+		if !ok || first < end {
 			continue
 		}
-		floor = max(floor, first+uint64(st.Size()))
+		if st, err := os.Stat(f); err == nil {
+			floor = max(floor, first+uint64(st.Size()))
+		}
 	}
 	return floor
+}
+
+// segmentFirst reads the first seq from a segment file name, and returns
+// what follows ".db" (a segment set aside is seg-<first>.db[.<time>].quarantined).
+func segmentFirst(name string) (first uint64, rest string, ok bool) {
+	name, ok = strings.CutPrefix(name, segPrefix)
+	if !ok {
+		return 0, "", false
+	}
+	digits, rest, ok := strings.Cut(name, segSuffix)
+	if !ok {
+		return 0, "", false
+	}
+	first, err := strconv.ParseUint(digits, 10, 64)
+	return first, rest, err == nil && first != 0
 }
 
 func boltOptions(readOnly bool) *bolt.Options {
