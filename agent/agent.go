@@ -21,6 +21,9 @@ var (
 	ErrRestartRequired = errors.New("change needs a restart")
 	// ErrNotRunning is returned by Apply before Run has started the parts.
 	ErrNotRunning = errors.New("agent is not running")
+	// ErrDeliversLess is returned by Apply when new forwarder settings reach
+	// a lesser sink than the running forwarder delivers to (see Reach).
+	ErrDeliversLess = errors.New("new forwarder settings would deliver less")
 )
 
 // Spool is what the agent needs from the spool: the BMP listener appends to
@@ -47,6 +50,7 @@ type drainer interface {
 var (
 	_ station = (*bmp.Listener)(nil)
 	_ drainer = (*forwarder.Forwarder)(nil)
+	_ reacher = (*forwarder.Forwarder)(nil)
 )
 
 // Builders make the agent's parts. Tests replace them; DefaultBuilders uses
@@ -325,6 +329,42 @@ type preparer interface {
 	Discard()
 }
 
+// reacher is a forwarder that can tell, before it runs, which sink it
+// would deliver to.
+type reacher interface {
+	Reach(ctx context.Context) (string, error)
+}
+
+// sinkRank orders what a forwarder delivers to: Kafka, the JetStream
+// fallback, nothing.
+var sinkRank = map[string]int{forwarder.SinkKafka: 2, forwarder.SinkNATS: 1}
+
+// destinationsChanged reports whether next sends somewhere else than cur:
+// other brokers, credentials, TLS, stream or topics.
+func destinationsChanged(cur, next Config) bool {
+	c, n := cur.ForwarderSettings(), next.ForwarderSettings()
+	return !reflect.DeepEqual(c.Kafka, n.Kafka) || !reflect.DeepEqual(c.NATS, n.NATS) ||
+		!reflect.DeepEqual(c.Topics, n.Topics) || c.AgentID != n.AgentID
+}
+
+// deliversNoLess refuses a new forwarder that reaches a lesser sink than the
+// one the running forwarder delivers to, so a mistyped broker address or a
+// wrong credential sent by reload or by central keeps records flowing
+// instead of piling them up in the spool. While nothing delivers there is
+// nothing to lose, and the new settings are taken without asking.
+func deliversNoLess(ctx context.Context, old, next drainer) error {
+	r, ok := next.(reacher)
+	have := old.ActiveSink()
+	if !ok || sinkRank[have] == 0 {
+		return nil
+	}
+	got, err := r.Reach(ctx)
+	if sinkRank[got] >= sinkRank[have] {
+		return nil
+	}
+	return fmt.Errorf("forwarder: %w: the running forwarder delivers to %s, the new settings reach %s: %w", ErrDeliversLess, have, got, err)
+}
+
 func (fw *forwarderPart) discard() {
 	if p, ok := fw.d.(preparer); ok {
 		p.Discard()
@@ -528,6 +568,12 @@ func (a *Agent) Apply(ctx context.Context, next Config) (err error) {
 	}
 	if fwdChanged && next.Forwarder.Enabled {
 		if newFw, err = a.newForwarder(next, sp); err != nil {
+			undo()
+			return err
+		}
+	}
+	if newFw != nil && oldFw != nil && destinationsChanged(cur, next) {
+		if err = deliversNoLess(ctx, oldFw.d, newFw.d); err != nil {
 			undo()
 			return err
 		}

@@ -125,8 +125,8 @@ func runAgent(ctx context.Context, cfg Config, src *configSource, stderr io.Writ
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	var a *Agent
-	var fleetOnce sync.Once
 	var ready atomic.Bool // the agent said READY=1: every part runs
+	readyCh := make(chan struct{})
 	notify := func(state string) {
 		if err := SDNotify(state); err != nil {
 			logger.Warn("sd_notify failed", "state", state, "err", err)
@@ -134,13 +134,15 @@ func runAgent(ctx context.Context, cfg Config, src *configSource, stderr io.Writ
 	}
 	agentNotify := func(state string) {
 		notify(state)
-		if state == "READY=1" && ready.CompareAndSwap(false, true) && fleet != nil {
+		if state != "READY=1" || !ready.CompareAndSwap(false, true) {
+			return
+		}
+		close(readyCh)
+		if fleet != nil {
 			// Central documents apply to a running agent only.
-			fleetOnce.Do(func() {
-				fleet.ready()
-				fleet.apply = a.Apply
-				go fleet.run(ctx)
-			})
+			fleet.ready()
+			fleet.apply = a.Apply
+			go fleet.run(ctx)
 		}
 	}
 	a, err = New(Options{Config: cfg, Logger: logger, Level: level, Registry: reg, Notify: agentNotify})
@@ -159,20 +161,33 @@ func runAgent(ctx context.Context, cfg Config, src *configSource, stderr io.Writ
 	gc := gctune.Current(os.Getenv)
 	logger.Info("bgpedge starting", "version", Version, "commit", Commit, "config", src.opts.File, "agent_id", cfg.Agent.ID,
 		"gogc", gc.Percent, "memory_limit_bytes", gc.MemoryLimit, "gc_from_env", gc.FromEnv)
+	// A SIGHUP before the agent is ready waits for it: the parts only take a
+	// new configuration once they run, and telling systemd READY=1 after a
+	// reload of a starting agent would be false.
+	deferred, readyC := false, (<-chan struct{})(readyCh)
 	for {
 		select {
 		case err := <-runDone:
 			return err
-		case <-hup:
-			if !ready.Load() {
-				// Not ready yet: telling systemd READY=1 now would be false.
-				logger.Warn("reload ignored: the agent is still starting (its parts keep retrying with the configuration it started with); send SIGHUP again once it is ready")
+		case <-readyC:
+			readyC = nil
+			if !deferred {
 				continue
 			}
-			notify("RELOADING=1")
-			reload(ctx, a, src, logger)
-			notify("READY=1")
+			deferred = false
+			logger.Info("reload: applying the reload requested while the agent was starting")
+		case <-hup:
+			if !ready.Load() {
+				if !deferred {
+					logger.Warn("reload deferred: the agent is still starting; the file is read again once it is ready")
+				}
+				deferred = true
+				continue
+			}
 		}
+		notify("RELOADING=1")
+		reload(ctx, a, src, logger)
+		notify("READY=1")
 	}
 }
 

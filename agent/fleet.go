@@ -615,8 +615,12 @@ func (w *fleetWatcher) applyDoc(ctx context.Context, d FleetDoc, report func(Fle
 		report(d, FleetApplied, nil)
 		return
 	}
-	if f := w.failed; f.err != nil && f.doc.SHA256 == d.SHA256 && f.doc.Key == d.Key {
-		report(d, f.state, f.err) // polled again unchanged: do not retry it
+	if f := w.failed; f.err != nil && f.doc.SHA256 == d.SHA256 && f.doc.Key == d.Key &&
+		(f.doc.Revision == d.Revision || !errors.Is(f.err, ErrDeliversLess)) {
+		// Polled again unchanged: do not retry it. A document refused only
+		// because its brokers did not answer is tried again when central
+		// publishes it again, even with the same bytes.
+		report(d, f.state, f.err)
 		return
 	}
 	w.clearStore(rejectedStore(w.dir)) // a new document: the rejected one is history

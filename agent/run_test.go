@@ -102,6 +102,18 @@ type child struct {
 // in a temporary directory and ephemeral ports, and waits until it is ready.
 func startChild(t *testing.T, configFile string, env ...string) *child {
 	t.Helper()
+	c := launchChild(t, configFile, env...)
+	st := c.waitReady(t)
+	if st.Spool != "open" {
+		t.Fatalf("unexpected status %+v", st)
+	}
+	c.bmpAddr = strings.TrimPrefix(st.BMP, "listening on ")
+	return c
+}
+
+// launchChild is startChild without waiting for more than the HTTP server.
+func launchChild(t *testing.T, configFile string, env ...string) *child {
+	t.Helper()
 	bin, err := buildOnce()
 	if err != nil {
 		t.Fatal(err)
@@ -138,11 +150,6 @@ func startChild(t *testing.T, configFile string, env ...string) *child {
 		c.httpAddr = c.logs.find("http server started", "addr")
 		return c.httpAddr != ""
 	})
-	st := c.waitReady(t)
-	if st.Spool != "open" {
-		t.Fatalf("unexpected status %+v", st)
-	}
-	c.bmpAddr = strings.TrimPrefix(st.BMP, "listening on ")
 	return c
 }
 
@@ -380,6 +387,60 @@ func TestRunReloadKeepsSessions(t *testing.T) {
 	if n := reloads("bmp listener started"); n != 1 {
 		t.Errorf("the BMP listener was started %d times; an unrelated reload must not restart it", n)
 	}
+}
+
+// TestRunReloadWhileStarting: a SIGHUP that arrives while a part still
+// fails to start (here the BMP address is taken) is applied once the agent
+// is ready, not dropped.
+func TestRunReloadWhileStarting(t *testing.T) {
+	local, err := os.ReadFile(filepath.Join(testenv.RepoRoot(t), "configs", "local.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(t.TempDir(), "bgpedge.yaml")
+	if err := os.WriteFile(conf, local, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	c := launchChild(t, conf, "BGPEDGE_BMP_LISTEN="+taken.Addr().String())
+	testenv.Eventually(t, 10*time.Second, "start failing on the taken address", func() bool {
+		return c.logs.find("agent not ready, retrying", "err") != ""
+	})
+
+	changed := strings.Replace(string(local), "pprof: true", "pprof: false", 1)
+	if changed == string(local) {
+		t.Fatal("configs/local.yaml no longer sets http.pprof: true")
+	}
+	if err := os.WriteFile(conf, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "reload deferred", func() bool {
+		return strings.Contains(c.logs.String(), "reload deferred")
+	})
+	if strings.Contains(c.logs.String(), "reload: configuration applied") {
+		t.Fatal("a reload was applied before the agent was ready")
+	}
+	_ = taken.Close()
+	c.waitReady(t)
+	testenv.Eventually(t, 20*time.Second, "deferred reload applied", func() bool {
+		return strings.Contains(c.logs.String(), "reload: configuration applied")
+	})
+	resp, err := http.Get("http://" + c.httpAddr + "/debug/pprof/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("pprof still served after the deferred reload: %d", resp.StatusCode)
+	}
+	c.stop(t)
 }
 
 var (

@@ -210,6 +210,29 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	return nil
 }
 
+// Reach reports the best sink this forwarder can reach now without draining
+// anything: kafka when its metadata answers, else nats when JetStream does,
+// else none; err says why the sinks before the one reached (all of them, for
+// none) failed. A reload asks it so that new settings never replace a
+// forwarder that delivers with one that would deliver less.
+func (f *Forwarder) Reach(ctx context.Context) (string, error) {
+	var errs []error
+	for _, s := range []Sink{f.primary, f.secondary} {
+		p, ok := s.(Prober)
+		if !ok { // also a disabled (nil) secondary
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, f.cfg.Kafka.DialTimeout+f.cfg.NATS.AckTimeout)
+		err := p.Probe(pctx)
+		cancel()
+		if err == nil {
+			return s.Name(), errors.Join(errs...)
+		}
+		errs = append(errs, err)
+	}
+	return SinkNone, errors.Join(errs...)
+}
+
 // watchPrimary probes Kafka until it has been healthy for failback_after
 // without interruption; it reports whether that happened before ctx ended.
 func (f *Forwarder) watchPrimary(ctx context.Context) bool {

@@ -450,7 +450,8 @@ func (k *KafkaSink) Close(ctx context.Context) error {
 }
 
 // Probe implements Prober: Kafka is healthy when metadata for the ensured
-// topics can be fetched.
+// topics can be fetched, or the broker says they are missing and Connect
+// would create them.
 func (k *KafkaSink) Probe(ctx context.Context) error {
 	sc, err := SaramaConfig(k.cfg)
 	if err != nil {
@@ -475,7 +476,11 @@ func (k *KafkaSink) Probe(ctx context.Context) error {
 	}()
 	select {
 	case err := <-done:
-		if err != nil {
+		if errors.Is(err, sarama.ErrUnknownTopicOrPartition) && !k.cfg.CreateTopics {
+			return fmt.Errorf("kafka probe: %w (forwarder.kafka.create_topics is false)", ErrMissingTopic)
+		}
+		// A missing topic is otherwise what Connect creates: the broker answered.
+		if err != nil && !errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
 			return fmt.Errorf("kafka probe: %w: %w", ErrUnavailable, explainRefusal(k.cfg, err))
 		}
 		return nil

@@ -32,7 +32,10 @@ type pendingPub struct {
 	ack AckFunc
 }
 
-var _ Sink = (*NATSSink)(nil)
+var (
+	_ Sink   = (*NATSSink)(nil)
+	_ Prober = (*NATSSink)(nil)
+)
 
 // NewNATSSink returns an unconnected JetStream sink.
 func NewNATSSink(cfg NATSConfig, agentID string, logger *slog.Logger) *NATSSink {
@@ -98,33 +101,53 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg NATSConfig) e
 	return nil
 }
 
-// Connect implements Sink.
-func (n *NATSSink) Connect(ctx context.Context) error {
-	opts, err := NATSOptions(n.cfg, "bgpedge-forwarder-"+n.agent)
+// dial connects and makes sure the stream exists, as Connect and Probe both need.
+func (n *NATSSink) dial(ctx context.Context, name string, jsOpts ...jetstream.JetStreamOpt) (*nats.Conn, jetstream.JetStream, error) {
+	opts, err := NATSOptions(n.cfg, name)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	nc, err := nats.Connect(n.cfg.URL, opts...)
 	if err != nil {
-		return fmt.Errorf("nats connect: %w: %w", ErrUnavailable, err)
+		return nil, nil, fmt.Errorf("nats connect: %w: %w", ErrUnavailable, err)
 	}
-	js, err := jetstream.New(nc,
-		jetstream.WithPublishAsyncMaxPending(n.cfg.MaxPending),
-		jetstream.WithPublishAsyncTimeout(n.cfg.AckTimeout))
+	js, err := jetstream.New(nc, jsOpts...)
 	if err != nil {
 		nc.Close()
-		return fmt.Errorf("jetstream: %w", err)
+		return nil, nil, fmt.Errorf("jetstream: %w", err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, n.cfg.AckTimeout)
 	defer cancel()
 	if err := EnsureStream(cctx, js, n.cfg); err != nil {
 		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}
+
+// Connect implements Sink.
+func (n *NATSSink) Connect(ctx context.Context) error {
+	nc, js, err := n.dial(ctx, "bgpedge-forwarder-"+n.agent,
+		jetstream.WithPublishAsyncMaxPending(n.cfg.MaxPending),
+		jetstream.WithPublishAsyncTimeout(n.cfg.AckTimeout))
+	if err != nil {
 		return err
 	}
 	n.nc, n.js = nc, js
 	n.pending = make(chan pendingPub, n.cfg.MaxPending)
 	n.done = make(chan struct{})
 	go n.collect(n.pending, n.done)
+	return nil
+}
+
+// Probe implements Prober: JetStream is healthy when a new connection
+// reaches the server and finds (or creates) the stream, as Connect would.
+func (n *NATSSink) Probe(ctx context.Context) error {
+	nc, _, err := n.dial(ctx, "bgpedge-probe-"+n.agent)
+	if err != nil {
+		return fmt.Errorf("nats probe: %w", err)
+	}
+	nc.Close()
 	return nil
 }
 

@@ -1,0 +1,251 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/bgpedge/bgpedge/forwarder"
+	"github.com/bgpedge/bgpedge/internal/testenv"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// reachDrainer is a fake forwarder that delivers to active and, asked
+// before it runs, reaches reach.
+type reachDrainer struct {
+	fakeDrainer
+	active, reach string
+	asked         *atomic.Int32
+}
+
+func (d *reachDrainer) ActiveSink() string { return d.active }
+
+func (d *reachDrainer) Reach(context.Context) (string, error) {
+	d.asked.Add(1)
+	if d.reach == forwarder.SinkKafka {
+		return d.reach, nil
+	}
+	return d.reach, errors.New("kafka probe: connection refused")
+}
+
+// TestApplyRefusesForwarderThatDeliversLess: new forwarder settings are
+// taken only if they reach a sink at least as good as the one the running
+// forwarder delivers to (kafka, then nats, then none), and only asked when
+// the destinations change.
+func TestApplyRefusesForwarderThatDeliversLess(t *testing.T) {
+	cases := []struct {
+		active, reach string
+		destinations  bool // the change moves brokers, not only a tuning knob
+		refused       bool
+		asked         int32
+	}{
+		{active: "kafka", reach: "kafka", destinations: true, asked: 1},
+		{active: "kafka", reach: "nats", destinations: true, refused: true, asked: 1},
+		{active: "kafka", reach: "none", destinations: true, refused: true, asked: 1},
+		{active: "nats", reach: "kafka", destinations: true, asked: 1},
+		{active: "nats", reach: "nats", destinations: true, asked: 1},
+		{active: "nats", reach: "none", destinations: true, refused: true, asked: 1},
+		{active: "none", reach: "none", destinations: true, asked: 0}, // nothing delivers: nothing to lose
+		{active: "kafka", reach: "none", destinations: false, asked: 0},
+	}
+	for _, tc := range cases {
+		t.Run(fmt.Sprintf("%s-to-%s-destinations-%v", tc.active, tc.reach, tc.destinations), func(t *testing.T) {
+			parts := &fakeParts{}
+			cfg := testConfig(t)
+			cfg.Forwarder.Enabled = true
+			var asked atomic.Int32
+			var built []*reachDrainer
+			b := parts.builders()
+			b.NewForwarder = func(Config, Spool, *slog.Logger, prometheus.Registerer) (drainer, error) {
+				d := &reachDrainer{fakeDrainer: fakeDrainer{stopped: make(chan struct{})}, active: tc.active, reach: tc.reach, asked: &asked}
+				built = append(built, d)
+				return d, nil
+			}
+			a, err := New(Options{Config: cfg, Logger: testLogger(t), Builders: b})
+			if err != nil {
+				t.Fatal(err)
+			}
+			startAgent(t, a)
+			testenv.Eventually(t, 5*time.Second, "forwarder running", func() bool { return built[0].running.Load() == 1 })
+			next := a.Config()
+			next.Forwarder.ReadBatch = 17
+			if tc.destinations {
+				next.Forwarder.Kafka.Brokers = []string{"192.0.2.1:9092"}
+			}
+			err = a.Apply(t.Context(), next)
+			if got := asked.Load(); got != tc.asked {
+				t.Fatalf("new forwarder asked %d times, want %d", got, tc.asked)
+			}
+			if !tc.refused {
+				if err != nil {
+					t.Fatalf("Apply: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrDeliversLess) {
+				t.Fatalf("Apply = %v, want ErrDeliversLess", err)
+			}
+			for _, s := range []string{"delivers to " + tc.active, "reach " + tc.reach, "connection refused"} {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not say %q", err, s)
+				}
+			}
+			if a.Config().Forwarder.ReadBatch == 17 {
+				t.Fatal("configuration changed although the apply was refused")
+			}
+			if built[0].running.Load() != 1 || built[1].running.Load() != 0 {
+				t.Fatal("the running forwarder was replaced")
+			}
+		})
+	}
+}
+
+// TestApplyRealForwarderDeliversNoLess runs the real forwarder against a
+// real broker and JetStream: a reload to a broker that refuses connections
+// is refused while Kafka delivers, even when NATS would take the records;
+// an agent whose forwarder reaches nothing takes new settings and delivers.
+func TestApplyRealForwarderDeliversNoLess(t *testing.T) {
+	brokers := testenv.KafkaBrokers(t)
+	n := testenv.StartNATS(t)
+	const refused = "127.0.0.1:1"
+	cfg := testConfig(t)
+	cfg.Forwarder.Enabled = true
+	cfg.Forwarder.Kafka.Brokers = brokers
+	cfg.Forwarder.Kafka.Partitions = 1
+	cfg.Forwarder.Topics.Prefix = fmt.Sprintf("agentreach%d.", time.Now().UnixNano())
+	cfg.Forwarder.NATS.Enabled = true
+	cfg.Forwarder.NATS.URL = n.URL()
+	cfg.Forwarder.FailoverAfter = time.Second
+	a, err := New(Options{Config: cfg, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, a)
+	testenv.Eventually(t, 30*time.Second, "forwarder on kafka", func() bool { return a.Status().Sink == forwarder.SinkKafka })
+
+	next := a.Config()
+	next.Forwarder.Kafka.Brokers = []string{refused}
+	err = a.Apply(t.Context(), next)
+	if !errors.Is(err, ErrDeliversLess) || !strings.Contains(err.Error(), "reach nats") || !strings.Contains(err.Error(), refused) {
+		t.Fatalf("Apply to a refused broker with NATS up = %v, want ErrDeliversLess naming nats and %s", err, refused)
+	}
+	next.Forwarder.NATS.URL = "nats://" + refused
+	if err := a.Apply(t.Context(), next); !errors.Is(err, ErrDeliversLess) || !strings.Contains(err.Error(), "reach none") {
+		t.Fatalf("Apply to nothing reachable = %v, want ErrDeliversLess naming none", err)
+	}
+	if got := a.Config().Forwarder.Kafka.Brokers; len(got) != 1 || got[0] != brokers[0] {
+		t.Fatalf("brokers now %v", got)
+	}
+	// A tuning change does not ask: it is taken even though it cannot be
+	// compared, and the forwarder goes on delivering.
+	next = a.Config()
+	next.Forwarder.ReadBatch = 321
+	if err := a.Apply(t.Context(), next); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, "new forwarder on kafka", func() bool { return a.Status().Sink == forwarder.SinkKafka })
+
+	// On JetStream (Kafka refused), new settings that still reach only
+	// JetStream are taken; so are settings that reach Kafka again.
+	b := testConfig(t)
+	b.Forwarder = cfg.Forwarder
+	b.Forwarder.Kafka.Brokers = []string{refused}
+	a2, err := New(Options{Config: b, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, a2)
+	testenv.Eventually(t, 30*time.Second, "forwarder failed over to nats", func() bool { return a2.Status().Sink == forwarder.SinkNATS })
+	next = a2.Config()
+	next.Forwarder.Kafka.Brokers = []string{"127.0.0.1:2"}
+	if err := a2.Apply(t.Context(), next); err != nil {
+		t.Fatalf("Apply from nats to nats: %v", err)
+	}
+	next.Forwarder.Kafka.Brokers = brokers
+	if err := a2.Apply(t.Context(), next); err != nil {
+		t.Fatalf("Apply from nats to kafka: %v", err)
+	}
+	testenv.Eventually(t, 30*time.Second, "forwarder on kafka after the reload", func() bool { return a2.Status().Sink == forwarder.SinkKafka })
+}
+
+// TestFleetDocumentThatDeliversLess: a central document whose brokers do
+// not answer is reported failed and leaves the running forwarder alone;
+// central publishing the same bytes again tries it again, and it applies
+// once its brokers answer.
+func TestFleetDocumentThatDeliversLess(t *testing.T) {
+	ns := startNATS(t)
+	url := ns.ClientURL()
+	cfg := testConfig(t)
+	cfg.Agent.ID = "edge-4"
+	cfg.Forwarder.Enabled = true
+	cfg.Fleet = DefaultFleetConfig()
+	cfg.Fleet.Enabled, cfg.Fleet.URL = true, url
+	local := filepath.Join(t.TempDir(), "bgpedge.yaml")
+	writeConfig(t, local, cfg)
+
+	var asked atomic.Int32
+	var reach atomic.Value
+	reach.Store(forwarder.SinkNone)
+	var mu sync.Mutex
+	var built []*reachDrainer
+	parts := &fakeParts{}
+	b := parts.builders()
+	b.NewForwarder = func(Config, Spool, *slog.Logger, prometheus.Registerer) (drainer, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		d := &reachDrainer{fakeDrainer: fakeDrainer{stopped: make(chan struct{})}, active: forwarder.SinkKafka, reach: reach.Load().(string), asked: &asked}
+		built = append(built, d)
+		return d, nil
+	}
+	a, err := New(Options{Config: cfg, Logger: testLogger(t), Builders: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, a)
+	w := &fleetWatcher{cfg: cfg.Fleet, agentID: "edge-4", src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
+		dir: cfg.Agent.StateDir, apply: a.Apply, log: testLogger(t)}
+	startWatcher(t, w.run)
+
+	status := fleetKV(t, url, "bgpedge-fleet-status")
+	docs := fleetKV(t, url, "bgpedge-fleet")
+	doc := []byte("forwarder:\n  kafka:\n    brokers: [\"192.0.2.7:9092\"]\n")
+	publish := func() uint64 {
+		rev, err := docs.Put(t.Context(), "agent.edge-4", doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rev
+	}
+	rev := publish()
+	testenv.Eventually(t, 10*time.Second, "document refused", func() bool {
+		st := readStatus(t, status, "edge-4")
+		return st.State == FleetFailed && st.Revision == rev && strings.Contains(st.Error, ErrDeliversLess.Error())
+	})
+	if got := a.Config().Forwarder.Kafka.Brokers; len(got) != 1 || got[0] == "192.0.2.7:9092" {
+		t.Fatalf("brokers %v after a refused document", got)
+	}
+	rev = publish() // same bytes, brokers still silent
+	testenv.Eventually(t, 10*time.Second, "republished document tried again", func() bool {
+		st := readStatus(t, status, "edge-4")
+		return st.State == FleetFailed && st.Revision == rev && asked.Load() == 2
+	})
+	reach.Store(forwarder.SinkKafka)
+	rev = publish()
+	testenv.Eventually(t, 10*time.Second, "document applied once its brokers answer", func() bool {
+		st := readStatus(t, status, "edge-4")
+		return st.State == FleetApplied && st.Revision == rev
+	})
+	if got := a.Config().Forwarder.Kafka.Brokers; len(got) != 1 || got[0] != "192.0.2.7:9092" {
+		t.Fatalf("brokers %v after the document applied", got)
+	}
+	if asked.Load() != 3 {
+		t.Fatalf("new forwarders asked %d times, want 3", asked.Load())
+	}
+}
