@@ -18,6 +18,7 @@ import (
 
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -604,5 +605,77 @@ func TestFleetStateFiles(t *testing.T) {
 	w.revert(t.Context(), func(_ FleetDoc, st string, _ error) { state = st })
 	if d, ok, _ := lastGoodStore(dir).load(); !ok || d.SHA256 != docA.SHA256 || state != FleetFailed {
 		t.Fatalf("after a failed revert: last-good ok=%v key=%q, state %q", ok, d.Key, state)
+	}
+}
+
+// TestFleetNATSLostBucketIsNoDeletion: central losing its bucket (deleted
+// and created again, empty) is not a deletion of the agent's document: the
+// agent keeps running it, watches the new bucket, and takes what central
+// publishes there.
+func TestFleetNATSLostBucketIsNoDeletion(t *testing.T) {
+	ns := startNATS(t)
+	url := ns.ClientURL()
+	cfg := testConfig(t)
+	cfg.Agent.ID = "edge-5"
+	cfg.Fleet = DefaultFleetConfig()
+	cfg.Fleet.Enabled, cfg.Fleet.URL, cfg.Fleet.Group = true, url, "pop-e"
+	local := filepath.Join(t.TempDir(), "bgpedge.yaml")
+	writeConfig(t, local, cfg)
+	a, _, level, _ := runFakeAgent(t, cfg)
+	w := &fleetWatcher{cfg: cfg.Fleet, agentID: "edge-5", src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
+		dir: cfg.Agent.StateDir, apply: a.Apply, log: testLogger(t)}
+	startWatcher(t, w.run)
+
+	status := fleetKV(t, url, "bgpedge-fleet-status")
+	docs := fleetKV(t, url, "bgpedge-fleet")
+	doc := []byte("log:\n  level: error\n")
+	if _, err := docs.Put(t.Context(), "group.pop-e", doc); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "group document applied", func() bool {
+		st := readStatus(t, status, "edge-5")
+		return st.State == FleetApplied && st.Key == "group.pop-e" && level.Level() == slog.LevelError
+	})
+	applied := testutil.ToFloat64(a.metrics.applies.WithLabelValues("applied"))
+
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteKeyValue(t.Context(), "bgpedge-fleet"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	testenv.Eventually(t, 30*time.Second, "agent watching the bucket again", func() bool {
+		s, err := js.Stream(t.Context(), "KV_bgpedge-fleet")
+		if err != nil {
+			return false
+		}
+		info, err := s.Info(t.Context())
+		return err == nil && info.State.Consumers > 0
+	})
+	t.Logf("agent watching again after %v", time.Since(start))
+	kv, err := js.KeyValue(t.Context(), "bgpedge-fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := kv.Put(t.Context(), "group.pop-e", doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "document in the new bucket reported", func() bool {
+		st := readStatus(t, status, "edge-5")
+		return st.State == FleetApplied && st.Revision == rev
+	})
+	if got := testutil.ToFloat64(a.metrics.applies.WithLabelValues("applied")); got != applied {
+		t.Fatalf("%v applies since the bucket was lost, want none: the agent reverted and applied again", got-applied)
+	}
+	if _, ok, err := lastGoodStore(cfg.Agent.StateDir).load(); !ok || err != nil {
+		t.Fatalf("last-good dropped when the bucket was lost: ok=%v err=%v", ok, err)
 	}
 }
