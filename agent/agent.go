@@ -339,8 +339,8 @@ type reacher interface {
 // fallback, nothing.
 var sinkRank = map[string]int{forwarder.SinkKafka: 2, forwarder.SinkNATS: 1}
 
-// destinationsChanged reports whether next sends somewhere else than cur:
-// other brokers, credentials, TLS, stream or topics.
+// destinationsChanged reports whether next connects differently from cur:
+// any Kafka, NATS or topic setting, or the agent id (the NATS client name).
 func destinationsChanged(cur, next Config) bool {
 	c, n := cur.ForwarderSettings(), next.ForwarderSettings()
 	return !reflect.DeepEqual(c.Kafka, n.Kafka) || !reflect.DeepEqual(c.NATS, n.NATS) ||
@@ -524,6 +524,13 @@ func (a *Agent) Apply(ctx context.Context, next Config) (err error) {
 	}
 	if cur.Log.Format != next.Log.Format {
 		return fmt.Errorf("log.format: %w", ErrRestartRequired)
+	}
+	// The fleet watcher runs with the settings and the id the agent started with.
+	if !reflect.DeepEqual(cur.Fleet, next.Fleet) {
+		return fmt.Errorf("fleet: %w", ErrRestartRequired)
+	}
+	if cur.Fleet.Enabled && cur.Agent.ID != next.Agent.ID {
+		return fmt.Errorf("agent.id (with fleet enabled): %w", ErrRestartRequired)
 	}
 	if !running {
 		return ErrNotRunning

@@ -307,6 +307,19 @@ func TestApplyRejectsRestartOnlyChanges(t *testing.T) {
 	if err := a.Apply(t.Context(), next); !errors.Is(err, ErrRestartRequired) {
 		t.Fatalf("want ErrRestartRequired, got %v", err)
 	}
+	next = a.Config()
+	next.Fleet.PollInterval = time.Hour
+	if err := a.Apply(t.Context(), next); !errors.Is(err, ErrRestartRequired) || !strings.HasPrefix(err.Error(), "fleet:") {
+		t.Fatalf("fleet change: want ErrRestartRequired naming fleet, got %v", err)
+	}
+	withFleet := testConfig(t)
+	withFleet.Fleet.Enabled, withFleet.Fleet.URL = true, "nats://127.0.0.1:1" // the watcher is runAgent's, not started here
+	f, _, _, _ := runFakeAgent(t, withFleet)
+	next = f.Config()
+	next.Agent.ID = "renamed"
+	if err := f.Apply(t.Context(), next); !errors.Is(err, ErrRestartRequired) || !strings.HasPrefix(err.Error(), "agent.id") {
+		t.Fatalf("agent.id change with fleet: want ErrRestartRequired naming agent.id, got %v", err)
+	}
 	bad := a.Config()
 	bad.BMP.MaxSessions = 0
 	if err := a.Apply(t.Context(), bad); !errors.Is(err, ErrInvalidConfig) {
