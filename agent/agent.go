@@ -362,6 +362,9 @@ func deliversNoLess(ctx context.Context, old, next drainer) error {
 	if sinkRank[got] >= sinkRank[have] {
 		return nil
 	}
+	if ctx.Err() != nil { // stopping: the probes were cut short
+		return fmt.Errorf("forwarder: %w", ctx.Err())
+	}
 	return fmt.Errorf("forwarder: %w: the running forwarder delivers to %s, the new settings reach %s: %w", ErrDeliversLess, have, got, err)
 }
 
@@ -526,7 +529,7 @@ func (a *Agent) Apply(ctx context.Context, next Config) (err error) {
 		return fmt.Errorf("log.format: %w", ErrRestartRequired)
 	}
 	// The fleet watcher runs with the settings and the id the agent started with.
-	if !reflect.DeepEqual(cur.Fleet, next.Fleet) {
+	if (cur.Fleet.Enabled || next.Fleet.Enabled) && !reflect.DeepEqual(cur.Fleet, next.Fleet) {
 		return fmt.Errorf("fleet: %w", ErrRestartRequired)
 	}
 	if cur.Fleet.Enabled && cur.Agent.ID != next.Agent.ID {
@@ -561,18 +564,8 @@ func (a *Agent) Apply(ctx context.Context, next Config) (err error) {
 			_ = newHTTP.Close(ctx)
 		}
 	}
-	if httpChanged && next.HTTP.Listen != "" && (oldHTTP == nil || next.HTTP.Listen != cur.HTTP.Listen) {
-		if newHTTP, err = startHTTP(next.HTTP, a, a.log); err != nil {
-			undo()
-			return err
-		}
-	}
-	if bmpChanged && !rebind {
-		if newSt, err = a.startStation(ctx, next, sp); err != nil {
-			undo()
-			return err
-		}
-	}
+	// The forwarder first: asking it what it reaches can take seconds, and no
+	// router should connect to a new listener that a refusal then closes.
 	if fwdChanged && next.Forwarder.Enabled {
 		if newFw, err = a.newForwarder(next, sp); err != nil {
 			undo()
@@ -581,6 +574,18 @@ func (a *Agent) Apply(ctx context.Context, next Config) (err error) {
 	}
 	if newFw != nil && oldFw != nil && destinationsChanged(cur, next) {
 		if err = deliversNoLess(ctx, oldFw.d, newFw.d); err != nil {
+			undo()
+			return err
+		}
+	}
+	if httpChanged && next.HTTP.Listen != "" && (oldHTTP == nil || next.HTTP.Listen != cur.HTTP.Listen) {
+		if newHTTP, err = startHTTP(next.HTTP, a, a.log); err != nil {
+			undo()
+			return err
+		}
+	}
+	if bmpChanged && !rebind {
+		if newSt, err = a.startStation(ctx, next, sp); err != nil {
 			undo()
 			return err
 		}

@@ -308,9 +308,13 @@ func TestApplyRejectsRestartOnlyChanges(t *testing.T) {
 		t.Fatalf("want ErrRestartRequired, got %v", err)
 	}
 	next = a.Config()
-	next.Fleet.PollInterval = time.Hour
+	next.Fleet.PollInterval = time.Hour // fleet stays disabled: nothing to restart
+	if err := a.Apply(t.Context(), next); err != nil {
+		t.Fatalf("edit of a disabled fleet section: %v", err)
+	}
+	next.Fleet.Enabled, next.Fleet.URL = true, "nats://127.0.0.1:1"
 	if err := a.Apply(t.Context(), next); !errors.Is(err, ErrRestartRequired) || !strings.HasPrefix(err.Error(), "fleet:") {
-		t.Fatalf("fleet change: want ErrRestartRequired naming fleet, got %v", err)
+		t.Fatalf("fleet enabled: want ErrRestartRequired naming fleet, got %v", err)
 	}
 	withFleet := testConfig(t)
 	withFleet.Fleet.Enabled, withFleet.Fleet.URL = true, "nats://127.0.0.1:1" // the watcher is runAgent's, not started here

@@ -70,6 +70,30 @@ func push(t *testing.T, url string, args ...string) (string, error) {
 	return out.String(), nil
 }
 
+// fleetOnNATS starts an embedded NATS server and sets cfg up to take its
+// central documents from there as agent id in group; it writes the local
+// file the watcher merges documents over.
+func fleetOnNATS(t *testing.T, cfg *Config, id, group string) (url, local string) {
+	t.Helper()
+	url = startNATS(t).ClientURL()
+	cfg.Agent.ID = id
+	cfg.Fleet = DefaultFleetConfig()
+	cfg.Fleet.Enabled, cfg.Fleet.URL, cfg.Fleet.Group = true, url, group
+	local = filepath.Join(t.TempDir(), "bgpedge.yaml")
+	writeConfig(t, local, *cfg)
+	return url, local
+}
+
+// watchFleet runs a fleet watcher for a until the test ends and returns the
+// status and document buckets.
+func watchFleet(t *testing.T, a *Agent, cfg Config, local string) (status, docs jetstream.KeyValue) {
+	t.Helper()
+	w := &fleetWatcher{cfg: cfg.Fleet, agentID: cfg.Agent.ID, src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
+		dir: cfg.Agent.StateDir, apply: a.Apply, log: testLogger(t)}
+	startWatcher(t, w.run)
+	return fleetKV(t, cfg.Fleet.URL, "bgpedge-fleet-status"), fleetKV(t, cfg.Fleet.URL, "bgpedge-fleet")
+}
+
 // TestFleetApplyKeepOldAndLastGood drives a running agent from a NATS KV
 // bucket: group document, agent document overriding it, a bad document
 // kept out (status failed, old configuration running), last-good on disk
@@ -195,22 +219,11 @@ func TestFleetApplyKeepOldAndLastGood(t *testing.T) {
 // TestFleetNATSDeleteReverts: when central deletes the only document that
 // applies to an agent, the agent returns to its local configuration.
 func TestFleetNATSDeleteReverts(t *testing.T) {
-	ns := startNATS(t)
-	url := ns.ClientURL()
 	cfg := testConfig(t)
-	cfg.Agent.ID = "edge-2"
-	cfg.Fleet = DefaultFleetConfig()
-	cfg.Fleet.Enabled, cfg.Fleet.URL, cfg.Fleet.Group = true, url, "pop-c"
-	local := filepath.Join(t.TempDir(), "bgpedge.yaml")
-	writeConfig(t, local, cfg)
+	_, local := fleetOnNATS(t, &cfg, "edge-2", "pop-c")
 	a, _, level, _ := runFakeAgent(t, cfg)
 	localLevel := level.Level()
-	w := &fleetWatcher{cfg: cfg.Fleet, agentID: "edge-2", src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
-		dir: cfg.Agent.StateDir, apply: a.Apply, log: testLogger(t)}
-	startWatcher(t, w.run)
-
-	status := fleetKV(t, url, "bgpedge-fleet-status")
-	docs := fleetKV(t, url, "bgpedge-fleet")
+	status, docs := watchFleet(t, a, cfg, local)
 	if _, err := docs.Put(t.Context(), "group.pop-c", []byte("log:\n  level: error\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -613,21 +626,10 @@ func TestFleetStateFiles(t *testing.T) {
 // agent keeps running it, watches the new bucket, and takes what central
 // publishes there.
 func TestFleetNATSLostBucketIsNoDeletion(t *testing.T) {
-	ns := startNATS(t)
-	url := ns.ClientURL()
 	cfg := testConfig(t)
-	cfg.Agent.ID = "edge-5"
-	cfg.Fleet = DefaultFleetConfig()
-	cfg.Fleet.Enabled, cfg.Fleet.URL, cfg.Fleet.Group = true, url, "pop-e"
-	local := filepath.Join(t.TempDir(), "bgpedge.yaml")
-	writeConfig(t, local, cfg)
+	url, local := fleetOnNATS(t, &cfg, "edge-5", "pop-e")
 	a, _, level, _ := runFakeAgent(t, cfg)
-	w := &fleetWatcher{cfg: cfg.Fleet, agentID: "edge-5", src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
-		dir: cfg.Agent.StateDir, apply: a.Apply, log: testLogger(t)}
-	startWatcher(t, w.run)
-
-	status := fleetKV(t, url, "bgpedge-fleet-status")
-	docs := fleetKV(t, url, "bgpedge-fleet")
+	status, docs := watchFleet(t, a, cfg, local)
 	doc := []byte("log:\n  level: error\n")
 	if _, err := docs.Put(t.Context(), "group.pop-e", doc); err != nil {
 		t.Fatal(err)
@@ -664,18 +666,20 @@ func TestFleetNATSLostBucketIsNoDeletion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rev, err := kv.Put(t.Context(), "group.pop-e", doc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testenv.Eventually(t, 10*time.Second, "document in the new bucket reported", func() bool {
-		st := readStatus(t, status, "edge-5")
-		return st.State == FleetApplied && st.Revision == rev
-	})
-	if got := testutil.ToFloat64(a.metrics.applies.WithLabelValues("applied")); got != applied {
-		t.Fatalf("%v applies since the bucket was lost, want none: the agent reverted and applied again", got-applied)
+	if got := testutil.ToFloat64(a.metrics.applies.WithLabelValues("applied")); got != applied || level.Level() != slog.LevelError {
+		t.Fatalf("%v applies since the bucket was lost (want none), level %v: the agent reverted", got-applied, level.Level())
 	}
 	if _, ok, err := lastGoodStore(cfg.Agent.StateDir).load(); !ok || err != nil {
 		t.Fatalf("last-good dropped when the bucket was lost: ok=%v err=%v", ok, err)
+	}
+	if _, err := kv.Put(t.Context(), "group.pop-e", []byte("log:\n  level: warn\n")); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "document in the new bucket applied", func() bool {
+		st := readStatus(t, status, "edge-5")
+		return st.State == FleetApplied && level.Level() == slog.LevelWarn
+	})
+	if got := testutil.ToFloat64(a.metrics.applies.WithLabelValues("applied")); got != applied+1 {
+		t.Fatalf("%v applies since the bucket was lost, want 1: the new document alone", got-applied)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -35,6 +34,36 @@ func (d *reachDrainer) Reach(context.Context) (string, error) {
 	return d.reach, errors.New("kafka probe: connection refused")
 }
 
+// reachAgent runs an agent over fake parts whose forwarders are
+// reachDrainers delivering to active and reaching what reach says when
+// built; asked counts the forwarders asked.
+func reachAgent(t *testing.T, cfg Config, active string, reach func() string) (a *Agent, asked *atomic.Int32, built func(int) *reachDrainer) {
+	t.Helper()
+	asked = new(atomic.Int32)
+	var mu sync.Mutex
+	var drainers []*reachDrainer
+	b := (&fakeParts{}).builders()
+	b.NewForwarder = func(Config, Spool, *slog.Logger, prometheus.Registerer) (drainer, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		d := &reachDrainer{fakeDrainer: fakeDrainer{stopped: make(chan struct{})}, active: active, reach: reach(), asked: asked}
+		drainers = append(drainers, d)
+		return d, nil
+	}
+	a, err := New(Options{Config: cfg, Logger: testLogger(t), Builders: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startAgent(t, a)
+	built = func(i int) *reachDrainer {
+		mu.Lock()
+		defer mu.Unlock()
+		return drainers[i]
+	}
+	testenv.Eventually(t, 5*time.Second, "forwarder running", func() bool { return built(0).running.Load() == 1 })
+	return a, asked, built
+}
+
 // TestApplyRefusesForwarderThatDeliversLess: new forwarder settings are
 // taken only if they reach a sink at least as good as the one the running
 // forwarder delivers to (kafka, then nats, then none), and only asked when
@@ -57,29 +86,15 @@ func TestApplyRefusesForwarderThatDeliversLess(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(fmt.Sprintf("%s-to-%s-destinations-%v", tc.active, tc.reach, tc.destinations), func(t *testing.T) {
-			parts := &fakeParts{}
 			cfg := testConfig(t)
 			cfg.Forwarder.Enabled = true
-			var asked atomic.Int32
-			var built []*reachDrainer
-			b := parts.builders()
-			b.NewForwarder = func(Config, Spool, *slog.Logger, prometheus.Registerer) (drainer, error) {
-				d := &reachDrainer{fakeDrainer: fakeDrainer{stopped: make(chan struct{})}, active: tc.active, reach: tc.reach, asked: &asked}
-				built = append(built, d)
-				return d, nil
-			}
-			a, err := New(Options{Config: cfg, Logger: testLogger(t), Builders: b})
-			if err != nil {
-				t.Fatal(err)
-			}
-			startAgent(t, a)
-			testenv.Eventually(t, 5*time.Second, "forwarder running", func() bool { return built[0].running.Load() == 1 })
+			a, asked, built := reachAgent(t, cfg, tc.active, func() string { return tc.reach })
 			next := a.Config()
 			next.Forwarder.ReadBatch = 17
 			if tc.destinations {
 				next.Forwarder.Kafka.Brokers = []string{"192.0.2.1:9092"}
 			}
-			err = a.Apply(t.Context(), next)
+			err := a.Apply(t.Context(), next)
 			if got := asked.Load(); got != tc.asked {
 				t.Fatalf("new forwarder asked %d times, want %d", got, tc.asked)
 			}
@@ -100,7 +115,7 @@ func TestApplyRefusesForwarderThatDeliversLess(t *testing.T) {
 			if a.Config().Forwarder.ReadBatch == 17 {
 				t.Fatal("configuration changed although the apply was refused")
 			}
-			if built[0].running.Load() != 1 || built[1].running.Load() != 0 {
+			if built(0).running.Load() != 1 || built(1).running.Load() != 0 {
 				t.Fatal("the running forwarder was replaced")
 			}
 		})
@@ -168,6 +183,7 @@ func TestApplyRealForwarderDeliversNoLess(t *testing.T) {
 	if err := a2.Apply(t.Context(), next); err != nil {
 		t.Fatalf("Apply from nats to nats: %v", err)
 	}
+	testenv.Eventually(t, 30*time.Second, "new forwarder failed over to nats", func() bool { return a2.Status().Sink == forwarder.SinkNATS })
 	next.Forwarder.Kafka.Brokers = brokers
 	if err := a2.Apply(t.Context(), next); err != nil {
 		t.Fatalf("Apply from nats to kafka: %v", err)
@@ -180,41 +196,13 @@ func TestApplyRealForwarderDeliversNoLess(t *testing.T) {
 // central publishing the same bytes again tries it again, and it applies
 // once its brokers answer.
 func TestFleetDocumentThatDeliversLess(t *testing.T) {
-	ns := startNATS(t)
-	url := ns.ClientURL()
 	cfg := testConfig(t)
-	cfg.Agent.ID = "edge-4"
 	cfg.Forwarder.Enabled = true
-	cfg.Fleet = DefaultFleetConfig()
-	cfg.Fleet.Enabled, cfg.Fleet.URL = true, url
-	local := filepath.Join(t.TempDir(), "bgpedge.yaml")
-	writeConfig(t, local, cfg)
-
-	var asked atomic.Int32
+	_, local := fleetOnNATS(t, &cfg, "edge-4", "pop-f")
 	var reach atomic.Value
 	reach.Store(forwarder.SinkNone)
-	var mu sync.Mutex
-	var built []*reachDrainer
-	parts := &fakeParts{}
-	b := parts.builders()
-	b.NewForwarder = func(Config, Spool, *slog.Logger, prometheus.Registerer) (drainer, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		d := &reachDrainer{fakeDrainer: fakeDrainer{stopped: make(chan struct{})}, active: forwarder.SinkKafka, reach: reach.Load().(string), asked: &asked}
-		built = append(built, d)
-		return d, nil
-	}
-	a, err := New(Options{Config: cfg, Logger: testLogger(t), Builders: b})
-	if err != nil {
-		t.Fatal(err)
-	}
-	startAgent(t, a)
-	w := &fleetWatcher{cfg: cfg.Fleet, agentID: "edge-4", src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
-		dir: cfg.Agent.StateDir, apply: a.Apply, log: testLogger(t)}
-	startWatcher(t, w.run)
-
-	status := fleetKV(t, url, "bgpedge-fleet-status")
-	docs := fleetKV(t, url, "bgpedge-fleet")
+	a, asked, _ := reachAgent(t, cfg, forwarder.SinkKafka, func() string { return reach.Load().(string) })
+	status, docs := watchFleet(t, a, cfg, local)
 	doc := []byte("forwarder:\n  kafka:\n    brokers: [\"192.0.2.7:9092\"]\n")
 	publish := func() uint64 {
 		rev, err := docs.Put(t.Context(), "agent.edge-4", doc)

@@ -303,14 +303,7 @@ func TestRunReloadKeepsSessions(t *testing.T) {
 		t.Fatal(err)
 	}
 	msgs := splitBMP(t, raw)
-	local, err := os.ReadFile(filepath.Join(testenv.RepoRoot(t), "configs", "local.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf := filepath.Join(t.TempDir(), "bgpedge.yaml")
-	if err := os.WriteFile(conf, local, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	local, conf := localConfigCopy(t)
 	c := startChild(t, conf)
 
 	conn, err := net.Dial("tcp", c.bmpAddr)
@@ -389,18 +382,26 @@ func TestRunReloadKeepsSessions(t *testing.T) {
 	}
 }
 
-// TestRunReloadWhileStarting: a SIGHUP that arrives while a part still
-// fails to start (here the BMP address is taken) is applied once the agent
-// is ready, not dropped.
-func TestRunReloadWhileStarting(t *testing.T) {
+// localConfigCopy copies configs/local.yaml where a test may rewrite it and
+// returns its bytes and the copy's path.
+func localConfigCopy(t *testing.T) (local []byte, conf string) {
+	t.Helper()
 	local, err := os.ReadFile(filepath.Join(testenv.RepoRoot(t), "configs", "local.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	conf := filepath.Join(t.TempDir(), "bgpedge.yaml")
+	conf = filepath.Join(t.TempDir(), "bgpedge.yaml")
 	if err := os.WriteFile(conf, local, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return local, conf
+}
+
+// TestRunReloadWhileStarting: a SIGHUP that arrives while a part still
+// fails to start (here the BMP address is taken) is applied once the agent
+// is ready, not dropped.
+func TestRunReloadWhileStarting(t *testing.T) {
+	local, conf := localConfigCopy(t)
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

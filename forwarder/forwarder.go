@@ -218,12 +218,19 @@ func (f *Forwarder) Run(ctx context.Context) error {
 func (f *Forwarder) Reach(ctx context.Context) (string, error) {
 	var errs []error
 	for _, s := range []Sink{f.primary, f.secondary} {
-		p, ok := s.(Prober)
-		if !ok { // also a disabled (nil) secondary
+		var probe func(context.Context) error
+		switch p := s.(type) {
+		case nil: // NATS disabled
+			continue
+		case interface{ probeConnect(context.Context) error }:
+			probe = p.probeConnect
+		case Prober:
+			probe = p.Probe
+		default:
 			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, f.cfg.Kafka.DialTimeout+f.cfg.NATS.AckTimeout)
-		err := p.Probe(pctx)
+		err := probe(pctx)
 		cancel()
 		if err == nil {
 			return s.Name(), errors.Join(errs...)

@@ -197,29 +197,15 @@ func (k *KafkaSink) openLanes(ctx context.Context, client sarama.Client, sc *sar
 // newClient connects without blocking past ctx (sarama's dial honours only
 // its own timeouts).
 func newClient(ctx context.Context, brokers []string, sc *sarama.Config) (sarama.Client, error) {
-	type res struct {
-		c   sarama.Client
-		err error
+	c, err := within(ctx, func() (sarama.Client, error) { return sarama.NewClient(brokers, sc) },
+		func(c sarama.Client) { _ = c.Close() })
+	switch {
+	case ctx.Err() != nil && err != nil:
+		return nil, fmt.Errorf("kafka connect: %w", err)
+	case err != nil:
+		return nil, fmt.Errorf("kafka connect: %w: %w", ErrUnavailable, err)
 	}
-	ch := make(chan res, 1)
-	go func() {
-		c, err := sarama.NewClient(brokers, sc)
-		ch <- res{c, err}
-	}()
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			return nil, fmt.Errorf("kafka connect: %w: %w", ErrUnavailable, r.err)
-		}
-		return r.c, nil
-	case <-ctx.Done():
-		go func() {
-			if r := <-ch; r.c != nil {
-				_ = r.c.Close()
-			}
-		}()
-		return nil, fmt.Errorf("kafka connect: %w", ctx.Err())
-	}
+	return c, nil
 }
 
 func (k *KafkaSink) ensureTopic(client sarama.Client, topic string) error {
@@ -450,9 +436,19 @@ func (k *KafkaSink) Close(ctx context.Context) error {
 }
 
 // Probe implements Prober: Kafka is healthy when metadata for the ensured
-// topics can be fetched, or the broker says they are missing and Connect
-// would create them.
-func (k *KafkaSink) Probe(ctx context.Context) error {
+// topics can be fetched. It decides failback, so a missing topic keeps the
+// forwarder on NATS even where Connect might create it.
+func (k *KafkaSink) Probe(ctx context.Context) error { return k.probe(ctx, false) }
+
+// probeConnect is Probe for settings that have not run yet (a reload): a
+// topic the broker reports missing counts as reachable when Connect would
+// create it, since a new prefix or new streams bring exactly that. Whether
+// the creation succeeds shows only at Connect.
+func (k *KafkaSink) probeConnect(ctx context.Context) error {
+	return k.probe(ctx, k.cfg.CreateTopics)
+}
+
+func (k *KafkaSink) probe(ctx context.Context, missingOK bool) error {
 	sc, err := SaramaConfig(k.cfg)
 	if err != nil {
 		return err
@@ -470,20 +466,32 @@ func (k *KafkaSink) Probe(ctx context.Context) error {
 	// a shutdown or a failback that long.
 	done := make(chan error, 1)
 	go func() {
-		err := c.RefreshMetadata(topics...)
+		var err error
+		if missingOK {
+			// One topic per request: sarama reports one error for all the
+			// topics of a request, so "missing" could hide "not authorised".
+			for _, t := range topics {
+				if err = c.RefreshMetadata(t); err != nil && !errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
+					break
+				}
+				err = nil
+			}
+		} else {
+			err = c.RefreshMetadata(topics...)
+		}
 		_ = c.Close()
 		done <- err
 	}()
 	select {
 	case err := <-done:
-		if errors.Is(err, sarama.ErrUnknownTopicOrPartition) && !k.cfg.CreateTopics {
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, sarama.ErrUnknownTopicOrPartition) && !k.cfg.CreateTopics:
 			return fmt.Errorf("kafka probe: %w (forwarder.kafka.create_topics is false)", ErrMissingTopic)
-		}
-		// A missing topic is otherwise what Connect creates: the broker answered.
-		if err != nil && !errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
+		default:
 			return fmt.Errorf("kafka probe: %w: %w", ErrUnavailable, explainRefusal(k.cfg, err))
 		}
-		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("kafka probe: %w", ctx.Err())
 	}

@@ -107,8 +107,11 @@ func (n *NATSSink) dial(ctx context.Context, name string, jsOpts ...jetstream.Je
 	if err != nil {
 		return nil, nil, err
 	}
-	nc, err := nats.Connect(n.cfg.URL, opts...)
-	if err != nil {
+	nc, err := within(ctx, func() (*nats.Conn, error) { return nats.Connect(n.cfg.URL, opts...) }, (*nats.Conn).Close)
+	switch {
+	case ctx.Err() != nil && err != nil:
+		return nil, nil, fmt.Errorf("nats connect: %w", err)
+	case err != nil:
 		return nil, nil, fmt.Errorf("nats connect: %w: %w", ErrUnavailable, err)
 	}
 	js, err := jetstream.New(nc, jsOpts...)

@@ -78,6 +78,11 @@ func TestReach(t *testing.T) {
 					t.Fatalf("error %v does not name %q", err, s)
 				}
 			}
+			// Failback's probe stays strict: a topic not there yet keeps
+			// the forwarder on NATS.
+			if err := f.primary.(Prober).Probe(t.Context()); got == SinkKafka && (err == nil) != tc.existing {
+				t.Fatalf("failback probe with the topics there %v: %v", tc.existing, err)
+			}
 			if f.ActiveSink() != SinkNone {
 				t.Fatalf("Reach changed the active sink to %s", f.ActiveSink())
 			}

@@ -153,3 +153,31 @@ func buildTLS(c TLSConfig) (*tls.Config, error) {
 	}
 	return t, nil
 }
+
+// within runs dial and returns its result, or ctx's error once ctx ends
+// first; a connection that arrives after that is closed. The client
+// libraries' dials honour only their own timeouts, which a shutdown or a
+// probe deadline must not wait for.
+func within[T any](ctx context.Context, dial func() (T, error), closeLate func(T)) (T, error) {
+	type res struct {
+		v   T
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		v, err := dial()
+		ch <- res{v, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.err == nil {
+				closeLate(r.v)
+			}
+		}()
+		var zero T
+		return zero, ctx.Err()
+	}
+}
