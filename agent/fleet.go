@@ -520,7 +520,11 @@ func (w *fleetWatcher) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		w.log.Warn("fleet: central unreachable, keeping the current configuration", "err", err, "retry_in", wait)
+		msg := "fleet: central unreachable, keeping the current configuration"
+		if errors.Is(err, errWatchEnded) {
+			msg = "fleet: the server ended the watch (bucket deleted or lost?), keeping the current configuration and watching again"
+		}
+		w.log.Warn(msg, "err", err, "retry_in", wait)
 		select {
 		case <-ctx.Done():
 			return
@@ -529,6 +533,11 @@ func (w *fleetWatcher) run(ctx context.Context) {
 		wait = min(wait*2, time.Minute)
 	}
 }
+
+// errWatchEnded is the watch closed by the server side, as when central
+// deletes the bucket: the agent notices some 20 s later (nats.go's consumer
+// heartbeats) and watches again, creating the bucket if it is gone.
+var errWatchEnded = errors.New("fleet: watch ended")
 
 func (w *fleetWatcher) watch(ctx context.Context) error {
 	nc, err := fleetConnect(w.cfg, "bgpedge-agent-"+w.agentID)
@@ -566,7 +575,7 @@ func (w *fleetWatcher) watch(ctx context.Context) error {
 			return ctx.Err()
 		case e, ok := <-watcher.Updates():
 			if !ok {
-				return errors.New("fleet: watcher closed")
+				return errWatchEnded
 			}
 			if e != nil {
 				if e.Operation() == jetstream.KeyValuePut {

@@ -84,12 +84,12 @@ func fleetOnNATS(t *testing.T, cfg *Config, id, group string) (url, local string
 	return url, local
 }
 
-// watchFleet runs a fleet watcher for a until the test ends and returns the
-// status and document buckets.
-func watchFleet(t *testing.T, a *Agent, cfg Config, local string) (status, docs jetstream.KeyValue) {
+// watchFleet runs a fleet watcher for a, logging to log, until the test
+// ends and returns the status and document buckets.
+func watchFleet(t *testing.T, a *Agent, cfg Config, local string, log *slog.Logger) (status, docs jetstream.KeyValue) {
 	t.Helper()
 	w := &fleetWatcher{cfg: cfg.Fleet, agentID: cfg.Agent.ID, src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
-		dir: cfg.Agent.StateDir, apply: a.Apply, log: testLogger(t)}
+		dir: cfg.Agent.StateDir, apply: a.Apply, log: log}
 	startWatcher(t, w.run)
 	return fleetKV(t, cfg.Fleet.URL, "bgpedge-fleet-status"), fleetKV(t, cfg.Fleet.URL, "bgpedge-fleet")
 }
@@ -223,7 +223,7 @@ func TestFleetNATSDeleteReverts(t *testing.T) {
 	_, local := fleetOnNATS(t, &cfg, "edge-2", "pop-c")
 	a, _, level, _ := runFakeAgent(t, cfg)
 	localLevel := level.Level()
-	status, docs := watchFleet(t, a, cfg, local)
+	status, docs := watchFleet(t, a, cfg, local, testLogger(t))
 	if _, err := docs.Put(t.Context(), "group.pop-c", []byte("log:\n  level: error\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -629,7 +629,8 @@ func TestFleetNATSLostBucketIsNoDeletion(t *testing.T) {
 	cfg := testConfig(t)
 	url, local := fleetOnNATS(t, &cfg, "edge-5", "pop-e")
 	a, _, level, _ := runFakeAgent(t, cfg)
-	status, docs := watchFleet(t, a, cfg, local)
+	logs := &testenv.LogBuffer{}
+	status, docs := watchFleet(t, a, cfg, local, slog.New(slog.NewTextHandler(logs, nil)))
 	doc := []byte("log:\n  level: error\n")
 	if _, err := docs.Put(t.Context(), "group.pop-e", doc); err != nil {
 		t.Fatal(err)
@@ -662,6 +663,9 @@ func TestFleetNATSLostBucketIsNoDeletion(t *testing.T) {
 		return err == nil && info.State.Consumers > 0
 	})
 	t.Logf("agent watching again after %v", time.Since(start))
+	if !strings.Contains(logs.String(), "the server ended the watch") {
+		t.Errorf("the lost watch is not logged as such:\n%s", logs.String())
+	}
 	kv, err := js.KeyValue(t.Context(), "bgpedge-fleet")
 	if err != nil {
 		t.Fatal(err)

@@ -202,7 +202,7 @@ func TestFleetDocumentThatDeliversLess(t *testing.T) {
 	var reach atomic.Value
 	reach.Store(forwarder.SinkNone)
 	a, asked, _ := reachAgent(t, cfg, forwarder.SinkKafka, func() string { return reach.Load().(string) })
-	status, docs := watchFleet(t, a, cfg, local)
+	status, docs := watchFleet(t, a, cfg, local, testLogger(t))
 	doc := []byte("forwarder:\n  kafka:\n    brokers: [\"192.0.2.7:9092\"]\n")
 	publish := func() uint64 {
 		rev, err := docs.Put(t.Context(), "agent.edge-4", doc)
