@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/bgpedge/bgpedge/forwarder"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 )
@@ -50,15 +51,20 @@ func newConfigCommand() *cobra.Command {
 
 func newConfigValidateCommand() *cobra.Command {
 	var flags configFlags
+	var probe bool
 	cmd := &cobra.Command{
 		Use:   "validate",
 		Short: "Check the configuration (file, environment, flags); exit non-zero naming every bad key",
-		Args:  cobra.NoArgs,
+		Long: "Check the configuration (file, environment, flags); exit 78 naming every bad key.\n" +
+			"With --probe, also ask the forwarder's Kafka and NATS settings which sink they reach,\n" +
+			"as a reload does, and exit 1 if neither answers.",
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			for _, w := range EnvWarnings(os.Environ()) {
 				fmt.Fprintf(cmd.ErrOrStderr(), "bgpedge: warning: %s\n", w)
 			}
-			if _, err := flags.load(); err != nil {
+			cfg, err := flags.load()
+			if err != nil {
 				fmt.Fprintf(cmd.ErrOrStderr(), "bgpedge: %v\n", err)
 				return printed(err)
 			}
@@ -66,11 +72,30 @@ func newConfigValidateCommand() *cobra.Command {
 			if src == "" {
 				src = DefaultConfigFile + " (if present), defaults and environment"
 			}
-			_, err := fmt.Fprintf(cmd.OutOrStdout(), "configuration OK: %s\n", src)
-			return err
+			if _, err := fmt.Fprintf(cmd.OutOrStdout(), "configuration OK: %s\n", src); err != nil {
+				return err
+			}
+			if !probe {
+				return nil
+			}
+			if !cfg.Forwarder.Enabled {
+				_, err := fmt.Fprintln(cmd.OutOrStdout(), "forwarder disabled: nothing to probe")
+				return err
+			}
+			got, err := forwarder.Reach(cmd.Context(), cfg.ForwarderSettings(), nil)
+			if got == forwarder.SinkNone {
+				fmt.Fprintf(cmd.ErrOrStderr(), "bgpedge: forwarder reaches no sink: %v\n", err)
+				return printed(fmt.Errorf("probe: %w", err))
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "forwarder reaches %s\n", got)
+			if err != nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "  before it: %v\n", err)
+			}
+			return nil
 		},
 	}
 	flags.register(cmd.Flags())
+	cmd.Flags().BoolVar(&probe, "probe", false, "also probe the forwarder's Kafka and NATS settings (network access)")
 	return cmd
 }
 

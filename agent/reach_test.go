@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -235,5 +238,54 @@ func TestFleetDocumentThatDeliversLess(t *testing.T) {
 	}
 	if asked.Load() != 3 {
 		t.Fatalf("new forwarders asked %d times, want 3", asked.Load())
+	}
+}
+
+// TestConfigValidateProbe: `config validate --probe` asks the file's
+// forwarder settings what they reach, as a reload would, against a real
+// broker and JetStream.
+func TestConfigValidateProbe(t *testing.T) {
+	brokers := testenv.KafkaBrokers(t)
+	n := testenv.StartNATS(t)
+	const refused = "127.0.0.1:1"
+	dir := t.TempDir()
+	write := func(name, kafka, nats string) string {
+		p := filepath.Join(dir, name)
+		doc := "agent:\n  id: edge-9\nforwarder:\n  enabled: true\n  kafka:\n    brokers: [\"" + kafka + "\"]\n"
+		if nats != "" {
+			doc += "  nats:\n    enabled: true\n    url: " + nats + "\n"
+		}
+		if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cases := []struct {
+		name, file     string
+		code           int
+		stdout, stderr []string
+	}{
+		{"kafka", write("kafka.yaml", brokers[0], ""), 0, []string{"configuration OK", "forwarder reaches kafka"}, nil},
+		{"nats only", write("nats.yaml", refused, n.URL()), 0, []string{"forwarder reaches nats", "before it: kafka probe", refused}, nil},
+		{"nothing", write("none.yaml", refused, "nats://"+refused), 1, []string{"configuration OK"}, []string{"reaches no sink", "kafka probe", "nats probe"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := Main(t.Context(), []string{"config", "validate", "--probe", "--config", tc.file}, strings.NewReader(""), &stdout, &stderr)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d\nstdout %s\nstderr %s", code, tc.code, stdout.String(), stderr.String())
+			}
+			for _, s := range tc.stdout {
+				if !strings.Contains(stdout.String(), s) {
+					t.Errorf("stdout %q does not say %q", stdout.String(), s)
+				}
+			}
+			for _, s := range tc.stderr {
+				if !strings.Contains(stderr.String(), s) {
+					t.Errorf("stderr %q does not say %q", stderr.String(), s)
+				}
+			}
+		})
 	}
 }

@@ -216,8 +216,25 @@ func (f *Forwarder) Run(ctx context.Context) error {
 // none) failed. A reload asks it so that new settings never replace a
 // forwarder that delivers with one that would deliver less.
 func (f *Forwarder) Reach(ctx context.Context) (string, error) {
+	return reach(ctx, f.cfg, f.primary, f.secondary)
+}
+
+// Reach is Forwarder.Reach for cfg without a forwarder: `bgpedge config
+// validate --probe` asks it before a reload.
+func Reach(ctx context.Context, cfg Config, logger *slog.Logger) (string, error) {
+	if err := cfg.Validate(); err != nil {
+		return SinkNone, err
+	}
+	var secondary Sink
+	if cfg.NATS.Enabled {
+		secondary = NewNATSSink(cfg.NATS, cfg.AgentID, logger)
+	}
+	return reach(ctx, cfg, NewKafkaSink(cfg.Kafka, cfg.Topics, logger), secondary)
+}
+
+func reach(ctx context.Context, cfg Config, sinks ...Sink) (string, error) {
 	var errs []error
-	for _, s := range []Sink{f.primary, f.secondary} {
+	for _, s := range sinks {
 		var probe func(context.Context) error
 		switch p := s.(type) {
 		case nil: // NATS disabled
@@ -229,7 +246,7 @@ func (f *Forwarder) Reach(ctx context.Context) (string, error) {
 		default:
 			continue
 		}
-		pctx, cancel := context.WithTimeout(ctx, f.cfg.Kafka.DialTimeout+f.cfg.NATS.AckTimeout)
+		pctx, cancel := context.WithTimeout(ctx, cfg.Kafka.DialTimeout+cfg.NATS.AckTimeout)
 		err := probe(pctx)
 		cancel()
 		if err == nil {
