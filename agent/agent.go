@@ -337,7 +337,15 @@ type reacher interface {
 
 // sinkRank orders what a forwarder delivers to: Kafka, the JetStream
 // fallback, nothing.
-var sinkRank = map[string]int{forwarder.SinkKafka: 2, forwarder.SinkNATS: 1}
+func sinkRank(sink string) int {
+	switch sink {
+	case forwarder.SinkKafka:
+		return 2
+	case forwarder.SinkNATS:
+		return 1
+	}
+	return 0
+}
 
 // destinationsChanged reports whether next connects differently from cur:
 // any Kafka, NATS or topic setting, or the agent id (the NATS client name).
@@ -355,11 +363,11 @@ func destinationsChanged(cur, next Config) bool {
 func deliversNoLess(ctx context.Context, old, next drainer) error {
 	r, ok := next.(reacher)
 	have := old.ActiveSink()
-	if !ok || sinkRank[have] == 0 {
+	if !ok || sinkRank(have) == 0 {
 		return nil
 	}
 	got, err := r.Reach(ctx)
-	if sinkRank[got] >= sinkRank[have] {
+	if sinkRank(got) >= sinkRank(have) {
 		return nil
 	}
 	if ctx.Err() != nil { // stopping: the probes were cut short
