@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/bgpedge/bgpedge/internal/gctune"
 	"github.com/bgpedge/bgpedge/record"
@@ -100,15 +101,28 @@ func benchAppend(b *testing.B, bc benchCase, drain string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var grouped *plainGroup
+	var grouped *group
 	if bc.appenders > 1 {
-		grouped = newPlainGroup(b, plainBatch)
+		grouped = newGroup(plainBatch, newPlainFile(b, "grouped"))
 		defer grouped.close()
+	}
+	// Without a reader, bbolt alone is measured too (boltFloor): by one
+	// caller with the plain file's batch, or by the same appenders through
+	// the same group commit as the grouped plain file.
+	var floor *boltFloor
+	var floorGroup *group
+	if drain != "reader" {
+		floor = newBoltFloor(b, drain == "ack")
+		defer floor.close()
+		if bc.appenders > 1 {
+			floorGroup = newGroup(plainBatch, floor.commit)
+			defer floorGroup.close()
+		}
 	}
 	const rounds = 10
 	callsPerRound := max(1, b.N/rounds/bc.perCall)
 	writesPerRound := max(1, callsPerRound*bc.perCall/plainBatch)
-	var spoolTime, plainWrite, plainSync, groupedTime time.Duration
+	var spoolTime, plainWrite, plainSync, groupedTime, floorTime time.Duration
 	var spoolRecs, plainRecs int
 	chunk, err := appendChunk(nil, recs)
 	if err != nil {
@@ -145,6 +159,21 @@ func benchAppend(b *testing.B, bc benchCase, drain string) {
 				return grouped.append(chunk, len(recs))
 			})
 		}
+
+		switch {
+		case floorGroup != nil:
+			floorTime += runAppenders(b, bc.appenders, callsPerRound, func() error {
+				return floorGroup.append(chunk, len(recs))
+			})
+		case floor != nil:
+			start := time.Now()
+			for i := 0; i < writesPerRound; i++ {
+				if err := floor.commit(plainBuf); err != nil {
+					b.Fatal(err)
+				}
+			}
+			floorTime += time.Since(start)
+		}
 	}
 	b.StopTimer()
 	sp := float64(spoolRecs) / spoolTime.Seconds()
@@ -152,10 +181,21 @@ func benchAppend(b *testing.B, bc benchCase, drain string) {
 	b.ReportMetric(sp, "rec/s")
 	b.ReportMetric(pl, "plain-rec/s")
 	b.ReportMetric(sp/pl, "ratio")
+	ref := pl // the plain file the bbolt floor is compared with
 	if grouped != nil {
 		gr := float64(spoolRecs) / groupedTime.Seconds()
 		b.ReportMetric(gr, "grouped-rec/s")
 		b.ReportMetric(sp/gr, "grouped-ratio")
+		ref = gr
+	}
+	if floor != nil {
+		fl := float64(plainRecs) / floorTime.Seconds()
+		if floorGroup != nil {
+			fl = float64(spoolRecs) / floorTime.Seconds()
+		}
+		b.ReportMetric(fl, "bolt-rec/s")
+		b.ReportMetric(fl/ref, "bolt-ratio")
+		b.ReportMetric(sp/fl, "spool-bolt-ratio")
 	}
 	commits, _ := histogram(reg, "bgpedge_buffer_commit_batch_records")
 	b.ReportMetric(float64(spoolRecs)/float64(max(commits, 1)), "rec/commit")
@@ -199,33 +239,29 @@ func runAppenders(b *testing.B, n, calls int, fn func() error) time.Duration {
 	return time.Since(start)
 }
 
-// plainGroup is the second reference for concurrent appenders: the same
+// group is the second reference for concurrent appenders: the same
 // appenders and the same group commit as the spool (a single writer takes
 // queued chunks up to the batch, waiting at most 2 ms and only while other
-// appenders are on their way, then writes them and fdatasyncs once), into a
-// plain file. The spool's ratio to it is the cost of bbolt and segments
-// alone; coordinating 64 goroutines costs both sides the same.
-type plainGroup struct {
-	reqs     chan plainReq
+// appenders are on their way), then one write call for the whole batch: a
+// plain file's write and fdatasync, or bbolt's transaction (boltFloor). The
+// spool's ratio to the plain file grouped this way is the cost of bbolt and
+// segments alone; coordinating 64 goroutines costs both sides the same.
+type group struct {
+	reqs     chan groupReq
 	inflight atomic.Int64
 	done     chan struct{}
 }
 
-type plainReq struct {
+type groupReq struct {
 	chunk []byte
 	n     int
 	res   chan error
 }
 
-func newPlainGroup(b *testing.B, batch int) *plainGroup {
-	f, err := os.OpenFile(filepath.Join(b.TempDir(), "grouped"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-	if err != nil {
-		b.Fatal(err)
-	}
-	g := &plainGroup{reqs: make(chan plainReq, 1024), done: make(chan struct{})}
+func newGroup(batch int, write func([]byte) error) *group {
+	g := &group{reqs: make(chan groupReq, 1024), done: make(chan struct{})}
 	go func() {
 		defer close(g.done)
-		defer f.Close()
 		var buf []byte
 		var waiting []chan error
 		for r := range g.reqs {
@@ -243,10 +279,7 @@ func newPlainGroup(b *testing.B, batch int) *plainGroup {
 					break gather
 				}
 			}
-			_, err := f.Write(buf)
-			if err == nil {
-				err = syscall.Fdatasync(int(f.Fd()))
-			}
+			err := write(buf)
 			for _, w := range waiting {
 				w <- err
 			}
@@ -255,18 +288,84 @@ func newPlainGroup(b *testing.B, batch int) *plainGroup {
 	return g
 }
 
-func (g *plainGroup) append(chunk []byte, n int) error {
+func (g *group) append(chunk []byte, n int) error {
 	g.inflight.Add(1)
 	defer g.inflight.Add(-1)
 	res := make(chan error, 1)
-	g.reqs <- plainReq{chunk: chunk, n: n, res: res}
+	g.reqs <- groupReq{chunk: chunk, n: n, res: res}
 	return <-res
 }
 
-func (g *plainGroup) close() {
+func (g *group) close() {
 	close(g.reqs)
 	<-g.done
 }
+
+// newPlainFile returns the write of a plain append-only file: one write and
+// one fdatasync per call.
+func newPlainFile(b *testing.B, name string) func([]byte) error {
+	f, err := os.OpenFile(filepath.Join(b.TempDir(), name), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = f.Close() })
+	return func(buf []byte) error {
+		if _, err := f.Write(buf); err != nil {
+			return err
+		}
+		return syscall.Fdatasync(int(f.Fd()))
+	}
+}
+
+// boltFloor is the third reference: bbolt alone, with the spool's options
+// and block layout (one sub-bucket per block, one transaction and one
+// fdatasync per batch), storing the plain file's pre-encoded batch; with
+// reclaim, each transaction also deletes the previous block, as the spool's
+// commit deletes acknowledged blocks. It pays no encoding, no hand-off to a
+// writer goroutine and no spool bookkeeping, so bolt/plain is the most a
+// spool that stores its blocks this way can reach on this disk, and
+// spool/bolt is what the spool's own code costs on top.
+type boltFloor struct {
+	db      *bolt.DB
+	seq     uint64
+	reclaim bool
+}
+
+func newBoltFloor(b *testing.B, reclaim bool) *boltFloor {
+	db, err := bolt.Open(filepath.Join(b.TempDir(), "floor"), 0o640, boltOptions(false))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := db.Update(func(tx *bolt.Tx) error {
+		_, err := tx.CreateBucket(bucketBlocks())
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	return &boltFloor{db: db, seq: 1, reclaim: reclaim}
+}
+
+// commit stores value as the next block. Blocks are keyed by a counter:
+// the key's value changes nothing bbolt does.
+func (f *boltFloor) commit(value []byte) error {
+	err := f.db.Update(func(tx *bolt.Tx) error {
+		bk := tx.Bucket(bucketBlocks())
+		bk.FillPercent = 1
+		if f.reclaim && f.seq > 1 {
+			if err := bk.DeleteBucket(seqKey(f.seq - 1)); err != nil {
+				return err
+			}
+		}
+		return putBlock(bk, f.seq, value)
+	})
+	if err != nil {
+		return err
+	}
+	f.seq++
+	return f.db.Sync()
+}
+
+func (f *boltFloor) close() { _ = f.db.Close() }
 
 // binaryGC runs a benchmark with the garbage-collector settings of the
 // bgpedge binary (internal/gctune), not the test binary's defaults.

@@ -20,7 +20,7 @@ echo "$raw"
 # "name unit value" for every custom metric of every result line
 pairs=$(echo "$raw" | awk '/^Benchmark/ {
 	name = $1; sub(/^Benchmark/, "", name); sub(/-[0-9]+$/, "", name)
-	for (i = 3; i < NF; i++) if ($(i+1) ~ /^(rec\/s|plain-rec\/s|ratio|rec\/commit|grouped-rec\/s|grouped-ratio|spool-MiB|commit-µs|sync-µs|plain-write-µs|plain-sync-µs)$/) print name, $(i+1), $i
+	for (i = 3; i < NF; i++) if ($(i+1) ~ /^(rec\/s|plain-rec\/s|ratio|rec\/commit|grouped-rec\/s|grouped-ratio|bolt-rec\/s|bolt-ratio|spool-bolt-ratio|spool-MiB|commit-µs|sync-µs|plain-write-µs|plain-sync-µs)$/) print name, $(i+1), $i
 }')
 
 median() { # name unit
@@ -61,6 +61,26 @@ for c in "200 1" "200 64" "1024 1" "1024 64"; do
 		awk -v s="$size" -v a="$app" -v d="$drain" -v c="$(median "$k" commit-µs)" -v y="$(median "$k" sync-µs)" \
 			-v w="$(median "$k" plain-write-µs)" -v p="$(median "$k" plain-sync-µs)" 'BEGIN {
 			printf "| %d B | %d | %s | %.0f | %.0f | %.0f | %.0f |\n", s, a, d, c, y, w, p }'
+	done
+done
+echo
+echo "The floor (medians): bbolt alone, with the spool's options and block layout, storing the"
+echo "plain file's pre-encoded batch, one transaction and one fdatasync per batch; with 64 appenders"
+echo "through the same group commit as the grouped plain file; for ack, each transaction also deletes"
+echo "the previous block, as the spool reclaims acknowledged blocks. It pays no encoding, no hand-off"
+echo "and no spool bookkeeping: a spool that stores its blocks this way in bbolt does not get above it."
+echo
+echo "| record | appenders | drain | plain file rec/s | bbolt alone rec/s | bbolt alone / plain | spool rec/s | spool / plain | spool / bbolt alone |"
+echo "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+for c in "200 1" "200 64" "1024 1" "1024 64"; do
+	read -r size app <<<"$c"
+	for drain in none ack; do
+		k="Append/size=$size/appenders=$app/drain=$drain"
+		pl=$(median "$k" plain-rec/s) r=$(median "$k" ratio)
+		if [ "$app" != 1 ]; then pl=$(median "$k" grouped-rec/s) r=$(median "$k" grouped-ratio); fi
+		awk -v s="$size" -v a="$app" -v d="$drain" -v pl="$pl" -v fl="$(median "$k" bolt-rec/s)" -v fr="$(median "$k" bolt-ratio)" \
+			-v sp="$(median "$k" rec/s)" -v r="$r" -v sf="$(median "$k" spool-bolt-ratio)" 'BEGIN {
+			printf "| %d B | %d%s | %s | %.0f | %.0f | %.2f | %.0f | %.2f | %.2f |\n", s, a, (a > 1 ? " (grouped)" : ""), d, pl, fl, fr, sp, r, sf }'
 	done
 done
 echo
