@@ -24,7 +24,8 @@ import (
 
 // Benchmarks report records/s; scripts/bench-buffer.sh runs them and prints
 // the spool against a plain append-and-fdatasync file at the same batch size
-// (the same encoded bytes, one write and one fdatasync per batch).
+// (the same encoded bytes, one write and one fdatasync per batch), and
+// against bbolt alone storing those bytes the way the spool does (boltFloor).
 //
 //	appenders=1:  one caller appending 1000 records per call (a BMP session's
 //	              batch); the plain file syncs every 1000 records.
