@@ -23,6 +23,14 @@ pairs=$(echo "$raw" | awk '/^Benchmark/ {
 	for (i = 3; i < NF; i++) if ($(i+1) ~ /^(rec\/s|plain-rec\/s|ratio|rec\/commit|grouped-rec\/s|grouped-ratio|bolt-rec\/s|bolt-ratio|spool-bolt-ratio|spool-MiB|commit-µs|sync-µs|plain-write-µs|plain-sync-µs)$/) print name, $(i+1), $i
 }')
 
+# "size appenders drain" for each record size and appender count, and each
+# drain given
+cases() {
+	for c in "200 1" "200 64" "1024 1" "1024 64"; do
+		for d in "$@"; do echo "$c $d"; done
+	done
+}
+
 median() { # name unit
 	echo "$pairs" | awk -v n="$1" -v u="$2" '$1 == n && $2 == u { print $3 }' | sort -g |
 		awk '{ v[NR] = $1 } END { if (NR == 0) print "NaN"; else if (NR % 2) print v[(NR+1)/2]; else print (v[NR/2] + v[NR/2+1]) / 2 }'
@@ -54,14 +62,11 @@ echo "Append is encoding the records and handing them to the writer."
 echo
 echo "| record | appenders | drain | spool commit µs | of which fdatasync µs | plain write µs | plain fdatasync µs |"
 echo "| --- | --- | --- | ---: | ---: | ---: | ---: |"
-for c in "200 1" "200 64" "1024 1" "1024 64"; do
-	read -r size app <<<"$c"
-	for drain in none ack reader; do
-		k="Append/size=$size/appenders=$app/drain=$drain"
-		awk -v s="$size" -v a="$app" -v d="$drain" -v c="$(median "$k" commit-µs)" -v y="$(median "$k" sync-µs)" \
-			-v w="$(median "$k" plain-write-µs)" -v p="$(median "$k" plain-sync-µs)" 'BEGIN {
-			printf "| %d B | %d | %s | %.0f | %.0f | %.0f | %.0f |\n", s, a, d, c, y, w, p }'
-	done
+cases none ack reader | while read -r size app drain; do
+	k="Append/size=$size/appenders=$app/drain=$drain"
+	awk -v s="$size" -v a="$app" -v d="$drain" -v c="$(median "$k" commit-µs)" -v y="$(median "$k" sync-µs)" \
+		-v w="$(median "$k" plain-write-µs)" -v p="$(median "$k" plain-sync-µs)" 'BEGIN {
+		printf "| %d B | %d | %s | %.0f | %.0f | %.0f | %.0f |\n", s, a, d, c, y, w, p }'
 done
 echo
 echo "The floor (medians): bbolt alone, with the spool's options and block layout, storing the"
@@ -72,16 +77,13 @@ echo "and no spool bookkeeping: a spool that stores its blocks this way in bbolt
 echo
 echo "| record | appenders | drain | plain file rec/s | bbolt alone rec/s | bbolt alone / plain | spool rec/s | spool / plain | spool / bbolt alone |"
 echo "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-for c in "200 1" "200 64" "1024 1" "1024 64"; do
-	read -r size app <<<"$c"
-	for drain in none ack; do
-		k="Append/size=$size/appenders=$app/drain=$drain"
-		pl=$(median "$k" plain-rec/s) r=$(median "$k" ratio)
-		if [ "$app" != 1 ]; then pl=$(median "$k" grouped-rec/s) r=$(median "$k" grouped-ratio); fi
-		awk -v s="$size" -v a="$app" -v d="$drain" -v pl="$pl" -v fl="$(median "$k" bolt-rec/s)" -v fr="$(median "$k" bolt-ratio)" \
-			-v sp="$(median "$k" rec/s)" -v r="$r" -v sf="$(median "$k" spool-bolt-ratio)" 'BEGIN {
-			printf "| %d B | %d%s | %s | %.0f | %.0f | %.2f | %.0f | %.2f | %.2f |\n", s, a, (a > 1 ? " (grouped)" : ""), d, pl, fl, fr, sp, r, sf }'
-	done
+cases none ack | while read -r size app drain; do
+	k="Append/size=$size/appenders=$app/drain=$drain"
+	pl=$(median "$k" plain-rec/s) r=$(median "$k" ratio)
+	if [ "$app" != 1 ]; then pl=$(median "$k" grouped-rec/s) r=$(median "$k" grouped-ratio); fi
+	awk -v s="$size" -v a="$app" -v d="$drain" -v pl="$pl" -v fl="$(median "$k" bolt-rec/s)" -v fr="$(median "$k" bolt-ratio)" \
+		-v sp="$(median "$k" rec/s)" -v r="$r" -v sf="$(median "$k" spool-bolt-ratio)" 'BEGIN {
+		printf "| %d B | %d%s | %s | %.0f | %.0f | %.2f | %.0f | %.2f | %.2f |\n", s, a, (a > 1 ? " (grouped)" : ""), d, pl, fl, fr, sp, r, sf }'
 done
 echo
 echo "| read + AckThrough, 1000 per Read | rec/s |"
