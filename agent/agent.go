@@ -102,6 +102,7 @@ type Agent struct {
 	fwd       *forwarderPart
 	http      *httpServer
 	applyErr  error
+	startErr  error // the last failed start attempt, while retrying
 	running   bool
 	appliedAt time.Time
 }
@@ -211,6 +212,9 @@ func (a *Agent) startParts(ctx context.Context) error {
 	wait := 250 * time.Millisecond
 	for {
 		err := a.tryStart(ctx)
+		a.mu.Lock()
+		a.startErr = err
+		a.mu.Unlock()
 		if err == nil {
 			return nil
 		}
@@ -239,8 +243,28 @@ func (a *Agent) tryStart(ctx context.Context) error {
 			return fmt.Errorf("open spool: %w", err)
 		}
 	}
+	// The forwarder starts before anything is appended at start: it is what
+	// frees space in a full spool, so no start-up step may wait for space
+	// ahead of it.
+	if a.fwd == nil && cfg.Forwarder.Enabled {
+		fw, err := a.newForwarder(cfg, a.spool)
+		if err != nil {
+			a.metrics.startFailures.WithLabelValues("forwarder").Inc()
+			return err
+		}
+		if err := a.runForwarder(fw); err != nil {
+			a.metrics.startFailures.WithLabelValues("forwarder").Inc()
+			return err
+		}
+	}
 	if a.journal == nil {
-		j, err := openJournal(ctx, cfg, a.spool, a.log.With("component", "bmp"))
+		// Bounded, so a spool that cannot take even the reserved records
+		// (a full disk, a reserve used up by a crash loop while nothing
+		// drains) is reported and retried instead of holding the start and
+		// every reload behind it.
+		jctx, cancel := context.WithTimeout(ctx, journalRecoverTimeout)
+		j, err := openJournal(jctx, cfg, a.spool, a.log.With("component", "bmp"))
+		cancel()
 		if err != nil {
 			a.metrics.startFailures.WithLabelValues("bmp").Inc()
 			return err
@@ -257,23 +281,16 @@ func (a *Agent) tryStart(ctx context.Context) error {
 		}
 		a.setStation(st)
 	}
-	if a.fwd == nil && cfg.Forwarder.Enabled {
-		fw, err := a.newForwarder(cfg, a.spool)
-		if err != nil {
-			a.metrics.startFailures.WithLabelValues("forwarder").Inc()
-			return err
-		}
-		if err := a.runForwarder(fw); err != nil {
-			a.metrics.startFailures.WithLabelValues("forwarder").Inc()
-			return err
-		}
-	}
 	a.mu.Lock()
 	a.running = true
 	a.appliedAt = time.Now()
 	a.mu.Unlock()
 	return nil
 }
+
+// journalRecoverTimeout bounds one attempt to spool the synthetic
+// peer-downs of a previous run at start.
+const journalRecoverTimeout = 10 * time.Second
 
 // openJournal opens the BMP session journal in agent.state_dir and marks
 // down the peers a previous run left up, before any listener starts.
@@ -713,6 +730,9 @@ type Status struct {
 	Config     string    `json:"config"`
 	AppliedAt  time.Time `json:"applied_at,omitzero"`
 	LastReload string    `json:"last_reload_error,omitempty"`
+	// StartError is why the last attempt to start failed, while the agent
+	// keeps retrying.
+	StartError string `json:"start_error,omitempty"`
 }
 
 // Status reports readiness: the spool is open, the listener bound, the
@@ -749,6 +769,9 @@ func (a *Agent) Status() Status {
 	}
 	if a.applyErr != nil {
 		s.LastReload = a.applyErr.Error()
+	}
+	if a.startErr != nil && !a.running {
+		s.StartError = a.startErr.Error()
 	}
 	s.Ready = a.running && a.spool != nil && a.station != nil && (!a.cfg.Forwarder.Enabled || a.fwd != nil)
 	return s

@@ -90,6 +90,13 @@ func OpenSessionJournal(dir string) (*SessionJournal, error) {
 // Close closes the journal file.
 func (j *SessionJournal) Close() error { return j.db.Close() }
 
+// reservedSpool is a spool that takes the records bgpedge makes itself even
+// when it is full, within a bounded reserve (buffer.Spool.AppendReserved).
+// Recover runs at start, when nothing that frees space may be running yet.
+type reservedSpool interface {
+	AppendReserved(ctx context.Context, recs ...record.Record) (first uint64, err error)
+}
+
 // Recover spools a synthetic peer-down record for every peer that a previous
 // run of the process left up, then forgets them. It must run before any
 // listener starts. It returns how many peers it marked down.
@@ -131,7 +138,11 @@ func (j *SessionJournal) Recover(ctx context.Context, spool Spool, log *slog.Log
 		return 0, fmt.Errorf("bmp session journal: read: %w", err)
 	}
 	if len(recs) > 0 {
-		if _, err := spool.Append(ctx, recs...); err != nil {
+		appendFn := spool.Append
+		if r, ok := spool.(reservedSpool); ok {
+			appendFn = r.AppendReserved
+		}
+		if _, err := appendFn(ctx, recs...); err != nil {
 			return 0, fmt.Errorf("bmp session journal: spool synthetic peer downs: %w", err)
 		}
 	}

@@ -61,6 +61,12 @@ type Listener struct {
 	// deadline passes, so sessions can flush what they already read.
 	appendCtx    context.Context
 	cancelAppend context.CancelFunc
+	// runCtx is cancelled when Close begins: appends waiting for space in a
+	// full spool then go again into its reserve (stopAppend), so that a stop
+	// neither waits for space nothing may free nor drops what was read.
+	runCtx     context.Context
+	cancelRun  context.CancelFunc
+	stopAppend func(ctx context.Context, recs ...record.Record) (uint64, error)
 
 	journal *SessionJournal // nil: no journal
 
@@ -115,6 +121,11 @@ func NewListener(cfg Config, spool Spool, logger *slog.Logger, reg prometheus.Re
 		o(l)
 	}
 	l.appendCtx, l.cancelAppend = context.WithCancel(context.Background())
+	l.runCtx, l.cancelRun = context.WithCancel(l.appendCtx)
+	l.stopAppend = spool.Append
+	if r, ok := spool.(reservedSpool); ok {
+		l.stopAppend = r.AppendReserved
+	}
 	return l, nil
 }
 
@@ -188,6 +199,7 @@ func (l *Listener) Close(ctx context.Context) error {
 	}
 	l.closed = true
 	l.closing.Store(true)
+	l.cancelRun()
 	close(l.done)
 	var err error
 	if l.ln != nil {

@@ -474,13 +474,20 @@ func (s *session) flush() bool {
 	backoff := 10 * time.Millisecond
 	ok := true
 	for {
-		_, err := l.spool.Append(l.appendCtx, s.batch...)
+		appendFn, ctx := l.spool.Append, l.runCtx
+		if l.closing.Load() {
+			appendFn, ctx = l.stopAppend, l.appendCtx
+		}
+		_, err := appendFn(ctx, s.batch...)
 		if err == nil {
 			break
 		}
 		if l.appendCtx.Err() != nil {
 			ok = false
 			break
+		}
+		if ctx.Err() != nil {
+			continue // Close began while this waited for space: again, into the reserve
 		}
 		l.m.appendErrors.Inc()
 		if !s.appendWarn {

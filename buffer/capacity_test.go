@@ -187,3 +187,42 @@ func TestMaxAge(t *testing.T) {
 		t.Fatalf("first unacked %d", f)
 	}
 }
+
+// TestAppendReservedOnFullSpool: records bgpedge makes itself at start (the
+// synthetic peer-downs of a crashed run) must not wait for space that only a
+// later start-up step frees. AppendReserved takes them on a spool that makes
+// Append wait, up to the reserve beyond the budget, and waits only past that.
+func TestAppendReservedOnFullSpool(t *testing.T) {
+	const segBytes, maxBytes = 32 << 10, 160 << 10
+	s := openTest(t, Options{SegmentBytes: segBytes, MaxBytes: maxBytes, Policy: PolicyBlock})
+	rng := rand.New(rand.NewPCG(15, 15))
+	fill(t, s, rng)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := s.AppendReserved(ctx, testRecords(rng, 4, 100)...); err != nil {
+		t.Fatalf("reserved append on a full spool: %v", err)
+	}
+	limit := int64(maxBytes) + ReserveBytes(maxBytes)
+	for i := 0; ; i++ {
+		if i > 10_000 {
+			t.Fatal("reserved appends never waited")
+		}
+		blocked := testutil.ToFloat64(s.m.blocked)
+		actx, acancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		_, err := s.AppendReserved(actx, testRecords(rng, 16, 1000)...)
+		acancel()
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, context.DeadlineExceeded) || testutil.ToFloat64(s.m.blocked) == blocked {
+			t.Fatalf("reserved append: %v (blocked counter %v)", err, testutil.ToFloat64(s.m.blocked))
+		}
+		break
+	}
+	if b := s.counts().Bytes; b < limit {
+		t.Fatalf("reserved appends waited at %d bytes, below budget + reserve %d", b, limit)
+	}
+	if d := testutil.ToFloat64(s.m.dropped.WithLabelValues(dropCapacity)); d != 0 {
+		t.Fatalf("%v records dropped", d)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -95,6 +96,10 @@ type Spool struct {
 
 	cacheMu sync.Mutex
 	cache   blockCache
+
+	// Read-only opens only: segments read as of their previous commit, and
+	// segments left out, for Stats.
+	torn, unreadable []string
 }
 
 // blockCache keeps the last partially read block decoded, so a reader asking
@@ -114,6 +119,11 @@ type Stats struct {
 	LastSeq      uint64    // last seq handed out (0 if none ever)
 	AckedThrough uint64    // contiguous acknowledgement watermark
 	OldestTime   time.Time // receive time of the first unacknowledged record (zero if none)
+	// Read-only opens: segments whose last commit did not verify (torn by a
+	// crash) and that were read as of the commit before, as the writer will
+	// roll them back; and segments that did not verify at all and were left
+	// out (the writer quarantines them). Nil otherwise.
+	TornSegments, UnreadableSegments []string
 }
 
 // Open opens (or creates) the spool in opts.Dir, verifies every segment and
@@ -196,6 +206,14 @@ func (s *Spool) load() error {
 			return fmt.Errorf("buffer: open segment %s: %w", f.path, err)
 		}
 		rolledBack := false
+		if err != nil && !errors.Is(err, bolterrors.ErrTimeout) && s.opts.ReadOnly {
+			// Read what the writer would keep, without touching the file.
+			if rseg, rinfo, rerr := openRolledBack(f); rerr == nil {
+				s.log.Warn("spool segment's last commit did not verify; read as of the commit before (run rolls it back on disk)", "segment", filepath.Base(f.path), "err", err)
+				s.torn = append(s.torn, filepath.Base(f.path))
+				seg, info, err = rseg, rinfo, nil
+			}
+		}
 		if err != nil && !errors.Is(err, bolterrors.ErrTimeout) && !s.opts.ReadOnly {
 			// A segment may end in a commit a power cut interrupted: the
 			// newest one, or one the spool left after a failed fdatasync.
@@ -262,6 +280,7 @@ func (s *Spool) load() error {
 // quarantine renames an unusable segment file aside and reports it.
 func (s *Spool) quarantine(path string, cause error) {
 	if s.opts.ReadOnly {
+		s.unreadable = append(s.unreadable, filepath.Base(path))
 		s.log.Error("spool segment failed verification (read-only: left in place)", "segment", filepath.Base(path), "err", cause)
 		return
 	}
@@ -285,6 +304,29 @@ func (s *Spool) quarantine(path string, cause error) {
 // retry then stores them again, and if they survive they are delivered
 // twice (at least once, never lost).
 func (s *Spool) Append(ctx context.Context, recs ...record.Record) (uint64, error) {
+	return s.append(ctx, s.opts.MaxBytes, recs)
+}
+
+// AppendReserved is Append for the records bgpedge makes itself rather than
+// receives (synthetic peer-downs). Under policy block it waits for space
+// only once the spool is ReserveBytes beyond MaxBytes: a start on a full
+// spool must be able to spool them before the listener and the forwarder
+// that would free space are running, so it must not wait for that space.
+// The reserve is only ever used by such records, whose number is bounded by
+// the peers that were up, so it lasts many crash-restart cycles.
+func (s *Spool) AppendReserved(ctx context.Context, recs ...record.Record) (uint64, error) {
+	limit := s.opts.MaxBytes
+	if limit > 0 {
+		limit += ReserveBytes(limit)
+	}
+	return s.append(ctx, limit, recs)
+}
+
+// ReserveBytes is how far beyond maxBytes AppendReserved may fill a spool:
+// 1/32 of it, at least 1 MiB (about 10,000 synthetic peer-downs).
+func ReserveBytes(maxBytes int64) int64 { return max(maxBytes/32, mib) }
+
+func (s *Spool) append(ctx context.Context, limit int64, recs []record.Record) (uint64, error) {
 	if s.opts.ReadOnly {
 		return 0, ErrReadOnly
 	}
@@ -299,7 +341,7 @@ func (s *Spool) Append(ctx context.Context, recs ...record.Record) (uint64, erro
 		return s.next, nil
 	}
 	start := time.Now()
-	if err := s.waitSpace(ctx); err != nil {
+	if err := s.waitSpace(ctx, limit); err != nil {
 		return 0, err
 	}
 	s.inflight.Add(1)
@@ -335,15 +377,16 @@ func (s *Spool) putReq(r *appendReq) {
 	s.reqPool.Put(r)
 }
 
-// waitSpace implements policy block: wait while the disk budget is used up.
-func (s *Spool) waitSpace(ctx context.Context) error {
-	if s.opts.Policy != PolicyBlock || s.opts.MaxBytes <= 0 {
+// waitSpace implements policy block: wait while the spool holds limit
+// bytes or more.
+func (s *Spool) waitSpace(ctx context.Context, limit int64) error {
+	if s.opts.Policy != PolicyBlock || limit <= 0 {
 		return nil
 	}
 	counted := false
 	for {
 		s.mu.Lock()
-		if s.bytes < s.opts.MaxBytes {
+		if s.bytes < limit {
 			s.mu.Unlock()
 			return nil
 		}
@@ -364,9 +407,18 @@ func (s *Spool) waitSpace(ctx context.Context) error {
 	}
 }
 
+// AckPersistInterval is how often, at most, an acknowledgement waits to be
+// made durable while nothing is appended (a commit persists it at once).
+// Everything acknowledged since is delivered again after a crash, so it
+// bounds the duplicates a crash costs: what the forwarder acknowledges in
+// this interval, plus what it had handed to a sink and not yet acknowledged.
+// Each persist that has something to write costs one small commit and one
+// fdatasync, at most ten a second.
+const AckPersistInterval = 100 * time.Millisecond
+
 func (s *Spool) writer() {
 	defer close(s.writerDone)
-	period := time.Second
+	period := AckPersistInterval
 	if s.opts.MaxAge > 0 {
 		period = min(period, max(s.opts.MaxAge/4, 10*time.Millisecond))
 	}
@@ -1120,6 +1172,7 @@ func (s *Spool) readSegment(seg *segment, from, end uint64, maxRecords int) ([]r
 // unacknowledged record (one block read).
 func (s *Spool) Stats() Stats {
 	st := s.counts()
+	st.TornSegments, st.UnreadableSegments = slices.Clone(s.torn), slices.Clone(s.unreadable)
 	if st.Records > 0 {
 		if recs, err := s.readAvailable(st.FirstSeq, 1); err == nil && len(recs) == 1 {
 			st.OldestTime = recs[0].Time
