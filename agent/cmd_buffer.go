@@ -34,6 +34,12 @@ type bufferStats struct {
 	OldestTime   *time.Time `json:"oldest_time,omitempty"`
 	OldestAgeSec float64    `json:"oldest_age_seconds"`
 	Quarantined  []string   `json:"quarantined"`
+	// Torn lists segments whose last commit a crash left incomplete: they
+	// are counted as of the commit before, which `bgpedge run` rolls back
+	// to. Unreadable lists segments left out because they do not verify
+	// (`bgpedge run` quarantines them).
+	Torn       []string `json:"torn_last_commit"`
+	Unreadable []string `json:"unreadable"`
 }
 
 func openSpoolReadOnly(dir string) (*buffer.Spool, error) {
@@ -64,8 +70,11 @@ func newBufferStatsCommand() *cobra.Command {
 			}
 			out := bufferStats{Dir: dir, Records: st.Records, Bytes: st.Bytes, Segments: st.Segments,
 				FirstSeq: st.FirstSeq, LastSeq: st.LastSeq, AckedThrough: st.AckedThrough, Quarantined: q}
-			if out.Quarantined == nil {
-				out.Quarantined = []string{}
+			out.Torn, out.Unreadable = st.TornSegments, st.UnreadableSegments
+			for _, l := range []*[]string{&out.Quarantined, &out.Torn, &out.Unreadable} {
+				if *l == nil {
+					*l = []string{}
+				}
 			}
 			if !st.OldestTime.IsZero() {
 				t := st.OldestTime.UTC()
@@ -93,6 +102,12 @@ func newBufferStatsCommand() *cobra.Command {
 				fmt.Fprintf(tw, "oldest_age\t-\n")
 			}
 			fmt.Fprintf(tw, "quarantined\t%d\n", len(out.Quarantined))
+			for _, seg := range out.Torn {
+				fmt.Fprintf(tw, "torn_last_commit\t%s (counted as of the commit before; bgpedge run rolls it back)\n", seg)
+			}
+			for _, seg := range out.Unreadable {
+				fmt.Fprintf(tw, "unreadable\t%s (left out; bgpedge run quarantines it)\n", seg)
+			}
 			return tw.Flush()
 		},
 	}

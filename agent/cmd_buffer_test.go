@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -87,5 +89,63 @@ func TestBufferCommands(t *testing.T) {
 	}
 	if _, stderr, code := runCLI(t, "buffer", "stats", "--dir", dir+"/missing"); code == 0 || stderr == "" {
 		t.Fatal("stats on a missing dir succeeded")
+	}
+}
+
+// TestBufferStatsTornLastCommit: stats on a spool whose last commit a crash
+// left torn counts the records as of the commit before (what `bgpedge run`
+// rolls back to) and names the segment, instead of leaving it out silently.
+func TestBufferStatsTornLastCommit(t *testing.T) {
+	dir := t.TempDir()
+	s, err := buffer.Open(buffer.Options{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last []byte
+	for i := 0; i < 3; i++ {
+		var recs []record.Record
+		for j := 0; j < 10; j++ {
+			p := bytes.Repeat([]byte{byte('a' + i), byte(j)}, 200)
+			recs = append(recs, record.Record{Kind: record.KindBMP, Key: []byte{192, 0, 2, 1}, Payload: p})
+			last = p
+		}
+		if _, err := s.Append(context.Background(), recs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs, _ := filepath.Glob(filepath.Join(dir, "*.db"))
+	if len(segs) != 1 {
+		t.Fatalf("segments %v", segs)
+	}
+	b, err := os.ReadFile(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(b, last) // a record of the last commit
+	if i < 0 {
+		t.Fatal("payload not found in the segment")
+	}
+	copy(b[i:], make([]byte, 200))
+	if err := os.WriteFile(segs[0], b, 0o640); err != nil {
+		t.Fatal(err)
+	}
+
+	out, stderr, code := runCLI(t, "buffer", "stats", "--dir", dir, "--json")
+	if code != 0 {
+		t.Fatalf("stats --json: %d %s", code, stderr)
+	}
+	var st bufferStats
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("stats --json output %q: %v", out, err)
+	}
+	if st.Records != 20 || st.LastSeq != st.FirstSeq+19 || len(st.Torn) != 1 || filepath.Base(segs[0]) != st.Torn[0] {
+		t.Fatalf("stats of a torn last commit: %+v; want 20 records and the segment named as torn", st)
+	}
+	out, _, code = runCLI(t, "buffer", "stats", "--dir", dir)
+	if code != 0 || !strings.Contains(out, "torn_last_commit") || !strings.Contains(out, filepath.Base(segs[0])) {
+		t.Fatalf("stats:\n%s", out)
 	}
 }

@@ -401,6 +401,73 @@ func TestTornLastCommitRolledBack(t *testing.T) {
 	}
 }
 
+// TestTornLastCommitReadOnly: a read-only open (`bgpedge buffer stats`,
+// `inspect`) of a segment with a torn last commit reads it as the writer
+// will after its rollback, reports the segment as torn, and leaves the file
+// as it is.
+func TestTornLastCommitReadOnly(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, Options{Dir: dir})
+	rng := rand.New(rand.NewPCG(16, 16))
+	var all []record.Record
+	for i := 0; i < 3; i++ {
+		recs := testRecords(rng, 10, 500)
+		if _, err := s.Append(context.Background(), recs...); err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, recs...)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := listSegments(dir)
+	b, err := os.ReadFile(files[0].path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := bytes.Index(b, all[25].Payload) // inside the last commit (records 21..30)
+	if i < 0 {
+		t.Fatal("payload not found")
+	}
+	writeAt(t, files[0].path, i, make([]byte, 200))
+	torn, err := os.ReadFile(files[0].path)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	ro := openTest(t, Options{Dir: dir, ReadOnly: true})
+	st := ro.Stats()
+	if st.Records != 20 || st.LastSeq != 20 || len(st.TornSegments) != 1 || len(st.UnreadableSegments) != 0 {
+		t.Fatalf("read-only stats: %d records, last seq %d, torn %v, unreadable %v; want 20, 20, one torn segment",
+			st.Records, st.LastSeq, st.TornSegments, st.UnreadableSegments)
+	}
+	got := readAll(t, ro.Spool, 1)
+	if len(got) != 20 {
+		t.Fatalf("read-only read %d records, want 20", len(got))
+	}
+	for _, r := range got {
+		if err := sameRecord(r, all[r.Seq-1]); err != nil {
+			t.Fatalf("seq %d: %v", r.Seq, err)
+		}
+	}
+	if err := ro.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if after, err := os.ReadFile(files[0].path); err != nil || !bytes.Equal(after, torn) {
+		t.Fatalf("read-only open changed the segment file (%v)", err)
+	}
+	if leftovers, _ := filepath.Glob(filepath.Join(os.TempDir(), "bgpedge-rollback-*")); len(leftovers) > 0 {
+		t.Errorf("rollback copies left behind: %v", leftovers)
+	}
+
+	// Damage beyond the last commit: left out, and said so.
+	writeAt(t, files[0].path, 0, make([]byte, 8192))
+	ro = openTest(t, Options{Dir: dir, ReadOnly: true})
+	if st := ro.Stats(); st.Records != 0 || len(st.UnreadableSegments) != 1 {
+		t.Fatalf("read-only stats of an unreadable segment: %d records, unreadable %v", st.Records, st.UnreadableSegments)
+	}
+}
+
 // TestBrokenPageFoundByRead: a page header damaged after start-up makes
 // bbolt panic inside Read. The records before the damage are handed out, the
 // rest of that segment is skipped and counted once, and reading goes on in

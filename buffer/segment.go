@@ -400,32 +400,10 @@ const (
 // meta page invalidated makes bbolt open the previous commit; the copy
 // replaces the file only if it verifies completely.
 func rollbackLastCommit(sf segFile) error {
-	b, err := os.ReadFile(sf.path)
+	b, err := rolledBackImage(sf.path)
 	if err != nil {
-		return fmt.Errorf("rollback: %w", err)
+		return err
 	}
-	ne := binary.NativeEndian
-	pageSize := os.Getpagesize()
-	if len(b) >= metaOffPgSize+4 && ne.Uint32(b[metaOffMagic:]) == metaMagic {
-		pageSize = int(ne.Uint32(b[metaOffPgSize:]))
-	}
-	if pageSize < 1024 || pageSize > 1<<16 || len(b) < 2*pageSize {
-		return fmt.Errorf("rollback: no usable meta pages: %w", ErrCorrupt)
-	}
-	newest, txid := -1, uint64(0)
-	for i := 0; i < 2; i++ {
-		m := b[i*pageSize:]
-		if ne.Uint32(m[metaOffMagic:]) != metaMagic {
-			continue
-		}
-		if t := ne.Uint64(m[metaOffTxid:]); newest < 0 || t > txid {
-			newest, txid = i, t
-		}
-	}
-	if newest < 0 {
-		return fmt.Errorf("rollback: no meta page: %w", ErrCorrupt)
-	}
-	clear(b[newest*pageSize+metaOffMagic : newest*pageSize+metaOffMagic+metaLen])
 	tmp := sf.path + ".rollback" + tmpSuffix
 	if err := os.WriteFile(tmp, b, 0o640); err != nil {
 		_ = os.Remove(tmp)
@@ -449,4 +427,71 @@ func rollbackLastCommit(sf segFile) error {
 		return fmt.Errorf("rollback: previous commit does not verify either: %w", err)
 	}
 	return syncDir(filepath.Dir(sf.path))
+}
+
+// openRolledBack is rollbackLastCommit for a read-only spool: it opens the
+// segment as of its previous commit from a copy outside the spool, and
+// leaves the file itself as it is for `bgpedge run` to roll back. The copy
+// is unlinked at once; the open file keeps it readable until it is closed.
+func openRolledBack(sf segFile) (*segment, segmentInfo, error) {
+	b, err := rolledBackImage(sf.path)
+	if err != nil {
+		return nil, segmentInfo{}, err
+	}
+	f, err := os.CreateTemp("", "bgpedge-rollback-*"+segSuffix)
+	if err != nil {
+		return nil, segmentInfo{}, fmt.Errorf("rollback copy: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, segmentInfo{}, fmt.Errorf("rollback copy: %w", err)
+	}
+	seg, info, err := openSegment(segFile{first: sf.first, path: tmp}, true)
+	if err != nil {
+		return nil, segmentInfo{}, fmt.Errorf("rollback: previous commit does not verify either: %w", err)
+	}
+	st, err := os.Stat(sf.path)
+	if err != nil {
+		_ = seg.db.Close()
+		return nil, segmentInfo{}, fmt.Errorf("stat segment: %w", err)
+	}
+	seg.path, seg.size, seg.lastWrite = sf.path, st.Size(), st.ModTime()
+	return seg, info, nil
+}
+
+// rolledBackImage is the segment file's content with its newest meta page
+// cleared, so that bbolt opens it as of the commit before.
+func rolledBackImage(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("rollback: %w", err)
+	}
+	ne := binary.NativeEndian
+	pageSize := os.Getpagesize()
+	if len(b) >= metaOffPgSize+4 && ne.Uint32(b[metaOffMagic:]) == metaMagic {
+		pageSize = int(ne.Uint32(b[metaOffPgSize:]))
+	}
+	if pageSize < 1024 || pageSize > 1<<16 || len(b) < 2*pageSize {
+		return nil, fmt.Errorf("rollback: no usable meta pages: %w", ErrCorrupt)
+	}
+	newest, txid := -1, uint64(0)
+	for i := 0; i < 2; i++ {
+		m := b[i*pageSize:]
+		if ne.Uint32(m[metaOffMagic:]) != metaMagic {
+			continue
+		}
+		if t := ne.Uint64(m[metaOffTxid:]); newest < 0 || t > txid {
+			newest, txid = i, t
+		}
+	}
+	if newest < 0 {
+		return nil, fmt.Errorf("rollback: no meta page: %w", ErrCorrupt)
+	}
+	clear(b[newest*pageSize+metaOffMagic : newest*pageSize+metaOffMagic+metaLen])
+	return b, nil
 }
