@@ -1,17 +1,13 @@
 package forwarder
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"hash/maphash"
 	"math/rand/v2"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,6 +39,13 @@ const (
 	// at about what the forwarder drains on a busy two-core machine, so a
 	// kill finds both ingest and delivery busy and a backlog in the spool.
 	killRunRate = 60_000
+	// killRunInFlight is forwarder.max_in_flight: with the drain the
+	// forwarder acknowledges in ack_interval plus the spool's
+	// buffer.AckPersistInterval, it bounds the duplicates of a crash.
+	killRunInFlight = 10_000
+	// killRunMaxDrain is above any drain rate of this machine (records/s),
+	// for that bound.
+	killRunMaxDrain = 250_000
 )
 
 // TestKillNineRun is acceptance item 2 of issue 4 with the real binary:
@@ -84,7 +87,7 @@ func TestKillNineRun(t *testing.T) {
 		stream, kills = killRunStream/5, 5
 	}
 	began := time.Now()
-	bin := buildBgpedge(t)
+	bin := testenv.BuildBgpedge(t)
 	t.Logf("bgpedge built in %v", time.Since(began).Round(time.Second))
 
 	dir := t.TempDir()
@@ -101,11 +104,12 @@ func TestKillNineRun(t *testing.T) {
 			_ = admin.Close()
 		}
 	})
-	bmpAddr := freeLoopbackAddr(t)
-	r := &killRun{t: t, bin: bin, dir: dir, http: freeLoopbackAddr(t), seed: maphash.MakeSeed()}
+	bmpAddr := testenv.LoopbackAddr(t)
+	config := filepath.Join(dir, "bgpedge.yaml")
+	r := &killRun{t: t, seed: maphash.MakeSeed(), AgentRun: &testenv.AgentRun{
+		T: t, Bin: bin, Args: []string{"run", "--config", config}, Dir: dir, HTTP: testenv.LoopbackAddr(t)}}
 	// One segment holds the whole stream (about 150 MB), so no record is
 	// deleted once acknowledged and the spool read at the end sees every seq.
-	r.config = filepath.Join(dir, "bgpedge.yaml")
 	yaml := fmt.Sprintf(`agent:
   id: %s
   state_dir: %s
@@ -129,23 +133,24 @@ bmp:
 forwarder:
   enabled: true
   shutdown_timeout: 10s
+  max_in_flight: %d
   kafka:
     brokers: [%s]
     partitions: 6
   topics:
     prefix: %s
     ensure: [%s]
-`, agentID, filepath.Join(dir, "state"), r.http, spoolDir, bmpAddr, filepath.Join(dir, "bmpstate"),
-		strings.Join(brokers, ", "), prefix, StreamBMPRaw)
-	if err := os.WriteFile(r.config, []byte(yaml), 0o600); err != nil {
+`, agentID, filepath.Join(dir, "state"), r.HTTP, spoolDir, bmpAddr, filepath.Join(dir, "bmpstate"),
+		killRunInFlight, strings.Join(brokers, ", "), prefix, StreamBMPRaw)
+	if err := os.WriteFile(config, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
-	r.start()
+	r.Start()
 	replay := exec.Command(bin, "replay", "--file", capture, "--to", bmpAddr,
 		"--sessions", strconv.Itoa(killRunSessions), "--loop", "1000", "--rate", strconv.Itoa(killRunRate),
 		"--drain", "0", "--reconnect", "50ms")
-	replay.Env = childEnviron()
+	replay.Env = testenv.ChildEnviron()
 	var replayOut, replayErr bytes.Buffer
 	replay.Stdout, replay.Stderr = &replayOut, &replayErr
 	if err := replay.Start(); err != nil {
@@ -184,10 +189,10 @@ forwarder:
 		var appended uint64 // what the process reported durable: must survive
 		testenv.Eventually(t, 2*time.Minute, fmt.Sprintf("spool reaches seq %d", at), func() bool {
 			replayAlive()
-			appended = uint64(r.metrics()["bgpedge_buffer_appended_records_total"])
+			appended = uint64(r.Metrics()["bgpedge_buffer_appended_records_total"])
 			return prev.last+appended >= at
 		})
-		ran := r.kill()
+		ran := r.Kill()
 		snap := r.snapshot(spoolDir, samples)
 		if snap.last < prev.last+appended {
 			t.Fatalf("kill %d: spool ends at seq %d, but the process had reported %d records durable after seq %d", k, snap.last, appended, prev.last)
@@ -198,7 +203,7 @@ forwarder:
 		t.Logf("kill %2d after %5.2fs: spool last seq %7d, acked through %7d (%6d unacknowledged), %6d appended by this run",
 			k, ran.Seconds(), snap.last, snap.acked, snap.last-snap.acked, snap.last-prev.last)
 		prev = snap
-		r.start()
+		r.Start()
 	}
 	t.Logf("%d kills in %v", kills, time.Since(killPhase).Round(time.Second))
 
@@ -207,7 +212,7 @@ forwarder:
 	// forwarder drain.
 	testenv.Eventually(t, 2*time.Minute, fmt.Sprintf("a stream of %d spooled messages", stream), func() bool {
 		replayAlive()
-		return prev.last+uint64(r.metrics()["bgpedge_buffer_appended_records_total"]) >= stream
+		return prev.last+uint64(r.Metrics()["bgpedge_buffer_appended_records_total"]) >= stream
 	})
 	if err := replay.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -229,11 +234,11 @@ forwarder:
 	reconnects, _ := strconv.Atoi(sm[2])
 	var last uint64
 	testenv.Eventually(t, 3*time.Minute, "sessions closed and every record acknowledged by kafka", func() bool {
-		m := r.metrics()
+		m := r.Metrics()
 		last = prev.last + uint64(m["bgpedge_buffer_appended_records_total"])
 		return m["bgpedge_bmp_sessions_active"] == 0 && uint64(m["bgpedge_forwarder_acked_seq"]) == last
 	})
-	r.stop()
+	r.Stop()
 	drained := time.Since(began)
 
 	// The spool as the last process left it: every seq, with its content.
@@ -360,131 +365,22 @@ forwarder:
 		sent, reconnects, bmpRecords, synthetic, kills+1, kills, int64(sent)-int64(bmpRecords))
 	t.Logf("kafka: %d messages read in %v, %d distinct ids, missing=%d, duplicates=%d (%.2f%%), bad=%d; stream drained in %v",
 		total, time.Since(readStart).Round(time.Second), distinct, len(missing), dups, 100*float64(dups)/float64(max(distinct, 1)), bad, drained.Round(time.Second))
+	// The README's bound: a crash re-delivers at most what was in flight
+	// and what was acknowledged in the last ack_interval + AckPersistInterval.
+	window := DefaultConfig().AckInterval + buffer.AckPersistInterval
+	perKill := killRunInFlight + int(window.Seconds()*killRunMaxDrain)
+	t.Logf("duplicates per kill: %d on average, bound %d (max_in_flight %d + %v of drain at %d records/s)",
+		dups/kills, perKill, killRunInFlight, window, killRunMaxDrain)
+	if dups > kills*perKill {
+		t.Errorf("%d duplicates over %d kills, more than the bound of %d per kill", dups, kills, perKill)
+	}
 }
 
 // killRun runs `bgpedge run` processes one after another on one spool.
 type killRun struct {
-	t      *testing.T
-	bin    string
-	dir    string
-	config string
-	http   string
-
+	*testenv.AgentRun
+	t    *testing.T
 	seed maphash.Seed // keys hash: content comparisons within the test
-
-	runs    int
-	cmd     *exec.Cmd
-	exited  chan struct{} // closed once cmd has been waited for
-	waitErr error         // cmd.Wait's result, set before exited closes
-	started time.Time
-	log     string
-}
-
-// start starts the next `bgpedge run` and waits until it is ready (spool
-// open and recovered, listener bound, forwarder running).
-func (r *killRun) start() {
-	t := r.t
-	t.Helper()
-	r.runs++
-	r.log = filepath.Join(r.dir, fmt.Sprintf("run-%02d.log", r.runs))
-	f, err := os.Create(r.log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	cmd := exec.Command(r.bin, "run", "--config", r.config)
-	cmd.Env = childEnviron()
-	cmd.Stdout, cmd.Stderr = f, f
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	r.cmd, r.exited, r.started = cmd, exited, time.Now()
-	go func() {
-		r.waitErr = cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-exited:
-		default:
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	})
-	testenv.Eventually(t, time.Minute, fmt.Sprintf("bgpedge run %d ready", r.runs), func() bool {
-		r.alive()
-		resp, err := http.Get("http://" + r.http + "/readyz")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
-		var st struct {
-			Ready bool   `json:"ready"`
-			Sink  string `json:"sink"`
-		}
-		return json.NewDecoder(resp.Body).Decode(&st) == nil && st.Ready
-	})
-}
-
-// alive fails the test with the run's log if the process has exited.
-func (r *killRun) alive() {
-	r.t.Helper()
-	select {
-	case <-r.exited:
-		b, _ := os.ReadFile(r.log)
-		r.t.Fatalf("bgpedge run %d exited by itself: %v\n%s", r.runs, r.waitErr, b)
-	default:
-	}
-}
-
-// kill sends SIGKILL and reaps the process; it returns how long it ran.
-func (r *killRun) kill() time.Duration {
-	r.t.Helper()
-	r.alive()
-	if err := r.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		r.t.Fatalf("kill -9: %v", err)
-	}
-	<-r.exited
-	return time.Since(r.started)
-}
-
-// stop ends the run cleanly (SIGTERM) and requires exit status 0.
-func (r *killRun) stop() {
-	r.t.Helper()
-	r.alive()
-	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		r.t.Fatal(err)
-	}
-	<-r.exited
-	if r.waitErr != nil {
-		b, _ := os.ReadFile(r.log)
-		r.t.Fatalf("bgpedge run %d after SIGTERM: %v\n%s", r.runs, r.waitErr, b)
-	}
-}
-
-// metrics scrapes the running process's unlabelled samples.
-func (r *killRun) metrics() map[string]float64 {
-	r.t.Helper()
-	r.alive()
-	out := map[string]float64{}
-	resp, err := http.Get("http://" + r.http + "/metrics")
-	if err != nil {
-		return out
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		name, v, ok := strings.Cut(sc.Text(), " ")
-		if !ok || strings.HasPrefix(name, "#") || strings.Contains(name, "{") {
-			continue
-		}
-		if f, err := strconv.ParseFloat(v, 64); err == nil {
-			out[name] = f
-		}
-	}
-	return out
 }
 
 // killSnapshot is the spool as a killed process left it.
@@ -536,40 +432,4 @@ func (r *killRun) hash(key, value []byte) uint64 {
 	_ = h.WriteByte(0)
 	_, _ = h.Write(value)
 	return h.Sum64()
-}
-
-// buildBgpedge compiles cmd/bgpedge without the race detector (the stream
-// is the point of the test, not races inside the child; the package's own
-// tests cover those).
-func buildBgpedge(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "bgpedge")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/bgpedge")
-	cmd.Dir = testenv.RepoRoot(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/bgpedge: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// childEnviron is the environment without BGPEDGE_* variables, which would
-// set configuration keys of the child.
-func childEnviron() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "BGPEDGE_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-func freeLoopbackAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

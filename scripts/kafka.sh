@@ -51,6 +51,13 @@
 #                                  SCRAM users are stored when the data
 #                                  directory is formatted: a start with
 #                                  --keep-data keeps the old SCRAM password
+#
+# Gated mode (opt-in, plaintext only), for tests that take the broker away
+# from clients in an instant without stopping it: a second plaintext listener
+# on BGPEDGE_KAFKA_GATED_PORT that advertises BGPEDGE_KAFKA_GATED_ADVERTISED
+# (host:port), where the test runs a TCP proxy it can close and reopen.
+# Clients that bootstrap from the proxy reach the broker only through it;
+# the broker's own traffic stays on PLAINTEXT.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -315,6 +322,15 @@ num.recovery.threads.per.data.dir=1
 EOF
 	if is_secure; then
 		write_secure_config
+	fi
+	if [[ -n ${BGPEDGE_KAFKA_GATED_PORT:-} ]]; then
+		cat >>"$config" <<EOF
+
+# Gated listener (BGPEDGE_KAFKA_GATED_PORT); later keys override the ones above.
+listeners=PLAINTEXT://$host:$port,CONTROLLER://$host:$cport,GATED://$host:$BGPEDGE_KAFKA_GATED_PORT
+advertised.listeners=PLAINTEXT://$host:$port,GATED://$BGPEDGE_KAFKA_GATED_ADVERTISED
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,GATED:PLAINTEXT
+EOF
 	fi
 }
 

@@ -217,7 +217,19 @@ type Kafka struct {
 	addr     string
 	dir      string
 	security *KafkaSecurity
+	gate     *Gate
 	mu       sync.Mutex
+}
+
+// Gate is the gate in front of a broker started with KafkaOptions.Gated:
+// its Addr is the bootstrap address of clients the test takes the broker
+// away from. It fails the test for a broker started without Gated.
+func (k *Kafka) Gate(t testing.TB) *Gate {
+	t.Helper()
+	if k.gate == nil {
+		t.Fatal("private kafka started without KafkaOptions.Gated")
+	}
+	return k.gate
 }
 
 // KafkaOptions configures a private broker.
@@ -225,6 +237,9 @@ type KafkaOptions struct {
 	// Secure adds TLS and SASL listeners (scripts/kafka.sh with
 	// BGPEDGE_KAFKA_SECURE=1) next to the plaintext one; see Kafka.Security.
 	Secure bool
+	// Gated adds a listener that clients reach only through a Gate the test
+	// closes and opens (scripts/kafka.sh gated mode); see Kafka.Gate.
+	Gated bool
 }
 
 // KafkaSecurity describes the secured listeners of a private broker started
@@ -282,6 +297,9 @@ func KafkaControlWith(t testing.TB, opts KafkaOptions) *Kafka {
 	if opts.Secure {
 		nports = 5
 	}
+	if opts.Gated {
+		nports += 2
+	}
 	ports := FreePorts(t, "127.0.0.1", nports)
 	port, cport := ports[0], ports[1]
 	dir := t.TempDir()
@@ -310,6 +328,14 @@ func KafkaControlWith(t testing.TB, opts KafkaOptions) *Kafka {
 		// An operator's BGPEDGE_KAFKA_SECURE must not secure, or fail, a
 		// broker the test expects to be plaintext only.
 		k.env = append(k.env, "BGPEDGE_KAFKA_SECURE=0")
+	}
+	if opts.Gated {
+		gport, aport := ports[nports-2], ports[nports-1]
+		gate := net.JoinHostPort("127.0.0.1", strconv.Itoa(aport))
+		k.env = append(k.env,
+			"BGPEDGE_KAFKA_GATED_PORT="+strconv.Itoa(gport),
+			"BGPEDGE_KAFKA_GATED_ADVERTISED="+gate)
+		k.gate = NewGate(t, gate, net.JoinHostPort("127.0.0.1", strconv.Itoa(gport)))
 	}
 	if os.Getenv("BGPEDGE_KAFKA_JVM_OPTS") == "" {
 		// C1 only starts the broker in about half the time on a busy machine;
