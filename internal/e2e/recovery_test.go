@@ -3,15 +3,20 @@ package e2e
 import (
 	"bytes"
 	crand "crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -52,8 +57,14 @@ type recoveryCell struct {
 	kafkaUp bool
 	// reached reports whether the running agent is in the state.
 	reached func(m map[string]float64) bool
+	// fleet makes the agent poll a central document server (recoveryEnv.fleet).
+	fleet bool
+	// after runs once the state is reached, before the stop.
+	after func(e *recoveryEnv)
 	// stopped changes the stopped agent's files (e.g. damages the spool).
 	stopped func(e *recoveryEnv)
+	// restarted checks the restarted agent once it answered.
+	restarted func(e *recoveryEnv)
 	// unready, when set, is what /readyz's start_error must say while the
 	// restarted agent cannot serve the state, until restore.
 	unready string
@@ -123,6 +134,13 @@ func TestRecoveryMatrix(t *testing.T) {
 			stopped: corruptActiveSegment,
 		},
 		{
+			name:      "fleet document pending a restart",
+			fleet:     true,
+			reached:   appendedAtLeast(20_000),
+			after:     publishRestartOnlyDocument,
+			restarted: pendingDocumentApplied,
+		},
+		{
 			name:     "100 bmp sessions up",
 			sessions: 100,
 			kafkaUp:  true,
@@ -138,6 +156,11 @@ func TestRecoveryMatrix(t *testing.T) {
 			})
 		}
 	}
+	for _, how := range []string{"kill", "term"} {
+		t.Run("exabgp with a pending journaled route/"+how, func(t *testing.T) {
+			runExaBGPCell(t, bin, k, how)
+		})
+	}
 }
 
 func appendedAtLeast(n float64) func(map[string]float64) bool {
@@ -150,6 +173,7 @@ type recoveryEnv struct {
 	dir      string
 	spoolDir string
 	agent    *testenv.AgentRun
+	fleet    *fleetServer
 	// lost are seq ranges the agent reported giving up; never handed out
 	// again.
 	lost []seqRange
@@ -187,6 +211,11 @@ func runRecoveryCell(t *testing.T, bin string, k *testenv.Kafka, msgs [][]byte, 
 		natsYAML = fmt.Sprintf("  failover_after: 2s\n  nats:\n    enabled: true\n    url: %s\n    stream: RECOVERY\n    create_stream: true\n", nats.URL())
 		nats.Stop(t)
 	}
+	fleetYAML := ""
+	if c.fleet {
+		e.fleet = newFleetServer(t)
+		fleetYAML = fmt.Sprintf("fleet:\n  enabled: true\n  http_url: %s\n  poll_interval: 1s\n", e.fleet.srv.URL)
+	}
 	var rb [4]byte
 	_, _ = crand.Read(rb[:])
 	prefix := "test.recovery." + hex.EncodeToString(rb[:]) + "."
@@ -220,8 +249,8 @@ forwarder:
     dial_timeout: 2s
   topics:
     prefix: %s
-`, agentID, filepath.Join(e.dir, "state"), e.agent.HTTP, e.spoolDir, c.buffer, bmpAddr, filepath.Join(e.dir, "bmpstate"),
-		natsYAML, gate.Addr(), prefix)
+%s`, agentID, filepath.Join(e.dir, "state"), e.agent.HTTP, e.spoolDir, c.buffer, bmpAddr, filepath.Join(e.dir, "bmpstate"),
+		natsYAML, gate.Addr(), prefix, fleetYAML)
 	if err := os.WriteFile(config, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -250,6 +279,9 @@ forwarder:
 	})
 
 	testenv.Eventually(t, 2*time.Minute, "the agent reaches the state", func() bool { return c.reached(e.agent.Metrics()) })
+	if c.after != nil {
+		c.after(e)
+	}
 	e.collectDrops()
 	switch how {
 	case "kill":
@@ -285,6 +317,9 @@ forwarder:
 		t.Logf("restart after %s: not ready after %v, as expected: %s", how, d.Round(time.Millisecond), st.StartError)
 	default:
 		t.Logf("restart after %s: ready after %v", how, d.Round(time.Millisecond))
+	}
+	if c.restarted != nil {
+		c.restarted(e)
 	}
 
 	// The routers stop, the sinks and the disk come back, everything drains.
@@ -435,20 +470,19 @@ func (e *recoveryEnv) check(brokers []string, prefix, agentID string, msgs [][]b
 	// After seqs given up, each router goes on from wherever its next
 	// message is in the capture (whose messages are all distinct).
 	var at map[string]int
-	resync := false
 	if len(e.lost) > 0 {
 		at = make(map[string]int, len(msgs))
 		for i, m := range msgs {
 			at[string(m)] = i
 		}
 	}
-	synced := map[string]bool{}
+	losses := 0                  // ranges given up so far, in seq order
+	resynced := map[string]int{} // router → losses when it last resynced
 	for seq := uint64(1); seq <= st.LastSeq; seq++ {
 		if lost(seq) {
 			given++
-			if !resync {
-				resync = true
-				clear(synced)
+			if !lost(seq - 1) {
+				losses++
 			}
 			continue
 		}
@@ -460,14 +494,11 @@ func (e *recoveryEnv) check(brokers []string, prefix, agentID string, msgs [][]b
 			continue
 		}
 		router := string(m.router)
-		if resync && !synced[router] {
-			synced[router] = true
+		if resynced[router] < losses {
+			resynced[router] = losses
 			if i, ok := at[string(m.value)]; ok {
 				next[router] = i
 			}
-		}
-		if len(synced) == len(next) {
-			resync = false
 		}
 		n := next[router]
 		switch {
@@ -488,7 +519,7 @@ func (e *recoveryEnv) check(brokers []string, prefix, agentID string, msgs [][]b
 	if len(next) != sessions {
 		t.Errorf("raw messages from %d routers, want %d", len(next), sessions)
 	}
-	t.Logf("oracle: %d seqs, %d given up and reported (%v), %d raw and %d peer messages in Kafka, %d missing, %d out of order",
+	t.Logf("oracle: %d seqs, %d given up as reported or never handed out (%v), %d raw and %d peer messages in Kafka, %d missing, %d out of order",
 		st.LastSeq, given, e.lost, raw, peer, len(missing), outOfOrder)
 }
 
@@ -548,4 +579,97 @@ func mountTmpfs(t *testing.T, dir string, size int64) string {
 		}
 	})
 	return filepath.Join(dir, "spool")
+}
+
+// fleetServer serves this agent's central document over HTTP, as
+// fleet.http_url expects, and records the status the agent reports.
+type fleetServer struct {
+	srv *httptest.Server
+
+	mu     sync.Mutex
+	doc    []byte
+	status []map[string]any
+}
+
+func newFleetServer(t *testing.T) *fleetServer {
+	f := &fleetServer{}
+	f.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		switch {
+		case r.Method == http.MethodGet && r.URL.Path == "/agent/recovery.yaml" && f.doc != nil:
+			sum := sha256.Sum256(f.doc)
+			etag := `"` + hex.EncodeToString(sum[:]) + `"`
+			if r.Header.Get("If-None-Match") == etag {
+				w.WriteHeader(http.StatusNotModified)
+				return
+			}
+			w.Header().Set("ETag", etag)
+			w.Header().Set("X-Bgpedge-Revision", "1")
+			_, _ = w.Write(f.doc)
+		case r.Method == http.MethodPut && r.URL.Path == "/status/recovery.json":
+			var st map[string]any
+			if err := json.NewDecoder(r.Body).Decode(&st); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
+			f.status = append(f.status, st)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *fleetServer) publish(doc []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.doc = doc
+}
+
+// reported is the last status the agent reported: its state and the
+// document's sha256.
+func (f *fleetServer) reported() (state, sha string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.status) == 0 {
+		return "", ""
+	}
+	last := f.status[len(f.status)-1]
+	state, _ = last["state"].(string)
+	sha, _ = last["sha256"].(string)
+	return state, sha
+}
+
+// restartOnlyDocument changes a key only a restart applies (buffer.max_bytes).
+var restartOnlyDocument = []byte("buffer:\n  max_bytes: 2GiB\n")
+
+// publishRestartOnlyDocument publishes it: the running agent keeps its
+// configuration and saves the document pending the next start.
+func publishRestartOnlyDocument(e *recoveryEnv) {
+	e.fleet.publish(restartOnlyDocument)
+	testenv.Eventually(e.t, 30*time.Second, "the document reported pending a restart", func() bool {
+		state, _ := e.fleet.reported()
+		return state == "pending-restart"
+	})
+	if _, err := os.Stat(filepath.Join(e.dir, "state", "fleet-pending.yaml")); err != nil {
+		e.t.Fatalf("pending document not saved: %v", err)
+	}
+}
+
+// pendingDocumentApplied: the restart runs the pending document and, ready
+// with it, reports it applied and keeps it as the last-good document.
+func pendingDocumentApplied(e *recoveryEnv) {
+	sum := sha256.Sum256(restartOnlyDocument)
+	want := hex.EncodeToString(sum[:])
+	testenv.Eventually(e.t, readyBound, "the pending document reported applied after the restart", func() bool {
+		state, sha := e.fleet.reported()
+		return state == "applied" && sha == want
+	})
+	for name, exists := range map[string]bool{"fleet-pending.yaml": false, "fleet-last-good.yaml": true} {
+		if _, err := os.Stat(filepath.Join(e.dir, "state", name)); (err == nil) != exists {
+			e.t.Errorf("%s: exists %v, want %v", name, err == nil, exists)
+		}
+	}
 }

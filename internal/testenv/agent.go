@@ -195,8 +195,14 @@ func (r *AgentRun) Log() string {
 func (r *AgentRun) Metrics() map[string]float64 {
 	r.T.Helper()
 	r.Alive()
+	return ScrapeMetrics(r.HTTP)
+}
+
+// ScrapeMetrics reads the samples of the /metrics endpoint at addr, keyed as
+// exposed (`name` or `name{label="v"}`); empty when it does not answer.
+func ScrapeMetrics(addr string) map[string]float64 {
 	out := map[string]float64{}
-	resp, err := http.Get("http://" + r.HTTP + "/metrics")
+	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
 		return out
 	}
