@@ -53,7 +53,10 @@ type Config struct {
 	// enough for stalled sessions holding it to be closed) is closed.
 	PartialTimeout time.Duration `mapstructure:"partial_timeout"`
 	// SocketReceiveBufferBytes sets SO_RCVBUF on each session; 0 keeps the
-	// kernel's autotuning, which is what you want unless measured otherwise.
+	// kernel's autotuning. What the kernel holds for a session (about twice
+	// this) is lost with the read batch when bgpedge crashes: routers do not
+	// resend. Autotuning grows it up to net.ipv4.tcp_rmem's maximum (6 MiB
+	// on most distributions, 32 MiB on some), so the default bounds it.
 	SocketReceiveBufferBytes int `mapstructure:"socket_receive_buffer_bytes"`
 	// BatchMessages bounds how many messages one spool append carries.
 	BatchMessages int `mapstructure:"batch_messages"`
@@ -86,16 +89,17 @@ const (
 // DefaultConfig returns the configuration used when a key is not set.
 func DefaultConfig() Config {
 	return Config{
-		Listen:            ":11019",
-		MaxSessions:       1000,
-		MaxPeers:          16384,
-		MaxMessageBytes:   DefaultMaxMessageBytes,
-		ReadBufferBytes:   256 << 10,
-		BufferBudgetBytes: 32 << 20,
-		PartialTimeout:    60 * time.Second,
-		BatchMessages:     4096,
-		TCPKeepalive:      30 * time.Second,
-		InitiationTimeout: 60 * time.Second,
+		Listen:                   ":11019",
+		MaxSessions:              1000,
+		MaxPeers:                 16384,
+		MaxMessageBytes:          DefaultMaxMessageBytes,
+		ReadBufferBytes:          256 << 10,
+		BufferBudgetBytes:        32 << 20,
+		PartialTimeout:           60 * time.Second,
+		BatchMessages:            4096,
+		SocketReceiveBufferBytes: 512 << 10,
+		TCPKeepalive:             30 * time.Second,
+		InitiationTimeout:        60 * time.Second,
 	}
 }
 
