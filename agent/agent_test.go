@@ -312,12 +312,12 @@ func TestApplyRejectsRestartOnlyChanges(t *testing.T) {
 	if err := a.Apply(t.Context(), next); err != nil {
 		t.Fatalf("edit of a disabled fleet section: %v", err)
 	}
-	next.Fleet.Enabled, next.Fleet.URL = true, "nats://127.0.0.1:1"
+	next.Fleet.Enabled, next.Fleet.NATS.URL = true, "nats://127.0.0.1:1"
 	if err := a.Apply(t.Context(), next); !errors.Is(err, ErrRestartRequired) || !strings.HasPrefix(err.Error(), "fleet:") {
 		t.Fatalf("fleet enabled: want ErrRestartRequired naming fleet, got %v", err)
 	}
 	withFleet := testConfig(t)
-	withFleet.Fleet.Enabled, withFleet.Fleet.URL = true, "nats://127.0.0.1:1" // the watcher is runAgent's, not started here
+	withFleet.Fleet.Enabled, withFleet.Fleet.NATS.URL = true, "nats://127.0.0.1:1" // the watcher is runAgent's, not started here
 	f, _, _, _ := runFakeAgent(t, withFleet)
 	next = f.Config()
 	next.Agent.ID = "renamed"

@@ -48,20 +48,13 @@ func TestBufferCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	out, stderr, code := runCLI(t, "buffer", "stats", "--dir", dir, "--json")
-	if code != 0 {
-		t.Fatalf("stats --json: %d %s", code, stderr)
-	}
-	var st bufferStats
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		t.Fatalf("stats --json output %q: %v", out, err)
-	}
+	st := statsJSON(t, dir)
 	if st.Records != 4 || st.FirstSeq != 3 || st.LastSeq != 6 || st.AckedThrough != 2 || st.Segments != 1 || st.Bytes == 0 ||
 		st.OldestTime == nil || !st.OldestTime.Equal(received) || st.OldestAgeSec <= 0 {
 		t.Fatalf("stats %+v", st)
 	}
 
-	out, stderr, code = runCLI(t, "buffer", "stats", "--dir", dir)
+	out, stderr, code := runCLI(t, "buffer", "stats", "--dir", dir)
 	if code != 0 || !strings.Contains(out, "records") || !strings.Contains(out, "oldest_age") {
 		t.Fatalf("stats: %d %q %s", code, out, stderr)
 	}
@@ -133,6 +126,19 @@ func TestBufferStatsTornLastCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	st := statsJSON(t, dir)
+	if st.Records != 20 || st.LastSeq != st.FirstSeq+19 || len(st.Torn) != 1 || filepath.Base(segs[0]) != st.Torn[0] {
+		t.Fatalf("stats of a torn last commit: %+v; want 20 records and the segment named as torn", st)
+	}
+	out, _, code := runCLI(t, "buffer", "stats", "--dir", dir)
+	if code != 0 || !strings.Contains(out, "torn_last_commit") || !strings.Contains(out, filepath.Base(segs[0])) {
+		t.Fatalf("stats:\n%s", out)
+	}
+}
+
+// statsJSON runs `bgpedge buffer stats --json` on dir.
+func statsJSON(t *testing.T, dir string) bufferStats {
+	t.Helper()
 	out, stderr, code := runCLI(t, "buffer", "stats", "--dir", dir, "--json")
 	if code != 0 {
 		t.Fatalf("stats --json: %d %s", code, stderr)
@@ -141,11 +147,5 @@ func TestBufferStatsTornLastCommit(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("stats --json output %q: %v", out, err)
 	}
-	if st.Records != 20 || st.LastSeq != st.FirstSeq+19 || len(st.Torn) != 1 || filepath.Base(segs[0]) != st.Torn[0] {
-		t.Fatalf("stats of a torn last commit: %+v; want 20 records and the segment named as torn", st)
-	}
-	out, _, code = runCLI(t, "buffer", "stats", "--dir", dir)
-	if code != 0 || !strings.Contains(out, "torn_last_commit") || !strings.Contains(out, filepath.Base(segs[0])) {
-		t.Fatalf("stats:\n%s", out)
-	}
+	return st
 }

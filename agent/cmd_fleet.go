@@ -26,14 +26,15 @@ type fleetFlags struct {
 
 func (f *fleetFlags) register(cmd *cobra.Command) {
 	d := DefaultFleetConfig()
-	cmd.Flags().StringVar(&f.conn.URL, "nats", d.URL, "NATS server URL")
-	cmd.Flags().StringVar(&f.conn.CredsFile, "creds", "", "NATS credentials file")
+	natsFlags(cmd.Flags(), &f.conn.NATS, d.NATS.URL)
 	cmd.Flags().StringVar(&f.conn.Bucket, "bucket", d.Bucket, "key-value bucket of the documents")
 	cmd.Flags().StringVar(&f.conn.StatusBucket, "status-bucket", d.StatusBucket, "key-value bucket of agent status")
 }
 
 func (f *fleetFlags) open(ctx context.Context, name string) (jetstream.KeyValue, func(), error) {
-	nc, err := fleetConnect(f.conn, "bgpedge-fleet-cli")
+	conn := f.conn
+	conn.NATS = natsFlagsTLS(conn.NATS)
+	nc, err := fleetConnect(conn, "bgpedge-fleet-cli")
 	if err != nil {
 		return nil, nil, err
 	}

@@ -37,15 +37,7 @@ func newRoutesCommand() *cobra.Command {
 	pf := cmd.PersistentFlags()
 	pf.StringVar(&f.agent, "agent", "", "agent id of the edge (subject bgpedge.<agent>.exabgp.command)")
 	pf.StringVar(&f.subject, "subject", "", "request subject (overrides --agent)")
-	pf.StringVar(&f.nats.URL, "nats", "nats://127.0.0.1:4222", "NATS URL")
-	pf.StringVar(&f.nats.CredsFile, "creds", "", "NATS credentials file")
-	pf.StringVar(&f.nats.NKeyFile, "nkey", "", "NATS nkey seed file")
-	pf.StringVar(&f.nats.User, "user", "", "NATS user")
-	pf.StringVar(&f.nats.Password, "password", "", "NATS password")
-	pf.StringVar(&f.nats.Token, "token", "", "NATS token")
-	pf.StringVar(&f.nats.TLSCA, "tls-ca", "", "CA bundle for the NATS server")
-	pf.StringVar(&f.nats.TLSCert, "tls-cert", "", "client certificate")
-	pf.StringVar(&f.nats.TLSKey, "tls-key", "", "client key")
+	natsFlags(pf, &f.nats, "nats://127.0.0.1:4222")
 	pf.DurationVar(&f.timeout, "timeout", 15*time.Second, "how long to wait for the reply")
 	pf.StringVar(&f.id, "id", "", "request id (default: random)")
 	pf.StringSliceVar(&f.neighbors, "neighbor", nil, "scope to these exaBGP neighbors (repeatable)")
@@ -169,7 +161,7 @@ func (f *routesFlags) send(cmd *cobra.Command, req *exabgp.Request) error {
 	}
 	f.nats.URL = strings.TrimSpace(f.nats.URL)
 	// No background retry: a wrong URL or credentials fail at once.
-	nc, err := exabgp.ConnectNATS(f.nats, "bgpedge-routes", slog.New(slog.DiscardHandler), nats.RetryOnFailedConnect(false))
+	nc, err := exabgp.ConnectNATS(natsFlagsTLS(f.nats), "bgpedge-routes", slog.New(slog.DiscardHandler), nats.RetryOnFailedConnect(false))
 	if err != nil {
 		return err
 	}

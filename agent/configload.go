@@ -135,13 +135,31 @@ func EnvNames() []string {
 	return out
 }
 
+// renamedKeys maps keys of earlier versions to their names now, so that a
+// file written for an earlier version fails with the key to use instead.
+// Every NATS connection takes the same block (internal/natsconn).
+var renamedKeys = map[string]string{
+	"fleet.url":                      "fleet.nats.url",
+	"fleet.creds_file":               "fleet.nats.creds_file",
+	"fleet.token":                    "fleet.nats.token",
+	"exabgp.commands.nats.nkey_file": "exabgp.commands.nats.nkey_seed_file",
+	"exabgp.commands.nats.tls_ca":    "exabgp.commands.nats.tls.ca_file (with tls.enabled: true)",
+	"exabgp.commands.nats.tls_cert":  "exabgp.commands.nats.tls.cert_file (with tls.enabled: true)",
+	"exabgp.commands.nats.tls_key":   "exabgp.commands.nats.tls.key_file",
+}
+
 func decodeSettings(settings map[string]any) (Config, error) {
 	schema := configSchema(reflect.TypeOf(Config{}))
 	var errs []error
 	for _, k := range flattenKeys(settings, "") {
-		if !schema.known(k) {
-			errs = append(errs, fmt.Errorf("%s: unknown key", displayKey(k)))
+		if schema.known(k) {
+			continue
 		}
+		if to, ok := renamedKeys[displayKey(k)]; ok {
+			errs = append(errs, fmt.Errorf("%s: renamed: use %s", displayKey(k), to))
+			continue
+		}
+		errs = append(errs, fmt.Errorf("%s: unknown key", displayKey(k)))
 	}
 	cfg := DefaultConfig()
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{

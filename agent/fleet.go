@@ -22,6 +22,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/viper"
+
+	"github.com/bgpedge/bgpedge/internal/natsconn"
 )
 
 // FleetConfig is the `fleet:` section: central configuration from a NATS
@@ -29,11 +31,9 @@ import (
 type FleetConfig struct {
 	// Enabled watches the bucket and applies what central publishes.
 	Enabled bool `mapstructure:"enabled"`
-	// URL of the NATS servers (comma-separated).
-	URL string `mapstructure:"url"`
-	// CredsFile or Token authenticate to NATS.
-	CredsFile string `mapstructure:"creds_file"`
-	Token     string `mapstructure:"token"`
+	// NATS is the connection to central: url, credentials, tls (the block
+	// every NATS user of bgpedge shares).
+	NATS natsconn.Config `mapstructure:"nats"`
 	// Bucket holds the documents: key agent.<agent id> wins over group.<group>.
 	Bucket string `mapstructure:"bucket"`
 	// StatusBucket receives this agent's status under key <agent id>.
@@ -51,7 +51,7 @@ type FleetConfig struct {
 // DefaultFleetConfig is off, with the documented bucket names.
 func DefaultFleetConfig() FleetConfig {
 	return FleetConfig{
-		URL:          "nats://127.0.0.1:4222",
+		NATS:         natsconn.Config{URL: "nats://127.0.0.1:4222"},
 		Bucket:       "bgpedge-fleet",
 		StatusBucket: "bgpedge-fleet-status",
 		Group:        "default",
@@ -73,17 +73,17 @@ func (c FleetConfig) Validate() error {
 		if c.PollInterval < time.Second {
 			errs = append(errs, errors.New("fleet.poll_interval: must be at least 1s"))
 		}
-	} else if c.URL == "" {
-		errs = append(errs, errors.New("fleet.url: is required when fleet.enabled is true (or set fleet.http_url)"))
+	} else if c.NATS.URL == "" {
+		errs = append(errs, errors.New("fleet.nats.url: is required when fleet.enabled is true (or set fleet.http_url)"))
 	}
 	for key, v := range map[string]string{"bucket": c.Bucket, "status_bucket": c.StatusBucket, "group": c.Group} {
 		if v == "" || strings.ContainsAny(v, ".*> \t/") {
 			errs = append(errs, fmt.Errorf("fleet.%s: %q must be a non-empty name without '.', '*', '>', '/' or spaces", key, v))
 		}
 	}
-	if c.CredsFile != "" && c.Token != "" {
-		errs = append(errs, errors.New("fleet.creds_file: set creds_file or token, not both"))
-	}
+	c.NATS.Validate("fleet.nats", false, func(key, format string, args ...any) {
+		errs = append(errs, fmt.Errorf(key+": "+format, args...))
+	})
 	return errors.Join(errs...)
 }
 
@@ -338,16 +338,14 @@ func syncDirPath(dir string) error {
 
 // fleetConnect dials NATS with the section's credentials.
 func fleetConnect(c FleetConfig, name string) (*nats.Conn, error) {
-	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(false)}
-	if c.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(c.CredsFile))
-	}
-	if c.Token != "" {
-		opts = append(opts, nats.Token(c.Token))
-	}
-	nc, err := nats.Connect(c.URL, opts...)
+	opts, err := c.NATS.Options(name)
 	if err != nil {
-		return nil, fmt.Errorf("fleet: connect %s: %w", c.URL, err)
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	opts = append(opts, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(false))
+	nc, err := nats.Connect(c.NATS.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: connect %s: %w", c.NATS.URL, err)
 	}
 	return nc, nil
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bgpedge/bgpedge/internal/natsconn"
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
@@ -39,7 +40,13 @@ func startNATS(t *testing.T) *server.Server {
 
 func fleetKV(t *testing.T, url, name string) jetstream.KeyValue {
 	t.Helper()
-	kv, closeConn, err := (&fleetFlags{conn: FleetConfig{URL: url}}).open(t.Context(), name)
+	return fleetKVWith(t, FleetConfig{NATS: natsconn.Config{URL: url}}, name)
+}
+
+// fleetKVWith opens a bucket with the connection settings of c.
+func fleetKVWith(t *testing.T, c FleetConfig, name string) jetstream.KeyValue {
+	t.Helper()
+	kv, closeConn, err := (&fleetFlags{conn: c}).open(t.Context(), name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +85,7 @@ func fleetOnNATS(t *testing.T, cfg *Config, id, group string) (url, local string
 	url = startNATS(t).ClientURL()
 	cfg.Agent.ID = id
 	cfg.Fleet = DefaultFleetConfig()
-	cfg.Fleet.Enabled, cfg.Fleet.URL, cfg.Fleet.Group = true, url, group
+	cfg.Fleet.Enabled, cfg.Fleet.NATS.URL, cfg.Fleet.Group = true, url, group
 	local = filepath.Join(t.TempDir(), "bgpedge.yaml")
 	writeConfig(t, local, *cfg)
 	return url, local
@@ -91,7 +98,7 @@ func watchFleet(t *testing.T, a *Agent, cfg Config, local string, log *slog.Logg
 	w := &fleetWatcher{cfg: cfg.Fleet, agentID: cfg.Agent.ID, src: &configSource{opts: LoadOptions{File: local, FileRequired: true}},
 		dir: cfg.Agent.StateDir, apply: a.Apply, log: log}
 	startWatcher(t, w.run)
-	return fleetKV(t, cfg.Fleet.URL, "bgpedge-fleet-status"), fleetKV(t, cfg.Fleet.URL, "bgpedge-fleet")
+	return fleetKV(t, cfg.Fleet.NATS.URL, "bgpedge-fleet-status"), fleetKV(t, cfg.Fleet.NATS.URL, "bgpedge-fleet")
 }
 
 // TestFleetApplyKeepOldAndLastGood drives a running agent from a NATS KV
@@ -106,7 +113,7 @@ func TestFleetApplyKeepOldAndLastGood(t *testing.T) {
 	stateDir := filepath.Join(dir, "state")
 	doc := "agent:\n  id: edge-1\n  state_dir: " + stateDir + "\nbuffer:\n  dir: " + filepath.Join(dir, "spool") +
 		"\nbmp:\n  listen: 127.0.0.1:0\nhttp:\n  listen: \"\"\nforwarder:\n  enabled: false\n" +
-		"fleet:\n  enabled: true\n  url: " + url + "\n  group: pop-a\n"
+		"fleet:\n  enabled: true\n  nats:\n    url: " + url + "\n  group: pop-a\n"
 	if err := os.WriteFile(local, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}

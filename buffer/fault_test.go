@@ -349,15 +349,15 @@ func TestCorruptNewestSegmentSeqsNotReused(t *testing.T) {
 	}
 }
 
-// TestTornLastCommitRolledBack simulates what a power cut can leave with one
-// fdatasync per commit: the newest commit's meta page on disk but not all of
-// its data. The spool must roll back to the previous commit instead of
-// quarantining the segment, keep every earlier record, and not reuse seqs.
-func TestTornLastCommitRolledBack(t *testing.T) {
-	dir := t.TempDir()
+// tornLastCommit leaves in a new spool what a power cut can leave with one
+// fdatasync per commit: three commits of ten records, the newest one's meta
+// page on disk but not all of its data. It returns the spool directory, the
+// records appended and the segment file.
+func tornLastCommit(t *testing.T, seed uint64) (dir string, all []record.Record, seg string) {
+	t.Helper()
+	dir = t.TempDir()
 	s := openTest(t, Options{Dir: dir})
-	rng := rand.New(rand.NewPCG(14, 14))
-	var all []record.Record
+	rng := rand.New(rand.NewPCG(seed, seed))
 	for i := 0; i < 3; i++ {
 		recs := testRecords(rng, 10, 500)
 		if _, err := s.Append(context.Background(), recs...); err != nil {
@@ -378,6 +378,15 @@ func TestTornLastCommitRolledBack(t *testing.T) {
 		t.Fatal("payload not found")
 	}
 	writeAt(t, files[0].path, i, make([]byte, 200))
+	return dir, all, files[0].path
+}
+
+// TestTornLastCommitRolledBack simulates what a power cut can leave with one
+// fdatasync per commit: the newest commit's meta page on disk but not all of
+// its data. The spool must roll back to the previous commit instead of
+// quarantining the segment, keep every earlier record, and not reuse seqs.
+func TestTornLastCommitRolledBack(t *testing.T) {
+	dir, all, _ := tornLastCommit(t, 14)
 
 	s2 := openTest(t, Options{Dir: dir})
 	if q := testutil.ToFloat64(s2.m.quarantined); q != 0 {
@@ -406,31 +415,8 @@ func TestTornLastCommitRolledBack(t *testing.T) {
 // will after its rollback, reports the segment as torn, and leaves the file
 // as it is.
 func TestTornLastCommitReadOnly(t *testing.T) {
-	dir := t.TempDir()
-	s := openTest(t, Options{Dir: dir})
-	rng := rand.New(rand.NewPCG(16, 16))
-	var all []record.Record
-	for i := 0; i < 3; i++ {
-		recs := testRecords(rng, 10, 500)
-		if _, err := s.Append(context.Background(), recs...); err != nil {
-			t.Fatal(err)
-		}
-		all = append(all, recs...)
-	}
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	files, _ := listSegments(dir)
-	b, err := os.ReadFile(files[0].path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := bytes.Index(b, all[25].Payload) // inside the last commit (records 21..30)
-	if i < 0 {
-		t.Fatal("payload not found")
-	}
-	writeAt(t, files[0].path, i, make([]byte, 200))
-	torn, err := os.ReadFile(files[0].path)
+	dir, all, seg := tornLastCommit(t, 16)
+	torn, err := os.ReadFile(seg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,7 +439,7 @@ func TestTornLastCommitReadOnly(t *testing.T) {
 	if err := ro.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if after, err := os.ReadFile(files[0].path); err != nil || !bytes.Equal(after, torn) {
+	if after, err := os.ReadFile(seg); err != nil || !bytes.Equal(after, torn) {
 		t.Fatalf("read-only open changed the segment file (%v)", err)
 	}
 	if leftovers, _ := filepath.Glob(filepath.Join(os.TempDir(), "bgpedge-rollback-*")); len(leftovers) > 0 {
@@ -461,7 +447,7 @@ func TestTornLastCommitReadOnly(t *testing.T) {
 	}
 
 	// Damage beyond the last commit: left out, and said so.
-	writeAt(t, files[0].path, 0, make([]byte, 8192))
+	writeAt(t, seg, 0, make([]byte, 8192))
 	ro = openTest(t, Options{Dir: dir, ReadOnly: true})
 	if st := ro.Stats(); st.Records != 0 || len(st.UnreadableSegments) != 1 {
 		t.Fatalf("read-only stats of an unreadable segment: %d records, unreadable %v", st.Records, st.UnreadableSegments)

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"github.com/bgpedge/bgpedge/internal/natsconn"
 )
 
 // Queue policies: what the stdin reader does when the in-memory queue is full.
@@ -74,18 +76,9 @@ type CommandsConfig struct {
 	NATS       NATSConfig    `mapstructure:"nats"`
 }
 
-// NATSConfig is how to reach and authenticate to NATS.
-type NATSConfig struct {
-	URL       string `mapstructure:"url"`
-	CredsFile string `mapstructure:"creds_file"`
-	NKeyFile  string `mapstructure:"nkey_file"`
-	User      string `mapstructure:"user"`
-	Password  string `mapstructure:"password"`
-	Token     string `mapstructure:"token"`
-	TLSCA     string `mapstructure:"tls_ca"`
-	TLSCert   string `mapstructure:"tls_cert"`
-	TLSKey    string `mapstructure:"tls_key"`
-}
+// NATSConfig is how to reach and authenticate to NATS: the connection block
+// every NATS user of bgpedge shares.
+type NATSConfig = natsconn.Config
 
 // PolicyConfig is the local policy for commands from central. The zero value
 // allows nothing.
@@ -174,9 +167,7 @@ func (c Config) Validate() error {
 		if c.Commands.Subject != "" && strings.ContainsAny(c.Commands.Subject, " \t*>") {
 			bad("commands.subject", "must be a literal NATS subject, not %q", c.Commands.Subject)
 		}
-		if (c.Commands.NATS.TLSCert == "") != (c.Commands.NATS.TLSKey == "") {
-			bad("commands.nats.tls_cert", "tls_cert and tls_key go together")
-		}
+		c.Commands.NATS.Validate("commands.nats", false, bad)
 	}
 	if c.Commands.AckTimeout < 10*time.Millisecond || c.Commands.AckTimeout > 10*time.Minute {
 		bad("commands.ack_timeout", "must be between 10ms and 10m")

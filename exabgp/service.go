@@ -2,13 +2,10 @@ package exabgp
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
 	"time"
 
@@ -240,7 +237,6 @@ func ConnectNATS(cfg NATSConfig, name string, log *slog.Logger, extra ...nats.Op
 		return nil, ErrNoNATSURL
 	}
 	opts := []nats.Option{
-		nats.Name(name),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(2 * time.Second),
@@ -250,42 +246,11 @@ func ConnectNATS(cfg NATSConfig, name string, log *slog.Logger, extra ...nats.Op
 			}
 		}),
 	}
-	switch {
-	case cfg.CredsFile != "":
-		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
-	case cfg.NKeyFile != "":
-		o, err := nats.NkeyOptionFromSeed(cfg.NKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("nats nkey: %w", err)
-		}
-		opts = append(opts, o)
-	case cfg.User != "":
-		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
-	case cfg.Token != "":
-		opts = append(opts, nats.Token(cfg.Token))
+	conn, err := cfg.Options(name)
+	if err != nil {
+		return nil, err
 	}
-	if cfg.TLSCA != "" || cfg.TLSCert != "" {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12}
-		if cfg.TLSCA != "" {
-			pem, err := os.ReadFile(cfg.TLSCA)
-			if err != nil {
-				return nil, fmt.Errorf("nats tls ca: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("nats tls ca %s: no certificate", cfg.TLSCA)
-			}
-			tc.RootCAs = pool
-		}
-		if cfg.TLSCert != "" {
-			cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
-			if err != nil {
-				return nil, fmt.Errorf("nats tls cert: %w", err)
-			}
-			tc.Certificates = []tls.Certificate{cert}
-		}
-		opts = append(opts, nats.Secure(tc))
-	}
+	opts = append(conn, opts...)
 	nc, err := nats.Connect(cfg.URL, append(opts, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("nats connect: %w", err)

@@ -1,25 +1,19 @@
 package exabgp
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"log/slog"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
 	"github.com/bgpedge/bgpedge/internal/testenv"
+	"github.com/bgpedge/bgpedge/internal/tlsconf"
 )
 
 // TestConnectNATSAuth: each authentication option reaches an embedded
@@ -50,7 +44,7 @@ func TestConnectNATSAuth(t *testing.T) {
 	}{
 		{"token", natsserver.Options{Authorization: "s3cret"}, NATSConfig{Token: "s3cret"}, NATSConfig{Token: "wrong"}},
 		{"user/password", natsserver.Options{Username: "edge1", Password: "pw"}, NATSConfig{User: "edge1", Password: "pw"}, NATSConfig{User: "edge1", Password: "nope"}},
-		{"nkey", natsserver.Options{Nkeys: []*natsserver.NkeyUser{{Nkey: pub}}}, NATSConfig{NKeyFile: seedFile}, NATSConfig{NKeyFile: otherFile}},
+		{"nkey", natsserver.Options{Nkeys: []*natsserver.NkeyUser{{Nkey: pub}}}, NATSConfig{NKeySeedFile: seedFile}, NATSConfig{NKeySeedFile: otherFile}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -94,70 +88,44 @@ func TestConnectNATSAuth(t *testing.T) {
 }
 
 // TestConnectNATSMutualTLS: a private CA, a server certificate and a client
-// certificate the server requires.
+// certificate the server requires, in the NATS block every NATS user of
+// bgpedge shares; a wrong CA or a missing certificate file fails with an
+// error that names it.
 func TestConnectNATSMutualTLS(t *testing.T) {
-	dir := t.TempDir()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test ca"}, NotBefore: time.Now().Add(-time.Hour),
-		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	issue := func(name string, usage x509.ExtKeyUsage, serial int64) (certFile, keyFile string, pair tls.Certificate) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name}, NotBefore: time.Now().Add(-time.Hour),
-			NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		kb, _ := x509.MarshalECPrivateKey(key)
-		certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-		keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
-		certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-		if err := os.WriteFile(certFile, certPEM, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		pair, err = tls.X509KeyPair(certPEM, keyPEM)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return certFile, keyFile, pair
-	}
-	_, _, serverPair := issue("server", x509.ExtKeyUsageServerAuth, 2)
-	clientCert, clientKey, _ := issue("agent", x509.ExtKeyUsageClientAuth, 3)
-	caFile := filepath.Join(dir, "ca.crt")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(caCert)
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: -1, NoLog: true, NoSigs: true, TLS: true, TLSVerify: true,
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{serverPair}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(ns.Shutdown)
-	url := "tls://" + ns.Addr().String()
+	pki := testenv.NewPKI(t, t.TempDir())
+	n := testenv.StartNATS(t, func(o *natsserver.Options) {
+		o.JetStream = false
+		o.TLS, o.TLSVerify, o.TLSTimeout = true, true, 5
+		o.TLSConfig = pki.ServerTLS(t)
+	})
+	url := strings.Replace(n.URL(), "nats://", "tls://", 1)
 	log := slog.New(slog.DiscardHandler)
 
-	nc, err := ConnectNATS(NATSConfig{URL: url, TLSCA: caFile, TLSCert: clientCert, TLSKey: clientKey}, "test", log)
+	nc, err := ConnectNATS(NATSConfig{URL: url, TLS: tlsconf.Config{Enabled: true, CAFile: pki.CA, CertFile: pki.ClientCert, KeyFile: pki.ClientKey}}, "test", log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
 	testenv.Eventually(t, 10*time.Second, "connected with the client certificate", nc.IsConnected)
 
-	nb, err := ConnectNATS(NATSConfig{URL: url, TLSCA: caFile}, "test", log)
+	for _, tt := range []struct {
+		tls  tlsconf.Config
+		want string
+	}{
+		{tlsconf.Config{Enabled: true, CAFile: pki.OtherCA, CertFile: pki.ClientCert, KeyFile: pki.ClientKey}, "certificate signed by unknown authority"},
+		{tlsconf.Config{Enabled: true, CAFile: pki.CA, CertFile: pki.ClientCert + ".missing", KeyFile: pki.ClientKey}, ".missing"},
+	} {
+		nb, err := ConnectNATS(NATSConfig{URL: url, TLS: tt.tls}, "test", log, nats.RetryOnFailedConnect(false))
+		if err == nil {
+			nb.Close()
+			t.Fatalf("connected with %+v", tt.tls)
+		}
+		if !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("connect with %+v: %v; want it to name %q", tt.tls, err, tt.want)
+		}
+	}
+
+	nb, err := ConnectNATS(NATSConfig{URL: url, TLS: tlsconf.Config{Enabled: true, CAFile: pki.CA}}, "test", log)
 	if err != nil {
 		return
 	}

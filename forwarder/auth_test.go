@@ -111,17 +111,17 @@ func TestBuildTLS(t *testing.T) {
 	must(t, os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
 	must(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600))
 
-	tc, err := buildTLS(TLSConfig{Enabled: true, CAFile: ca, CertFile: ca, KeyFile: keyFile, ServerName: "kafka.test"})
+	tc, err := TLSConfig{Enabled: true, CAFile: ca, CertFile: ca, KeyFile: keyFile, ServerName: "kafka.test"}.Build()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if tc.RootCAs == nil || len(tc.Certificates) != 1 || tc.ServerName != "kafka.test" || tc.InsecureSkipVerify {
 		t.Errorf("tls config incomplete: %+v", tc)
 	}
-	if _, err := buildTLS(TLSConfig{Enabled: true, CAFile: keyFile}); err == nil {
+	if _, err := (TLSConfig{Enabled: true, CAFile: keyFile}).Build(); err == nil {
 		t.Error("a CA file without certificates was accepted")
 	}
-	if tc, _ := buildTLS(TLSConfig{}); tc != nil {
+	if tc, _ := (TLSConfig{}).Build(); tc != nil {
 		t.Error("disabled TLS built a config")
 	}
 	c := DefaultConfig().Kafka

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+
+	"github.com/bgpedge/bgpedge/internal/natsconn"
+	"github.com/bgpedge/bgpedge/internal/tlsconf"
 )
 
 // Config is the `forwarder:` section of the agent's configuration.
@@ -75,14 +78,7 @@ type KafkaConfig struct {
 }
 
 // TLSConfig is shared by the Kafka and NATS sinks.
-type TLSConfig struct {
-	Enabled            bool   `mapstructure:"enabled"`
-	CAFile             string `mapstructure:"ca_file"`
-	CertFile           string `mapstructure:"cert_file"`
-	KeyFile            string `mapstructure:"key_file"`
-	ServerName         string `mapstructure:"server_name"`
-	InsecureSkipVerify bool   `mapstructure:"insecure_skip_verify"`
-}
+type TLSConfig = tlsconf.Config
 
 // SASL configures Kafka authentication.
 type SASL struct {
@@ -95,8 +91,9 @@ type SASL struct {
 // NATSConfig configures the JetStream sink used while Kafka is down.
 type NATSConfig struct {
 	// Enabled turns failover on; without it the spool just grows while Kafka is down.
-	Enabled bool   `mapstructure:"enabled"`
-	URL     string `mapstructure:"url"`
+	Enabled bool `mapstructure:"enabled"`
+	// The connection: url, credentials, tls (the block every NATS user shares).
+	natsconn.Config `mapstructure:",squash"`
 	// Stream is the JetStream stream; SubjectPrefix starts every subject:
 	// <subject_prefix>.<agent_id>.<stream>.
 	Stream        string `mapstructure:"stream"`
@@ -106,12 +103,6 @@ type NATSConfig struct {
 	Replicas     int           `mapstructure:"replicas"`
 	MaxPending   int           `mapstructure:"max_pending"`
 	AckTimeout   time.Duration `mapstructure:"ack_timeout"`
-	CredsFile    string        `mapstructure:"creds_file"`
-	NKeySeedFile string        `mapstructure:"nkey_seed_file"`
-	User         string        `mapstructure:"user"`
-	Password     string        `mapstructure:"password"`
-	Token        string        `mapstructure:"token"`
-	TLS          TLSConfig     `mapstructure:"tls"`
 }
 
 // TopicsConfig maps output streams (bmp.raw, bmp.route.pre-policy, …) to Kafka topics.
@@ -175,7 +166,7 @@ func DefaultConfig() Config {
 			ReplicationFactor: 1,
 		},
 		NATS: NATSConfig{
-			URL:           "nats://127.0.0.1:4222",
+			Config:        natsconn.Config{URL: "nats://127.0.0.1:4222"},
 			Stream:        "BGPEDGE",
 			SubjectPrefix: "bgpedge",
 			CreateStream:  true,
@@ -267,7 +258,7 @@ func (c Config) Validate() error {
 	default:
 		bad("kafka.sasl.mechanism", "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, not %q", k.SASL.Mechanism)
 	}
-	validateTLS("kafka.tls", k.TLS, bad)
+	k.TLS.Validate("kafka.tls", bad)
 	n := c.NATS
 	if n.Enabled {
 		if n.URL == "" {
@@ -285,19 +276,7 @@ func (c Config) Validate() error {
 		if n.MaxPending < 1 {
 			bad("nats.max_pending", "must be at least 1")
 		}
-		auth := 0
-		for _, s := range []string{n.CredsFile, n.NKeySeedFile, n.Token} {
-			if s != "" {
-				auth++
-			}
-		}
-		if n.User != "" {
-			auth++
-		}
-		if auth > 1 {
-			bad("nats.creds_file", "set only one of creds_file, nkey_seed_file, user/password or token")
-		}
-		validateTLS("nats.tls", n.TLS, bad)
+		n.Config.Validate("nats", false, bad)
 	}
 	known := Streams()
 	for _, stream := range slices.Sorted(maps.Keys(c.Topics.Overrides)) {
@@ -315,15 +294,6 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func validateTLS(key string, t TLSConfig, bad func(string, string, ...any)) {
-	if (t.CertFile == "") != (t.KeyFile == "") {
-		bad(key+".cert_file", "cert_file and key_file must be set together")
-	}
-	if !t.Enabled && (t.CAFile != "" || t.CertFile != "" || t.ServerName != "" || t.InsecureSkipVerify) {
-		bad(key+".enabled", "must be true when other TLS settings are given")
-	}
 }
 
 func compressionCodec(name string) (sarama.CompressionCodec, error) {

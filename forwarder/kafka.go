@@ -87,7 +87,7 @@ func SaramaConfig(c KafkaConfig) (*sarama.Config, error) {
 	if sc.Producer.Compression, err = compressionCodec(c.Compression); err != nil {
 		return nil, fmt.Errorf("kafka compression: %w", err)
 	}
-	tlsCfg, err := buildTLS(c.TLS)
+	tlsCfg, err := c.TLS.Build()
 	if err != nil {
 		return nil, fmt.Errorf("kafka tls: %w", err)
 	}

@@ -9,12 +9,10 @@ import (
 	"hash/maphash"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -147,34 +145,9 @@ forwarder:
 	}
 
 	r.Start()
-	replay := exec.Command(bin, "replay", "--file", capture, "--to", bmpAddr,
+	replay := testenv.StartReplay(t, bin, "--file", capture, "--to", bmpAddr,
 		"--sessions", strconv.Itoa(killRunSessions), "--loop", "1000", "--rate", strconv.Itoa(killRunRate),
 		"--drain", "0", "--reconnect", "50ms")
-	replay.Env = testenv.ChildEnviron()
-	var replayOut, replayErr bytes.Buffer
-	replay.Stdout, replay.Stderr = &replayOut, &replayErr
-	if err := replay.Start(); err != nil {
-		t.Fatal(err)
-	}
-	replayDone := make(chan error, 1)
-	go func() { replayDone <- replay.Wait() }()
-	t.Cleanup(func() {
-		select {
-		case <-replayDone:
-		default:
-			_ = replay.Process.Kill()
-			<-replayDone
-		}
-	})
-	replayAlive := func() {
-		t.Helper()
-		select {
-		case err := <-replayDone:
-			replayDone <- err
-			t.Fatalf("replay ended before it was stopped: %v\n%s%s", err, replayOut.String(), replayErr.String())
-		default:
-		}
-	}
 
 	// Kill at random moments spread over the stream: kill k at a random
 	// point of the k-th of `kills` equal slices of it. A point the spool has already
@@ -188,7 +161,7 @@ forwarder:
 		at := uint64(k-1)*slice + rand.N(slice)
 		var appended uint64 // what the process reported durable: must survive
 		testenv.Eventually(t, 2*time.Minute, fmt.Sprintf("spool reaches seq %d", at), func() bool {
-			replayAlive()
+			replay.Alive()
 			appended = uint64(r.Metrics()["bgpedge_buffer_appended_records_total"])
 			return prev.last+appended >= at
 		})
@@ -211,24 +184,13 @@ forwarder:
 	// (as a router operator would: the sessions close) and let the
 	// forwarder drain.
 	testenv.Eventually(t, 2*time.Minute, fmt.Sprintf("a stream of %d spooled messages", stream), func() bool {
-		replayAlive()
+		replay.Alive()
 		return prev.last+uint64(r.Metrics()["bgpedge_buffer_appended_records_total"]) >= stream
 	})
-	if err := replay.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-replayDone:
-		replayDone <- err
-		if err != nil {
-			t.Fatalf("replay: %v\n%s%s", err, replayOut.String(), replayErr.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("replay did not stop on SIGTERM")
-	}
-	sm := regexp.MustCompile(`sent (\d+) messages .* (\d+) reconnects`).FindStringSubmatch(replayOut.String())
+	replayOut := replay.Stop()
+	sm := regexp.MustCompile(`sent (\d+) messages .* (\d+) reconnects`).FindStringSubmatch(replayOut)
 	if sm == nil {
-		t.Fatalf("replay summary: %q", replayOut.String())
+		t.Fatalf("replay summary: %q", replayOut)
 	}
 	sent, _ := strconv.ParseUint(sm[1], 10, 64)
 	reconnects, _ := strconv.Atoi(sm[2])

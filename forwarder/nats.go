@@ -51,29 +51,11 @@ func (n *NATSSink) Name() string { return "nats" }
 // NATSOptions are the connection options for cfg: auth, TLS, and no
 // background reconnects (the forwarder reconnects itself, with backoff).
 func NATSOptions(cfg NATSConfig, name string) ([]nats.Option, error) {
-	opts := []nats.Option{nats.Name(name), nats.Timeout(5 * time.Second), nats.NoReconnect()}
-	switch {
-	case cfg.CredsFile != "":
-		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
-	case cfg.NKeySeedFile != "":
-		o, err := nats.NkeyOptionFromSeed(cfg.NKeySeedFile)
-		if err != nil {
-			return nil, fmt.Errorf("nats nkey seed: %w", err)
-		}
-		opts = append(opts, o)
-	case cfg.User != "":
-		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
-	case cfg.Token != "":
-		opts = append(opts, nats.Token(cfg.Token))
-	}
-	t, err := buildTLS(cfg.TLS)
+	opts, err := cfg.Options(name)
 	if err != nil {
-		return nil, fmt.Errorf("nats tls: %w", err)
+		return nil, err
 	}
-	if t != nil {
-		opts = append(opts, nats.Secure(t))
-	}
-	return opts, nil
+	return append(opts, nats.Timeout(5*time.Second), nats.NoReconnect()), nil
 }
 
 // EnsureStream checks that cfg.Stream exists, creating it (file storage,

@@ -2,17 +2,8 @@ package forwarder
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,7 +28,7 @@ import (
 func TestNATSSecured(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	pki := newTestPKI(t, dir)
+	pki := testenv.NewPKI(t, dir)
 
 	userSeed, userPub := newNKey(t, nkeys.CreateUser)
 	nkeyFile := filepath.Join(dir, "user.nk")
@@ -92,13 +83,13 @@ func TestNATSSecured(t *testing.T) {
 			name: "mutual TLS",
 			server: func(o *server.Options) {
 				o.TLS, o.TLSVerify, o.TLSTimeout = true, true, 5
-				o.TLSConfig = pki.serverTLS(t)
+				o.TLSConfig = pki.ServerTLS(t)
 			},
 			good: func(c *NATSConfig) {
-				c.TLS = TLSConfig{Enabled: true, CAFile: pki.ca, CertFile: pki.clientCert, KeyFile: pki.clientKey, ServerName: "localhost"}
+				c.TLS = TLSConfig{Enabled: true, CAFile: pki.CA, CertFile: pki.ClientCert, KeyFile: pki.ClientKey, ServerName: "localhost"}
 			},
 			bad: func(c *NATSConfig) {
-				c.TLS = TLSConfig{Enabled: true, CAFile: pki.otherCA, CertFile: pki.clientCert, KeyFile: pki.clientKey, ServerName: "localhost"}
+				c.TLS = TLSConfig{Enabled: true, CAFile: pki.OtherCA, CertFile: pki.ClientCert, KeyFile: pki.ClientKey, ServerName: "localhost"}
 			},
 			badWant: "certificate signed by unknown authority",
 		},
@@ -138,73 +129,6 @@ func TestNATSSecured(t *testing.T) {
 			}
 		})
 	}
-}
-
-// testPKI is a throwaway CA with a server certificate for localhost and
-// 127.0.0.1 and a client certificate, plus an unrelated CA.
-type testPKI struct {
-	ca, otherCA           string
-	serverCert, serverKey string
-	clientCert, clientKey string
-	caCert                *x509.Certificate
-}
-
-func newTestPKI(t *testing.T, dir string) *testPKI {
-	t.Helper()
-	p := &testPKI{}
-	caCert, caKey := selfSignedCA(t, "bgpedge test CA")
-	p.caCert = caCert
-	p.ca = writePEM(t, dir, "ca.pem", "CERTIFICATE", caCert.Raw)
-	other, _ := selfSignedCA(t, "unrelated CA")
-	p.otherCA = writePEM(t, dir, "other-ca.pem", "CERTIFICATE", other.Raw)
-	issue := func(name string, usage x509.ExtKeyUsage) (string, string) {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		must(t, err)
-		tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		must(t, err)
-		kder, err := x509.MarshalECPrivateKey(key)
-		must(t, err)
-		return writePEM(t, dir, name+".pem", "CERTIFICATE", der), writePEM(t, dir, name+"-key.pem", "EC PRIVATE KEY", kder)
-	}
-	p.serverCert, p.serverKey = issue("server", x509.ExtKeyUsageServerAuth)
-	p.clientCert, p.clientKey = issue("client", x509.ExtKeyUsageClientAuth)
-	return p
-}
-
-// serverTLS requires and verifies client certificates from the test CA.
-func (p *testPKI) serverTLS(t *testing.T) *tls.Config {
-	t.Helper()
-	cert, err := tls.LoadX509KeyPair(p.serverCert, p.serverKey)
-	must(t, err)
-	pool := x509.NewCertPool()
-	pool.AddCert(p.caCert)
-	return &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool,
-		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
-}
-
-func selfSignedCA(t *testing.T, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(t, err)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	must(t, err)
-	cert, err := x509.ParseCertificate(der)
-	must(t, err)
-	return cert, key
-}
-
-func writePEM(t *testing.T, dir, name, typ string, der []byte) string {
-	t.Helper()
-	path := filepath.Join(dir, name)
-	must(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
-	return path
 }
 
 func newNKey(t *testing.T, create func() (nkeys.KeyPair, error)) (seed []byte, pub string) {

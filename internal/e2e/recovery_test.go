@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -256,27 +255,8 @@ forwarder:
 	}
 	e.agent.Start()
 
-	replay := exec.Command(bin, "replay", "--file", capturePath, "--to", bmpAddr,
+	replay := testenv.StartReplay(t, bin, "--file", capturePath, "--to", bmpAddr,
 		"--sessions", strconv.Itoa(sessions), "--loop", "1000", "--rate", "30000", "--drain", "0", "--reconnect", "50ms")
-	replay.Env = testenv.ChildEnviron()
-	var replayOut bytes.Buffer
-	replay.Stdout, replay.Stderr = &replayOut, &replayOut
-	if err := replay.Start(); err != nil {
-		t.Fatal(err)
-	}
-	replayDone := make(chan struct{})
-	go func() {
-		_ = replay.Wait()
-		close(replayDone)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-replayDone:
-		default:
-			_ = replay.Process.Kill()
-			<-replayDone
-		}
-	})
 
 	testenv.Eventually(t, 2*time.Minute, "the agent reaches the state", func() bool { return c.reached(e.agent.Metrics()) })
 	if c.after != nil {
@@ -323,14 +303,7 @@ forwarder:
 	}
 
 	// The routers stop, the sinks and the disk come back, everything drains.
-	if err := replay.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-replayDone:
-	case <-time.After(30 * time.Second):
-		t.Fatal("replay did not stop on SIGTERM")
-	}
+	replay.Stop()
 	if filler != "" {
 		if err := os.Remove(filler); err != nil {
 			t.Fatal(err)

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -223,4 +224,69 @@ func ScrapeMetrics(addr string) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// Replay is `bgpedge replay` streaming to an agent as routers do, until
+// Stop.
+type Replay struct {
+	t       testing.TB
+	cmd     *exec.Cmd
+	out     bytes.Buffer
+	exited  chan struct{}
+	waitErr error
+}
+
+// StartReplay starts `bgpedge replay` with args; it is killed when the test
+// ends if still running.
+func StartReplay(t testing.TB, bin string, args ...string) *Replay {
+	t.Helper()
+	r := &Replay{t: t, exited: make(chan struct{})}
+	r.cmd = exec.Command(bin, append([]string{"replay"}, args...)...)
+	r.cmd.Env = ChildEnviron()
+	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		r.waitErr = r.cmd.Wait()
+		close(r.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-r.exited:
+		default:
+			_ = r.cmd.Process.Kill()
+			<-r.exited
+		}
+	})
+	return r
+}
+
+// Alive fails the test if the replay has ended by itself.
+func (r *Replay) Alive() {
+	r.t.Helper()
+	select {
+	case <-r.exited:
+		r.t.Fatalf("replay ended before it was stopped: %v\n%s", r.waitErr, r.out.String())
+	default:
+	}
+}
+
+// Stop ends the replay with SIGTERM, as routers closing their sessions,
+// requires a clean exit within 30 s and returns its output.
+func (r *Replay) Stop() string {
+	r.t.Helper()
+	r.Alive()
+	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		r.t.Fatal(err)
+	}
+	select {
+	case <-r.exited:
+	case <-time.After(30 * time.Second):
+		r.t.Fatal("replay did not stop on SIGTERM")
+	}
+	if r.waitErr != nil {
+		r.t.Fatalf("replay: %v\n%s", r.waitErr, r.out.String())
+	}
+	return r.out.String()
 }
