@@ -12,6 +12,7 @@ import (
 
 	"github.com/bgpedge/bgpedge/bmp"
 	"github.com/bgpedge/bgpedge/forwarder"
+	"github.com/bgpedge/bgpedge/internal/lograte"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -88,7 +89,7 @@ type Agent struct {
 	build    Builders
 	notify   func(string)
 	metrics  *agentMetrics
-	retryLog *limitedLogger
+	retryLog *lograte.Logger
 
 	// applyMu serialises Run's start-up, Apply and shutdown.
 	applyMu sync.Mutex
@@ -156,7 +157,7 @@ func New(opts Options) (*Agent, error) {
 		notify: opts.Notify,
 		cfg:    opts.Config,
 	}
-	a.retryLog = newLimitedLogger(opts.Logger, time.Minute)
+	a.retryLog = lograte.NewLogger(opts.Logger, time.Minute)
 	m, err := newAgentMetrics(opts.Registry, a)
 	if err != nil {
 		return nil, err

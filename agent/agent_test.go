@@ -415,34 +415,6 @@ func TestReadyzUnreadyWithRealSpool(t *testing.T) {
 	})
 }
 
-func TestLimitedLogger(t *testing.T) {
-	var buf strings.Builder
-	var mu sync.Mutex
-	log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return buf.Write(p)
-	}), nil))
-	l := newLimitedLogger(log, time.Minute)
-	now := time.Unix(0, 0)
-	l.now = func() time.Time { return now }
-	for range 100 {
-		l.Error("k", "broken")
-	}
-	l.Error("other", "different")
-	now = now.Add(2 * time.Minute)
-	l.Error("k", "broken")
-	mu.Lock()
-	out := buf.String()
-	mu.Unlock()
-	if got := strings.Count(out, "msg=broken"); got != 2 {
-		t.Fatalf("logged %d times, want 2:\n%s", got, out)
-	}
-	if !strings.Contains(out, "suppressed=99") || !strings.Contains(out, "msg=different") {
-		t.Fatalf("missing suppressed count or other key:\n%s", out)
-	}
-}
-
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

@@ -23,6 +23,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/viper"
 
+	"github.com/bgpedge/bgpedge/internal/atomicfile"
+	"github.com/bgpedge/bgpedge/internal/lograte"
 	"github.com/bgpedge/bgpedge/internal/natsconn"
 )
 
@@ -260,10 +262,10 @@ func (l docStore) save(d FleetDoc) error {
 	if err != nil {
 		return err
 	}
-	if err := writeAtomic(docPath, d.Value); err != nil {
+	if err := atomicfile.Write(docPath, d.Value); err != nil {
 		return err
 	}
-	return writeAtomic(metaPath, meta)
+	return atomicfile.Write(metaPath, meta)
 }
 
 // clear removes the document; the meta file goes first, which alone makes
@@ -275,7 +277,7 @@ func (l docStore) clear() error {
 			return fmt.Errorf("fleet: %s: %w", l.base, err)
 		}
 	}
-	return syncDirPath(l.dir)
+	return atomicfile.SyncDir(l.dir)
 }
 
 // load returns the document, or ok=false if there is none or it does not
@@ -302,38 +304,6 @@ func (l docStore) load() (FleetDoc, bool, error) {
 	}
 	d.Value = value
 	return d, true, nil
-}
-
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return syncDirPath(filepath.Dir(path))
-}
-
-func syncDirPath(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // fleetConnect dials NATS with the section's credentials.
@@ -377,7 +347,7 @@ type fleetWatcher struct {
 	mu      sync.Mutex
 	applied FleetDoc // the document in effect (zero: none)
 	trying  bool     // applied is the pending document, on trial until the agent is ready
-	limited *limitedLogger
+	limited *lograte.Logger
 	failed  struct { // the last document that did not apply, until another comes
 		doc   FleetDoc // zero: the revert to the local configuration
 		state string   // FleetFailed or FleetPendingRestart
@@ -430,7 +400,7 @@ func (w *fleetWatcher) startConfig(cfg Config) Config {
 	case ok:
 		c, err := loadWithOverlay(w.src.opts, p.Value)
 		if err == nil {
-			err = writeAtomic(trial, []byte(strconv.Itoa(tried+1)))
+			err = atomicfile.Write(trial, []byte(strconv.Itoa(tried+1)))
 		}
 		if err == nil {
 			w.src.setOverlay(p.Value)
@@ -783,7 +753,7 @@ func (w *fleetWatcher) poll(ctx context.Context) {
 func (w *fleetWatcher) retryLog(key, msg string, err error) {
 	w.mu.Lock()
 	if w.limited == nil {
-		w.limited = newLimitedLogger(w.log, 10*time.Minute)
+		w.limited = lograte.NewLogger(w.log, 10*time.Minute)
 	}
 	l := w.limited
 	w.mu.Unlock()

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bgpedge/bgpedge/internal/atomicfile"
 	"github.com/bgpedge/bgpedge/internal/natsconn"
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/nats-io/nats-server/v2/server"
@@ -587,7 +588,7 @@ func TestFleetStateFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := writeAtomic(trialPath(dir), []byte("2")); err != nil {
+	if err := atomicfile.Write(trialPath(dir), []byte("2")); err != nil {
 		t.Fatal(err)
 	}
 	w := newWatcher(nil)

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/bgpedge/bgpedge/internal/atomicfile"
 )
 
 const (
@@ -332,7 +334,7 @@ func createSegment(dir string, first, acked uint64) (*segment, error) {
 		err = os.Rename(tmp, path)
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = atomicfile.SyncDir(dir)
 	}
 	if err == nil {
 		// Reopened under its final name, which bbolt puts in its errors.
@@ -363,18 +365,6 @@ func removeTemps(dir string) error {
 				return fmt.Errorf("remove interrupted segment: %w", err)
 			}
 		}
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync dir: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync dir: %w", err)
 	}
 	return nil
 }
@@ -426,7 +416,7 @@ func rollbackLastCommit(sf segFile) error {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("rollback: previous commit does not verify either: %w", err)
 	}
-	return syncDir(filepath.Dir(sf.path))
+	return atomicfile.SyncDir(filepath.Dir(sf.path))
 }
 
 // openRolledBack is rollbackLastCommit for a read-only spool: it opens the

@@ -20,6 +20,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
 
+	"github.com/bgpedge/bgpedge/internal/atomicfile"
 	"github.com/bgpedge/bgpedge/internal/lograte"
 	"github.com/bgpedge/bgpedge/record"
 )
@@ -293,7 +294,7 @@ func (s *Spool) quarantine(path string, cause error) {
 		s.log.Error("spool segment failed verification and could not be moved aside", "segment", filepath.Base(path), "err", cause, "rename_err", err)
 		return
 	}
-	_ = syncDir(s.opts.Dir)
+	_ = atomicfile.SyncDir(s.opts.Dir)
 	s.log.Error("spool segment quarantined", "segment", filepath.Base(path), "moved_to", filepath.Base(dst), "err", cause)
 }
 

@@ -143,7 +143,7 @@ func TestJournalPersists(t *testing.T) {
 	if len(es) != 2 || es[0].Key != "a" || es[1].Key != "c" || es[0].Line() != "neighbor 192.0.2.1 announce route a" {
 		t.Fatalf("reloaded %+v", es)
 	}
-	matches, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".routes-*"))
+	matches, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".*"))
 	if len(matches) != 0 {
 		t.Fatalf("temporary files left: %v", matches)
 	}

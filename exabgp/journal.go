@@ -9,6 +9,8 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"github.com/bgpedge/bgpedge/internal/atomicfile"
 )
 
 // JournalEntry is one injected route or flow that should be announced.
@@ -189,36 +191,11 @@ func (j *Journal) saveLocked() error {
 	if err != nil {
 		return fmt.Errorf("encode journal: %w", err)
 	}
-	dir := filepath.Dir(j.path)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := os.MkdirAll(filepath.Dir(j.path), 0o750); err != nil {
 		return fmt.Errorf("journal dir: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, ".routes-*.tmp")
-	if err != nil {
-		return fmt.Errorf("journal temp file: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write journal: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync journal: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close journal: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), j.path); err != nil {
-		return fmt.Errorf("replace journal: %w", err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open journal dir: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync journal dir: %w", err)
+	if err := atomicfile.Write(j.path, b); err != nil {
+		return fmt.Errorf("journal: %w", err)
 	}
 	return nil
 }

@@ -1,6 +1,8 @@
 package lograte
 
 import (
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 )
@@ -23,5 +25,25 @@ func TestLimiter(t *testing.T) {
 	}
 	if _, ok := l.Allow(); ok {
 		t.Fatal("the interval did not restart")
+	}
+}
+
+func TestLogger(t *testing.T) {
+	var buf strings.Builder
+	l := NewLogger(slog.New(slog.NewTextHandler(&buf, nil)), time.Minute)
+	now := time.Unix(0, 0)
+	l.now = func() time.Time { return now }
+	for range 100 {
+		l.Error("k", "broken")
+	}
+	l.Error("other", "different")
+	now = now.Add(2 * time.Minute)
+	l.Error("k", "broken")
+	out := buf.String()
+	if got := strings.Count(out, "msg=broken"); got != 2 {
+		t.Fatalf("logged %d times, want 2:\n%s", got, out)
+	}
+	if !strings.Contains(out, "suppressed=99") || !strings.Contains(out, "msg=different") {
+		t.Fatalf("missing suppressed count or other key:\n%s", out)
 	}
 }
