@@ -282,13 +282,13 @@ type agentBoot struct {
 	n     int
 	early bool // cut during start-up
 
-	last uint64 // the spool's last seq at boot, before the agent recovered it
-	torn        int    // segments that did not verify read-only then (a torn last commit, which the agent rolls back)
-	ready       time.Duration
-	durable     uint64 // records the agent reported durable before the cut
-	ran         time.Duration
-	streamed    time.Duration
-	sent        []powercutConn // the host's connections of this boot
+	last     uint64 // the spool's last seq at boot, before the agent recovered it
+	torn     int    // segments that did not verify read-only then (a torn last commit, which the agent rolls back)
+	ready    time.Duration
+	durable  uint64 // records the agent reported durable before the cut
+	ran      time.Duration
+	streamed time.Duration
+	sent     []powercutConn // the host's connections of this boot
 
 	durableBMP uint64 // of durable: BMP records (not synthetic peer-downs)
 	storedBMP  int    // BMP records of this boot in the recovered spool
