@@ -721,7 +721,7 @@ func checkPowercutSessions(t *testing.T, boots []*agentBoot, sp powercutSpool, m
 		if i+1 < len(boots) {
 			torn = boots[i+1].torn
 		}
-		t.Logf("cut %2d: sent %5d, reported durable %5d, spooled %5d, lost %4d (in flight at the cut: %4d), torn commits %d%s",
+		t.Logf("cut %2d: sent %5d, reported durable %5d, spooled %5d, lost %4d (in flight at the cut: %4d), torn last commit found after it: %d%s",
 			b.n, b.sentTotal(), b.durable, b.storedBMP, lost, inflight, torn, perSession)
 	}
 }
