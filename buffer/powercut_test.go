@@ -316,8 +316,8 @@ func newPowercutRun(t *testing.T, noSync bool) *powercutRun {
 
 // cycle boots the machine and cuts its power: after a random time of
 // appending, or (early) at a random moment of its first 1.5 s: in Open
-// (recovery), the read-back or the first appends. With
-// check it instead lets the guest verify, close the spool and power off.
+// (recovery), the read-back or the first appends. With check it instead
+// lets the guest verify, close the spool and power off.
 func (r *powercutRun) cycle(early, check bool) {
 	t := r.t
 	r.boots++
@@ -380,8 +380,12 @@ loop:
 	case early:
 		what = fmt.Sprintf("cut %.2fs after the program began", delay.Seconds())
 	}
-	r.report = append(r.report, fmt.Sprintf("boot %2d: up and verified in %4.1fs, %-36s %4d appends acknowledged, ran %4.1fs; %6d acknowledged records so far, highest ack %d, %d rollbacks",
-		r.boots, bootTime.Seconds(), what+",", o.acked, ran.Seconds(), len(o.crc), o.maxAck, o.rollbacks))
+	opened := fmt.Sprintf("spool open after %4.1fs,", bootTime.Seconds())
+	if bootTime == 0 {
+		opened = "cut before the spool opened,"
+	}
+	r.report = append(r.report, fmt.Sprintf("boot %2d: %-28s %-36s %4d appends acknowledged, ran %4.1fs; %6d acknowledged records so far, highest ack %d, %d rollbacks",
+		r.boots, opened, what+",", o.acked, ran.Seconds(), len(o.crc), o.maxAck, o.rollbacks))
 	t.Log(r.report[len(r.report)-1])
 }
 
@@ -396,9 +400,9 @@ loop:
 // returned before the cut is there, intact and in order, that the
 // watermark never ran ahead of the acks, and that new appends get seqs
 // never handed out before. One cycle in five cuts in the program's first
-// 1.5 s: in Open (the recovery), the read-back or the first commits. A last boot checks the last cut
-// and powers off cleanly, and the host reads the disk image itself
-// (e2fsck, debugfs) and checks it once more.
+// 1.5 s: in Open (the recovery), the read-back or the first commits. A last
+// boot checks the last cut and powers off cleanly, and the host reads the
+// disk image itself (e2fsck, debugfs) and checks it once more.
 func TestPowerCut(t *testing.T) {
 	powercut.Skip(t)
 	cycles := powercut.EnvInt(t, "BGPEDGE_POWERCUT_CYCLES", 20)

@@ -273,7 +273,7 @@ forwarder:
 	for _, b := range boots {
 		torn += b.torn
 	}
-	t.Logf("%d power cuts of the agent: every reboot opened the spool, nothing quarantined, %d torn last commits rolled back; sent %d BMP messages, %d reported durable, %d spooled (byte-identical, in order), %d lost in flight (at most %d were in flight), 0 seqs reused",
+	t.Logf("%d power cuts of the agent: every reboot opened the spool, nothing quarantined (%d times a torn last commit, rolled back); sent %d BMP messages, %d reported durable, %d spooled (byte-identical, in order), %d lost in flight (at most %d were in flight), 0 seqs reused",
 		cycles, torn, sent, durable, stored, lost, inflight)
 }
 
@@ -304,8 +304,12 @@ func (b *agentBoot) sentTotal() int {
 
 func (b *agentBoot) summary() string {
 	if b.early {
-		return fmt.Sprintf("spool at boot: last seq %d; agent ready after %.1fs; cut %.2fs after the spool opened, during start-up; ran %.1fs",
-			b.last, b.ready.Seconds(), b.streamed.Seconds(), b.ran.Seconds())
+		ready := "not ready yet"
+		if b.ready > 0 {
+			ready = fmt.Sprintf("ready after %.1fs", b.ready.Seconds())
+		}
+		return fmt.Sprintf("spool at boot: last seq %d; agent %s; cut %.2fs after the spool opened, during start-up; ran %.1fs",
+			b.last, ready, b.streamed.Seconds(), b.ran.Seconds())
 	}
 	return fmt.Sprintf("spool at boot: last seq %d; agent ready after %.1fs; streamed %.1fs, %d messages sent in %d connections, %d records reported durable; ran %.1fs",
 		b.last, b.ready.Seconds(), b.streamed.Seconds(), b.sentTotal(), len(b.sent), b.durable, b.ran.Seconds())

@@ -520,6 +520,8 @@ func (m Machine) Boot(t testing.TB, n int) *VM {
 			"-device", "virtio-net-pci,netdev=n0,romfile=")
 	}
 	v.cmd = exec.Command(qemu, args...)
+	// A test binary killed by its -timeout takes the machine with it.
+	v.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var stderr bytes.Buffer
 	v.cmd.Stdout, v.cmd.Stderr = &stderr, &stderr
 	if err := v.cmd.Start(); err != nil {
