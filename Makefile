@@ -14,9 +14,11 @@ LDFLAGS  := -s -w \
 	-X $(PKG)/agent.BuildDate=$(BUILD_DATE)
 TOOL     := $(GO) tool -modfile=tools/go.mod
 FUZZTIME ?= 1m
+CYCLES   ?= 20
+AGENT_CYCLES ?= 10
 CONFIG   ?= configs/local.yaml
 
-.PHONY: all build test bench fuzz lint run package kafka-up kafka-down tools clean
+.PHONY: all build test bench fuzz lint run package kafka-up kafka-down tools clean powercut
 
 all: build
 
@@ -33,6 +35,9 @@ bench: ## every scripts/bench-*.sh, else go test -bench for all packages
 	else \
 		$(GO) test -run '^$$' -bench . -benchmem ./...; \
 	fi
+
+powercut: ## power cuts under qemu: CYCLES (20) of the spool, AGENT_CYCLES (10) of the agent (scripts/powercut-test.sh)
+	CYCLES=$(CYCLES) AGENT_CYCLES=$(AGENT_CYCLES) scripts/powercut-test.sh
 
 fuzz: ## every FuzzXxx target for FUZZTIME (default 1m) each
 	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh

@@ -178,6 +178,10 @@ type Options struct {
 	// syncHook, in tests, runs before each fdatasync of the writer (commits,
 	// the ack watermark, new segments); an error stands for a failed one.
 	syncHook func() error
+	// noSync, in tests, skips the fdatasync that ends each commit: the
+	// negative control of the power-cut test (TestPowerCutNoSync), which
+	// must see acknowledged records lost.
+	noSync bool
 }
 
 func (o Options) withDefaults() (Options, error) {

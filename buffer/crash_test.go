@@ -34,11 +34,18 @@ func crashChild(dir string) {
 		os.Exit(3)
 	}
 	var out sync.Mutex
-	say := func(line string) {
+	crashWork(s, func(line string) {
 		out.Lock()
 		defer out.Unlock()
 		_, _ = os.Stdout.WriteString(line)
-	}
+	})
+}
+
+// crashWork appends from four goroutines and reads and acks from the
+// calling one, forever, reporting through say (safe for concurrent use)
+// every append that returned ("A first crc...") and every ack before it is
+// made ("K seq"). The power-cut test's guest runs it too.
+func crashWork(s *Spool, say func(string)) {
 	ctx := context.Background()
 	for g := 0; g < 4; g++ {
 		go func(g int) {

@@ -93,11 +93,16 @@ func testenvEventually(t testing.TB, msg string, cond func() bool) {
 	testenv.Eventually(t, 10*time.Second, msg, cond)
 }
 
-// TestMain turns the test binary into a crash or full-disk child when the
-// parent test sets the matching variable, so the children are not tests.
+// TestMain turns the test binary into a crash, power-cut or full-disk child
+// when the parent test sets the matching variable, so the children are not
+// tests.
 func TestMain(m *testing.M) {
 	if dir := os.Getenv(crashDirEnv); dir != "" {
 		crashChild(dir)
+		os.Exit(0)
+	}
+	if dir := os.Getenv(powercutDirEnv); dir != "" {
+		powercutChild(dir)
 		os.Exit(0)
 	}
 	if dir := os.Getenv(fullDiskDirEnv); dir != "" {

@@ -639,6 +639,9 @@ func (s *Spool) syncSegment(seg *segment) error {
 			return err
 		}
 	}
+	if s.opts.noSync {
+		return nil
+	}
 	return seg.db.Sync()
 }
 

@@ -30,6 +30,11 @@ debs=(
 	gcc
 	make
 	git
+	# scripts/powercut-test.sh: Debian's kernel booted under qemu (software
+	# emulation), the virtual disk made and read by e2fsprogs
+	qemu-system-x86
+	linux-image-amd64
+	e2fsprogs
 )
 read -r -a extra <<<"${BGPEDGE_DEBS:-}"
 debs+=("${extra[@]}")

@@ -8,11 +8,16 @@
 #   5. the race-excluded and full-size tests once more without -race
 #   6. every FuzzXxx target in the repository for FUZZTIME (default 10s),
 #      through scripts/fuzz.sh
+#   7. a short run of the power-cut tests under qemu (scripts/powercut-test.sh:
+#      3 power cuts of the spool, its negative control, 2 of the agent)
 # It ends with a plain "N passed, N failed, N skipped" line and exits non-zero
 # when any step failed.
 #
 # Environment:
 #   FUZZTIME               time per fuzz target [10s]; 0 skips fuzzing
+#   POWERCUT_CYCLES        power cuts of the spool in step 7 [3]
+#   POWERCUT_AGENT_CYCLES  power cuts of the agent in step 7 [2]; both 0 skip it,
+#                          as BGPEDGE_TEST_RUN and BGPEDGE_TEST_PKGS do
 #   BGPEDGE_TEST_TIMEOUT   go test -timeout [30m]
 #   BGPEDGE_TEST_PKGS      packages to test [./...]
 #   BGPEDGE_TEST_RUN       go test -run pattern [all tests]
@@ -98,7 +103,8 @@ run=()
 [[ -n ${BGPEDGE_TEST_RUN:-} ]] && run=(-run "$BGPEDGE_TEST_RUN")
 t0=$SECONDS
 set +e
-go test -race -count=1 -timeout "$timeout" -json "${run[@]}" "${pkgs[@]}" 2>&1 |
+# The power-cut tests boot virtual machines for minutes: step 7 runs them.
+go test -race -count=1 -timeout "$timeout" -json "${run[@]}" -skip '^TestPowerCut(NoSync|Agent)?$' "${pkgs[@]}" 2>&1 |
 	"$work/testsummary" -counts "$work/counts"
 test_rc=("${PIPESTATUS[@]}")
 set -e
@@ -142,6 +148,17 @@ if [[ $fuzztime != 0 && $fuzztime != 0s ]]; then
 	read -r fuzz_passed fuzz_failed <"$work/fuzzcounts" || fuzz_failed=1
 fi
 
+pc_passed=0 pc_failed=0 pc_skipped=0
+pc_cycles=${POWERCUT_CYCLES:-3} pc_agent=${POWERCUT_AGENT_CYCLES:-2}
+if [[ -z ${BGPEDGE_TEST_RUN:-}${BGPEDGE_TEST_PKGS:-} ]] && [[ $pc_cycles != 0 || $pc_agent != 0 ]]; then
+	step "power cuts under qemu: $pc_cycles of the spool, $pc_agent of the agent (scripts/powercut-test.sh)"
+	if ! CYCLES=$pc_cycles AGENT_CYCLES=$pc_agent BGPEDGE_SKIP_DEPS=1 POWERCUT_COUNTS=$work/pccounts \
+		"$root/scripts/powercut-test.sh"; then
+		status=1
+	fi
+	read -r pc_passed pc_failed pc_skipped <"$work/pccounts" || pc_failed=1
+fi
+
 # Stop the broker now rather than in the exit trap, so the counts below are
 # the last lines of the log.
 if [[ $started_kafka == true ]]; then
@@ -153,6 +170,6 @@ if [[ $failed != 0 ]]; then
 	status=1
 fi
 echo
-echo "test.sh finished in $((SECONDS - t_start))s (tests and fuzz targets counted together)"
-echo "$((passed + fuzz_passed)) passed, $((failed + fuzz_failed)) failed, $skipped skipped"
+echo "test.sh finished in $((SECONDS - t_start))s (tests, fuzz targets and power-cut tests counted together)"
+echo "$((passed + fuzz_passed + pc_passed)) passed, $((failed + fuzz_failed + pc_failed)) failed, $((skipped + pc_skipped)) skipped"
 exit "$status"
