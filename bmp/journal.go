@@ -92,9 +92,18 @@ func (j *SessionJournal) Close() error { return j.db.Close() }
 
 // reservedSpool is a spool that takes the records bgpedge makes itself even
 // when it is full, within a bounded reserve (buffer.Spool.AppendReserved).
-// Recover runs at start, when nothing that frees space may be running yet.
 type reservedSpool interface {
 	AppendReserved(ctx context.Context, recs ...record.Record) (first uint64, err error)
+}
+
+// reservedAppend is spool's AppendReserved, or its Append when it has no
+// reserve: for Recover, which runs at start when nothing that frees space
+// may run yet, and for the last batches of sessions a stop closes.
+func reservedAppend(spool Spool) func(ctx context.Context, recs ...record.Record) (uint64, error) {
+	if r, ok := spool.(reservedSpool); ok {
+		return r.AppendReserved
+	}
+	return spool.Append
 }
 
 // Recover spools a synthetic peer-down record for every peer that a previous
@@ -138,11 +147,7 @@ func (j *SessionJournal) Recover(ctx context.Context, spool Spool, log *slog.Log
 		return 0, fmt.Errorf("bmp session journal: read: %w", err)
 	}
 	if len(recs) > 0 {
-		appendFn := spool.Append
-		if r, ok := spool.(reservedSpool); ok {
-			appendFn = r.AppendReserved
-		}
-		if _, err := appendFn(ctx, recs...); err != nil {
+		if _, err := reservedAppend(spool)(ctx, recs...); err != nil {
 			return 0, fmt.Errorf("bmp session journal: spool synthetic peer downs: %w", err)
 		}
 	}

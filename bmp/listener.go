@@ -122,10 +122,7 @@ func NewListener(cfg Config, spool Spool, logger *slog.Logger, reg prometheus.Re
 	}
 	l.appendCtx, l.cancelAppend = context.WithCancel(context.Background())
 	l.runCtx, l.cancelRun = context.WithCancel(l.appendCtx)
-	l.stopAppend = spool.Append
-	if r, ok := spool.(reservedSpool); ok {
-		l.stopAppend = r.AppendReserved
-	}
+	l.stopAppend = reservedAppend(spool)
 	return l, nil
 }
 
