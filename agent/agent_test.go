@@ -415,9 +415,6 @@ func TestReadyzUnreadyWithRealSpool(t *testing.T) {
 	})
 }
 
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 // TestApplyRealForwarderSwap swaps the real forwarder, whose BMP encoder
 // holds a state file only one instance may open: the new one must get it

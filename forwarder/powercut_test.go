@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -184,8 +183,8 @@ forwarder:
 			_ = admin.Close()
 		}
 	})
-	r := &killRun{t: t, bin: bin, dir: host, http: freeLoopbackAddr(t), seed: maphash.MakeSeed()}
-	r.config = filepath.Join(host, "bgpedge.yaml")
+	config := filepath.Join(host, "bgpedge.yaml")
+	r := &testenv.AgentRun{T: t, Bin: bin, Args: []string{"run", "--config", config}, Dir: host, HTTP: testenv.LoopbackAddr(t)}
 	yaml := fmt.Sprintf(`agent:
   id: powercut
   state_dir: %s
@@ -214,19 +213,19 @@ forwarder:
   topics:
     prefix: %s
     ensure: [%s]
-`, filepath.Join(host, "bgpedge", "state"), r.http, spoolDir, freeLoopbackAddr(t), filepath.Join(host, "bgpedge", "bmp"),
+`, filepath.Join(host, "bgpedge", "state"), r.HTTP, spoolDir, testenv.LoopbackAddr(t), filepath.Join(host, "bgpedge", "bmp"),
 		strings.Join(brokers, ", "), prefix, StreamBMPRaw)
-	if err := os.WriteFile(r.config, []byte(yaml), 0o600); err != nil {
+	if err := os.WriteFile(config, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r.start()
+	r.Start()
 	var appended uint64
 	testenv.Eventually(t, 3*time.Minute, "every spooled record acknowledged by kafka", func() bool {
-		mt := r.metrics()
+		mt := r.Metrics()
 		appended = uint64(mt["bgpedge_buffer_appended_records_total"])
 		return uint64(mt["bgpedge_forwarder_acked_seq"]) == sp.last+appended
 	})
-	r.stop()
+	r.Stop()
 	t.Logf("bgpedge run on the host forwarded the recovered spool (seqs %d-%d, and %d synthetic peer-downs it appended for the last boot's sessions)", sp.first, sp.last, appended)
 
 	copies := map[uint64]int{}
