@@ -415,7 +415,6 @@ func TestReadyzUnreadyWithRealSpool(t *testing.T) {
 	})
 }
 
-
 // TestApplyRealForwarderSwap swaps the real forwarder, whose BMP encoder
 // holds a state file only one instance may open: the new one must get it
 // once the old one let go, not wait for it.
