@@ -57,17 +57,21 @@ type fastAttrs struct {
 	large       []byte
 	reach       []byte
 	unreach     []byte
-	// lib holds what the library decoded of attributes the fast path
-	// leaves to it (AS4_PATH, AS4_AGGREGATOR and those kept raw).
-	lib    record.Route
-	as     asAttrs
+	// libAny: the library decoded some attributes, into fastState's lib
+	// and as.
 	libAny bool
 }
 
 // fastState is the scratch of one Encode call on the fast path, reused
 // through the encoder's pool.
 type fastState struct {
-	attrs   fastAttrs
+	attrs fastAttrs
+	peer  fastPeer
+	// lib holds what the library decoded of the attributes the fast path
+	// leaves to it (AS4_PATH, AS4_AGGREGATOR and those kept raw), as the
+	// AS-related ones.
+	lib     record.Route
+	as      asAttrs
 	routes  []fastRoute
 	labels  []uint32
 	asns    []uint32
@@ -83,6 +87,9 @@ type fastState struct {
 }
 
 func (st *fastState) reset() {
+	if st.attrs.libAny {
+		st.lib, st.as = record.Route{}, asAttrs{}
+	}
 	st.attrs = fastAttrs{origin: -1}
 	st.routes = st.routes[:0]
 	st.labels = st.labels[:0]
@@ -213,10 +220,10 @@ func (st *fastState) fastUpdate(body []byte, as2 bool, addPath []uint32) bool {
 			// exactly as the library path does.
 			if !a.libAny {
 				a.libAny = true
-				a.as.twoByte = as2
+				st.as.twoByte = as2
 			}
 			ra := rawAttr{flags: flags, typ: typ, value: v, whole: whole}
-			if err := applyAttr(&a.lib, &ra, &bgp.MarshallingOption{Use2ByteAS: as2}, &a.as); err != nil {
+			if err := applyAttr(&st.lib, &ra, &bgp.MarshallingOption{Use2ByteAS: as2}, &st.as); err != nil {
 				return false
 			}
 			continue
@@ -288,7 +295,7 @@ func (st *fastState) fastUpdate(body []byte, as2 bool, addPath []uint32) bool {
 			a.unreach = v
 		}
 	}
-	if a.libAny && a.as.otherWidth {
+	if a.libAny && st.as.otherWidth {
 		return false
 	}
 	// Classic IPv4 unicast: withdrawals, then announcements.
@@ -516,9 +523,9 @@ func (st *fastState) appendAttrsJSON(b []byte) ([]byte, bool) {
 		aggr    bgpattr.Aggregator
 		hasAggr bool
 	)
-	if a.libAny && (a.as.hasAS4Path || a.as.as4Aggr != nil) {
+	if a.libAny && (st.as.hasAS4Path || st.as.as4Aggr != nil) {
 		// AS4 reconciliation: built the library's way, with its helper.
-		as := a.as
+		as := st.as
 		if a.hasASPath {
 			as.path, as.hasPath = st.segments(), true
 		}

@@ -47,8 +47,8 @@ func (e *Encoder) encodeFast(rec record.Record, emit func(Output)) bool {
 			stream = StreamRoutePostPolicy
 		}
 	}
-	st.key = appendPeerStoreKey(st.key, router, &ph)
-	state, known := e.dec.peers.lookupKey(st.key, rec.Seq)
+	st.peerOf(msg, router, &ph)
+	state, known := e.dec.peers.lookupKey(st.peer.storeKey, rec.Seq)
 	as2 := ph.TwoByteAS()
 	var addPath []uint32
 	if known {
@@ -86,15 +86,15 @@ func (e *Encoder) encodeFast(rec record.Record, emit func(Output)) bool {
 		return false
 	}
 	b = append(b, `,"peer":`...)
-	b = appendPeerJSON(b, &ph)
+	b = append(b, st.peer.json...)
 	b = append(b, `,"route":{"action":"`...)
 	envEnd := len(b)
 	if b, ok = st.appendAttrsJSON(b); !ok {
 		return false
 	}
 	attrsEnd := len(b)
-	if len(st.attrs.lib.Attributes) > 0 {
-		b = appendOtherAttrsJSON(b, st.attrs.lib.Attributes)
+	if len(st.lib.Attributes) > 0 {
+		b = appendOtherAttrsJSON(b, st.lib.Attributes)
 	}
 	otherEnd := len(b)
 	if policy != "" {
@@ -107,18 +107,6 @@ func (e *Encoder) encodeFast(rec record.Record, emit func(Output)) bool {
 	b = append(b, `"}}`...)
 	st.frag = b
 	env, attrs, other, tail := b[:envEnd], b[envEnd:attrsEnd], b[attrsEnd:otherEnd], b[otherEnd:]
-
-	// Key prefix: router | peer RD | peer address |
-	kb := st.key[:0]
-	kb = append(kb, router...)
-	kb = append(kb, '|')
-	if ph.Distinguisher != ([8]byte{}) {
-		kb = appendRD(kb, ph.Distinguisher)
-	}
-	kb = append(kb, '|')
-	kb = ph.Address.AppendTo(kb)
-	kb = append(kb, '|')
-	st.key = kb
 
 	out := st.buf[:0]
 	ends := st.ends[:0]
@@ -161,7 +149,9 @@ func (e *Encoder) encodeFast(rec record.Record, emit func(Output)) bool {
 		out = append(out, `,"safi":`...)
 		out = strconv.AppendUint(out, uint64(r.safi), 10)
 		out = append(out, `,"family":`...)
-		out = appendJSONString(out, fam)
+		out = append(out, '"')
+		out = append(out, fam...) // family names need no escaping
+		out = append(out, '"')
 		if r.eor {
 			out = append(out, `,"end_of_rib":true`...)
 		}
@@ -192,7 +182,7 @@ func (e *Encoder) encodeFast(rec record.Record, emit func(Output)) bool {
 		out = append(out, tail...)
 		ends = append(ends, len(out))
 		// The key: eventKey's.
-		out = append(out, st.key...)
+		out = append(out, st.peer.keyPrefix...)
 		if r.eor {
 			out = append(out, fam...)
 		} else {
@@ -233,4 +223,33 @@ func (e *Encoder) encodeFast(rec record.Record, emit func(Output)) bool {
 	e.dec.m.routesByRIB(rib).Add(float64(len(st.routes)))
 	e.fastHits.Add(1)
 	return true
+}
+
+// fastPeer is what the fast path derives from a per-peer header, kept for
+// the next message of the same peer.
+type fastPeer struct {
+	router    string
+	hdr       [34]byte // per-peer header up to the timestamp
+	storeKey  []byte   // peerStoreKey
+	json      []byte   // peerOf, as JSON
+	keyPrefix []byte   // eventKey up to the route: router|peer RD|peer address|
+}
+
+func (st *fastState) peerOf(msg []byte, router string, ph *PeerHeader) {
+	p := &st.peer
+	hdr := msg[HeaderLen : HeaderLen+34]
+	if p.json != nil && router == p.router && string(hdr) == string(p.hdr[:]) {
+		return
+	}
+	p.router, p.hdr = router, [34]byte(hdr)
+	p.storeKey = appendPeerStoreKey(p.storeKey[:0], router, ph)
+	p.json = appendPeerJSON(p.json[:0], ph)
+	kb := append(p.keyPrefix[:0], router...)
+	kb = append(kb, '|')
+	if ph.Distinguisher != ([8]byte{}) {
+		kb = appendRD(kb, ph.Distinguisher)
+	}
+	kb = append(kb, '|')
+	kb = ph.Address.AppendTo(kb)
+	p.keyPrefix = append(kb, '|')
 }
