@@ -31,6 +31,9 @@ func appendJSONString(b []byte, s string) []byte {
 // the times it refuses (a year outside 0–9999, a zone offset of 24 hours or
 // more), which encoding/json reports as an error.
 func appendJSONTime(b []byte, t time.Time) ([]byte, bool) {
+	if t.Location() == time.UTC {
+		return appendJSONTimeUTC(b, t)
+	}
 	n0 := len(b)
 	b = append(b, '"')
 	b = t.AppendFormat(b, time.RFC3339Nano)
@@ -49,6 +52,56 @@ func appendJSONTime(b []byte, t time.Time) ([]byte, bool) {
 		}
 	}
 	return append(b, '"'), true
+}
+
+// appendJSONTimeUTC is appendJSONTime for a UTC time, with the civil date
+// computed once from the Unix time (days to civil: H. Hinnant's algorithm).
+func appendJSONTimeUTC(b []byte, t time.Time) ([]byte, bool) {
+	sec := t.Unix()
+	days, rem := sec/86400, sec%86400
+	if rem < 0 {
+		days, rem = days-1, rem+86400
+	}
+	z := days + 719468
+	era := z / 146097
+	if z < 0 && z%146097 != 0 {
+		era--
+	}
+	doe := z - era*146097
+	yoe := (doe - doe/1460 + doe/36524 - doe/146096) / 365
+	y := yoe + era*400
+	doy := doe - (365*yoe + yoe/4 - yoe/100)
+	mp := (5*doy + 2) / 153
+	d := doy - (153*mp+2)/5 + 1
+	m := mp + 3
+	if mp >= 10 {
+		m = mp - 9
+	}
+	if m <= 2 {
+		y++
+	}
+	if y < 0 || y > 9999 {
+		return b, false
+	}
+	h, mi, s := rem/3600, rem/60%60, rem%60
+	b = append(b, '"',
+		byte('0'+y/1000), byte('0'+y/100%10), byte('0'+y/10%10), byte('0'+y%10), '-',
+		byte('0'+m/10), byte('0'+m%10), '-', byte('0'+d/10), byte('0'+d%10), 'T',
+		byte('0'+h/10), byte('0'+h%10), ':', byte('0'+mi/10), byte('0'+mi%10), ':', byte('0'+s/10), byte('0'+s%10))
+	if ns := t.Nanosecond(); ns != 0 {
+		var f [10]byte
+		f[0] = '.'
+		for i := 9; i >= 1; i-- {
+			f[i] = byte('0' + ns%10)
+			ns /= 10
+		}
+		n := 10
+		for f[n-1] == '0' {
+			n--
+		}
+		b = append(b, f[:n]...)
+	}
+	return append(b, 'Z', '"'), true
 }
 
 // appendJSONBytes appends a []byte as encoding/json does: base64, or null
