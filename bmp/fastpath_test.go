@@ -3,8 +3,10 @@ package bmp_test
 import (
 	"bytes"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -198,4 +200,79 @@ func FuzzFastPath(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestLabelsAndUnknownExtCommunities checks the two fixes found on real
+// captures, on both paths: a withdrawal publishes no labels (its label
+// field, 0x800000 or another compatibility value, is not a label), and an
+// extended community of a type GoBGP does not know keeps all 8 bytes.
+func TestLabelsAndUnknownExtCommunities(t *testing.T) {
+	rd := []byte{0, 0, 0xfd, 0xe8, 0, 0, 0, 1} // 65000:1
+	vpn := func(label []byte, bits byte) []byte {
+		return slices.Concat([]byte{bits}, label, rd, []byte{10, 1, 2})
+	}
+	labeled := func(label []byte) []byte { return slices.Concat([]byte{24 + 24}, label, []byte{10, 1, 2}) }
+	unreach := func(safi byte, nlri []byte) []byte {
+		return attr(0x80, 15, slices.Concat([]byte{0, 1, safi}, nlri))
+	}
+	reach := func(safi byte, nh, nlri []byte) []byte {
+		return attr(0x80, 14, slices.Concat([]byte{0, 1, safi, byte(len(nh))}, nh, []byte{0}, nlri))
+	}
+	vpnNH := []byte{0, 0, 0, 0, 0, 0, 0, 0, 192, 0, 2, 1}
+	base := [][]byte{attr(0x40, 1, []byte{0}), asPath4(65001)}
+	tests := []struct {
+		name   string
+		attrs  [][]byte
+		labels []uint32
+		ext    []string
+	}{
+		{"vpn withdrawal 0x800000", [][]byte{unreach(128, vpn([]byte{0x80, 0, 0}, 112))}, nil, nil},
+		{"vpn withdrawal with a label", [][]byte{unreach(128, vpn([]byte{0, 1, 1}, 112))}, nil, nil},
+		{"labeled withdrawal 0x800000", [][]byte{unreach(4, labeled([]byte{0x80, 0, 0}))}, nil, nil},
+		{"labeled withdrawal 0", [][]byte{unreach(4, labeled([]byte{0, 0, 0}))}, nil, nil},
+		{"vpn announcement", append(slices.Clone(base), reach(128, vpnNH, vpn([]byte{0, 1, 1}, 112))), []uint32{16}, nil},
+		{"vpn announcement 0x800000", append(slices.Clone(base), reach(128, vpnNH, vpn([]byte{0x80, 0, 0}, 112))), nil, nil},
+		{"labeled announcement, two labels", append(slices.Clone(base), reach(4, []byte{192, 0, 2, 1}, slices.Concat([]byte{24 + 48}, []byte{0, 1, 0, 0, 2, 1}, []byte{10, 1, 2}))), []uint32{16, 32}, nil},
+		{"unknown extended communities", append(slices.Clone(base), attr(0x40, 3, []byte{192, 0, 2, 1}),
+			attr(0xc0, 16, []byte{0x8a, 0x01, 0, 0, 0, 0, 0x04, 0xd2, 0x0a, 0x02, 1, 2, 3, 4, 5, 6, 0x00, 0x02, 0xfd, 0xe8, 0, 0, 0, 7})), nil,
+			[]string{"raw:8a010000000004d2", "raw:0a02010203040506", "target:65000:7"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var nlri []byte
+			if tt.ext != nil {
+				nlri = []byte{24, 10, 9, 9}
+			}
+			msg := bmpMessage(bmp.MsgRouteMonitoring, globalPeer.bytes(), update(nil, tt.attrs, nlri))
+			p := newEncoderPair(t, bmp.DefaultEncoding(), "edge-1")
+			defer p.Close()
+			rec := record.Record{Seq: 7, Kind: record.KindBMP, Source: "192.0.2.9:1", Time: receivedAt(7), Payload: msg}
+			if err := p.compare(rec); err != nil {
+				t.Fatal(err)
+			}
+			if bmp.FastPathHits(p.fast) != 1 {
+				t.Error("the fast path did not take the message")
+			}
+			var evs []record.Event
+			p.lib.Encode(rec, func(o bmp.Output) {
+				if o.Index > 0 {
+					var ev record.Event
+					if err := json.Unmarshal(o.Value, &ev); err != nil {
+						t.Fatal(err)
+					}
+					evs = append(evs, ev)
+				}
+			})
+			if len(evs) != 1 || evs[0].Route == nil {
+				t.Fatalf("events %+v, want one route", evs)
+			}
+			r := evs[0].Route
+			if !slices.Equal(r.Labels, tt.labels) || !slices.Equal(r.ExtCommunities, tt.ext) {
+				t.Errorf("labels %v extended communities %q, want %v %q", r.Labels, r.ExtCommunities, tt.labels, tt.ext)
+			}
+			if r.AFI == 1 && r.SAFI == 128 && r.RD != "65000:1" || r.Prefix != "10.1.2.0/24" && r.Prefix != "10.9.9.0/24" {
+				t.Errorf("route %+v", r)
+			}
+		})
+	}
 }
