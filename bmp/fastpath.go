@@ -102,12 +102,19 @@ func (st *fastState) reset() {
 	st.extStrs = st.extStrs[:0]
 }
 
-// routerOf is RouterAddress, remembered for the last source seen.
+// routerOf is RouterAddress, remembered for the last source seen when the
+// address came from the source alone (else it depends on the key too).
 func (st *fastState) routerOf(rec record.Record) string {
-	if st.source == "" || rec.Source != st.source {
-		st.source, st.router = rec.Source, RouterAddress(rec)
+	if st.source != "" && rec.Source == st.source {
+		return st.router
 	}
-	return st.router
+	router := RouterAddress(rec)
+	if _, err := netip.ParseAddrPort(rec.Source); err == nil {
+		st.source, st.router = rec.Source, router
+	} else if _, err := netip.ParseAddr(rec.Source); err == nil {
+		st.source, st.router = rec.Source, router
+	}
+	return router
 }
 
 // handledFamily reports the families the fast path splits into prefixes,

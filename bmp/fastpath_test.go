@@ -146,14 +146,20 @@ func TestFastPathEncodings(t *testing.T) {
 	envelope.OpenBMPEnvelope = true
 	jsonOnly := bmp.DefaultEncoding()
 	jsonOnly.Raw = false
+	// Without a usable source the router comes from the key, which may
+	// change from one record to the next.
+	keys := [][]byte{{192, 0, 2, 1}, []byte("2001:db8::5"), nil}
 	for _, tc := range []struct {
-		name  string
-		enc   bmp.Encoding
-		agent string
+		name   string
+		enc    bmp.Encoding
+		agent  string
+		source string
 	}{
-		{"envelope", envelope, "edge-1"},
-		{"json only", jsonOnly, "edge-1"},
-		{"agent escaped", bmp.DefaultEncoding(), "edge <&>\"\u00e9\"\x01"},
+		{"envelope", envelope, "edge-1", "[2001:db8::1]:179"},
+		{"json only", jsonOnly, "edge-1", "192.0.2.1"},
+		{"agent escaped", bmp.DefaultEncoding(), "edge <&>\"\u00e9\"\x01", "[2001:db8::1]:179"},
+		{"router from key", bmp.DefaultEncoding(), "edge-1", ""},
+		{"source not an address", bmp.DefaultEncoding(), "edge-1", "router \"7\""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newEncoderPair(t, tc.enc, tc.agent)
@@ -161,7 +167,8 @@ func TestFastPathEncodings(t *testing.T) {
 			var seq uint64
 			for _, m := range frames(streams[0].Data) {
 				seq++
-				if err := p.compare(record.Record{Seq: seq, Kind: record.KindBMP, Source: "[2001:db8::1]:179", Time: receivedAt(seq), Payload: m}); err != nil {
+				rec := record.Record{Seq: seq, Kind: record.KindBMP, Source: tc.source, Key: keys[seq%3], Time: receivedAt(seq), Payload: m}
+				if err := p.compare(rec); err != nil {
 					t.Fatalf("message %d: %v", seq, err)
 				}
 			}
