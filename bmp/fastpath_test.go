@@ -21,14 +21,19 @@ import (
 // encoderPair is a fast-path encoder and a library-path one, fed the same
 // records.
 type encoderPair struct {
-	fast, lib *bmp.Encoder
+	fast, lib       *bmp.Encoder
+	fastReg, libReg *prometheus.Registry
 }
 
 func newEncoderPair(t testing.TB, enc bmp.Encoding, agent string) encoderPair {
 	t.Helper()
-	var p encoderPair
+	p := encoderPair{fastReg: prometheus.NewRegistry(), libReg: prometheus.NewRegistry()}
 	for i, dst := range []**bmp.Encoder{&p.fast, &p.lib} {
-		e, err := bmp.NewEncoder(bmp.EncoderOptions{Encoding: enc, AgentID: agent, Registerer: prometheus.NewRegistry()})
+		reg := p.fastReg
+		if i == 1 {
+			reg = p.libReg
+		}
+		e, err := bmp.NewEncoder(bmp.EncoderOptions{Encoding: enc, AgentID: agent, Registerer: reg})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -58,6 +63,34 @@ func (p encoderPair) compare(rec record.Record) error {
 		}
 	}
 	return nil
+}
+
+// metrics describes every counter of a registry, one line each.
+func metrics(t testing.TB, reg *prometheus.Registry) []string {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+"="+l.GetValue())
+			}
+			out = append(out, fmt.Sprintf("%s{%s} %v", mf.GetName(), strings.Join(labels, ","), m.GetCounter().GetValue()))
+		}
+	}
+	return out
+}
+
+// sameMetrics requires the fast path to count what the library path counts.
+func (p encoderPair) sameMetrics(t testing.TB) {
+	t.Helper()
+	if f, l := metrics(t, p.fastReg), metrics(t, p.libReg); !slices.Equal(f, l) {
+		t.Errorf("metrics differ:\n fast    %q\n library %q", f, l)
+	}
 }
 
 // receivedAt varies the receive time's zone and precision, as spools give them.
@@ -121,6 +154,7 @@ func TestFastPathMatchesLibrary(t *testing.T) {
 			if fails > 5 {
 				t.Errorf("%d messages differ in all", fails)
 			}
+			p.sameMetrics(t)
 			hits := int(bmp.FastPathHits(p.fast))
 			if bmp.FastPathHits(p.lib) != 0 {
 				t.Error("the library-path encoder used the fast path")
@@ -175,6 +209,7 @@ func TestFastPathEncodings(t *testing.T) {
 			if bmp.FastPathHits(p.fast) == 0 {
 				t.Error("no message took the fast path")
 			}
+			p.sameMetrics(t)
 		})
 	}
 }
