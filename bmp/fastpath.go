@@ -120,7 +120,7 @@ func (st *fastState) routerOf(rec record.Record) string {
 // handledFamily reports the families the fast path splits into prefixes,
 // with their event names.
 func handledFamily(afi uint16, safi uint8) (string, bool) {
-	switch afi<<8 | uint16(safi) {
+	switch uint32(afi)<<8 | uint32(safi) {
 	case 1<<8 | 1:
 		return "ipv4-unicast", true
 	case 1<<8 | 2:
