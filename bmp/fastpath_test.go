@@ -2,9 +2,11 @@ package bmp_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -314,6 +316,86 @@ func TestLabelsAndUnknownExtCommunities(t *testing.T) {
 			}
 			if r.AFI == 1 && r.SAFI == 128 && r.RD != "65000:1" || r.Prefix != "10.1.2.0/24" && r.Prefix != "10.9.9.0/24" {
 				t.Errorf("route %+v", r)
+			}
+		})
+	}
+}
+
+// TestFastPathAttributes puts every attribute the schema names, and the
+// AS4 reconciliation of a 2-byte session, through both paths.
+func TestFastPathAttributes(t *testing.T) {
+	as2path := func(segs ...[]uint16) []byte {
+		var b []byte
+		for i, s := range segs {
+			typ := byte(2)
+			if i == 1 {
+				typ = 1 // a set
+			}
+			b = append(b, typ, byte(len(s)))
+			for _, a := range s {
+				b = binary.BigEndian.AppendUint16(b, a)
+			}
+		}
+		return b
+	}
+	two := globalPeer
+	two.flags = bmp.FlagA | bmp.FlagL
+	v6 := peerHdr{flags: bmp.FlagV, addr: "2001:db8::1", as: 65002, id: "192.0.2.2", ts: 1700000000}
+	all := [][]byte{
+		attr(0x40, 1, []byte{2}),
+		attr(0x40, 2, as2path([]uint16{65001, 23456}, []uint16{65010, 65011})),
+		attr(0x40, 3, []byte{192, 0, 2, 1}),
+		attr(0x80, 4, u32(10)),
+		attr(0x40, 5, u32(200)),
+		attr(0x40, 6, nil),
+		attr(0xc0, 7, []byte{0x5b, 0xa0, 192, 0, 2, 7}),
+		attr(0xc0, 8, slices.Concat(u32(65001<<16|100), u32(0xffffff01))),
+		attr(0x80, 9, []byte{192, 0, 2, 9}),
+		attr(0x80, 10, slices.Concat([]byte{192, 0, 2, 10}, []byte{192, 0, 2, 11})),
+		attr(0xc0, 17, slices.Concat([]byte{2, 2}, u32(65001), u32(4200000001))),
+		attr(0xc0, 18, slices.Concat(u32(4200000002), []byte{192, 0, 2, 7})),
+		attr(0xc0, 32, slices.Concat(u32(4200000001), u32(1), u32(2))),
+		attr(0xc0, 99, []byte{1, 2, 3}),
+		attr(0x80, 100, nil),
+	}
+	mp6 := attr(0x80, 14, slices.Concat([]byte{0, 2, 1, 32}, netip.MustParseAddr("2001:db8::1").AsSlice(), netip.MustParseAddr("fe80::1").AsSlice(), []byte{0, 48, 0x20, 0x01, 0x0d, 0xb8, 0, 1, 128}, netip.MustParseAddr("2001:db8:ffff::1").AsSlice()))
+	tests := []struct {
+		name string
+		msg  []byte
+		want []string // substrings of the events
+	}{
+		{"2-byte session with AS4 attributes", bmpMessage(bmp.MsgRouteMonitoring, two.bytes(), update([]byte{16, 10, 1}, all, []byte{24, 10, 0, 1, 32, 10, 0, 0, 2})),
+			[]string{`"as_path":[65001,65001,4200000001]`, `"aggregator":"4200000002:192.0.2.7"`, `"origin":"incomplete"`, `"large_communities":["4200000001:1:2"]`, `"atomic_aggregate":true`, `"cluster_list":["192.0.2.10","192.0.2.11"]`}},
+		{"4-byte session: AS4 attributes kept raw only", bmpMessage(bmp.MsgRouteMonitoring, globalPeer.bytes(), update(nil, [][]byte{attr(0x40, 1, []byte{0}), asPath4(65001, 4200000001), attr(0xc0, 17, slices.Concat([]byte{2, 1}, u32(7)))}, []byte{24, 10, 0, 1})),
+			[]string{`"as_path":[65001,4200000001]`, `"attributes":[{"type":17,"flags":192,"value":"AgEAAAAH"}]`}},
+		{"IPv6 with a link-local next hop and withdrawals", bmpMessage(bmp.MsgRouteMonitoring, v6.bytes(), update(nil, [][]byte{attr(0x40, 1, []byte{0}), asPath4(65002), mp6, attr(0x80, 15, slices.Concat([]byte{0, 2, 1, 64}, netip.MustParseAddr("2001:db8:5::").AsSlice()[:8]))}, nil)),
+			[]string{`"next_hop":"2001:db8::1"`, `"prefix":"2001:db8:1::/48"`, `"timestamp":"2023-11-14T22:13:20Z"`}},
+		{"AS_SET on a 4-byte session", bmpMessage(bmp.MsgRouteMonitoring, globalPeer.bytes(), update(nil, [][]byte{attr(0x40, 1, []byte{0}), attr(0x50, 2, slices.Concat([]byte{2, 1}, u32(65001), []byte{1, 2}, u32(65010), u32(65011))), attr(0xc0, 7, slices.Concat(u32(65001), []byte{192, 0, 2, 7}))}, []byte{24, 10, 0, 1})),
+			[]string{`"as_path":[65001,65010,65011],"as_path_segments":[{"type":"sequence","asns":[65001]},{"type":"set","asns":[65010,65011]}]`, `"aggregator":"65001:192.0.2.7"`}},
+		{"End-of-RIB", bmpMessage(bmp.MsgRouteMonitoring, globalPeer.bytes(), update(nil, nil, nil)), []string{`"end_of_rib":true`}},
+		{"End-of-RIB of VPNv6", bmpMessage(bmp.MsgRouteMonitoring, globalPeer.bytes(), update(nil, [][]byte{attr(0x80, 15, []byte{0, 2, 128})}, nil)), []string{`"family":"vpnv6-unicast","end_of_rib":true`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newEncoderPair(t, bmp.DefaultEncoding(), "edge-1")
+			defer p.Close()
+			rec := record.Record{Seq: 9, Kind: record.KindBMP, Source: "192.0.2.9:1", Time: receivedAt(9), Payload: tt.msg}
+			if err := p.compare(rec); err != nil {
+				t.Fatal(err)
+			}
+			if bmp.FastPathHits(p.fast) != 1 {
+				t.Error("the fast path did not take the message")
+			}
+			var all []byte
+			p.fast.Encode(rec, func(o bmp.Output) {
+				if o.Index > 0 {
+					all = append(append(all, o.Value...), '\n')
+				}
+			})
+			for _, w := range tt.want {
+				if !bytes.Contains(all, []byte(w)) {
+					t.Errorf("%s\nlacks %s", all, w)
+				}
 			}
 		})
 	}
