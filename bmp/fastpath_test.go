@@ -370,7 +370,7 @@ func TestFastPathAttributes(t *testing.T) {
 			[]string{`"as_path":[65001,4200000001]`, `"attributes":[{"type":17,"flags":192,"value":"AgEAAAAH"}]`}},
 		{"IPv6 with a link-local next hop and withdrawals", bmpMessage(bmp.MsgRouteMonitoring, v6.bytes(), update(nil, [][]byte{attr(0x40, 1, []byte{0}), asPath4(65002), mp6, attr(0x80, 15, slices.Concat([]byte{0, 2, 1, 64}, netip.MustParseAddr("2001:db8:5::").AsSlice()[:8]))}, nil)),
 			[]string{`"next_hop":"2001:db8::1"`, `"prefix":"2001:db8:1::/48"`, `"timestamp":"2023-11-14T22:13:20Z"`}},
-		{"AS_SET on a 4-byte session", bmpMessage(bmp.MsgRouteMonitoring, globalPeer.bytes(), update(nil, [][]byte{attr(0x40, 1, []byte{0}), attr(0x50, 2, slices.Concat([]byte{2, 1}, u32(65001), []byte{1, 2}, u32(65010), u32(65011))), attr(0xc0, 7, slices.Concat(u32(65001), []byte{192, 0, 2, 7}))}, []byte{24, 10, 0, 1})),
+		{"AS_SET on a 4-byte session", bmpMessage(bmp.MsgRouteMonitoring, globalPeer.bytes(), update(nil, [][]byte{attr(0x40, 1, []byte{0}), attr(0x40, 2, slices.Concat([]byte{2, 1}, u32(65001), []byte{1, 2}, u32(65010), u32(65011))), attr(0xc0, 7, slices.Concat(u32(65001), []byte{192, 0, 2, 7}))}, []byte{24, 10, 0, 1})),
 			[]string{`"as_path":[65001,65010,65011],"as_path_segments":[{"type":"sequence","asns":[65001]},{"type":"set","asns":[65010,65011]}]`, `"aggregator":"65001:192.0.2.7"`}},
 		{"End-of-RIB", bmpMessage(bmp.MsgRouteMonitoring, globalPeer.bytes(), update(nil, nil, nil)), []string{`"end_of_rib":true`}},
 		{"End-of-RIB of VPNv6", bmpMessage(bmp.MsgRouteMonitoring, globalPeer.bytes(), update(nil, [][]byte{attr(0x80, 15, []byte{0, 2, 128})}, nil)), []string{`"family":"vpnv6-unicast","end_of_rib":true`}},
