@@ -53,7 +53,6 @@ type fastAttrs struct {
 	originator  []byte
 	clusterList []byte
 	extComm     []byte
-	hasExtComm  bool
 	large       []byte
 	reach       []byte
 	unreach     []byte
@@ -79,7 +78,6 @@ type fastState struct {
 	frag    []byte
 	buf     []byte
 	ends    []int
-	key     []byte
 	as2     bool
 	source  string
 	router  string
@@ -98,7 +96,6 @@ func (st *fastState) reset() {
 	st.frag = st.frag[:0]
 	st.buf = st.buf[:0]
 	st.ends = st.ends[:0]
-	st.key = st.key[:0]
 	st.extStrs = st.extStrs[:0]
 }
 
@@ -290,7 +287,7 @@ func (st *fastState) fastUpdate(body []byte, as2 bool, addPath []uint32) bool {
 			if vl%8 != 0 {
 				return false
 			}
-			a.extComm, a.hasExtComm = v, true
+			a.extComm = v
 		case attrLargeComm:
 			if vl%12 != 0 {
 				return false
