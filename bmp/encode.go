@@ -105,8 +105,12 @@ type Encoder struct {
 	fast bool
 	// agentPlain: the agent id needs no JSON escaping.
 	agentPlain bool
-	pool       sync.Pool // *fastState
-	fastHits   atomic.Uint64
+	// spare keeps one warm scratch (buffers, remembered peer and times)
+	// across garbage collections, which empty the pool.
+	spare atomic.Pointer[fastState]
+	pool  sync.Pool // *fastState, for concurrent calls
+
+	fastHits atomic.Uint64
 }
 
 // NewEncoder validates the encoding and opens the decoder's per-peer state.

@@ -79,6 +79,7 @@ type fastState struct {
 	buf     []byte
 	ends    []int
 	as2     bool
+	times   [2]timeCache // receive time, per-peer header time
 	source  string
 	router  string
 	extStrs []string
@@ -795,10 +796,10 @@ func appendOtherAttrsJSON(b []byte, attrs []record.OtherAttribute) []byte {
 }
 
 // appendTimestamp renders a timestamp field, or nothing for a zero time.
-func appendTimestamp(b []byte, key string, t time.Time) ([]byte, bool) {
+func appendTimestamp(b []byte, c *timeCache, key string, t time.Time) ([]byte, bool) {
 	if t.IsZero() {
 		return b, true
 	}
 	b = append(b, key...)
-	return appendJSONTime(b, t)
+	return c.appendJSON(b, t)
 }

@@ -29,8 +29,15 @@ func (e *Encoder) encodeFast(rec record.Record, emit func(Output)) bool {
 	if err != nil || typ != bgpMsgUpdate {
 		return false
 	}
-	st := e.pool.Get().(*fastState)
-	defer e.pool.Put(st)
+	st := e.spare.Swap(nil)
+	if st == nil {
+		st = e.pool.Get().(*fastState)
+	}
+	defer func() {
+		if !e.spare.CompareAndSwap(nil, st) {
+			e.pool.Put(st)
+		}
+	}()
 	st.reset()
 	router := st.routerOf(rec)
 
@@ -79,10 +86,10 @@ func (e *Encoder) encodeFast(rec record.Record, emit func(Output)) bool {
 	b = strconv.AppendUint(b, rec.Seq, 10)
 	b = append(b, `,"received_at":`...)
 	var ok bool
-	if b, ok = appendJSONTime(b, rec.Time); !ok {
+	if b, ok = st.times[0].appendJSON(b, rec.Time); !ok {
 		return false
 	}
-	if b, ok = appendTimestamp(b, `,"timestamp":`, ph.Timestamp); !ok {
+	if b, ok = appendTimestamp(b, &st.times[1], `,"timestamp":`, ph.Timestamp); !ok {
 		return false
 	}
 	b = append(b, `,"peer":`...)

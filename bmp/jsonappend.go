@@ -54,40 +54,67 @@ func appendJSONTime(b []byte, t time.Time) ([]byte, bool) {
 	return append(b, '"'), true
 }
 
-// appendJSONTimeUTC is appendJSONTime for a UTC time, with the civil date
-// computed once from the Unix time (days to civil: H. Hinnant's algorithm).
+// appendJSONTimeUTC is appendJSONTime for a UTC time.
 func appendJSONTimeUTC(b []byte, t time.Time) ([]byte, bool) {
+	var c timeCache
+	return c.appendJSONTimeUTC(b, t)
+}
+
+// timeCache keeps the text of the last second formatted: consecutive
+// records mostly fall in the same second.
+type timeCache struct {
+	sec   int64
+	valid bool
+	text  [19]byte // 2006-01-02T15:04:05
+}
+
+// appendJSON is appendJSONTime, with the cache for UTC times.
+func (c *timeCache) appendJSON(b []byte, t time.Time) ([]byte, bool) {
+	if t.Location() == time.UTC {
+		return c.appendJSONTimeUTC(b, t)
+	}
+	return appendJSONTime(b, t)
+}
+
+// appendJSONTimeUTC computes the civil date once per second from the Unix
+// time (days to civil date: H. Hinnant's algorithm).
+func (c *timeCache) appendJSONTimeUTC(b []byte, t time.Time) ([]byte, bool) {
 	sec := t.Unix()
-	days, rem := sec/86400, sec%86400
-	if rem < 0 {
-		days, rem = days-1, rem+86400
+	if !c.valid || sec != c.sec {
+		days, rem := sec/86400, sec%86400
+		if rem < 0 {
+			days, rem = days-1, rem+86400
+		}
+		z := days + 719468
+		era := z / 146097
+		if z < 0 && z%146097 != 0 {
+			era--
+		}
+		doe := z - era*146097
+		yoe := (doe - doe/1460 + doe/36524 - doe/146096) / 365
+		y := yoe + era*400
+		doy := doe - (365*yoe + yoe/4 - yoe/100)
+		mp := (5*doy + 2) / 153
+		d := doy - (153*mp+2)/5 + 1
+		m := mp + 3
+		if mp >= 10 {
+			m = mp - 9
+		}
+		if m <= 2 {
+			y++
+		}
+		if y < 0 || y > 9999 {
+			return b, false
+		}
+		h, mi, s := rem/3600, rem/60%60, rem%60
+		c.text = [19]byte{
+			byte('0' + y/1000), byte('0' + y/100%10), byte('0' + y/10%10), byte('0' + y%10), '-',
+			byte('0' + m/10), byte('0' + m%10), '-', byte('0' + d/10), byte('0' + d%10), 'T',
+			byte('0' + h/10), byte('0' + h%10), ':', byte('0' + mi/10), byte('0' + mi%10), ':', byte('0' + s/10), byte('0' + s%10)}
+		c.sec, c.valid = sec, true
 	}
-	z := days + 719468
-	era := z / 146097
-	if z < 0 && z%146097 != 0 {
-		era--
-	}
-	doe := z - era*146097
-	yoe := (doe - doe/1460 + doe/36524 - doe/146096) / 365
-	y := yoe + era*400
-	doy := doe - (365*yoe + yoe/4 - yoe/100)
-	mp := (5*doy + 2) / 153
-	d := doy - (153*mp+2)/5 + 1
-	m := mp + 3
-	if mp >= 10 {
-		m = mp - 9
-	}
-	if m <= 2 {
-		y++
-	}
-	if y < 0 || y > 9999 {
-		return b, false
-	}
-	h, mi, s := rem/3600, rem/60%60, rem%60
-	b = append(b, '"',
-		byte('0'+y/1000), byte('0'+y/100%10), byte('0'+y/10%10), byte('0'+y%10), '-',
-		byte('0'+m/10), byte('0'+m%10), '-', byte('0'+d/10), byte('0'+d%10), 'T',
-		byte('0'+h/10), byte('0'+h%10), ':', byte('0'+mi/10), byte('0'+mi%10), ':', byte('0'+s/10), byte('0'+s%10))
+	b = append(b, '"')
+	b = append(b, c.text[:]...)
 	if ns := t.Nanosecond(); ns != 0 {
 		var f [10]byte
 		f[0] = '.'

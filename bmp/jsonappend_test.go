@@ -33,11 +33,21 @@ func TestAppendJSONTime(t *testing.T) {
 	for range 20000 {
 		times = append(times, time.Unix(r.Int64N(400000000000)-200000000000, r.Int64N(1e9)).UTC())
 	}
+	// Runs of times within one second, as records come, use the cache.
+	base := time.Date(2026, 12, 7, 1, 0, 0, 0, time.UTC)
+	for i := range 3000 {
+		times = append(times, base.Add(time.Duration(i)*1300*time.Microsecond))
+	}
+	var c timeCache
 	for _, tm := range times {
 		want, werr := json.Marshal(tm)
 		got, ok := appendJSONTime([]byte("x"), tm)
 		if ok != (werr == nil) || ok && string(got) != "x"+string(want) {
 			t.Fatalf("%v: got %q (%v), encoding/json %q (%v)", tm, got, ok, want, werr)
+		}
+		got, ok = c.appendJSON([]byte("x"), tm)
+		if ok != (werr == nil) || ok && string(got) != "x"+string(want) {
+			t.Fatalf("%v, cached: got %q (%v), encoding/json %q (%v)", tm, got, ok, want, werr)
 		}
 	}
 }
