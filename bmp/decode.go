@@ -173,6 +173,10 @@ type Decoder struct {
 }
 
 type decodeMetrics struct {
+	// Resolved once for the fast path.
+	rmDecoded                      prometheus.Counter
+	routesIn, routesOut, routesLoc prometheus.Counter
+
 	decoded    *prometheus.CounterVec
 	errors     *prometheus.CounterVec
 	routes     *prometheus.CounterVec
@@ -214,9 +218,8 @@ func newDecodeMetrics(reg prometheus.Registerer) (*decodeMetrics, error) {
 	for _, r := range errorReasons() {
 		m.errors.WithLabelValues(r)
 	}
-	for _, r := range []string{"adj-rib-in", "adj-rib-out", "loc-rib"} {
-		m.routes.WithLabelValues(r)
-	}
+	m.rmDecoded = m.decoded.WithLabelValues("route-monitoring")
+	m.routesIn, m.routesOut, m.routesLoc = m.routes.WithLabelValues("adj-rib-in"), m.routes.WithLabelValues("adj-rib-out"), m.routes.WithLabelValues("loc-rib")
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.decoded, m.errors, m.routes, m.inferred, m.otherWidth} {
 			if err := reg.Register(c); err != nil {
@@ -225,6 +228,16 @@ func newDecodeMetrics(reg prometheus.Registerer) (*decodeMetrics, error) {
 		}
 	}
 	return m, nil
+}
+
+func (m *decodeMetrics) routesByRIB(rib string) prometheus.Counter {
+	switch rib {
+	case "adj-rib-out":
+		return m.routesOut
+	case "loc-rib":
+		return m.routesLoc
+	}
+	return m.routesIn
 }
 
 // NewDecoder opens the per-peer state (loading what earlier runs stored).

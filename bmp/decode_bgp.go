@@ -2,6 +2,7 @@ package bmp
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -373,9 +374,9 @@ func decodeMP(a rawAttr, prefixSID *rawAttr, mo *bgp.MarshallingOption, reach bo
 		case *bgp.IPAddrPrefix:
 			r.Prefix = n.Prefix.String()
 		case *bgp.LabeledIPAddrPrefix:
-			r.Prefix, r.Labels = n.Prefix.String(), n.Labels.Labels
+			r.Prefix, r.Labels = n.Prefix.String(), routeLabels(n.Labels.Labels, reach)
 		case *bgp.LabeledVPNIPAddrPrefix:
-			r.Prefix, r.Labels = n.Prefix.String(), n.Labels.Labels
+			r.Prefix, r.Labels = n.Prefix.String(), routeLabels(n.Labels.Labels, reach)
 			r.RD = rdString(n.RD)
 		case *bgp.EVPNNLRI:
 			r.Prefix = n.String()
@@ -392,6 +393,20 @@ func decodeMP(a rawAttr, prefixSID *rawAttr, mo *bgp.MarshallingOption, reach bo
 		emit(r)
 	}
 	return nil
+}
+
+// withdrawLabel is the label field RFC 3107 (3) gives withdrawals; GoBGP
+// hands it over as it is, not shifted like a label.
+const withdrawLabel = 0x800000
+
+// routeLabels is the label stack an event publishes: none for a withdrawal,
+// whose label field is only a compatibility value to be ignored (RFC 8277
+// 2.4), nor for the withdrawal value wherever it appears.
+func routeLabels(l []uint32, reach bool) []uint32 {
+	if !reach || len(l) == 1 && l[0] == withdrawLabel {
+		return nil
+	}
+	return l
 }
 
 // rawNextHop formats an MP_REACH next hop of a family carried raw: an
@@ -534,6 +549,14 @@ func applyAttr(r *record.Route, a *rawAttr, mo *bgp.MarshallingOption, as *asAtt
 }
 
 func extCommunityString(c bgp.ExtendedCommunityInterface) string {
+	if u, ok := c.(*bgp.UnknownExtended); ok && len(u.Value) == 7 {
+		// GoBGP's text drops the type byte, so transitive and
+		// non-transitive could not be told apart: all 8 bytes, in hex.
+		b := make([]byte, 0, len("raw:")+16)
+		b = append(b, "raw:"...)
+		b = hex.AppendEncode(b, []byte{byte(u.Type)})
+		return string(hex.AppendEncode(b, u.Value))
+	}
 	_, sub := c.GetTypes()
 	s := c.String()
 	switch sub {

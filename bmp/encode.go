@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/netip"
 	"strconv"
+	"sync"
+	"sync/atomic"
 
 	"github.com/bgpedge/bgpedge/record"
 	"github.com/prometheus/client_golang/prometheus"
@@ -98,6 +100,17 @@ type Encoder struct {
 	enc     Encoding
 	agentID string
 	dec     *Decoder
+	// fast sends Route Monitoring through the fast path (fastpath.go);
+	// off, everything takes the library path, which the tests compare it to.
+	fast bool
+	// agentPlain: the agent id needs no JSON escaping.
+	agentPlain bool
+	// spare keeps one warm scratch (buffers, remembered peer and times)
+	// across garbage collections, which empty the pool.
+	spare atomic.Pointer[fastState]
+	pool  sync.Pool // *fastState, for concurrent calls
+
+	fastHits atomic.Uint64
 }
 
 // NewEncoder validates the encoding and opens the decoder's per-peer state.
@@ -109,7 +122,10 @@ func NewEncoder(opts EncoderOptions) (*Encoder, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Encoder{enc: opts.Encoding, agentID: opts.AgentID, dec: dec}, nil
+	e := &Encoder{enc: opts.Encoding, agentID: opts.AgentID, dec: dec, fast: true}
+	e.agentPlain = string(appendJSONString(nil, opts.AgentID)) == `"`+opts.AgentID+`"`
+	e.pool.New = func() any { return &fastState{} }
+	return e, nil
 }
 
 // Close releases the per-peer state file.
@@ -125,14 +141,12 @@ func ID(agentID string, seq uint64, index int) string {
 // message); only a record that is not BMP, or an event that cannot be
 // marshalled, returns an error.
 func (e *Encoder) Encode(rec record.Record, emit func(Output)) error {
+	if e.fast && e.enc.JSON && e.encodeFast(rec, emit) {
+		return nil
+	}
 	router := RouterAddress(rec)
 	if e.enc.Raw && rec.Kind == record.KindBMP {
-		v := rec.Payload
-		if e.enc.OpenBMPEnvelope {
-			addr, _ := netip.ParseAddr(router)
-			v = AppendOpenBMP(make([]byte, 0, openBMPFixedLen+len(e.enc.CollectorName)+len(rec.Payload)), e.enc.CollectorName, addr, rec.Time, rec.Payload)
-		}
-		emit(Output{Stream: StreamRaw, Key: []byte(router), Value: v, Index: 0})
+		e.emitRaw(rec, router, emit)
 	}
 	if !e.enc.JSON {
 		if rec.Kind != record.KindBMP && rec.Kind != record.KindBMPSyntheticPeerDown {
@@ -153,6 +167,16 @@ func (e *Encoder) Encode(rec record.Record, emit func(Output)) error {
 		emit(Output{Stream: streamOf(&ev), Key: eventKey(&ev), Value: v, Index: index})
 	})
 	return errors.Join(err, merr)
+}
+
+// emitRaw emits the raw message, in its envelope if configured.
+func (e *Encoder) emitRaw(rec record.Record, router string, emit func(Output)) {
+	v := rec.Payload
+	if e.enc.OpenBMPEnvelope {
+		addr, _ := netip.ParseAddr(router)
+		v = AppendOpenBMP(make([]byte, 0, openBMPFixedLen+len(e.enc.CollectorName)+len(rec.Payload)), e.enc.CollectorName, addr, rec.Time, rec.Payload)
+	}
+	emit(Output{Stream: StreamRaw, Key: []byte(router), Value: v, Index: 0})
 }
 
 // streamOf routes an event to its stream.

@@ -269,3 +269,31 @@ func mergeVersions(a, b peerVersion) peerVersion {
 func equalVersion(a, b peerVersion) bool {
 	return a.Seq == b.Seq && a.AS4 == b.AS4 && a.ASWidth == b.ASWidth && slices.Equal(a.In, b.In) && slices.Equal(a.Out, b.Out) && slices.Equal(a.LocRIB, b.LocRIB) && a.Session == b.Session
 }
+
+// appendPeerStoreKey is peerStoreKey, appended, for lookups that do not
+// allocate.
+func appendPeerStoreKey(b []byte, router string, ph *PeerHeader) []byte {
+	b = append(b, router...)
+	b = append(b, '|')
+	b = append(b, peerTypeName(ph.Type)...)
+	b = append(b, '|')
+	b = hex.AppendEncode(b, ph.Distinguisher[:])
+	b = append(b, '|')
+	return ph.Address.AppendTo(b)
+}
+
+// lookupKey is lookup with the key as bytes.
+func (s *peerStore) lookupKey(key []byte, seq uint64) (peerVersion, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := s.peers[string(key)]
+	if r == nil {
+		return peerVersion{}, false
+	}
+	for i := len(r.Versions) - 1; i >= 0; i-- {
+		if seq == 0 || r.Versions[i].Seq < seq {
+			return r.Versions[i], true
+		}
+	}
+	return peerVersion{}, false
+}
