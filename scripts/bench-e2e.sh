@@ -55,12 +55,13 @@ run_id=e2e-$(date +%s)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# wait_for CMD…: polls CMD every 50 ms for up to 60 s.
+# wait_for PID CMD…: polls CMD every 50 ms for up to 60 s while PID lives.
 wait_for() {
-	local tries=0
+	local tries=0 pid=$1
+	shift
 	until "$@"; do
 		tries=$((tries + 1))
-		if [[ $tries -gt 1200 ]]; then return 1; fi
+		if [[ $tries -gt 1200 ]] || ! kill -0 "$pid" 2>/dev/null; then return 1; fi
 		sleep 0.05
 	done
 }
@@ -83,7 +84,8 @@ run_bgpedge() { # mode sessions rep
 	json) raw=false ;;
 	raw) json=false ;;
 	esac
-	local port hport prefix out pid
+	local port hport prefix out pid pprof=false
+	if [[ -n $PPROF ]]; then pprof=true; fi
 	port=$(free_port)
 	hport=$(free_port)
 	prefix=$run_id-$rep-$s-$mode.
@@ -91,13 +93,13 @@ run_bgpedge() { # mode sessions rep
 	BGPEDGE_BUFFER_DIR="$DIR/spool" BGPEDGE_AGENT_STATE_DIR="$DIR/state" \
 		BGPEDGE_BMP_ENCODING_STATE_DIR="$DIR/state/bmp" BGPEDGE_EXABGP_STATE_DIR="$DIR/state/exabgp" \
 		BGPEDGE_BMP_LISTEN="127.0.0.1:$port" BGPEDGE_HTTP_LISTEN="127.0.0.1:$hport" \
-		BGPEDGE_HTTP_PPROF=${PPROF:+true}${PPROF:-false} \
+		BGPEDGE_HTTP_PPROF=$pprof \
 		BGPEDGE_BMP_ENCODING_RAW=$raw BGPEDGE_BMP_ENCODING_JSON=$json \
 		BGPEDGE_FORWARDER_KAFKA_BROKERS="$brokers" BGPEDGE_FORWARDER_TOPICS_PREFIX="$prefix" \
 		BGPEDGE_LOG_LEVEL=warn \
 		"$DIR/bgpedge" run --config configs/bgpedge.yaml 2>"$DIR/bgpedge-$mode-$s-$rep.log" &
 	pid=$!
-	if ! wait_for bgpedge_ready "$hport" || ! wait_for port_open "$port"; then
+	if ! wait_for "$pid" bgpedge_ready "$hport" || ! wait_for "$pid" port_open "$port"; then
 		echo "bgpedge run did not get ready:" >&2
 		cat "$DIR/bgpedge-$mode-$s-$rep.log" >&2
 		stop_pid "$pid" KILL
@@ -135,7 +137,7 @@ run_pmbmpd() { # sessions rep
 	EOF
 	pmbmpd -f "$conf" >/dev/null 2>&1 &
 	pid=$!
-	if ! wait_for port_open "$port"; then
+	if ! wait_for "$pid" port_open "$port"; then
 		echo "pmbmpd did not listen:" >&2
 		cat "$DIR/pmbmpd-$s-$rep.log" >&2 || true
 		stop_pid "$pid" KILL
