@@ -26,7 +26,8 @@
 #   scripts/bench-e2e.sh
 #   REPS=1 SESSIONS="1" MODES="json pmbmpd perf" scripts/bench-e2e.sh
 #   FILE=capture.bmp BENCH_DIR=/var/tmp/e2e scripts/bench-e2e.sh
-#   PPROF=1 scripts/bench-e2e.sh   # CPU profile of each bgpedge run in BENCH_DIR
+#   PPROF=1 scripts/bench-e2e.sh   # CPU profile (first PPROF_SECONDS, 8) and
+#                                  # heap profile (at the end) of each bgpedge run
 #
 # Needs pmacct (apt-get install pmacct) for the pmbmpd rows. Uses the broker
 # of scripts/kafka.sh on 127.0.0.1:9092, starting it (and stopping it again at
@@ -112,7 +113,10 @@ run_bgpedge() { # mode sessions rep
 	fi
 	out=$("$bench" measure -pid "$pid" -to "127.0.0.1:$port" -file "$FILE" -sessions "$s" \
 		-metrics "http://127.0.0.1:$hport/metrics")
-	if [[ -n $prof ]]; then wait "$prof" || true; fi
+	if [[ -n $prof ]]; then
+		wait "$prof" || true
+		curl -sf -o "$DIR/heap-$mode-$s-$rep.pprof" "http://127.0.0.1:$hport/debug/pprof/heap" || true
+	fi
 	stop_pid "$pid" TERM
 	"$bench" topic delete -brokers "$brokers" "$prefix"
 	record "$mode" "$s" "$rep" "$out"
