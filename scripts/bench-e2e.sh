@@ -23,9 +23,16 @@
 # bgpedge runs with configs/bgpedge.yaml, only paths, ports, topic prefix and
 # the encoding switches changed.
 #
+# Then, once, MANY_SESSIONS (1000) routers stream at once from distinct
+# loopback addresses, each sending MANY_FILE MANY_LOOP times, into bgpedge
+# run with the default encoding: ingest rate (messages sent / time until the
+# last was sent), drain rate (messages acknowledged by Kafka / time until
+# the spool was empty), RssAnon and VmHWM.
+#
 #   scripts/bench-e2e.sh
 #   REPS=1 SESSIONS="1" MODES="json pmbmpd perf" scripts/bench-e2e.sh
 #   FILE=capture.bmp BENCH_DIR=/var/tmp/e2e scripts/bench-e2e.sh
+#   MANY_SESSIONS=0 scripts/bench-e2e.sh   # without the many-sessions run
 #   PPROF=1 scripts/bench-e2e.sh   # CPU profile (first PPROF_SECONDS, 8) and
 #                                  # heap profile (at the end) of each bgpedge run
 #
@@ -40,6 +47,9 @@ REPS=${REPS:-3}
 SESSIONS=${SESSIONS:-1 14}
 MODES=${MODES:-json raw both pmbmpd perf}
 PPROF=${PPROF:-}
+MANY_SESSIONS=${MANY_SESSIONS:-1000}
+MANY_FILE=${MANY_FILE:-../shared/bmpdata/raw/gobgp-3.10.0-loopback.bmp}
+MANY_LOOP=${MANY_LOOP:-20}
 DIR=${BENCH_DIR:-$(mktemp -d)}
 mkdir -p "$DIR"
 results=$DIR/results.jsonl
@@ -79,8 +89,8 @@ record() {
 
 bgpedge_ready() { curl -sf "http://127.0.0.1:$1/readyz" | grep -q '"kafka"'; }
 
-run_bgpedge() { # mode sessions rep
-	local mode=$1 s=$2 rep=$3 raw=true json=true
+run_bgpedge() { # mode sessions rep [file loop]
+	local mode=$1 s=$2 rep=$3 file=${4:-$FILE} loop=${5:-1} raw=true json=true
 	case $mode in
 	json) raw=false ;;
 	raw) json=false ;;
@@ -111,7 +121,7 @@ run_bgpedge() { # mode sessions rep
 		curl -sf -o "$DIR/cpu-$mode-$s-$rep.pprof" "http://127.0.0.1:$hport/debug/pprof/profile?seconds=${PPROF_SECONDS:-8}" &
 		prof=$!
 	fi
-	out=$("$bench" measure -pid "$pid" -to "127.0.0.1:$port" -file "$FILE" -sessions "$s" \
+	out=$("$bench" measure -pid "$pid" -to "127.0.0.1:$port" -file "$file" -sessions "$s" -loop "$loop" \
 		-metrics "http://127.0.0.1:$hport/metrics")
 	if [[ -n $prof ]]; then
 		wait "$prof" || true
@@ -194,6 +204,10 @@ for rep in $(seq 1 "$REPS"); do
 		done
 	done
 done
+if [[ $MANY_SESSIONS -gt 0 ]]; then
+	echo "many sessions: $MANY_SESSIONS sessions of $MANY_FILE, each sent $MANY_LOOP times, default encoding (raw + JSON)"
+	run_bgpedge many "$MANY_SESSIONS" 1 "$MANY_FILE" "$MANY_LOOP"
+fi
 echo "after: $(uptime)"
 
 # The table: medians per mode and session count.
@@ -206,6 +220,8 @@ def med(mode, s, key):
 names = {"json": "bgpedge run, JSON only", "raw": "bgpedge run, raw only",
          "both": "bgpedge run, raw + JSON (default)", "pmbmpd": "pmacct pmbmpd",
          "perf": "Kafka ProducerPerformance"}
+many = [r for r in rows if r["mode"] == "many"]
+rows = [r for r in rows if r["mode"] != "many"]
 sessions = sorted({r["sessions_asked"] for r in rows})
 modes = [m for m in ["json", "raw", "both", "pmbmpd", "perf"] if any(r["mode"] == m for r in rows)]
 n = max(len([r for r in rows if r["mode"] == m and r["sessions_asked"] == s]) for m in modes for s in sessions)
@@ -224,5 +240,10 @@ for s in sessions:
             fmt(med(m, s, "cpu_us_per_event"), "{:.2f}"), fmt(med(m, s, "vmhwm_mib"), "{:.0f}"),
             fmt(med(m, s, "peak_rss_anon_mib"), "{:.0f}"),
             fmt(rate / pm if pm else None, "{:.2f}×"), fmt(rate / pp if pp else None, "{:.2f}×")))
+for r in many:
+    print(f"\n{r['sessions']} sessions at once, {r['sent_messages']:,} messages: ingest {r['sent_messages'] / r['ingest_seconds']:,.0f} messages/s "
+          f"({r['ingest_seconds']:.1f} s), drained to Kafka {r['kafka_messages'] / r['seconds']:,.0f} messages/s "
+          f"({r['kafka_messages']:,.0f} messages, {r['events']:,.0f} route events, {r['seconds']:.1f} s), "
+          f"CPU {r['cpu_seconds']:.1f} s, VmHWM {r['vmhwm_mib']:.0f} MiB, peak RssAnon {r['peak_rss_anon_mib']:.0f} MiB")
 EOF
 echo "raw results: $results"
