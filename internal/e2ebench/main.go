@@ -67,7 +67,7 @@ type result struct {
 	CPUMicrosPerE float64 `json:"cpu_us_per_event"`
 	VmHWMMiB      float64 `json:"vmhwm_mib"`
 	RssAnonMiB    float64 `json:"peak_rss_anon_mib"`
-	SentSeconds   float64 `json:"sent_seconds"`              // until the last byte was written
+	SentSeconds   float64 `json:"sent_seconds"`             // until the last byte was written
 	IngestSeconds float64 `json:"ingest_seconds,omitempty"` // bgpedge: until every message sent was spooled
 }
 
