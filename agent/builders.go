@@ -66,7 +66,23 @@ func bmpEncoder(ef *encodingForwarder) forwarder.Encoder {
 			emit(forwarder.Message{Stream: o.Stream, Key: o.Key, Value: o.Value, Index: o.Index})
 		})
 	})
-	return forwarder.Mux{record.KindBMP: f, record.KindBMPSyntheticPeerDown: f}
+	// The decoder's per-peer state is locked and versioned by seq (a record
+	// reads the state in force before it), so records encode in parallel;
+	// what writes that state (a Peer Up, merging with the one before it) is
+	// encoded alone, and so, to be safe, is the end of a peer or session.
+	return forwarder.Parallel{
+		Encoder: forwarder.Mux{record.KindBMP: f, record.KindBMPSyntheticPeerDown: f},
+		Ordered: func(rec record.Record) bool {
+			if rec.Kind != record.KindBMP || len(rec.Payload) < bmp.HeaderLen {
+				return true
+			}
+			switch bmp.MsgType(rec.Payload[5]) {
+			case bmp.MsgPeerUp, bmp.MsgPeerDown, bmp.MsgTermination:
+				return true
+			}
+			return false
+		},
+	}
 }
 
 type encodingForwarder struct {

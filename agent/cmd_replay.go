@@ -33,7 +33,8 @@ stream (optionally gzip-compressed) as one session, or a pcap/pcapng capture
 with one session per router TCP stream found in it.
 
 --sessions S opens S copies of every stream at once; on a loopback target each
-connection binds its own source address 127.0.0.(10+n), so the station sees
+connection binds its own source address in 127.0.0.0/8 (127.0.0.10 upwards,
+then 127.0.1.1 and on: up to 16 million), so the station sees
 S distinct routers. After sending, replay half-closes each connection and
 waits (--drain) for the station to close it, which bgpedge does once it has
 spooled the session.

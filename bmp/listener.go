@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/bgpedge/bgpedge/internal/lograte"
 	"github.com/bgpedge/bgpedge/record"
@@ -56,6 +57,10 @@ type Listener struct {
 
 	budget  *bufferBudget
 	batches sync.Pool // of *[]record.Record, empty, shared by sessions between flushes
+	// batched counts the records in all sessions' batches; past
+	// maxBatched a session spools what it has instead of collecting more.
+	batched    atomic.Int64
+	maxBatched int64
 
 	// appendCtx bounds spool appends: it is cancelled only when a Close
 	// deadline passes, so sessions can flush what they already read.
@@ -111,6 +116,7 @@ func NewListener(cfg Config, spool Spool, logger *slog.Logger, reg prometheus.Re
 		sessions:   make(map[*session]struct{}),
 		done:       make(chan struct{}),
 		budget:     budget,
+		maxBatched: batchedLimit(cfg.BufferBudgetBytes),
 		closeGrace: defaultCloseGrace,
 	}
 	for _, a := range cfg.Allow {
@@ -324,11 +330,28 @@ func addrPort(a net.Addr) netip.AddrPort {
 	return ap
 }
 
+// getBatch starts small: a batch holds what one read buffered, and with a
+// thousand routers spooling at once, batches made at the largest size
+// (about 100 KiB of record headers each, zeroed, so resident) took more
+// memory than the read buffers whose messages they point into. A batch
+// grows by append to what its session needs, and is pooled at that size.
 func (l *Listener) getBatch() []record.Record {
 	if b, ok := l.batches.Get().(*[]record.Record); ok {
 		return *b
 	}
-	return make([]record.Record, 0, min(l.cfg.BatchMessages, 1024))
+	return make([]record.Record, 0, min(l.cfg.BatchMessages, initialBatch))
+}
+
+const initialBatch = 64
+
+// batchedLimit bounds the records of all sessions' batches together to a
+// quarter of the read-buffer budget in record headers (about 80,000 records
+// at the default 32 MiB): a batch's messages stay in the read buffers, but
+// each costs a record header beside them, which for ~100-byte messages is
+// as much again. Fourteen busy routers never reach it; a thousand routers
+// streaming at once make smaller batches instead of holding more memory.
+func batchedLimit(budgetBytes int) int64 {
+	return max(int64(budgetBytes)/4/int64(unsafe.Sizeof(record.Record{})), 1024)
 }
 
 func (l *Listener) putBatch(b []record.Record) {

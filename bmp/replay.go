@@ -27,8 +27,8 @@ type ReplayOptions struct {
 	// Loop sends each stream this many times over its session (0 means 1).
 	Loop int
 	// Sessions opens this many copies of every stream at once (0 means 1).
-	// On a loopback target each connection binds its own source address,
-	// 127.0.0.(10+n), so the station sees distinct routers.
+	// On a loopback target each connection binds its own source address
+	// (loopbackSource), so the station sees distinct routers.
 	Sessions int
 	// DrainTimeout, if positive, waits after sending for the station to close
 	// each connection (a bgpedge station does so once it has spooled the
@@ -80,8 +80,23 @@ type replayStream struct {
 	ends []int // offset just past each whole message
 }
 
-// maxLoopbackSessions is how many distinct source addresses 127.0.0.10 and up provides.
-const maxLoopbackSessions = 245
+// maxLoopbackSessions is how many distinct source addresses loopbackSource
+// provides: 127.0.0.10–254, then every x.y.1–254 of 127.0.1.0 to
+// 127.255.255.255 (no .0 or .255 host octet, which some stations treat as
+// network or broadcast addresses).
+const maxLoopbackSessions = 245 + (1<<16-1)*254
+
+// loopbackSource is the source address of connection i of a multi-session
+// loopback replay: 127.0.0.10 for the first, as before thousands of
+// sessions were possible, so small replays keep their addresses.
+func loopbackSource(i int) net.IP {
+	if i < 245 {
+		return net.IPv4(127, 0, 0, byte(10+i))
+	}
+	i -= 245
+	block, host := i/254+1, i%254+1 // block 1 is 127.0.1.0/24
+	return net.IPv4(127, byte(block>>8), byte(block), byte(host))
+}
 
 // Replay sends the streams to a BMP station over TCP and returns what was
 // sent. Trailing bytes that do not form a whole message are not sent.
@@ -272,7 +287,7 @@ func awaitClose(c net.Conn, timeout time.Duration) error {
 }
 
 // replayDialer returns a function that opens connection i. On a loopback
-// target with more than one connection, each binds 127.0.0.(10+i).
+// target with more than one connection, each binds loopbackSource(i).
 func replayDialer(target string, n int) (func(ctx context.Context, i int) (net.Conn, error), error) {
 	host, _, err := net.SplitHostPort(target)
 	if err != nil {
@@ -283,12 +298,12 @@ func replayDialer(target string, n int) (func(ctx context.Context, i int) (net.C
 		loopback = a.Unmap().Is4() && a.IsLoopback()
 	}
 	if n > 1 && loopback && n > maxLoopbackSessions {
-		return nil, fmt.Errorf("bmp: replay: at most %d loopback sessions (127.0.0.10 to 127.0.0.254)", maxLoopbackSessions)
+		return nil, fmt.Errorf("bmp: replay: at most %d loopback sessions (distinct source addresses in 127.0.0.0/8)", maxLoopbackSessions)
 	}
 	return func(ctx context.Context, i int) (net.Conn, error) {
 		d := net.Dialer{Timeout: 10 * time.Second}
 		if n > 1 && loopback {
-			d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(10+i))}
+			d.LocalAddr = &net.TCPAddr{IP: loopbackSource(i)}
 		}
 		network := "tcp"
 		if loopback {

@@ -279,3 +279,55 @@ func TestReplayStopsOnCancelWhileBlocked(t *testing.T) {
 		t.Fatal("Replay did not return after cancel: a blocked write ignores the context")
 	}
 }
+
+func TestLoopbackSource(t *testing.T) {
+	for _, tt := range []struct {
+		i    int
+		want string
+	}{
+		{0, "127.0.0.10"},
+		{244, "127.0.0.254"},
+		{245, "127.0.1.1"},
+		{245 + 253, "127.0.1.254"},
+		{245 + 254, "127.0.2.1"},
+		{245 + 255*254, "127.1.0.1"},
+		{maxLoopbackSessions - 1, "127.255.255.254"},
+	} {
+		if got := loopbackSource(tt.i).String(); got != tt.want {
+			t.Errorf("loopbackSource(%d) = %s, want %s", tt.i, got, tt.want)
+		}
+	}
+	seen := map[string]bool{}
+	for i := range 200000 {
+		ip := loopbackSource(i).To4()
+		if ip[0] != 127 || ip[3] == 0 || ip[3] == 255 || seen[string(ip)] {
+			t.Fatalf("loopbackSource(%d) = %s: not a new 127/8 host address", i, ip)
+		}
+		seen[string(ip)] = true
+	}
+	if _, err := replayDialer("127.0.0.1:1", maxLoopbackSessions+1); err == nil {
+		t.Error("more sessions than loopback source addresses accepted")
+	}
+}
+
+// TestReplayManySessions opens more sessions than 127.0.0.10–254 holds: the
+// station sees each from an address of its own.
+func TestReplayManySessions(t *testing.T) {
+	const sessions = 300
+	stream := bytes.Join([][]byte{initiation(), peerUp(1), routeMonitoring(1, 1)}, nil)
+	spool := &memSpool{}
+	st := startStation(t, spool, nil)
+	stats, err := Replay(context.Background(), ReplayOptions{
+		Streams: [][]byte{stream}, Target: st.addr, Sessions: sessions, DrainTimeout: 30 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sources := map[string]bool{}
+	for _, r := range spool.snapshot() {
+		sources[string(r.Key)] = true
+	}
+	if stats.Sessions != sessions || len(sources) != sessions {
+		t.Fatalf("%d sessions sent, %d routers seen; want %d", stats.Sessions, len(sources), sessions)
+	}
+}

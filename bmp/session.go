@@ -90,6 +90,7 @@ func (s *session) run() {
 		})
 	}
 	synthetic := len(s.peers)
+	l.batched.Add(int64(synthetic))
 	if !s.flush() {
 		// The journal keeps the peers: the next start marks them down.
 		reason, detail = CloseSpoolFailed, "shutdown deadline passed before the spool accepted the last batch"
@@ -141,7 +142,7 @@ func (s *session) read() (reason, detail string) {
 		s.add(msg)
 		// Collect what is already buffered without reading, so the slices in
 		// the batch stay valid until the append below returns.
-		for len(s.batch) < maxBatch && s.buffered() {
+		for len(s.batch) < maxBatch && s.buffered() && l.batched.Load() < l.maxBatched {
 			msg, err := s.next()
 			if err != nil {
 				return s.endOfStream(err)
@@ -456,6 +457,7 @@ func (s *session) add(msg []byte) {
 		Source:  s.source,
 		Payload: msg,
 	})
+	s.l.batched.Add(1)
 }
 
 // flush appends the batch, retrying with backoff until the spool accepts it
@@ -527,6 +529,7 @@ func (s *session) flush() bool {
 	} else {
 		l.m.dropped.Add(float64(msgs))
 	}
+	l.batched.Add(-int64(len(s.batch)))
 	clear(s.batch) // drop references into the framer buffer
 	// A session blocked in a read holds no batch: batches (up to
 	// batch_messages records of ~100 bytes) go back to the listener's pool,

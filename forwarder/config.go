@@ -35,6 +35,14 @@ type Config struct {
 	ReadBatch int `mapstructure:"read_batch"`
 	// MaxInFlight bounds the output messages handed to a sink and not yet acknowledged.
 	MaxInFlight int `mapstructure:"max_in_flight"`
+	// MaxInFlightBytes bounds the memory of those messages: key, value and
+	// headers plus a fixed 512 bytes a message for what the forwarder and
+	// the sink's client keep beside them. Memory then follows neither the
+	// message size nor the backlog.
+	MaxInFlightBytes int `mapstructure:"max_in_flight_bytes"`
+	// Encoders is how many goroutines encode at once (0: GOMAXPROCS), for
+	// encoders that allow it (Parallel); output order follows spool order.
+	Encoders int `mapstructure:"encoders"`
 	// AckInterval is how often the acknowledged prefix is reported to the spool.
 	AckInterval time.Duration `mapstructure:"ack_interval"`
 	// ShutdownTimeout bounds the final flush when the forwarder stops.
@@ -136,18 +144,22 @@ type DLQConfig struct {
 	Enabled bool `mapstructure:"enabled"`
 }
 
+// minInFlightBytes keeps a sink fed with at least a few record batches.
+const minInFlightBytes = 64 << 10
+
 // DefaultConfig returns the defaults documented in configs/.
 func DefaultConfig() Config {
 	return Config{
-		FailoverAfter:   30 * time.Second,
-		FailbackAfter:   10 * time.Second,
-		ProbeInterval:   2 * time.Second,
-		BackoffMin:      250 * time.Millisecond,
-		BackoffMax:      30 * time.Second,
-		ReadBatch:       2048,
-		MaxInFlight:     100000,
-		AckInterval:     100 * time.Millisecond,
-		ShutdownTimeout: 10 * time.Second,
+		FailoverAfter:    30 * time.Second,
+		FailbackAfter:    10 * time.Second,
+		ProbeInterval:    2 * time.Second,
+		BackoffMin:       250 * time.Millisecond,
+		BackoffMax:       30 * time.Second,
+		ReadBatch:        2048,
+		MaxInFlight:      100000,
+		MaxInFlightBytes: 16 << 20,
+		AckInterval:      100 * time.Millisecond,
+		ShutdownTimeout:  10 * time.Second,
 		Kafka: KafkaConfig{
 			Brokers:           []string{"127.0.0.1:9092"},
 			ClientID:          "bgpedge",
@@ -210,6 +222,12 @@ func (c Config) Validate() error {
 	}
 	if c.MaxInFlight < 1 {
 		bad("max_in_flight", "must be at least 1")
+	}
+	if c.MaxInFlightBytes < minInFlightBytes {
+		bad("max_in_flight_bytes", "must be at least %d (64KiB)", minInFlightBytes)
+	}
+	if c.Encoders < 0 || c.Encoders > 1024 {
+		bad("encoders", "must be between 0 (GOMAXPROCS) and 1024")
 	}
 	k := c.Kafka
 	if len(k.Brokers) == 0 {

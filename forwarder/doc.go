@@ -19,6 +19,14 @@
 // raw, to the dlq stream with the error in a header; it never blocks the
 // queue.
 //
+// Pipeline: reading the next batch from the spool, encoding the one before
+// and handing the one before that to the sink overlap. An encoder wrapped in
+// Parallel encodes on up to forwarder.encoders goroutines, a record that
+// changes decoding state (Parallel.Ordered: a BMP Peer Up) alone; outputs
+// reach the sink in spool order either way, so one router's events, and
+// one key's messages, keep their order. What waits for acknowledgements is
+// bounded in messages (max_in_flight) and in bytes (max_in_flight_bytes).
+//
 // Failover: after forwarder.failover_after of Kafka failures the forwarder
 // drains to JetStream, probes Kafka, and returns once Kafka has been healthy
 // for forwarder.failback_after. With both down the spool grows and the

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -52,7 +53,22 @@ type Forwarder struct {
 	stateMu sync.Mutex
 	state   string // last logged state: kafka, nats, kafka-down, down
 
-	arena outArena // used by encode, i.e. by the one pump goroutine
+	// arenas[i] is used by encoder goroutine i; arenas[0] also by the
+	// sequential path. encodeBatch runs in one goroutine at a time.
+	arenas  []outArena
+	workers int
+	ordered func(record.Record) bool // records a Parallel encoder must see alone
+}
+
+// Parallel marks an encoder as safe to call from several goroutines at
+// once. Ordered reports the records that change state the encoding of later
+// records reads (a BMP Peer Up: the Add-Path and ASN width of that peer's
+// routes); the forwarder encodes such a record alone, after every record
+// before it and before every record after it. A nil Ordered orders nothing.
+// Outputs are handed to the sink in spool order whatever the encoder does.
+type Parallel struct {
+	Encoder
+	Ordered func(rec record.Record) bool
 }
 
 // New builds a forwarder from cfg; it does not connect anything until Run.
@@ -84,7 +100,18 @@ func newForwarder(cfg Config, src Source, enc Encoder, primary, secondary Sink, 
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	f := &Forwarder{cfg: cfg, src: src, enc: enc, primary: primary, secondary: secondary, logger: logger}
+	f := &Forwarder{cfg: cfg, src: src, enc: enc, primary: primary, secondary: secondary, logger: logger, workers: 1}
+	if p, ok := enc.(Parallel); ok {
+		f.workers = cfg.Encoders
+		if f.workers == 0 {
+			f.workers = runtime.GOMAXPROCS(0)
+		}
+		f.ordered = p.Ordered
+		if f.ordered == nil {
+			f.ordered = func(record.Record) bool { return false }
+		}
+	}
+	f.arenas = make([]outArena, f.workers)
 	f.active.Store(SinkNone)
 	f.states.init(SinkNone)
 	m, err := newMetrics(reg, &f.states)
@@ -412,60 +439,171 @@ func closed(ch <-chan struct{}) bool {
 }
 
 // pump reads, encodes and writes until ctx ends or the session fails.
-// limit is the largest message the sink takes.
+// limit is the largest message the sink takes. The three steps overlap: a
+// reader goroutine reads the next batch and an encoder goroutine encodes it
+// while this one hands the previous batch to the sink; each holds at most
+// one batch, so memory stays bounded by read_batch records plus what
+// max_in_flight and max_in_flight_bytes let the sink hold.
 func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker, limit int) error {
-	from := f.src.FirstUnacked()
-	batch := make([]*Outgoing, 0, f.cfg.ReadBatch)
-	counts := make([]int, 0, f.cfg.ReadBatch)
-	for {
-		recs, err := f.src.Read(ctx, from, f.cfg.ReadBatch)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+	ctx, cancel := context.WithCancel(ctx)
+	reads := make(chan []record.Record, 1)
+	outs := make(chan *encodedBatch, 1)
+	var readErr error
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		defer close(reads)
+		from := f.src.FirstUnacked()
+		for {
+			recs, err := f.src.Read(ctx, from, f.cfg.ReadBatch)
+			if err != nil {
+				if ctx.Err() == nil {
+					readErr = fmt.Errorf("spool read: %w", err)
+				}
+				return
 			}
-			return fmt.Errorf("spool read: %w", err)
+			if len(recs) == 0 {
+				continue
+			}
+			from = recs[len(recs)-1].Seq + 1
+			select {
+			case reads <- recs:
+			case <-ctx.Done():
+				return
+			}
 		}
-		if len(recs) == 0 {
-			continue
+	}()
+	go func() {
+		defer wg.Done()
+		defer close(outs)
+		for recs := range reads {
+			b := f.encodeBatch(recs, limit)
+			select {
+			case outs <- b:
+			case <-ctx.Done():
+				return
+			}
 		}
-		batch = batch[:0]
-		counts = counts[:0]
-		for i := range recs {
-			n := len(batch)
-			batch = f.encode(recs[i], batch, limit)
-			counts = append(counts, len(batch)-n)
-		}
-		if err := tr.waitRoom(ctx, len(batch), f.cfg.MaxInFlight); err != nil {
+	}()
+	for b := range outs {
+		if err := tr.waitRoom(ctx, len(b.msgs), b.bytes, f.cfg.MaxInFlight, f.cfg.MaxInFlightBytes); err != nil {
 			// Nothing of this batch is registered: a failed or stopped
 			// session re-reads it from the watermark next time.
 			return nil
 		}
-		for i := range recs {
-			tr.add(recs[i].Seq, counts[i])
+		for i := range b.recs {
+			tr.add(b.recs[i].Seq, b.counts[i])
 		}
-		from = recs[len(recs)-1].Seq + 1
-		if len(batch) == 0 {
+		if len(b.msgs) == 0 {
 			continue
 		}
-		if err := sink.Write(ctx, batch, tr.ack); err != nil {
+		tr.addBytes(b.bytes)
+		if err := sink.Write(ctx, b.msgs, tr.ack); err != nil {
 			return nil
 		}
-		batch = make([]*Outgoing, 0, f.cfg.ReadBatch)
 	}
+	// The reader stopped: on its own error, or because ctx ended.
+	return readErr
+}
+
+// encodedBatch is a read batch encoded: its messages in record order, and
+// how many each record made.
+type encodedBatch struct {
+	recs   []record.Record
+	counts []int
+	msgs   []*Outgoing
+	bytes  int // msgBytes of msgs
+}
+
+// minChunk is the fewest records worth a goroutine of their own.
+const minChunk = 64
+
+// encodeBatch encodes recs. With a Parallel encoder and more than one
+// encoder goroutine, runs of records that are not Ordered are cut into
+// chunks encoded at once, each into its own arena; an Ordered record is
+// encoded alone, after everything before it and before everything after.
+// Output order is record order either way.
+func (f *Forwarder) encodeBatch(recs []record.Record, limit int) *encodedBatch {
+	b := &encodedBatch{recs: recs, counts: make([]int, len(recs))}
+	outs := make([][]*Outgoing, len(recs)) // per record, only when parallel
+	parallel := f.workers > 1 && len(recs) >= 2*minChunk
+	if !parallel {
+		b.msgs = make([]*Outgoing, 0, len(recs))
+		for i := range recs {
+			n := len(b.msgs)
+			b.msgs = f.encodeWith(&f.arenas[0], recs[i], b.msgs, limit)
+			b.counts[i] = len(b.msgs) - n
+		}
+	} else {
+		var wg sync.WaitGroup
+		run := func(lo, hi int) { // recs[lo:hi] have no Ordered record
+			n := hi - lo
+			chunks := min(f.workers, max(1, n/minChunk))
+			size := (n + chunks - 1) / chunks
+			for c := range chunks {
+				clo, chi := lo+c*size, min(hi, lo+(c+1)*size)
+				if clo >= chi {
+					break
+				}
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					a := &f.arenas[c]
+					for i := clo; i < chi; i++ {
+						outs[i] = f.encodeWith(a, recs[i], nil, limit)
+					}
+				}()
+			}
+			wg.Wait()
+		}
+		lo := 0
+		for i := range recs {
+			if f.ordered(recs[i]) {
+				run(lo, i)
+				outs[i] = f.encodeWith(&f.arenas[0], recs[i], nil, limit)
+				lo = i + 1
+			}
+		}
+		run(lo, len(recs))
+		total := 0
+		for _, o := range outs {
+			total += len(o)
+		}
+		b.msgs = make([]*Outgoing, 0, total)
+		for i, o := range outs {
+			b.counts[i] = len(o)
+			b.msgs = append(b.msgs, o...)
+		}
+	}
+	for _, m := range b.msgs {
+		b.bytes += msgBytes(m)
+	}
+	return b
 }
 
 // encode appends rec's output messages, or one dead letter, to out; limit
 // is the largest message the sink takes.
 func (f *Forwarder) encode(rec record.Record, out []*Outgoing, limit int) []*Outgoing {
+	return f.encodeWith(&f.arenas[0], rec, out, limit)
+}
+
+// encodeWith is encode with messages carved from a; one goroutine at a time
+// uses an arena.
+func (f *Forwarder) encodeWith(a *outArena, rec record.Record, out []*Outgoing, limit int) []*Outgoing {
 	start := len(out)
 	err := f.safeEncode(rec, func(m Message) {
-		o := f.arena.msg()
+		o := a.msg()
 		*o = Outgoing{Seq: rec.Seq, Index: m.Index, Stream: m.Stream, Key: m.Key, Value: m.Value}
 		out = append(out, o)
 	})
 	if err != nil {
 		out = out[:start]
-		if m := f.deadLetter(rec, err, limit); m != nil {
+		if m := f.deadLetter(a, rec, err, limit); m != nil {
 			out = append(out, m)
 		}
 		return out
@@ -476,7 +614,7 @@ func (f *Forwarder) encode(rec record.Record, out []*Outgoing, limit int) []*Out
 			// Brokers reject it for ever (message.max.bytes, NATS
 			// max_payload): retrying would block the queue.
 			out = out[:start]
-			if dl := f.deadLetter(rec, fmt.Errorf("%w: a %s message of %d bytes (limit %d: the smaller of forwarder.kafka.max_message_bytes and the sink's own)",
+			if dl := f.deadLetter(a, rec, fmt.Errorf("%w: a %s message of %d bytes (limit %d: the smaller of forwarder.kafka.max_message_bytes and the sink's own)",
 				ErrTooLarge, m.Stream, size, limit), limit); dl != nil {
 				out = append(out, dl)
 			}
@@ -494,8 +632,8 @@ func (f *Forwarder) encode(rec record.Record, out []*Outgoing, limit int) []*Out
 		}
 	}
 	for _, m := range msgs {
-		m.ID = f.arena.id(f.cfg.AgentID, rec.Seq, m.Index)
-		m.Headers = f.headers(rec, m)
+		m.ID = a.id(f.cfg.AgentID, rec.Seq, m.Index)
+		m.Headers = f.headers(a, rec, m)
 	}
 	return out
 }
@@ -532,7 +670,7 @@ const (
 // deadLetter makes the dlq message for a record that cannot be forwarded,
 // or returns nil (counted, logged) when the dlq is disabled. The raw payload
 // is cut to the size limit; bgpedge-error says why.
-func (f *Forwarder) deadLetter(rec record.Record, cause error, limit int) *Outgoing {
+func (f *Forwarder) deadLetter(a *outArena, rec record.Record, cause error, limit int) *Outgoing {
 	if !f.cfg.DLQ.Enabled {
 		f.m.deadLetters.WithLabelValues("dropped").Inc()
 		f.logger.Warn("record cannot be forwarded, dropped (dlq disabled)", "seq", rec.Seq, "kind", rec.Kind, "err", cause)
@@ -549,7 +687,7 @@ func (f *Forwarder) deadLetter(rec record.Record, cause error, limit int) *Outgo
 		value = value[:room]
 	}
 	m := &Outgoing{Seq: rec.Seq, Index: -1, ID: MessageID(f.cfg.AgentID, rec.Seq, -1), Stream: StreamDLQ, Key: key, Value: value}
-	m.Headers = f.headers(rec, m, Header{Key: HeaderError, Value: cause.Error()})
+	m.Headers = f.headers(a, rec, m, Header{Key: HeaderError, Value: cause.Error()})
 	return m
 }
 
@@ -585,8 +723,8 @@ func uniqueIndexes(msgs []*Outgoing) bool {
 	return true
 }
 
-func (f *Forwarder) headers(rec record.Record, m *Outgoing, extra ...Header) []Header {
-	h := f.arena.headers(5 + len(extra))
+func (f *Forwarder) headers(a *outArena, rec record.Record, m *Outgoing, extra ...Header) []Header {
+	h := a.headers(5 + len(extra))
 	h = append(h,
 		Header{HeaderID, m.ID},
 		Header{HeaderKind, rec.Kind.String()},

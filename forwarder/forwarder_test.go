@@ -275,6 +275,10 @@ func TestConfigValidate(t *testing.T) {
 		{"negative flush frequency", func(c *Config) { c.Kafka.FlushFrequency = -time.Millisecond }, "forwarder.kafka.flush_frequency: must not be negative"},
 		{"message limit below a dead letter", func(c *Config) { c.Kafka.MaxMessageBytes = 4096 }, "forwarder.kafka.max_message_bytes: must be at least 16384"},
 		{"one producer", func(c *Config) { c.Kafka.Producers = 1 }, ""},
+		{"in-flight bytes too small", func(c *Config) { c.MaxInFlightBytes = 1000 }, "forwarder.max_in_flight_bytes: must be at least 65536"},
+		{"negative encoders", func(c *Config) { c.Encoders = -1 }, "forwarder.encoders"},
+		{"too many encoders", func(c *Config) { c.Encoders = 5000 }, "forwarder.encoders"},
+		{"four encoders", func(c *Config) { c.Encoders = 4 }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -5,8 +5,13 @@
 // Why: the forwarder allocates a little per message at hundreds of
 // thousands of messages per second, and with Go's default GOGC=100 a
 // quarter of its CPU went to garbage collection (docs/BENCHMARKS.md,
-// Forwarder). A live heap of tens of MiB makes a larger heap goal cheap;
-// the soft limit keeps the heap from following a large backlog in memory.
+// Forwarder). A live heap of tens of MiB makes a larger heap goal cheap.
+// The soft limit is the edge budget: an agent at full drain speed stays
+// within 100 MiB of anonymous memory (the live heap is bounded in bytes:
+// read-buffer budget, forwarder.max_in_flight_bytes), and the collector
+// works harder instead of letting GOGC=300 grow the heap to 4× the live
+// one. At 512 MiB, the earlier limit, RssAnon reached 160–510 MiB in
+// scripts/bench-e2e.sh.
 package gctune
 
 import (
@@ -16,7 +21,7 @@ import (
 // Defaults applied by Apply when the environment does not set them.
 const (
 	Percent     = 300
-	MemoryLimit = 512 << 20
+	MemoryLimit = 80 << 20
 )
 
 // Settings reports the settings in effect, for the start-up log line.
