@@ -202,7 +202,11 @@ func peerStoreKey(router string, k PeerKey) string {
 func (s *peerStore) lookup(key string, seq uint64) (peerVersion, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r := s.peers[key]
+	return s.peers[key].at(seq)
+}
+
+// at is the version of r in force for a record with sequence seq.
+func (r *peerRecord) at(seq uint64) (peerVersion, bool) {
 	if r == nil {
 		return peerVersion{}, false
 	}
@@ -286,14 +290,5 @@ func appendPeerStoreKey(b []byte, router string, ph *PeerHeader) []byte {
 func (s *peerStore) lookupKey(key []byte, seq uint64) (peerVersion, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r := s.peers[string(key)]
-	if r == nil {
-		return peerVersion{}, false
-	}
-	for i := len(r.Versions) - 1; i >= 0; i-- {
-		if seq == 0 || r.Versions[i].Seq < seq {
-			return r.Versions[i], true
-		}
-	}
-	return peerVersion{}, false
+	return s.peers[string(key)].at(seq) // the conversion in a map index does not allocate
 }

@@ -287,13 +287,7 @@ func newPowercutRun(t *testing.T, noSync bool) *powercutRun {
 	bin := filepath.Join(t.TempDir(), "buffer.test")
 	powercut.GoBuild(t, bin, powercut.RepoRoot(), "test", "-c", "./buffer")
 	initrd := powercut.Initramfs(t, k, "buffer", []powercut.File{{Path: "bin/buffer.test", Src: bin, Mode: 0o755}})
-	dir := t.TempDir()
-	if keep := os.Getenv("BGPEDGE_POWERCUT_KEEP"); keep != "" {
-		dir = filepath.Join(keep, t.Name())
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := powercut.WorkDir(t)
 	disk := filepath.Join(dir, "disk.img")
 	powercut.NewDisk(t, disk, 256<<20)
 	env := []string{powercutDirEnv + "=/data/spool", "PCMODE=spool"}

@@ -106,13 +106,7 @@ forwarder:
 		{Path: "bin/bgpedge", Src: bin, Mode: 0o755},
 		{Path: "etc/bgpedge.yaml", Data: []byte(guestConfig), Mode: 0o644},
 	})
-	dir := t.TempDir()
-	if keep := os.Getenv("BGPEDGE_POWERCUT_KEEP"); keep != "" {
-		dir = filepath.Join(keep, t.Name())
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := powercut.WorkDir(t)
 	disk := filepath.Join(dir, "disk.img")
 	powercut.NewDisk(t, disk, 2<<30)
 	port := testenv.FreePorts(t, "127.0.0.1", 1)[0]

@@ -376,6 +376,21 @@ func writeCpio(path string, files []File) error {
 	return f.Close()
 }
 
+// WorkDir is where a test keeps its disk images: a temporary directory, or
+// BGPEDGE_POWERCUT_KEEP/<test name> to keep them for a post-mortem.
+func WorkDir(t testing.TB) string {
+	t.Helper()
+	keep := os.Getenv("BGPEDGE_POWERCUT_KEEP")
+	if keep == "" {
+		return t.TempDir()
+	}
+	dir := filepath.Join(keep, t.Name())
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // NewDisk creates a sparse raw image of size bytes holding an empty ext4
 // file system (inode tables and journal initialised now, so the guest
 // kernel does not zero them in the background).
