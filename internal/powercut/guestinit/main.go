@@ -291,9 +291,10 @@ func spoolReport(dir string, out *os.File) error {
 		return err
 	}
 	// A segment that fails verification read-only is left in place: the
-	// agent's own Open rolls a torn last commit back (or quarantines it,
-	// which the next boot's count shows).
-	torn := strings.Count(logs.String(), "failed verification")
+	// read-only open reads a torn last commit as of the commit before, the
+	// agent's own Open rolls it back on disk (or quarantines a segment that
+	// does not verify at all, which the next boot's count shows).
+	torn := len(st.TornSegments) + len(st.UnreadableSegments)
 	_, err = fmt.Fprintf(out, "O %d %d %d %d\n", st.LastSeq, st.AckedThrough, len(q), torn)
 	return err
 }
