@@ -31,10 +31,12 @@ debs=(
 	make
 	git
 	# scripts/powercut-test.sh: Debian's kernel booted under qemu (software
-	# emulation), the virtual disk made and read by e2fsprogs
+	# emulation), the virtual disk made and read by e2fsprogs; cpio checks its
+	# initramfs writer
 	qemu-system-x86
 	linux-image-amd64
 	e2fsprogs
+	cpio
 )
 read -r -a extra <<<"${BGPEDGE_DEBS:-}"
 debs+=("${extra[@]}")

@@ -70,7 +70,7 @@ func TestVersionLess(t *testing.T) {
 func TestCpio(t *testing.T) {
 	cpio, err := exec.LookPath("cpio")
 	if err != nil {
-		t.Skip("cpio not installed")
+		missing(t, "cpio", "apt-get install cpio (scripts/deps.sh does)")
 	}
 	dir := t.TempDir()
 	img := filepath.Join(dir, "initramfs.cpio")
