@@ -13,6 +13,7 @@ import (
 	"github.com/bgpedge/bgpedge/bmp"
 	"github.com/bgpedge/bgpedge/forwarder"
 	"github.com/bgpedge/bgpedge/internal/lograte"
+	"github.com/bgpedge/bgpedge/pipeline"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -29,11 +30,7 @@ var (
 
 // Spool is what the agent needs from the spool: the BMP listener appends to
 // it and the forwarder drains it. *buffer.Spool implements it.
-type Spool interface {
-	bmp.Spool
-	forwarder.Source
-	Close() error
-}
+type Spool = pipeline.Spool
 
 // station is the BMP listener as the agent drives it.
 type station interface {
@@ -43,10 +40,7 @@ type station interface {
 }
 
 // drainer is the forwarder as the agent drives it.
-type drainer interface {
-	Run(ctx context.Context) error
-	ActiveSink() string
-}
+type drainer = pipeline.Drainer
 
 var (
 	_ station = (*bmp.Listener)(nil)
@@ -101,7 +95,7 @@ type Agent struct {
 	journal   *bmp.SessionJournal // opened (and recovered) once per run, shared by listeners
 	station   *stationPart
 	fwd       *forwarderPart
-	http      *httpServer
+	http      *pipeline.HTTPServer
 	applyErr  error
 	startErr  error // the last failed start attempt, while retrying
 	running   bool
@@ -115,13 +109,11 @@ type stationPart struct {
 }
 
 type forwarderPart struct {
-	d      drainer
-	cfg    ForwarderConfig
-	id     string
-	reg    *prometheus.Registry
-	cancel context.CancelFunc
-	done   chan struct{}
-	err    error
+	d   drainer
+	run *pipeline.Drain
+	cfg ForwarderConfig
+	id  string
+	reg *prometheus.Registry
 }
 
 // New checks the configuration and registers the agent's metrics. Nothing
@@ -186,7 +178,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.applyMu.Lock()
 	cfg := a.Config()
 	if cfg.HTTP.Listen != "" {
-		h, err := startHTTP(cfg.HTTP, a, a.log)
+		h, err := a.startHTTP(cfg.HTTP)
 		if err != nil {
 			a.applyMu.Unlock()
 			return err
@@ -337,14 +329,7 @@ func (a *Agent) newForwarder(cfg Config, sp Spool) (*forwarderPart, error) {
 	if err != nil {
 		return nil, fmt.Errorf("forwarder: %w", err)
 	}
-	return &forwarderPart{d: d, cfg: cfg.Forwarder, id: cfg.Agent.ID, reg: reg}, nil
-}
-
-// preparer is a forwarder that takes resources it cannot share with its
-// predecessor (the BMP decoding state) only when it is about to run.
-type preparer interface {
-	Prepare() error
-	Discard()
+	return &forwarderPart{d: d, run: pipeline.NewDrain(d, a.log), cfg: cfg.Forwarder, id: cfg.Agent.ID, reg: reg}, nil
 }
 
 // reacher is a forwarder that can tell, before it runs, which sink it
@@ -394,29 +379,14 @@ func deliversNoLess(ctx context.Context, old, next drainer) error {
 	return fmt.Errorf("forwarder: %w: the running forwarder delivers to %s, the new settings reach %s: %w", ErrDeliversLess, have, got, err)
 }
 
-func (fw *forwarderPart) discard() {
-	if p, ok := fw.d.(preparer); ok {
-		p.Discard()
-	}
-}
+func (fw *forwarderPart) discard() { fw.run.Discard() }
 
 // runForwarder starts fw's drain loop and makes it the current forwarder.
 func (a *Agent) runForwarder(fw *forwarderPart) error {
-	if p, ok := fw.d.(preparer); ok {
-		if err := p.Prepare(); err != nil {
-			return fmt.Errorf("forwarder: %w", err)
-		}
+	if err := fw.run.Start(); err != nil {
+		return err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	fw.cancel, fw.done = cancel, make(chan struct{})
 	a.gather.set("forwarder", fw.reg)
-	go func() {
-		defer close(fw.done)
-		if err := fw.d.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
-			fw.err = err
-			a.log.Error("forwarder stopped", "err", err)
-		}
-	}()
 	a.mu.Lock()
 	a.fwd = fw
 	a.mu.Unlock()
@@ -424,43 +394,17 @@ func (a *Agent) runForwarder(fw *forwarderPart) error {
 }
 
 // stopForwarder ends fw's drain loop and waits for its flush, at most until ctx ends.
-func stopForwarder(ctx context.Context, fw *forwarderPart) error {
-	fw.cancel()
-	select {
-	case <-fw.done:
-		return fw.err
-	case <-ctx.Done():
-		return fmt.Errorf("forwarder flush: %w", ctx.Err())
-	}
-}
+func stopForwarder(ctx context.Context, fw *forwarderPart) error { return fw.run.Stop(ctx) }
 
-// closeGrace is how long a close may still take once the shutdown deadline
-// has passed.
-const closeGrace = 5 * time.Second
-
-// closeWithin runs closeFn and waits for it until ctx ends, then at most
-// grace more. A close stuck on a stalled disk (a bbolt transaction or an
-// fdatasync that does not return) must not hold the process: what it did not
-// finish is what a crash leaves, and the spool and journal recover from that.
-func closeWithin(ctx context.Context, grace time.Duration, what string, closeFn func() error) error {
-	done := make(chan error, 1)
-	go func() { done <- closeFn() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		t := time.NewTimer(grace)
-		defer t.Stop()
-		select {
-		case err = <-done:
-		case <-t.C:
-			return fmt.Errorf("close %s: still blocked %v after the shutdown deadline; left behind", what, grace)
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("close %s: %w", what, err)
-	}
-	return nil
+// startHTTP serves the agent's /metrics (every part's registry), /healthz
+// and /readyz (Status).
+func (a *Agent) startHTTP(cfg HTTPConfig) (*pipeline.HTTPServer, error) {
+	return pipeline.StartHTTP(pipeline.HTTPOptions{
+		Listen:  cfg.Listen,
+		Pprof:   cfg.Pprof,
+		Metrics: a.Gatherer(),
+		Ready:   func() (bool, any) { st := a.Status(); return st.Ready, st },
+	}, a.log)
 }
 
 func (a *Agent) shutdown() error {
@@ -476,38 +420,24 @@ func (a *Agent) shutdown() error {
 	a.station, a.fwd, a.running, a.journal = nil, nil, false, nil
 	a.mu.Unlock()
 
-	var errs []error
 	// Sources first, so everything they accepted is in the spool before the
-	// forwarder's final flush.
+	// forwarder's final flush; the journal once no session writes to it.
+	stages := pipeline.Stages{Spool: sp, HTTP: h}
 	if st != nil {
-		if err := st.s.Close(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("close bmp listener: %w", err))
-		}
+		stages.Inputs = append(stages.Inputs, pipeline.Input{Name: "bmp listener", Close: st.s.Close})
 	}
 	if j != nil {
-		if err := closeWithin(ctx, closeGrace, "bmp session journal", j.Close); err != nil {
-			errs = append(errs, err)
-		}
+		stages.Inputs = append(stages.Inputs, pipeline.Input{Name: "bmp session journal", Close: func(context.Context) error { return j.Close() }})
 	}
 	if fw != nil {
-		if err := stopForwarder(ctx, fw); err != nil {
-			errs = append(errs, err)
-		}
+		stages.Drain = fw.run
 	}
+	err := pipeline.Shutdown(ctx, stages)
 	if sp != nil {
-		if err := closeWithin(ctx, closeGrace, "spool", sp.Close); err != nil {
-			errs = append(errs, err)
-		}
 		a.mu.Lock()
 		a.spool = nil
 		a.mu.Unlock()
 	}
-	if h != nil {
-		if err := h.Close(ctx); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	err := errors.Join(errs...)
 	if err != nil {
 		a.log.Error("agent stopped with errors", "err", err, "took", time.Since(start))
 	} else {
@@ -576,7 +506,7 @@ func (a *Agent) Apply(ctx context.Context, next Config) (err error) {
 	var (
 		newSt   *stationPart
 		newFw   *forwarderPart
-		newHTTP *httpServer
+		newHTTP *pipeline.HTTPServer
 		rebind  = bmpChanged && cur.BMP.Listen == next.BMP.Listen
 	)
 	undo := func() {
@@ -605,7 +535,7 @@ func (a *Agent) Apply(ctx context.Context, next Config) (err error) {
 		}
 	}
 	if httpChanged && next.HTTP.Listen != "" && (oldHTTP == nil || next.HTTP.Listen != cur.HTTP.Listen) {
-		if newHTTP, err = startHTTP(next.HTTP, a, a.log); err != nil {
+		if newHTTP, err = a.startHTTP(next.HTTP); err != nil {
 			undo()
 			return err
 		}
@@ -685,7 +615,7 @@ func (a *Agent) Apply(ctx context.Context, next Config) (err error) {
 			_ = oldHTTP.Close(ctx)
 		}
 	} else if httpChanged && oldHTTP != nil {
-		oldHTTP.setPprof(next.HTTP.Pprof)
+		oldHTTP.SetPprof(next.HTTP.Pprof)
 	}
 	if newSt != nil {
 		a.setStation(newSt)

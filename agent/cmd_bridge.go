@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 
@@ -8,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/bgpedge/bgpedge/forwarder"
+	"github.com/bgpedge/bgpedge/pipeline"
 )
 
 func newBridgeCommand() *cobra.Command {
@@ -52,18 +55,27 @@ path while Kafka was down still ends in Kafka. Runs until interrupted.`,
 			if err != nil {
 				return err
 			}
+			// The bridge moves JetStream into Kafka: it has no spool of its
+			// own, so of a pipeline it takes the HTTP endpoints (/metrics,
+			// /healthz; no /readyz: it has no state to be ready in) and the
+			// bounded shutdown.
+			var stages pipeline.Stages
 			if metricsListen != "" {
-				defer serveMetrics(metricsListen, reg, log)()
+				if stages.HTTP, err = pipeline.StartHTTP(pipeline.HTTPOptions{Listen: metricsListen, Metrics: reg}, log); err != nil {
+					return err
+				}
 			}
 			log.Info("bridging jetstream to kafka", "stream", cfg.Forwarder.NATS.Stream, "durable", durable)
 			err = b.Run(cmd.Context())
 			log.Info("bridge stopped", "moved", b.Moved())
-			return err
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.Agent.ShutdownTimeout)
+			defer cancel()
+			return errors.Join(err, pipeline.Shutdown(ctx, stages))
 		},
 	}
 	flags.register(cmd.Flags())
 	cmd.Flags().StringVar(&durable, "durable", "bgpedge-bridge", "JetStream durable consumer name (a restarted bridge continues where it stopped)")
 	cmd.Flags().IntVar(&batch, "batch", 1000, "messages fetched from JetStream at once")
-	cmd.Flags().StringVar(&metricsListen, "metrics-listen", "", "serve the bridge's Prometheus metrics on this address (/metrics); off when empty")
+	cmd.Flags().StringVar(&metricsListen, "metrics-listen", "", "serve the bridge's Prometheus metrics (/metrics) and /healthz on this address; off when empty")
 	return cmd
 }

@@ -3,23 +3,15 @@ package agent
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
-	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
-	"github.com/bgpedge/bgpedge/buffer"
 	"github.com/bgpedge/bgpedge/exabgp"
-	"github.com/bgpedge/bgpedge/forwarder"
-	"github.com/bgpedge/bgpedge/record"
+	"github.com/bgpedge/bgpedge/pipeline"
 )
 
 // newExabgpCommand is `bgpedge exabgp`, the program exaBGP's `run` starts.
@@ -44,14 +36,13 @@ func newExabgpCommand() *cobra.Command {
 
 func runExabgp(ctx context.Context, file string, stdin io.Reader, stdout, stderr io.Writer) error {
 	level := new(slog.LevelVar)
-	// stdout is exaBGP's command channel: logs go to stderr, which exaBGP logs.
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})).With("component", "exabgp")
+	// stdout is exaBGP's command channel: logs go to stderr, which exaBGP
+	// logs. base carries no "component": each part adds its own, once.
+	base := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	log := base.With("component", "exabgp")
 	acfg, ecfg, err := loadExabgpConfig(file)
 	if err == nil {
 		err = acfg.Validate()
-	}
-	if err == nil {
-		err = ecfg.Validate()
 	}
 	if err != nil {
 		log.Error("invalid configuration: running degraded, exaBGP events are NOT spooled", "config", file, "err", err)
@@ -61,92 +52,67 @@ func runExabgp(ctx context.Context, file string, stdin io.Reader, stdout, stderr
 		level.Set(l)
 	}
 	if l, lerr := NewLogger(stderr, acfg.Log.Format, level); lerr == nil {
-		log = l.With("component", "exabgp")
+		base = l
+		log = base.With("component", "exabgp")
 	}
 	logEnvWarnings(log)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	if ecfg.MetricsListen != "" {
-		stopHTTP := serveMetrics(ecfg.MetricsListen, reg, log)
-		defer stopHTTP()
-	}
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		mu    sync.Mutex
-		spool *buffer.Spool
-		fwd   = make(chan struct{})
-		fwdOn bool
-	)
-	open := func() (exabgp.Spool, error) {
-		sp, err := buffer.Open(buffer.Options{
-			Dir:        ecfg.SpoolDir(),
-			MaxBytes:   ecfg.SpoolMaxBytes,
-			FirstSeq:   buffer.SeqFromClock(time.Now()),
-			Policy:     buffer.PolicyBlock,
-			Logger:     log.With("component", "buffer"),
-			Registerer: reg,
-		})
-		if err != nil {
-			return nil, err
-		}
-		mu.Lock()
-		spool = sp
-		mu.Unlock()
-		if acfg.Forwarder.Enabled {
-			enc, err := exabgpEncoder(acfg, reg)
-			if err != nil {
-				return nil, err
-			}
-			f, err := forwarder.New(acfg.ForwarderSettings(), sp, enc, log.With("component", "forwarder"), reg)
-			if err != nil {
-				log.Error("forwarder not started: events stay in the spool", "err", err)
-			} else {
-				mu.Lock()
-				fwdOn = true
-				mu.Unlock()
-				go func() {
-					defer close(fwd)
-					if err := f.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
-						log.Error("forwarder stopped", "err", err)
-					}
-				}()
-			}
-		}
-		return sp, nil
-	}
-	proc, err := exabgp.New(exabgp.Options{
-		Config: ecfg, AgentID: acfg.Agent.ID, OpenSpool: open,
-		In: stdin, Out: stdout, Logger: log, Registerer: reg,
-	})
+	p, err := pipeline.New(exabgpPipelineOptions(acfg, base, reg))
 	if err != nil {
 		log.Error("cannot start: running degraded, exaBGP events are NOT spooled", "err", err)
 		return readDegraded(ctx, stdin, log)
 	}
-	runErr := proc.Run(ctx)
-	cancel()
-	mu.Lock()
-	sp, forwarding := spool, fwdOn
-	mu.Unlock()
-	if forwarding {
-		select {
-		case <-fwd:
-		case <-time.After(acfg.Agent.ShutdownTimeout):
-			log.Warn("forwarder did not stop in time")
-		}
+	if err := p.StartHTTP(); err != nil {
+		// Not fatal: exaBGP's sessions matter more than the endpoints.
+		log.Error("http server not started", "addr", ecfg.MetricsListen, "err", err)
 	}
-	if sp != nil {
-		if err := sp.Close(); err != nil {
-			log.Error("close spool", "err", err)
-		}
+	proc, err := exabgp.New(exabgp.Options{
+		Config: ecfg, AgentID: acfg.Agent.ID,
+		OpenSpool: func() (exabgp.Spool, error) { return p.Open() },
+		In:        stdin, Out: stdout, Logger: log, Registerer: reg,
+	})
+	if err != nil {
+		log.Error("cannot start: running degraded, exaBGP events are NOT spooled", "err", err)
+		err = readDegraded(ctx, stdin, log)
+		return errors.Join(err, p.Close())
+	}
+	// The process returns once it has appended what it read (its input is
+	// stopped); then the forwarder flushes and the spool closes, bounded by
+	// agent.shutdown_timeout.
+	runErr := proc.Run(ctx)
+	if err := p.Close(); err != nil {
+		log.Error("pipeline stopped with errors", "err", err)
 	}
 	if runErr != nil {
 		log.Error("exabgp process stopped", "err", runErr)
 		return errSilent
 	}
 	return nil
+}
+
+// exabgpPipelineOptions configure the pipeline of `bgpedge exabgp`: a spool
+// of its own (buffer.* with exabgp.state_dir/spool as its directory, see
+// Config.ExaBGPBuffer), its forwarder (forwarder.*, when enabled) and
+// /metrics, /healthz and /readyz on exabgp.metrics_listen. It is ready while
+// its spool is open and, when forwarding, its forwarder runs: the state in
+// which exaBGP's events are taken durably and sent on.
+func exabgpPipelineOptions(cfg Config, log *slog.Logger, reg *prometheus.Registry) pipeline.Options {
+	opts := pipeline.Options{
+		Buffer:          cfg.ExaBGPBuffer(),
+		HTTP:            pipeline.HTTPOptions{Listen: cfg.ExaBGP.MetricsListen},
+		ShutdownTimeout: cfg.Agent.ShutdownTimeout,
+		Logger:          log,
+		Registry:        reg,
+	}
+	if cfg.Forwarder.Enabled {
+		eo := pipeline.ExaBGPOptions{Forwarder: cfg.ForwarderSettings(), RawStream: cfg.ExaBGP.RawStream}
+		opts.NewForwarder = func(sp pipeline.Spool, log *slog.Logger, reg prometheus.Registerer) (pipeline.Drainer, error) {
+			return pipeline.NewExaBGPForwarder(eo, sp, log, reg)
+		}
+	}
+	return opts
 }
 
 // readDegraded keeps reading exaBGP (so it does not stall and keeps its
@@ -165,27 +131,6 @@ func readDegraded(ctx context.Context, stdin io.Reader, log *slog.Logger) error 
 	return nil
 }
 
-func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) func() {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		log.Error("metrics listener not started", "addr", addr, "err", err)
-		return func() {}
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics listener stopped", "err", err)
-		}
-	}()
-	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	}
-}
-
 // loadExabgpConfig reads the agent's configuration file (strictly, with
 // BGPEDGE_* overrides); its exabgp: section configures this process.
 func loadExabgpConfig(file string) (Config, exabgp.Config, error) {
@@ -194,28 +139,4 @@ func loadExabgpConfig(file string) (Config, exabgp.Config, error) {
 		return Config{}, exabgp.Config{}, err
 	}
 	return cfg, cfg.ExaBGP, nil
-}
-
-// exabgpEncoder adapts exabgp's encoder to the forwarder's seam. A BMP
-// record, should one be in this spool, goes out raw.
-func exabgpEncoder(cfg Config, reg prometheus.Registerer) (forwarder.Encoder, error) {
-	ex := &exabgp.Encoder{AgentID: cfg.ForwarderSettings().AgentID, Raw: cfg.ExaBGP.RawStream}
-	// Re-encodes after a sink retry count again: the counter is of decode
-	// attempts that failed, not of distinct lines.
-	for reason, count := range map[string]func() uint64{
-		"line":   func() uint64 { n, _ := ex.DecodeErrors(); return n },
-		"update": func() uint64 { _, n := ex.DecodeErrors(); return n },
-	} {
-		if err := reg.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name:        "bgpedge_exabgp_decode_errors_total",
-			Help:        "exaBGP events that did not decode (kept raw, reported on exabgp.errors), by reason: line (not exaBGP's JSON, or not normalisable), update (a raw UPDATE inside an event).",
-			ConstLabels: prometheus.Labels{"reason": reason},
-		}, func() float64 { return float64(count()) })); err != nil {
-			return nil, fmt.Errorf("register exabgp encoder metrics: %w", err)
-		}
-	}
-	return forwarder.Mux{
-		record.KindExaBGP: forwarder.StreamEncoderFunc(ex.Encode),
-		record.KindBMP:    forwarder.Raw{},
-	}, nil
 }

@@ -3,10 +3,13 @@ package agent
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -62,6 +65,150 @@ func TestExabgpCommandDegraded(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestExabgpServesHealthAndHonoursBuffer: `bgpedge exabgp` builds its spool
+// through the pipeline from buffer.* (only the directory is its own, and
+// buffer.max_bytes is its budget while exabgp.spool_max_bytes is 0), and
+// serves /healthz and /readyz beside /metrics on exabgp.metrics_listen. A
+// 1 MiB segment size, a 2 MiB budget and drop-oldest must show in the spool
+// the process writes: several segments, the oldest dropped and counted,
+// where the defaults (64 MiB segments, 1 GiB) would hold everything in one.
+// A spool that cannot open answers 503 saying why, /healthz still 200.
+func TestExabgpServesHealthAndHonoursBuffer(t *testing.T) {
+	dir := t.TempDir()
+	addr := testenv.LoopbackAddr(t)
+	runSpool := filepath.Join(dir, "run-spool")
+	file := filepath.Join(dir, "bgpedge.yaml")
+	writeTestFile(t, file, fmt.Sprintf(`agent:
+  id: exa-pipeline
+  state_dir: %s
+  shutdown_timeout: 10s
+log:
+  format: text
+forwarder:
+  enabled: false
+buffer:
+  dir: %s
+  segment_bytes: 1MiB
+  max_bytes: 2MiB
+  policy: drop-oldest
+  batch_records: 64
+exabgp:
+  state_dir: %s
+  metrics_listen: %s
+  refresh_on_start: false
+`, filepath.Join(dir, "state"), runSpool, filepath.Join(dir, "exabgp"), addr))
+
+	t.Run("ready, buffer settings applied", func(t *testing.T) {
+		pr, pw := io.Pipe()
+		var stdout, stderr syncBuffer
+		done := make(chan error, 1)
+		go func() { done <- runExabgp(context.Background(), file, pr, &stdout, &stderr) }()
+		testenv.Eventually(t, 30*time.Second, "/readyz ready", func() bool {
+			st, err := testenv.ReadinessAt(addr)
+			return err == nil && st.Ready && st.Spool == "open" && st.Sink == "disabled"
+		})
+		if code := httpStatus(t, addr, "/healthz"); code != http.StatusOK {
+			t.Fatalf("/healthz answered %d", code)
+		}
+		// 6 MiB of exaBGP lines (8 KiB each) into a 2 MiB budget.
+		line := `{ "exabgp": "4.0.1", "type": "keepalive", "pad": "` + strings.Repeat("x", 8<<10) + `" }` + "\n"
+		for range 768 {
+			if _, err := io.WriteString(pw, line); err != nil {
+				t.Fatal(err)
+			}
+		}
+		testenv.Eventually(t, 30*time.Second, "the oldest segments dropped at the 2 MiB budget", func() bool {
+			m := testenv.ScrapeMetrics(addr)
+			return m[`bgpedge_buffer_dropped_records_total{reason="capacity"}`] > 0
+		})
+		m := testenv.ScrapeMetrics(addr)
+		if segs := m["bgpedge_buffer_segments"]; segs < 2 || segs > 4 {
+			t.Errorf("bgpedge_buffer_segments = %v, want 2-4 segments of 1 MiB within 2 MiB", segs)
+		}
+		if b := m["bgpedge_buffer_bytes"]; b > 4<<20 {
+			t.Errorf("bgpedge_buffer_bytes = %v, beyond the 2 MiB budget and a commit", b)
+		}
+		pw.Close()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("exabgp returned %v; log:\n%s", err, stderr.String())
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("exabgp did not stop after EOF; log:\n%s", stderr.String())
+		}
+		if _, err := os.Stat(runSpool); !os.IsNotExist(err) {
+			t.Errorf("buffer.dir %s used by exabgp (stat: %v): its spool is exabgp.state_dir/spool", runSpool, err)
+		}
+		segFiles, _ := filepath.Glob(filepath.Join(dir, "exabgp", "spool", "*"))
+		if len(segFiles) == 0 {
+			t.Errorf("no spool files in exabgp.state_dir/spool")
+		}
+		for _, l := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+			if n := strings.Count(l, "component="); n != 1 {
+				t.Errorf("log line with %d components: %s", n, l)
+			}
+		}
+	})
+
+	t.Run("spool cannot open", func(t *testing.T) {
+		if err := os.RemoveAll(filepath.Join(dir, "exabgp", "spool")); err != nil {
+			t.Fatal(err)
+		}
+		writeTestFile(t, filepath.Join(dir, "exabgp", "spool"), "not a directory")
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		var stdout, stderr syncBuffer
+		done := make(chan error, 1)
+		// Stopped by its context (SIGTERM): after EOF a process without a
+		// spool keeps retrying it for 30 s.
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() { done <- runExabgp(ctx, file, pr, &stdout, &stderr) }()
+		testenv.Eventually(t, 30*time.Second, "/readyz unready saying why", func() bool {
+			st, err := testenv.ReadinessAt(addr)
+			return err == nil && !st.Ready && strings.Contains(st.StartError, "open spool")
+		})
+		if code := httpStatus(t, addr, "/healthz"); code != http.StatusOK {
+			t.Fatalf("/healthz answered %d", code)
+		}
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("exabgp did not stop after EOF; log:\n%s", stderr.String())
+		}
+	})
+}
+
+func httpStatus(t *testing.T, addr, path string) int {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// syncBuffer is a bytes.Buffer the process writes to while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 func writeTestFile(t *testing.T, path, content string) {

@@ -14,6 +14,7 @@ import (
 	"github.com/bgpedge/bgpedge/buffer"
 	"github.com/bgpedge/bgpedge/exabgp"
 	"github.com/bgpedge/bgpedge/forwarder"
+	"github.com/bgpedge/bgpedge/pipeline"
 )
 
 // Config is the agent's whole bootstrap configuration: one section per
@@ -93,20 +94,42 @@ func DefaultConfig() Config {
 		Log:       LogConfig{Level: "info", Format: "json"},
 		Buffer:    buffer.DefaultConfig(),
 		BMP:       BMPConfig{Config: bmp.DefaultConfig(), Encoding: defaultEncoding()},
-		Forwarder: ForwarderConfig{Enabled: true, Config: forwarder.DefaultConfig()},
+		Forwarder: ForwarderConfig{Enabled: true, Config: defaultForwarder()},
 		ExaBGP:    exabgp.DefaultConfig(),
 		Fleet:     DefaultFleetConfig(),
 	}
 }
 
+// defaultForwarder is forwarder.DefaultConfig with the topics of every
+// declared stream checked (and created) at connect.
+func defaultForwarder() forwarder.Config {
+	f := forwarder.DefaultConfig()
+	f.Topics.Ensure = pipeline.Streams().Names()
+	return f
+}
+
 // ForwarderSettings is the forwarder's configuration with agent-wide values
-// filled in (the agent id).
+// filled in (the agent id) and the streams the sources declare.
 func (c Config) ForwarderSettings() forwarder.Config {
 	f := c.Forwarder.Config
 	if f.AgentID == "" {
 		f.AgentID = c.Agent.ID
 	}
+	f.Topics.Streams = pipeline.Streams()
 	return f
+}
+
+// ExaBGPBuffer is the spool configuration of `bgpedge exabgp`: every
+// buffer.* setting, with a directory of its own (exabgp.state_dir/spool:
+// `run` and `exabgp` may share the file, never a spool) and
+// exabgp.spool_max_bytes as its capacity when that is set.
+func (c Config) ExaBGPBuffer() buffer.Config {
+	b := c.Buffer
+	b.Dir = c.ExaBGP.SpoolDir()
+	if c.ExaBGP.SpoolMaxBytes != 0 {
+		b.MaxBytes = c.ExaBGP.SpoolMaxBytes
+	}
+	return b
 }
 
 // Validate checks every section without side effects and joins the errors;
@@ -156,6 +179,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.ExaBGP.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if m := c.ExaBGP.SpoolMaxBytes; m != 0 && m < 2*c.Buffer.SegmentBytes {
+		bad("exabgp.spool_max_bytes", "must be 0 (buffer.max_bytes) or at least twice buffer.segment_bytes (%d)", 2*c.Buffer.SegmentBytes)
 	}
 	if err := c.Fleet.Validate(); err != nil {
 		errs = append(errs, err)

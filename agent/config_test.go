@@ -323,17 +323,23 @@ func TestConfigCommands(t *testing.T) {
 	}
 }
 
-// Every stream an encoder can emit must be in the forwarder's default list,
-// or `topics.ensure` would not create its topic.
+// Every stream a source declares reaches the forwarder's settings, and the
+// default `topics.ensure` creates its topic: the list comes from the
+// declarations, not from a copy kept by hand.
 func TestDefaultStreamsCoverEncoders(t *testing.T) {
-	want := append(append(bmp.Streams(), exabgp.Streams()...), forwarder.StreamDLQ)
+	cfg := DefaultConfig()
+	want := append(append(bmp.Streams().Names(), exabgp.Streams().Names()...), forwarder.StreamDLQ)
 	for _, s := range want {
-		if !slices.Contains(forwarder.Streams(), s) {
-			t.Errorf("forwarder.Streams() lacks %q", s)
+		if _, ok := cfg.ForwarderSettings().Topics.Streams.Lookup(s); !ok {
+			t.Errorf("forwarder settings lack stream %q", s)
 		}
-		if !slices.Contains(forwarder.DefaultConfig().Topics.Ensure, s) {
+		if !slices.Contains(cfg.Forwarder.Topics.Ensure, s) {
 			t.Errorf("forwarder.topics.ensure default lacks %q", s)
 		}
+	}
+	cfg.Forwarder.Topics.Overrides = map[string]string{"exabgp.rout": "x"}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "forwarder.topics.overrides.exabgp.rout: no stream") {
+		t.Fatalf("override of an undeclared stream: %v", err)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -615,25 +614,4 @@ func TestRunForwardsToKafka(t *testing.T) {
 		t.Logf("topic %s holds %d messages for %d replayed", topic, n, stats.Messages)
 	}
 	t.Logf("%d BMP messages replayed, all in %s", stats.Messages, topic)
-}
-
-// TestCloseWithinBounded: a close that never returns is left behind once
-// the shutdown deadline and the grace have passed; one that finishes in
-// time returns its own error.
-func TestCloseWithinBounded(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	stuck := make(chan struct{})
-	defer close(stuck)
-	start := time.Now()
-	err := closeWithin(ctx, 100*time.Millisecond, "spool", func() error { <-stuck; return nil })
-	if err == nil || !strings.Contains(err.Error(), "close spool: still blocked") {
-		t.Fatalf("stuck close: %v", err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("returned after %v", d)
-	}
-	if err := closeWithin(context.Background(), time.Millisecond, "journal", func() error { return errors.New("disk gone") }); err == nil || err.Error() != "close journal: disk gone" {
-		t.Fatalf("failed close: %v", err)
-	}
 }

@@ -33,10 +33,16 @@ const (
 	maxCollectorNameLength = 255
 )
 
-// Streams lists every stream a BMP encoder can emit.
-func Streams() []string {
-	return []string{StreamRaw, StreamRoutePrePolicy, StreamRoutePostPolicy, StreamRouteLocRIB, StreamRouteAdjRIBOut,
-		StreamPeer, StreamStats, StreamRouter, StreamErrors, StreamMirror}
+// Streams declares every stream a BMP encoder can emit: bmp.raw carries
+// the BMP messages of record.KindBMP as received, the others JSON events
+// (docs/schema.md). Each stream's default topic is its name.
+func Streams() record.Streams {
+	ss := record.Streams{{Name: StreamRaw, Format: record.FormatRaw, Kind: record.KindBMP}}
+	for _, name := range []string{StreamRoutePrePolicy, StreamRoutePostPolicy, StreamRouteLocRIB, StreamRouteAdjRIBOut,
+		StreamPeer, StreamStats, StreamRouter, StreamErrors, StreamMirror} {
+		ss = append(ss, record.Stream{Name: name, Format: record.FormatJSON})
+	}
+	return ss
 }
 
 // Encoding selects what the forwarder publishes for each BMP record. It is
@@ -75,16 +81,12 @@ func (e Encoding) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Output is one message for the forwarder. Index is the output's position
-// within its record: the raw message is 0 and JSON events are 1…n in
-// decoding order, the same on every re-delivery of the record, so output
-// ids "<agent-id>:<seq>:<index>" are stable.
-type Output struct {
-	Stream string
-	Key    []byte
-	Value  []byte
-	Index  int
-}
+// Output is the one output type of every encoder (record.Output), under
+// the name the encoder's code uses. Index is the output's position within
+// its record: the raw message is 0 and JSON events are 1…n in decoding
+// order, the same on every re-delivery of the record, so output ids
+// "<agent-id>:<seq>:<index>" are stable.
+type Output = record.Output
 
 // EncoderOptions configures an Encoder.
 type EncoderOptions struct {

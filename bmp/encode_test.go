@@ -87,7 +87,7 @@ func TestEncodeStreamsKeysIndexes(t *testing.T) {
 		var got []string
 		for _, o := range outs {
 			got = append(got, o.Stream+" "+jsonOf(t, o.Index)+" "+string(o.Key))
-			if !slices.Contains(bmp.Streams(), o.Stream) {
+			if !slices.Contains(bmp.Streams().Names(), o.Stream) {
 				t.Errorf("record %d: stream %q not in Streams()", i, o.Stream)
 			}
 			if o.Stream == bmp.StreamRaw {

@@ -57,7 +57,7 @@ func BenchmarkEncode(b *testing.B) {
 	rec := record.Record{Seq: 1, Kind: record.KindExaBGP, Key: []byte("127.0.0.2"), Time: time.Now(), Payload: line}
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := enc.Encode(rec, func(string, []byte, []byte) {}); err != nil {
+		if err := enc.Encode(rec, outputs(func(string, []byte, []byte) {})); err != nil {
 			b.Fatal(err)
 		}
 	}

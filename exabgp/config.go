@@ -38,7 +38,8 @@ type Config struct {
 	// StateDir holds this instance's spool (StateDir/spool) and the journal
 	// of injected routes (StateDir/routes.json).
 	StateDir string `mapstructure:"state_dir"`
-	// SpoolMaxBytes caps the spool's disk use.
+	// SpoolMaxBytes caps the spool's disk use; 0 takes buffer.max_bytes.
+	// The spool's other settings are buffer.*.
 	SpoolMaxBytes int64 `mapstructure:"spool_max_bytes"`
 	// QueueLines bounds the in-memory queue between stdin and the spool.
 	QueueLines int `mapstructure:"queue_lines"`
@@ -110,7 +111,6 @@ type PolicyConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		StateDir:        "/var/lib/bgpedge/exabgp",
-		SpoolMaxBytes:   1 << 30,
 		QueueLines:      65536,
 		QueuePolicy:     PolicyBlock,
 		BatchLines:      4096,
@@ -140,8 +140,8 @@ func (c Config) Validate() error {
 	if c.StateDir == "" {
 		bad("state_dir", "must be set")
 	}
-	if c.SpoolMaxBytes < 1<<20 {
-		bad("spool_max_bytes", "must be at least 1048576")
+	if c.SpoolMaxBytes != 0 && c.SpoolMaxBytes < 1<<20 {
+		bad("spool_max_bytes", "must be 0 (buffer.max_bytes) or at least 1048576")
 	}
 	if c.QueueLines < 1 || c.QueueLines > 1<<24 {
 		bad("queue_lines", "must be between 1 and 16777216")

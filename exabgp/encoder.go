@@ -18,8 +18,17 @@ const (
 	StreamErrors = "exabgp.errors"
 )
 
-// Streams lists every stream an exaBGP encoder can emit.
-func Streams() []string { return []string{StreamRoute, StreamPeer, StreamRaw, StreamErrors} }
+// Streams declares every stream an exaBGP encoder can emit: exabgp.raw
+// carries the lines of record.KindExaBGP as received, the others JSON
+// events. Each stream's default topic is its name.
+func Streams() record.Streams {
+	return record.Streams{
+		{Name: StreamRoute, Format: record.FormatJSON},
+		{Name: StreamPeer, Format: record.FormatJSON},
+		{Name: StreamRaw, Format: record.FormatRaw, Kind: record.KindExaBGP},
+		{Name: StreamErrors, Format: record.FormatJSON},
+	}
+}
 
 // ErrWrongKind is returned for a record that is not record.KindExaBGP.
 var ErrWrongKind = errors.New("exabgp encoder: record is not an exabgp line")
@@ -54,7 +63,10 @@ type decodeErrorData struct {
 // neighbor and prefix so one prefix of one peer stays in one partition; other
 // events by neighbor. A line that does not decode is never an error of
 // Encode: it is kept raw and reported on exabgp.errors.
-func (e *Encoder) Encode(rec record.Record, emit func(stream string, key, value []byte)) error {
+//
+// Outputs are numbered in emit order, and the one output of a record that
+// has one gets index -1, so that the index ends the event's id as above.
+func (e *Encoder) Encode(rec record.Record, emit func(record.Output)) error {
 	if rec.Kind != record.KindExaBGP {
 		return fmt.Errorf("%w: kind %s", ErrWrongKind, rec.Kind)
 	}
@@ -64,21 +76,23 @@ func (e *Encoder) Encode(rec record.Record, emit func(stream string, key, value 
 		n++
 	}
 	idx := 0
-	nextID := func() string {
-		id := e.AgentID + ":" + strconv.FormatUint(rec.Seq, 10)
+	next := func() (id string, index int) {
+		id, index = e.AgentID+":"+strconv.FormatUint(rec.Seq, 10), -1
 		if n > 1 {
 			id += ":" + strconv.Itoa(idx)
+			index = idx
 		}
 		idx++
-		return id
+		return id, index
 	}
 	if e.Raw {
-		nextID()
-		emit(StreamRaw, rec.Key, rec.Payload)
+		_, index := next()
+		emit(record.Output{Stream: StreamRaw, Key: rec.Key, Value: rec.Payload, Index: index})
 	}
 	for i := range events {
 		ev := &events[i]
-		ev.ID = nextID()
+		var index int
+		ev.ID, index = next()
 		ev.Agent = e.AgentID
 		ev.Seq = rec.Seq
 		ev.ReceivedAt = rec.Time.UTC()
@@ -86,7 +100,7 @@ func (e *Encoder) Encode(rec record.Record, emit func(stream string, key, value 
 		if err != nil {
 			return fmt.Errorf("marshal event: %w", err)
 		}
-		emit(streams[i], keys[i], b)
+		emit(record.Output{Stream: streams[i], Key: keys[i], Value: b, Index: index})
 	}
 	return nil
 }

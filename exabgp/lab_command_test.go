@@ -381,7 +381,7 @@ func routeEvents(t testing.TB, recs []record.Record) []record.Event {
 	enc := &Encoder{AgentID: "edge-test"}
 	var out []record.Event
 	for _, r := range recs {
-		err := enc.Encode(r, func(stream string, _, v []byte) {
+		err := enc.Encode(r, outputs(func(stream string, _, v []byte) {
 			if stream != StreamRoute {
 				return
 			}
@@ -392,7 +392,7 @@ func routeEvents(t testing.TB, recs []record.Record) []record.Event {
 			if ev.Route != nil {
 				out = append(out, ev)
 			}
-		})
+		}))
 		if err != nil {
 			t.Fatal(err)
 		}

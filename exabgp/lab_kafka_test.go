@@ -28,7 +28,7 @@ import (
 func enableKafkaForwarder(t testing.TB, yaml string, brokers []string, natsURL string) string {
 	t.Helper()
 	prefix := fmt.Sprintf("exabgptest%d.", rand.Uint32())
-	ensure := Streams()
+	ensure := Streams().Names()
 	for i, s := range ensure {
 		ensure[i] = strconv.Quote(s)
 	}
@@ -47,7 +47,7 @@ func enableKafkaForwarder(t testing.TB, yaml string, brokers []string, natsURL s
 		if err != nil {
 			return
 		}
-		for _, s := range Streams() {
+		for _, s := range Streams().Names() {
 			_ = admin.DeleteTopic(prefix + s)
 		}
 		_ = admin.Close()
@@ -112,7 +112,7 @@ func followKafka(t testing.TB, brokers []string, prefix string) *kafkaReadBack {
 		t.Fatalf("kafka client: %v", err)
 	}
 	defer client.Close()
-	topics := Streams()
+	topics := Streams().Names()
 	for i, s := range topics {
 		topics[i] = prefix + s
 	}

@@ -383,7 +383,7 @@ func decodeAll(t testing.TB, recs []record.Record) (routes, peers, errs []string
 	byPrefix = map[string][]record.Event{}
 	types = map[string]int{}
 	for _, r := range recs {
-		err := enc.Encode(r, func(stream string, _, v []byte) {
+		err := enc.Encode(r, outputs(func(stream string, _, v []byte) {
 			var ev record.Event
 			if err := jsonUnmarshal(v, &ev); err != nil {
 				t.Fatalf("bad event %s: %v", v, err)
@@ -400,7 +400,7 @@ func decodeAll(t testing.TB, recs []record.Record) (routes, peers, errs []string
 			case StreamErrors:
 				errs = append(errs, string(v))
 			}
-		})
+		}))
 		if err != nil {
 			t.Fatal(err)
 		}

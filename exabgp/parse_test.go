@@ -106,7 +106,7 @@ func TestEverySampleParses(t *testing.T) {
 					}
 				}
 				var nout int
-				err = enc.Encode(record.Record{Seq: 1, Kind: record.KindExaBGP, Payload: line}, func(stream string, _, v []byte) {
+				err = enc.Encode(record.Record{Seq: 1, Kind: record.KindExaBGP, Payload: line}, outputs(func(stream string, _, v []byte) {
 					nout++
 					if stream == StreamErrors {
 						t.Errorf("line %d: encoder reported a decode error: %s", i+1, v)
@@ -114,7 +114,7 @@ func TestEverySampleParses(t *testing.T) {
 					if stream != StreamRaw && !json.Valid(v) {
 						t.Errorf("line %d: invalid JSON output: %s", i+1, v)
 					}
-				})
+				}))
 				if err != nil || nout < 2 {
 					t.Errorf("line %d: encode: %v, %d outputs", i+1, err, nout)
 				}
@@ -297,9 +297,9 @@ func TestRepairAndDecodeError(t *testing.T) {
 	enc := &Encoder{AgentID: "a1", Raw: true}
 	bad := []byte(`{ "exabgp": "4.0.1", "type": "update", "neighbor": { "address": { "peer": "127.0.0.2" `)
 	var got []string
-	err = enc.Encode(record.Record{Seq: 9, Kind: record.KindExaBGP, Key: []byte("127.0.0.2"), Payload: bad}, func(s string, k, v []byte) {
+	err = enc.Encode(record.Record{Seq: 9, Kind: record.KindExaBGP, Key: []byte("127.0.0.2"), Payload: bad}, outputs(func(s string, k, v []byte) {
 		got = append(got, s+" "+string(k)+" "+string(v))
-	})
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +313,7 @@ func TestExtendedCommunityPrecision(t *testing.T) {
 	line := `{"exabgp":"6.0.0","type":"update","neighbor":{"address":{"local":"127.0.0.1","peer":"127.0.0.1"},"asn":{"local":1,"peer":1},"direction":"in","message":{"update":{"attribute":{"extended-community":[{"value":9226749737724149761}]},"announce":{"ipv4 unicast":{"1.1.1.1":[{"nlri":"10.0.0.0/8"}]}}}}}}`
 	var got []byte
 	enc := &Encoder{AgentID: "a"}
-	if err := enc.Encode(record.Record{Seq: 3, Kind: record.KindExaBGP, Payload: []byte(line)}, func(_ string, _, v []byte) { got = v }); err != nil {
+	if err := enc.Encode(record.Record{Seq: 3, Kind: record.KindExaBGP, Payload: []byte(line)}, outputs(func(_ string, _, v []byte) { got = v })); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Contains(got, []byte(`"extended_communities":["9226749737724149761"]`)) || !bytes.Contains(got, []byte(`"value":9226749737724149761`)) {
@@ -330,7 +330,7 @@ func TestEncoderOrderAndKeys(t *testing.T) {
 	var got []string
 	for range 3 {
 		got = got[:0]
-		err := enc.Encode(record.Record{Seq: 42, Kind: record.KindExaBGP, Key: []byte("127.0.0.2"), Payload: []byte(line)}, func(s string, k, v []byte) {
+		err := enc.Encode(record.Record{Seq: 42, Kind: record.KindExaBGP, Key: []byte("127.0.0.2"), Payload: []byte(line)}, outputs(func(s string, k, v []byte) {
 			var ev record.Event
 			id := ""
 			if s != StreamRaw {
@@ -340,7 +340,7 @@ func TestEncoderOrderAndKeys(t *testing.T) {
 				id = ev.ID
 			}
 			got = append(got, s+"|"+string(k)+"|"+id)
-		})
+		}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -349,7 +349,7 @@ func TestEncoderOrderAndKeys(t *testing.T) {
 			t.Fatalf("got %q", got)
 		}
 	}
-	if err := enc.Encode(record.Record{Kind: record.KindBMP}, func(string, []byte, []byte) {}); err == nil {
+	if err := enc.Encode(record.Record{Kind: record.KindBMP}, outputs(func(string, []byte, []byte) {})); err == nil {
 		t.Fatal("expected ErrWrongKind")
 	}
 }
@@ -401,12 +401,12 @@ func fuzzLine(t *testing.T, enc *Encoder, z *Normaliser, line []byte) {
 		}
 	}
 	n := 0
-	err := enc.Encode(record.Record{Seq: 1, Kind: record.KindExaBGP, Payload: line}, func(s string, _, v []byte) {
+	err := enc.Encode(record.Record{Seq: 1, Kind: record.KindExaBGP, Payload: line}, outputs(func(s string, _, v []byte) {
 		n++
 		if s != StreamRaw && !json.Valid(v) {
 			t.Fatalf("invalid JSON on %s: %q", s, v)
 		}
-	})
+	}))
 	if err != nil || n < 2 {
 		t.Fatalf("encode: %v (%d outputs, kind %v)", err, n, kind)
 	}
@@ -416,7 +416,7 @@ func fuzzLine(t *testing.T, enc *Encoder, z *Normaliser, line []byte) {
 // UPDATE that does not decode are counted apart.
 func TestEncoderDecodeErrorReasons(t *testing.T) {
 	enc := &Encoder{AgentID: "a"}
-	emit := func(string, []byte, []byte) {}
+	emit := outputs(func(string, []byte, []byte) {})
 	badUpdate := `{"exabgp":"4.0.1","type":"update","neighbor":{"address":{"local":"127.0.0.3","peer":"127.0.0.2"},"asn":{"local":65002,"peer":65001},"direction":"receive","message":{"category":2,"header":"","body":"0x00FF18C000020000"}}}`
 	for i, line := range []string{`not json`, `{"exabgp":`, badUpdate} {
 		if err := enc.Encode(record.Record{Seq: uint64(i + 1), Kind: record.KindExaBGP, Payload: []byte(line)}, emit); err != nil {
@@ -426,4 +426,9 @@ func TestEncoderDecodeErrorReasons(t *testing.T) {
 	if lines, updates := enc.DecodeErrors(); lines != 2 || updates != 1 {
 		t.Fatalf("decode errors: %d lines, %d updates; want 2 and 1", lines, updates)
 	}
+}
+
+// outputs adapts a test's (stream, key, value) callback to the encoder's emit.
+func outputs(f func(stream string, key, value []byte)) func(record.Output) {
+	return func(o record.Output) { f(o.Stream, o.Key, o.Value) }
 }

@@ -241,7 +241,7 @@ func TestKafkaSecured(t *testing.T) {
 		src := newMemSource()
 		src.Append(bmpRecord("192.0.2.1", 100))
 		reg := prometheus.NewRegistry()
-		f, err := New(cfg, src, Raw{}, testLogger(t), reg)
+		f, err := New(cfg, src, rawBMP, testLogger(t), reg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -271,7 +271,7 @@ func deliverSecured(t *testing.T, cfg Config, client *sarama.Config) {
 		seq := src.Append(rec)
 		want[MessageID(cfg.AgentID, seq, -1)] = rec.Payload
 	}
-	f, err := New(cfg, src, Raw{}, testLogger(t), prometheus.NewRegistry())
+	f, err := New(cfg, src, rawBMP, testLogger(t), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

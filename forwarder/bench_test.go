@@ -204,7 +204,7 @@ func BenchmarkDrainKafka(b *testing.B) {
 	cfg.Kafka.Partitions = 6
 	benchKafkaOverrides(b, &cfg)
 	deleteTopicsAtEnd(b, brokers, cfg, StreamBMPRaw)
-	f, err := New(cfg, sp, Raw{}, nil, prometheus.NewRegistry())
+	f, err := New(cfg, sp, rawBMP, nil, prometheus.NewRegistry())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -256,7 +256,7 @@ func BenchmarkDrainJetStream(b *testing.B) {
 	cfg.FailbackAfter = time.Hour
 	cfg.NATS.Enabled = true
 	cfg.NATS.URL = ns.URL()
-	f, err := New(cfg, sp, Raw{}, nil, prometheus.NewRegistry())
+	f, err := New(cfg, sp, rawBMP, nil, prometheus.NewRegistry())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -298,8 +298,8 @@ func BenchmarkDrainBMPJSON(b *testing.B) {
 	deleteTopicsAtEnd(b, brokers, cfg, cfg.Topics.Ensure...)
 	enc := bmpEncoder(b, cfg.AgentID)
 	var routes int
-	counting := EncoderFunc(func(rec record.Record, emit func(Message)) error {
-		return enc.Encode(rec, func(m Message) {
+	counting := EncoderFunc(func(rec record.Record, emit func(record.Output)) error {
+		return enc.Encode(rec, func(m record.Output) {
 			if len(m.Stream) > 10 && m.Stream[:10] == "bmp.route." {
 				routes++
 			}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/bgpedge/bgpedge/internal/natsconn"
 	"github.com/bgpedge/bgpedge/internal/tlsconf"
+	"github.com/bgpedge/bgpedge/record"
 )
 
 // Config is the `forwarder:` section of the agent's configuration.
@@ -124,17 +125,14 @@ type TopicsConfig struct {
 	Overrides map[string]string `mapstructure:"overrides"`
 	// Ensure lists the streams whose topics are checked (and created, with
 	// kafka.create_topics) when connecting; topics of other streams are
-	// checked when their first message is sent.
+	// checked when their first message is sent. The agent's default is every
+	// declared stream.
 	Ensure []string `mapstructure:"ensure"`
-}
-
-// Streams lists every output stream the encoders of bgpedge emit.
-func Streams() []string {
-	return []string{
-		"bmp.raw", "bmp.route.pre-policy", "bmp.route.post-policy", "bmp.route.loc-rib",
-		"bmp.route.adj-rib-out", "bmp.peer", "bmp.stats", "bmp.router", "bmp.errors", "bmp.mirror",
-		"exabgp.route", "exabgp.peer", "exabgp.raw", "exabgp.errors", StreamDLQ,
-	}
+	// Streams are the output streams the sources declare (and the
+	// forwarder's own, Streams()): their names, default topics and formats.
+	// Not a configuration key: the pipeline fills it from the sources. When
+	// empty, stream names are not checked and a stream's topic is its name.
+	Streams record.Streams `mapstructure:"-"`
 }
 
 // DLQConfig configures the dead-letter output for records that cannot be encoded.
@@ -186,7 +184,7 @@ func DefaultConfig() Config {
 			MaxPending:    4096,
 			AckTimeout:    10 * time.Second,
 		},
-		Topics: TopicsConfig{Prefix: "bgpedge.", Ensure: Streams()},
+		Topics: TopicsConfig{Prefix: "bgpedge."},
 		DLQ:    DLQConfig{Enabled: true},
 	}
 }
@@ -296,10 +294,11 @@ func (c Config) Validate() error {
 		}
 		n.Config.Validate("nats", false, bad)
 	}
-	known := Streams()
+	known := c.Topics.Streams.Names()
+	checked := len(known) > 0
 	for _, stream := range slices.Sorted(maps.Keys(c.Topics.Overrides)) {
 		topic := c.Topics.Overrides[stream]
-		if !slices.Contains(known, stream) {
+		if checked && !slices.Contains(known, stream) {
 			bad("topics.overrides."+stream, "no stream %q (streams: %s)", stream, strings.Join(known, ", "))
 		}
 		if topic == "" || strings.ContainsAny(topic, " /\\") {
@@ -307,7 +306,7 @@ func (c Config) Validate() error {
 		}
 	}
 	for i, stream := range c.Topics.Ensure {
-		if !slices.Contains(known, stream) {
+		if checked && !slices.Contains(known, stream) {
 			bad(fmt.Sprintf("topics.ensure[%d]", i), "no stream %q (streams: %s)", stream, strings.Join(known, ", "))
 		}
 	}
@@ -330,10 +329,14 @@ func compressionCodec(name string) (sarama.CompressionCodec, error) {
 	return sarama.CompressionNone, fmt.Errorf("must be none, gzip, snappy, lz4 or zstd, not %q", name)
 }
 
-// Topic is the Kafka topic of an output stream.
+// Topic is the Kafka topic of an output stream: its override, else the
+// prefix and the stream's declared default topic.
 func (t TopicsConfig) Topic(stream string) string {
 	if o, ok := t.Overrides[stream]; ok {
 		return o
+	}
+	if s, ok := t.Streams.Lookup(stream); ok {
+		stream = s.DefaultTopic()
 	}
 	if t.ShortRouteNames {
 		stream = strings.Replace(stream, ".route.", ".", 1)

@@ -50,11 +50,7 @@ func bmpEncoder(t testing.TB, agent string) Encoder {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = be.Close() })
-	return EncoderFunc(func(rec record.Record, emit func(Message)) error {
-		return be.Encode(rec, func(o bmp.Output) {
-			emit(Message{Stream: o.Stream, Key: o.Key, Value: o.Value, Index: o.Index})
-		})
-	})
+	return EncoderFunc(be.Encode)
 }
 
 // Every shared capture, replayed over TCP into the BMP station, reaches Kafka
@@ -89,7 +85,7 @@ func TestEndToEndCapturesToKafka(t *testing.T) {
 	}
 	spool := &recordingSpool{Spool: sp}
 	cfg := testConfig(t, brokers)
-	cfg.Topics.Ensure = append(bmp.Streams(), StreamDLQ)
+	cfg.Topics.Ensure = append(bmp.Streams().Names(), StreamDLQ)
 	deleteTopicsAtEnd(t, brokers, cfg, cfg.Topics.Ensure...)
 	f, err := New(cfg, sp, bmpEncoder(t, cfg.AgentID), testLogger(t), prometheus.NewRegistry())
 	if err != nil {
@@ -174,7 +170,7 @@ func TestEndToEndCapturesToKafka(t *testing.T) {
 	expected := map[string]want{}
 	oracleEnc := bmpEncoder(t, cfg.AgentID)
 	for _, r := range spool.recs {
-		if err := oracleEnc.Encode(r, func(m Message) {
+		if err := oracleEnc.Encode(r, func(m record.Output) {
 			expected[MessageID(cfg.AgentID, r.Seq, m.Index)] = want{m.Stream, string(m.Key)}
 		}); err != nil {
 			expected[MessageID(cfg.AgentID, r.Seq, -1)] = want{StreamDLQ, string(r.Key)}

@@ -7,55 +7,18 @@ import (
 	"github.com/bgpedge/bgpedge/record"
 )
 
-// Message is one output message an encoder makes from a record.
-type Message struct {
-	// Stream names the kind of output (bmp.raw, bmp.route.pre-policy, …); the
-	// forwarder maps it to a Kafka topic and a NATS subject.
-	Stream string
-	Key    []byte
-	Value  []byte
-	// Index is the message's position within the record's outputs, -1 if the
-	// record has one output; it ends the message id "<agent>:<seq>:<index>".
-	// It must be stable across re-deliveries of the record. Indexes that are
-	// not unique within a record are replaced by the emit order.
-	Index int
-}
-
-// Encoder turns a spooled record into output messages. An error sends the
-// record, raw, to the dead-letter stream; messages emitted before the error
-// are discarded.
+// Encoder turns a spooled record into output messages (record.Output, the
+// one output type every encoder emits). An error sends the record, raw, to
+// the dead-letter stream; messages emitted before the error are discarded.
 type Encoder interface {
-	Encode(rec record.Record, emit func(Message)) error
+	Encode(rec record.Record, emit func(record.Output)) error
 }
 
 // EncoderFunc adapts a function to Encoder.
-type EncoderFunc func(rec record.Record, emit func(Message)) error
+type EncoderFunc func(rec record.Record, emit func(record.Output)) error
 
 // Encode calls f.
-func (f EncoderFunc) Encode(rec record.Record, emit func(Message)) error { return f(rec, emit) }
-
-// StreamEncoderFunc adapts an encoder that emits (stream, key, value)
-// without indexes to Encoder: outputs are numbered in emit order, -1 for a
-// record with one output.
-type StreamEncoderFunc func(rec record.Record, emit func(stream string, key, value []byte)) error
-
-// Encode calls f.
-func (f StreamEncoderFunc) Encode(rec record.Record, emit func(Message)) error {
-	var msgs []Message
-	err := f(rec, func(stream string, key, value []byte) {
-		msgs = append(msgs, Message{Stream: stream, Key: key, Value: value, Index: len(msgs)})
-	})
-	if err != nil {
-		return err
-	}
-	if len(msgs) == 1 {
-		msgs[0].Index = -1
-	}
-	for _, m := range msgs {
-		emit(m)
-	}
-	return nil
-}
+func (f EncoderFunc) Encode(rec record.Record, emit func(record.Output)) error { return f(rec, emit) }
 
 // Mux chooses an encoder by record kind.
 type Mux map[record.Kind]Encoder
@@ -64,7 +27,7 @@ type Mux map[record.Kind]Encoder
 var ErrUnknownKind = errors.New("no encoder for record kind")
 
 // Encode dispatches on rec.Kind.
-func (m Mux) Encode(rec record.Record, emit func(Message)) error {
+func (m Mux) Encode(rec record.Record, emit func(record.Output)) error {
 	e, ok := m[rec.Kind]
 	if !ok {
 		return fmt.Errorf("%w %s", ErrUnknownKind, rec.Kind)
@@ -72,40 +35,43 @@ func (m Mux) Encode(rec record.Record, emit func(Message)) error {
 	return e.Encode(rec, emit)
 }
 
-// Raw emits each record's payload unchanged, keyed by the record's key, on
-// the stream "<source kind>.raw" (bmp.raw, exabgp.raw).
-type Raw struct{}
+// Raw emits the payload of each record of Kind unchanged, keyed by the
+// record's key, on Stream. Which stream carries which kind raw is declared
+// by the source (record.Stream.Kind), so Raw knows no source of its own.
+type Raw struct {
+	Kind   record.Kind
+	Stream string
+}
+
+// RawOf is the raw encoder of a declared raw stream.
+func RawOf(s record.Stream) Raw { return Raw{Kind: s.Kind, Stream: s.Name} }
 
 // ErrEmptyPayload is returned for a record with nothing to forward.
 var ErrEmptyPayload = errors.New("empty payload")
 
 // Encode implements Encoder.
-func (Raw) Encode(rec record.Record, emit func(Message)) error {
+func (r Raw) Encode(rec record.Record, emit func(record.Output)) error {
+	if rec.Kind != r.Kind || r.Stream == "" {
+		return fmt.Errorf("%w %s", ErrUnknownKind, rec.Kind)
+	}
 	if len(rec.Payload) == 0 {
 		return ErrEmptyPayload
 	}
-	var stream string
-	switch rec.Kind {
-	case record.KindBMP:
-		stream = StreamBMPRaw
-	case record.KindExaBGP:
-		stream = "exabgp.raw"
-	default:
-		return fmt.Errorf("%w %s", ErrUnknownKind, rec.Kind)
-	}
-	emit(Message{Stream: stream, Key: rec.Key, Value: rec.Payload, Index: -1})
+	emit(record.Output{Stream: r.Stream, Key: rec.Key, Value: rec.Payload, Index: -1})
 	return nil
 }
 
-// Stream names the forwarder itself uses.
-const (
-	StreamBMPRaw = "bmp.raw"
-	StreamDLQ    = "dlq"
-)
+// StreamDLQ is the stream the forwarder itself emits: records that could
+// not be encoded or sent, raw.
+const StreamDLQ = "dlq"
+
+// Streams declares the forwarder's own stream, beside those of the sources.
+func Streams() record.Streams {
+	return record.Streams{{Name: StreamDLQ, Format: record.FormatRaw}}
+}
 
 var (
 	_ Encoder = EncoderFunc(nil)
-	_ Encoder = StreamEncoderFunc(nil)
 	_ Encoder = Mux(nil)
 	_ Encoder = Raw{}
 )

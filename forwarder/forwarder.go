@@ -596,7 +596,7 @@ func (f *Forwarder) encode(rec record.Record, out []*Outgoing, limit int) []*Out
 // uses an arena.
 func (f *Forwarder) encodeWith(a *outArena, rec record.Record, out []*Outgoing, limit int) []*Outgoing {
 	start := len(out)
-	err := f.safeEncode(rec, func(m Message) {
+	err := f.safeEncode(rec, func(m record.Output) {
 		o := a.msg()
 		*o = Outgoing{Seq: rec.Seq, Index: m.Index, Stream: m.Stream, Key: m.Key, Value: m.Value}
 		out = append(out, o)
@@ -642,7 +642,7 @@ func (f *Forwarder) encodeWith(a *outArena, rec record.Record, out []*Outgoing, 
 // decoder would otherwise crash the process again on every restart, since
 // it stays first in the spool: bgpedge exabgp would crash-loop until exaBGP
 // gives up on it, and bgpedge run would stop draining for good.
-func (f *Forwarder) safeEncode(rec record.Record, emit func(Message)) (err error) {
+func (f *Forwarder) safeEncode(rec record.Record, emit func(record.Output)) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			f.m.panics.Inc()

@@ -92,12 +92,12 @@ func (s *fakeSink) ids() map[string]int {
 
 // splitEncoder emits one message per byte of the payload, to exercise
 // records with several outputs.
-var splitEncoder = EncoderFunc(func(rec record.Record, emit func(Message)) error {
+var splitEncoder = EncoderFunc(func(rec record.Record, emit func(record.Output)) error {
 	if len(rec.Payload) == 0 {
 		return ErrEmptyPayload
 	}
 	for i, b := range rec.Payload {
-		emit(Message{Stream: "test.split", Key: rec.Key, Value: []byte{b}, Index: i})
+		emit(record.Output{Stream: "test.split", Key: rec.Key, Value: []byte{b}, Index: i})
 	}
 	return nil
 })
@@ -145,11 +145,11 @@ func TestForwarderWatermarkAndRetry(t *testing.T) {
 // A record that cannot be encoded, for an error or a panic of its encoder,
 // costs that record (a dead letter), not the records around it or the process.
 func TestForwarderDeadLetter(t *testing.T) {
-	panicky := EncoderFunc(func(rec record.Record, emit func(Message)) error {
+	panicky := EncoderFunc(func(rec record.Record, emit func(record.Output)) error {
 		if string(rec.Payload) == "poison" {
 			panic("decoder bug")
 		}
-		return Raw{}.Encode(rec, emit)
+		return rawBMP.Encode(rec, emit)
 	})
 	oversize := append([]byte("poison"), make([]byte, 20000)...)
 	for _, tt := range []struct {
@@ -160,14 +160,14 @@ func TestForwarderDeadLetter(t *testing.T) {
 		dlq     bool
 		panics  float64
 	}{
-		{"unknown kind", Raw{}, record.Kind(99), []byte("poison"), true, 0},
+		{"unknown kind", rawBMP, record.Kind(99), []byte("poison"), true, 0},
 		{"encoder panic", panicky, record.KindBMP, []byte("poison"), true, 1},
-		{"oversize", Raw{}, record.KindBMP, oversize, true, 0},
+		{"oversize", rawBMP, record.KindBMP, oversize, true, 0},
 		// With the dlq disabled the record is dropped (counted), and the
 		// records after it still flow.
-		{"unknown kind, dlq disabled", Raw{}, record.Kind(99), []byte("poison"), false, 0},
+		{"unknown kind, dlq disabled", rawBMP, record.Kind(99), []byte("poison"), false, 0},
 		{"encoder panic, dlq disabled", panicky, record.KindBMP, []byte("poison"), false, 1},
-		{"oversize, dlq disabled", Raw{}, record.KindBMP, oversize, false, 0},
+		{"oversize, dlq disabled", rawBMP, record.KindBMP, oversize, false, 0},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			src := newMemSource()
@@ -215,7 +215,7 @@ func TestForwarderFailoverAndBack(t *testing.T) {
 	cfg.FailbackAfter = 50 * time.Millisecond
 	cfg.ProbeInterval = 10 * time.Millisecond
 	prober := &probingSink{fakeSink: primary}
-	f, err := newForwarder(cfg, src, Raw{}, prober, secondary, nil, prometheus.NewRegistry())
+	f, err := newForwarder(cfg, src, rawBMP, prober, secondary, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +249,12 @@ func (p *probingSink) Probe(context.Context) error {
 }
 
 func TestConfigValidate(t *testing.T) {
-	valid := func() Config { c := DefaultConfig(); c.AgentID = "edge1"; return c }
+	valid := func() Config {
+		c := DefaultConfig()
+		c.AgentID = "edge1"
+		c.Topics.Streams = append(record.Streams{{Name: StreamBMPRaw, Format: record.FormatRaw, Kind: record.KindBMP}}, Streams()...)
+		return c
+	}
 	tests := []struct {
 		name   string
 		mutate func(*Config)
@@ -308,6 +313,9 @@ func TestTopicNames(t *testing.T) {
 		{TopicsConfig{Prefix: "", ShortRouteNames: true}, "bmp.route.pre-policy", "bmp.pre-policy"},
 		{TopicsConfig{Prefix: "", ShortRouteNames: true}, "bmp.raw", "bmp.raw"},
 		{TopicsConfig{Prefix: "x.", Overrides: map[string]string{"dlq": "dead"}}, "dlq", "dead"},
+		// A source may declare a default topic other than the stream's name.
+		{TopicsConfig{Prefix: "x.", Streams: record.Streams{{Name: "src.route.a", Topic: "src.route.alpha"}}}, "src.route.a", "x.src.route.alpha"},
+		{TopicsConfig{Prefix: "", ShortRouteNames: true, Streams: record.Streams{{Name: "src.route.a", Topic: "src.route.alpha"}}}, "src.route.a", "src.alpha"},
 	}
 	for _, tt := range tests {
 		if got := tt.cfg.Topic(tt.stream); got != tt.want {
@@ -401,7 +409,7 @@ func TestOutArena(t *testing.T) {
 
 func TestMetricsLint(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	if _, err := newForwarder(unitConfig(), newMemSource(), Raw{}, newFakeSink(SinkKafka), nil, nil, reg); err != nil {
+	if _, err := newForwarder(unitConfig(), newMemSource(), rawBMP, newFakeSink(SinkKafka), nil, nil, reg); err != nil {
 		t.Fatal(err)
 	}
 	problems, err := testutil.GatherAndLint(reg)
@@ -419,27 +427,17 @@ func TestEncodeIndexes(t *testing.T) {
 		enc  Encoder
 		want []string
 	}{
-		{"raw single", Raw{}, []string{"a1:9"}},
-		{"given indexes kept", EncoderFunc(func(_ record.Record, emit func(Message)) error {
-			emit(Message{Stream: "s", Index: 0})
-			emit(Message{Stream: "s", Index: 2})
+		{"raw single", rawBMP, []string{"a1:9"}},
+		{"given indexes kept", EncoderFunc(func(_ record.Record, emit func(record.Output)) error {
+			emit(record.Output{Stream: "s", Index: 0})
+			emit(record.Output{Stream: "s", Index: 2})
 			return nil
 		}), []string{"a1:9:0", "a1:9:2"}},
-		{"duplicate indexes renumbered", EncoderFunc(func(_ record.Record, emit func(Message)) error {
-			emit(Message{Stream: "s"})
-			emit(Message{Stream: "s"})
+		{"duplicate indexes renumbered", EncoderFunc(func(_ record.Record, emit func(record.Output)) error {
+			emit(record.Output{Stream: "s"})
+			emit(record.Output{Stream: "s"})
 			return nil
 		}), []string{"a1:9:0", "a1:9:1"}},
-		{"stream encoder single", StreamEncoderFunc(func(_ record.Record, emit func(string, []byte, []byte)) error {
-			emit("s", nil, nil)
-			return nil
-		}), []string{"a1:9"}},
-		{"stream encoder several", StreamEncoderFunc(func(_ record.Record, emit func(string, []byte, []byte)) error {
-			emit("s", nil, nil)
-			emit("t", nil, nil)
-			emit("s", nil, nil)
-			return nil
-		}), []string{"a1:9:0", "a1:9:1", "a1:9:2"}},
 		{"encode error is a dead letter", Mux{}, []string{"a1:9"}},
 	}
 	for _, tt := range tests {
@@ -479,7 +477,7 @@ func headerValue2(hs []Header, key string) string {
 func TestOversizeRecordIsDeadLettered(t *testing.T) {
 	cfg := unitConfig()
 	cfg.Kafka.MaxMessageBytes = 16 << 10
-	f, err := newForwarder(cfg, newMemSource(), Raw{}, newFakeSink(SinkKafka), nil, nil, prometheus.NewRegistry())
+	f, err := newForwarder(cfg, newMemSource(), rawBMP, newFakeSink(SinkKafka), nil, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -524,7 +522,7 @@ func (s *stallingSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc
 func TestShutdownIsNotAWriteError(t *testing.T) {
 	src := newMemSource()
 	sink := &stallingSink{fakeSink: newFakeSink(SinkKafka), entered: make(chan struct{})}
-	f, err := newForwarder(unitConfig(), src, Raw{}, sink, nil, nil, prometheus.NewRegistry())
+	f, err := newForwarder(unitConfig(), src, rawBMP, sink, nil, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

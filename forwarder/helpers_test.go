@@ -305,3 +305,11 @@ func deleteTopicsAtEnd(t testing.TB, brokers []string, cfg Config, streams ...st
 		}
 	})
 }
+
+// StreamBMPRaw is bmp.raw, the raw stream the tests' records go out on
+// (the bmp package declares it; the forwarder knows no source's streams).
+const StreamBMPRaw = "bmp.raw"
+
+// rawBMP sends BMP records raw on bmp.raw, as the forwarder of `bgpedge
+// exabgp` does.
+var rawBMP = Raw{Kind: record.KindBMP, Stream: StreamBMPRaw}

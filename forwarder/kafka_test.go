@@ -33,7 +33,7 @@ func TestKafkaDeadLetterAndLaterRecords(t *testing.T) {
 	cfg := testConfig(t, brokers)
 	deleteTopicsAtEnd(t, brokers, cfg, StreamBMPRaw, StreamDLQ)
 	src := newMemSource()
-	f, err := New(cfg, src, Raw{}, testLogger(t), prometheus.NewRegistry())
+	f, err := New(cfg, src, rawBMP, testLogger(t), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func TestKafkaCompression(t *testing.T) {
 			for range 50 {
 				src.Append(bmpRecord("192.0.2.1", 300))
 			}
-			f, err := New(cfg, src, Raw{}, testLogger(t), prometheus.NewRegistry())
+			f, err := New(cfg, src, rawBMP, testLogger(t), prometheus.NewRegistry())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -148,7 +148,7 @@ func TestKafkaProducersKeepKeyOrder(t *testing.T) {
 			for i := range n {
 				src.Append(bmpRecord("192.0.2."+strconv.Itoa(1+i%37), 120))
 			}
-			f, err := New(cfg, src, Raw{}, testLogger(t), prometheus.NewRegistry())
+			f, err := New(cfg, src, rawBMP, testLogger(t), prometheus.NewRegistry())
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -26,7 +26,7 @@ func TestNATSMaxPayloadDeadLetters(t *testing.T) {
 	src.Append(bmpRecord("192.0.2.1", 40))
 	src.Append(bmpRecord("192.0.2.1", 100<<10)) // under the Kafka limit, over NATS's
 	src.Append(bmpRecord("192.0.2.1", 40))
-	f, err := newForwarder(cfg, src, Raw{}, NewNATSSink(cfg.NATS, cfg.AgentID, nil), nil, testLogger(t), prometheus.NewRegistry())
+	f, err := newForwarder(cfg, src, rawBMP, NewNATSSink(cfg.NATS, cfg.AgentID, nil), nil, testLogger(t), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -115,7 +115,7 @@ func startOutage(t *testing.T) *outage {
 	r.cfg.NATS.URL = r.n.URL()
 	r.cfg.Topics.Ensure = []string{StreamBMPRaw}
 	r.src = newMemSource()
-	f, err := New(r.cfg, r.src, Raw{}, testLogger(t), prometheus.NewRegistry())
+	f, err := New(r.cfg, r.src, rawBMP, testLogger(t), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

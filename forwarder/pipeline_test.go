@@ -32,7 +32,7 @@ type stateEncoder struct {
 	bad    atomic.Value // string: the first violation
 }
 
-func (e *stateEncoder) Encode(rec record.Record, emit func(Message)) error {
+func (e *stateEncoder) Encode(rec record.Record, emit func(record.Output)) error {
 	n := e.active.Add(1)
 	defer e.active.Add(-1)
 	for m := e.most.Load(); n > m && !e.most.CompareAndSwap(m, n); m = e.most.Load() {
@@ -47,7 +47,7 @@ func (e *stateEncoder) Encode(rec record.Record, emit func(Message)) error {
 			e.state[rec.Source] = append(vs, version{rec.Seq, string(rec.Payload[1:])})
 		}
 		e.mu.Unlock()
-		emit(Message{Stream: "test.peer", Key: rec.Key, Value: rec.Payload, Index: -1})
+		emit(record.Output{Stream: "test.peer", Key: rec.Key, Value: rec.Payload, Index: -1})
 		return nil
 	}
 	// Give the other encoders a chance to run meanwhile.
@@ -63,8 +63,8 @@ func (e *stateEncoder) Encode(rec record.Record, emit func(Message)) error {
 	}
 	e.mu.Unlock()
 	v := st + ":" + strconv.FormatUint(rec.Seq, 10)
-	emit(Message{Stream: "test.route", Key: rec.Key, Value: []byte(v + ":a"), Index: 0})
-	emit(Message{Stream: "test.route", Key: rec.Key, Value: []byte(v + ":b"), Index: 1})
+	emit(record.Output{Stream: "test.route", Key: rec.Key, Value: []byte(v + ":a"), Index: 0})
+	emit(record.Output{Stream: "test.route", Key: rec.Key, Value: []byte(v + ":b"), Index: 1})
 	return nil
 }
 
@@ -230,7 +230,7 @@ func TestMaxInFlightBytes(t *testing.T) {
 	cfg.ReadBatch = 16
 	cfg.MaxInFlight = 1 << 20
 	cfg.MaxInFlightBytes = 64 << 10
-	f, err := newForwarder(cfg, src, Raw{}, sink, nil, nil, prometheus.NewRegistry())
+	f, err := newForwarder(cfg, src, rawBMP, sink, nil, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +266,7 @@ func TestReadErrorEndsRun(t *testing.T) {
 		src.Append(bmpRecord("r1", 100))
 	}
 	cfg := unitConfig()
-	f, err := newForwarder(cfg, src, Raw{}, newFakeSink(SinkKafka), nil, nil, prometheus.NewRegistry())
+	f, err := newForwarder(cfg, src, rawBMP, newFakeSink(SinkKafka), nil, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,7 +38,7 @@ func TestWipedSpoolNotDeduplicated(t *testing.T) {
 			}
 		}
 		last := sp.FirstUnacked() + perRun - 1
-		f, err := newForwarder(cfg, sp, Raw{}, NewNATSSink(cfg.NATS, cfg.AgentID, nil), nil, testLogger(t), prometheus.NewRegistry())
+		f, err := newForwarder(cfg, sp, rawBMP, NewNATSSink(cfg.NATS, cfg.AgentID, nil), nil, testLogger(t), prometheus.NewRegistry())
 		if err != nil {
 			t.Fatal(err)
 		}

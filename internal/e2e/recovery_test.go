@@ -22,6 +22,7 @@ import (
 
 	"github.com/IBM/sarama"
 
+	"github.com/bgpedge/bgpedge/bmp"
 	"github.com/bgpedge/bgpedge/bmp/capture"
 	"github.com/bgpedge/bgpedge/buffer"
 	"github.com/bgpedge/bgpedge/forwarder"
@@ -430,12 +431,12 @@ func (e *recoveryEnv) check(brokers []string, prefix, agentID string, msgs [][]b
 				return
 			}
 			seen[seq] = true
-			if stream == forwarder.StreamBMPRaw {
+			if stream == bmp.StreamRaw {
 				raws[seq] = &rawMsg{router: m.Key, value: m.Value}
 			}
 		})
 	}
-	raw, peer := consume(forwarder.StreamBMPRaw), consume("bmp.peer")
+	raw, peer := consume(bmp.StreamRaw), consume("bmp.peer")
 	var missing []uint64
 	var given uint64
 	next := map[string]int{}

@@ -126,14 +126,25 @@ func (r *AgentRun) StartProcess() {
 func (r *AgentRun) Readiness() (Readiness, error) {
 	r.T.Helper()
 	r.Alive()
+	return ReadinessAt(r.HTTP)
+}
+
+// ReadinessAt asks the /readyz of any bgpedge process serving HTTP on addr
+// (`run`, `exabgp`). A 503 is not an error: its body says why not ready.
+func ReadinessAt(addr string) (Readiness, error) {
 	var st Readiness
-	resp, err := http.Get("http://" + r.HTTP + "/readyz")
+	resp, err := http.Get("http://" + addr + "/readyz")
 	if err != nil {
 		return st, err
 	}
 	defer resp.Body.Close()
-	err = json.NewDecoder(resp.Body).Decode(&st)
-	return st, err
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return st, err
+	}
+	if st.Ready != (resp.StatusCode == http.StatusOK) {
+		return st, fmt.Errorf("readyz: status %d with ready=%v", resp.StatusCode, st.Ready)
+	}
+	return st, nil
 }
 
 // Alive fails the test with the run's log if the process has exited.

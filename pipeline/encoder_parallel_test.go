@@ -1,4 +1,4 @@
-package agent
+package pipeline
 
 import (
 	"bytes"
@@ -56,7 +56,7 @@ func TestBMPEncoderParallelMatchesSequential(t *testing.T) {
 		t.Fatalf("only %d messages in the captures", len(recs))
 	}
 
-	encode := func(parallel int) map[uint64][]forwarder.Message {
+	encode := func(parallel int) map[uint64][]record.Output {
 		enc, err := bmp.NewEncoder(bmp.EncoderOptions{Encoding: bmp.DefaultEncoding(), AgentID: "a1", Registerer: prometheus.NewRegistry()})
 		if err != nil {
 			t.Fatal(err)
@@ -64,11 +64,11 @@ func TestBMPEncoderParallelMatchesSequential(t *testing.T) {
 		defer enc.Close()
 		p := bmpEncoder(&encodingForwarder{enc: enc}).(forwarder.Parallel)
 		var mu sync.Mutex
-		out := make(map[uint64][]forwarder.Message, len(recs))
+		out := make(map[uint64][]record.Output, len(recs))
 		one := func(rec record.Record) {
-			var msgs []forwarder.Message
-			if err := p.Encode(rec, func(m forwarder.Message) { msgs = append(msgs, m) }); err != nil {
-				msgs = append(msgs, forwarder.Message{Stream: "error", Value: []byte(err.Error())})
+			var msgs []record.Output
+			if err := p.Encode(rec, func(m record.Output) { msgs = append(msgs, m) }); err != nil {
+				msgs = append(msgs, record.Output{Stream: "error", Value: []byte(err.Error())})
 			}
 			mu.Lock()
 			out[rec.Seq] = msgs
