@@ -108,6 +108,9 @@ func TestEverySampleParses(t *testing.T) {
 				var nout int
 				err = enc.Encode(record.Record{Seq: 1, Kind: record.KindExaBGP, Payload: line}, outputs(func(stream string, _, v []byte) {
 					nout++
+					if _, ok := Streams().Lookup(stream); !ok {
+						t.Errorf("line %d: output on %q, a stream Streams() does not declare", i+1, stream)
+					}
 					if stream == StreamErrors {
 						t.Errorf("line %d: encoder reported a decode error: %s", i+1, v)
 					}

@@ -104,8 +104,8 @@ func (p *exaProcess) command(within time.Duration) string {
 // route central injected that exaBGP never acknowledged (pending in its
 // journal) and a backlog of exaBGP events while Kafka is down, and is
 // stopped. The restarted process must take events again within readyBound
-// (`bgpedge exabgp` serves no /readyz: bgpedge_exabgp_spool_available is its
-// readiness), announce the pending route again when the neighbor comes up,
+// (its /readyz on exabgp.metrics_listen ready: spool open, forwarder
+// running, while Kafka is still down), announce the pending route again when the neighbor comes up,
 // and, once Kafka is back, deliver every event its spool acknowledged, in
 // the order exaBGP wrote them.
 func runExaBGPCell(t *testing.T, bin string, k *testenv.Kafka, how string) {
@@ -178,7 +178,11 @@ exabgp:
 	}
 
 	p := startExaProcess(t, bin, config, filepath.Join(dir, "run-1.log"))
-	testenv.Eventually(t, 30*time.Second, "first process spooling", func() bool { return scrape()["bgpedge_exabgp_spool_available"] == 1 })
+	ready := func() bool {
+		st, err := testenv.ReadinessAt(metrics)
+		return err == nil && st.Ready && scrape()["bgpedge_exabgp_spool_available"] == 1
+	}
+	testenv.Eventually(t, 30*time.Second, "first process ready and spooling", ready)
 	for range 2000 {
 		p.write(next())
 	}
@@ -231,7 +235,7 @@ exabgp:
 	// brings the pending route back.
 	began := time.Now()
 	p = startExaProcess(t, bin, config, filepath.Join(dir, "run-2.log"))
-	testenv.Eventually(t, readyBound, "the restarted process spooling", func() bool { return scrape()["bgpedge_exabgp_spool_available"] == 1 })
+	testenv.Eventually(t, readyBound, "the restarted process ready and spooling", ready)
 	t.Logf("restart after %s: spooling after %v; spool of the stopped process ends at seq %d", how, time.Since(began).Round(time.Millisecond), before.LastSeq)
 	p.write(stateUp)
 	if c := p.command(readyBound); !strings.Contains(c, "announce route 100.100.7.0/24") {
