@@ -1,5 +1,8 @@
-// Package agent wires bgpedge together: the command line, configuration,
-// lifecycle, fleet configuration, the OS service and the HTTP endpoints.
+// Package agent wires bgpedge together: the command line, configuration
+// (with its reload) and fleet configuration, the lifecycle of `bgpedge run`
+// and the OS service. The parts every command that moves records is made of
+// — spool, encoders, forwarder, HTTP endpoints, ordered shutdown — are
+// package pipeline's: `run`, `exabgp` and `bridge` each configure them here.
 package agent
 
 import (

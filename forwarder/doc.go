@@ -1,9 +1,10 @@
 // Package forwarder drains the spool to Kafka, or to NATS JetStream while
-// Kafka is unreachable, at least once.
+// Kafka is unreachable, at least once. Package pipeline builds it (with the
+// streams the sources declare, Config.Topics.Streams); it knows no source.
 //
 // It owns the seams around that: Source (what it needs of the spool),
-// Encoder (records to output messages; packages bmp and exabgp implement
-// it), and Sink (Connect/Write/Close, with a per-message ack), and the two
+// Encoder (records to record.Output messages; packages bmp and exabgp
+// implement it, Raw sends a declared raw stream as spooled), and Sink (Connect/Write/Close, with a per-message ack), and the two
 // sinks: KafkaSink (sarama AsyncProducer: idempotent, acks from all in-sync
 // replicas, one request in flight per broker) and NATSSink (JetStream async
 // publish with every PubAck checked and Nats-Msg-Id set).

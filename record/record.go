@@ -1,5 +1,8 @@
 // Package record defines the unit of data that sources hand to the spool and
-// the forwarder reads back: one event as received, before any decoding.
+// the forwarder reads back: one event as received, before any decoding; and
+// what comes out of it: Output, the one type every encoder emits, Stream,
+// how a source declares the streams its encoder emits (name, default topic,
+// raw or JSON), and the JSON event schema (Event).
 //
 // Decoding happens on the way out (in the forwarder's encoders), so ingest
 // stays cheap and the spool holds exactly the bytes a router or exaBGP sent.
