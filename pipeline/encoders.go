@@ -34,7 +34,7 @@ func NewBMPForwarder(opts BMPOptions, sp forwarder.Source, log *slog.Logger, reg
 		Logger:     log,
 		Registerer: reg,
 	}}
-	f, err := newForwarder(opts.Forwarder, sp, bmpEncoder(ef), log, reg) // forwarder.New tags its own logs
+	f, err := NewForwarder(opts.Forwarder, sp, bmpEncoder(ef), log, reg) // forwarder.New tags its own logs
 	if err != nil {
 		return nil, err
 	}
@@ -137,12 +137,13 @@ func NewExaBGPForwarder(opts ExaBGPOptions, sp forwarder.Source, log *slog.Logge
 		record.KindExaBGP: forwarder.EncoderFunc(ex.Encode),
 		record.KindBMP:    forwarder.RawOf(raw),
 	}
-	return newForwarder(opts.Forwarder, sp, enc, log, reg)
+	return NewForwarder(opts.Forwarder, sp, enc, log, reg)
 }
 
-// newForwarder is the one construction of a forwarder, with the streams
-// the sources declare unless the caller declared its own.
-func newForwarder(cfg forwarder.Config, sp forwarder.Source, enc forwarder.Encoder, log *slog.Logger, reg prometheus.Registerer) (*forwarder.Forwarder, error) {
+// NewForwarder is the one construction of a forwarder: enc drains sp, with
+// the streams the sources declare (Streams) unless cfg declares its own. A
+// source with an encoder of its own builds its forwarder here.
+func NewForwarder(cfg forwarder.Config, sp forwarder.Source, enc forwarder.Encoder, log *slog.Logger, reg prometheus.Registerer) (*forwarder.Forwarder, error) {
 	if len(cfg.Topics.Streams) == 0 {
 		cfg.Topics.Streams = Streams()
 	}
