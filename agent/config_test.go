@@ -86,6 +86,8 @@ func TestBadConfigs(t *testing.T) {
 		{"bad http listen", "http:\n  listen: nope\n", []string{"http.listen:"}},
 		{"bad agent id", "agent:\n  id: a.b\n", []string{"agent.id:"}},
 		{"bad policy", "buffer:\n  policy: maybe\n", []string{"buffer.policy:"}},
+		{"exabgp spool below two segments", "exabgp:\n  spool_max_bytes: 64MiB\n", []string{"exabgp.spool_max_bytes:", "twice buffer.segment_bytes"}},
+		{"exabgp spool tiny", "exabgp:\n  spool_max_bytes: 1KiB\n", []string{"exabgp.spool_max_bytes:"}},
 		{"several errors at once", "buffer:\n  dirr: /x\nbmp:\n  tcp_keepalive: 5y\n", []string{"buffer.dirr: unknown key", "bmp.tcp_keepalive:"}},
 	}
 	for _, tt := range tests {
