@@ -53,16 +53,6 @@ func testBuffer(t *testing.T) buffer.Config {
 	return b
 }
 
-func get(t *testing.T, addr, path string) int {
-	t.Helper()
-	resp, err := http.Get("http://" + addr + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
-}
-
 // TestPipelineReadinessAndShutdownOrder: /readyz answers 503 until the spool
 // is open and the forwarder runs, then 200; Close stops the inputs first,
 // then the forwarder (which still finds the spool open for its final
@@ -89,10 +79,10 @@ func TestPipelineReadinessAndShutdownOrder(t *testing.T) {
 	if err := p.StartHTTP(); err != nil {
 		t.Fatal(err)
 	}
-	if code := get(t, addr, "/readyz"); code != http.StatusServiceUnavailable {
+	if code := testenv.HTTPStatus(t, addr, "/readyz"); code != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz before Open: %d", code)
 	}
-	if code := get(t, addr, "/healthz"); code != http.StatusOK {
+	if code := testenv.HTTPStatus(t, addr, "/healthz"); code != http.StatusOK {
 		t.Fatalf("/healthz: %d", code)
 	}
 	sp, err := p.Open()

@@ -129,6 +129,18 @@ func (r *AgentRun) Readiness() (Readiness, error) {
 	return ReadinessAt(r.HTTP)
 }
 
+// HTTPStatus is the status code of a GET of path on addr; an error fails
+// the test.
+func HTTPStatus(t testing.TB, addr, path string) int {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
 // ReadinessAt asks the /readyz of any bgpedge process serving HTTP on addr
 // (`run`, `exabgp`). A 503 is not an error: its body says why not ready.
 func ReadinessAt(addr string) (Readiness, error) {
