@@ -348,28 +348,20 @@ type preparer interface {
 }
 
 // reacher is a forwarder that can tell, before it runs, which sink it
-// would deliver to.
+// would deliver to, and how it ranks sinks (by their role in
+// forwarder.sinks: the first ranks highest, none 0).
 type reacher interface {
 	Reach(ctx context.Context) (string, error)
-}
-
-// sinkRank orders what a forwarder delivers to: Kafka, the JetStream
-// fallback, nothing.
-func sinkRank(sink string) int {
-	switch sink {
-	case forwarder.SinkKafka:
-		return 2
-	case forwarder.SinkNATS:
-		return 1
-	}
-	return 0
+	Rank(sink string) int
 }
 
 // destinationsChanged reports whether next connects differently from cur:
-// any Kafka, NATS or topic setting, or the agent id (the NATS client name).
+// the sink list, any file, Kafka, NATS or topic setting, or the agent id
+// (the NATS client name).
 func destinationsChanged(cur, next Config) bool {
 	c, n := cur.ForwarderSettings(), next.ForwarderSettings()
-	return !reflect.DeepEqual(c.Kafka, n.Kafka) || !reflect.DeepEqual(c.NATS, n.NATS) ||
+	return !reflect.DeepEqual(c.SinkOrder(), n.SinkOrder()) || !reflect.DeepEqual(c.File, n.File) ||
+		!reflect.DeepEqual(c.Kafka, n.Kafka) || !reflect.DeepEqual(c.NATS, n.NATS) ||
 		!reflect.DeepEqual(c.Topics, n.Topics) || c.AgentID != n.AgentID
 }
 
@@ -381,11 +373,11 @@ func destinationsChanged(cur, next Config) bool {
 func deliversNoLess(ctx context.Context, old, next drainer) error {
 	r, ok := next.(reacher)
 	have := old.ActiveSink()
-	if !ok || sinkRank(have) == 0 {
+	if !ok || r.Rank(have) == 0 {
 		return nil
 	}
 	got, err := r.Reach(ctx)
-	if sinkRank(got) >= sinkRank(have) {
+	if r.Rank(got) >= r.Rank(have) {
 		return nil
 	}
 	if ctx.Err() != nil { // stopping: the probes were cut short
