@@ -367,10 +367,7 @@ func (of *openFile) writePending(s *FileSink) error {
 	of.size += int64(n)
 	s.addTotal(int64(n))
 	of.pending = of.pending[:0]
-	if err != nil {
-		return fmt.Errorf("write %s: %w", of.path, err)
-	}
-	return nil
+	return err // an *os.PathError: it names the file
 }
 
 // flush writes what the batch left buffered and fsyncs every file it touched.
@@ -380,7 +377,7 @@ func (s *FileSink) flush(touched []*openFile) error {
 			return err
 		}
 		if err := of.f.Sync(); err != nil {
-			return fmt.Errorf("fsync %s: %w", of.path, err)
+			return err
 		}
 	}
 	return nil
@@ -429,7 +426,7 @@ func (s *FileSink) create(stream string, seq uint64, raw bool) (*openFile, error
 	path := filepath.Join(dir, name.String())
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o640)
 	if err != nil {
-		return nil, fmt.Errorf("create %s: %w", path, err)
+		return nil, err
 	}
 	if err := syncDir(dir); err != nil {
 		_ = f.Close()
@@ -464,10 +461,10 @@ func (s *FileSink) rotate(stream, reason string, touched *[]*openFile) error {
 		return err
 	}
 	if err := of.f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", of.path, err)
+		return err
 	}
 	if err := of.f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", of.path, err)
+		return err
 	}
 	delete(s.open, stream)
 	if of.start >= 0 {
