@@ -119,7 +119,11 @@ func (p *tailPrinter) print(m TailedMessage, value []byte) error {
 		default:
 			where = fmt.Sprintf("%s#%d", m.Subject, *m.StreamSeq)
 		}
-		line = where + " " + m.ID + " " + m.Summary
+		id := m.ID
+		if id == "" {
+			id = "-" // raw BMP in a file: no id is kept
+		}
+		line = where + " " + id + " " + m.Summary
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
