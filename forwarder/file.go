@@ -218,7 +218,7 @@ func (s *FileSink) Connect(ctx context.Context) error {
 	s.m.dirBytes.Set(float64(total))
 	s.mu.Unlock()
 	s.open, s.next, s.connected = map[string]*openFile{}, next, true
-	go s.compressor(gctx)
+	go s.compressor(gctx, s.wake, s.gzDone)
 	s.signal()
 	s.enforce()
 	return nil
@@ -542,9 +542,11 @@ func (s *FileSink) signal() {
 	}
 }
 
-// compressor gzips closed files one at a time until ctx ends.
-func (s *FileSink) compressor(ctx context.Context) {
-	defer close(s.gzDone)
+// compressor gzips closed files one at a time until ctx ends. Its channels
+// are its own: one that outlived a Close cut short by its deadline does not
+// read those of the next Connect's compressor.
+func (s *FileSink) compressor(ctx context.Context, wake <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
 	for {
 		s.mu.Lock()
 		var c *closedFile
@@ -562,7 +564,7 @@ func (s *FileSink) compressor(ctx context.Context) {
 			select {
 			case <-ctx.Done():
 				return
-			case <-s.wake:
+			case <-wake:
 				continue
 			}
 		}
