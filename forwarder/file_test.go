@@ -461,4 +461,14 @@ func TestFileConfigValidate(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Errorf("file then nats: %v", err)
 	}
+	// A sink left out of the list is not validated by Validate; a command
+	// that uses it anyway (the bridge) asks for it.
+	c.Sinks = []string{SinkFile}
+	c.Kafka.Brokers = nil
+	if err := c.Validate(); err != nil {
+		t.Errorf("kafka settings checked with sinks [file]: %v", err)
+	}
+	if err := c.ValidateSinks(SinkKafka); err == nil || !strings.Contains(err.Error(), "forwarder.kafka.brokers") {
+		t.Errorf("ValidateSinks(kafka) = %v, want an error naming forwarder.kafka.brokers", err)
+	}
 }

@@ -1,6 +1,7 @@
 package forwarder
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -101,6 +102,27 @@ func (c Config) validateSinks(bad badFunc) {
 			k.validate(c, bad)
 		}
 	}
+}
+
+// ValidateSinks checks the sections of the named sinks, listed or not: a
+// command that uses a sink outside forwarder.sinks (the bridge, tail)
+// validates what it uses.
+func (c Config) ValidateSinks(names ...string) error {
+	var errs []error
+	bad := func(key, msg string, args ...any) {
+		errs = append(errs, fmt.Errorf("forwarder.%s: %s", key, fmt.Sprintf(msg, args...)))
+	}
+	table := sinkTable()
+	for _, name := range names {
+		k, ok := table[name]
+		if !ok {
+			return fmt.Errorf("forwarder: no sink %q", name)
+		}
+		if !slices.Contains(c.SinkOrder(), name) { // else Validate checked it
+			k.validate(c, bad)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // buildSinks builds the listed sinks in order through the table.
