@@ -463,7 +463,7 @@ func TestFileConfigValidate(t *testing.T) {
 	}
 	// A sink left out of the list is not validated by Validate; a command
 	// that uses it anyway (the bridge) asks for it.
-	c.Sinks = []string{SinkFile}
+	c.Sinks, c.NATS.Enabled = []string{SinkFile}, false
 	c.Kafka.Brokers = nil
 	if err := c.Validate(); err != nil {
 		t.Errorf("kafka settings checked with sinks [file]: %v", err)
