@@ -1,6 +1,7 @@
 package forwarder
 
 import (
+	"cmp"
 	"compress/gzip"
 	"context"
 	"errors"
@@ -274,7 +275,7 @@ func (s *FileSink) scan() ([]*closedFile, map[string]uint64, error) {
 		if c := a.name.created.Compare(b.name.created); c != 0 {
 			return c
 		}
-		return int(a.name.counter) - int(b.name.counter)
+		return cmp.Compare(a.name.counter, b.name.counter)
 	})
 	out := make([]*closedFile, len(all))
 	for i, n := range all {
@@ -294,7 +295,7 @@ func (s *FileSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc) er
 		return ErrNotConnected
 	}
 	var touched []*openFile
-	err := s.rotateAged(ctx)
+	err := s.rotateAged()
 	if err == nil {
 		err = s.writeBatch(batch, &touched)
 	}
@@ -351,7 +352,7 @@ func (s *FileSink) writeBatch(batch []*Outgoing, touched *[]*openFile) error {
 		}
 		of.pending = appendFileRecord(of.pending, m, raw)
 		if len(of.pending) >= pendingFlush {
-			if err := of.writePending(s); err != nil {
+			if err := s.writePending(of); err != nil {
 				return err
 			}
 		}
@@ -359,7 +360,8 @@ func (s *FileSink) writeBatch(batch []*Outgoing, touched *[]*openFile) error {
 	return nil
 }
 
-func (of *openFile) writePending(s *FileSink) error {
+// writePending appends what of buffered to its file.
+func (s *FileSink) writePending(of *openFile) error {
 	if len(of.pending) == 0 {
 		return nil
 	}
@@ -373,7 +375,7 @@ func (of *openFile) writePending(s *FileSink) error {
 // flush writes what the batch left buffered and fsyncs every file it touched.
 func (s *FileSink) flush(touched []*openFile) error {
 	for _, of := range touched {
-		if err := of.writePending(s); err != nil {
+		if err := s.writePending(of); err != nil {
 			return err
 		}
 		if err := of.f.Sync(); err != nil {
@@ -440,7 +442,7 @@ func (s *FileSink) create(stream string, seq uint64, raw bool) (*openFile, error
 }
 
 // rotateAged closes the files opened longer than max_file_age ago.
-func (s *FileSink) rotateAged(context.Context) error {
+func (s *FileSink) rotateAged() error {
 	now := s.now()
 	for stream, of := range s.open {
 		if now.Sub(of.opened) >= s.cfg.MaxFileAge {
@@ -457,7 +459,7 @@ func (s *FileSink) rotateAged(context.Context) error {
 // from here on even if the batch fails later: a duplicate, never a loss.
 func (s *FileSink) rotate(stream, reason string, touched *[]*openFile) error {
 	of := s.open[stream]
-	if err := of.writePending(s); err != nil {
+	if err := s.writePending(of); err != nil {
 		return err
 	}
 	if err := of.f.Sync(); err != nil {
