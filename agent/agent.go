@@ -355,14 +355,10 @@ type reacher interface {
 	Rank(sink string) int
 }
 
-// destinationsChanged reports whether next connects differently from cur:
-// the sink list, any file, Kafka, NATS or topic setting, or the agent id
-// (the NATS client name).
+// destinationsChanged reports whether next connects differently from cur
+// (forwarder.DestinationsChanged: the sinks and their settings).
 func destinationsChanged(cur, next Config) bool {
-	c, n := cur.ForwarderSettings(), next.ForwarderSettings()
-	return !reflect.DeepEqual(c.SinkOrder(), n.SinkOrder()) || !reflect.DeepEqual(c.File, n.File) ||
-		!reflect.DeepEqual(c.Kafka, n.Kafka) || !reflect.DeepEqual(c.NATS, n.NATS) ||
-		!reflect.DeepEqual(c.Topics, n.Topics) || c.AgentID != n.AgentID
+	return forwarder.DestinationsChanged(cur.ForwarderSettings(), next.ForwarderSettings())
 }
 
 // deliversNoLess refuses a new forwarder that reaches a lesser sink than the

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -24,6 +25,9 @@ type sinkKind struct {
 	// build returns the unconnected sink; reg takes its own metrics (nil:
 	// not registered, e.g. for a reach probe).
 	build func(c Config, logger *slog.Logger, reg prometheus.Registerer) (Sink, error)
+	// section is the sink's configuration block: a reload that changes it
+	// builds a new forwarder.
+	section func(c Config) any
 }
 
 // sinkTable is the table of every sink forwarder.sinks may name. A function,
@@ -32,6 +36,7 @@ func sinkTable() map[string]sinkKind {
 	return map[string]sinkKind{
 		SinkKafka: {
 			validate: validateKafka,
+			section:  func(c Config) any { return c.Kafka },
 			build: func(c Config, logger *slog.Logger, _ prometheus.Registerer) (Sink, error) {
 				if _, err := SaramaConfig(c.Kafka); err != nil {
 					return nil, err
@@ -41,6 +46,7 @@ func sinkTable() map[string]sinkKind {
 		},
 		SinkNATS: {
 			validate: validateNATS,
+			section:  func(c Config) any { return c.NATS },
 			build: func(c Config, logger *slog.Logger, _ prometheus.Registerer) (Sink, error) {
 				if _, err := NATSOptions(c.NATS, ""); err != nil {
 					return nil, err
@@ -50,6 +56,7 @@ func sinkTable() map[string]sinkKind {
 		},
 		SinkFile: {
 			validate: validateFile,
+			section:  func(c Config) any { return c.File },
 			build: func(c Config, logger *slog.Logger, reg prometheus.Registerer) (Sink, error) {
 				return NewFileSink(c.File, logger, reg)
 			},
@@ -102,6 +109,24 @@ func (c Config) validateSinks(bad badFunc) {
 			k.validate(c, bad)
 		}
 	}
+}
+
+// DestinationsChanged reports whether next connects differently from cur:
+// the list of sinks, any listed sink's settings, the topics, or the agent id
+// (the NATS client name). A reload keeps the running forwarder's sinks when
+// nothing of this changed.
+func DestinationsChanged(cur, next Config) bool {
+	if !slices.Equal(cur.SinkOrder(), next.SinkOrder()) || cur.AgentID != next.AgentID ||
+		!reflect.DeepEqual(cur.Topics, next.Topics) {
+		return true
+	}
+	table := sinkTable()
+	for _, name := range cur.SinkOrder() {
+		if k, ok := table[name]; ok && !reflect.DeepEqual(k.section(cur), k.section(next)) {
+			return true
+		}
+	}
+	return false
 }
 
 // ValidateSinks checks the sections of the named sinks, listed or not: a

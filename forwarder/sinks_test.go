@@ -1,6 +1,7 @@
 package forwarder
 
 import (
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -92,5 +93,38 @@ func TestFileSinkRotatesByAge(t *testing.T) {
 	}
 	if v := testutil.ToFloat64(sink.m.rotations.WithLabelValues("age")); v != 2 { // bmp.raw and bmp.peer
 		t.Errorf("age rotations = %v, want 2", v)
+	}
+}
+
+func TestDestinationsChanged(t *testing.T) {
+	base := DefaultConfig()
+	base.AgentID = "a1"
+	for _, tc := range []struct {
+		name   string
+		change func(c *Config)
+		want   bool
+	}{
+		{"nothing", func(*Config) {}, false},
+		{"a setting of no sink", func(c *Config) { c.AckInterval *= 2 }, false},
+		{"nats settings, nats not listed", func(c *Config) { c.NATS.URL = "nats://192.0.2.1:4222" }, false},
+		{"the list", func(c *Config) { c.Sinks = []string{SinkKafka, SinkFile} }, true},
+		{"nats.enabled", func(c *Config) { c.NATS.Enabled = true }, true},
+		{"kafka brokers", func(c *Config) { c.Kafka.Brokers = []string{"192.0.2.1:9092"} }, true},
+		{"topics", func(c *Config) { c.Topics.Prefix = "x." }, true},
+		{"agent id", func(c *Config) { c.AgentID = "a2" }, true},
+	} {
+		next := base
+		next.Kafka.Brokers = slices.Clone(base.Kafka.Brokers)
+		tc.change(&next)
+		if got := DestinationsChanged(base, next); got != tc.want {
+			t.Errorf("%s: DestinationsChanged = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	cur := base
+	cur.Sinks = []string{SinkFile}
+	next := cur
+	next.File.Dir = "/elsewhere"
+	if !DestinationsChanged(cur, next) {
+		t.Error("file.dir with file listed: unchanged")
 	}
 }
