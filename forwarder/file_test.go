@@ -472,3 +472,56 @@ func TestFileConfigValidate(t *testing.T) {
 		t.Errorf("ValidateSinks(kafka) = %v, want an error naming forwarder.kafka.brokers", err)
 	}
 }
+
+// A value that is not a JSON object (a dead letter's raw record) is kept in
+// an envelope with its key and headers; a JSON event spread over lines is
+// written on one. tail gives both back.
+func TestFileSinkEnvelopeAndCompaction(t *testing.T) {
+	dir := t.TempDir()
+	fc := DefaultFileConfig()
+	fc.Dir = dir
+	s, err := NewFileSink(fc, testLogger(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if err := s.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dl := &Outgoing{Seq: 5, Index: -1, ID: "a1:5", Stream: StreamDLQ, Key: []byte("192.0.2.1"), Value: []byte{0, 1, '\n', 0xff},
+		Headers: []Header{{HeaderID, "a1:5"}, {HeaderError, "decode: bad length"}}}
+	ev := &Outgoing{Seq: 6, Index: -1, ID: "a1:6", Stream: StreamDLQ, Value: []byte("{\n  \"id\": \"a1:6\",\n  \"type\": \"route\"\n}")}
+	var acked int
+	if err := s.Write(ctx, []*Outgoing{dl, ev}, func(_ *Outgoing, err error) {
+		if err != nil {
+			t.Errorf("ack: %v", err)
+		}
+		acked++
+	}); err != nil || acked != 2 {
+		t.Fatalf("write: %v, %d acked", err, acked)
+	}
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := Tail(ctx, TailOptions{File: dir, Stream: StreamDLQ, JSON: true, Out: &out}); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("tail printed %d lines: %q", len(lines), out.String())
+	}
+	var first, second TailedMessage
+	if err := json.Unmarshal([]byte(lines[0]), &first); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(lines[1]), &second); err != nil {
+		t.Fatal(err)
+	}
+	if first.ID != "a1:5" || first.Key != "192.0.2.1" || first.Headers[HeaderError] != "decode: bad length" || first.Bytes != 4 {
+		t.Errorf("dead letter read back as %+v", first)
+	}
+	if second.ID != "a1:6" || !bytes.Equal(second.Event, []byte(`{"id":"a1:6","type":"route"}`)) {
+		t.Errorf("event read back as %+v (%s)", second, second.Event)
+	}
+}
