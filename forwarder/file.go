@@ -25,8 +25,8 @@ type FileConfig struct {
 	// MaxFileBytes closes a stream's file once the next batch would take it
 	// past this size; the next message starts a new file.
 	MaxFileBytes int64 `mapstructure:"max_file_bytes"`
-	// MaxFileAge closes a stream's file this long after it was opened, when
-	// the next message for the stream arrives.
+	// MaxFileAge closes a stream's file this long after it was opened,
+	// checked whenever the sink writes a batch (of any stream).
 	MaxFileAge time.Duration `mapstructure:"max_file_age"`
 	// MaxTotalBytes bounds every file of Dir together: the oldest closed
 	// files are deleted to stay within it. Files still being written are
