@@ -22,7 +22,7 @@ import (
 type FileConfig struct {
 	// Dir holds one directory per stream (bmp.route.loc-rib/, bmp.raw/, …).
 	Dir string `mapstructure:"dir"`
-	// MaxFileBytes closes a stream's file once the next batch would take it
+	// MaxFileBytes closes a stream's file once the next message would take it
 	// past this size; the next message starts a new file.
 	MaxFileBytes int64 `mapstructure:"max_file_bytes"`
 	// MaxFileAge closes a stream's file this long after it was opened,
