@@ -48,7 +48,7 @@ lint: ## gofmt, go vet, staticcheck (pinned in tools/go.mod)
 	$(GO) vet ./...
 	$(TOOL) staticcheck ./...
 
-run: build ## build, then run the agent with $(CONFIG)
+run: build ## build, then run the agent with $(CONFIG) (local.yaml: spool and output files under ./.cache)
 	bin/bgpedge run --config $(CONFIG)
 
 kafka-up: ## start the local test broker on 127.0.0.1:9092

@@ -333,29 +333,17 @@ func (a *Agent) newForwarder(cfg Config, sp Spool) (*forwarderPart, error) {
 }
 
 // reacher is a forwarder that can tell, before it runs, which sink it
-// would deliver to.
+// would deliver to, and how it ranks sinks (by their role in
+// forwarder.sinks: the first ranks highest, none 0).
 type reacher interface {
 	Reach(ctx context.Context) (string, error)
+	Rank(sink string) int
 }
 
-// sinkRank orders what a forwarder delivers to: Kafka, the JetStream
-// fallback, nothing.
-func sinkRank(sink string) int {
-	switch sink {
-	case forwarder.SinkKafka:
-		return 2
-	case forwarder.SinkNATS:
-		return 1
-	}
-	return 0
-}
-
-// destinationsChanged reports whether next connects differently from cur:
-// any Kafka, NATS or topic setting, or the agent id (the NATS client name).
+// destinationsChanged reports whether next connects differently from cur
+// (forwarder.DestinationsChanged: the sinks and their settings).
 func destinationsChanged(cur, next Config) bool {
-	c, n := cur.ForwarderSettings(), next.ForwarderSettings()
-	return !reflect.DeepEqual(c.Kafka, n.Kafka) || !reflect.DeepEqual(c.NATS, n.NATS) ||
-		!reflect.DeepEqual(c.Topics, n.Topics) || c.AgentID != n.AgentID
+	return forwarder.DestinationsChanged(cur.ForwarderSettings(), next.ForwarderSettings())
 }
 
 // deliversNoLess refuses a new forwarder that reaches a lesser sink than the
@@ -366,11 +354,11 @@ func destinationsChanged(cur, next Config) bool {
 func deliversNoLess(ctx context.Context, old, next drainer) error {
 	r, ok := next.(reacher)
 	have := old.ActiveSink()
-	if !ok || sinkRank(have) == 0 {
+	if !ok || r.Rank(have) == 0 {
 		return nil
 	}
 	got, err := r.Reach(ctx)
-	if sinkRank(got) >= sinkRank(have) {
+	if r.Rank(got) >= r.Rank(have) {
 		return nil
 	}
 	if ctx.Err() != nil { // stopping: the probes were cut short

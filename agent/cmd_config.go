@@ -95,7 +95,7 @@ func newConfigValidateCommand() *cobra.Command {
 		},
 	}
 	flags.register(cmd.Flags())
-	cmd.Flags().BoolVar(&probe, "probe", false, "also probe the forwarder's Kafka and NATS settings (network access)")
+	cmd.Flags().BoolVar(&probe, "probe", false, "also probe the forwarder's sinks (network or disk access)")
 	return cmd
 }
 

@@ -29,6 +29,11 @@ type reachDrainer struct {
 
 func (d *reachDrainer) ActiveSink() string { return d.active }
 
+// Rank ranks as the default forwarder.sinks with nats: kafka, then nats.
+func (d *reachDrainer) Rank(sink string) int {
+	return map[string]int{forwarder.SinkKafka: 2, forwarder.SinkNATS: 1}[sink]
+}
+
 func (d *reachDrainer) Reach(context.Context) (string, error) {
 	d.asked.Add(1)
 	if d.reach == forwarder.SinkKafka {

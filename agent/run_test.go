@@ -121,7 +121,9 @@ func launchChild(t *testing.T, configFile string, env ...string) *child {
 	c := &child{logs: &logLines{}, exited: make(chan error, 1), spoolDir: filepath.Join(tmp, "spool")}
 	c.cmd = exec.Command(bin, "run", "--config", configFile)
 	c.cmd.Dir = tmp
-	c.cmd.Env = append(os.Environ(),
+	// These tests count what the spool keeps: the forwarder (the file sink
+	// of configs/local.yaml) is off unless a test's environment turns it on.
+	c.cmd.Env = append(append([]string{"BGPEDGE_FORWARDER_ENABLED=false"}, os.Environ()...),
 		"BGPEDGE_BUFFER_DIR="+c.spoolDir,
 		"BGPEDGE_AGENT_STATE_DIR="+filepath.Join(tmp, "state"),
 		"BGPEDGE_BMP_LISTEN=127.0.0.1:0",
@@ -562,6 +564,7 @@ func TestRunForwardsToKafka(t *testing.T) {
 	capture := testenv.Shared(t, "bmpdata", "raw", "frr-8.0.1-6wind__daisy-58.bmp")
 	prefix := fmt.Sprintf("agenttest%d.", time.Now().UnixNano())
 	t.Setenv("BGPEDGE_FORWARDER_ENABLED", "true")
+	t.Setenv("BGPEDGE_FORWARDER_SINKS", "kafka")
 	t.Setenv("BGPEDGE_FORWARDER_KAFKA_BROKERS", strings.Join(brokers, ","))
 	t.Setenv("BGPEDGE_FORWARDER_TOPICS_PREFIX", prefix)
 	t.Setenv("BGPEDGE_FORWARDER_KAFKA_PARTITIONS", "2")

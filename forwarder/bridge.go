@@ -54,6 +54,11 @@ func NewBridge(opts BridgeOptions) (*Bridge, error) {
 	if err := opts.Config.Validate(); err != nil {
 		return nil, err
 	}
+	// The bridge reads JetStream and writes Kafka whatever the forwarder's
+	// list of sinks.
+	if err := opts.Config.ValidateSinks(SinkKafka, SinkNATS); err != nil {
+		return nil, err
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}

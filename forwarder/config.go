@@ -20,13 +20,19 @@ type Config struct {
 	// AgentID names this edge host in message ids, headers and NATS subjects.
 	// The agent fills it from agent.id when it is left empty here.
 	AgentID string `mapstructure:"agent_id"`
-	// FailoverAfter is how long Kafka must have been unreachable before the
-	// forwarder drains to NATS JetStream instead.
+	// Sinks lists the sinks by role, most preferred first: the first healthy
+	// one drains the spool. Empty means [kafka], plus nats when
+	// nats.enabled is true, which is what configurations written before the
+	// list meant. Use SinkOrder, not this field.
+	Sinks []string `mapstructure:"sinks"`
+	// FailoverAfter is how long a sink must have been unreachable before the
+	// forwarder drains to the next sink of the list instead.
 	FailoverAfter time.Duration `mapstructure:"failover_after"`
-	// FailbackAfter is how long Kafka must have been healthy, while draining
-	// to JetStream, before the forwarder returns to it (hysteresis).
+	// FailbackAfter is how long an earlier sink of the list must have been
+	// healthy, while a later one drains, before the forwarder returns to it
+	// (hysteresis).
 	FailbackAfter time.Duration `mapstructure:"failback_after"`
-	// ProbeInterval is how often an unhealthy Kafka is probed.
+	// ProbeInterval is how often an earlier, unhealthy sink is probed.
 	ProbeInterval time.Duration `mapstructure:"probe_interval"`
 	// BackoffMin and BackoffMax bound the exponential backoff (with jitter)
 	// between attempts while every sink is down.
@@ -51,6 +57,7 @@ type Config struct {
 
 	Kafka  KafkaConfig  `mapstructure:"kafka"`
 	NATS   NATSConfig   `mapstructure:"nats"`
+	File   FileConfig   `mapstructure:"file"`
 	Topics TopicsConfig `mapstructure:"topics"`
 	DLQ    DLQConfig    `mapstructure:"dlq"`
 }
@@ -97,9 +104,11 @@ type SASL struct {
 	Password  string `mapstructure:"password"`
 }
 
-// NATSConfig configures the JetStream sink used while Kafka is down.
+// NATSConfig configures the JetStream sink.
 type NATSConfig struct {
-	// Enabled turns failover on; without it the spool just grows while Kafka is down.
+	// Enabled is the shorthand of configurations written before
+	// forwarder.sinks: with an empty list it means [kafka, nats]. With a
+	// list, true requires nats in it.
 	Enabled bool `mapstructure:"enabled"`
 	// The connection: url, credentials, tls (the block every NATS user shares).
 	natsconn.Config `mapstructure:",squash"`
@@ -175,6 +184,7 @@ func DefaultConfig() Config {
 			Partitions:        6,
 			ReplicationFactor: 1,
 		},
+		File: DefaultFileConfig(),
 		NATS: NATSConfig{
 			Config:        natsconn.Config{URL: "nats://127.0.0.1:4222"},
 			Stream:        "BGPEDGE",
@@ -204,8 +214,6 @@ func (c Config) Validate() error {
 		"failover_after": c.FailoverAfter, "failback_after": c.FailbackAfter,
 		"probe_interval": c.ProbeInterval, "backoff_min": c.BackoffMin, "backoff_max": c.BackoffMax,
 		"ack_interval": c.AckInterval, "shutdown_timeout": c.ShutdownTimeout,
-		"kafka.retry_backoff": c.Kafka.RetryBackoff, "kafka.dial_timeout": c.Kafka.DialTimeout,
-		"nats.ack_timeout": c.NATS.AckTimeout,
 	}
 	for k, v := range positive {
 		if v <= 0 {
@@ -227,73 +235,7 @@ func (c Config) Validate() error {
 	if c.Encoders < 0 || c.Encoders > 1024 {
 		bad("encoders", "must be between 0 (GOMAXPROCS) and 1024")
 	}
-	k := c.Kafka
-	if len(k.Brokers) == 0 {
-		bad("kafka.brokers", "at least one broker is required")
-	}
-	for _, b := range k.Brokers {
-		if !strings.Contains(b, ":") {
-			bad("kafka.brokers", "%q is not host:port", b)
-		}
-	}
-	if _, err := sarama.ParseKafkaVersion(k.Version); err != nil {
-		bad("kafka.version", "%v", err)
-	}
-	if _, err := compressionCodec(k.Compression); err != nil {
-		bad("kafka.compression", "%v", err)
-	}
-	for _, f := range []struct {
-		key string
-		v   int64
-	}{{"kafka.flush_bytes", int64(k.FlushBytes)}, {"kafka.flush_messages", int64(k.FlushMessages)}, {"kafka.flush_frequency", int64(k.FlushFrequency)}} {
-		if f.v < 0 {
-			bad(f.key, "must not be negative")
-		}
-	}
-	if k.MaxMessageBytes < minMessageBytes {
-		bad("kafka.max_message_bytes", "must be at least %d (a dead letter carries up to 1 KiB of key and %d bytes of headers)", minMessageBytes, messageOverhead)
-	}
-	if k.Producers < 1 || k.Producers > 16 {
-		bad("kafka.producers", "must be between 1 and 16")
-	}
-	if k.RetryMax < 1 {
-		bad("kafka.retry_max", "must be at least 1 (the idempotent producer needs retries)")
-	}
-	if k.Partitions < 1 {
-		bad("kafka.partitions", "must be at least 1")
-	}
-	if k.ReplicationFactor < 1 {
-		bad("kafka.replication_factor", "must be at least 1")
-	}
-	switch strings.ToUpper(k.SASL.Mechanism) {
-	case "":
-	case sarama.SASLTypePlaintext, sarama.SASLTypeSCRAMSHA256, sarama.SASLTypeSCRAMSHA512:
-		if k.SASL.User == "" {
-			bad("kafka.sasl.user", "is required with a SASL mechanism")
-		}
-	default:
-		bad("kafka.sasl.mechanism", "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, not %q", k.SASL.Mechanism)
-	}
-	k.TLS.Validate("kafka.tls", bad)
-	n := c.NATS
-	if n.Enabled {
-		if n.URL == "" {
-			bad("nats.url", "is required when nats.enabled is true")
-		}
-		if n.Stream == "" || strings.ContainsAny(n.Stream, ".*> ") {
-			bad("nats.stream", "must be a non-empty name without '.', '*', '>' or spaces")
-		}
-		if n.SubjectPrefix == "" || strings.ContainsAny(n.SubjectPrefix, "*> ") {
-			bad("nats.subject_prefix", "must be non-empty, without wildcards or spaces")
-		}
-		if n.Replicas < 1 || n.Replicas > 5 {
-			bad("nats.replicas", "must be between 1 and 5")
-		}
-		if n.MaxPending < 1 {
-			bad("nats.max_pending", "must be at least 1")
-		}
-		n.Config.Validate("nats", false, bad)
-	}
+	c.validateSinks(bad)
 	known := c.Topics.Streams.Names()
 	checked := len(known) > 0
 	for _, stream := range slices.Sorted(maps.Keys(c.Topics.Overrides)) {
@@ -357,4 +299,85 @@ func (n NATSConfig) StreamOfSubject(subject string) (string, bool) {
 	}
 	_, stream, ok := strings.Cut(rest, ".")
 	return stream, ok && stream != ""
+}
+
+// validateKafka checks forwarder.kafka; it runs when kafka is in the list.
+func validateKafka(c Config, bad badFunc) {
+	k := c.Kafka
+	for key, v := range map[string]time.Duration{"kafka.retry_backoff": k.RetryBackoff, "kafka.dial_timeout": k.DialTimeout} {
+		if v <= 0 {
+			bad(key, "must be positive")
+		}
+	}
+	if len(k.Brokers) == 0 {
+		bad("kafka.brokers", "at least one broker is required")
+	}
+	for _, b := range k.Brokers {
+		if !strings.Contains(b, ":") {
+			bad("kafka.brokers", "%q is not host:port", b)
+		}
+	}
+	if _, err := sarama.ParseKafkaVersion(k.Version); err != nil {
+		bad("kafka.version", "%v", err)
+	}
+	if _, err := compressionCodec(k.Compression); err != nil {
+		bad("kafka.compression", "%v", err)
+	}
+	for _, f := range []struct {
+		key string
+		v   int64
+	}{{"kafka.flush_bytes", int64(k.FlushBytes)}, {"kafka.flush_messages", int64(k.FlushMessages)}, {"kafka.flush_frequency", int64(k.FlushFrequency)}} {
+		if f.v < 0 {
+			bad(f.key, "must not be negative")
+		}
+	}
+	if k.MaxMessageBytes < minMessageBytes {
+		bad("kafka.max_message_bytes", "must be at least %d (a dead letter carries up to 1 KiB of key and %d bytes of headers)", minMessageBytes, messageOverhead)
+	}
+	if k.Producers < 1 || k.Producers > 16 {
+		bad("kafka.producers", "must be between 1 and 16")
+	}
+	if k.RetryMax < 1 {
+		bad("kafka.retry_max", "must be at least 1 (the idempotent producer needs retries)")
+	}
+	if k.Partitions < 1 {
+		bad("kafka.partitions", "must be at least 1")
+	}
+	if k.ReplicationFactor < 1 {
+		bad("kafka.replication_factor", "must be at least 1")
+	}
+	switch strings.ToUpper(k.SASL.Mechanism) {
+	case "":
+	case sarama.SASLTypePlaintext, sarama.SASLTypeSCRAMSHA256, sarama.SASLTypeSCRAMSHA512:
+		if k.SASL.User == "" {
+			bad("kafka.sasl.user", "is required with a SASL mechanism")
+		}
+	default:
+		bad("kafka.sasl.mechanism", "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, not %q", k.SASL.Mechanism)
+	}
+	k.TLS.Validate("kafka.tls", bad)
+}
+
+// validateNATS checks forwarder.nats; it runs when nats is in the list.
+func validateNATS(c Config, bad badFunc) {
+	n := c.NATS
+	if n.AckTimeout <= 0 {
+		bad("nats.ack_timeout", "must be positive")
+	}
+	if n.URL == "" {
+		bad("nats.url", "is required when nats is in forwarder.sinks")
+	}
+	if n.Stream == "" || strings.ContainsAny(n.Stream, ".*> ") {
+		bad("nats.stream", "must be a non-empty name without '.', '*', '>' or spaces")
+	}
+	if n.SubjectPrefix == "" || strings.ContainsAny(n.SubjectPrefix, "*> ") {
+		bad("nats.subject_prefix", "must be non-empty, without wildcards or spaces")
+	}
+	if n.Replicas < 1 || n.Replicas > 5 {
+		bad("nats.replicas", "must be between 1 and 5")
+	}
+	if n.MaxPending < 1 {
+		bad("nats.max_pending", "must be at least 1")
+	}
+	n.Config.Validate("nats", false, bad)
 }

@@ -8,7 +8,9 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,28 +32,29 @@ type Source interface {
 	FirstUnacked() uint64
 }
 
-// Sink names reported by ActiveSink.
+// Sink names reported by ActiveSink: the names forwarder.sinks takes, and
+// none while no sink is connected.
 const (
 	SinkKafka = "kafka"
 	SinkNATS  = "nats"
+	SinkFile  = "file"
 	SinkNone  = "none"
 )
 
-// Forwarder drains a Source to Kafka, failing over to NATS JetStream.
+// Forwarder drains a Source to the first healthy sink of forwarder.sinks.
 type Forwarder struct {
-	cfg       Config
-	src       Source
-	enc       Encoder
-	primary   Sink
-	secondary Sink // nil when NATS is disabled
-	logger    *slog.Logger
-	m         *metrics
+	cfg    Config
+	src    Source
+	enc    Encoder
+	sinks  []Sink // forwarder.sinks, most preferred first
+	logger *slog.Logger
+	m      *metrics
 
 	active atomic.Value // string
 	states stateClock
 
 	stateMu sync.Mutex
-	state   string // last logged state: kafka, nats, kafka-down, down
+	state   string // last logged state: a sink's name, <sink>-down, down
 
 	// arenas[i] is used by encoder goroutine i; arenas[0] also by the
 	// sequential path. encodeBatch runs in one goroutine at a time.
@@ -80,27 +83,30 @@ func New(cfg Config, src Source, enc Encoder, logger *slog.Logger, reg prometheu
 		logger = slog.New(slog.DiscardHandler)
 	}
 	logger = logger.With("component", "forwarder")
-	if _, err := SaramaConfig(cfg.Kafka); err != nil {
+	sinks, err := buildSinks(cfg, logger, reg)
+	if err != nil {
 		return nil, err
 	}
-	var secondary Sink
-	if cfg.NATS.Enabled {
-		if _, err := NATSOptions(cfg.NATS, ""); err != nil {
-			return nil, err
-		}
-		secondary = NewNATSSink(cfg.NATS, cfg.AgentID, logger)
-	}
-	return newForwarder(cfg, src, enc, NewKafkaSink(cfg.Kafka, cfg.Topics, logger), secondary, logger, reg)
+	return newForwarderSinks(cfg, src, enc, sinks, logger, reg)
 }
 
+// newForwarder builds a forwarder on a primary and an optional secondary sink (tests).
 func newForwarder(cfg Config, src Source, enc Encoder, primary, secondary Sink, logger *slog.Logger, reg prometheus.Registerer) (*Forwarder, error) {
-	if src == nil || enc == nil || primary == nil {
-		return nil, errors.New("forwarder: source, encoder and primary sink are required")
+	sinks := []Sink{primary}
+	if secondary != nil {
+		sinks = append(sinks, secondary)
+	}
+	return newForwarderSinks(cfg, src, enc, sinks, logger, reg)
+}
+
+func newForwarderSinks(cfg Config, src Source, enc Encoder, sinks []Sink, logger *slog.Logger, reg prometheus.Registerer) (*Forwarder, error) {
+	if src == nil || enc == nil || len(sinks) == 0 || slices.Contains(sinks, nil) {
+		return nil, errors.New("forwarder: source, encoder and at least one sink are required")
 	}
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	f := &Forwarder{cfg: cfg, src: src, enc: enc, primary: primary, secondary: secondary, logger: logger, workers: 1}
+	f := &Forwarder{cfg: cfg, src: src, enc: enc, sinks: sinks, logger: logger, workers: 1}
 	if p, ok := enc.(Parallel); ok {
 		f.workers = cfg.Encoders
 		if f.workers == 0 {
@@ -114,7 +120,11 @@ func newForwarder(cfg Config, src Source, enc Encoder, primary, secondary Sink, 
 	f.arenas = make([]outArena, f.workers)
 	f.active.Store(SinkNone)
 	f.states.init(SinkNone)
-	m, err := newMetrics(reg, &f.states)
+	names := make([]string, 0, len(sinks)+1)
+	for _, s := range sinks {
+		names = append(names, s.Name())
+	}
+	m, err := newMetrics(reg, &f.states, append(names, SinkNone))
 	if err != nil {
 		return nil, err
 	}
@@ -122,9 +132,22 @@ func newForwarder(cfg Config, src Source, enc Encoder, primary, secondary Sink, 
 	return f, nil
 }
 
-// ActiveSink is the sink currently draining the spool: kafka, nats, or
-// none while no sink is connected. The agent reports it on /readyz.
+// ActiveSink is the sink currently draining the spool (kafka, nats, file),
+// or none while no sink is connected. The agent reports it on /readyz.
 func (f *Forwarder) ActiveSink() string { return f.active.Load().(string) }
+
+// Rank orders sinks by role for this forwarder: the first of
+// forwarder.sinks ranks highest, none (and a sink not in the list) 0. A
+// reload compares what the running forwarder delivers to with what the
+// new one would reach by it.
+func (f *Forwarder) Rank(sink string) int {
+	for i, s := range f.sinks {
+		if s.Name() == sink {
+			return len(f.sinks) - i
+		}
+	}
+	return 0
+}
 
 func (f *Forwarder) setActive(name string) {
 	if f.active.Swap(name) != name {
@@ -143,7 +166,7 @@ func (f *Forwarder) transition(state, msg string, args ...any) bool {
 	}
 	f.state = state
 	level := slog.LevelWarn
-	if state == SinkKafka {
+	if state == f.sinks[0].Name() {
 		level = slog.LevelInfo
 	}
 	f.logger.Log(context.Background(), level, msg, args...)
@@ -153,80 +176,91 @@ func (f *Forwarder) transition(state, msg string, args ...any) bool {
 // Run drains the spool until ctx is done, then flushes what is in flight
 // within forwarder.shutdown_timeout and closes the sinks. It returns nil
 // on a clean stop and an error only for a broken source.
+//
+// The sinks are tried in the order of forwarder.sinks: a sink that has
+// failed for failover_after gives way to the next one; while a later sink
+// drains, the earlier ones are probed, and the first that has been healthy
+// for failback_after takes over again. When the last sink fails too, the
+// spool grows and the list is tried again from its start after a backoff.
 func (f *Forwarder) Run(ctx context.Context) error {
+	n := len(f.sinks)
 	var (
-		kafkaDownSince time.Time
-		useSecondary   bool
-		bo             = backoff{min: f.cfg.BackoffMin, max: f.cfg.BackoffMax}
-		logged         bool // the current outage has been logged
+		level     int                    // the sink tried now
+		downSince = make([]time.Time, n) // when each sink's current outage began
+		logged    = make([]bool, n)      // each sink's current outage has been logged
+		bo        = backoff{min: f.cfg.BackoffMin, max: f.cfg.BackoffMax}
 	)
 	defer f.setActive(SinkNone)
 	for ctx.Err() == nil {
-		if useSecondary {
-			stop := make(chan struct{})
-			probeDone := make(chan struct{})
-			pctx, cancelProbe := context.WithCancel(ctx)
+		name := f.sinks[level].Name()
+		var stop chan struct{}
+		back := -1 // the earlier sink to return to, set before stop closes
+		probeDone := make(chan struct{})
+		pctx, cancelProbe := context.WithCancel(ctx)
+		if level > 0 {
+			stop = make(chan struct{})
 			go func() {
 				defer close(probeDone)
-				if f.watchPrimary(pctx) {
+				if j := f.watchEarlier(pctx, level); j >= 0 {
+					back = j
 					close(stop)
 				}
 			}()
-			res, err := f.session(ctx, f.secondary, stop)
-			cancelProbe()
-			<-probeDone
-			if err != nil {
-				return err
-			}
-			select {
-			case <-stop:
-				f.logger.Info("kafka healthy again, returning to it", "healthy_for", f.cfg.FailbackAfter)
-				useSecondary, kafkaDownSince, logged = false, time.Time{}, false
-				bo.reset()
-				continue
-			default:
-			}
-			if ctx.Err() != nil {
-				return nil
-			}
-			f.transition("down", "kafka and nats unavailable, the spool grows until one returns", "err", res.err)
-			useSecondary = false // try Kafka first, then NATS again
-			if !bo.sleep(ctx) {
-				return nil
-			}
-			continue
+		} else {
+			close(probeDone)
 		}
-
-		res, err := f.session(ctx, f.primary, nil)
+		res, err := f.session(ctx, level, stop)
+		cancelProbe()
+		<-probeDone
 		if err != nil {
 			return err
+		}
+		if closed(stop) {
+			f.logger.Info(f.sinks[back].Name()+" healthy again, returning to it", "from", name, "healthy_for", f.cfg.FailbackAfter)
+			for k := back; k < n; k++ {
+				downSince[k], logged[k] = time.Time{}, false
+			}
+			level = back
+			bo.reset()
+			continue
 		}
 		if ctx.Err() != nil {
 			return nil
 		}
 		if res.delivered {
-			kafkaDownSince, logged = time.Time{}, false
+			downSince[level], logged[level] = time.Time{}, false
 			bo.reset()
 		}
-		if kafkaDownSince.IsZero() {
-			kafkaDownSince = res.failedAt
-			if kafkaDownSince.IsZero() {
-				kafkaDownSince = time.Now()
+		if downSince[level].IsZero() {
+			downSince[level] = res.failedAt
+			if downSince[level].IsZero() {
+				downSince[level] = time.Now()
 			}
 		}
-		if !logged {
-			f.transition("kafka-down", "kafka unavailable, retrying with backoff", "err", res.err,
-				"failover_after", f.cfg.FailoverAfter, "nats_enabled", f.secondary != nil)
-			logged = true
+		if level == n-1 && n > 1 {
+			f.transition("down", "every sink unavailable, the spool grows until one returns", "sinks", f.cfg.SinkOrder(), "err", res.err)
+			level = 0 // the list again from its start
+			if !bo.sleep(ctx) {
+				return nil
+			}
+			continue
 		}
-		f.logger.Debug("kafka still unavailable", "err", res.err)
-		if f.secondary != nil && time.Since(kafkaDownSince) >= f.cfg.FailoverAfter {
-			useSecondary = true
+		if !logged[level] {
+			args := []any{"err", res.err}
+			if level+1 < n {
+				args = append(args, "failover_after", f.cfg.FailoverAfter, "next", f.sinks[level+1].Name())
+			}
+			f.transition(name+"-down", name+" unavailable, retrying with backoff", args...)
+			logged[level] = true
+		}
+		f.logger.Debug(name+" still unavailable", "err", res.err)
+		if level+1 < n && time.Since(downSince[level]) >= f.cfg.FailoverAfter {
+			level++
 			continue
 		}
 		wait := bo.next()
-		if f.secondary != nil {
-			if left := f.cfg.FailoverAfter - time.Since(kafkaDownSince); left < wait {
+		if level+1 < n {
+			if left := f.cfg.FailoverAfter - time.Since(downSince[level]); left < wait {
 				wait = max(left, 0)
 			}
 		}
@@ -238,12 +272,12 @@ func (f *Forwarder) Run(ctx context.Context) error {
 }
 
 // Reach reports the best sink this forwarder can reach now without draining
-// anything: kafka when its metadata answers, else nats when JetStream does,
-// else none; err says why the sinks before the one reached (all of them, for
-// none) failed. A reload asks it so that new settings never replace a
-// forwarder that delivers with one that would deliver less.
+// anything: the first of forwarder.sinks whose probe answers, else none;
+// err says why the sinks before the one reached (all of them, for none)
+// failed. A reload asks it so that new settings never replace a forwarder
+// that delivers with one that would deliver less.
 func (f *Forwarder) Reach(ctx context.Context) (string, error) {
-	return reach(ctx, f.cfg, f.primary, f.secondary)
+	return reach(ctx, f.sinks...)
 }
 
 // Reach is Forwarder.Reach for cfg without a forwarder: `bgpedge config
@@ -252,20 +286,18 @@ func Reach(ctx context.Context, cfg Config, logger *slog.Logger) (string, error)
 	if err := cfg.Validate(); err != nil {
 		return SinkNone, err
 	}
-	var secondary Sink
-	if cfg.NATS.Enabled {
-		secondary = NewNATSSink(cfg.NATS, cfg.AgentID, logger)
+	sinks, err := buildSinks(cfg, logger, nil)
+	if err != nil {
+		return SinkNone, err
 	}
-	return reach(ctx, cfg, NewKafkaSink(cfg.Kafka, cfg.Topics, logger), secondary)
+	return reach(ctx, sinks...)
 }
 
-func reach(ctx context.Context, cfg Config, sinks ...Sink) (string, error) {
+func reach(ctx context.Context, sinks ...Sink) (string, error) {
 	var errs []error
 	for _, s := range sinks {
 		var probe func(context.Context) error
 		switch p := s.(type) {
-		case nil: // NATS disabled
-			continue
 		case interface{ probeConnect(context.Context) error }:
 			probe = p.probeConnect
 		case Prober:
@@ -273,7 +305,7 @@ func reach(ctx context.Context, cfg Config, sinks ...Sink) (string, error) {
 		default:
 			continue
 		}
-		pctx, cancel := context.WithTimeout(ctx, cfg.Kafka.DialTimeout+cfg.NATS.AckTimeout)
+		pctx, cancel := context.WithTimeout(ctx, probeTimeout(s))
 		err := probe(pctx)
 		cancel()
 		if err == nil {
@@ -284,34 +316,38 @@ func reach(ctx context.Context, cfg Config, sinks ...Sink) (string, error) {
 	return SinkNone, errors.Join(errs...)
 }
 
-// watchPrimary probes Kafka until it has been healthy for failback_after
-// without interruption; it reports whether that happened before ctx ended.
-func (f *Forwarder) watchPrimary(ctx context.Context) bool {
-	p, ok := f.primary.(Prober)
-	if !ok {
-		return false
-	}
-	var healthySince time.Time
+// watchEarlier probes the sinks before sinks[level] until one of them has
+// been healthy for failback_after without interruption, and returns its
+// index; -1 once ctx ends first. A sink that cannot be probed is not
+// returned to while a later one works.
+func (f *Forwarder) watchEarlier(ctx context.Context, level int) int {
+	healthySince := make([]time.Time, level)
 	t := time.NewTicker(f.cfg.ProbeInterval)
 	defer t.Stop()
 	for {
-		pctx, cancel := context.WithTimeout(ctx, f.cfg.ProbeInterval+f.cfg.Kafka.DialTimeout)
-		err := p.Probe(pctx)
-		cancel()
-		switch {
-		case ctx.Err() != nil:
-			return false
-		case err != nil:
-			healthySince = time.Time{}
-		case healthySince.IsZero():
-			healthySince = time.Now()
-		}
-		if !healthySince.IsZero() && time.Since(healthySince) >= f.cfg.FailbackAfter {
-			return true
+		for j, s := range f.sinks[:level] {
+			p, ok := s.(Prober)
+			if !ok {
+				continue
+			}
+			pctx, cancel := context.WithTimeout(ctx, probeTimeout(s))
+			err := p.Probe(pctx)
+			cancel()
+			switch {
+			case ctx.Err() != nil:
+				return -1
+			case err != nil:
+				healthySince[j] = time.Time{}
+			case healthySince[j].IsZero():
+				healthySince[j] = time.Now()
+			}
+			if !healthySince[j].IsZero() && time.Since(healthySince[j]) >= f.cfg.FailbackAfter {
+				return j
+			}
 		}
 		select {
 		case <-ctx.Done():
-			return false
+			return -1
 		case <-t.C:
 		}
 	}
@@ -323,11 +359,12 @@ type sessionResult struct {
 	failedAt  time.Time // when it failed: the outage starts there, not after the flush
 }
 
-// session connects sink and drains the spool into it until ctx ends, stop
+// session connects sinks[level] and drains the spool into it until ctx ends, stop
 // closes, or the sink fails. It returns an error only when the source fails.
-func (f *Forwarder) session(ctx context.Context, sink Sink, stop <-chan struct{}) (sessionResult, error) {
+func (f *Forwarder) session(ctx context.Context, level int, stop <-chan struct{}) (sessionResult, error) {
+	sink := f.sinks[level]
 	name := sink.Name()
-	cctx, cancel := context.WithTimeout(ctx, f.cfg.Kafka.DialTimeout+f.cfg.NATS.AckTimeout)
+	cctx, cancel := context.WithTimeout(ctx, connectTimeout(sink))
 	err := sink.Connect(cctx)
 	cancel()
 	if err != nil {
@@ -336,9 +373,15 @@ func (f *Forwarder) session(ctx context.Context, sink Sink, stop <-chan struct{}
 	}
 	f.setActive(name)
 	defer f.setActive(SinkNone)
-	if name == SinkNATS && f.transition(name, "draining to nats while kafka is unavailable") {
-		f.m.failovers.Inc()
-	} else if name != SinkNATS {
+	if level > 0 {
+		var earlier []string
+		for _, s := range f.sinks[:level] {
+			earlier = append(earlier, s.Name())
+		}
+		if f.transition(name, "draining to "+name+" while "+strings.Join(earlier, " and ")+" unavailable") {
+			f.m.failovers.Inc()
+		}
+	} else {
 		f.transition(name, "draining to "+name)
 	}
 

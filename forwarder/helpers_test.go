@@ -123,6 +123,7 @@ func testConfig(t testing.TB, brokers []string) Config {
 	cfg.Kafka.DialTimeout = 2 * time.Second
 	cfg.Topics.Prefix = "test." + name + "." + hex.EncodeToString(b[:]) + "."
 	cfg.Topics.Ensure = []string{StreamBMPRaw, StreamDLQ}
+	cfg.Topics.Streams = testStreams
 	cfg.FailoverAfter = 3 * time.Second
 	cfg.FailbackAfter = 2 * time.Second
 	cfg.ProbeInterval = 500 * time.Millisecond
@@ -309,6 +310,10 @@ func deleteTopicsAtEnd(t testing.TB, brokers []string, cfg Config, streams ...st
 // StreamBMPRaw is bmp.raw, the raw stream the tests' records go out on
 // (the bmp package declares it; the forwarder knows no source's streams).
 const StreamBMPRaw = "bmp.raw"
+
+// testStreams declares the streams the tests' records go out on, as the
+// bmp package and the forwarder declare them.
+var testStreams = append(record.Streams{{Name: StreamBMPRaw, Format: record.FormatRaw, Kind: record.KindBMP}}, Streams()...)
 
 // rawBMP sends BMP records raw on bmp.raw, as the forwarder of `bgpedge
 // exabgp` does.

@@ -41,8 +41,9 @@ type KafkaSink struct {
 }
 
 var (
-	_ Sink   = (*KafkaSink)(nil)
-	_ Prober = (*KafkaSink)(nil)
+	_ Sink     = (*KafkaSink)(nil)
+	_ Prober   = (*KafkaSink)(nil)
+	_ Timeouts = (*KafkaSink)(nil)
 )
 
 // NewKafkaSink returns an unconnected Kafka sink.
@@ -55,6 +56,14 @@ func NewKafkaSink(cfg KafkaConfig, topics TopicsConfig, logger *slog.Logger) *Ka
 
 // Name implements Sink.
 func (k *KafkaSink) Name() string { return "kafka" }
+
+// ConnectTimeout implements Timeouts: a connect dials a broker, checks (or
+// creates) the topics and dials each producer's connection, each step
+// bounded by kafka.dial_timeout.
+func (k *KafkaSink) ConnectTimeout() time.Duration { return 3 * k.cfg.DialTimeout }
+
+// ProbeTimeout implements Timeouts: a dial and one metadata request.
+func (k *KafkaSink) ProbeTimeout() time.Duration { return 2 * k.cfg.DialTimeout }
 
 // SaramaConfig builds the producer configuration: idempotent, acks from all
 // in-sync replicas, one request in flight per broker so retries keep order.

@@ -75,6 +75,72 @@ const (
 func TestKillNineRun(t *testing.T) {
 	t.Parallel()
 	brokers := testenv.KafkaBrokers(t)
+	var rb [4]byte
+	_, _ = crand.Read(rb[:])
+	prefix := "test.TestKillNineRun." + hex.EncodeToString(rb[:]) + "."
+	topic := prefix + StreamBMPRaw
+	t.Cleanup(func() {
+		if admin, err := sarama.NewClusterAdmin(brokers, testenv.SaramaConfig(t)); err == nil {
+			_ = admin.DeleteTopic(topic)
+			_ = admin.Close()
+		}
+	})
+	k := runKillNine(t, fmt.Sprintf(`  kafka:
+    brokers: [%s]
+    partitions: 6
+  topics:
+    prefix: %s
+    ensure: [%s]
+`, strings.Join(brokers, ", "), prefix, StreamBMPRaw))
+	r, st, hashes, kinds := k.r, k.st, k.hashes, k.kinds
+
+	// Kafka: every BMP seq, as spooled; count the copies.
+	copies := make([]uint8, st.LastSeq+1)
+	var bad int
+	readStart := time.Now()
+	total := testenv.ConsumeEach(t, brokers, topic, 3*time.Minute, func(m *sarama.ConsumerMessage) {
+		agent, seq, idx, err := ParseMessageID(headerValue(m.Headers, HeaderID))
+		switch {
+		case err != nil || agent != killAgentID || idx != 0 || seq == 0 || seq > st.LastSeq:
+			if bad < 5 {
+				t.Errorf("%s/%d@%d: id %q (%v)", m.Topic, m.Partition, m.Offset, headerValue(m.Headers, HeaderID), err)
+			}
+			bad++
+			return
+		case kinds[seq] != record.KindBMP || r.hash(m.Key, m.Value) != hashes[seq]:
+			if bad < 5 {
+				t.Errorf("%s/%d@%d: seq %d differs from the spooled record", m.Topic, m.Partition, m.Offset, seq)
+			}
+			bad++
+		}
+		if copies[seq] < 255 {
+			copies[seq]++
+		}
+	})
+	k.check(t, "kafka", copies, total, bad, time.Since(readStart))
+}
+
+// killAgentID is agent.id of the kill -9 runs.
+const killAgentID = "killnine"
+
+// killResult is what a kill -9 scenario spooled: per seq the content hash
+// (key and payload, and payload alone) and kind.
+type killResult struct {
+	r                           *killRun
+	st                          buffer.Stats
+	hashes, valueHashes         []uint64
+	kinds                       []record.Kind
+	kills, reconnects           int
+	sent, bmpRecords, synthetic uint64
+	drained                     time.Duration
+}
+
+// runKillNine is the scenario of TestKillNineRun with forwarderYAML (the
+// lines of the forwarder: section after enabled, shutdown_timeout and
+// max_in_flight) as the destination: it kills and restarts `bgpedge run`,
+// lets the last run drain, checks the spool and returns what it holds.
+func runKillNine(t *testing.T, forwarderYAML string) *killResult {
+	t.Helper()
 	capture := testenv.Shared(t, "bmpdata", "raw", "gobgp-3.10-all-dump-100k.bmp.gz")
 	msgs, err := loadCapture(capture)
 	if err != nil {
@@ -91,17 +157,7 @@ func TestKillNineRun(t *testing.T) {
 	dir := t.TempDir()
 	spoolDir := filepath.Join(dir, "spool")
 	spooltest.SeedAtOne(t, spoolDir) // kill points are counted in seqs from 1
-	var rb [4]byte
-	_, _ = crand.Read(rb[:])
-	const agentID = "killnine"
-	prefix := "test.TestKillNineRun." + hex.EncodeToString(rb[:]) + "."
-	topic := prefix + StreamBMPRaw
-	t.Cleanup(func() {
-		if admin, err := sarama.NewClusterAdmin(brokers, testenv.SaramaConfig(t)); err == nil {
-			_ = admin.DeleteTopic(topic)
-			_ = admin.Close()
-		}
-	})
+	const agentID = killAgentID
 	bmpAddr := testenv.LoopbackAddr(t)
 	config := filepath.Join(dir, "bgpedge.yaml")
 	r := &killRun{t: t, seed: maphash.MakeSeed(), AgentRun: &testenv.AgentRun{
@@ -132,14 +188,8 @@ forwarder:
   enabled: true
   shutdown_timeout: 10s
   max_in_flight: %d
-  kafka:
-    brokers: [%s]
-    partitions: 6
-  topics:
-    prefix: %s
-    ensure: [%s]
-`, agentID, filepath.Join(dir, "state"), r.HTTP, spoolDir, bmpAddr, filepath.Join(dir, "bmpstate"),
-		killRunInFlight, strings.Join(brokers, ", "), prefix, StreamBMPRaw)
+%s`, agentID, filepath.Join(dir, "state"), r.HTTP, spoolDir, bmpAddr, filepath.Join(dir, "bmpstate"),
+		killRunInFlight, forwarderYAML)
 	if err := os.WriteFile(config, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +245,7 @@ forwarder:
 	sent, _ := strconv.ParseUint(sm[1], 10, 64)
 	reconnects, _ := strconv.Atoi(sm[2])
 	var last uint64
-	testenv.Eventually(t, 3*time.Minute, "sessions closed and every record acknowledged by kafka", func() bool {
+	testenv.Eventually(t, 3*time.Minute, "sessions closed and every record acknowledged", func() bool {
 		m := r.Metrics()
 		last = prev.last + uint64(m["bgpedge_buffer_appended_records_total"])
 		return m["bgpedge_bmp_sessions_active"] == 0 && uint64(m["bgpedge_forwarder_acked_seq"]) == last
@@ -217,6 +267,7 @@ forwarder:
 		t.Errorf("quarantined segments %v (%v)", q, err)
 	}
 	hashes := make([]uint64, st.LastSeq+1)
+	valueHashes := make([]uint64, st.LastSeq+1)
 	kinds := make([]record.Kind, st.LastSeq+1)
 	next := map[string]int{}     // router → index in the capture of its next message
 	restarts := map[string]int{} // router → sessions started over
@@ -234,6 +285,7 @@ forwarder:
 				t.Fatalf("spool read: seq %d after %d", rec.Seq, from+uint64(i)-1)
 			}
 			hashes[rec.Seq] = r.hash(rec.Key, rec.Payload)
+			valueHashes[rec.Seq] = r.hash(nil, rec.Payload)
 			kinds[rec.Seq] = rec.Kind
 			switch rec.Kind {
 			case record.KindBMP:
@@ -284,29 +336,15 @@ forwarder:
 		t.Errorf("%d BMP records spooled, want at least %d", bmpRecords, stream)
 	}
 
-	// Kafka: every BMP seq, as spooled; count the copies.
-	copies := make([]uint8, st.LastSeq+1)
-	var bad int
-	readStart := time.Now()
-	total := testenv.ConsumeEach(t, brokers, topic, 3*time.Minute, func(m *sarama.ConsumerMessage) {
-		agent, seq, idx, err := ParseMessageID(headerValue(m.Headers, HeaderID))
-		switch {
-		case err != nil || agent != agentID || idx != 0 || seq == 0 || seq > st.LastSeq:
-			if bad < 5 {
-				t.Errorf("%s/%d@%d: id %q (%v)", m.Topic, m.Partition, m.Offset, headerValue(m.Headers, HeaderID), err)
-			}
-			bad++
-			return
-		case kinds[seq] != record.KindBMP || r.hash(m.Key, m.Value) != hashes[seq]:
-			if bad < 5 {
-				t.Errorf("%s/%d@%d: seq %d differs from the spooled record", m.Topic, m.Partition, m.Offset, seq)
-			}
-			bad++
-		}
-		if copies[seq] < 255 {
-			copies[seq]++
-		}
-	})
+	return &killResult{r: r, st: st, hashes: hashes, valueHashes: valueHashes, kinds: kinds, kills: kills,
+		reconnects: reconnects, sent: sent, bmpRecords: bmpRecords, synthetic: synthetic, drained: drained}
+}
+
+// check requires every spooled BMP record among what the destination holds
+// (copies per seq, total messages read, bad ones) and bounds the duplicates.
+func (k *killResult) check(t *testing.T, dest string, copies []uint8, total, bad int, readTime time.Duration) {
+	t.Helper()
+	st, kinds, kills := k.st, k.kinds, k.kills
 	var missing []uint64
 	var distinct int
 	for seq := uint64(1); seq <= st.LastSeq; seq++ {
@@ -318,15 +356,15 @@ forwarder:
 		}
 	}
 	if len(missing) > 0 {
-		t.Errorf("%d spooled records missing in kafka, first %v", len(missing), missing[:min(len(missing), 20)])
+		t.Errorf("%d spooled records missing in %s, first %v", len(missing), dest, missing[:min(len(missing), 20)])
 	}
 	dups := total - distinct
 	// Replay counts whole writes only, so a write cut short by a kill is
 	// not counted: the difference is about what died in socket buffers.
 	t.Logf("replay sent %d messages over %d reconnects; %d BMP records (+%d synthetic peer-downs) spooled by %d runs with %d kill -9; about %d sent but never accepted (in flight when killed)",
-		sent, reconnects, bmpRecords, synthetic, kills+1, kills, int64(sent)-int64(bmpRecords))
-	t.Logf("kafka: %d messages read in %v, %d distinct ids, missing=%d, duplicates=%d (%.2f%%), bad=%d; stream drained in %v",
-		total, time.Since(readStart).Round(time.Second), distinct, len(missing), dups, 100*float64(dups)/float64(max(distinct, 1)), bad, drained.Round(time.Second))
+		k.sent, k.reconnects, k.bmpRecords, k.synthetic, kills+1, kills, int64(k.sent)-int64(k.bmpRecords))
+	t.Logf("%s: %d messages read in %v, %d distinct ids, missing=%d, duplicates=%d (%.2f%%), bad=%d; stream drained in %v",
+		dest, total, readTime.Round(time.Second), distinct, len(missing), dups, 100*float64(dups)/float64(max(distinct, 1)), bad, k.drained.Round(time.Second))
 	// The README's bound: a crash re-delivers at most what was in flight
 	// and what was acknowledged in the last ack_interval + AckPersistInterval.
 	window := DefaultConfig().AckInterval + buffer.AckPersistInterval
@@ -336,6 +374,82 @@ forwarder:
 	if dups > kills*perKill {
 		t.Errorf("%d duplicates over %d kills, more than the bound of %d per kill", dups, kills, perKill)
 	}
+}
+
+// TestKillNineRunFile is TestKillNineRun with the file sink as the only
+// sink (acceptance of issue 17: the file sink at least once): every spooled
+// BMP record is in the bmp.raw files exactly as spooled, each file holds
+// consecutive records from the first seq its name gives, whole, and the
+// duplicates stay within the bound of a crash.
+func TestKillNineRunFile(t *testing.T) {
+	t.Parallel()
+	out := filepath.Join(t.TempDir(), "out")
+	k := runKillNine(t, fmt.Sprintf(`  sinks: [file]
+  file:
+    dir: %s
+    max_file_bytes: 32MiB
+    max_total_bytes: 64GiB
+`, out))
+	st, kinds := k.st, k.kinds
+	readStart := time.Now()
+	copies := make([]uint8, st.LastSeq+1)
+	var total, bad, files int
+	err := forEachRawFile(filepath.Join(out, StreamBMPRaw), func(name fileName, msgs [][]byte, tail int) {
+		files++
+		if tail != 0 {
+			t.Errorf("%s: %d bytes after the last whole message", name.path, tail)
+			bad++
+		}
+		seq := name.firstSeq
+		for i, m := range msgs {
+			for seq <= st.LastSeq && kinds[seq] != record.KindBMP {
+				seq++ // records without a bmp.raw message
+			}
+			total++
+			if seq > st.LastSeq || k.r.hash(nil, m) != k.valueHashes[seq] {
+				if bad < 5 {
+					t.Errorf("%s: message %d (seq %d) differs from the spooled record", name.path, i, seq)
+				}
+				bad++
+				return
+			}
+			if copies[seq] < 255 {
+				copies[seq]++
+			}
+			seq++
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d bmp.raw files", files)
+	k.check(t, "files", copies, total, bad, time.Since(readStart))
+}
+
+// forEachRawFile reads a bmp.raw stream directory file by file, in order,
+// without holding more than one file in memory.
+func forEachRawFile(dir string, fn func(name fileName, msgs [][]byte, tail int)) error {
+	files, err := listStreamFiles(dir, false)
+	if err != nil {
+		return err
+	}
+	for _, n := range files {
+		b, err := os.ReadFile(n.path)
+		if err != nil {
+			return err
+		}
+		var msgs [][]byte
+		for {
+			m, used, ok := nextRecord(b, true)
+			if !ok {
+				break
+			}
+			msgs = append(msgs, m)
+			b = b[used:]
+		}
+		fn(n, msgs, len(b))
+	}
+	return nil
 }
 
 // killRun runs `bgpedge run` processes one after another on one spool.

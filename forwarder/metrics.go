@@ -16,12 +16,13 @@ type metrics struct {
 	panics      prometheus.Counter
 	failovers   prometheus.Counter
 	ackedSeq    prometheus.Gauge
+	sinkNames   []string
 }
 
-var sinkNames = []string{SinkKafka, SinkNATS, SinkNone}
-
-func newMetrics(reg prometheus.Registerer, states *stateClock) (*metrics, error) {
-	m := &metrics{
+// newMetrics registers the forwarder's metrics; sinkNames are the label
+// values of the sink label: the configured sinks and none.
+func newMetrics(reg prometheus.Registerer, states *stateClock, sinkNames []string) (*metrics, error) {
+	m := &metrics{sinkNames: sinkNames,
 		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "bgpedge_forwarder_active_sink",
 			Help: "1 for the sink currently draining the spool (none: no sink connected).",
@@ -52,7 +53,7 @@ func newMetrics(reg prometheus.Registerer, states *stateClock) (*metrics, error)
 		}),
 		failovers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgpedge_forwarder_failovers_total",
-			Help: "Times the forwarder switched from Kafka to NATS JetStream.",
+			Help: "Times the forwarder switched to a later sink of forwarder.sinks (Kafka to NATS JetStream, for example).",
 		}),
 		ackedSeq: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "bgpedge_forwarder_acked_seq",
@@ -87,7 +88,7 @@ func newMetrics(reg prometheus.Registerer, states *stateClock) (*metrics, error)
 }
 
 func (m *metrics) setActive(name string) {
-	for _, s := range sinkNames {
+	for _, s := range m.sinkNames {
 		v := 0.0
 		if s == name {
 			v = 1

@@ -33,8 +33,9 @@ type pendingPub struct {
 }
 
 var (
-	_ Sink   = (*NATSSink)(nil)
-	_ Prober = (*NATSSink)(nil)
+	_ Sink     = (*NATSSink)(nil)
+	_ Prober   = (*NATSSink)(nil)
+	_ Timeouts = (*NATSSink)(nil)
 )
 
 // NewNATSSink returns an unconnected JetStream sink.
@@ -48,6 +49,16 @@ func NewNATSSink(cfg NATSConfig, agentID string, logger *slog.Logger) *NATSSink 
 // Name implements Sink.
 func (n *NATSSink) Name() string { return "nats" }
 
+// natsDialTimeout bounds the connection to the server (nats.Timeout).
+const natsDialTimeout = 5 * time.Second
+
+// ConnectTimeout implements Timeouts: the dial, then the stream check (or
+// creation), bounded by nats.ack_timeout.
+func (n *NATSSink) ConnectTimeout() time.Duration { return natsDialTimeout + n.cfg.AckTimeout }
+
+// ProbeTimeout implements Timeouts: a probe does what a connect does.
+func (n *NATSSink) ProbeTimeout() time.Duration { return natsDialTimeout + n.cfg.AckTimeout }
+
 // NATSOptions are the connection options for cfg: auth, TLS, and no
 // background reconnects (the forwarder reconnects itself, with backoff).
 func NATSOptions(cfg NATSConfig, name string) ([]nats.Option, error) {
@@ -55,7 +66,7 @@ func NATSOptions(cfg NATSConfig, name string) ([]nats.Option, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append(opts, nats.Timeout(5*time.Second), nats.NoReconnect()), nil
+	return append(opts, nats.Timeout(natsDialTimeout), nats.NoReconnect()), nil
 }
 
 // EnsureStream checks that cfg.Stream exists, creating it (file storage,

@@ -80,7 +80,7 @@ func TestReach(t *testing.T) {
 			}
 			// Failback's probe stays strict: a topic not there yet keeps
 			// the forwarder on NATS.
-			if err := f.primary.(Prober).Probe(t.Context()); got == SinkKafka && (err == nil) != tc.existing {
+			if err := f.sinks[0].(Prober).Probe(t.Context()); got == SinkKafka && (err == nil) != tc.existing {
 				t.Fatalf("failback probe with the topics there %v: %v", tc.existing, err)
 			}
 			if f.ActiveSink() != SinkNone {

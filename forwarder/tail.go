@@ -19,14 +19,20 @@ import (
 	"github.com/bgpedge/bgpedge/record"
 )
 
-// TailOptions configures Tail: either Kafka (Brokers, Topic) or NATS (URL, Subject).
+// TailOptions configures Tail: Kafka (Brokers, Topic), NATS (URL, Subject)
+// or the file sink's directory (File, Stream).
 type TailOptions struct {
 	Kafka KafkaConfig // brokers, version, TLS and SASL; used when Topic is set
 	Topic string
 	NATS  NATSConfig // url and auth; used when Subject is set
 	// Subject may contain wildcards; the JetStream stream holding it is found
 	// by subject.
-	Subject       string
+	Subject string
+	// File is forwarder.file.dir of a file sink, Stream the stream to read
+	// there. Files are read from the oldest; Follow then waits for more.
+	File          string
+	Stream        string
+	Follow        bool
 	JSON          bool // one JSON object per line instead of the human form
 	FromBeginning bool
 	// Limit stops after this many messages (0: until ctx is done).
@@ -36,34 +42,47 @@ type TailOptions struct {
 
 // TailedMessage is one consumed message, as printed with --json.
 type TailedMessage struct {
-	Topic     string            `json:"topic,omitempty"`
-	Partition *int32            `json:"partition,omitempty"`
-	Offset    *int64            `json:"offset,omitempty"`
-	Subject   string            `json:"subject,omitempty"`
-	StreamSeq *uint64           `json:"stream_seq,omitempty"`
-	ID        string            `json:"id,omitempty"`
-	Key       string            `json:"key,omitempty"`
-	Headers   map[string]string `json:"headers,omitempty"`
-	Summary   string            `json:"summary"`
+	Topic     string  `json:"topic,omitempty"`
+	Partition *int32  `json:"partition,omitempty"`
+	Offset    *int64  `json:"offset,omitempty"`
+	Subject   string  `json:"subject,omitempty"`
+	StreamSeq *uint64 `json:"stream_seq,omitempty"`
+	File      string  `json:"file,omitempty"`
+	// FileOffset is where the message starts in File (uncompressed).
+	FileOffset *int64            `json:"file_offset,omitempty"`
+	ID         string            `json:"id,omitempty"`
+	Key        string            `json:"key,omitempty"`
+	Headers    map[string]string `json:"headers,omitempty"`
+	Summary    string            `json:"summary"`
 	// Event is the value when it is JSON; raw values are summarised only.
 	Event json.RawMessage `json:"event,omitempty"`
 	Bytes int             `json:"bytes"`
 }
 
-// ErrTailTarget is returned when neither or both of Topic and Subject are set.
-var ErrTailTarget = errors.New("tail needs either a kafka topic or a nats subject")
+// ErrTailTarget is returned unless exactly one of Topic, Subject and File is set.
+var ErrTailTarget = errors.New("tail needs one of a kafka topic, a nats subject, or a file sink directory and stream")
 
-// Tail prints messages one per line until ctx is done or Limit is reached.
+// Tail prints messages one per line until ctx is done or Limit is reached
+// (a file sink directory without Follow: until its files are read).
 func Tail(ctx context.Context, o TailOptions) error {
-	if (o.Topic == "") == (o.Subject == "") {
+	targets := 0
+	for _, t := range []string{o.Topic, o.Subject, o.File} {
+		if t != "" {
+			targets++
+		}
+	}
+	if targets != 1 || (o.File != "") != (o.Stream != "") {
 		return ErrTailTarget
 	}
 	p := &tailPrinter{out: o.Out, json: o.JSON, limit: o.Limit}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	p.done = cancel
-	if o.Topic != "" {
+	switch {
+	case o.Topic != "":
 		return tailKafka(ctx, o, p)
+	case o.File != "":
+		return tailFile(ctx, o, p)
 	}
 	return tailNATS(ctx, o, p)
 }
@@ -92,12 +111,19 @@ func (p *tailPrinter) print(m TailedMessage, value []byte) error {
 		line = string(b)
 	} else {
 		var where string
-		if m.Topic != "" {
+		switch {
+		case m.Topic != "":
 			where = fmt.Sprintf("%s[%d]@%d", m.Topic, *m.Partition, *m.Offset)
-		} else {
+		case m.File != "":
+			where = fmt.Sprintf("%s@%d", m.File, *m.FileOffset)
+		default:
 			where = fmt.Sprintf("%s#%d", m.Subject, *m.StreamSeq)
 		}
-		line = where + " " + m.ID + " " + m.Summary
+		id := m.ID
+		if id == "" {
+			id = "-" // raw BMP in a file: no id is kept
+		}
+		line = where + " " + id + " " + m.Summary
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
