@@ -29,7 +29,7 @@ func TestFailoverKafkaToFileAndBack(t *testing.T) {
 	// probe finding it missing would keep the forwarder on the file sink.
 	cfg.Topics.Overrides = map[string]string{StreamBMPRaw: testenv.NewTopic(t, brokers, 3)}
 	src := newMemSource()
-	f, err := New(cfg, src, Raw{}, testLogger(t), prometheus.NewRegistry())
+	f, err := New(cfg, src, rawBMP, testLogger(t), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,7 +30,7 @@ func TestSinksByRoleFailoverAndFailbackInOrder(t *testing.T) {
 	cfg.FailbackAfter = 50 * time.Millisecond
 	cfg.ProbeInterval = 10 * time.Millisecond
 	src := newMemSource()
-	f, err := newForwarderSinks(cfg, src, Raw{}, []Sink{&probingSink{a}, &probingSink{b}, c}, nil, prometheus.NewRegistry())
+	f, err := newForwarderSinks(cfg, src, rawBMP, []Sink{&probingSink{a}, &probingSink{b}, c}, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
