@@ -132,7 +132,7 @@ type TopicsConfig struct {
 func Streams() []string {
 	return []string{
 		"bmp.raw", "bmp.route.pre-policy", "bmp.route.post-policy", "bmp.route.loc-rib",
-		"bmp.route.adj-rib-out", "bmp.peer", "bmp.stats", "bmp.router", "bmp.errors", "bmp.mirror",
+		"bmp.route.adj-rib-out", "bmp.peer", "bmp.stats", "bmp.router", "bmp.errors", "bmp.mirror", StreamRIB,
 		"exabgp.route", "exabgp.peer", "exabgp.raw", "exabgp.errors", StreamDLQ,
 	}
 }

@@ -228,7 +228,14 @@ func (k *KafkaSink) ensureTopic(client sarama.Client, topic string) error {
 		return fmt.Errorf("kafka admin: %w: %w", ErrUnavailable, err)
 	}
 	// Not admin.Close(): it would close the shared client.
-	err = admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: k.cfg.Partitions, ReplicationFactor: k.cfg.ReplicationFactor}, false)
+	detail := &sarama.TopicDetail{NumPartitions: k.cfg.Partitions, ReplicationFactor: k.cfg.ReplicationFactor}
+	if topic == k.topics.Topic(StreamRIB) {
+		// The route state's stream: the latest value per key, tombstones
+		// removing keys, is what a consumer bootstraps from.
+		compact := "compact"
+		detail.ConfigEntries = map[string]*string{"cleanup.policy": &compact}
+	}
+	err = admin.CreateTopic(topic, detail, false)
 	if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
 		var te *sarama.TopicError
 		if !errors.As(err, &te) || !errors.Is(te.Err, sarama.ErrTopicAlreadyExists) {
@@ -277,7 +284,9 @@ func (k *KafkaSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc) e
 		encs[2*i] = m.Value
 		pm := &pms[i]
 		pm.Topic = rt.topic
-		pm.Value = &encs[2*i]
+		if m.Value != nil { // nil: a tombstone (null value) for a compacted topic
+			pm.Value = &encs[2*i]
+		}
 		pm.Metadata = &refs[i]
 		if len(m.Key) > 0 {
 			encs[2*i+1] = m.Key
