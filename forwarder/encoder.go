@@ -125,7 +125,7 @@ const (
 	// StreamRIB is the route state's compacted stream (package rib): its
 	// Kafka topic is created with cleanup.policy=compact.
 	StreamRIB = "bmp.rib"
-	StreamDLQ    = "dlq"
+	StreamDLQ = "dlq"
 )
 
 var (

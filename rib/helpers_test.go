@@ -34,7 +34,7 @@ func (r testRoute) event(seq uint64, index int) record.Event {
 	}
 	ev := record.Event{V: 1, Type: "route", ID: fmt.Sprintf("%s:%d:%d", testAgent, seq, index), Agent: testAgent, Source: "bmp",
 		Router: r.router, Seq: seq, ReceivedAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
-		Peer: &record.Peer{Address: addr, AS: 64500, RD: r.peerRD, Type: typ},
+		Peer:  &record.Peer{Address: addr, AS: 64500, RD: r.peerRD, Type: typ},
 		Route: &record.Route{Prefix: r.prefix, PathID: r.pathID, AFI: 1, SAFI: 1, Family: "ipv4-unicast", Policy: policy, RIB: rib}}
 	if r.withdraw {
 		ev.Route.Action = "withdraw"
