@@ -10,6 +10,7 @@ import (
 	"github.com/bgpedge/bgpedge/buffer"
 	"github.com/bgpedge/bgpedge/forwarder"
 	"github.com/bgpedge/bgpedge/record"
+	"github.com/bgpedge/bgpedge/rib"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -49,6 +50,9 @@ func newForwarder(cfg Config, sp Spool, log *slog.Logger, reg prometheus.Registe
 		Logger:     log,
 		Registerer: reg,
 	}}
+	if cfg.BMP.RIB.Enabled {
+		ef.ribOpts = &rib.Options{Config: cfg.BMP.RIB, Dir: cfg.Agent.StateDir, AgentID: ef.opts.AgentID, Logger: log, Registerer: reg}
+	}
 	f, err := forwarder.New(cfg.ForwarderSettings(), sp, bmpEncoder(ef), log, reg)
 	if err != nil {
 		return nil, err
@@ -70,8 +74,12 @@ func bmpEncoder(ef *encodingForwarder) forwarder.Encoder {
 	// reads the state in force before it), so records encode in parallel;
 	// what writes that state (a Peer Up, merging with the one before it) is
 	// encoded alone, and so, to be safe, is the end of a peer or session.
+	var enc forwarder.Encoder = forwarder.Mux{record.KindBMP: f, record.KindBMPSyntheticPeerDown: f}
+	if ef.ribOpts != nil {
+		enc = ribEncoder{Encoder: enc, ef: ef}
+	}
 	return forwarder.Parallel{
-		Encoder: forwarder.Mux{record.KindBMP: f, record.KindBMPSyntheticPeerDown: f},
+		Encoder: enc,
 		Ordered: func(rec record.Record) bool {
 			if rec.Kind != record.KindBMP || len(rec.Payload) < bmp.HeaderLen {
 				return true
@@ -87,8 +95,27 @@ func bmpEncoder(ef *encodingForwarder) forwarder.Encoder {
 
 type encodingForwarder struct {
 	*forwarder.Forwarder
-	opts bmp.EncoderOptions
-	enc  *bmp.Encoder // set by Prepare, before Run; the forwarder encodes only while running
+	opts    bmp.EncoderOptions
+	enc     *bmp.Encoder // set by Prepare, before Run; the forwarder encodes only while running
+	ribOpts *rib.Options // nil: route state off
+	rib     *rib.Stage   // set by Prepare when ribOpts is set
+}
+
+// ribEncoder is the BMP encoder followed, in spool order, by the route
+// state: the forwarder finds the Sequencer on the encoder it is given.
+type ribEncoder struct {
+	forwarder.Encoder
+	ef *encodingForwarder
+}
+
+var _ forwarder.Sequencer = ribEncoder{}
+
+func (r ribEncoder) Rewind(from uint64) error { return r.ef.rib.Rewind(from) }
+
+func (r ribEncoder) CommitThrough(seq uint64) error { return r.ef.rib.CommitThrough(seq) }
+
+func (r ribEncoder) Sequence(rec record.Record, msgs []*forwarder.Outgoing, emit func(*forwarder.Outgoing) error) error {
+	return r.ef.rib.Sequence(rec, msgs, emit)
 }
 
 var _ preparer = (*encodingForwarder)(nil)
@@ -102,6 +129,14 @@ func (f *encodingForwarder) Prepare() error {
 	if err != nil {
 		return fmt.Errorf("bmp encoder: %w", err)
 	}
+	if f.ribOpts != nil {
+		st, err := rib.Open(*f.ribOpts)
+		if err != nil {
+			_ = enc.Close()
+			return fmt.Errorf("route state: %w", err)
+		}
+		f.rib = st
+	}
 	f.enc = enc
 	return nil
 }
@@ -112,6 +147,10 @@ func (f *encodingForwarder) Discard() {
 		_ = f.enc.Close()
 		f.enc = nil
 	}
+	if f.rib != nil {
+		_ = f.rib.Close()
+		f.rib = nil
+	}
 }
 
 // Run drains until ctx ends, then releases the encoder's state.
@@ -120,5 +159,9 @@ func (f *encodingForwarder) Run(ctx context.Context) error {
 		return err
 	}
 	err := f.Forwarder.Run(ctx)
-	return errors.Join(err, f.enc.Close())
+	err = errors.Join(err, f.enc.Close())
+	if f.rib != nil {
+		err = errors.Join(err, f.rib.Close())
+	}
+	return err
 }

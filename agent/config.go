@@ -14,6 +14,7 @@ import (
 	"github.com/bgpedge/bgpedge/buffer"
 	"github.com/bgpedge/bgpedge/exabgp"
 	"github.com/bgpedge/bgpedge/forwarder"
+	"github.com/bgpedge/bgpedge/rib"
 )
 
 // Config is the agent's whole bootstrap configuration: one section per
@@ -65,6 +66,8 @@ type LogConfig struct {
 type BMPConfig struct {
 	bmp.Config `mapstructure:",squash"`
 	Encoding   bmp.Encoding `mapstructure:"encoding"`
+	// RIB is the route state (package rib), kept in agent.state_dir.
+	RIB rib.Config `mapstructure:"rib"`
 }
 
 // ForwarderConfig is the `forwarder:` section: forwarder.Config plus the
@@ -92,7 +95,7 @@ func DefaultConfig() Config {
 		HTTP:      HTTPConfig{Listen: "127.0.0.1:9611"},
 		Log:       LogConfig{Level: "info", Format: "json"},
 		Buffer:    buffer.DefaultConfig(),
-		BMP:       BMPConfig{Config: bmp.DefaultConfig(), Encoding: defaultEncoding()},
+		BMP:       BMPConfig{Config: bmp.DefaultConfig(), Encoding: defaultEncoding(), RIB: rib.DefaultConfig()},
 		Forwarder: ForwarderConfig{Enabled: true, Config: forwarder.DefaultConfig()},
 		ExaBGP:    exabgp.DefaultConfig(),
 		Fleet:     DefaultFleetConfig(),
@@ -148,6 +151,12 @@ func (c Config) Validate() error {
 	}
 	if err := c.BMP.Encoding.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if err := c.BMP.RIB.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.BMP.RIB.Enabled && !c.BMP.Encoding.JSON {
+		bad("bmp.rib.enabled", "requires bmp.encoding.json (the route state reads the JSON route events)")
 	}
 	if c.Forwarder.Enabled {
 		if err := c.ForwarderSettings().Validate(); err != nil {

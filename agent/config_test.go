@@ -86,6 +86,8 @@ func TestBadConfigs(t *testing.T) {
 		{"bad http listen", "http:\n  listen: nope\n", []string{"http.listen:"}},
 		{"bad agent id", "agent:\n  id: a.b\n", []string{"agent.id:"}},
 		{"bad policy", "buffer:\n  policy: maybe\n", []string{"buffer.policy:"}},
+		{"bad rib duplicates", "bmp:\n  rib:\n    duplicates: hide\n", []string{"bmp.rib.duplicates:", "hide"}},
+		{"rib without json", "bmp:\n  encoding:\n    json: false\n  rib:\n    enabled: true\n", []string{"bmp.rib.enabled:", "bmp.encoding.json"}},
 		{"several errors at once", "buffer:\n  dirr: /x\nbmp:\n  tcp_keepalive: 5y\n", []string{"buffer.dirr: unknown key", "bmp.tcp_keepalive:"}},
 	}
 	for _, tt := range tests {

@@ -186,7 +186,9 @@ func DefaultConfig() Config {
 			MaxPending:    4096,
 			AckTimeout:    10 * time.Second,
 		},
-		Topics: TopicsConfig{Prefix: "bgpedge.", Ensure: Streams()},
+		// bmp.rib is left to its first message: its topic exists only where
+		// the route state is enabled.
+		Topics: TopicsConfig{Prefix: "bgpedge.", Ensure: slices.DeleteFunc(Streams(), func(s string) bool { return s == StreamRIB })},
 		DLQ:    DLQConfig{Enabled: true},
 	}
 }
