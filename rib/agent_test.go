@@ -1,0 +1,393 @@
+package rib_test
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/bgpedge/bgpedge/internal/testenv"
+)
+
+// BMP messages as a router sends them, for peers 192.0.2.<n> (global, IPv4,
+// 4-octet AS), pre-policy or post-policy (L flag).
+
+func bmpMsg(typ byte, body []byte) []byte {
+	b := make([]byte, 6, 6+len(body))
+	b[0] = 3
+	binary.BigEndian.PutUint32(b[1:5], uint32(6+len(body)))
+	b[5] = typ
+	return append(b, body...)
+}
+
+func perPeer(n byte, post bool) []byte {
+	h := make([]byte, 42)
+	if post {
+		h[1] = 0x40
+	}
+	copy(h[22:26], []byte{192, 0, 2, n})
+	binary.BigEndian.PutUint32(h[26:30], 65000+uint32(n))
+	copy(h[30:34], []byte{192, 0, 2, n})
+	binary.BigEndian.PutUint32(h[34:38], 1700000000)
+	return h
+}
+
+func bgpMsg(typ byte, body []byte) []byte {
+	m := slices.Repeat([]byte{0xff}, 16)
+	m = binary.BigEndian.AppendUint16(m, uint16(19+len(body)))
+	m = append(m, typ)
+	return append(m, body...)
+}
+
+func openMsg(as uint32, id byte, addPath bool) []byte {
+	caps := []byte{1, 4, 0, 1, 0, 1, 65, 4}
+	caps = binary.BigEndian.AppendUint32(caps, as)
+	if addPath {
+		caps = append(caps, 69, 4, 0, 1, 1, 3)
+	}
+	b := []byte{4}
+	b = binary.BigEndian.AppendUint16(b, uint16(as))
+	b = binary.BigEndian.AppendUint16(b, 90)
+	b = append(b, 10, 0, 0, id)
+	b = append(b, byte(len(caps)+2), 2, byte(len(caps)))
+	return bgpMsg(1, append(b, caps...))
+}
+
+func initiationMsg() []byte { return bmpMsg(4, []byte{0, 2, 0, 4, 't', 'e', 's', 't'}) }
+
+func peerUpMsg(n byte, addPath bool) []byte {
+	b := perPeer(n, false)
+	b = append(b, make([]byte, 12)...)
+	b = append(b, 192, 0, 2, 254)
+	b = binary.BigEndian.AppendUint16(b, 179)
+	b = binary.BigEndian.AppendUint16(b, 40000+uint16(n))
+	b = append(b, openMsg(64512, 254, addPath)...)
+	b = append(b, openMsg(65000+uint32(n), n, addPath)...)
+	return bmpMsg(3, b)
+}
+
+func peerDownMsg(n byte) []byte { return bmpMsg(2, append(perPeer(n, false), 4)) }
+
+type testRoute struct {
+	peer   byte
+	post   bool
+	prefix netip.Prefix
+	pathID uint32
+}
+
+func nlri(b []byte, r testRoute, addPath bool) []byte {
+	if addPath {
+		b = binary.BigEndian.AppendUint32(b, r.pathID)
+	}
+	bits := r.prefix.Bits()
+	a := r.prefix.Addr().As4()
+	b = append(b, byte(bits))
+	return append(b, a[:(bits+7)/8]...)
+}
+
+// updateMsg is a Route Monitoring message withdrawing or announcing (with
+// MED med) routes of one peer and table.
+func updateMsg(routes []testRoute, withdraw bool, med uint32, addPath bool) []byte {
+	var wd, ann []byte
+	for _, r := range routes {
+		if withdraw {
+			wd = nlri(wd, r, addPath)
+		} else {
+			ann = nlri(ann, r, addPath)
+		}
+	}
+	var attrs []byte
+	if !withdraw {
+		attrs = append(attrs, 0x40, 1, 1, 0)    // ORIGIN igp
+		attrs = append(attrs, 0x40, 2, 6, 2, 1) // AS_PATH, one 4-byte ASN
+		attrs = binary.BigEndian.AppendUint32(attrs, 65000+uint32(routes[0].peer))
+		attrs = append(attrs, 0x40, 3, 4, 192, 0, 2, routes[0].peer)          // NEXT_HOP
+		attrs = binary.BigEndian.AppendUint32(append(attrs, 0x80, 4, 4), med) // MED
+	}
+	body := binary.BigEndian.AppendUint16(nil, uint16(len(wd)))
+	body = append(body, wd...)
+	body = binary.BigEndian.AppendUint16(body, uint16(len(attrs)))
+	body = append(body, attrs...)
+	body = append(body, ann...)
+	return bmpMsg(0, append(perPeer(routes[0].peer, routes[0].post), bgpMsg(2, body)...))
+}
+
+// routerModel is what the router holds (per peer, its routes and MEDs) and
+// what bgpedge's route state must hold after the spool's records.
+type routerModel struct {
+	peers   []byte
+	addPath map[byte]bool
+	up      map[byte]bool
+	table   map[testRoute]uint32 // the router's current routes
+	// changes counts, per route and MED, the announcements that change the
+	// state: each must reach the route streams.
+	changes map[string]int
+}
+
+func (m *routerModel) key(r testRoute) string {
+	table := "adj-rib-in-pre"
+	if r.post {
+		table = "adj-rib-in-post"
+	}
+	return fmt.Sprintf("127.0.0.1||192.0.2.%d||%s|%s|ipv4-unicast|%d", r.peer, r.prefix, table, r.pathID)
+}
+
+func (m *routerModel) announce(r testRoute, med uint32) {
+	if cur, ok := m.table[r]; !ok || cur != med {
+		m.changes[fmt.Sprintf("%s=%d", m.key(r), med)]++
+	}
+	m.table[r] = med
+}
+
+// peerDown forgets a peer's routes, as the route state must.
+func (m *routerModel) peerDown(p byte) {
+	for r := range m.table {
+		if r.peer == p {
+			delete(m.table, r)
+		}
+	}
+	m.up[p] = false
+}
+
+// ops generates n random messages from the model's current state, applying
+// them to it.
+func (m *routerModel) ops(rng *rand.Rand, n int) [][]byte {
+	var out [][]byte
+	for len(out) < n {
+		p := m.peers[rng.IntN(len(m.peers))]
+		if !m.up[p] {
+			out = append(out, peerUpMsg(p, m.addPath[p]))
+			m.up[p] = true
+			continue
+		}
+		switch x := rng.IntN(100); {
+		case x < 2:
+			out = append(out, peerDownMsg(p))
+			m.peerDown(p)
+		case x < 75: // announce or change up to 3 routes with one MED
+			med := uint32(rng.IntN(3))
+			post := rng.IntN(2) == 0
+			var rs []testRoute
+			seen := map[testRoute]bool{}
+			for range 1 + rng.IntN(3) {
+				r := testRoute{peer: p, post: post, prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(rng.IntN(4)), byte(rng.IntN(8)), 0}), 24)}
+				if m.addPath[p] {
+					r.pathID = uint32(1 + rng.IntN(2))
+				}
+				if !seen[r] {
+					seen[r] = true
+					rs = append(rs, r)
+				}
+			}
+			for _, r := range rs {
+				m.announce(r, med)
+			}
+			out = append(out, updateMsg(rs, false, med, m.addPath[p]))
+		default: // withdraw one held route of this peer
+			var held []testRoute
+			for r := range m.table {
+				if r.peer == p {
+					held = append(held, r)
+				}
+			}
+			if len(held) == 0 {
+				continue
+			}
+			slices.SortFunc(held, func(a, b testRoute) int { return strings.Compare(m.key(a), m.key(b)) })
+			r := held[rng.IntN(len(held))]
+			delete(m.table, r)
+			out = append(out, updateMsg([]testRoute{r}, true, 0, m.addPath[p]))
+		}
+	}
+	return out
+}
+
+// TestRIBAgentKafka is the route state's model oracle against the real
+// agent and broker: random announcements, attribute changes, withdraws,
+// Add-Path paths and Peer Downs from one router with three peers (one with
+// Add-Path), streamed in three runs of `bgpedge run` separated by kill -9
+// while the forwarder is still delivering. The restart marks the peers that
+// were up down (the session journal's synthetic peer-downs), whose routes
+// the model therefore forgets; the router then sends its Peer Ups again.
+// At the end the compacted bmp.rib (last value per key) must be exactly the
+// model's table, with the model's MEDs, and every announcement that changed
+// the model must be on the route streams.
+func TestRIBAgentKafka(t *testing.T) {
+	brokers := testenv.KafkaBrokers(t)
+	bin := testenv.BuildBgpedge(t)
+	dir := t.TempDir()
+	prefix := fmt.Sprintf("test.TestRIBAgentKafka.%d.", time.Now().UnixNano())
+	t.Cleanup(func() {
+		if admin, err := sarama.NewClusterAdmin(brokers, testenv.SaramaConfig(t)); err == nil {
+			for _, s := range []string{"bmp.rib", "bmp.route.pre-policy", "bmp.route.post-policy", "bmp.peer", "bmp.router", "bmp.errors", "bmp.stats", "dlq"} {
+				_ = admin.DeleteTopic(prefix + s)
+			}
+			_ = admin.Close()
+		}
+	})
+	bmpAddr := testenv.LoopbackAddr(t)
+	config := filepath.Join(dir, "bgpedge.yaml")
+	run := &testenv.AgentRun{T: t, Bin: bin, Args: []string{"run", "--config", config}, Dir: dir, HTTP: testenv.LoopbackAddr(t)}
+	yaml := fmt.Sprintf(`agent:
+  id: ribtest
+  state_dir: %s
+http:
+  listen: %s
+log:
+  level: info
+  format: text
+buffer:
+  dir: %s
+bmp:
+  listen: %s
+  encoding:
+    raw: false
+    json: true
+    state_dir: %s
+  rib:
+    enabled: true
+    duplicates: drop
+forwarder:
+  enabled: true
+  max_in_flight: 2000
+  kafka:
+    brokers: [%s]
+    partitions: 3
+  topics:
+    prefix: %s
+    ensure: [bmp.route.pre-policy, bmp.route.post-policy]
+`, filepath.Join(dir, "state"), run.HTTP, filepath.Join(dir, "spool"), bmpAddr, filepath.Join(dir, "bmpstate"), strings.Join(brokers, ", "), prefix)
+	if err := os.WriteFile(config, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 18))
+	m := &routerModel{peers: []byte{1, 2, 3}, addPath: map[byte]bool{3: true}, up: map[byte]bool{}, table: map[testRoute]uint32{}, changes: map[string]int{}}
+	const runs, perRun = 3, 3000
+	for k := range runs {
+		run.Start()
+		if k > 0 {
+			// The journal's synthetic peer-downs, spooled at start.
+			for _, p := range m.peers {
+				if m.up[p] {
+					m.peerDown(p)
+				}
+			}
+		}
+		conn, err := net.DialTimeout("tcp", bmpAddr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs := append([][]byte{initiationMsg()}, m.ops(rng, perRun)...)
+		var buf []byte
+		for _, b := range msgs {
+			buf = append(buf, b...)
+		}
+		if _, err := conn.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		testenv.Eventually(t, 2*time.Minute, fmt.Sprintf("run %d: %d messages spooled", k+1, len(msgs)), func() bool {
+			n := 0.0
+			for name, v := range run.Metrics() {
+				if strings.HasPrefix(name, "bgpedge_bmp_messages_received_total") {
+					n += v
+				}
+			}
+			return int(n) == len(msgs)
+		})
+		if k < runs-1 {
+			// Kill while the forwarder is part way: some records delivered
+			// and committed, others in flight or not yet read.
+			left := float64(len(msgs)) * (0.1 + 0.6*rng.Float64())
+			backlog := 0.0
+			testenv.Eventually(t, 2*time.Minute, fmt.Sprintf("run %d: fewer than %.0f records unacknowledged", k+1, left), func() bool {
+				backlog = run.Metrics()["bgpedge_buffer_records"]
+				return backlog < left
+			})
+			run.Kill()
+			_ = conn.Close()
+			t.Logf("run %d killed with %v records not yet acknowledged", k+1, backlog)
+			continue
+		}
+		defer conn.Close()
+	}
+	testenv.Eventually(t, 2*time.Minute, "every record acknowledged", func() bool {
+		return run.Metrics()["bgpedge_buffer_records"] == 0
+	})
+	mets := run.Metrics()
+	t.Logf("routes held %v, duplicates dropped %v, synthetic withdraws %v", mets["bgpedge_rib_routes"],
+		mets[`bgpedge_rib_duplicates_total{action="drop"}`], mets["bgpedge_rib_synthetic_withdraws_total"])
+	if int(mets["bgpedge_rib_routes"]) != len(m.table) {
+		t.Errorf("bgpedge_rib_routes %v, model %d", mets["bgpedge_rib_routes"], len(m.table))
+	}
+
+	type routeJSON struct {
+		Peer  struct{ Address string } `json:"peer"`
+		Route struct {
+			Action string  `json:"action"`
+			Prefix string  `json:"prefix"`
+			PathID uint32  `json:"path_id"`
+			MED    *uint32 `json:"med"`
+			Policy string  `json:"policy"`
+		} `json:"route"`
+	}
+	view := map[string]uint32{}
+	testenv.ConsumeEach(t, brokers, prefix+"bmp.rib", time.Minute, func(msg *sarama.ConsumerMessage) {
+		if msg.Value == nil {
+			delete(view, string(msg.Key))
+			return
+		}
+		var ev routeJSON
+		if err := json.Unmarshal(msg.Value, &ev); err != nil || ev.Route.MED == nil {
+			t.Fatalf("bmp.rib %s: %v %s", msg.Key, err, msg.Value)
+		}
+		view[string(msg.Key)] = *ev.Route.MED
+	})
+	want := map[string]uint32{}
+	for r, med := range m.table {
+		want[m.key(r)] = med
+	}
+	for k, med := range want {
+		if got, ok := view[k]; !ok || got != med {
+			t.Errorf("bmp.rib %s: got MED %d (present %v), model %d", k, got, ok, med)
+		}
+	}
+	for k := range view {
+		if _, ok := want[k]; !ok {
+			t.Errorf("bmp.rib holds %s, which the model does not", k)
+		}
+	}
+	seen := map[string]int{}
+	for _, topic := range []string{"bmp.route.pre-policy", "bmp.route.post-policy"} {
+		testenv.ConsumeEach(t, brokers, prefix+topic, time.Minute, func(msg *sarama.ConsumerMessage) {
+			var ev routeJSON
+			if err := json.Unmarshal(msg.Value, &ev); err != nil {
+				t.Fatal(err)
+			}
+			if ev.Route.Action != "announce" || ev.Route.MED == nil {
+				return
+			}
+			table := "adj-rib-in-" + strings.TrimSuffix(ev.Route.Policy, "-policy")
+			seen[fmt.Sprintf("127.0.0.1||%s||%s|%s|ipv4-unicast|%d=%d", ev.Peer.Address, ev.Route.Prefix, table, ev.Route.PathID, *ev.Route.MED)]++
+		})
+	}
+	missing := 0
+	for k, n := range m.changes {
+		if seen[k] < n {
+			missing++
+			if missing < 10 {
+				t.Errorf("announcement %s: model expects %d on the route streams, got %d", k, n, seen[k])
+			}
+		}
+	}
+	t.Logf("%d routes in the model, %d in bmp.rib; %d distinct announcements expected, %d missing", len(want), len(view), len(m.changes), missing)
+}
