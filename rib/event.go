@@ -50,9 +50,11 @@ type event struct {
 	safi                      uint8
 	withdraw, eor             bool
 	hash                      uint64 // of the route object, announcements only
-	// envelope is the event from ,"agent": through the peer object, for
-	// synthetic events made from a peer-down.
+	// envelope is the event from ,"agent": through the peer object (marked
+	// synthetic), for synthetic events made from a peer-down; peerJSON is
+	// that peer object.
 	envelope []byte
+	peerJSON []byte
 }
 
 // rkey is the route's key within its peer: table|family|rd|prefix|path id.
@@ -173,16 +175,32 @@ func parsePeerDown(v []byte) (e event, ok bool) {
 	e.router = strField(v[:i], `"router":"`)
 	e.peerRD, e.peerAddr = strField(peerObj, `"rd":"`), strField(peerObj, `"address":"`)
 	e.peer = peerKey(e.router, strField(peerObj, `"type":"`), e.peerRD, e.peerAddr)
-	a := bytes.Index(v, agentField)
-	if a < 0 || a > i {
+	e.envelope = envelopeOf(v)
+	if e.envelope == nil {
 		return e, false
 	}
+	e.peerJSON = e.envelope[bytes.Index(e.envelope, peerObjStart)+len(peerObjStart)-1:]
+	return e, true
+}
+
+// envelopeOf is an event's JSON from ,"agent": through the peer object,
+// the peer marked synthetic; nil if the event has no peer.
+func envelopeOf(v []byte) []byte {
+	i := bytes.Index(v, peerObjStart)
+	a := bytes.Index(v, agentField)
+	if i < 0 || a < 0 || a > i {
+		return nil
+	}
+	end := bytes.IndexByte(v[i+len(peerObjStart):], '}')
+	if end < 0 {
+		return nil
+	}
+	peerObj := v[i+len(peerObjStart)-1 : i+len(peerObjStart)+end+1]
 	env := append([]byte(nil), v[a:i+len(peerObjStart)+end]...)
 	if !bytes.Contains(peerObj, []byte(`"synthetic":true`)) {
 		env = append(env, `,"synthetic":true`...)
 	}
-	e.envelope = append(env, '}')
-	return e, true
+	return append(env, '}')
 }
 
 // objects returns the peer object and the route object (each with its

@@ -1,11 +1,15 @@
 package rib
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/bgpedge/bgpedge/forwarder"
 	"github.com/bgpedge/bgpedge/record"
@@ -71,6 +75,26 @@ func (r testRoute) rkey() string {
 	return r.table + "|ipv4-unicast||" + r.prefix + "|" + strconv.FormatUint(uint64(r.pathID), 10)
 }
 
+// eorMsg is an End-of-RIB marker of ipv4-unicast in the route's table.
+func (r testRoute) eorMsg(t testing.TB, seq uint64, index int) *forwarder.Outgoing {
+	r.withdraw = true
+	ev := r.event(seq, index)
+	ev.Route.Prefix, ev.Route.PathID, ev.Route.EndOfRIB = "", 0, true
+	v, err := json.Marshal(&ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &forwarder.Outgoing{Seq: seq, Index: index, ID: ev.ID, Stream: tableStream(r.table), Key: []byte(r.router), Value: v}
+}
+
+// synthDownRec is the record of a synthetic peer-down of r's peer.
+func (r testRoute) synthDown(t testing.TB, seq uint64) (record.Record, []*forwarder.Outgoing) {
+	m := peerDownMsg(t, seq, 1, r.router, r.peer, r.table == TableLocRIB)
+	m.Value = bytes.Replace(m.Value, []byte(`"type":"global"}`), []byte(`"type":"global","synthetic":true}`), 1)
+	m.Value = bytes.Replace(m.Value, []byte(`"type":"loc-rib"}`), []byte(`"type":"loc-rib","synthetic":true}`), 1)
+	return record.Record{Seq: seq, Kind: record.KindBMPSyntheticPeerDown, Time: time.Now()}, []*forwarder.Outgoing{m}
+}
+
 // peerDownMsg is a peer-down event of an Adj-RIB peer (type global) or,
 // with locRIB, of the router's Loc-RIB instance.
 func peerDownMsg(t testing.TB, seq uint64, index int, router, peer string, locRIB bool) *forwarder.Outgoing {
@@ -88,10 +112,17 @@ func peerDownMsg(t testing.TB, seq uint64, index int, router, peer string, locRI
 	return &forwarder.Outgoing{Seq: seq, Index: index, ID: ev.ID, Stream: "bmp.peer", Key: []byte(router), Value: v}
 }
 
-// sequence runs one record through the stage and returns what it emitted,
-// with ids filled in as the forwarder would.
+// sequence runs one BMP record through the stage and returns what it
+// emitted, with ids filled in as the forwarder would.
 func sequence(t testing.TB, s *Stage, seq uint64, msgs []*forwarder.Outgoing) []*forwarder.Outgoing {
 	t.Helper()
+	return sequenceRec(t, s, record.Record{Seq: seq, Kind: record.KindBMP}, msgs)
+}
+
+// sequenceRec is sequence for any record.
+func sequenceRec(t testing.TB, s *Stage, rec record.Record, msgs []*forwarder.Outgoing) []*forwarder.Outgoing {
+	t.Helper()
+	seq := rec.Seq
 	var out []*forwarder.Outgoing
 	// Copies: the stage may change a message (mark), and a re-delivery
 	// starts from the encoder's output again.
@@ -100,7 +131,7 @@ func sequence(t testing.TB, s *Stage, seq uint64, msgs []*forwarder.Outgoing) []
 		c := *m
 		in[i] = &c
 	}
-	err := s.Sequence(record.Record{Seq: seq, Kind: record.KindBMP}, in, func(m *forwarder.Outgoing) error {
+	err := s.Sequence(rec, in, func(m *forwarder.Outgoing) error {
 		if m.ID == "" {
 			m.Seq = seq
 			m.ID = forwarder.MessageID(testAgent, seq, m.Index)
@@ -137,7 +168,7 @@ func fileState(t testing.TB, s *Stage) map[string]uint64 {
 				return err
 			}
 			for _, r := range chunk {
-				h, _, _ := decodeValue(r.val)
+				h := decodeRoute(r.val).hash
 				got[peer+"#"+r.rk] = h
 			}
 			if len(chunk) < 100 {
@@ -150,4 +181,12 @@ func fileState(t testing.TB, s *Stage) map[string]uint64 {
 		t.Fatal(err)
 	}
 	return got
+}
+
+func testutilGauge(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetGauge().GetValue()
 }

@@ -10,6 +10,7 @@ type metrics struct {
 	routes     prometheus.Gauge
 	duplicates *prometheus.CounterVec
 	synthetic  prometheus.Counter
+	stale      prometheus.Gauge
 	registered []prometheus.Collector
 }
 
@@ -23,9 +24,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "bgpedge_rib_duplicates_total",
 			Help: "Announcements identical to the route state, by what bmp.rib.duplicates did with them (drop, mark, keep); counted again when a record is re-delivered.",
 		}, []string{"action"}),
+		stale: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "bgpedge_rib_stale_routes",
+			Help: "Routes held stale (committed): their peer's session ended without a Peer Down and they were not re-announced, withdrawn or timed out yet.",
+		}),
 		synthetic: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgpedge_rib_synthetic_withdraws_total",
-			Help: "Withdraws the route state synthesised (a Peer Down's routes); counted again when a record is re-delivered.",
+			Help: "Withdraws the route state synthesised (a Peer Down's routes, stale routes at End-of-RIB or stale_timeout); counted again when a record is re-delivered.",
 		}),
 	}
 	for _, a := range []string{DuplicatesDrop, DuplicatesMark, DuplicatesKeep} {
@@ -34,7 +39,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.routes, m.duplicates, m.synthetic} {
+	for _, c := range []prometheus.Collector{m.routes, m.duplicates, m.synthetic, m.stale} {
 		if err := reg.Register(c); err != nil {
 			m.unregister(reg)
 			return nil, fmt.Errorf("register metrics: %w", err)

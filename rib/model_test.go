@@ -5,93 +5,161 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/bgpedge/bgpedge/forwarder"
+	"github.com/bgpedge/bgpedge/record"
 )
 
-// modelRecord is one spooled record: route events, or a peer down.
+// modelRecord is one spooled record: route events, a Peer Down (real or
+// synthetic), an End-of-RIB marker, or a stale timer.
 type modelRecord struct {
-	routes   []testRoute
-	down     bool
-	router   string
-	peer     string // "" with locRIB
-	downsLoc bool
+	routes []testRoute
+	kind   string // "" (routes), down, synthetic, eor, timer
+	at     testRoute
+	epoch  uint32 // timer
 }
 
-func (r modelRecord) msgs(t testing.TB, seq uint64) []*forwarder.Outgoing {
-	if r.down {
-		return []*forwarder.Outgoing{peerDownMsg(t, seq, 1, r.router, r.peer, r.downsLoc)}
+func (r modelRecord) rec(t testing.TB, seq uint64) (record.Record, []*forwarder.Outgoing) {
+	rec := record.Record{Seq: seq, Kind: record.KindBMP, Time: time.Unix(1700000000, 0)}
+	switch r.kind {
+	case "down":
+		return rec, []*forwarder.Outgoing{peerDownMsg(t, seq, 1, r.at.router, r.at.peer, r.at.table == TableLocRIB)}
+	case "synthetic":
+		return r.at.synthDown(t, seq)
+	case "eor":
+		return rec, []*forwarder.Outgoing{r.at.eorMsg(t, seq, 1)}
+	case "timer":
+		rec.Kind, rec.Payload = record.KindRIBTimer, timerPayload(r.at.peerKey(), r.epoch)
+		return rec, nil
 	}
 	out := make([]*forwarder.Outgoing, len(r.routes))
 	for i, rt := range r.routes {
 		out[i] = rt.msg(t, seq, i+1)
 	}
+	return rec, out
+}
+
+// model is the route state as plain maps.
+type model struct {
+	routes map[string]modelRoute // peer#route key
+	peers  map[string]modelPeer
+}
+
+type modelRoute struct {
+	hash  uint64
+	epoch uint32
+}
+
+type modelPeer struct {
+	epoch uint32
+	stale bool
+}
+
+func newModel() *model { return &model{routes: map[string]modelRoute{}, peers: map[string]modelPeer{}} }
+
+func (m *model) hashes() map[string]uint64 {
+	out := make(map[string]uint64, len(m.routes))
+	for k, r := range m.routes {
+		out[k] = r.hash
+	}
 	return out
 }
 
-// model is the route state as a plain map: peer#route key → attribute hash.
-type model map[string]uint64
+// drop forgets the routes of peer that match and returns their bmp.rib keys.
+func (m *model) drop(pk string, match func(rk string, r modelRoute) bool) (keys [][]byte) {
+	for k, r := range m.routes {
+		peer, rk, _ := strings.Cut(k, "#")
+		if peer == pk && match(rk, r) {
+			keys = append(keys, ribKey(pk, rk))
+			delete(m.routes, k)
+		}
+	}
+	return keys
+}
 
 // apply applies a record and returns the ids of the announcements it
-// expects on the route streams (changes), and the bmp.rib keys a peer down
-// must tombstone.
-func (m model) apply(t testing.TB, seq uint64, r modelRecord) (changes []string, tombstones [][]byte) {
-	if r.down {
-		pk := peerKey(r.router, "global", "", r.peer)
-		if r.downsLoc {
-			pk = peerKey(r.router, "loc-rib", "", "0.0.0.0")
+// expects on the route streams (changes), and the bmp.rib keys it must
+// tombstone synthetically.
+func (m *model) apply(t testing.TB, seq uint64, r modelRecord) (changes []string, tombstones [][]byte) {
+	pk := r.at.peerKey()
+	p := m.peers[pk]
+	switch r.kind {
+	case "down":
+		p.stale = false
+		m.peers[pk] = p
+		return nil, m.drop(pk, func(string, modelRoute) bool { return true })
+	case "synthetic":
+		p.epoch++
+		p.stale = true
+		m.peers[pk] = p
+		return nil, nil
+	case "eor":
+		if !p.stale {
+			return nil, nil
 		}
-		for k := range m {
-			peer, rk, _ := bytes.Cut([]byte(k), []byte("#"))
-			if string(peer) == pk {
-				tombstones = append(tombstones, ribKey(pk, string(rk)))
-				delete(m, k)
-			}
+		return nil, m.drop(pk, func(rk string, x modelRoute) bool { return x.epoch < p.epoch && tableOf(rk) == r.at.table })
+	case "timer":
+		if !p.stale || r.epoch != p.epoch {
+			return nil, nil
 		}
-		return nil, tombstones
+		p.stale = false
+		m.peers[pk] = p
+		return nil, m.drop(pk, func(_ string, x modelRoute) bool { return x.epoch < p.epoch })
 	}
 	for i, rt := range r.routes {
-		k := rt.peerKey() + "#" + rt.rkey()
+		pk := rt.peerKey()
+		k := pk + "#" + rt.rkey()
 		if rt.withdraw {
-			delete(m, k)
+			delete(m.routes, k)
 			continue
 		}
 		ev, ok := parseRoute(rt.msg(t, seq, i+1).Value)
 		if !ok {
 			t.Fatal("test route does not parse")
 		}
-		if h, held := m[k]; !held || h != ev.hash {
+		if held, ok := m.routes[k]; !ok || held.hash != ev.hash {
 			changes = append(changes, forwarder.MessageID(testAgent, seq, i+1))
 		}
-		m[k] = ev.hash
+		m.routes[k] = modelRoute{hash: ev.hash, epoch: m.peers[pk].epoch}
 	}
 	return changes, nil
 }
 
-func genRecords(rng *rand.Rand, n int) []modelRecord {
+// gen makes a random record; timers carry the peer's current stale epoch
+// (or, at times, an old one).
+func (m *model) gen(rng *rand.Rand) modelRecord {
 	routers := []string{"192.0.2.1", "192.0.2.2"}
 	peers := []string{"198.51.100.1", "198.51.100.2", "2001:db8::1"}
 	tables := []string{TableAdjInPre, TableAdjInPost, TableAdjOutPost, TableLocRIB}
 	prefixes := []string{"10.0.0.0/24", "10.0.1.0/24", "10.1.0.0/16", "203.0.113.0/24", "0.0.0.0/0"}
-	recs := make([]modelRecord, n)
-	for i := range recs {
-		router := routers[rng.IntN(len(routers))]
-		if rng.IntN(25) == 0 {
-			loc := rng.IntN(4) == 0
-			recs[i] = modelRecord{down: true, router: router, peer: peers[rng.IntN(len(peers))], downsLoc: loc}
-			continue
+	router, peer := routers[rng.IntN(len(routers))], peers[rng.IntN(len(peers))]
+	at := testRoute{router: router, peer: peer, table: tables[rng.IntN(len(tables))]}
+	switch x := rng.IntN(100); {
+	case x < 3:
+		return modelRecord{kind: "down", at: at}
+	case x < 7:
+		return modelRecord{kind: "synthetic", at: at}
+	case x < 12:
+		return modelRecord{kind: "eor", at: at}
+	case x < 15:
+		e := m.peers[at.peerKey()].epoch
+		if rng.IntN(4) == 0 && e > 0 {
+			e--
 		}
-		peer := peers[rng.IntN(len(peers))]
-		for range 1 + rng.IntN(4) {
-			recs[i].routes = append(recs[i].routes, testRoute{
-				router: router, peer: peer, table: tables[rng.IntN(len(tables))],
-				prefix: prefixes[rng.IntN(len(prefixes))], pathID: uint32(rng.IntN(3)),
-				withdraw: rng.IntN(4) == 0, attr: uint32(rng.IntN(3)),
-			})
-		}
+		return modelRecord{kind: "timer", at: at, epoch: e}
 	}
-	return recs
+	var r modelRecord
+	for range 1 + rng.IntN(4) {
+		r.routes = append(r.routes, testRoute{
+			router: router, peer: peer, table: tables[rng.IntN(len(tables))],
+			prefix: prefixes[rng.IntN(len(prefixes))], pathID: uint32(rng.IntN(3)),
+			withdraw: rng.IntN(4) == 0, attr: uint32(rng.IntN(3)),
+		})
+	}
+	return r
 }
 
 // TestStageModel drives the stage the way the forwarder does — sessions
@@ -111,19 +179,20 @@ func TestStageModel(t *testing.T) {
 
 func runModel(t *testing.T, seed uint64, n int) {
 	rng := rand.New(rand.NewPCG(seed, 7))
-	recs := genRecords(rng, n)
 	dups := []string{DuplicatesDrop, DuplicatesMark, DuplicatesKeep}[seed%3]
-	// Expected, from the model over the whole sequence.
-	final := model{}
-	prefixModels := []model{{}} // prefixModels[i]: after records 1..i
+	// Records and what the model expects of them, over the whole sequence.
+	final := newModel()
+	recs := make([]modelRecord, n)
+	prefixModels := []map[string]uint64{{}} // prefixModels[i]: after records 1..i
 	var wantChanges []string
 	var wantTombstones []struct {
 		seq uint64
 		key []byte
 	}
-	for i, r := range recs {
+	for i := range recs {
 		seq := uint64(i + 1)
-		ch, tombs := final.apply(t, seq, r)
+		recs[i] = final.gen(rng)
+		ch, tombs := final.apply(t, seq, recs[i])
 		wantChanges = append(wantChanges, ch...)
 		for _, k := range tombs {
 			wantTombstones = append(wantTombstones, struct {
@@ -131,11 +200,7 @@ func runModel(t *testing.T, seed uint64, n int) {
 				key []byte
 			}{seq, k})
 		}
-		snap := model{}
-		for k, v := range final {
-			snap[k] = v
-		}
-		prefixModels = append(prefixModels, snap)
+		prefixModels = append(prefixModels, final.hashes())
 	}
 
 	dir := t.TempDir()
@@ -155,7 +220,8 @@ func runModel(t *testing.T, seed uint64, n int) {
 		var inflight []flight
 		crashed := false
 		for pos := spoolAcked + 1; pos <= uint64(n) && !crashed; pos++ {
-			inflight = append(inflight, flight{pos, sequence(t, s, pos, recs[pos-1].msgs(t, pos))})
+			rec, msgs := recs[pos-1].rec(t, pos)
+			inflight = append(inflight, flight{pos, sequenceRec(t, s, rec, msgs)})
 			switch r := rng.Float64(); {
 			case r < 0.3 && len(inflight) > 0: // acks for a prefix
 				k := 1 + rng.IntN(len(inflight))
@@ -205,8 +271,21 @@ func runModel(t *testing.T, seed uint64, n int) {
 			spoolAcked = f.seq
 		}
 	}
-	if got := fileState(t, s); !equalModel(got, final) {
+	if got := fileState(t, s); !equalModel(got, final.hashes()) {
 		t.Fatalf("seed %d: file holds %v, want %v", seed, got, final)
+	}
+	staleWant := 0
+	for k, r := range final.routes {
+		peer, _, _ := strings.Cut(k, "#")
+		if p := final.peers[peer]; p.stale && r.epoch < p.epoch {
+			staleWant++
+		}
+	}
+	if got := testutilGauge(s.m.stale); int(got) != staleWant {
+		t.Fatalf("seed %d: bgpedge_rib_stale_routes %v, model %d", seed, got, staleWant)
+	}
+	if got := testutilGauge(s.m.routes); int(got) != len(final.routes) {
+		t.Fatalf("seed %d: bgpedge_rib_routes %v, model %d", seed, got, len(final.routes))
 	}
 	// The compacted view.
 	view := map[string][]byte{}
@@ -224,7 +303,8 @@ func runModel(t *testing.T, seed uint64, n int) {
 		}
 	}
 	want := map[string]uint64{}
-	for k, h := range final {
+	for k, r := range final.routes {
+		h := r.hash
 		peer, rk, _ := bytes.Cut([]byte(k), []byte("#"))
 		want[string(ribKey(string(peer), string(rk)))] = h
 	}
@@ -250,7 +330,7 @@ func runModel(t *testing.T, seed uint64, n int) {
 		}
 	}
 	t.Logf("seed %d (%s): %d records, %d crashes, %d sink failures, %d messages delivered, %d routes at the end",
-		seed, dups, n, crashes, failures, len(delivered), len(final))
+		seed, dups, n, crashes, failures, len(delivered), len(final.routes))
 }
 
 func equalModel(a, b map[string]uint64) bool {

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/bgpedge/bgpedge/forwarder"
+	"github.com/bgpedge/bgpedge/record"
 )
 
 // summary renders emitted messages as "stream key value-kind" lines.
@@ -219,5 +220,99 @@ func TestStageReplayAfterAckLost(t *testing.T) {
 	}
 	if got := sequence(t, s, 3, []*forwarder.Outgoing{a.msg(t, 3, 1)}); len(got) != 2 {
 		t.Fatalf("announcement after the replay: %q", summary(got))
+	}
+}
+
+// TestStageStale: a session lost without Peer Down (synthetic peer-down)
+// makes the peer's routes stale; re-announced unchanged they are confirmed
+// and not emitted, changed they are emitted, and what is still stale is
+// withdrawn at the End-of-RIB of its table and family, or by the timer.
+func TestStageStale(t *testing.T) {
+	route := func(prefix string, table string, attr uint32) testRoute {
+		return testRoute{router: "192.0.2.1", peer: "198.51.100.1", table: table, prefix: prefix, attr: attr}
+	}
+	a, b, c := route("10.0.0.0/24", TableAdjInPre, 1), route("10.0.1.0/24", TableAdjInPre, 1), route("10.0.2.0/24", TableAdjInPre, 1)
+	post := route("10.0.3.0/24", TableAdjInPost, 1)
+	bChanged := b
+	bChanged.attr = 9
+	const key = "bmp.route.pre-policy 192.0.2.1"
+	for _, tc := range []struct {
+		name string
+		end  func(t *testing.T, s *Stage, seq uint64) []string
+		want []string
+	}{
+		{"end-of-rib withdraws its table's stale routes", func(t *testing.T, s *Stage, seq uint64) []string {
+			return summary(sequence(t, s, seq, []*forwarder.Outgoing{a.eorMsg(t, seq, 1)}))
+		}, []string{key + " withdraw", key + "||198.51.100.1||10.0.2.0/24 synthetic-withdraw",
+			"bmp.rib 192.0.2.1||198.51.100.1||10.0.2.0/24|adj-rib-in-pre|ipv4-unicast|0 tombstone"}},
+		{"timer withdraws every stale route", func(t *testing.T, s *Stage, seq uint64) []string {
+			meta, err := s.meta(a.peerKey())
+			if err != nil {
+				t.Fatal(err)
+			}
+			// A timer of an older epoch changes nothing.
+			if got := sequenceRec(t, s, record.Record{Seq: seq, Kind: record.KindRIBTimer, Payload: timerPayload(a.peerKey(), meta.epoch-1)}, nil); len(got) != 0 {
+				t.Fatalf("timer of an old epoch: %q", summary(got))
+			}
+			return summary(sequenceRec(t, s, record.Record{Seq: seq + 1, Kind: record.KindRIBTimer, Payload: timerPayload(a.peerKey(), meta.epoch)}, nil))
+		}, []string{"bmp.route.post-policy 192.0.2.1||198.51.100.1||10.0.3.0/24 synthetic-withdraw",
+			"bmp.rib 192.0.2.1||198.51.100.1||10.0.3.0/24|adj-rib-in-post|ipv4-unicast|0 tombstone",
+			key + "||198.51.100.1||10.0.2.0/24 synthetic-withdraw",
+			"bmp.rib 192.0.2.1||198.51.100.1||10.0.2.0/24|adj-rib-in-pre|ipv4-unicast|0 tombstone"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := openTest(t, t.TempDir(), DuplicatesDrop)
+			defer s.Close()
+			seq := uint64(1)
+			for _, r := range []testRoute{a, b, c, post} {
+				sequence(t, s, seq, []*forwarder.Outgoing{r.msg(t, seq, 1)})
+				seq++
+			}
+			if err := s.CommitThrough(seq - 1); err != nil {
+				t.Fatal(err)
+			}
+			rec, msgs := a.synthDown(t, seq)
+			if got := summary(sequenceRec(t, s, rec, msgs)); !slices.Equal(got, []string{"bmp.peer 192.0.2.1 peer-down"}) {
+				t.Fatalf("synthetic peer-down: %q", got)
+			}
+			seq++
+			if err := s.CommitThrough(seq - 1); err != nil {
+				t.Fatal(err)
+			}
+			if got := s.m.stale; testutilGauge(got) != 4 {
+				t.Fatalf("stale routes %v, want 4", testutilGauge(got))
+			}
+			if got := sequence(t, s, seq, []*forwarder.Outgoing{a.msg(t, seq, 1)}); len(got) != 0 {
+				t.Fatalf("stale route re-announced unchanged: %q, want nothing", summary(got))
+			}
+			seq++
+			if got := summary(sequence(t, s, seq, []*forwarder.Outgoing{bChanged.msg(t, seq, 1)})); len(got) != 2 {
+				t.Fatalf("stale route re-announced changed: %q", got)
+			}
+			seq++
+			if err := s.CommitThrough(seq - 1); err != nil {
+				t.Fatal(err)
+			}
+			if got := testutilGauge(s.m.stale); got != 2 {
+				t.Fatalf("stale routes %v after two re-announcements, want 2", got)
+			}
+			if got := tc.end(t, s, seq); !slices.Equal(got, tc.want) {
+				t.Fatalf("\n got %q\nwant %q", got, tc.want)
+			}
+			if err := s.CommitThrough(seq + 1); err != nil {
+				t.Fatal(err)
+			}
+			want := 3
+			if tc.name[0] == 't' {
+				want = 2
+			}
+			if got := fileState(t, s); len(got) != want {
+				t.Fatalf("file holds %d routes, want %d: %v", len(got), want, got)
+			}
+			// Re-announcing a confirmed route is a plain duplicate.
+			if got := sequence(t, s, seq+2, []*forwarder.Outgoing{a.msg(t, seq+2, 1)}); len(got) != 0 {
+				t.Fatalf("confirmed route announced again: %q", summary(got))
+			}
+		})
 	}
 }
