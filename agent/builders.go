@@ -51,7 +51,8 @@ func newForwarder(cfg Config, sp Spool, log *slog.Logger, reg prometheus.Registe
 		Registerer: reg,
 	}}
 	if cfg.BMP.RIB.Enabled {
-		ef.ribOpts = &rib.Options{Config: cfg.BMP.RIB, Dir: cfg.Agent.StateDir, AgentID: ef.opts.AgentID, Logger: log, Registerer: reg}
+		ef.ribOpts = &rib.Options{Config: cfg.BMP.RIB, Dir: cfg.Agent.StateDir, AgentID: ef.opts.AgentID, Logger: log, Registerer: reg,
+			Append: func(ctx context.Context, rec record.Record) error { _, err := sp.Append(ctx, rec); return err }}
 	}
 	f, err := forwarder.New(cfg.ForwarderSettings(), sp, bmpEncoder(ef), log, reg)
 	if err != nil {
@@ -74,7 +75,11 @@ func bmpEncoder(ef *encodingForwarder) forwarder.Encoder {
 	// reads the state in force before it), so records encode in parallel;
 	// what writes that state (a Peer Up, merging with the one before it) is
 	// encoded alone, and so, to be safe, is the end of a peer or session.
-	var enc forwarder.Encoder = forwarder.Mux{record.KindBMP: f, record.KindBMPSyntheticPeerDown: f}
+	// The route state's timer records make nothing by themselves (the
+	// route state withdraws what they expire); they may outlive a run with
+	// the route state on.
+	none := forwarder.EncoderFunc(func(record.Record, func(forwarder.Message)) error { return nil })
+	var enc forwarder.Encoder = forwarder.Mux{record.KindBMP: f, record.KindBMPSyntheticPeerDown: f, record.KindRIBTimer: none}
 	if ef.ribOpts != nil {
 		enc = ribEncoder{Encoder: enc, ef: ef}
 	}
