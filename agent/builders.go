@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"sync/atomic"
 
 	"github.com/bgpedge/bgpedge/bmp"
 	"github.com/bgpedge/bgpedge/buffer"
@@ -101,9 +103,27 @@ func bmpEncoder(ef *encodingForwarder) forwarder.Encoder {
 type encodingForwarder struct {
 	*forwarder.Forwarder
 	opts    bmp.EncoderOptions
-	enc     *bmp.Encoder // set by Prepare, before Run; the forwarder encodes only while running
-	ribOpts *rib.Options // nil: route state off
-	rib     *rib.Stage   // set by Prepare when ribOpts is set
+	enc     *bmp.Encoder              // set by Prepare, before Run; the forwarder encodes only while running
+	ribOpts *rib.Options              // nil: route state off
+	rib     *rib.Stage                // set by Prepare when ribOpts is set
+	live    atomic.Pointer[rib.Stage] // rib while open, for GET /rib
+}
+
+// ribHandler serves GET /rib (`bgpedge rib show`) from the running route
+// state.
+func (a *Agent) ribHandler() http.Handler {
+	return rib.Handler(func() *rib.Stage {
+		a.mu.Lock()
+		fp := a.fwd
+		a.mu.Unlock()
+		if fp == nil {
+			return nil
+		}
+		if ef, ok := fp.d.(*encodingForwarder); ok {
+			return ef.live.Load()
+		}
+		return nil
+	})
 }
 
 // ribEncoder is the BMP encoder followed, in spool order, by the route
@@ -141,6 +161,7 @@ func (f *encodingForwarder) Prepare() error {
 			return fmt.Errorf("route state: %w", err)
 		}
 		f.rib = st
+		f.live.Store(st)
 	}
 	f.enc = enc
 	return nil
@@ -153,6 +174,7 @@ func (f *encodingForwarder) Discard() {
 		f.enc = nil
 	}
 	if f.rib != nil {
+		f.live.Store(nil)
 		_ = f.rib.Close()
 		f.rib = nil
 	}
@@ -166,6 +188,7 @@ func (f *encodingForwarder) Run(ctx context.Context) error {
 	err := f.Forwarder.Run(ctx)
 	err = errors.Join(err, f.enc.Close())
 	if f.rib != nil {
+		f.live.Store(nil)
 		err = errors.Join(err, f.rib.Close())
 	}
 	return err

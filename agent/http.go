@@ -27,6 +27,7 @@ type httpServer struct {
 type statusSource interface {
 	Status() Status
 	gatherers() (metrics http.Handler)
+	ribHandler() http.Handler
 }
 
 func (a *Agent) gatherers() http.Handler {
@@ -46,6 +47,7 @@ func startHTTP(cfg HTTPConfig, src statusSource, log *slog.Logger) (*httpServer,
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", src.gatherers())
+	mux.Handle("GET /rib", src.ribHandler())
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))

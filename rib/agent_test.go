@@ -4,10 +4,12 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,6 +19,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/bgpedge/bgpedge/internal/testenv"
+	"github.com/bgpedge/bgpedge/rib"
 )
 
 // BMP messages as a router sends them, for peers 192.0.2.<n> (global, IPv4,
@@ -453,4 +456,76 @@ forwarder:
 		}
 	}
 	t.Logf("%d routes in the model, %d in bmp.rib; %d distinct announcements expected, %d missing", len(want), len(view), len(m.changes), missing)
+
+	// `bgpedge rib show` on the running agent, then on the stopped one
+	// (whose stop leaves the routes stale, not gone).
+	checkShow(t, bin, m, "--http", run.HTTP, "--state-dir", filepath.Join(dir, "nowhere"))
+	run.Stop()
+	checkShow(t, bin, m, "--http", testenv.LoopbackAddr(t), "--state-dir", filepath.Join(dir, "state"))
+}
+
+// checkShow runs `bgpedge rib show` and compares its counts, a prefix query
+// (more-specifics) and an address query (longest match) with the model.
+func checkShow(t *testing.T, bin string, m *routerModel, where ...string) {
+	t.Helper()
+	show := func(args ...string) rib.Report {
+		cmd := exec.Command(bin, append(append([]string{"rib", "show", "--json"}, where...), args...)...)
+		cmd.Env = testenv.ChildEnviron()
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("bgpedge rib show %v: %v\n%s", args, err, out)
+		}
+		var rep rib.Report
+		if err := json.Unmarshal(out, &rep); err != nil {
+			t.Fatalf("rib show output: %v\n%s", err, out)
+		}
+		return rep
+	}
+	tableOf := func(r testRoute) string {
+		if r.post {
+			return rib.TableAdjInPost
+		}
+		return rib.TableAdjInPre
+	}
+	rep := show()
+	wantCounts := map[string]uint64{}
+	for r := range m.table {
+		wantCounts[fmt.Sprintf("192.0.2.%d %s", r.peer, tableOf(r))]++
+	}
+	gotCounts := map[string]uint64{}
+	for _, c := range rep.Counts {
+		gotCounts[c.Peer+" "+c.Table] = c.Routes
+	}
+	if !maps.Equal(gotCounts, wantCounts) {
+		t.Errorf("rib show (%s) counts %v, model %v", rep.Source, gotCounts, wantCounts)
+	}
+	rowKey := func(peer, table, prefix string, pathID uint32) string {
+		return fmt.Sprintf("%s %s %s %d", peer, table, prefix, pathID)
+	}
+	for _, tc := range []struct {
+		query string
+		match func(p netip.Prefix) bool
+		kind  string
+	}{
+		{"10.1.0.0/16", func(p netip.Prefix) bool { return p.Addr().As4()[1] == 1 }, "more-specific"},
+		{"10.2.3.77", func(p netip.Prefix) bool { return p.Addr().As4()[1] == 2 && p.Addr().As4()[2] == 3 }, "longest-match"},
+	} {
+		want := map[string]bool{}
+		for r := range m.table {
+			if tc.match(r.prefix) {
+				want[rowKey(fmt.Sprintf("192.0.2.%d", r.peer), tableOf(r), r.prefix.String(), r.pathID)] = true
+			}
+		}
+		got := map[string]bool{}
+		for _, r := range show("--prefix", tc.query).Routes {
+			if r.Match != tc.kind {
+				t.Errorf("rib show --prefix %s: %+v is a %s", tc.query, r, r.Match)
+			}
+			got[rowKey(r.Peer, r.Table, r.Prefix, r.PathID)] = true
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("rib show (%s) --prefix %s: got %v, model %v", rep.Source, tc.query, got, want)
+		}
+	}
+	t.Logf("rib show from %s: %d count rows", rep.Source, len(rep.Counts))
 }
