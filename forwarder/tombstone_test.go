@@ -68,9 +68,9 @@ func TestRIBTombstones(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close()
-	entries, err := admin.DescribeConfig(sarama.ConfigResource{Type: sarama.TopicResource, Name: topic, ConfigNames: []string{"cleanup.policy"}})
-	if err != nil || len(entries) != 1 || entries[0].Value != "compact" {
-		t.Fatalf("cleanup.policy of %s: %+v, %v; want compact", topic, entries, err)
+	res, err := admin.DescribeConfigs([]*sarama.ConfigResource{{Type: sarama.TopicResource, Name: topic, ConfigNames: []string{"cleanup.policy"}}}, sarama.DescribeConfigsOptions{})
+	if err != nil || len(res) != 1 || len(res[0].Configs) != 1 || res[0].Configs[0].Value != "compact" {
+		t.Fatalf("cleanup.policy of %s: %+v, %v; want compact", topic, res, err)
 	}
 
 	got := map[string]bool{} // id → value is null

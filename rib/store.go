@@ -9,6 +9,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // FileName is the route state's file inside the state directory.
@@ -101,7 +102,7 @@ func openStore(dir string, readOnly bool) (*store, error) {
 		return nil, fmt.Errorf("rib: %w", err)
 	}
 	db, err := bolt.Open(path, 0o640, &bolt.Options{Timeout: 2 * time.Second, ReadOnly: readOnly, NoFreelistSync: true})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("rib: open %s: %w", path, ErrLocked)
 	}
 	if err != nil {
