@@ -271,33 +271,33 @@ func (m *routerModel) ops(rng *rand.Rand, n int) [][]byte {
 	return out
 }
 
-// TestRIBAgentKafka is the route state's model oracle against the real
-// agent and broker: random announcements, attribute changes, withdraws,
-// Add-Path paths and Peer Downs from one router with three peers (one with
-// Add-Path), streamed in three runs of `bgpedge run` separated by kill -9
-// while the forwarder is still delivering. Each restart makes the peers'
-// routes stale (the session journal's synthetic peer-downs); the router
-// reconnects and re-sends its table with some routes gone and some changed;
-// two peers then send End-of-RIB, the third relies on bmp.rib.stale_timeout.
-// At the end the compacted bmp.rib (last value per key) must be exactly the
-// router's table, with its MEDs, and every announcement that changed the
-// route state must be on the route streams.
-func TestRIBAgentKafka(t *testing.T) {
-	brokers := testenv.KafkaBrokers(t)
-	bin := testenv.BuildBgpedge(t)
-	dir := t.TempDir()
-	prefix := fmt.Sprintf("test.TestRIBAgentKafka.%d.", time.Now().UnixNano())
+// ribAgent is `bgpedge run` with the route state on, forwarding to the
+// test broker under a topic prefix of its own.
+type ribAgent struct {
+	brokers          []string
+	bin, dir, prefix string
+	bmpAddr          string
+	run              *testenv.AgentRun
+}
+
+// startRIBAgent writes the configuration (bmp.rib.stale_timeout, forwarder lines added by
+// forwarderYAML, indented under forwarder:) and returns the agent, not yet
+// started. Its topics are deleted when the test ends.
+func startRIBAgent(t *testing.T, staleTimeout, forwarderYAML string) *ribAgent {
+	t.Helper()
+	a := &ribAgent{brokers: testenv.KafkaBrokers(t), bin: testenv.BuildBgpedge(t), dir: t.TempDir()}
+	a.prefix = fmt.Sprintf("test.%s.%d.", t.Name(), time.Now().UnixNano())
 	t.Cleanup(func() {
-		if admin, err := sarama.NewClusterAdmin(brokers, testenv.SaramaConfig(t)); err == nil {
-			for _, s := range []string{"bmp.rib", "bmp.route.pre-policy", "bmp.route.post-policy", "bmp.peer", "bmp.router", "bmp.errors", "bmp.stats", "dlq"} {
-				_ = admin.DeleteTopic(prefix + s)
+		if admin, err := sarama.NewClusterAdmin(a.brokers, testenv.SaramaConfig(t)); err == nil {
+			for _, s := range []string{"bmp.rib", "bmp.route.pre-policy", "bmp.route.post-policy", "bmp.route.loc-rib", "bmp.peer", "bmp.router", "bmp.errors", "bmp.stats", "bmp.raw", "bmp.mirror", "bmp.route.adj-rib-out", "dlq"} {
+				_ = admin.DeleteTopic(a.prefix + s)
 			}
 			_ = admin.Close()
 		}
 	})
-	bmpAddr := testenv.LoopbackAddr(t)
-	config := filepath.Join(dir, "bgpedge.yaml")
-	run := &testenv.AgentRun{T: t, Bin: bin, Args: []string{"run", "--config", config}, Dir: dir, HTTP: testenv.LoopbackAddr(t)}
+	a.bmpAddr = testenv.LoopbackAddr(t)
+	config := filepath.Join(a.dir, "bgpedge.yaml")
+	a.run = &testenv.AgentRun{T: t, Bin: a.bin, Args: []string{"run", "--config", config}, Dir: a.dir, HTTP: testenv.LoopbackAddr(t)}
 	yaml := fmt.Sprintf(`agent:
   id: ribtest
   state_dir: %s
@@ -317,22 +317,39 @@ bmp:
   rib:
     enabled: true
     duplicates: drop
-    stale_timeout: 4s
+    stale_timeout: %s
 forwarder:
-  enabled: true
-  # Slow enough that a kill finds records delivered, in flight and unread.
-  max_in_flight: 500
-  kafka:
-    flush_frequency: 100ms
+  enabled: true%s
     brokers: [%s]
     partitions: 3
   topics:
     prefix: %s
     ensure: [bmp.route.pre-policy, bmp.route.post-policy]
-`, filepath.Join(dir, "state"), run.HTTP, filepath.Join(dir, "spool"), bmpAddr, filepath.Join(dir, "bmpstate"), strings.Join(brokers, ", "), prefix)
+`, filepath.Join(a.dir, "state"), a.run.HTTP, filepath.Join(a.dir, "spool"), a.bmpAddr, filepath.Join(a.dir, "bmpstate"), staleTimeout, forwarderYAML, strings.Join(a.brokers, ", "), a.prefix)
 	if err := os.WriteFile(config, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	return a
+}
+
+// TestRIBAgentKafka is the route state's model oracle against the real
+// agent and broker: random announcements, attribute changes, withdraws,
+// Add-Path paths and Peer Downs from one router with three peers (one with
+// Add-Path), streamed in three runs of `bgpedge run` separated by kill -9
+// while the forwarder is still delivering. Each restart makes the peers'
+// routes stale (the session journal's synthetic peer-downs); the router
+// reconnects and re-sends its table with some routes gone and some changed;
+// two peers then send End-of-RIB, the third relies on bmp.rib.stale_timeout.
+// At the end the compacted bmp.rib (last value per key) must be exactly the
+// router's table, with its MEDs, and every announcement that changed the
+// route state must be on the route streams.
+func TestRIBAgentKafka(t *testing.T) {
+	ag := startRIBAgent(t, "4s", `
+  # Slow enough that a kill finds records delivered, in flight and unread.
+  max_in_flight: 500
+  kafka:
+    flush_frequency: 100ms`)
+	brokers, bin, dir, prefix, bmpAddr, run := ag.brokers, ag.bin, ag.dir, ag.prefix, ag.bmpAddr, ag.run
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 18))
 	m := &routerModel{peers: []byte{1, 2, 3}, addPath: map[byte]bool{3: true}, eor: map[byte]bool{1: true, 3: true},
 		up: map[byte]bool{}, table: map[testRoute]uint32{}, state: map[testRoute]uint32{}, unsure: map[testRoute]bool{}, changes: map[string]int{}}
