@@ -388,10 +388,11 @@ func stopForwarder(ctx context.Context, fw *forwarderPart) error { return fw.run
 // and /readyz (Status).
 func (a *Agent) startHTTP(cfg HTTPConfig) (*pipeline.HTTPServer, error) {
 	return pipeline.StartHTTP(pipeline.HTTPOptions{
-		Listen:  cfg.Listen,
-		Pprof:   cfg.Pprof,
-		Metrics: a.Gatherer(),
-		Ready:   func() (bool, any) { st := a.Status(); return st.Ready, st },
+		Listen:   cfg.Listen,
+		Pprof:    cfg.Pprof,
+		Metrics:  a.Gatherer(),
+		Ready:    func() (bool, any) { st := a.Status(); return st.Ready, st },
+		Handlers: a.ribRoutes(),
 	}, a.log)
 }
 

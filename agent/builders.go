@@ -1,12 +1,15 @@
 package agent
 
 import (
+	"context"
 	"log/slog"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bgpedge/bgpedge/bmp"
 	"github.com/bgpedge/bgpedge/pipeline"
+	"github.com/bgpedge/bgpedge/record"
+	"github.com/bgpedge/bgpedge/rib"
 )
 
 // DefaultBuilders builds the real spool, BMP listener and forwarder, through
@@ -33,5 +36,12 @@ func DefaultBuilders() Builders {
 // newForwarder builds the forwarder of `bgpedge run`: BMP records through
 // the BMP encoder.
 func newForwarder(cfg Config, sp Spool, log *slog.Logger, reg prometheus.Registerer) (drainer, error) {
-	return pipeline.NewBMPForwarder(pipeline.BMPOptions{Forwarder: cfg.ForwarderSettings(), Encoding: cfg.BMP.Encoding}, sp, log, reg)
+	opts := pipeline.BMPOptions{Forwarder: cfg.ForwarderSettings(), Encoding: cfg.BMP.Encoding}
+	if cfg.BMP.RIB.Enabled {
+		// The route state spools its timer records through the agent's spool,
+		// so their decisions take their place in spool order.
+		opts.RIB = &rib.Options{Config: cfg.BMP.RIB, Dir: cfg.Agent.StateDir, AgentID: opts.Forwarder.AgentID, Logger: log, Registerer: reg,
+			Append: func(ctx context.Context, rec record.Record) error { _, err := sp.Append(ctx, rec); return err }}
+	}
+	return pipeline.NewBMPForwarder(opts, sp, log, reg)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/bgpedge/bgpedge/exabgp"
 	"github.com/bgpedge/bgpedge/forwarder"
 	"github.com/bgpedge/bgpedge/pipeline"
+	"github.com/bgpedge/bgpedge/rib"
 )
 
 // Config is the agent's whole bootstrap configuration: one section per
@@ -66,6 +67,8 @@ type LogConfig struct {
 type BMPConfig struct {
 	bmp.Config `mapstructure:",squash"`
 	Encoding   bmp.Encoding `mapstructure:"encoding"`
+	// RIB is the route state (package rib), kept in agent.state_dir.
+	RIB rib.Config `mapstructure:"rib"`
 }
 
 // ForwarderConfig is the `forwarder:` section: forwarder.Config plus the
@@ -93,7 +96,7 @@ func DefaultConfig() Config {
 		HTTP:      HTTPConfig{Listen: "127.0.0.1:9611"},
 		Log:       LogConfig{Level: "info", Format: "json"},
 		Buffer:    buffer.DefaultConfig(),
-		BMP:       BMPConfig{Config: bmp.DefaultConfig(), Encoding: defaultEncoding()},
+		BMP:       BMPConfig{Config: bmp.DefaultConfig(), Encoding: defaultEncoding(), RIB: rib.DefaultConfig()},
 		Forwarder: ForwarderConfig{Enabled: true, Config: defaultForwarder()},
 		ExaBGP:    exabgp.DefaultConfig(),
 		Fleet:     DefaultFleetConfig(),
@@ -104,7 +107,11 @@ func DefaultConfig() Config {
 // declared stream checked (and created) at connect.
 func defaultForwarder() forwarder.Config {
 	f := forwarder.DefaultConfig()
-	f.Topics.Ensure = pipeline.Streams().Names()
+	for _, st := range pipeline.Streams() {
+		if !st.Optional {
+			f.Topics.Ensure = append(f.Topics.Ensure, st.Name)
+		}
+	}
 	return f
 }
 
@@ -171,6 +178,12 @@ func (c Config) Validate() error {
 	}
 	if err := c.BMP.Encoding.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if err := c.BMP.RIB.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.BMP.RIB.Enabled && !c.BMP.Encoding.JSON {
+		bad("bmp.rib.enabled", "requires bmp.encoding.json (the route state reads the JSON route events)")
 	}
 	if c.Forwarder.Enabled {
 		if err := c.ForwarderSettings().Validate(); err != nil {

@@ -88,6 +88,8 @@ func TestBadConfigs(t *testing.T) {
 		{"bad policy", "buffer:\n  policy: maybe\n", []string{"buffer.policy:"}},
 		{"exabgp spool below two segments", "exabgp:\n  spool_max_bytes: 64MiB\n", []string{"exabgp.spool_max_bytes:", "twice buffer.segment_bytes"}},
 		{"exabgp spool tiny", "exabgp:\n  spool_max_bytes: 1KiB\n", []string{"exabgp.spool_max_bytes:"}},
+		{"bad rib duplicates", "bmp:\n  rib:\n    duplicates: hide\n", []string{"bmp.rib.duplicates:", "hide"}},
+		{"rib without json", "bmp:\n  encoding:\n    json: false\n  rib:\n    enabled: true\n", []string{"bmp.rib.enabled:", "bmp.encoding.json"}},
 		{"several errors at once", "buffer:\n  dirr: /x\nbmp:\n  tcp_keepalive: 5y\n", []string{"buffer.dirr: unknown key", "bmp.tcp_keepalive:"}},
 	}
 	for _, tt := range tests {

@@ -73,6 +73,7 @@ func NewRootCommand(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newRoutesCommand(),
 		newReplayCommand(),
 		newBufferCommand(),
+		newRIBCommand(),
 	)
 	return root
 }

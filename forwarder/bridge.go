@@ -251,6 +251,9 @@ func (b *Bridge) outgoing(msg jetstream.Msg) (*Outgoing, error) {
 	}
 	h := msg.Headers()
 	out := &Outgoing{ID: h.Get(HeaderID), Stream: stream, Value: msg.Data()}
+	if h.Get(HeaderTombstone) != "" {
+		out.Value = nil // back to a Kafka tombstone
+	}
 	if out.ID == "" {
 		out.ID = h.Get(jetstream.MsgIDHeader)
 	}
@@ -262,7 +265,7 @@ func (b *Bridge) outgoing(msg jetstream.Msg) (*Outgoing, error) {
 		out.Key = key
 	}
 	for name, vals := range h {
-		if name == HeaderKey || name == jetstream.MsgIDHeader || strings.HasPrefix(name, "Nats-") {
+		if name == HeaderKey || name == HeaderTombstone || name == jetstream.MsgIDHeader || strings.HasPrefix(name, "Nats-") {
 			continue
 		}
 		for _, v := range vals {

@@ -14,6 +14,28 @@ type Encoder interface {
 	Encode(rec record.Record, emit func(record.Output)) error
 }
 
+// Sequencer is implemented by an encoder (or the Encoder inside Parallel)
+// whose outputs depend on state kept across records, such as the route
+// state of package rib. That state must always equal what the acknowledged
+// prefix of the spool produced, while the forwarder encodes ahead of acks and
+// re-reads from the first unacknowledged record after a sink failure; so the
+// forwarder tells it where each session starts and how far acks got.
+type Sequencer interface {
+	// Rewind is called at the start of every sink session with the first
+	// seq it will read: changes made for records before from are
+	// acknowledged, those from it on were not and are forgotten.
+	Rewind(from uint64) error
+	// Sequence sees every record's messages once per session, in spool
+	// order, from one goroutine, and emits what is sent instead: it may
+	// drop, change or add messages. A message it adds leaves ID and Headers
+	// empty (the forwarder fills them) and sets an Index unique within the
+	// record. emit fails once the session ends; Sequence then returns.
+	Sequence(rec record.Record, msgs []*Outgoing, emit func(*Outgoing) error) error
+	// CommitThrough makes the changes of every record ≤ seq durable. The
+	// forwarder calls it before it acknowledges seq to the spool.
+	CommitThrough(seq uint64) error
+}
+
 // EncoderFunc adapts a function to Encoder.
 type EncoderFunc func(rec record.Record, emit func(record.Output)) error
 

@@ -61,6 +61,7 @@ type Forwarder struct {
 	arenas  []outArena
 	workers int
 	ordered func(record.Record) bool // records a Parallel encoder must see alone
+	seq     Sequencer                // nil unless the encoder keeps state across records
 }
 
 // Parallel marks an encoder as safe to call from several goroutines at
@@ -116,6 +117,10 @@ func newForwarderSinks(cfg Config, src Source, enc Encoder, sinks []Sink, logger
 		if f.ordered == nil {
 			f.ordered = func(record.Record) bool { return false }
 		}
+	}
+	f.seq, _ = enc.(Sequencer)
+	if p, ok := enc.(Parallel); ok {
+		f.seq, _ = p.Encoder.(Sequencer)
 	}
 	f.arenas = make([]outArena, f.workers)
 	f.active.Store(SinkNone)
@@ -413,6 +418,17 @@ func (f *Forwarder) session(ctx context.Context, level int, stop <-chan struct{}
 		wm, n := tr.watermark()
 		if n > 0 {
 			f.m.records.WithLabelValues(name).Add(float64(n))
+			// The encoder's state first: a crash between the two then
+			// re-delivers records the state already holds, never the reverse.
+			if f.seq != nil {
+				if err := f.seq.CommitThrough(wm); err != nil {
+					if ackErr == nil {
+						ackErr = fmt.Errorf("encoder state commit: %w", err)
+						cancelSession()
+					}
+					return
+				}
+			}
 			if err := f.src.AckThrough(wm); err != nil && ackErr == nil {
 				ackErr = fmt.Errorf("spool ack: %w", err)
 				cancelSession()
@@ -491,12 +507,17 @@ func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker, limit int)
 	ctx, cancel := context.WithCancel(ctx)
 	reads := make(chan []record.Record, 1)
 	outs := make(chan *encodedBatch, 1)
-	var readErr error
+	var readErr, seqErr error
 	var wg sync.WaitGroup
 	defer func() {
 		cancel()
 		wg.Wait()
 	}()
+	if f.seq != nil {
+		if err := f.seq.Rewind(f.src.FirstUnacked()); err != nil {
+			return fmt.Errorf("encoder state rewind: %w", err)
+		}
+	}
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -524,11 +545,27 @@ func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker, limit int)
 	go func() {
 		defer wg.Done()
 		defer close(outs)
-		for recs := range reads {
-			b := f.encodeBatch(recs, limit)
+		send := func(b *encodedBatch) bool {
 			select {
 			case outs <- b:
+				return true
 			case <-ctx.Done():
+				return false
+			}
+		}
+		for recs := range reads {
+			b := f.encodeBatch(recs, limit)
+			if f.seq != nil {
+				if err := f.sequenceBatch(ctx, b, send); err != nil {
+					if ctx.Err() == nil {
+						seqErr = err
+						cancel()
+					}
+					return
+				}
+				continue
+			}
+			if !send(b) {
 				return
 			}
 		}
@@ -540,7 +577,7 @@ func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker, limit int)
 			return nil
 		}
 		for i := range b.recs {
-			tr.add(b.recs[i].Seq, b.counts[i])
+			tr.addPart(b.recs[i].Seq, b.counts[i], b.open != nil && b.open[i])
 		}
 		if len(b.msgs) == 0 {
 			continue
@@ -551,7 +588,56 @@ func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker, limit int)
 		}
 	}
 	// The reader stopped: on its own error, or because ctx ended.
+	if seqErr != nil {
+		return seqErr
+	}
 	return readErr
+}
+
+// seqPart bounds the messages of one part of a record a Sequencer expands
+// (a Peer Down withdrawing a million routes), so that memory stays bounded
+// by the in-flight limits rather than by the size of the expansion.
+const seqPart = 4096
+
+// sequenceBatch passes b's records in order through the Sequencer and sends
+// what it emits, cutting a batch whenever it reaches seqPart messages; a
+// record cut that way is sent open, in several parts.
+func (f *Forwarder) sequenceBatch(ctx context.Context, b *encodedBatch, send func(*encodedBatch) bool) error {
+	out := &encodedBatch{}
+	off := 0
+	for i, rec := range b.recs {
+		msgs := b.msgs[off : off+b.counts[i]]
+		off += b.counts[i]
+		n := 0
+		err := f.seq.Sequence(rec, msgs, func(m *Outgoing) error {
+			if m.ID == "" {
+				m.Seq = rec.Seq
+				m.ID = f.arenas[0].id(f.cfg.AgentID, rec.Seq, m.Index)
+				m.Headers = f.headers(&f.arenas[0], rec, m)
+			}
+			out.msgs = append(out.msgs, m)
+			out.bytes += msgBytes(m)
+			n++
+			if len(out.msgs) < seqPart {
+				return nil
+			}
+			out.recs, out.counts = append(out.recs, rec), append(out.counts, n)
+			out.open = append(make([]bool, len(out.recs)-1, len(out.recs)), true)
+			if !send(out) {
+				return ctx.Err()
+			}
+			out, n = &encodedBatch{}, 0
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("sequence record %d: %w", rec.Seq, err)
+		}
+		out.recs, out.counts = append(out.recs, rec), append(out.counts, n)
+	}
+	if len(out.recs) > 0 && !send(out) {
+		return ctx.Err()
+	}
+	return nil
 }
 
 // encodedBatch is a read batch encoded: its messages in record order, and
@@ -559,6 +645,7 @@ func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker, limit int)
 type encodedBatch struct {
 	recs   []record.Record
 	counts []int
+	open   []bool // nil, or per record: more of its messages follow in the next batch
 	msgs   []*Outgoing
 	bytes  int // msgBytes of msgs
 }

@@ -38,6 +38,9 @@ type KafkaSink struct {
 	// lanes: sarama's default hash of the key, so keys land where a single
 	// producer would put them.
 	partitioner sarama.Partitioner
+	// compact holds the topics of streams declared Compact: created with
+	// cleanup.policy=compact.
+	compact map[string]bool
 }
 
 var (
@@ -51,7 +54,13 @@ func NewKafkaSink(cfg KafkaConfig, topics TopicsConfig, logger *slog.Logger) *Ka
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &KafkaSink{cfg: cfg, topics: topics, logger: logger}
+	compact := make(map[string]bool)
+	for _, st := range topics.Streams {
+		if st.Compact {
+			compact[topics.Topic(st.Name)] = true
+		}
+	}
+	return &KafkaSink{cfg: cfg, topics: topics, logger: logger, compact: compact}
 }
 
 // Name implements Sink.
@@ -237,7 +246,14 @@ func (k *KafkaSink) ensureTopic(client sarama.Client, topic string) error {
 		return fmt.Errorf("kafka admin: %w: %w", ErrUnavailable, err)
 	}
 	// Not admin.Close(): it would close the shared client.
-	err = admin.CreateTopic(topic, &sarama.TopicDetail{NumPartitions: k.cfg.Partitions, ReplicationFactor: k.cfg.ReplicationFactor}, false)
+	detail := &sarama.TopicDetail{NumPartitions: k.cfg.Partitions, ReplicationFactor: k.cfg.ReplicationFactor}
+	if k.compact[topic] {
+		// The route state's stream: the latest value per key, tombstones
+		// removing keys, is what a consumer bootstraps from.
+		compact := "compact"
+		detail.ConfigEntries = map[string]*string{"cleanup.policy": &compact}
+	}
+	err = admin.CreateTopic(topic, detail, false)
 	if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
 		var te *sarama.TopicError
 		if !errors.As(err, &te) || !errors.Is(te.Err, sarama.ErrTopicAlreadyExists) {
@@ -286,7 +302,9 @@ func (k *KafkaSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc) e
 		encs[2*i] = m.Value
 		pm := &pms[i]
 		pm.Topic = rt.topic
-		pm.Value = &encs[2*i]
+		if m.Value != nil { // nil: a tombstone (null value) for a compacted topic
+			pm.Value = &encs[2*i]
+		}
 		pm.Metadata = &refs[i]
 		if len(m.Key) > 0 {
 			encs[2*i+1] = m.Key

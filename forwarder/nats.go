@@ -188,6 +188,9 @@ func (n *NATSSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc) er
 		if len(m.Key) > 0 {
 			msg.Header.Set(HeaderKey, base64.StdEncoding.EncodeToString(m.Key))
 		}
+		if m.Value == nil {
+			msg.Header.Set(HeaderTombstone, "1")
+		}
 		fut, err := n.js.PublishMsgAsync(msg, jetstream.WithMsgID(m.ID), jetstream.WithStallWait(n.cfg.AckTimeout))
 		if err == nil {
 			select {

@@ -18,6 +18,9 @@ const (
 	// HeaderKey carries the partitioning key on NATS (base64), which has no
 	// key of its own, so the bridge can restore it.
 	HeaderKey = "bgpedge-key"
+	// HeaderTombstone marks, on NATS, an empty message that stands for a
+	// Kafka tombstone (null value); the bridge turns it back into one.
+	HeaderTombstone = "bgpedge-tombstone"
 	// HeaderError is set on dead letters: why the record could not be encoded.
 	HeaderError = "bgpedge-error"
 )

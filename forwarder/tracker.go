@@ -30,6 +30,7 @@ type entry struct {
 	seq       uint64
 	remaining int
 	failed    bool
+	open      bool // more messages of this record follow (a Sequencer's long expansion)
 }
 
 func newTracker(onFail func(), onMsg func(*Outgoing)) *tracker {
@@ -39,9 +40,20 @@ func newTracker(onFail func(), onMsg func(*Outgoing)) *tracker {
 }
 
 // add registers a record and how many messages it was encoded into.
-func (t *tracker) add(seq uint64, msgs int) {
+func (t *tracker) add(seq uint64, msgs int) { t.addPart(seq, msgs, false) }
+
+// addPart registers msgs more messages of record seq; open says more parts
+// follow, which holds the watermark below seq (however many of its messages
+// are already acknowledged) until the last part is added.
+func (t *tracker) addPart(seq uint64, msgs int, open bool) {
 	t.mu.Lock()
-	t.entries = append(t.entries, entry{seq: seq, remaining: msgs})
+	if n := len(t.entries); n > t.head && t.entries[n-1].seq == seq && t.entries[n-1].open {
+		e := &t.entries[n-1]
+		e.remaining += msgs
+		e.open = open
+	} else {
+		t.entries = append(t.entries, entry{seq: seq, remaining: msgs, open: open})
+	}
 	t.inflight += msgs
 	t.advance()
 	t.mu.Unlock()
@@ -110,7 +122,7 @@ func (t *tracker) ack(m *Outgoing, err error) {
 func (t *tracker) advance() {
 	for t.head < len(t.entries) {
 		e := t.entries[t.head]
-		if e.remaining > 0 || e.failed {
+		if e.remaining > 0 || e.failed || e.open {
 			break
 		}
 		t.done = e.seq

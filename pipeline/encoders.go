@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -12,12 +13,15 @@ import (
 	"github.com/bgpedge/bgpedge/exabgp"
 	"github.com/bgpedge/bgpedge/forwarder"
 	"github.com/bgpedge/bgpedge/record"
+	"github.com/bgpedge/bgpedge/rib"
 )
 
 // BMPOptions configure the forwarder of `bgpedge run`.
 type BMPOptions struct {
 	Forwarder forwarder.Config
 	Encoding  bmp.Encoding
+	// RIB runs the route state between the encoder and the sinks; nil: off.
+	RIB *rib.Options
 }
 
 // NewBMPForwarder builds the forwarder of `bgpedge run`: the spool's BMP
@@ -33,7 +37,7 @@ func NewBMPForwarder(opts BMPOptions, sp forwarder.Source, log *slog.Logger, reg
 		AgentID:    opts.Forwarder.AgentID,
 		Logger:     log,
 		Registerer: reg,
-	}}
+	}, ribOpts: opts.RIB}
 	f, err := NewForwarder(opts.Forwarder, sp, bmpEncoder(ef), log, reg) // forwarder.New tags its own logs
 	if err != nil {
 		return nil, err
@@ -53,8 +57,16 @@ func bmpEncoder(ef *encodingForwarder) forwarder.Encoder {
 	// reads the state in force before it), so records encode in parallel;
 	// what writes that state (a Peer Up, merging with the one before it) is
 	// encoded alone, and so, to be safe, is the end of a peer or session.
+	// The route state's timer records make nothing by themselves (the route
+	// state withdraws what they expire); they may outlive a run with the
+	// route state on.
+	none := forwarder.EncoderFunc(func(record.Record, func(record.Output)) error { return nil })
+	var enc forwarder.Encoder = forwarder.Mux{record.KindBMP: f, record.KindBMPSyntheticPeerDown: f, record.KindRIBTimer: none}
+	if ef.ribOpts != nil {
+		enc = ribEncoder{Encoder: enc, ef: ef}
+	}
 	return forwarder.Parallel{
-		Encoder: forwarder.Mux{record.KindBMP: f, record.KindBMPSyntheticPeerDown: f},
+		Encoder: enc,
 		Ordered: func(rec record.Record) bool {
 			if rec.Kind != record.KindBMP || len(rec.Payload) < bmp.HeaderLen {
 				return true
@@ -70,8 +82,31 @@ func bmpEncoder(ef *encodingForwarder) forwarder.Encoder {
 
 type encodingForwarder struct {
 	*forwarder.Forwarder
-	opts bmp.EncoderOptions
-	enc  *bmp.Encoder // set by Prepare, before Run; the forwarder encodes only while running
+	opts    bmp.EncoderOptions
+	enc     *bmp.Encoder              // set by Prepare, before Run; the forwarder encodes only while running
+	ribOpts *rib.Options              // nil: route state off
+	rib     *rib.Stage                // set by Prepare when ribOpts is set
+	live    atomic.Pointer[rib.Stage] // rib while open, for GET /rib
+}
+
+// RIB is the open route state, nil while it is off or closed.
+func (f *encodingForwarder) RIB() *rib.Stage { return f.live.Load() }
+
+// ribEncoder is the BMP encoder followed, in spool order, by the route
+// state: the forwarder finds the Sequencer on the encoder it is given.
+type ribEncoder struct {
+	forwarder.Encoder
+	ef *encodingForwarder
+}
+
+var _ forwarder.Sequencer = ribEncoder{}
+
+func (r ribEncoder) Rewind(from uint64) error { return r.ef.rib.Rewind(from) }
+
+func (r ribEncoder) CommitThrough(seq uint64) error { return r.ef.rib.CommitThrough(seq) }
+
+func (r ribEncoder) Sequence(rec record.Record, msgs []*forwarder.Outgoing, emit func(*forwarder.Outgoing) error) error {
+	return r.ef.rib.Sequence(rec, msgs, emit)
 }
 
 var _ Preparer = (*encodingForwarder)(nil)
@@ -85,6 +120,15 @@ func (f *encodingForwarder) Prepare() error {
 	if err != nil {
 		return fmt.Errorf("bmp encoder: %w", err)
 	}
+	if f.ribOpts != nil {
+		st, err := rib.Open(*f.ribOpts)
+		if err != nil {
+			_ = enc.Close()
+			return fmt.Errorf("route state: %w", err)
+		}
+		f.rib = st
+		f.live.Store(st)
+	}
 	f.enc = enc
 	return nil
 }
@@ -95,6 +139,11 @@ func (f *encodingForwarder) Discard() {
 		_ = f.enc.Close()
 		f.enc = nil
 	}
+	if f.rib != nil {
+		f.live.Store(nil)
+		_ = f.rib.Close()
+		f.rib = nil
+	}
 }
 
 // Run drains until ctx ends, then releases the encoder's state.
@@ -103,7 +152,12 @@ func (f *encodingForwarder) Run(ctx context.Context) error {
 		return err
 	}
 	err := f.Forwarder.Run(ctx)
-	return errors.Join(err, f.enc.Close())
+	err = errors.Join(err, f.enc.Close())
+	if f.rib != nil {
+		f.live.Store(nil)
+		err = errors.Join(err, f.rib.Close())
+	}
+	return err
 }
 
 // ExaBGPOptions configure the forwarder of `bgpedge exabgp`.

@@ -28,6 +28,8 @@ type HTTPOptions struct {
 	// document served as JSON (503 while not ready). Each command documents
 	// what its readiness means.
 	Ready func() (ready bool, status any)
+	// Handlers are further routes, by http.ServeMux pattern ("GET /rib").
+	Handlers map[string]http.Handler
 }
 
 // HTTPServer serves /metrics, /healthz, /readyz and, when enabled,
@@ -57,6 +59,9 @@ func StartHTTP(opts HTTPOptions, log *slog.Logger) (*HTTPServer, error) {
 			ErrorHandling:     promhttp.ContinueOnError,
 			EnableOpenMetrics: true,
 		}))
+	}
+	for pattern, h := range opts.Handlers {
+		mux.Handle(pattern, h)
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

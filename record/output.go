@@ -55,6 +55,13 @@ type Stream struct {
 	// Kind, on a raw stream, is the record kind whose payloads it carries
 	// unchanged (0 for none): what the forwarder's raw encoder emits it for.
 	Kind Kind
+	// Compact marks a stream that holds the latest value per key, a nil
+	// value (a tombstone) removing the key: its Kafka topic is created with
+	// cleanup.policy=compact.
+	Compact bool
+	// Optional marks a stream emitted only while a feature is on: its topic
+	// is created at its first message rather than checked at every connect.
+	Optional bool
 }
 
 // DefaultTopic is Topic, or Name when Topic is empty.

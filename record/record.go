@@ -28,6 +28,11 @@ const (
 	// KindExaBGP is one line read from exaBGP's process API (JSON event),
 	// without the trailing newline. Source is "exabgp", Key the neighbor.
 	KindExaBGP Kind = 3
+	// KindRIBTimer is the route state's own control record (package rib):
+	// a stale peer's bmp.rib.stale_timeout expired. Payload is the peer's
+	// key and stale epoch; spooled so the withdraws it causes take their
+	// place in spool order and are decided alike on every delivery.
+	KindRIBTimer Kind = 4
 )
 
 // String is the stable, lowercase name used in logs, metrics and CLI output.
@@ -39,6 +44,8 @@ func (k Kind) String() string {
 		return "bmp-synthetic-peer-down"
 	case KindExaBGP:
 		return "exabgp"
+	case KindRIBTimer:
+		return "rib-timer"
 	default:
 		return fmt.Sprintf("unknown-%d", uint8(k))
 	}

@@ -1,0 +1,192 @@
+package rib
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/bgpedge/bgpedge/forwarder"
+	"github.com/bgpedge/bgpedge/record"
+)
+
+const testAgent = "edge-1"
+
+// testRoute describes one route event the way the BMP encoder would make it.
+type testRoute struct {
+	router, peer, peerRD string
+	table                string
+	prefix               string
+	pathID               uint32
+	withdraw             bool
+	attr                 uint32 // stands for the attributes: a MED
+}
+
+func (r testRoute) event(seq uint64, index int) record.Event {
+	rib, policy := tableRIB(r.table)
+	typ := "global"
+	addr := r.peer
+	if r.table == TableLocRIB {
+		typ, addr = "loc-rib", "0.0.0.0"
+	} else if r.peerRD != "" {
+		typ = "rd-instance"
+	}
+	ev := record.Event{V: 1, Type: "route", ID: fmt.Sprintf("%s:%d:%d", testAgent, seq, index), Agent: testAgent, Source: "bmp",
+		Router: r.router, Seq: seq, ReceivedAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		Peer:  &record.Peer{Address: addr, AS: 64500, RD: r.peerRD, Type: typ},
+		Route: &record.Route{Prefix: r.prefix, PathID: r.pathID, AFI: 1, SAFI: 1, Family: "ipv4-unicast", Policy: policy, RIB: rib}}
+	if r.withdraw {
+		ev.Route.Action = "withdraw"
+	} else {
+		ev.Route.Action = "announce"
+		med := r.attr
+		ev.Route.NextHop, ev.Route.Origin, ev.Route.ASPath, ev.Route.MED = "192.0.2.1", "igp", []uint32{64500}, &med
+	}
+	return ev
+}
+
+func (r testRoute) msg(t testing.TB, seq uint64, index int) *forwarder.Outgoing {
+	ev := r.event(seq, index)
+	v, err := json.Marshal(&ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &forwarder.Outgoing{Seq: seq, Index: index, ID: ev.ID, Stream: tableStream(r.table), Key: []byte(r.router), Value: v}
+}
+
+// peerKeyOf is the stage's peer key of the route's peer.
+func (r testRoute) peerKey() string {
+	if r.table == TableLocRIB {
+		return peerKey(r.router, "loc-rib", r.peerRD, "0.0.0.0")
+	}
+	typ := "global"
+	if r.peerRD != "" {
+		typ = "rd-instance"
+	}
+	return peerKey(r.router, typ, r.peerRD, r.peer)
+}
+
+func (r testRoute) rkey() string {
+	return r.table + "|ipv4-unicast||" + r.prefix + "|" + strconv.FormatUint(uint64(r.pathID), 10)
+}
+
+// eorMsg is an End-of-RIB marker of ipv4-unicast in the route's table.
+func (r testRoute) eorMsg(t testing.TB, seq uint64, index int) *forwarder.Outgoing {
+	r.withdraw = true
+	ev := r.event(seq, index)
+	ev.Route.Prefix, ev.Route.PathID, ev.Route.EndOfRIB = "", 0, true
+	v, err := json.Marshal(&ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &forwarder.Outgoing{Seq: seq, Index: index, ID: ev.ID, Stream: tableStream(r.table), Key: []byte(r.router), Value: v}
+}
+
+// synthDownRec is the record of a synthetic peer-down of r's peer.
+func (r testRoute) synthDown(t testing.TB, seq uint64) (record.Record, []*forwarder.Outgoing) {
+	m := peerDownMsg(t, seq, 1, r.router, r.peer, r.table == TableLocRIB)
+	m.Value = bytes.Replace(m.Value, []byte(`"type":"global"}`), []byte(`"type":"global","synthetic":true}`), 1)
+	m.Value = bytes.Replace(m.Value, []byte(`"type":"loc-rib"}`), []byte(`"type":"loc-rib","synthetic":true}`), 1)
+	return record.Record{Seq: seq, Kind: record.KindBMPSyntheticPeerDown, Time: time.Now()}, []*forwarder.Outgoing{m}
+}
+
+// peerDownMsg is a peer-down event of an Adj-RIB peer (type global) or,
+// with locRIB, of the router's Loc-RIB instance.
+func peerDownMsg(t testing.TB, seq uint64, index int, router, peer string, locRIB bool) *forwarder.Outgoing {
+	typ, addr := "global", peer
+	if locRIB {
+		typ, addr = "loc-rib", "0.0.0.0"
+	}
+	ev := record.Event{V: 1, Type: "peer-down", ID: fmt.Sprintf("%s:%d:%d", testAgent, seq, index), Agent: testAgent, Source: "bmp",
+		Router: router, Seq: seq, ReceivedAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		Peer: &record.Peer{Address: addr, AS: 64500, Type: typ}, Data: map[string]any{"reason": 2}}
+	v, err := json.Marshal(&ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &forwarder.Outgoing{Seq: seq, Index: index, ID: ev.ID, Stream: "bmp.peer", Key: []byte(router), Value: v}
+}
+
+// sequence runs one BMP record through the stage and returns what it
+// emitted, with ids filled in as the forwarder would.
+func sequence(t testing.TB, s *Stage, seq uint64, msgs []*forwarder.Outgoing) []*forwarder.Outgoing {
+	t.Helper()
+	return sequenceRec(t, s, record.Record{Seq: seq, Kind: record.KindBMP}, msgs)
+}
+
+// sequenceRec is sequence for any record.
+func sequenceRec(t testing.TB, s *Stage, rec record.Record, msgs []*forwarder.Outgoing) []*forwarder.Outgoing {
+	t.Helper()
+	seq := rec.Seq
+	var out []*forwarder.Outgoing
+	// Copies: the stage may change a message (mark), and a re-delivery
+	// starts from the encoder's output again.
+	in := make([]*forwarder.Outgoing, len(msgs))
+	for i, m := range msgs {
+		c := *m
+		in[i] = &c
+	}
+	err := s.Sequence(rec, in, func(m *forwarder.Outgoing) error {
+		if m.ID == "" {
+			m.Seq = seq
+			m.ID = forwarder.MessageID(testAgent, seq, m.Index)
+		}
+		out = append(out, m)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func openTest(t testing.TB, dir, dups string) *Stage {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Enabled, cfg.Duplicates = true, dups
+	s, err := Open(Options{Config: cfg, Dir: dir, AgentID: testAgent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// fileState reads every route of the file: peer|route key → attribute hash.
+func fileState(t testing.TB, s *Stage) map[string]uint64 {
+	t.Helper()
+	got := map[string]uint64{}
+	err := s.st.forEachPeer(func(peer string) error {
+		after := ""
+		for {
+			chunk, err := s.st.scan(peer, after, 100)
+			if err != nil {
+				return err
+			}
+			for _, r := range chunk {
+				h := decodeRoute(r.val).hash
+				got[peer+"#"+r.rk] = h
+			}
+			if len(chunk) < 100 {
+				return nil
+			}
+			after = chunk[len(chunk)-1].rk
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+func testutilGauge(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	if err := g.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetGauge().GetValue()
+}

@@ -1,0 +1,319 @@
+//go:build !race
+
+// GoBGP v4.8.0 has a data race of its own between its BMP client and its FSM
+// handler (see bmp/listener_live_gobgp_test.go), so this in-process sender
+// only runs in non-race test runs.
+
+package rib_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	api "github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
+	"github.com/osrg/gobgp/v4/pkg/server"
+
+	"github.com/bgpedge/bgpedge/internal/testenv"
+	"github.com/bgpedge/bgpedge/rib"
+)
+
+const liveAS = 65001 // iBGP everywhere keeps the 192.0.2.x next hops
+
+type liveRouter struct {
+	srv  *server.BgpServer
+	addr string
+	port int
+}
+
+func startLiveRouter(t *testing.T, routerID, addr string) *liveRouter {
+	t.Helper()
+	port := testenv.FreePorts(t, addr, 1)[0]
+	var level slog.LevelVar
+	level.Set(slog.LevelError)
+	s := server.NewBgpServer(server.LoggerOption(slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: &level})), &level))
+	go s.Serve()
+	if err := s.StartBgp(context.Background(), &api.StartBgpRequest{Global: &api.Global{
+		Asn: liveAS, RouterId: routerID, ListenPort: int32(port), ListenAddresses: []string{addr},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = s.StopBgp(context.Background(), &api.StopBgpRequest{})
+		s.Stop()
+	})
+	return &liveRouter{srv: s, addr: addr, port: port}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// peerLive configures a session between a (active) and b (passive) for
+// IPv4 unicast, b sending Add-Path to a if addPath.
+func peerLive(t *testing.T, a, b *liveRouter, addPath bool) {
+	t.Helper()
+	families := func(recv bool, sendMax uint32) []*api.AfiSafi {
+		as := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}, Enabled: true}}
+		if addPath {
+			as.AddPaths = &api.AddPaths{Config: &api.AddPathsConfig{Receive: recv, SendMax: sendMax}}
+		}
+		return []*api.AfiSafi{as}
+	}
+	add := func(self, other *liveRouter, passive bool, afs []*api.AfiSafi) {
+		if err := self.srv.AddPeer(context.Background(), &api.AddPeerRequest{Peer: &api.Peer{
+			Conf:      &api.PeerConf{NeighborAddress: other.addr, PeerAsn: liveAS},
+			Transport: &api.Transport{LocalAddress: self.addr, RemotePort: uint32(other.port), PassiveMode: passive},
+			Timers:    &api.Timers{Config: &api.TimersConfig{ConnectRetry: 1, IdleHoldTimeAfterReset: 1, HoldTime: 30, KeepaliveInterval: 10}},
+			AfiSafis:  afs,
+		}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add(b, a, true, families(false, 4))
+	add(a, b, false, families(true, 0))
+}
+
+func livePath(t *testing.T, i int, third byte, med uint32) *apiutil.Path {
+	t.Helper()
+	nlri, err := bgp.NewIPAddrPrefix(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, third, byte(i >> 8), byte(i)}), 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nh, err := bgp.NewPathAttributeNextHop(netip.MustParseAddr("192.0.2.254"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &apiutil.Path{Family: bgp.RF_IPv4_UC, Nlri: nlri, Attrs: []bgp.PathAttributeInterface{
+		bgp.NewPathAttributeOrigin(0), nh, bgp.NewPathAttributeMultiExitDisc(med), bgp.NewPathAttributeLocalPref(200),
+	}}
+}
+
+func waitAcceptedLive(t *testing.T, s *server.BgpServer, neighbor string, n int) {
+	t.Helper()
+	testenv.Eventually(t, 60*time.Second, fmt.Sprintf("%d routes from %s", n, neighbor), func() bool {
+		total := 0
+		_ = s.ListPeer(context.Background(), &api.ListPeerRequest{Address: neighbor}, func(p *api.Peer) {
+			for _, af := range p.GetAfiSafis() {
+				total += int(af.GetState().GetAccepted())
+			}
+		})
+		return total == n
+	})
+}
+
+// ribCounts asks the agent's GET /rib for the routes held per peer, in the
+// pre-policy table.
+func ribCounts(t *testing.T, httpAddr string) map[string]uint64 {
+	t.Helper()
+	resp, err := http.Get("http://" + httpAddr + "/rib?table=" + rib.TableAdjInPre)
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var rep rib.Report
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&rep) != nil {
+		return nil
+	}
+	out := map[string]uint64{}
+	for _, c := range rep.Counts {
+		out[c.Peer] = c.Routes
+	}
+	return out
+}
+
+// TestRIBLiveGoBGP: an in-process GoBGP v4 router A reports over BMP, to
+// `bgpedge run` with the route state on, the routes it learns from B
+// (6,000, with Add-Path) and C (5,000). C's session flaps: none of C's
+// routes stay in the compacted bmp.rib. Then A's BMP session is cut; while
+// it is down B withdraws 500 routes and changes 500; A reconnects and
+// re-sends its table: the route stream gets no event for B's unchanged
+// routes, one for each changed route, and a (synthetic) withdraw for each
+// route gone; bmp.rib ends as B's table.
+func TestRIBLiveGoBGP(t *testing.T) {
+	// GoBGP retries its BMP session every few seconds: the routes must
+	// stay stale longer than that.
+	ag := startRIBAgent(t, "40s", `
+  kafka:`)
+	ag.run.Start()
+	ctx := context.Background()
+	a := startLiveRouter(t, "10.0.0.1", "127.0.0.1")
+	b := startLiveRouter(t, "10.0.0.2", "127.0.0.2")
+	c := startLiveRouter(t, "10.0.0.3", "127.0.0.3")
+	peerLive(t, a, b, true)
+	peerLive(t, a, c, false)
+
+	const bRoutes, cRoutes, gone, changed = 6000, 5000, 500, 500
+	var bPaths, cPaths []*apiutil.Path
+	for i := range bRoutes {
+		bPaths = append(bPaths, livePath(t, i, 1, 100))
+	}
+	for i := range cRoutes {
+		cPaths = append(cPaths, livePath(t, i, 2, 300))
+	}
+	bResp, err := b.srv.AddPath(apiutil.AddPathRequest{Paths: bPaths})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.srv.AddPath(apiutil.AddPathRequest{Paths: cPaths}); err != nil {
+		t.Fatal(err)
+	}
+	waitAcceptedLive(t, a.srv, "127.0.0.2", bRoutes)
+	waitAcceptedLive(t, a.srv, "127.0.0.3", cRoutes)
+
+	// A reaches the agent through a gate, which cuts the BMP session the
+	// way a network failure does (no Peer Down, no Termination).
+	gate := testenv.NewGate(t, testenv.LoopbackAddr(t), ag.bmpAddr)
+	host, portText, _ := net.SplitHostPort(gate.Addr())
+	port, _ := strconv.Atoi(portText)
+	bmpReq := &api.AddBmpRequest{Address: host, Port: uint32(port), Policy: api.AddBmpRequest_MONITORING_POLICY_PRE, SysName: "gobgp-a"}
+	if err := a.srv.AddBmp(ctx, bmpReq); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 2*time.Minute, "both peers' routes in the route state", func() bool {
+		n := ribCounts(t, ag.run.HTTP)
+		return n["127.0.0.2"] == bRoutes && n["127.0.0.3"] == cRoutes
+	})
+
+	// C flaps: A reports a Peer Down, the route state withdraws C's routes.
+	if err := c.srv.StopBgp(ctx, &api.StopBgpRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, time.Minute, "C's routes withdrawn", func() bool {
+		n := ribCounts(t, ag.run.HTTP)
+		return n != nil && n["127.0.0.3"] == 0
+	})
+	testenv.Eventually(t, time.Minute, "spool drained", func() bool { return ag.run.Metrics()["bgpedge_buffer_records"] == 0 })
+	cut := uint64(ag.run.Metrics()["bgpedge_forwarder_acked_seq"])
+
+	// The BMP session is cut; B changes its table meanwhile.
+	gate.Close()
+	testenv.Eventually(t, time.Minute, "BMP session closed", func() bool { return ag.run.Metrics()["bgpedge_bmp_sessions_active"] == 0 })
+	del := apiutil.DeletePathRequest{}
+	for _, r := range bResp[:gone] {
+		del.UUIDs = append(del.UUIDs, r.UUID)
+	}
+	if err := b.srv.DeletePath(del); err != nil {
+		t.Fatal(err)
+	}
+	var changes []*apiutil.Path
+	for i := gone; i < gone+changed; i++ {
+		changes = append(changes, livePath(t, i, 1, 101))
+	}
+	if _, err := b.srv.AddPath(apiutil.AddPathRequest{Paths: changes}); err != nil {
+		t.Fatal(err)
+	}
+	waitAcceptedLive(t, a.srv, "127.0.0.2", bRoutes-gone)
+	gate.Open() // A reconnects on its own and sends its table again
+	var last string
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		m := ag.run.Metrics()
+		held := ribCounts(t, ag.run.HTTP)["127.0.0.2"]
+		if m["bgpedge_bmp_sessions_active"] == 1 && m["bgpedge_rib_stale_routes"] == 0 && m["bgpedge_buffer_records"] == 0 && held == bRoutes-gone {
+			break
+		}
+		last = fmt.Sprintf("sessions %v, stale %v, unacknowledged %v, B's routes held %d (want %d)", m["bgpedge_bmp_sessions_active"],
+			m["bgpedge_rib_stale_routes"], m["bgpedge_buffer_records"], held, bRoutes-gone)
+		if time.Now().After(deadline) {
+			t.Fatalf("B's table not re-sent, or routes still stale, after 2 minutes: %s\n%s", last, ag.run.Log())
+		}
+		time.Sleep(100 * time.Millisecond) // polling the agent's metrics
+	}
+
+	// The route stream after the cut: only the changes and the withdraws.
+	type routeJSON struct {
+		Seq  uint64 `json:"seq"`
+		Peer struct {
+			Address   string `json:"address"`
+			Synthetic bool   `json:"synthetic"`
+		} `json:"peer"`
+		Route struct {
+			Action string  `json:"action"`
+			Prefix string  `json:"prefix"`
+			MED    *uint32 `json:"med"`
+		} `json:"route"`
+	}
+	announced, withdrawn := map[string]uint32{}, map[string]bool{}
+	unexpected := 0
+	testenv.ConsumeEach(t, ag.brokers, ag.prefix+"bmp.route.pre-policy", time.Minute, func(m *sarama.ConsumerMessage) {
+		var ev routeJSON
+		if err := json.Unmarshal(m.Value, &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Seq <= cut || ev.Peer.Address != "127.0.0.2" || ev.Route.Prefix == "" {
+			return
+		}
+		switch {
+		case ev.Route.Action == "withdraw":
+			withdrawn[ev.Route.Prefix] = true
+		case ev.Route.MED != nil && *ev.Route.MED == 101:
+			announced[ev.Route.Prefix] = 101
+		default:
+			unexpected++
+			if unexpected < 5 {
+				t.Errorf("after the reconnect: an event for an unchanged route: %s", m.Value)
+			}
+		}
+	})
+	for i := range gone + changed {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 32).String()
+		if i < gone && !withdrawn[p] {
+			t.Errorf("route %s, gone while the BMP session was down, was not withdrawn", p)
+		}
+		if i >= gone && announced[p] != 101 {
+			t.Errorf("route %s, changed while the BMP session was down, was not announced", p)
+		}
+	}
+	if len(withdrawn) != gone || len(announced) != changed || unexpected != 0 {
+		t.Errorf("after the reconnect: %d withdraws (want %d), %d changed announcements (want %d), %d other events (want 0)",
+			len(withdrawn), gone, len(announced), changed, unexpected)
+	}
+
+	// The compacted view: B's table, nothing of C.
+	view := map[string]uint32{}
+	testenv.ConsumeEach(t, ag.brokers, ag.prefix+"bmp.rib", time.Minute, func(m *sarama.ConsumerMessage) {
+		if m.Value == nil {
+			delete(view, string(m.Key))
+			return
+		}
+		var ev routeJSON
+		if err := json.Unmarshal(m.Value, &ev); err != nil || ev.Route.MED == nil {
+			t.Fatalf("bmp.rib %s: %v", m.Key, err)
+		}
+		view[string(m.Key)] = *ev.Route.MED
+	})
+	byPeer := map[string]int{}
+	for k, med := range view {
+		parts := strings.Split(k, "|")
+		byPeer[parts[2]]++
+		if parts[2] == "127.0.0.2" {
+			addr := netip.MustParsePrefix(parts[4]).Addr().As4()
+			i := int(addr[2])<<8 | int(addr[3])
+			want := uint32(100)
+			if i >= gone && i < gone+changed {
+				want = 101
+			}
+			if i < gone || med != want {
+				t.Errorf("bmp.rib %s: MED %d, want %d (route gone: %v)", k, med, want, i < gone)
+			}
+		}
+	}
+	if byPeer["127.0.0.3"] != 0 || byPeer["127.0.0.2"] != bRoutes-gone {
+		t.Errorf("compacted bmp.rib per peer %v: want %d of B and none of C", byPeer, bRoutes-gone)
+	}
+	t.Logf("after the reconnect: %d withdraws, %d changed announcements; bmp.rib per peer %v", len(withdrawn), len(announced), byPeer)
+}

@@ -1,0 +1,584 @@
+package rib
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bgpedge/bgpedge/forwarder"
+	"github.com/bgpedge/bgpedge/record"
+)
+
+// Options configures a Stage.
+type Options struct {
+	Config Config
+	// Dir is the state directory; the state lives in Dir/rib.db.
+	Dir        string
+	AgentID    string
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	// Append spools a record (the agent's spool). The stage spools a
+	// KindRIBTimer record when a stale peer's timeout expires; nil: stale
+	// routes are withdrawn only at End-of-RIB.
+	Append func(ctx context.Context, rec record.Record) error
+}
+
+// Stage keeps the route state in spool order. It implements
+// forwarder.Sequencer: the decisions of records not yet acknowledged live in
+// an in-memory overlay over the committed file; CommitThrough moves them to
+// the file as acks advance, and Rewind drops them when a session ends, so
+// the file always equals what the acknowledged prefix of the spool produced,
+// and a re-read record is decided against exactly the state its first
+// delivery saw.
+type Stage struct {
+	cfg     Config
+	agentID string
+	log     *slog.Logger
+	st      *store
+	m       *metrics
+	reg     prometheus.Registerer
+	append  func(ctx context.Context, rec record.Record) error
+
+	mu      sync.Mutex
+	ops     []op                          // changes not yet committed, in seq order
+	routes  map[string]map[string]ovEntry // peer → route key → newest change
+	sweeps  map[string][]ovSweep          // peer → sweeps, oldest first
+	metas   map[string]ovMeta             // peer → newest meta
+	gen     uint64
+	applied uint64              // the file holds every change of records ≤ applied
+	stale   map[string]peerMeta // committed stale peers, for the timer
+	fired   map[string]uint32   // peer → the stale epoch a timer record was spooled for
+
+	stop chan struct{}
+	done sync.WaitGroup
+}
+
+type ovEntry struct {
+	gen uint64
+	val []byte // nil: withdrawn
+}
+
+type ovSweep struct {
+	gen uint64
+	sw  sweep
+}
+
+type ovMeta struct {
+	gen  uint64
+	meta peerMeta
+}
+
+var _ forwarder.Sequencer = (*Stage)(nil)
+
+// ErrDisabled is returned by Open for a configuration with the state off.
+var ErrDisabled = errors.New("route state disabled (bmp.rib.enabled is false)")
+
+// Open opens (creating) the route state in opts.Dir.
+func Open(opts Options) (*Stage, error) {
+	if !opts.Config.Enabled {
+		return nil, ErrDisabled
+	}
+	if err := opts.Config.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	st, err := openStore(opts.Dir, false)
+	if err != nil {
+		return nil, err
+	}
+	s := &Stage{cfg: opts.Config, agentID: opts.AgentID, log: opts.Logger.With("component", "rib"), st: st,
+		reg: opts.Registerer, append: opts.Append, stale: map[string]peerMeta{}, fired: map[string]uint32{}, stop: make(chan struct{})}
+	s.reset()
+	if err := s.load(); err != nil {
+		_ = st.close()
+		return nil, fmt.Errorf("rib: %w", err)
+	}
+	if s.append != nil {
+		s.done.Add(1)
+		go s.timer()
+	}
+	return s, nil
+}
+
+func (s *Stage) load() error {
+	applied, err := s.st.applied()
+	if err != nil {
+		return err
+	}
+	routes, stale, err := s.st.totals()
+	if err != nil {
+		return err
+	}
+	metas, err := s.st.metas()
+	if err != nil {
+		return err
+	}
+	for p, m := range metas {
+		if m.stale {
+			s.stale[p] = m
+		}
+	}
+	if s.m, err = newMetrics(s.reg); err != nil {
+		return err
+	}
+	s.applied = applied
+	s.m.routes.Set(float64(routes))
+	s.m.stale.Set(float64(stale))
+	return nil
+}
+
+// Close stops the timer and releases the state file and the metrics.
+func (s *Stage) Close() error {
+	close(s.stop)
+	s.done.Wait()
+	s.m.unregister(s.reg)
+	return s.st.close()
+}
+
+func (s *Stage) reset() {
+	s.ops = nil
+	s.routes = map[string]map[string]ovEntry{}
+	s.sweeps = map[string][]ovSweep{}
+	s.metas = map[string]ovMeta{}
+}
+
+// Rewind implements forwarder.Sequencer: changes of records before from
+// were acknowledged and are committed; the rest are dropped.
+func (s *Stage) Rewind(from uint64) error {
+	if from > 0 {
+		if err := s.CommitThrough(from - 1); err != nil {
+			return err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reset()
+	return nil
+}
+
+// CommitThrough implements forwarder.Sequencer.
+func (s *Stage) CommitThrough(seq uint64) error {
+	s.mu.Lock()
+	n := 0
+	for n < len(s.ops) && s.ops[n].seq <= seq {
+		n++
+	}
+	if n == 0 && seq <= s.applied {
+		s.mu.Unlock()
+		return nil
+	}
+	batch := slices.Clone(s.ops[:n])
+	s.mu.Unlock()
+
+	// Lookups meanwhile still find these changes in the overlay, which
+	// agrees with the file once written.
+	res, err := s.st.apply(batch, seq)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, o := range batch {
+		switch o.kind {
+		case opSweep:
+			s.sweeps[o.peer] = slices.DeleteFunc(s.sweeps[o.peer], func(w ovSweep) bool { return w.gen == o.gen })
+			if len(s.sweeps[o.peer]) == 0 {
+				delete(s.sweeps, o.peer)
+			}
+		case opMeta:
+			if s.metas[o.peer].gen == o.gen {
+				delete(s.metas, o.peer)
+			}
+			if o.meta.stale {
+				s.stale[o.peer] = o.meta
+			} else {
+				delete(s.stale, o.peer)
+			}
+		default:
+			if m := s.routes[o.peer]; m != nil && m[o.rk].gen == o.gen {
+				delete(m, o.rk)
+				if len(m) == 0 {
+					delete(s.routes, o.peer)
+				}
+			}
+		}
+	}
+	s.ops = slices.Delete(s.ops, 0, n)
+	s.applied = max(s.applied, seq)
+	s.m.routes.Add(float64(res.routes))
+	s.m.stale.Add(float64(res.stale))
+	return nil
+}
+
+// lookup returns a route's value in the state as of the records sequenced
+// so far: the overlay's newest change, else the file, less what sweeps
+// after it removed.
+func (s *Stage) lookup(peer, rk string) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var v []byte
+	var g uint64
+	if e, ok := s.routes[peer][rk]; ok {
+		v, g = e.val, e.gen
+	} else {
+		// Under the lock: a commit removing a change from the overlay
+		// after the file was read could otherwise hide it.
+		var err error
+		if v, err = s.st.get(peer, rk); err != nil {
+			return nil, err
+		}
+	}
+	for _, w := range s.sweeps[peer] {
+		if w.gen > g && v != nil && w.sw.matches(rk, v) {
+			v = nil
+		}
+	}
+	return v, nil
+}
+
+// meta returns a peer's meta as of the records sequenced so far.
+func (s *Stage) meta(peer string) (peerMeta, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m, ok := s.metas[peer]; ok {
+		return m.meta, nil
+	}
+	return s.st.meta(peer)
+}
+
+// change records a change made by record seq.
+func (s *Stage) change(o op) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gen++
+	o.gen = s.gen
+	s.ops = append(s.ops, o)
+	switch o.kind {
+	case opSweep:
+		s.sweeps[o.peer] = append(s.sweeps[o.peer], ovSweep{gen: o.gen, sw: o.sw})
+	case opMeta:
+		s.metas[o.peer] = ovMeta{gen: o.gen, meta: o.meta}
+	default:
+		m := s.routes[o.peer]
+		if m == nil {
+			m = map[string]ovEntry{}
+			s.routes[o.peer] = m
+		}
+		m[o.rk] = ovEntry{gen: o.gen, val: o.val}
+	}
+}
+
+// output emits a record's messages; messages the stage adds are numbered
+// after the encoder's, in the order added.
+type output struct {
+	emit func(*forwarder.Outgoing) error
+	next int
+}
+
+func (o *output) add(stream string, key, value []byte) error {
+	m := &forwarder.Outgoing{Stream: stream, Key: key, Value: value, Index: o.next}
+	o.next++
+	return o.emit(m)
+}
+
+// Sequence implements forwarder.Sequencer.
+func (s *Stage) Sequence(rec record.Record, msgs []*forwarder.Outgoing, emit func(*forwarder.Outgoing) error) error {
+	out := &output{emit: emit}
+	for _, m := range msgs {
+		out.next = max(out.next, m.Index+1)
+	}
+	s.mu.Lock()
+	replay := rec.Seq <= s.applied
+	s.mu.Unlock()
+	if replay {
+		// The file already holds this record's changes (a crash between
+		// committing them and the spool's persisting its ack): the sink
+		// acknowledged everything the record made, bmp.rib messages and
+		// synthetic withdraws included, so it passes through unchanged.
+		for _, m := range msgs {
+			if err := emit(m); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if rec.Kind == record.KindRIBTimer {
+		return s.timeout(rec, out)
+	}
+	for _, m := range msgs {
+		if err := s.one(rec, m, out); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Stage) one(rec record.Record, m *forwarder.Outgoing, out *output) error {
+	if m.Value == nil {
+		return out.emit(m)
+	}
+	if ev, ok := parseRoute(m.Value); ok {
+		if !ev.eor {
+			return s.route(rec, m, &ev, out)
+		}
+		if err := out.emit(m); err != nil {
+			return err
+		}
+		return s.endOfRIB(rec, m, &ev, out)
+	}
+	if ev, ok := parsePeerDown(m.Value); ok {
+		if err := out.emit(m); err != nil {
+			return err
+		}
+		meta, err := s.meta(ev.peer)
+		if err != nil {
+			return err
+		}
+		if rec.Kind == record.KindBMPSyntheticPeerDown {
+			// The session ended (or bgpedge died) without a Peer Down: the
+			// peer's routes become stale, as BGP graceful restart keeps a
+			// restarting speaker's routes.
+			meta.epoch++
+			meta.stale, meta.since, meta.peerJSON = true, rec.Time, ev.peerJSON
+			s.change(op{seq: rec.Seq, kind: opMeta, peer: ev.peer, meta: meta})
+			return nil
+		}
+		if err := s.walk(rec, ev.peer, ev.envelope, sweep{}, out); err != nil {
+			return err
+		}
+		s.change(op{seq: rec.Seq, kind: opSweep, peer: ev.peer})
+		if meta.stale {
+			meta.stale = false
+			s.change(op{seq: rec.Seq, kind: opMeta, peer: ev.peer, meta: meta})
+		}
+		return nil
+	}
+	return out.emit(m)
+}
+
+// route emits a route event m and its bmp.rib message and changes the
+// state, or handles it as a duplicate: an announcement identical to the
+// state. A duplicate of a stale route confirms it.
+func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, out *output) error {
+	rk := ev.rkey()
+	cur, err := s.lookup(ev.peer, rk)
+	if err != nil {
+		return err
+	}
+	if ev.withdraw {
+		if cur != nil {
+			s.change(op{seq: rec.Seq, kind: opDel, peer: ev.peer, rk: rk})
+		}
+		if err := out.emit(m); err != nil {
+			return err
+		}
+		return out.add(StreamRIB, ribKey(ev.peer, rk), nil)
+	}
+	meta, err := s.meta(ev.peer)
+	if err != nil {
+		return err
+	}
+	if rv := decodeRoute(cur); cur != nil && rv.hash == ev.hash {
+		if rv.epoch < meta.epoch {
+			rv.epoch = meta.epoch
+			s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, val: rv.encode()})
+		}
+		s.m.duplicates.WithLabelValues(s.cfg.Duplicates).Inc()
+		switch s.cfg.Duplicates {
+		case DuplicatesDrop:
+			return nil
+		case DuplicatesMark:
+			m.Value = markDuplicate(m.Value)
+		}
+		return out.emit(m)
+	}
+	rv := routeValue{hash: ev.hash, afi: ev.afi, safi: ev.safi, epoch: meta.epoch}
+	s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, val: rv.encode()})
+	if err := out.emit(m); err != nil {
+		return err
+	}
+	return out.add(StreamRIB, ribKey(ev.peer, rk), m.Value)
+}
+
+// endOfRIB withdraws what is still stale of the marker's peer, table and
+// family: a restarted router has re-sent that part of its table.
+func (s *Stage) endOfRIB(rec record.Record, m *forwarder.Outgoing, ev *event, out *output) error {
+	meta, err := s.meta(ev.peer)
+	if err != nil || !meta.stale {
+		return err
+	}
+	w := sweep{before: meta.epoch, table: ev.table, family: ev.family}
+	if err := s.walk(rec, ev.peer, envelopeOf(m.Value), w, out); err != nil {
+		return err
+	}
+	s.change(op{seq: rec.Seq, kind: opSweep, peer: ev.peer, sw: w})
+	return nil
+}
+
+// timerPayload is a KindRIBTimer record's payload: peer key, 0, epoch.
+func timerPayload(peer string, epoch uint32) []byte {
+	return binary.BigEndian.AppendUint32(append([]byte(peer), 0), epoch)
+}
+
+// timeout withdraws a stale peer's remaining stale routes, if the record
+// is for the peer's current stale epoch.
+func (s *Stage) timeout(rec record.Record, out *output) error {
+	i := len(rec.Payload) - 5
+	if i < 0 || rec.Payload[i] != 0 {
+		s.log.Warn("route state timer record with a bad payload, ignored", "seq", rec.Seq)
+		return nil
+	}
+	peer, epoch := string(rec.Payload[:i]), binary.BigEndian.Uint32(rec.Payload[i+1:])
+	meta, err := s.meta(peer)
+	if err != nil || !meta.stale || meta.epoch != epoch {
+		return err
+	}
+	router, _, _, _ := splitPeer(peer)
+	env := fmt.Appendf(nil, `,"agent":%q,"source":"bmp","router":%q,"seq":%d,"received_at":%q,"peer":`,
+		s.agentID, router, rec.Seq, rec.Time.UTC().Format(time.RFC3339Nano))
+	env = append(env, meta.peerJSON...)
+	w := sweep{before: epoch}
+	if err := s.walk(rec, peer, env, w, out); err != nil {
+		return err
+	}
+	s.change(op{seq: rec.Seq, kind: opSweep, peer: peer, sw: w})
+	meta.stale = false
+	s.change(op{seq: rec.Seq, kind: opMeta, peer: peer, meta: meta})
+	return nil
+}
+
+// scanChunk bounds the routes read from the file at a time.
+const scanChunk = 1024
+
+// walk emits a synthetic withdraw, and a bmp.rib tombstone, for every route
+// of peer that filter matches, in route key order (so a re-delivery numbers
+// them alike), reading the file in chunks. envelope is the events' JSON from
+// ,"agent": through the peer object.
+func (s *Stage) walk(rec record.Record, peer string, envelope []byte, filter sweep, out *output) error {
+	// The overlay's changes of this peer, taken now: a commit during the
+	// walk moves some of them into the file, where the walk must not read
+	// them again.
+	s.mu.Lock()
+	var ov []kvGen
+	for rk, e := range s.routes[peer] {
+		ov = append(ov, kvGen{kv{rk: rk, val: e.val}, e.gen})
+	}
+	sweeps := slices.Clone(s.sweeps[peer])
+	s.mu.Unlock()
+	slices.SortFunc(ov, func(a, b kvGen) int { return strings.Compare(a.rk, b.rk) })
+	inOverlay := make(map[string]bool, len(ov))
+	fileCleared := false
+	for _, o := range ov {
+		inOverlay[o.rk] = true
+	}
+	for _, w := range sweeps {
+		fileCleared = fileCleared || w.sw == (sweep{})
+	}
+	visit := func(rk string, v []byte, gen uint64) error {
+		for _, w := range sweeps {
+			if w.gen > gen && v != nil && w.sw.matches(rk, v) {
+				v = nil
+			}
+		}
+		if v == nil || !filter.matches(rk, v) {
+			return nil
+		}
+		rv := decodeRoute(v)
+		s.m.synthetic.Inc()
+		id := s.agentID + ":" + strconv.FormatUint(rec.Seq, 10) + ":" + strconv.Itoa(out.next)
+		if err := out.add(tableStream(tableOf(rk)), routeStreamKey(peer, rk), withdrawEvent(id, envelope, rk, rv.afi, rv.safi)); err != nil {
+			return err
+		}
+		return out.add(StreamRIB, ribKey(peer, rk), nil)
+	}
+	oi := 0
+	overlayBefore := func(limit string, all bool) error {
+		for ; oi < len(ov) && (all || ov[oi].rk < limit); oi++ {
+			if err := visit(ov[oi].rk, ov[oi].val, ov[oi].gen); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for after := ""; !fileCleared; {
+		chunk, err := s.st.scan(peer, after, scanChunk)
+		if err != nil {
+			return err
+		}
+		for _, r := range chunk {
+			if err := overlayBefore(r.rk, false); err != nil {
+				return err
+			}
+			if inOverlay[r.rk] {
+				continue
+			}
+			if err := visit(r.rk, r.val, 0); err != nil {
+				return err
+			}
+		}
+		if len(chunk) < scanChunk {
+			break
+		}
+		after = chunk[len(chunk)-1].rk
+	}
+	return overlayBefore("", true)
+}
+
+type kvGen struct {
+	kv
+	gen uint64
+}
+
+func tableOf(rk string) string {
+	t, _, _ := strings.Cut(rk, "|")
+	return t
+}
+
+// timer spools a KindRIBTimer record for every stale peer whose timeout
+// expired, once per stale epoch and process.
+func (s *Stage) timer() {
+	defer s.done.Done()
+	every := min(time.Second, s.cfg.StaleTimeout/10)
+	t := time.NewTicker(max(every, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		var due []string
+		var epochs []uint32
+		for p, m := range s.stale {
+			if time.Since(m.since) >= s.cfg.StaleTimeout && s.fired[p] != m.epoch {
+				due, epochs = append(due, p), append(epochs, m.epoch)
+			}
+		}
+		s.mu.Unlock()
+		for i, p := range due {
+			router, _, _, _ := splitPeer(p)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := s.append(ctx, record.Record{Kind: record.KindRIBTimer, Key: []byte(router), Time: time.Now().UTC(), Source: "rib", Payload: timerPayload(p, epochs[i])})
+			cancel()
+			if err != nil {
+				s.log.Warn("stale timeout: spooling the timer record failed, retrying", "peer", p, "err", err)
+				continue
+			}
+			s.mu.Lock()
+			s.fired[p] = epochs[i]
+			s.mu.Unlock()
+		}
+	}
+}
