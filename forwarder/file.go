@@ -523,8 +523,11 @@ func (s *FileSink) enforce() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for s.total > s.cfg.MaxTotalBytes {
-		i := slices.IndexFunc(s.closed, func(c *closedFile) bool { return !c.busy })
-		if i < 0 {
+		// Oldest first, always: deleting a newer file instead would leave a
+		// hole in the middle of a stream. A file being compressed is deleted
+		// too; the compressor then removes what it made of it.
+		i := 0
+		if len(s.closed) == 0 {
 			if !s.reclaim {
 				s.reclaim = true
 				s.logger.Warn("file sink over forwarder.file.max_total_bytes with no closed file to delete: raise it or lower max_file_bytes",
@@ -585,6 +588,14 @@ func (s *FileSink) compressor(ctx context.Context, wake <-chan struct{}, done ch
 		path, size, err := compressFile(ctx, c.path)
 		s.mu.Lock()
 		c.busy = false
+		if c.deleted {
+			// Retention took it while it was being compressed: what was
+			// made of it goes too (also when removing the source failed
+			// because retention had removed it first).
+			_ = os.Remove(c.path + ".gz")
+			s.mu.Unlock()
+			continue
+		}
 		if err == nil {
 			s.total += size - c.size
 			c.path, c.size = path, size
