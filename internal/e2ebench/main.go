@@ -236,7 +236,8 @@ func measure(args []string) error {
 // it: polled every 50 ms through a long drain that was several per cent of
 // its CPU. So the poll waits for the replay to end, then for about half the
 // time the drain still needs at its rate so far (pollMin to pollMax): the
-// end is still seen within pollMin, with a few dozen scrapes a run.
+// end of the ingest and of the drain are still seen within pollMin, with a
+// few dozen scrapes a run.
 const (
 	pollMin = 50 * time.Millisecond
 	pollMax = time.Second
@@ -251,10 +252,12 @@ type drainProgress struct {
 // next is the wait before the next scrape, given sent messages and the
 // scrape m taken at now.
 func (p *drainProgress) next(now time.Time, sent uint64, m map[string]float64) time.Duration {
-	acked := m["bgpedge_buffer_appended_records_total"] - m["bgpedge_buffer_records"]
+	appended := m["bgpedge_buffer_appended_records_total"]
+	acked := appended - m["bgpedge_buffer_records"]
 	prev := *p
 	*p = drainProgress{at: now, acked: acked}
-	if prev.at.IsZero() || acked <= prev.acked {
+	if appended < float64(sent) || prev.at.IsZero() || acked <= prev.acked {
+		// Still spooling (the ingest time is measured here too), or no rate yet.
 		return pollMin
 	}
 	rate := (acked - prev.acked) / now.Sub(prev.at).Seconds()
