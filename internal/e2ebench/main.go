@@ -69,6 +69,12 @@ type result struct {
 	RssAnonMiB    float64 `json:"peak_rss_anon_mib"`
 	SentSeconds   float64 `json:"sent_seconds"`             // until the last byte was written
 	IngestSeconds float64 `json:"ingest_seconds,omitempty"` // bgpedge: until every message sent was spooled
+	// bgpedge: heap bytes and objects allocated per event and garbage
+	// collections over the run, from its Go collector: unlike CPU time,
+	// they do not depend on what else runs on the machine.
+	AllocBytesPerE float64 `json:"alloc_bytes_per_event,omitempty"`
+	AllocsPerE     float64 `json:"allocs_per_event,omitempty"`
+	GCCycles       float64 `json:"gc_cycles,omitempty"`
 }
 
 func measure(args []string) error {
@@ -131,6 +137,12 @@ func measure(args []string) error {
 		}
 	}()
 
+	var m0 map[string]float64
+	if *metricsURL != "" {
+		if m0, err = scrape(*metricsURL); err != nil {
+			return err
+		}
+	}
 	cpu0, err := processCPU(*pid)
 	if err != nil {
 		return err
@@ -187,6 +199,9 @@ func measure(args []string) error {
 				res.Events = m["bgpedge_bmp_route_events_total"]
 				res.Messages = m["bgpedge_forwarder_messages_total"]
 				res.ValueBytes = m["bgpedge_forwarder_bytes_total"]
+				res.AllocBytesPerE = m["go_memstats_alloc_bytes_total"] - m0["go_memstats_alloc_bytes_total"]
+				res.AllocsPerE = m["go_memstats_mallocs_total"] - m0["go_memstats_mallocs_total"]
+				res.GCCycles = m["go_gc_duration_seconds_count"] - m0["go_gc_duration_seconds_count"]
 			}
 			continue
 		}
@@ -226,6 +241,8 @@ func measure(args []string) error {
 	res.EventsPerSec = res.Events / res.Seconds
 	res.CPUSeconds = cpu1 - cpu0
 	res.CPUMicrosPerE = 1e6 * res.CPUSeconds / res.Events
+	res.AllocBytesPerE /= res.Events
+	res.AllocsPerE /= res.Events
 	res.VmHWMMiB = float64(statusKB(*pid, "VmHWM:")) / 1024
 	res.RssAnonMiB = float64(peakAnon.Load()) / 1024
 	return json.NewEncoder(os.Stdout).Encode(res)
