@@ -189,6 +189,48 @@ func decodeBlock(b []byte, first uint64, dst []record.Record) ([]record.Record, 
 	return dst, nil
 }
 
+// timeInBlock is the receive time of record seq in block b, whose first
+// seq is first, read in place: chunks before it are skipped by their
+// headers (their CRC checked, as a Read would), records before it within
+// its chunk by their lengths. found is false when the block does not hold
+// seq.
+func timeInBlock(b []byte, first, seq uint64) (t time.Time, found bool, err error) {
+	if seq < first {
+		return time.Time{}, false, nil
+	}
+	tab := castagnoli()
+	at := first
+	for off := 0; off < len(b); {
+		body, count, next, err := chunkAt(b, off, tab)
+		if err != nil {
+			return time.Time{}, false, err
+		}
+		if seq >= at+uint64(count) {
+			at += uint64(count)
+			off = next
+			continue
+		}
+		for ; ; at++ {
+			if len(body) < 9 {
+				return time.Time{}, false, fmt.Errorf("truncated record %d: %w", at, ErrCorrupt)
+			}
+			if at == seq {
+				if ns := int64(binary.BigEndian.Uint64(body[1:9])); ns != zeroTime {
+					t = time.Unix(0, ns)
+				}
+				return t, true, nil
+			}
+			body = body[9:]
+			for range 3 { // key, source, payload
+				if _, body, err = lengthPrefixed(body); err != nil {
+					return time.Time{}, false, fmt.Errorf("record %d: %w", at, err)
+				}
+			}
+		}
+	}
+	return time.Time{}, false, nil
+}
+
 func growRecords(dst []record.Record, n int) []record.Record {
 	if cap(dst)-len(dst) >= n {
 		return dst

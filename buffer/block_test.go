@@ -50,6 +50,16 @@ func TestBlockRoundTrip(t *testing.T) {
 				if got[i].Seq != 42+uint64(i) {
 					t.Fatalf("record %d seq %d", i, got[i].Seq)
 				}
+				// The in-place read of one record's time (Stats) agrees.
+				tm, found, err := timeInBlock(blk, 42, 42+uint64(i))
+				if err != nil || !found || !tm.Equal(want[i].Time) {
+					t.Fatalf("timeInBlock(%d) = %v, %v, %v; want %v", 42+i, tm, found, err, want[i].Time)
+				}
+			}
+			for _, seq := range []uint64{41, 42 + uint64(len(want))} {
+				if _, found, err := timeInBlock(blk, 42, seq); found || err != nil {
+					t.Fatalf("timeInBlock(%d) outside the block: found %v, %v", seq, found, err)
+				}
 			}
 			// Any single flipped byte must be detected, never panic.
 			for i := 0; i < len(blk); i += max(1, len(blk)/97) {

@@ -98,6 +98,9 @@ type Spool struct {
 	cacheMu sync.Mutex
 	cache   blockCache
 
+	oldestMu sync.Mutex
+	oldest   oldestCache
+
 	// Read-only opens only: segments read as of their previous commit, and
 	// segments left out, for Stats.
 	torn, unreadable []string
@@ -1178,11 +1181,80 @@ func (s *Spool) Stats() Stats {
 	st := s.counts()
 	st.TornSegments, st.UnreadableSegments = slices.Clone(s.torn), slices.Clone(s.unreadable)
 	if st.Records > 0 {
-		if recs, err := s.readAvailable(st.FirstSeq, 1); err == nil && len(recs) == 1 {
-			st.OldestTime = recs[0].Time
-		}
+		st.OldestTime = s.recordTime(st.FirstSeq)
 	}
 	return st
+}
+
+// oldestCache remembers the receive time of one seq: Stats runs on every
+// metrics scrape, and the first unacknowledged seq often has not moved.
+type oldestCache struct {
+	seq uint64
+	t   time.Time
+}
+
+// recordTime is the receive time of record seq, zero when it cannot be
+// read. It walks the record's block in place, up to that record, rather
+// than copying and decoding the whole block (up to batch_bytes, thousands
+// of records) as a Read would, and leaves the reader's block cache alone:
+// a scrape that replaced it made the forwarder decode its block again.
+// Unreadable data is left for the reader to find and report.
+func (s *Spool) recordTime(seq uint64) time.Time {
+	s.oldestMu.Lock()
+	if c := s.oldest; c.seq == seq && seq != 0 {
+		s.oldestMu.Unlock()
+		return c.t
+	}
+	s.oldestMu.Unlock()
+	s.mu.Lock()
+	for _, b := range s.bad { // as Read does: the first readable record
+		if seq >= b.lo && seq <= b.hi {
+			seq = b.hi + 1
+		}
+	}
+	var seg *segment
+	for _, sg := range s.segs {
+		if seq >= sg.first && seq < sg.end {
+			seg = sg
+			break
+		}
+	}
+	closed := s.closed
+	s.mu.Unlock()
+	if seg == nil || closed {
+		return time.Time{}
+	}
+	var t time.Time
+	found := false
+	err := safeView(seg.db, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketBlocks())
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		k, _ := c.Seek(seqKey(seq))
+		if k == nil {
+			k, _ = c.Last()
+		} else if binary.BigEndian.Uint64(k) > seq {
+			k, _ = c.Prev()
+		}
+		if k == nil {
+			return nil
+		}
+		v, err := blockValue(b, k)
+		if err != nil {
+			return err
+		}
+		t, found, err = timeInBlock(v, binary.BigEndian.Uint64(k), seq)
+		return err
+	})
+	if err != nil || !found {
+		return time.Time{}
+	}
+	s.oldestMu.Lock()
+	s.oldest = oldestCache{seq: seq, t: t}
+	s.oldestMu.Unlock()
+	return t
 }
 
 func (s *Spool) counts() Stats {

@@ -444,3 +444,65 @@ func TestFirstSeq(t *testing.T) {
 		t.Fatalf("spool beside a quarantined segment of seqs from 1000: next seq %d (%v), want at least %d", next, err, 1000+4096)
 	}
 }
+
+// TestStatsOldestTime checks the receive time of the first unacknowledged
+// record that Stats (the oldest-age gauge, on every scrape) reads in place,
+// across blocks of several chunks and several segments, and that reading it
+// leaves the reader's block cache alone.
+func TestStatsOldestTime(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 9))
+	s := openTest(t, Options{SegmentBytes: 1 << 20})
+	ctx := context.Background()
+	var want []record.Record
+	for i := 0; i < 30; i++ {
+		recs := testRecords(rng, 10+rng.IntN(200), 10+rng.IntN(3000))
+		for j := range recs {
+			recs[j].Time = time.Unix(1_700_000_000+int64(len(want)+j), 0)
+		}
+		if i == 7 {
+			recs[0].Time = time.Time{}
+		}
+		if _, err := s.Append(ctx, recs...); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, recs...)
+	}
+	if st := s.Stats(); st.Segments < 2 {
+		t.Fatalf("only %d segments; the test needs several", st.Segments)
+	}
+	// A partial read of the last block keeps it decoded for the next read;
+	// reading the oldest time, in the first block, must not replace it.
+	last := uint64(len(want)) - 5
+	if recs, err := s.Read(ctx, last, 1); err != nil || len(recs) != 1 {
+		t.Fatalf("read: %d records, %v", len(recs), err)
+	}
+	s.cacheMu.Lock()
+	cached := s.cache
+	s.cacheMu.Unlock()
+	if cached.seg == nil {
+		t.Fatal("no block cached after a partial read")
+	}
+	_ = s.Stats()
+	s.cacheMu.Lock()
+	if s.cache.seg != cached.seg || s.cache.first != cached.first || len(s.cache.recs) != len(cached.recs) {
+		t.Fatalf("Stats replaced the reader's block cache")
+	}
+	s.cacheMu.Unlock()
+	acked := uint64(0)
+	for acked < uint64(len(want)) {
+		st := s.Stats()
+		if w := want[acked].Time; !st.OldestTime.Equal(w) || st.FirstSeq != acked+1 {
+			t.Fatalf("acked through %d: oldest %v (first seq %d), want %v", acked, st.OldestTime, st.FirstSeq, w)
+		}
+		if again := s.Stats(); !again.OldestTime.Equal(st.OldestTime) {
+			t.Fatalf("acked through %d: second Stats %v, first %v", acked, again.OldestTime, st.OldestTime)
+		}
+		acked = min(uint64(len(want)), acked+1+uint64(rng.IntN(150)))
+		if err := s.AckThrough(acked); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := s.counts(); st.Records != 0 {
+		t.Fatalf("records left: %d", st.Records)
+	}
+}

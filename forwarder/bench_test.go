@@ -389,3 +389,106 @@ func gcAsAgent(b *testing.B) {
 		debug.SetMemoryLimit(limit)
 	})
 }
+
+// BenchmarkSaramaFloor is what sarama's producer alone costs per message,
+// with nothing of the forwarder around it: no spool, no encoding, no
+// tracker. Messages shaped like the JSON route events of the 100k dump
+// (key of 40 B, value of BGPEDGE_BENCH_SIZE, default 496 B, the five
+// bgpedge headers) go to forwarder.kafka.producers idempotent producers
+// configured by SaramaConfig (the shipped defaults), each owning the
+// partitions hashed to it as KafkaSink does; the successes are counted.
+// CPU per message is the floor under the forwarder's own
+// (docs/BENCHMARKS.md, "End to end, decoded").
+func BenchmarkSaramaFloor(b *testing.B) {
+	gcAsAgent(b)
+	brokers := testenv.KafkaBrokers(b)
+	n, size := benchRecords(b), 496
+	if v := os.Getenv("BGPEDGE_BENCH_SIZE"); v != "" {
+		var err error
+		if size, err = strconv.Atoi(v); err != nil || size < 1 {
+			b.Fatalf("BGPEDGE_BENCH_SIZE=%q", v)
+		}
+	}
+	cfg := testConfig(b, brokers)
+	cfg.Kafka.Partitions = 6
+	benchKafkaOverrides(b, &cfg)
+	topic := cfg.Topics.Topic("floor")
+	createTopic(b, brokers, topic, cfg.Kafka.Partitions)
+	sc, err := SaramaConfig(cfg.Kafka)
+	if err != nil {
+		b.Fatal(err)
+	}
+	lanes := max(cfg.Kafka.Producers, 1)
+	if lanes > 1 {
+		sc.Producer.Partitioner = sarama.NewManualPartitioner
+	}
+	var producers []sarama.AsyncProducer
+	for range lanes {
+		p, err := sarama.NewAsyncProducer(brokers, sc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		producers = append(producers, p)
+	}
+	done := make(chan int, lanes)
+	for _, p := range producers {
+		go func() {
+			ok := 0
+			for range p.Successes() {
+				ok++
+			}
+			done <- ok
+		}()
+		go func() {
+			for pe := range p.Errors() {
+				b.Errorf("produce: %v", pe.Err)
+			}
+		}()
+	}
+	value := make([]byte, size)
+	for i := range value {
+		value[i] = 'a' + byte(i%26)
+	}
+	hdrs := []sarama.RecordHeader{
+		{Key: []byte(HeaderID), Value: []byte("edge1:12345678:0")},
+		{Key: []byte(HeaderKind), Value: []byte("bmp")},
+		{Key: []byte(HeaderRouter), Value: []byte("127.0.0.10")},
+		{Key: []byte(HeaderAgent), Value: []byte("edge1")},
+		{Key: []byte(HeaderStream), Value: []byte("bmp.route.loc-rib")},
+	}
+	hash := sarama.NewHashPartitioner(topic)
+
+	b.ResetTimer()
+	cpu0 := processCPU(b)
+	start := time.Now()
+	for i := range n {
+		key := []byte(fmt.Sprintf("127.0.0.10|0:0|10.%d.%d.0/24|%08d", i>>16&255, i>>8&255, i))
+		m := &sarama.ProducerMessage{Topic: topic, Key: sarama.ByteEncoder(key), Value: sarama.ByteEncoder(value), Headers: hdrs}
+		lane := 0
+		if lanes > 1 {
+			p, err := hash.Partition(m, cfg.Kafka.Partitions)
+			if err != nil {
+				b.Fatal(err)
+			}
+			m.Partition, lane = p, int(p)%lanes
+		}
+		producers[lane].Input() <- m
+	}
+	for _, p := range producers {
+		p.AsyncClose()
+	}
+	ok := 0
+	for range lanes {
+		ok += <-done
+	}
+	d := time.Since(start)
+	cpu := processCPU(b) - cpu0
+	b.StopTimer()
+	if ok != n {
+		b.Fatalf("%d of %d messages acknowledged", ok, n)
+	}
+	b.ReportMetric(float64(n)/d.Seconds(), "records/s")
+	b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(n), "cpu-µs/record")
+	fmt.Printf("sarama-floor records=%d size=%d producers=%d %.0f/s cpu=%.1fs (%.2f µs/record)\n",
+		n, size, lanes, float64(n)/d.Seconds(), cpu.Seconds(), float64(cpu.Nanoseconds())/1e3/float64(n))
+}

@@ -670,7 +670,22 @@ func (f *Forwarder) encodeBatch(recs []record.Record, limit int) *encodedBatch {
 			b.counts[i] = len(b.msgs) - n
 		}
 	} else {
+		// Each goroutine appends a chunk's messages to one slice of its
+		// own (outs[first record of the chunk]) and counts them per record;
+		// the slices are joined in record order at the end.
 		var wg sync.WaitGroup
+		encodeRun := func(a *outArena, lo, hi int) {
+			var out []*Outgoing
+			if hi-lo > 1 {
+				out = make([]*Outgoing, 0, 2*(hi-lo))
+			}
+			for i := lo; i < hi; i++ {
+				n := len(out)
+				out = f.encodeWith(a, recs[i], out, limit)
+				b.counts[i] = len(out) - n
+			}
+			outs[lo] = out
+		}
 		run := func(lo, hi int) { // recs[lo:hi] have no Ordered record
 			n := hi - lo
 			chunks := min(f.workers, max(1, n/minChunk))
@@ -683,10 +698,7 @@ func (f *Forwarder) encodeBatch(recs []record.Record, limit int) *encodedBatch {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					a := &f.arenas[c]
-					for i := clo; i < chi; i++ {
-						outs[i] = f.encodeWith(a, recs[i], nil, limit)
-					}
+					encodeRun(&f.arenas[c], clo, chi)
 				}()
 			}
 			wg.Wait()
@@ -695,7 +707,7 @@ func (f *Forwarder) encodeBatch(recs []record.Record, limit int) *encodedBatch {
 		for i := range recs {
 			if f.ordered(recs[i]) {
 				run(lo, i)
-				outs[i] = f.encodeWith(&f.arenas[0], recs[i], nil, limit)
+				encodeRun(&f.arenas[0], i, i+1)
 				lo = i + 1
 			}
 		}
@@ -705,8 +717,7 @@ func (f *Forwarder) encodeBatch(recs []record.Record, limit int) *encodedBatch {
 			total += len(o)
 		}
 		b.msgs = make([]*Outgoing, 0, total)
-		for i, o := range outs {
-			b.counts[i] = len(o)
+		for _, o := range outs {
 			b.msgs = append(b.msgs, o...)
 		}
 	}
@@ -726,11 +737,14 @@ func (f *Forwarder) encode(rec record.Record, out []*Outgoing, limit int) []*Out
 // uses an arena.
 func (f *Forwarder) encodeWith(a *outArena, rec record.Record, out []*Outgoing, limit int) []*Outgoing {
 	start := len(out)
-	err := f.safeEncode(rec, func(m record.Output) {
-		o := a.msg()
-		*o = Outgoing{Seq: rec.Seq, Index: m.Index, Stream: m.Stream, Key: m.Key, Value: m.Value}
-		out = append(out, o)
-	})
+	if a.emit == nil {
+		// Made once per arena: a closure per record cost an allocation
+		// for it and one for the slice it appends to.
+		a.emit = a.add
+	}
+	a.seq, a.out = rec.Seq, out
+	err := f.safeEncode(rec, a.emit)
+	out, a.out = a.out, nil
 	if err != nil {
 		out = out[:start]
 		if m := f.deadLetter(a, rec, err, limit); m != nil {
@@ -873,6 +887,18 @@ type outArena struct {
 	msgs []Outgoing
 	hdrs []Header
 	ids  []byte
+
+	// The record being encoded: add appends its messages to out.
+	seq  uint64
+	out  []*Outgoing
+	emit func(record.Output) // a.add, bound once
+}
+
+// add is the emit function of the record being encoded.
+func (a *outArena) add(m record.Output) {
+	o := a.msg()
+	*o = Outgoing{Seq: a.seq, Index: m.Index, Stream: m.Stream, Key: m.Key, Value: m.Value}
+	a.out = append(a.out, o)
 }
 
 const arenaChunk = 1024 // messages per chunk

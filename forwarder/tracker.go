@@ -24,6 +24,17 @@ type tracker struct {
 	failedAt time.Time
 	onFail   func()
 	onMsg    func(m *Outgoing)
+	// want is what the goroutine in waitRoom waits for; acks wake it only
+	// once that fits (or nothing is in flight), not on each ack: a read
+	// batch waits for thousands of acks, and a wake-up per ack cost a
+	// scheduler round trip per message.
+	want roomWant
+}
+
+type roomWant struct {
+	waiting           bool
+	n, size           int
+	maxMsgs, maxBytes int
 }
 
 type entry struct {
@@ -108,7 +119,9 @@ func (t *tracker) ack(m *Outgoing, err error) {
 			t.advance()
 		}
 	}
-	t.room.Broadcast()
+	if err != nil || t.inflight == 0 || (t.want.waiting && t.fits(t.want)) {
+		t.room.Broadcast()
+	}
 	t.mu.Unlock()
 	if err == nil && t.onMsg != nil {
 		t.onMsg(m)
@@ -149,13 +162,21 @@ func (t *tracker) waitRoom(ctx context.Context, n, size, max, maxBytes int) erro
 	defer stop()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for t.inflight > 0 && (t.inflight+n > max || t.bytes+size > maxBytes) && t.err == nil && ctx.Err() == nil {
+	w := roomWant{waiting: true, n: n, size: size, maxMsgs: max, maxBytes: maxBytes}
+	for t.inflight > 0 && !t.fits(w) && t.err == nil && ctx.Err() == nil {
+		t.want = w
 		t.room.Wait()
 	}
+	t.want = roomWant{}
 	if t.err != nil {
 		return t.err
 	}
 	return ctx.Err()
+}
+
+// fits reports whether w's messages fit beside those in flight; t.mu held.
+func (t *tracker) fits(w roomWant) bool {
+	return t.inflight+w.n <= w.maxMsgs && t.bytes+w.size <= w.maxBytes
 }
 
 // drain blocks until nothing is in flight or ctx ends.

@@ -1,6 +1,7 @@
 package forwarder
 
 import (
+	"context"
 	"errors"
 	"testing"
 )
@@ -31,5 +32,72 @@ func TestTrackerWatermark(t *testing.T) {
 	tr.ack(r3, nil) // a late success after the failure changes nothing
 	if wm, _ := tr.watermark(); wm != 2 || tr.failure() == nil || failed != 1 {
 		t.Fatalf("after a failure: watermark %d, failure %v, onFail called %d times", wm, tr.failure(), failed)
+	}
+}
+
+// TestTrackerWaitRoom: a batch waiting for room is let through once it fits
+// by count and by bytes, or once nothing is in flight, or at a failure.
+func TestTrackerWaitRoom(t *testing.T) {
+	ctx := context.Background()
+	tr := newTracker(nil, nil)
+	var msgs []*Outgoing
+	for seq := uint64(1); seq <= 10; seq++ {
+		m := &Outgoing{Seq: seq, Index: -1, Value: make([]byte, 100)}
+		tr.add(seq, 1)
+		tr.addBytes(msgBytes(m))
+		msgs = append(msgs, m)
+	}
+	wait := func(n, size, maxMsgs, maxBytes int) <-chan error {
+		done := make(chan error, 1)
+		go func() { done <- tr.waitRoom(ctx, n, size, maxMsgs, maxBytes) }()
+		return done
+	}
+	pending := func(done <-chan error) bool {
+		select {
+		case <-done:
+			return false
+		default:
+			return true
+		}
+	}
+	// By count: 5 more fit under 10 once 5 are acked, not after 4.
+	done := wait(5, 0, 10, 1<<30)
+	for _, m := range msgs[:4] {
+		tr.ack(m, nil)
+	}
+	if !pending(done) {
+		t.Fatal("waitRoom returned with 6 of 10 in flight and 5 more asked")
+	}
+	tr.ack(msgs[4], nil)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// By bytes: one message's worth of room.
+	one := msgBytes(msgs[5])
+	done = wait(1, one, 100, 5*one)
+	tr.ack(msgs[5], nil)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// Too large for any room: let through alone once nothing is in flight.
+	done = wait(1000, 0, 10, 1<<30)
+	for _, m := range msgs[6:9] {
+		tr.ack(m, nil)
+	}
+	if !pending(done) {
+		t.Fatal("waitRoom returned with messages in flight and no room")
+	}
+	tr.ack(msgs[9], nil)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	// A failure ends the wait with the error.
+	m := &Outgoing{Seq: 11, Index: -1}
+	tr.add(11, 1)
+	tr.add(12, 1)
+	done = wait(5, 0, 2, 1<<30)
+	tr.ack(m, errors.New("refused"))
+	if err := <-done; err == nil {
+		t.Fatal("waitRoom returned nil after a failure")
 	}
 }

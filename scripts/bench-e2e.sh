@@ -35,6 +35,9 @@
 #   MANY_SESSIONS=0 scripts/bench-e2e.sh   # without the many-sessions run
 #   PPROF=1 scripts/bench-e2e.sh   # CPU profile (first PPROF_SECONDS, 8) and
 #                                  # heap profile (at the end) of each bgpedge run
+#   BASE=main scripts/bench-e2e.sh # also run bgpedge built from git revision
+#                                  # BASE (json, raw, both), interleaved, for
+#                                  # before/after rows measured in one sitting
 #
 # Needs pmacct (apt-get install pmacct) for the pmbmpd rows. Uses the broker
 # of scripts/kafka.sh on 127.0.0.1:9092, starting it (and stopping it again at
@@ -59,6 +62,13 @@ source scripts/lib-kafka.sh
 brokers=$BGPEDGE_TEST_KAFKA
 
 go build -o "$DIR/bgpedge" ./cmd/bgpedge
+BASE=${BASE:-}
+if [[ -n $BASE ]]; then
+	rm -rf "$DIR/base-src" && mkdir -p "$DIR/base-src"
+	git archive "$BASE" | tar -x -C "$DIR/base-src"
+	(cd "$DIR/base-src" && go build -o "$DIR/bgpedge-base" ./cmd/bgpedge)
+	base_rev=$(git rev-parse --short "$BASE")
+fi
 go build -o "$DIR/e2ebench" ./internal/e2ebench
 bench=$DIR/e2ebench
 run_id=e2e-$(date +%s)
@@ -89,9 +99,10 @@ record() {
 
 bgpedge_ready() { curl -sf "http://127.0.0.1:$1/readyz" | grep -q '"kafka"'; }
 
-run_bgpedge() { # mode sessions rep [file loop]
-	local mode=$1 s=$2 rep=$3 file=${4:-$FILE} loop=${5:-1} raw=true json=true
-	case $mode in
+run_bgpedge() { # mode sessions rep [file loop]; mode json, raw, both, many, or one of them with -base
+	local mode=$1 s=$2 rep=$3 file=${4:-$FILE} loop=${5:-1} raw=true json=true bin=$DIR/bgpedge
+	if [[ $mode == *-base ]]; then bin=$DIR/bgpedge-base; fi
+	case ${mode%-base} in
 	json) raw=false ;;
 	raw) json=false ;;
 	esac
@@ -108,7 +119,7 @@ run_bgpedge() { # mode sessions rep [file loop]
 		BGPEDGE_BMP_ENCODING_RAW=$raw BGPEDGE_BMP_ENCODING_JSON=$json \
 		BGPEDGE_FORWARDER_KAFKA_BROKERS="$brokers" BGPEDGE_FORWARDER_TOPICS_PREFIX="$prefix" \
 		BGPEDGE_LOG_LEVEL=warn \
-		"$DIR/bgpedge" run --config configs/bgpedge.yaml 2>"$DIR/bgpedge-$mode-$s-$rep.log" &
+		"$bin" run --config configs/bgpedge.yaml 2>"$DIR/bgpedge-$mode-$s-$rep.log" &
 	pid=$!
 	if ! wait_for "$pid" bgpedge_ready "$hport" || ! wait_for "$pid" port_open "$port"; then
 		echo "bgpedge run did not get ready:" >&2
@@ -190,13 +201,17 @@ run_perf() { # sessions rep
 }
 
 echo "capture: $FILE; sessions: $SESSIONS; repetitions: $REPS; modes: $MODES; dir: $DIR"
+echo "bgpedge: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . || echo ' (uncommitted changes)')${BASE:+; base: $BASE ($base_rev)}"
 echo "machine: $(nproc) CPUs, $(uname -r), $(go version | cut -d' ' -f3), $(pmbmpd -V 2>&1 | head -n 1 || true)"
 echo "before: $(uptime)"
 for rep in $(seq 1 "$REPS"); do
 	for s in $SESSIONS; do
 		for mode in $MODES; do
 			case $mode in
-			json | raw | both) run_bgpedge "$mode" "$s" "$rep" ;;
+			json | raw | both)
+				run_bgpedge "$mode" "$s" "$rep"
+				if [[ -n $BASE ]]; then run_bgpedge "$mode-base" "$s" "$rep"; fi
+				;;
 			pmbmpd) run_pmbmpd "$s" "$rep" ;;
 			perf) run_perf "$s" "$rep" ;;
 			*) echo "unknown mode $mode" >&2 && exit 2 ;;
@@ -220,10 +235,12 @@ def med(mode, s, key):
 names = {"json": "bgpedge run, JSON only", "raw": "bgpedge run, raw only",
          "both": "bgpedge run, raw + JSON (default)", "pmbmpd": "pmacct pmbmpd",
          "perf": "Kafka ProducerPerformance"}
+for m in ["json", "raw", "both"]:
+    names[m + "-base"] = names[m] + ", base revision"
 many = [r for r in rows if r["mode"] == "many"]
 rows = [r for r in rows if r["mode"] != "many"]
 sessions = sorted({r["sessions_asked"] for r in rows})
-modes = [m for m in ["json", "raw", "both", "pmbmpd", "perf"] if any(r["mode"] == m for r in rows)]
+modes = [m for m in ["json", "json-base", "raw", "raw-base", "both", "both-base", "pmbmpd", "perf"] if any(r["mode"] == m for r in rows)]
 n = max((len([r for r in rows if r["mode"] == m and r["sessions_asked"] == s]) for m in modes for s in sessions), default=0)
 if n:
     print(f"\nmedians of {n} runs")
@@ -241,6 +258,17 @@ for s in sessions:
             fmt(med(m, s, "cpu_us_per_event"), "{:.2f}"), fmt(med(m, s, "vmhwm_mib"), "{:.0f}"),
             fmt(med(m, s, "peak_rss_anon_mib"), "{:.0f}"),
             fmt(rate / pm if pm else None, "{:.2f}×"), fmt(rate / pp if pp else None, "{:.2f}×")))
+agent = [m for m in modes if m not in ("pmbmpd", "perf")]
+if n and agent:
+    print("\nbgpedge's heap allocations over the same runs (medians; its Go collector):")
+    print("| sessions | collector | bytes allocated per event | allocations per event | GC cycles |")
+    print("| ---: | --- | ---: | ---: | ---: |")
+    for s in sessions:
+        for m in agent:
+            if med(m, s, "alloc_bytes_per_event") is None:
+                continue
+            print("| {} | {} | {:,.0f} | {:.2f} | {:.0f} |".format(s, names[m], med(m, s, "alloc_bytes_per_event"),
+                  med(m, s, "allocs_per_event"), med(m, s, "gc_cycles")))
 for r in many:
     print(f"\n{r['sessions']} sessions at once, {r['sent_messages']:,} messages: sent in {r['sent_seconds']:.1f} s, "
           f"spooled {r['sent_messages'] / r['ingest_seconds']:,.0f} messages/s ({r['ingest_seconds']:.1f} s), drained to Kafka {r['kafka_messages'] / r['seconds']:,.0f} messages/s "
