@@ -58,8 +58,10 @@ type Stage struct {
 	stale   map[string]peerMeta // committed stale peers, for the timer
 	fired   map[string]uint32   // peer → the stale epoch a timer record was spooled for
 
-	stop chan struct{}
-	done sync.WaitGroup
+	stop      chan struct{}
+	done      sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
 }
 
 type ovEntry struct {
@@ -138,12 +140,16 @@ func (s *Stage) load() error {
 	return nil
 }
 
-// Close stops the timer and releases the state file and the metrics.
+// Close stops the timer and releases the state file and the metrics; later
+// calls do nothing.
 func (s *Stage) Close() error {
-	close(s.stop)
-	s.done.Wait()
-	s.m.unregister(s.reg)
-	return s.st.close()
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		s.done.Wait()
+		s.m.unregister(s.reg)
+		s.closeErr = s.st.close()
+	})
+	return s.closeErr
 }
 
 func (s *Stage) reset() {

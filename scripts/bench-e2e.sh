@@ -2,6 +2,8 @@
 # Decoded end-to-end benchmark (docs/BENCHMARKS.md, "End to end"): replays a
 # BMP capture over TCP with 1 and 14 sessions into
 #   json    bgpedge run, JSON events only (bmp.encoding.raw=false)
+#   json-rib  the same with the route state on (bmp.rib.enabled=true; not in
+#           the default MODES): compare its events/s with json's
 #   raw     bgpedge run, raw BMP only (bmp.encoding.json=false)
 #   both    bgpedge run with the shipped defaults (raw and JSON)
 #   pmbmpd  pmacct's pmbmpd (Debian), JSON message log to Kafka
@@ -99,11 +101,12 @@ record() {
 
 bgpedge_ready() { curl -sf "http://127.0.0.1:$1/readyz" | grep -q '"kafka"'; }
 
-run_bgpedge() { # mode sessions rep [file loop]; mode json, raw, both, many, or one of them with -base
-	local mode=$1 s=$2 rep=$3 file=${4:-$FILE} loop=${5:-1} raw=true json=true bin=$DIR/bgpedge
+run_bgpedge() { # mode sessions rep [file loop]; mode json, json-rib, raw, both, many, or one of them with -base
+	local mode=$1 s=$2 rep=$3 file=${4:-$FILE} loop=${5:-1} raw=true json=true rib=false bin=$DIR/bgpedge
 	if [[ $mode == *-base ]]; then bin=$DIR/bgpedge-base; fi
 	case ${mode%-base} in
 	json) raw=false ;;
+	json-rib) raw=false rib=true ;;
 	raw) json=false ;;
 	esac
 	local port hport prefix out pid pprof=false
@@ -116,7 +119,7 @@ run_bgpedge() { # mode sessions rep [file loop]; mode json, raw, both, many, or 
 		BGPEDGE_BMP_ENCODING_STATE_DIR="$DIR/state/bmp" BGPEDGE_EXABGP_STATE_DIR="$DIR/state/exabgp" \
 		BGPEDGE_BMP_LISTEN="127.0.0.1:$port" BGPEDGE_HTTP_LISTEN="127.0.0.1:$hport" \
 		BGPEDGE_HTTP_PPROF=$pprof \
-		BGPEDGE_BMP_ENCODING_RAW=$raw BGPEDGE_BMP_ENCODING_JSON=$json \
+		BGPEDGE_BMP_ENCODING_RAW=$raw BGPEDGE_BMP_ENCODING_JSON=$json BGPEDGE_BMP_RIB_ENABLED=$rib \
 		BGPEDGE_FORWARDER_KAFKA_BROKERS="$brokers" BGPEDGE_FORWARDER_TOPICS_PREFIX="$prefix" \
 		BGPEDGE_LOG_LEVEL=warn \
 		"$bin" run --config configs/bgpedge.yaml 2>"$DIR/bgpedge-$mode-$s-$rep.log" &
@@ -208,7 +211,7 @@ for rep in $(seq 1 "$REPS"); do
 	for s in $SESSIONS; do
 		for mode in $MODES; do
 			case $mode in
-			json | raw | both)
+			json | json-rib | raw | both)
 				run_bgpedge "$mode" "$s" "$rep"
 				if [[ -n $BASE ]]; then run_bgpedge "$mode-base" "$s" "$rep"; fi
 				;;
@@ -232,7 +235,7 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 def med(mode, s, key):
     v = [r[key] for r in rows if r["mode"] == mode and r["sessions_asked"] == s and key in r]
     return statistics.median(v) if v else None
-names = {"json": "bgpedge run, JSON only", "raw": "bgpedge run, raw only",
+names = {"json": "bgpedge run, JSON only", "json-rib": "bgpedge run, JSON only, route state on", "raw": "bgpedge run, raw only",
          "both": "bgpedge run, raw + JSON (default)", "pmbmpd": "pmacct pmbmpd",
          "perf": "Kafka ProducerPerformance"}
 for m in ["json", "raw", "both"]:
@@ -240,7 +243,7 @@ for m in ["json", "raw", "both"]:
 many = [r for r in rows if r["mode"] == "many"]
 rows = [r for r in rows if r["mode"] != "many"]
 sessions = sorted({r["sessions_asked"] for r in rows})
-modes = [m for m in ["json", "json-base", "raw", "raw-base", "both", "both-base", "pmbmpd", "perf"] if any(r["mode"] == m for r in rows)]
+modes = [m for m in ["json", "json-base", "json-rib", "raw", "raw-base", "both", "both-base", "pmbmpd", "perf"] if any(r["mode"] == m for r in rows)]
 n = max((len([r for r in rows if r["mode"] == m and r["sessions_asked"] == s]) for m in modes for s in sessions), default=0)
 if n:
     print(f"\nmedians of {n} runs")
