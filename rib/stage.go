@@ -56,7 +56,10 @@ type Stage struct {
 	gen     uint64
 	applied uint64              // the file holds every change of records ≤ applied
 	stale   map[string]peerMeta // committed stale peers, for the timer
-	fired   map[string]uint32   // peer → the stale epoch a timer record was spooled for
+	// committed is every peer's meta as the file holds it (its epoch and
+	// staleness change only by opMeta), so decisions read no file for it.
+	committed map[string]peerMeta
+	fired     map[string]uint32 // peer → the stale epoch a timer record was spooled for
 
 	stop      chan struct{}
 	done      sync.WaitGroup
@@ -100,7 +103,7 @@ func Open(opts Options) (*Stage, error) {
 		return nil, err
 	}
 	s := &Stage{cfg: opts.Config, agentID: opts.AgentID, log: opts.Logger.With("component", "rib"), st: st,
-		reg: opts.Registerer, append: opts.Append, stale: map[string]peerMeta{}, fired: map[string]uint32{}, stop: make(chan struct{})}
+		reg: opts.Registerer, append: opts.Append, stale: map[string]peerMeta{}, committed: map[string]peerMeta{}, fired: map[string]uint32{}, stop: make(chan struct{})}
 	s.reset()
 	if err := s.load(); err != nil {
 		_ = st.close()
@@ -127,6 +130,7 @@ func (s *Stage) load() error {
 		return err
 	}
 	for p, m := range metas {
+		s.committed[p] = m
 		if m.stale {
 			s.stale[p] = m
 		}
@@ -206,6 +210,7 @@ func (s *Stage) CommitThrough(seq uint64) error {
 			if s.metas[o.peer].gen == o.gen {
 				delete(s.metas, o.peer)
 			}
+			s.committed[o.peer] = o.meta
 			if o.meta.stale {
 				s.stale[o.peer] = o.meta
 			} else {
@@ -260,7 +265,7 @@ func (s *Stage) meta(peer string) (peerMeta, error) {
 	if m, ok := s.metas[peer]; ok {
 		return m.meta, nil
 	}
-	return s.st.meta(peer)
+	return s.committed[peer], nil
 }
 
 // change records a change made by record seq.

@@ -157,17 +157,6 @@ func (s *store) get(peer, rk string) (v []byte, err error) {
 	return v, err
 }
 
-// meta reads a peer's meta (zero when unknown).
-func (s *store) meta(peer string) (m peerMeta, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
-		if b := tx.Bucket(peersBucket); b != nil {
-			m = decodeMeta(b.Get([]byte(peer)))
-		}
-		return nil
-	})
-	return m, err
-}
-
 // metas reads every peer's meta.
 func (s *store) metas() (map[string]peerMeta, error) {
 	out := map[string]peerMeta{}
