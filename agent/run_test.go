@@ -457,6 +457,11 @@ func TestMetricsLint(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.Forwarder.Enabled = true
 	cfg.Forwarder.Kafka.Brokers = []string{"127.0.0.1:1"} // never reached: nothing to send
+	// Every part that registers metrics is on: the file sink as the second
+	// sink, the route state.
+	cfg.Forwarder.Sinks = []string{"kafka", "file"}
+	cfg.Forwarder.File.Dir = t.TempDir()
+	cfg.BMP.RIB.Enabled = true
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a, err := New(Options{Config: cfg, Logger: testLogger(t), Registry: reg})
