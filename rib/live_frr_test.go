@@ -30,15 +30,14 @@ type frrRouter struct {
 	log              string
 }
 
-// startFRR starts bgpd as router 127.0.0.6 (AS liveAS), with the speakers
-// as iBGP neighbors, and a BMP target bmpAddr monitoring IPv4 unicast pre-
-// and post-policy. bgpd connects to the speakers (GoBGP's own first connect
-// waits 5–10 s) every second until up, and to its BMP target every 100 ms
-// to 1 s. It is stopped when the test ends.
-func startFRR(t *testing.T, bmpAddr string, speakers ...*liveRouter) *frrRouter {
+// startFRR starts bgpd (vtysh asks it) as router 127.0.0.6 (AS liveAS),
+// with the speakers as iBGP neighbors and a BMP target bmpAddr monitoring
+// IPv4 unicast pre- and post-policy. bgpd connects to the speakers every
+// second until up (GoBGP's own first connect waits 5–10 s), and to its BMP
+// target every 100 ms to 1 s. It is stopped when the test ends.
+func startFRR(t *testing.T, bgpd, vtysh, bmpAddr string, speakers ...*liveRouter) *frrRouter {
 	t.Helper()
-	bgpd := testenv.Binary(t, "bgpd", "frr")
-	r := &frrRouter{addr: "127.0.0.6", dir: t.TempDir(), vtysh: testenv.Binary(t, "vtysh", "frr")}
+	r := &frrRouter{addr: "127.0.0.6", dir: t.TempDir(), vtysh: vtysh}
 	r.port = testenv.FreePorts(t, r.addr, 1)[0]
 	r.log = filepath.Join(r.dir, "bgpd.log")
 	bmpHost, bmpPort, err := net.SplitHostPort(bmpAddr)
@@ -214,6 +213,7 @@ func (r *frrRouter) feed(t *testing.T, s *liveRouter) {
 // FRR did not re-send. The stale timeout is set far beyond the test's
 // deadlines, so only those End-of-RIBs can clear the stale routes.
 func TestRIBLiveFRR(t *testing.T) {
+	bgpd, vtysh := testenv.Binary(t, "bgpd", "frr"), testenv.Binary(t, "vtysh", "frr")
 	ag := startRIBAgent(t, "10m", `
   kafka:`)
 	ag.run.Start()
@@ -223,7 +223,7 @@ func TestRIBLiveFRR(t *testing.T) {
 	gate := testenv.NewGate(t, testenv.LoopbackAddr(t), ag.bmpAddr)
 	b := startLiveRouter(t, "10.0.0.2", "127.0.0.2")
 	c := startLiveRouter(t, "10.0.0.3", "127.0.0.3")
-	frr := startFRR(t, gate.Addr(), b, c)
+	frr := startFRR(t, bgpd, vtysh, gate.Addr(), b, c)
 	frr.feed(t, b)
 	frr.feed(t, c)
 

@@ -17,8 +17,10 @@ import (
 
 	api "github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/server"
 
 	"github.com/bgpedge/bgpedge/internal/testenv"
+	"github.com/bgpedge/bgpedge/rib"
 )
 
 // peerLive configures a session between a (active) and b (passive) for
@@ -44,6 +46,27 @@ func peerLive(t *testing.T, a, b *liveRouter, addPath bool) {
 	}
 	add(b, a, true, families(false, 4))
 	add(a, b, false, families(true, 0))
+}
+
+// waitAcceptedLive waits until s has accepted n routes from neighbor.
+func waitAcceptedLive(t *testing.T, s *server.BgpServer, neighbor string, n int) {
+	t.Helper()
+	testenv.Eventually(t, 60*time.Second, fmt.Sprintf("%d routes from %s", n, neighbor), func() bool {
+		total := 0
+		_ = s.ListPeer(context.Background(), &api.ListPeerRequest{Address: neighbor}, func(p *api.Peer) {
+			for _, af := range p.GetAfiSafis() {
+				total += int(af.GetState().GetAccepted())
+			}
+		})
+		return total == n
+	})
+}
+
+// ribCounts asks the agent's GET /rib for the routes held per peer, in the
+// pre-policy table.
+func ribCounts(t *testing.T, httpAddr string) map[string]uint64 {
+	t.Helper()
+	return ribTableCounts(t, httpAddr, rib.TableAdjInPre)
 }
 
 // TestRIBLiveGoBGP: an in-process GoBGP v4 router A reports over BMP, to

@@ -9,7 +9,6 @@ package rib_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -80,27 +79,6 @@ func livePath(t *testing.T, i int, third byte, med uint32) *apiutil.Path {
 	return &apiutil.Path{Family: bgp.RF_IPv4_UC, Nlri: nlri, Attrs: []bgp.PathAttributeInterface{
 		bgp.NewPathAttributeOrigin(0), nh, bgp.NewPathAttributeMultiExitDisc(med), bgp.NewPathAttributeLocalPref(200),
 	}}
-}
-
-// waitAcceptedLive waits until s has accepted n routes from neighbor.
-func waitAcceptedLive(t *testing.T, s *server.BgpServer, neighbor string, n int) {
-	t.Helper()
-	testenv.Eventually(t, 60*time.Second, fmt.Sprintf("%d routes from %s", n, neighbor), func() bool {
-		total := 0
-		_ = s.ListPeer(context.Background(), &api.ListPeerRequest{Address: neighbor}, func(p *api.Peer) {
-			for _, af := range p.GetAfiSafis() {
-				total += int(af.GetState().GetAccepted())
-			}
-		})
-		return total == n
-	})
-}
-
-// ribCounts asks the agent's GET /rib for the routes held per peer, in the
-// pre-policy table.
-func ribCounts(t *testing.T, httpAddr string) map[string]uint64 {
-	t.Helper()
-	return ribTableCounts(t, httpAddr, rib.TableAdjInPre)
 }
 
 // ribTableCounts asks the agent's GET /rib for the routes held per peer in
