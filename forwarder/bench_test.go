@@ -11,6 +11,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -493,4 +494,88 @@ func BenchmarkSaramaFloor(b *testing.B) {
 	b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(n), "cpu-µs/record")
 	fmt.Printf("sarama-floor records=%d size=%d producers=%d %.0f/s cpu=%.1fs (%.2f µs/record)\n",
 		n, size, lanes, float64(n)/d.Seconds(), cpu.Seconds(), float64(cpu.Nanoseconds())/1e3/float64(n))
+}
+
+// BenchmarkKafkaSinkFloor is BenchmarkSaramaFloor's messages produced
+// through KafkaSink (its lanes, kafka_lane.go) instead of sarama's
+// AsyncProducer, in Write batches of forwarder.read_batch messages: run
+// both in one sitting to compare the two on the same broker and load.
+func BenchmarkKafkaSinkFloor(b *testing.B) {
+	gcAsAgent(b)
+	brokers := testenv.KafkaBrokers(b)
+	n, size := benchRecords(b), 496
+	if v := os.Getenv("BGPEDGE_BENCH_SIZE"); v != "" {
+		var err error
+		if size, err = strconv.Atoi(v); err != nil || size < 1 {
+			b.Fatalf("BGPEDGE_BENCH_SIZE=%q", v)
+		}
+	}
+	cfg := testConfig(b, brokers)
+	cfg.Kafka.Partitions = 6
+	benchKafkaOverrides(b, &cfg)
+	createTopic(b, brokers, cfg.Topics.Topic("floor"), cfg.Kafka.Partitions)
+	sink := NewKafkaSink(cfg.Kafka, cfg.Topics, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := sink.Connect(ctx); err != nil {
+		b.Fatal(err)
+	}
+	value := make([]byte, size)
+	for i := range value {
+		value[i] = 'a' + byte(i%26)
+	}
+	hdrs := []Header{
+		{Key: HeaderID, Value: "edge1:12345678:0"},
+		{Key: HeaderKind, Value: "bmp"},
+		{Key: HeaderRouter, Value: "127.0.0.10"},
+		{Key: HeaderAgent, Value: "edge1"},
+		{Key: HeaderStream, Value: "bmp.route.loc-rib"},
+	}
+	// The forwarder's bound on messages in flight, as its tracker keeps it.
+	var mu sync.Mutex
+	room := sync.NewCond(&mu)
+	acked, failed := 0, 0
+	ack := func(_ *Outgoing, err error) {
+		mu.Lock()
+		if err != nil {
+			failed++
+		}
+		acked++
+		if acked%256 == 0 {
+			room.Signal()
+		}
+		mu.Unlock()
+	}
+	batchSize := cfg.ReadBatch
+	b.ResetTimer()
+	cpu0 := processCPU(b)
+	start := time.Now()
+	for i := 0; i < n; i += batchSize {
+		batch := make([]*Outgoing, 0, batchSize)
+		for j := i; j < min(i+batchSize, n); j++ {
+			key := []byte(fmt.Sprintf("127.0.0.10|0:0|10.%d.%d.0/24|%08d", j>>16&255, j>>8&255, j))
+			batch = append(batch, &Outgoing{Seq: uint64(j + 1), Index: -1, Stream: "floor", Key: key, Value: value, Headers: hdrs})
+		}
+		mu.Lock()
+		for i-acked > cfg.MaxInFlight {
+			room.Wait()
+		}
+		mu.Unlock()
+		if err := sink.Write(ctx, batch, ack); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := sink.Close(ctx); err != nil {
+		b.Fatal(err)
+	}
+	d := time.Since(start)
+	cpu := processCPU(b) - cpu0
+	b.StopTimer()
+	if acked != n || failed != 0 {
+		b.Fatalf("%d of %d messages acknowledged, %d failed", acked, n, failed)
+	}
+	b.ReportMetric(float64(n)/d.Seconds(), "records/s")
+	b.ReportMetric(float64(cpu.Nanoseconds())/1e3/float64(n), "cpu-µs/record")
+	fmt.Printf("sink-floor records=%d size=%d producers=%d %.0f/s cpu=%.1fs (%.2f µs/record)\n",
+		n, size, cfg.Kafka.Producers, float64(n)/d.Seconds(), cpu.Seconds(), float64(cpu.Nanoseconds())/1e3/float64(n))
 }

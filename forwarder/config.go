@@ -317,7 +317,9 @@ func validateKafka(c Config, bad badFunc) {
 			bad("kafka.brokers", "%q is not host:port", b)
 		}
 	}
-	if _, err := sarama.ParseKafkaVersion(k.Version); err != nil {
+	if v, err := sarama.ParseKafkaVersion(k.Version); err != nil {
+		bad("kafka.version", "%v", err)
+	} else if _, err := produceVersion(v); err != nil {
 		bad("kafka.version", "%v", err)
 	}
 	if _, err := compressionCodec(k.Compression); err != nil {

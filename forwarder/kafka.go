@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"time"
 	"unsafe"
 
@@ -18,29 +17,28 @@ import (
 	"github.com/xdg-go/scram"
 )
 
-// KafkaSink produces to Kafka with idempotent sarama AsyncProducers, as many
-// as forwarder.kafka.producers, each owning a fixed share of the partitions.
+// KafkaSink produces to Kafka through forwarder.kafka.producers lanes
+// (kafka_lane.go), each owning a fixed share of the partitions.
 type KafkaSink struct {
 	cfg    KafkaConfig
 	topics TopicsConfig
 	logger *slog.Logger
 
-	client  sarama.Client   // the first lane's: metadata and topics
-	lanes   []lane          // one idempotent producer each; nil while disconnected
-	drained *sync.WaitGroup // per connection: a timed-out Close may still be waiting on the last one
-	known   map[string]bool // topics checked to exist
-	// streamTopics caches stream → topic for Write (one goroutine at a time),
-	// forgotten every routeTTL so partitions added to a topic are used, as
-	// sarama's own partitioner would after its metadata refresh.
+	client sarama.Client   // the first lane's: metadata and topics
+	lanes  []*lane         // nil while disconnected
+	known  map[string]bool // topics checked to exist
+	// streamTopics caches stream → topic and partition count for Write
+	// (one goroutine at a time), forgotten every routeTTL so partitions
+	// added to a topic are used.
 	streamTopics map[string]route
 	routesAt     time.Time
-	// partitioner picks the partition of a message when there are several
-	// lanes: sarama's default hash of the key, so keys land where a single
-	// producer would put them.
-	partitioner sarama.Partitioner
+	// next spreads messages without a key over the partitions.
+	next uint32
 	// compact holds the topics of streams declared Compact: created with
 	// cleanup.policy=compact.
 	compact map[string]bool
+	// perLane holds Write's messages per lane (reused).
+	perLane [][]laneItem
 }
 
 var (
@@ -138,10 +136,9 @@ func (k *KafkaSink) Connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if k.cfg.Producers > 1 {
-		// Write picks the partition (the default hash of the key) and with
-		// it the lane. Set before any client is built from sc.
-		sc.Producer.Partitioner = sarama.NewManualPartitioner
+	lc, err := laneConfigOf(k.cfg, sc)
+	if err != nil {
+		return err
 	}
 	client, err := newClient(ctx, k.cfg.Brokers, sc)
 	if err != nil {
@@ -154,60 +151,31 @@ func (k *KafkaSink) Connect(ctx context.Context) error {
 			return err
 		}
 	}
-	lanes, err := k.openLanes(ctx, client, sc)
+	lanes, err := k.openLanes(ctx, client, sc, lc)
 	if err != nil {
 		_ = client.Close()
 		return err
 	}
 	k.client, k.lanes = client, lanes
-	if len(lanes) > 1 {
-		k.partitioner = sarama.NewHashPartitioner("")
+	k.perLane = make([][]laneItem, len(lanes))
+	for _, l := range lanes {
+		go l.run()
 	}
-	k.start()
 	return nil
 }
 
-// lane is one idempotent producer with its own client, hence its own
-// connection: a partition is only ever written by one lane, so each keeps
-// the per-partition order of an idempotent producer, while the lanes'
-// requests are in flight at the same time. sarama's idempotent producer has
-// one request in flight per connection, and the broker answers requests of
-// one connection one after the other.
-type lane struct {
-	client   sarama.Client
-	producer sarama.AsyncProducer
-	in       chan<- *sarama.ProducerMessage
-}
-
-// openLanes starts forwarder.kafka.producers producers, the first on client.
-func (k *KafkaSink) openLanes(ctx context.Context, client sarama.Client, sc *sarama.Config) ([]lane, error) {
-	n := max(k.cfg.Producers, 1)
-	var lanes []lane
-	fail := func(err error) ([]lane, error) {
-		for _, l := range lanes {
-			_ = l.producer.Close()
-			if l.client != client {
+// openLanes starts forwarder.kafka.producers lanes, the first on client.
+func (k *KafkaSink) openLanes(ctx context.Context, client sarama.Client, sc *sarama.Config, lc laneConfig) ([]*lane, error) {
+	lanes := []*lane{newLane(client, lc)}
+	for range max(k.cfg.Producers, 1) - 1 {
+		c, err := newClient(ctx, k.cfg.Brokers, sc)
+		if err != nil {
+			for _, l := range lanes[1:] {
 				_ = l.client.Close()
 			}
+			return nil, fmt.Errorf("kafka producer: %w", err)
 		}
-		return nil, fmt.Errorf("kafka producer: %w: %w", ErrUnavailable, err)
-	}
-	for i := range n {
-		c := client
-		if i > 0 {
-			var err error
-			if c, err = newClient(ctx, k.cfg.Brokers, sc); err != nil {
-				return fail(err)
-			}
-		}
-		p, err := sarama.NewAsyncProducerFromClient(c)
-		if err != nil {
-			if c != client {
-				_ = c.Close()
-			}
-			return fail(err)
-		}
-		lanes = append(lanes, lane{client: c, producer: p, in: p.Input()})
+		lanes = append(lanes, newLane(c, lc))
 	}
 	return lanes, nil
 }
@@ -265,10 +233,9 @@ func (k *KafkaSink) ensureTopic(client sarama.Client, topic string) error {
 	return nil
 }
 
-// Write implements Sink. The producer messages of a batch, their headers,
-// encoders and ack references come from a few allocations per batch rather
-// than a dozen per message: at 200 B records allocation and the garbage
-// collection it causes were a third of the forwarder's CPU.
+// Write implements Sink: it picks each message's partition (sarama's
+// default hash of the key, so keys land where they always did) and hands
+// each lane its share in one piece.
 func (k *KafkaSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc) error {
 	if k.lanes == nil {
 		for _, m := range batch {
@@ -276,15 +243,7 @@ func (k *KafkaSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc) e
 		}
 		return ErrNotConnected
 	}
-	nh := 0
-	for _, m := range batch {
-		nh += len(m.Headers)
-	}
-	pms := make([]sarama.ProducerMessage, len(batch))
-	refs := make([]ackRef, len(batch))
-	encs := make([]sarama.ByteEncoder, 2*len(batch))
-	hdrs := make([]sarama.RecordHeader, nh)
-	in := k.lanes[0].in
+	per := k.perLane
 	var stream string
 	var rt route
 	for i, m := range batch {
@@ -294,57 +253,63 @@ func (k *KafkaSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc) e
 				for _, r := range batch[i:] {
 					ack(r, err)
 				}
+				k.handOver(ctx, per)
 				return err
 			}
 			stream, rt = m.Stream, r
 		}
-		refs[i] = ackRef{m: m, ack: ack}
-		encs[2*i] = m.Value
-		pm := &pms[i]
-		pm.Topic = rt.topic
-		if m.Value != nil { // nil: a tombstone (null value) for a compacted topic
-			pm.Value = &encs[2*i]
-		}
-		pm.Metadata = &refs[i]
+		var p int32
 		if len(m.Key) > 0 {
-			encs[2*i+1] = m.Key
-			pm.Key = &encs[2*i+1]
+			p = hashPartition(m.Key, rt.partitions)
+		} else {
+			p = int32(k.next % uint32(rt.partitions))
+			k.next++
 		}
-		if n := len(m.Headers); n > 0 {
-			h := hdrs[:n:n]
-			hdrs = hdrs[n:]
-			for j, x := range m.Headers {
-				h[j] = sarama.RecordHeader{Key: readOnlyBytes(x.Key), Value: readOnlyBytes(x.Value)}
-			}
-			pm.Headers = h
+		n := int(p) % len(per)
+		if per[n] == nil {
+			per[n] = make([]laneItem, 0, len(batch)/len(per)+1)
 		}
-		if len(k.lanes) > 1 {
-			p, err := k.partitioner.Partition(pm, rt.partitions)
-			if err != nil {
-				// Only a key encoder can fail: ByteEncoder does not.
-				for _, r := range batch[i:] {
-					ack(r, err)
-				}
-				return fmt.Errorf("kafka partition: %w", err)
-			}
-			pm.Partition = p
-			in = k.lanes[int(p)%len(k.lanes)].in
-		}
-		select {
-		case in <- pm:
+		per[n] = append(per[n], laneItem{m: m, ack: ack, topic: rt.topic, partition: p})
+	}
+	return k.handOver(ctx, per)
+}
+
+// handOver sends each lane its items; what ctx keeps from a lane fails.
+func (k *KafkaSink) handOver(ctx context.Context, per [][]laneItem) error {
+	var err error
+	for i, items := range per {
+		if len(items) == 0 {
 			continue
-		default:
 		}
-		select {
-		case in <- pm:
-		case <-ctx.Done():
-			for _, r := range batch[i:] {
-				ack(r, ctx.Err())
+		per[i] = nil // the lane owns the slice now
+		if err == nil {
+			select {
+			case k.lanes[i].in <- items:
+				continue
+			case <-ctx.Done():
+				err = ctx.Err()
 			}
-			return ctx.Err()
+		}
+		for _, it := range items {
+			it.ack(it.m, err)
 		}
 	}
-	return nil
+	return err
+}
+
+// hashPartition is sarama's default (hash) partitioner: FNV-1a of the key,
+// as a signed number modulo the partitions, negated when negative.
+func hashPartition(key []byte, partitions int32) int32 {
+	h := uint32(2166136261)
+	for _, c := range key {
+		h ^= uint32(c)
+		h *= 16777619
+	}
+	p := int32(h) % partitions
+	if p < 0 {
+		p = -p
+	}
+	return p
 }
 
 // routeTTL bounds how long a learnt partition count is used.
@@ -353,13 +318,13 @@ const routeTTL = time.Minute
 // route is where a stream's messages go.
 type route struct {
 	topic      string
-	partitions int32 // known only with several lanes
+	partitions int32
 }
 
 // topicOf maps a stream to its topic, checking (or creating) the topic the
-// first time; the names are cached, as building them allocates. With
-// several lanes it also learns the partition count, which the key is hashed
-// over, from the client's metadata; it is read again after routeTTL.
+// first time; the names are cached, as building them allocates. It also
+// learns the partition count, which the key is hashed over, from the
+// client's metadata; it is read again after routeTTL.
 func (k *KafkaSink) topicOf(stream string) (route, error) {
 	if time.Since(k.routesAt) > routeTTL {
 		k.streamTopics, k.routesAt = nil, time.Now()
@@ -373,21 +338,19 @@ func (k *KafkaSink) topicOf(stream string) (route, error) {
 			return route{}, err
 		}
 	}
-	if len(k.lanes) > 1 {
-		parts, err := k.client.Partitions(r.topic)
-		if err != nil || len(parts) == 0 {
-			if err = k.client.RefreshMetadata(r.topic); err == nil {
-				parts, err = k.client.Partitions(r.topic)
-			}
+	parts, err := k.client.Partitions(r.topic)
+	if err != nil || len(parts) == 0 {
+		if err = k.client.RefreshMetadata(r.topic); err == nil {
+			parts, err = k.client.Partitions(r.topic)
 		}
-		if err == nil && len(parts) == 0 {
-			err = errors.New("no partitions")
-		}
-		if err != nil {
-			return route{}, fmt.Errorf("kafka partitions of %s: %w: %w", r.topic, ErrUnavailable, err)
-		}
-		r.partitions = int32(len(parts))
 	}
+	if err == nil && len(parts) == 0 {
+		err = errors.New("no partitions")
+	}
+	if err != nil {
+		return route{}, fmt.Errorf("kafka partitions of %s: %w: %w", r.topic, ErrUnavailable, err)
+	}
+	r.partitions = int32(len(parts))
 	if k.streamTopics == nil {
 		k.streamTopics = map[string]route{}
 	}
@@ -405,61 +368,41 @@ func readOnlyBytes(s string) []byte {
 	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
-// ackRef travels in ProducerMessage.Metadata (as a pointer into the batch's
-// slab, so the interface costs no allocation); it carries the spool seq in m.
-type ackRef struct {
-	m   *Outgoing
-	ack AckFunc
-}
-
-// start reports the producers' outcomes as acks until they close.
-func (k *KafkaSink) start() {
-	wg := &sync.WaitGroup{}
-	k.drained = wg
-	for _, l := range k.lanes {
-		p := l.producer
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			for pm := range p.Successes() {
-				r := pm.Metadata.(*ackRef)
-				r.ack(r.m, nil)
-			}
-		}()
-		go func() {
-			defer wg.Done()
-			for pe := range p.Errors() {
-				r := pe.Msg.Metadata.(*ackRef)
-				r.ack(r.m, fmt.Errorf("kafka produce: %w", pe.Err))
-			}
-		}()
-	}
-}
-
-// Close implements Sink: flushes, then waits for every ack up to ctx's deadline.
+// Close implements Sink: the lanes send what they hold and wait for the
+// answers, up to ctx's deadline; then what is left fails and the
+// connections close.
 func (k *KafkaSink) Close(ctx context.Context) error {
 	if k.lanes == nil {
 		return nil
 	}
-	lanes, wg := k.lanes, k.drained
+	lanes := k.lanes
 	k.lanes, k.client = nil, nil
 	for _, l := range lanes {
-		l.producer.AsyncClose()
+		close(l.flush)
 	}
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		for _, l := range lanes {
-			_ = l.client.Close()
+	var err error
+	for _, l := range lanes {
+		select {
+		case <-l.done:
+			continue
+		case <-ctx.Done():
+			err = fmt.Errorf("kafka close: %w", ctx.Err())
 		}
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("kafka close: %w", ctx.Err())
+		break
 	}
+	if err != nil {
+		for _, l := range lanes {
+			close(l.kill)
+		}
+	}
+	for _, l := range lanes {
+		// Closing the connections also ends a loop blocked on one.
+		_ = l.client.Close()
+	}
+	for _, l := range lanes {
+		<-l.done
+	}
+	return err
 }
 
 // Probe implements Prober: Kafka is healthy when metadata for the ensured

@@ -1,0 +1,665 @@
+package forwarder
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/IBM/sarama"
+)
+
+// A lane is one producer with its own sarama client, hence its own
+// connection to each broker: the partitions hashed to it are written by it
+// alone, so their order holds, while the lanes' requests are in flight at
+// the same time (the broker answers one connection's requests one after the
+// other).
+//
+// The lane builds produce requests itself and sends them with
+// Broker.AsyncProduce instead of going through sarama's AsyncProducer: that
+// producer moves every message through four goroutines and a produceSet of
+// its own, which cost about 4 µs of CPU a message, more than all of
+// bgpedge's own work per route event (docs/BENCHMARKS.md). Here a batch of
+// messages crosses one channel, and a request's records, headers and
+// batches come from slabs the lane reuses.
+//
+// One request per broker is in flight; messages arriving meanwhile wait in
+// their partition's queue and go out together in the next request, sent when
+// flush_bytes or flush_messages is reached, flush_frequency has passed since
+// the oldest arrived, or the lane is flushing for Close. A retriable error
+// (a leader moved, a broker restarting, the connection cut) puts the failed
+// partitions' messages back at the head of their queues and retries them
+// after retry_backoff with fresh metadata, up to retry_max times; any other
+// error, or a message out of retries, fails it, which ends the forwarder's
+// session: the next one re-reads from the spool (at least once).
+type lane struct {
+	client sarama.Client
+	cfg    laneConfig
+
+	in      chan []laneItem
+	results chan laneResult
+	flush   chan struct{} // closed by Close: send what is queued, then stop
+	kill    chan struct{} // closed when Close gives up: fail what is left, stop now
+	done    chan struct{} // closed when the loop has returned
+
+	// Owned by the loop goroutine.
+	parts   map[topicPartition]*partQueue
+	brokers map[*sarama.Broker]*brokerQueue
+	err     error // set once the lane failed: every later message fails with it
+}
+
+type laneConfig struct {
+	version      int16 // produce request version
+	acks         sarama.RequiredAcks
+	timeout      time.Duration
+	codec        sarama.CompressionCodec
+	level        int
+	maxBatch     int // bytes of one partition's batch (max_message_bytes)
+	flushBytes   int
+	flushMsgs    int
+	flushEvery   time.Duration
+	retryMax     int
+	retryBackoff time.Duration
+}
+
+// laneItem is one message on its way through a lane.
+type laneItem struct {
+	m         *Outgoing
+	ack       AckFunc
+	topic     string
+	partition int32
+	tries     int // failed attempts so far
+}
+
+type topicPartition struct {
+	topic     string
+	partition int32
+}
+
+// partQueue holds one partition's messages waiting to be sent, oldest first.
+type partQueue struct {
+	tp     topicPartition
+	broker *brokerQueue // its leader's queue; nil until known
+	items  []laneItem // items[start:] are queued, oldest first
+	start  int
+	head   int // queued()[:head] are in the request in flight
+	listed bool
+}
+
+// queued returns the partition's messages not yet written.
+func (q *partQueue) queued() []laneItem { return q.items[q.start:] }
+
+// brokerQueue is what a lane sends to one broker.
+type brokerQueue struct {
+	b       *sarama.Broker
+	parts   []*partQueue // with waiting messages, in order of arrival
+	waiting int          // messages waiting
+	bytes   int          // their estimated size
+	since   time.Time    // when the oldest waiting message arrived
+	busy    bool         // a request is in flight
+	holdTil time.Time    // no request before this (retry backoff)
+
+	// The request in flight: its partitions and how many messages of each.
+	sent     []sentPart
+	records  []sarama.Record
+	recPtrs  []*sarama.Record
+	headers  []sarama.RecordHeader
+	hdrPtrs  []*sarama.RecordHeader
+	batches  []sarama.RecordBatch
+	sentMsgs int
+}
+
+type sentPart struct {
+	q *partQueue
+	n int
+}
+
+type laneResult struct {
+	q    *brokerQueue
+	resp *sarama.ProduceResponse
+	err  error
+}
+
+// laneConfigOf takes the lane's settings from the forwarder's Kafka
+// configuration and the sarama configuration built from it.
+func laneConfigOf(c KafkaConfig, sc *sarama.Config) (laneConfig, error) {
+	v, err := produceVersion(sc.Version)
+	if err != nil {
+		return laneConfig{}, err
+	}
+	return laneConfig{
+		version: v, acks: sc.Producer.RequiredAcks, timeout: sc.Producer.Timeout,
+		codec: sc.Producer.Compression, level: sc.Producer.CompressionLevel,
+		maxBatch: c.MaxMessageBytes, flushBytes: c.FlushBytes, flushMsgs: c.FlushMessages,
+		flushEvery: c.FlushFrequency, retryMax: c.RetryMax, retryBackoff: c.RetryBackoff,
+	}, nil
+}
+
+// produceVersion is the produce request version sarama's own producer
+// speaks to a cluster of version v; record batches with headers need 0.11.
+func produceVersion(v sarama.KafkaVersion) (int16, error) {
+	steps := []struct {
+		at sarama.KafkaVersion
+		v  int16
+	}{
+		{sarama.V3_7_0_0, 10}, {sarama.V2_8_0_0, 9}, {sarama.V2_4_0_0, 8}, {sarama.V2_1_0_0, 7},
+		{sarama.V2_0_0_0, 6}, {sarama.V1_0_0_0, 5}, {sarama.V0_11_0_0, 3},
+	}
+	for _, s := range steps {
+		if v.IsAtLeast(s.at) {
+			return s.v, nil
+		}
+	}
+	return 0, fmt.Errorf("kafka version %s: message headers need at least 0.11.0", v)
+}
+
+func newLane(client sarama.Client, cfg laneConfig) *lane {
+	return &lane{
+		client: client, cfg: cfg,
+		in:      make(chan []laneItem, 64),
+		results: make(chan laneResult, 1),
+		flush:   make(chan struct{}),
+		kill:    make(chan struct{}),
+		done:    make(chan struct{}),
+		parts:   map[topicPartition]*partQueue{},
+		brokers: map[*sarama.Broker]*brokerQueue{},
+	}
+}
+
+// run is the lane's loop: it owns every queue, sends requests and reports
+// acks, until it is flushed empty or killed.
+func (l *lane) run() {
+	defer close(l.done)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	in, flush, flushing := l.in, l.flush, false
+	for {
+		select {
+		case items := <-in:
+			l.enqueue(items)
+		case r := <-l.results:
+			l.complete(r)
+		case <-timer.C:
+		case <-flush:
+			// Write is not called once Close has begun: what is in the
+			// channel is all that is left to take.
+			flushing = true
+			for {
+				select {
+				case items := <-l.in:
+					l.enqueue(items)
+					continue
+				default:
+				}
+				break
+			}
+			in, flush = nil, nil
+		case <-l.kill:
+			l.abandon(ErrNotConnected)
+			return
+		}
+		next := l.sendReady(flushing)
+		if flushing && l.idle() {
+			return
+		}
+		timer.Stop()
+		if !next.IsZero() {
+			timer.Reset(time.Until(next))
+		}
+	}
+}
+
+// enqueue files items under their partitions and their leaders.
+func (l *lane) enqueue(items []laneItem) {
+	now := time.Now()
+	for _, it := range items {
+		if l.err != nil {
+			it.ack(it.m, l.err)
+			continue
+		}
+		tp := topicPartition{it.topic, it.partition}
+		q := l.parts[tp]
+		if q == nil {
+			q = &partQueue{tp: tp}
+			l.parts[tp] = q
+		}
+		if q.broker == nil {
+			if err := l.lead(q); err != nil {
+				// Retried like a failed request (relead).
+				q.broker = l.limbo(now)
+			}
+		}
+		q.items = append(q.items, it)
+		l.waiting(q, 1, recordSize(it.m), now)
+	}
+}
+
+// limbo is the queue of partitions whose leader is not known (its broker
+// is nil): sendReady looks their leaders up again every retry_backoff.
+func (l *lane) limbo(now time.Time) *brokerQueue {
+	bq := l.brokers[nil]
+	if bq == nil {
+		bq = &brokerQueue{}
+		l.brokers[nil] = bq
+	}
+	if bq.waiting == 0 {
+		bq.holdTil = now.Add(l.cfg.retryBackoff)
+	}
+	return bq
+}
+
+// relead looks up the leaders of the partitions in limbo; a partition whose
+// leader is still unknown counts a failed attempt, and fails the lane once
+// out of retries.
+func (l *lane) relead(limbo *brokerQueue) {
+	now := time.Now()
+	for _, q := range append([]*partQueue(nil), limbo.parts...) {
+		if len(q.queued()) == 0 {
+			continue
+		}
+		b, err := l.client.Leader(q.tp.topic, q.tp.partition)
+		if err == nil {
+			l.move(q, l.brokerQueue(b), now)
+			continue
+		}
+		items := q.queued()
+		for i := range items {
+			items[i].tries++
+		}
+		if items[0].tries > l.cfg.retryMax {
+			l.fail(fmt.Errorf("kafka leader of %s/%d: %w: %w", q.tp.topic, q.tp.partition, ErrUnavailable, err))
+			l.abandon(l.err)
+			return
+		}
+	}
+	limbo.holdTil = now.Add(l.cfg.retryBackoff)
+}
+
+// move takes q with its messages from its queue to bq.
+func (l *lane) move(q *partQueue, bq *brokerQueue, now time.Time) {
+	old := q.broker
+	size := 0
+	for _, it := range q.queued() {
+		size += recordSize(it.m)
+	}
+	old.waiting -= len(q.queued())
+	old.bytes -= size
+	parts := old.parts[:0]
+	for _, p := range old.parts {
+		if p != q {
+			parts = append(parts, p)
+		}
+	}
+	clear(old.parts[len(parts):])
+	old.parts, q.listed, q.broker = parts, false, bq
+	l.waiting(q, len(q.queued()), size, now)
+}
+
+// lead finds q's leader and its queue.
+func (l *lane) lead(q *partQueue) error {
+	b, err := l.client.Leader(q.tp.topic, q.tp.partition)
+	if err != nil {
+		return fmt.Errorf("kafka leader of %s/%d: %w: %w", q.tp.topic, q.tp.partition, ErrUnavailable, err)
+	}
+	q.broker = l.brokerQueue(b)
+	return nil
+}
+
+func (l *lane) brokerQueue(b *sarama.Broker) *brokerQueue {
+	bq := l.brokers[b]
+	if bq == nil {
+		bq = &brokerQueue{b: b}
+		l.brokers[b] = bq
+	}
+	return bq
+}
+
+// waiting counts n messages of size bytes more as waiting in q.
+func (l *lane) waiting(q *partQueue, n, size int, now time.Time) {
+	bq := q.broker
+	if bq.waiting == 0 {
+		bq.since = now
+	}
+	bq.waiting += n
+	bq.bytes += size
+	if !q.listed {
+		q.listed = true
+		bq.parts = append(bq.parts, q)
+	}
+}
+
+// recordSize estimates a message's size in a record batch.
+func recordSize(m *Outgoing) int {
+	n := len(m.Key) + len(m.Value) + 16
+	for _, h := range m.Headers {
+		n += len(h.Key) + len(h.Value) + 4
+	}
+	return n
+}
+
+// sendReady sends a request to every broker that is ready for one, and
+// returns when the next one will be (zero: nothing waits on time).
+func (l *lane) sendReady(flushing bool) time.Time {
+	var next time.Time
+	now := time.Now()
+	for _, bq := range l.brokers {
+		if bq.busy || bq.waiting == 0 {
+			continue
+		}
+		at := bq.holdTil
+		if !flushing && bq.bytes < l.cfg.flushBytes && (l.cfg.flushMsgs == 0 || bq.waiting < l.cfg.flushMsgs) {
+			if t := bq.since.Add(l.cfg.flushEvery); t.After(at) {
+				at = t
+			}
+		}
+		if bq.b == nil {
+			at = bq.holdTil
+		}
+		if at.After(now) {
+			if next.IsZero() || at.Before(next) {
+				next = at
+			}
+			continue
+		}
+		if bq.b == nil {
+			l.relead(bq)
+			if l.err == nil && bq.waiting > 0 && (next.IsZero() || bq.holdTil.Before(next)) {
+				next = bq.holdTil
+			}
+			continue
+		}
+		l.send(bq)
+	}
+	return next
+}
+
+// send builds one request of what bq holds, each partition's batch up to
+// max_message_bytes, and hands it to the broker.
+func (l *lane) send(bq *brokerQueue) {
+	// A failed lane leaves partitions listed with nothing queued.
+	parts := bq.parts[:0]
+	for _, q := range bq.parts {
+		if len(q.queued()) > 0 {
+			parts = append(parts, q)
+		} else {
+			q.listed = false
+		}
+	}
+	clear(bq.parts[len(parts):])
+	bq.parts = parts
+	n, nh := 0, 0
+	for _, q := range bq.parts {
+		size := 0
+		for _, it := range q.queued() {
+			s := recordSize(it.m)
+			if size > 0 && size+s > l.cfg.maxBatch {
+				break
+			}
+			size += s
+			n++
+			nh += len(it.m.Headers)
+		}
+	}
+	// Room for everything up front: records and headers are pointed to
+	// while the slabs fill, so they must not move.
+	recs, ptrs := grow(bq.records, n), grow(bq.recPtrs, n)
+	hdrs, hptrs := grow(bq.headers, nh), grow(bq.hdrPtrs, nh)
+	bq.batches = grow(bq.batches, len(bq.parts))[:len(bq.parts)]
+	bq.sent, bq.sentMsgs = bq.sent[:0], 0
+	req := &sarama.ProduceRequest{RequiredAcks: l.cfg.acks, Timeout: int32(l.cfg.timeout / time.Millisecond), Version: l.cfg.version}
+	now := time.Now()
+	for i, q := range bq.parts {
+		first, size := len(recs), 0
+		for _, it := range q.queued() {
+			s := recordSize(it.m)
+			if size > 0 && size+s > l.cfg.maxBatch {
+				break
+			}
+			size += s
+			r := sarama.Record{Value: it.m.Value, OffsetDelta: int64(len(recs) - first)}
+			if len(it.m.Key) > 0 {
+				r.Key = it.m.Key
+			}
+			if len(it.m.Headers) > 0 {
+				h0 := len(hptrs)
+				for _, x := range it.m.Headers {
+					hdrs = append(hdrs, sarama.RecordHeader{Key: readOnlyBytes(x.Key), Value: readOnlyBytes(x.Value)})
+					hptrs = append(hptrs, &hdrs[len(hdrs)-1])
+				}
+				r.Headers = hptrs[h0:len(hptrs):len(hptrs)]
+			}
+			recs = append(recs, r)
+			ptrs = append(ptrs, &recs[len(recs)-1])
+		}
+		q.head = len(recs) - first
+		bq.sent = append(bq.sent, sentPart{q: q, n: q.head})
+		bq.sentMsgs += q.head
+		b := &bq.batches[i]
+		*b = sarama.RecordBatch{
+			Version: 2, Codec: l.cfg.codec, CompressionLevel: l.cfg.level,
+			FirstTimestamp: now, MaxTimestamp: now, LastOffsetDelta: int32(q.head - 1),
+			ProducerID: -1, ProducerEpoch: -1, FirstSequence: -1,
+			Records: ptrs[first:len(ptrs):len(ptrs)],
+		}
+		req.AddBatch(q.tp.topic, q.tp.partition, b)
+	}
+	bq.busy = true
+	err := bq.b.AsyncProduce(req, func(resp *sarama.ProduceResponse, err error) {
+		select {
+		case l.results <- laneResult{q: bq, resp: resp, err: err}:
+		case <-l.kill:
+		}
+	})
+	// The request is encoded and written by now: the slabs are reused by
+	// the next one, cleared so they do not keep the messages alive.
+	clear(recs)
+	clear(hdrs)
+	clear(bq.batches)
+	bq.records, bq.recPtrs, bq.headers, bq.hdrPtrs = recs[:0], ptrs[:0], hdrs[:0], hptrs[:0]
+	if err != nil {
+		l.complete(laneResult{q: bq, err: err})
+	}
+}
+
+// grow returns s emptied, with room for n elements.
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, 0, n)
+	}
+	return s[:0]
+}
+
+// complete handles a request's outcome: acks what was written, queues again
+// what may be retried, fails the rest.
+func (l *lane) complete(r laneResult) {
+	bq := r.q
+	bq.busy = false
+	var retry []topicPartition
+	for _, sp := range bq.sent {
+		q := sp.q
+		var err error
+		switch {
+		case r.err != nil:
+			err = r.err
+		default:
+			block := r.resp.GetBlock(q.tp.topic, q.tp.partition)
+			switch {
+			case block == nil:
+				err = sarama.ErrIncompleteResponse
+			case block.Err != sarama.ErrNoError:
+				err = block.Err
+			}
+		}
+		sent := q.queued()[:sp.n]
+		if err == nil {
+			for _, it := range sent {
+				it.ack(it.m, nil)
+			}
+			l.dequeue(q, sp.n)
+			continue
+		}
+		if l.err == nil && retriable(err) && sent[0].tries < l.cfg.retryMax {
+			for i := range sent {
+				sent[i].tries++
+			}
+			q.head = 0
+			retry = append(retry, q.tp)
+			continue
+		}
+		q.head = 0 // abandon fails them
+		l.fail(fmt.Errorf("kafka produce to %s/%d: %w", q.tp.topic, q.tp.partition, err))
+	}
+	bq.sent = bq.sent[:0]
+	if l.err != nil {
+		l.abandon(l.err)
+		return
+	}
+	if len(retry) > 0 {
+		l.retry(bq, retry, r.err != nil)
+	}
+}
+
+// dequeue drops q's first n messages, which were written.
+func (l *lane) dequeue(q *partQueue, n int) {
+	bq := q.broker
+	done := q.queued()[:n]
+	for _, it := range done {
+		bq.bytes -= recordSize(it.m)
+	}
+	bq.waiting -= n
+	clear(done)
+	q.start += n
+	q.head = 0
+	rest := len(q.items) - q.start
+	if rest == 0 {
+		q.items, q.start = q.items[:0], 0
+	} else if q.start > 4096 && q.start > rest {
+		// Moved down now and then, not per request: a queue holds up to
+		// max_in_flight messages.
+		copy(q.items, q.items[q.start:])
+		clear(q.items[rest:])
+		q.items, q.start = q.items[:rest], 0
+	}
+	if rest == 0 {
+		q.listed = false
+		parts := bq.parts[:0]
+		for _, p := range bq.parts {
+			if p != q {
+				parts = append(parts, p)
+			}
+		}
+		clear(bq.parts[len(parts):])
+		bq.parts = parts
+	}
+	if bq.waiting == 0 {
+		bq.bytes = 0
+	}
+}
+
+// retry refreshes the metadata of the failed partitions and moves each to
+// its leader's queue (perhaps another broker's), keeping their messages in
+// order, to be sent after retry_backoff.
+func (l *lane) retry(bq *brokerQueue, tps []topicPartition, connection bool) {
+	if connection {
+		// The connection is broken or answers no more: a fresh one is
+		// opened by the next Leader call.
+		_ = bq.b.Close()
+	}
+	topics := make([]string, 0, len(tps))
+	for _, tp := range tps {
+		topics = append(topics, tp.topic)
+	}
+	_ = l.client.RefreshMetadata(topics...)
+	now := time.Now()
+	for _, tp := range tps {
+		q := l.parts[tp]
+		to := l.limbo(now)
+		if b, err := l.client.Leader(tp.topic, tp.partition); err == nil {
+			to = l.brokerQueue(b)
+		}
+		l.move(q, to, now)
+		to.holdTil = now.Add(l.cfg.retryBackoff)
+	}
+}
+
+// retriable says whether a produce may succeed when sent again.
+func retriable(err error) bool {
+	var kerr sarama.KError
+	if errors.As(err, &kerr) {
+		switch kerr {
+		case sarama.ErrUnknownTopicOrPartition, sarama.ErrLeaderNotAvailable, sarama.ErrNotLeaderForPartition,
+			sarama.ErrRequestTimedOut, sarama.ErrNotEnoughReplicas, sarama.ErrNotEnoughReplicasAfterAppend,
+			sarama.ErrKafkaStorageError, sarama.ErrNetworkException:
+			return true
+		}
+		return false
+	}
+	// Not an answer from the broker: the connection failed or timed out.
+	return !errors.Is(err, sarama.ErrIncompleteResponse)
+}
+
+// fail marks the lane failed with err (the first failure is kept).
+func (l *lane) fail(err error) {
+	if l.err == nil {
+		l.err = err
+	}
+}
+
+// abandon fails every message the lane holds that is not in a request in
+// flight; those in flight are failed when their answer comes, or now if the
+// lane is being killed (their answers are then ignored).
+func (l *lane) abandon(err error) {
+	l.fail(err)
+	killed := false
+	select {
+	case <-l.kill:
+		killed = true
+	default:
+	}
+	for _, bq := range l.brokers {
+		if killed && bq.busy {
+			for _, sp := range bq.sent {
+				sp.q.head = 0
+			}
+			bq.sent, bq.busy = bq.sent[:0], false
+		}
+		for _, q := range bq.parts {
+			left := q.queued()[q.head:]
+			for _, it := range left {
+				it.ack(it.m, l.err)
+			}
+			clear(left)
+			q.items = q.items[:q.start+q.head]
+		}
+		bq.waiting = 0
+		for _, q := range bq.parts {
+			bq.waiting += len(q.queued())
+		}
+		if bq.waiting == 0 {
+			bq.bytes = 0
+		}
+	}
+	if !killed {
+		return
+	}
+	// What a killed lane still finds in its channel.
+	for {
+		select {
+		case items := <-l.in:
+			for _, it := range items {
+				it.ack(it.m, l.err)
+			}
+		default:
+			return
+		}
+	}
+}
+
+// idle says nothing waits and nothing is in flight.
+func (l *lane) idle() bool {
+	for _, bq := range l.brokers {
+		if bq.busy || bq.waiting > 0 {
+			return false
+		}
+	}
+	return true
+}

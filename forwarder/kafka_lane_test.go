@@ -1,0 +1,199 @@
+package forwarder
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+
+	"github.com/bgpedge/bgpedge/internal/testenv"
+)
+
+// The lanes partition keyed messages exactly as sarama's default
+// partitioner did, so a key stays on its partition across versions.
+func TestHashPartitionMatchesSarama(t *testing.T) {
+	hp := sarama.NewHashPartitioner("")
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range 20000 {
+		key := make([]byte, 1+r.IntN(64))
+		for j := range key {
+			key[j] = byte(r.UintN(256))
+		}
+		parts := int32(1 + i%97)
+		want, err := hp.Partition(&sarama.ProducerMessage{Key: sarama.ByteEncoder(key)}, parts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hashPartition(key, parts); got != want {
+			t.Fatalf("key %x over %d partitions: %d, sarama %d", key, parts, got, want)
+		}
+	}
+}
+
+// ackLog records the acks of a KafkaSink test.
+type ackLog struct {
+	mu     sync.Mutex
+	ok     map[string]int
+	failed map[string]error
+}
+
+func newAckLog() *ackLog { return &ackLog{ok: map[string]int{}, failed: map[string]error{}} }
+
+func (a *ackLog) ack(m *Outgoing, err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		a.failed[m.ID] = err
+		return
+	}
+	a.ok[m.ID]++
+}
+
+func (a *ackLog) counts() (ok, failed int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.ok), len(a.failed)
+}
+
+func laneBatch(from, n int, stream string) []*Outgoing {
+	batch := make([]*Outgoing, 0, n)
+	for i := from; i < from+n; i++ {
+		id := fmt.Sprintf("edge1:%d", i)
+		batch = append(batch, &Outgoing{Seq: uint64(i), Index: -1, ID: id, Stream: stream,
+			Key: fmt.Appendf(nil, "router-%d", i%7), Value: fmt.Appendf(nil, "value %d", i),
+			Headers: []Header{{Key: HeaderID, Value: id}}})
+	}
+	return batch
+}
+
+// A connection cut shorter than the retries is absorbed by the lanes: every
+// message is acknowledged, none fails, and each key's messages keep their
+// order in the topic. A cut longer than the retries fails what was not
+// written, and Close still returns, with every message reported, by its
+// deadline.
+func TestKafkaLanesRetryAcrossCut(t *testing.T) {
+	t.Parallel()
+	k := testenv.KafkaControlWith(t, testenv.KafkaOptions{Gated: true})
+	gate := k.Gate(t)
+	cfg := testConfig(t, []string{gate.Addr()})
+	cfg.Kafka.RetryMax = 20
+	cfg.Kafka.RetryBackoff = 250 * time.Millisecond
+	topic := testenv.NewTopic(t, k.Brokers(), 3)
+	cfg.Topics.Overrides = map[string]string{StreamBMPRaw: topic}
+	cfg.Topics.Ensure = []string{StreamBMPRaw}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	sink := NewKafkaSink(cfg.Kafka, cfg.Topics, testLogger(t))
+	if err := sink.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	acks := newAckLog()
+	const total = 20000
+	for i := 0; i < total; i += 500 {
+		if err := sink.Write(ctx, laneBatch(i, 500, StreamBMPRaw), acks.ack); err != nil {
+			t.Fatal(err)
+		}
+		if i == total/2 {
+			gate.Close()
+			time.AfterFunc(time.Second, gate.Open)
+		}
+	}
+	testenv.Eventually(t, 60*time.Second, "every message acknowledged", func() bool {
+		ok, failed := acks.counts()
+		return ok+failed == total
+	})
+	if ok, failed := acks.counts(); ok != total || failed != 0 {
+		t.Fatalf("%d acknowledged, %d failed (e.g. %v), want all %d acknowledged", ok, failed, firstErr(acks), total)
+	}
+	// Duplicates included: everything the topic holds.
+	n := int(testenv.TopicMessageCount(t, k.Brokers(), topic))
+	msgs := testenv.ConsumeAll(t, k.Brokers(), topic, n, 60*time.Second)
+	last := map[string]int{}
+	seen := map[string]bool{}
+	for _, m := range msgs {
+		id := headerValue(m.Headers, HeaderID)
+		var n int
+		if _, err := fmt.Sscanf(id, "edge1:%d", &n); err != nil {
+			t.Fatalf("id %q: %v", id, err)
+		}
+		// A retried request the broker had written is written again: a
+		// duplicate, never a gap or a reordering of first appearances.
+		if !seen[id] {
+			if p, ok := last[string(m.Key)]; ok && n < p {
+				t.Fatalf("key %s: message %d after %d", m.Key, n, p)
+			}
+			last[string(m.Key)] = n
+		}
+		seen[id] = true
+	}
+	if len(seen) != total {
+		t.Fatalf("%d distinct messages in the topic, want %d", len(seen), total)
+	}
+	t.Logf("%d messages in the topic for %d sent across a 1 s cut", len(msgs), total)
+
+	// Now a cut that outlasts the retries.
+	gate.Close()
+	acks2 := newAckLog()
+	if err := sink.Write(ctx, laneBatch(total, 100, StreamBMPRaw), acks2.ack); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 120*time.Second, "messages failed once retries ran out", func() bool {
+		_, failed := acks2.counts()
+		return failed == 100
+	})
+	closeCtx, closeCancel := context.WithTimeout(ctx, 5*time.Second)
+	defer closeCancel()
+	began := time.Now()
+	_ = sink.Close(closeCtx)
+	if d := time.Since(began); d > 6*time.Second {
+		t.Errorf("Close took %v with a 5 s deadline", d)
+	}
+}
+
+func firstErr(a *ackLog) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, err := range a.failed {
+		return err
+	}
+	return nil
+}
+
+// Close with a broker that accepted the requests and answers nothing more
+// returns by its deadline with every message reported.
+func TestKafkaLanesCloseByDeadline(t *testing.T) {
+	t.Parallel()
+	k := testenv.KafkaControlWith(t, testenv.KafkaOptions{Gated: true})
+	gate := k.Gate(t)
+	cfg := testConfig(t, []string{gate.Addr()})
+	cfg.Kafka.RetryMax = 1000
+	topic := testenv.NewTopic(t, k.Brokers(), 3)
+	cfg.Topics.Overrides = map[string]string{StreamBMPRaw: topic}
+	cfg.Topics.Ensure = []string{StreamBMPRaw}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sink := NewKafkaSink(cfg.Kafka, cfg.Topics, testLogger(t))
+	if err := sink.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	gate.Close()
+	acks := newAckLog()
+	if err := sink.Write(ctx, laneBatch(0, 1000, StreamBMPRaw), acks.ack); err != nil {
+		t.Fatal(err)
+	}
+	closeCtx, closeCancel := context.WithTimeout(ctx, 2*time.Second)
+	defer closeCancel()
+	began := time.Now()
+	_ = sink.Close(closeCtx)
+	if d := time.Since(began); d > 4*time.Second {
+		t.Errorf("Close took %v with a 2 s deadline", d)
+	}
+	if ok, failed := acks.counts(); ok+failed != 1000 || failed == 0 {
+		t.Errorf("after Close: %d acknowledged, %d failed, want all 1000 reported and the unwritten failed", ok, failed)
+	}
+}
