@@ -79,7 +79,7 @@ type topicPartition struct {
 type partQueue struct {
 	tp     topicPartition
 	broker *brokerQueue // its leader's queue; nil until known
-	items  []laneItem // items[start:] are queued, oldest first
+	items  []laneItem   // items[start:] are queued, oldest first
 	start  int
 	head   int // queued()[:head] are in the request in flight
 	listed bool
