@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/bgpedge/bgpedge/forwarder"
 	"github.com/bgpedge/bgpedge/record"
@@ -60,6 +61,16 @@ type Stage struct {
 	// staleness change only by opMeta), so decisions read no file for it.
 	committed map[string]peerMeta
 	fired     map[string]uint32 // peer → the stale epoch a timer record was spooled for
+
+	// rtx is a read transaction lookups share between commits (opening one
+	// per route event cost more than the look-up), with the peers' buckets
+	// opened in it. It is closed before every commit and not reopened while
+	// one runs (committing > 0): a commit that grows the file remaps it and
+	// waits for every read transaction to end.
+	rtx        *bolt.Tx
+	rbuckets   map[string]*bolt.Bucket
+	committing int
+	lookBuf    [routeValueLen]byte
 
 	stop      chan struct{}
 	done      sync.WaitGroup
@@ -150,6 +161,9 @@ func (s *Stage) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		s.done.Wait()
+		s.mu.Lock()
+		s.endRead()
+		s.mu.Unlock()
 		s.m.unregister(s.reg)
 		s.closeErr = s.st.close()
 	})
@@ -189,16 +203,19 @@ func (s *Stage) CommitThrough(seq uint64) error {
 		return nil
 	}
 	batch := slices.Clone(s.ops[:n])
+	s.endRead()
+	s.committing++
 	s.mu.Unlock()
 
 	// Lookups meanwhile still find these changes in the overlay, which
 	// agrees with the file once written.
 	res, err := s.st.apply(batch, seq)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.committing--
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	for _, o := range batch {
 		switch o.kind {
 		case opSweep:
@@ -246,7 +263,7 @@ func (s *Stage) lookup(peer, rk string) ([]byte, error) {
 		// Under the lock: a commit removing a change from the overlay
 		// after the file was read could otherwise hide it.
 		var err error
-		if v, err = s.st.get(peer, rk); err != nil {
+		if v, err = s.read(peer, rk); err != nil {
 			return nil, err
 		}
 	}
@@ -256,6 +273,49 @@ func (s *Stage) lookup(peer, rk string) ([]byte, error) {
 		}
 	}
 	return v, nil
+}
+
+// read returns a route's committed value (in lookBuf: valid until the
+// next read), nil if the file does not hold it. Called with mu held.
+func (s *Stage) read(peer, rk string) ([]byte, error) {
+	if s.committing > 0 {
+		v, err := s.st.get(peer, rk)
+		if v == nil || err != nil {
+			return nil, err
+		}
+		return s.lookBuf[:copy(s.lookBuf[:], v)], nil
+	}
+	if s.rtx == nil {
+		tx, err := s.st.db.Begin(false)
+		if err != nil {
+			return nil, fmt.Errorf("rib: read: %w", err)
+		}
+		s.rtx, s.rbuckets = tx, map[string]*bolt.Bucket{}
+	}
+	pb, ok := s.rbuckets[peer]
+	if !ok {
+		if r := s.rtx.Bucket(routesBucket); r != nil {
+			pb = r.Bucket([]byte(peer))
+		}
+		s.rbuckets[peer] = pb
+	}
+	if pb == nil {
+		return nil, nil
+	}
+	// A copy: the page goes away with the transaction.
+	v := pb.Get([]byte(rk))
+	if v == nil {
+		return nil, nil
+	}
+	return s.lookBuf[:copy(s.lookBuf[:], v)], nil
+}
+
+// endRead closes the shared read transaction. Called with mu held.
+func (s *Stage) endRead() {
+	if s.rtx != nil {
+		_ = s.rtx.Rollback()
+		s.rtx, s.rbuckets = nil, nil
+	}
 }
 
 // meta returns a peer's meta as of the records sequenced so far.

@@ -279,14 +279,21 @@ type applyResult struct {
 }
 
 // apply writes ops (in order) and the applied seq in one transaction.
+// Counts and peer metas are kept in memory for the transaction and
+// written once at its end: a commit of thousands of new routes of a few
+// peers then puts each route once, not also its count and meta.
 func (s *store) apply(ops []op, through uint64) (res applyResult, err error) {
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		res = applyResult{}
-		a := applier{routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: &res}
+		a := applier{routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: &res,
+			byPeer: map[string]*peerTx{}}
 		for i := range ops {
 			if err := a.apply(&ops[i]); err != nil {
 				return err
 			}
+		}
+		if err := a.flush(); err != nil {
+			return err
 		}
 		meta := tx.Bucket(metaBucket)
 		prev := uint64(0)
@@ -304,76 +311,135 @@ func (s *store) apply(ops []op, through uint64) (res applyResult, err error) {
 	return res, nil
 }
 
+// peerTx is a peer's part of a commit: its routes bucket (nil: none yet or
+// deleted), its meta and route counts per table as changed so far.
+type peerTx struct {
+	b         *bolt.Bucket
+	meta      peerMeta
+	metaDirty bool
+	counts    [5]uint64 // per Tables() index
+	countsSet [5]bool   // loaded or changed: written back at flush
+}
+
 type applier struct {
 	routes, counts, peers *bolt.Bucket
 	res                   *applyResult
+	byPeer                map[string]*peerTx
 }
 
-func (a applier) meta(peer string) peerMeta { return decodeMeta(a.peers.Get([]byte(peer))) }
+func tableIndex(table string) int {
+	switch table {
+	case TableAdjInPre:
+		return 0
+	case TableAdjInPost:
+		return 1
+	case TableAdjOutPre:
+		return 2
+	case TableAdjOutPost:
+		return 3
+	}
+	return 4
+}
 
-// staleGone records that a route of peer with value v left the file or
-// was confirmed.
-func (a applier) staleGone(peer string, m *peerMeta, v []byte) {
+func (a applier) peer(peer string) *peerTx {
+	if p := a.byPeer[peer]; p != nil {
+		return p
+	}
+	p := &peerTx{b: a.routes.Bucket([]byte(peer)), meta: decodeMeta(a.peers.Get([]byte(peer)))}
+	a.byPeer[peer] = p
+	return p
+}
+
+// count returns the routes held of a peer's table.
+func (a applier) count(peer string, p *peerTx, t int) uint64 {
+	if !p.countsSet[t] {
+		p.counts[t] = getCount(a.counts, countKey(peer, Tables()[t]))
+		p.countsSet[t] = true
+	}
+	return p.counts[t]
+}
+
+func (a applier) addCount(peer string, p *peerTx, t int, d int64) {
+	n := int64(a.count(peer, p, t)) + d
+	a.res.routes += d
+	p.counts[t] = uint64(max(n, 0))
+}
+
+// staleGone records that a route with value v left the file or was
+// confirmed.
+func (a applier) staleGone(p *peerTx, v []byte) {
+	m := &p.meta
 	if m.stale && v != nil && decodeRoute(v).epoch < m.epoch && m.staleRoutes > 0 {
 		m.staleRoutes--
 		a.res.stale--
+		p.metaDirty = true
 	}
 }
 
-func (a applier) count(peer, table string, d int64) error {
-	ck := countKey(peer, table)
-	n := int64(getCount(a.counts, ck)) + d
-	a.res.routes += d
-	if n <= 0 {
-		return a.counts.Delete(ck)
+// flush writes the counts and metas the transaction changed.
+func (a applier) flush() error {
+	for peer, p := range a.byPeer {
+		for t, set := range p.countsSet {
+			if !set {
+				continue
+			}
+			ck := countKey(peer, Tables()[t])
+			var err error
+			if p.counts[t] == 0 {
+				err = a.counts.Delete(ck)
+			} else {
+				err = a.counts.Put(ck, binary.BigEndian.AppendUint64(nil, p.counts[t]))
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if p.metaDirty {
+			if err := a.peers.Put([]byte(peer), p.meta.encode()); err != nil {
+				return err
+			}
+		}
 	}
-	return a.counts.Put(ck, binary.BigEndian.AppendUint64(nil, uint64(n)))
+	return nil
 }
 
 func (a applier) apply(o *op) error {
+	p := a.peer(o.peer)
 	switch o.kind {
 	case opMeta:
 		m := o.meta
-		old := a.meta(o.peer)
-		a.res.stale -= int64(old.staleRoutes)
+		a.res.stale -= int64(p.meta.staleRoutes)
 		m.staleRoutes = 0
 		if m.stale {
 			// Every route the peer holds was announced before this epoch.
-			for _, t := range Tables() {
-				m.staleRoutes += getCount(a.counts, countKey(o.peer, t))
+			for t := range Tables() {
+				m.staleRoutes += a.count(o.peer, p, t)
 			}
 		}
 		a.res.stale += int64(m.staleRoutes)
-		return a.peers.Put([]byte(o.peer), m.encode())
+		p.meta, p.metaDirty = m, true
+		return nil
 	case opSweep:
-		pb := a.routes.Bucket([]byte(o.peer))
-		if pb == nil {
+		if p.b == nil {
 			return nil
 		}
-		m := a.meta(o.peer)
 		if o.sw == (sweep{}) {
-			for _, t := range Tables() {
-				if err := a.count(o.peer, t, -int64(getCount(a.counts, countKey(o.peer, t)))); err != nil {
-					return err
-				}
+			for t := range Tables() {
+				a.addCount(o.peer, p, t, -int64(a.count(o.peer, p, t)))
 			}
-			a.res.stale -= int64(m.staleRoutes)
-			m.staleRoutes = 0
-			if err := a.peers.Put([]byte(o.peer), m.encode()); err != nil {
-				return err
-			}
+			a.res.stale -= int64(p.meta.staleRoutes)
+			p.meta.staleRoutes, p.metaDirty = 0, true
+			p.b = nil
 			return a.routes.DeleteBucket([]byte(o.peer))
 		}
-		c := pb.Cursor()
+		c := p.b.Cursor()
 		for k, v := c.First(); k != nil; {
 			if !o.sw.matches(string(k), v) {
 				k, v = c.Next()
 				continue
 			}
-			a.staleGone(o.peer, &m, v)
-			if err := a.count(o.peer, tableOf(string(k)), -1); err != nil {
-				return err
-			}
+			a.staleGone(p, v)
+			a.addCount(o.peer, p, tableIndex(tableOf(string(k))), -1)
 			// A cursor's Next after Delete may skip an item: seek to the
 			// deleted key's successor instead (a copy: k is the page's).
 			deleted := append([]byte(nil), k...)
@@ -382,46 +448,43 @@ func (a applier) apply(o *op) error {
 			}
 			k, v = c.Seek(deleted)
 		}
-		return a.peers.Put([]byte(o.peer), m.encode())
+		p.metaDirty = true
+		return nil
 	case opSet, opDel:
-		pb := a.routes.Bucket([]byte(o.peer))
-		if pb == nil {
+		if p.b == nil {
 			if o.kind == opDel {
 				return nil
 			}
 			var err error
-			if pb, err = a.routes.CreateBucket([]byte(o.peer)); err != nil {
+			if p.b, err = a.routes.CreateBucket([]byte(o.peer)); err != nil {
 				return err
 			}
 		}
-		old := pb.Get([]byte(o.rk))
-		if old != nil {
-			old = append([]byte(nil), old...)
-		}
-		m := a.meta(o.peer)
-		stale0 := m.staleRoutes
-		a.staleGone(o.peer, &m, old)
-		if m.staleRoutes != stale0 {
-			if err := a.peers.Put([]byte(o.peer), m.encode()); err != nil {
-				return err
-			}
-		}
+		// old points into the page (or node) until the Put below; it is
+		// only read before.
+		// bbolt keeps the key until the commit: one copy for Get and Put.
+		k := []byte(o.rk)
+		old := p.b.Get(k)
+		a.staleGone(p, old)
+		t := tableIndex(tableOf(o.rk))
 		if o.kind == opSet {
-			if err := pb.Put([]byte(o.rk), o.val); err != nil {
+			isNew := old == nil
+			if err := p.b.Put(k, o.val); err != nil {
 				return err
 			}
-			if old == nil {
-				return a.count(o.peer, tableOf(o.rk), 1)
+			if isNew {
+				a.addCount(o.peer, p, t, 1)
 			}
 			return nil
 		}
 		if old == nil {
 			return nil
 		}
-		if err := pb.Delete([]byte(o.rk)); err != nil {
+		if err := p.b.Delete(k); err != nil {
 			return err
 		}
-		return a.count(o.peer, tableOf(o.rk), -1)
+		a.addCount(o.peer, p, t, -1)
+		return nil
 	}
 	return nil
 }

@@ -1,0 +1,137 @@
+package rib
+
+import (
+	"bytes"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/bgpedge/bgpedge/bmp"
+	"github.com/bgpedge/bgpedge/bmp/capture"
+	"github.com/bgpedge/bgpedge/forwarder"
+	"github.com/bgpedge/bgpedge/internal/testenv"
+	"github.com/bgpedge/bgpedge/record"
+)
+
+// dumpEvents encodes the 100k-route GoBGP dump with the BMP encoder (JSON
+// only), per record, as the forwarder hands them to the stage.
+func dumpEvents(b *testing.B) ([]record.Record, [][]*forwarder.Outgoing, int) {
+	b.Helper()
+	path := filepath.Join(testenv.Shared(b, "bmpdata", "raw"), "gobgp-3.10-all-dump-100k.bmp.gz")
+	streams, err := capture.Open(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	enc := bmp.DefaultEncoding()
+	enc.Raw = false
+	e, err := bmp.NewEncoder(bmp.EncoderOptions{Encoding: enc, AgentID: testAgent, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	var recs []record.Record
+	var msgs [][]*forwarder.Outgoing
+	events := 0
+	fr := bmp.NewFramer(bytes.NewReader(streams[0].Data), bmp.MaxMessageBytesLimit, 0)
+	for {
+		m, err := fr.Next()
+		if err != nil {
+			break
+		}
+		rec := record.Record{Seq: uint64(len(recs) + 1), Kind: record.KindBMP, Source: "192.0.2.1:179",
+			Time: time.Date(2026, 12, 7, 1, 0, 0, 0, time.UTC), Payload: bytes.Clone(m)}
+		var out []*forwarder.Outgoing
+		if err := e.Encode(rec, func(o bmp.Output) {
+			out = append(out, &forwarder.Outgoing{Seq: rec.Seq, Index: o.Index, Stream: o.Stream, Key: o.Key, Value: o.Value})
+		}); err != nil {
+			b.Fatal(err)
+		}
+		for _, o := range out {
+			if bytes.HasPrefix(o.Value, routeEventPrefix) {
+				events++
+			}
+		}
+		recs, msgs = append(recs, rec), append(msgs, out)
+	}
+	return recs, msgs, events
+}
+
+// BenchmarkStage feeds the dump's route events through Sequence in read
+// batches of 2,048 records and commits after every batch, as the forwarder
+// does (it commits from its ack ticker, every 100 ms): the stage's own cost
+// per route event, every route new (the first run) and every route a
+// duplicate (the same table sent again, over the committed state).
+func BenchmarkStage(b *testing.B) {
+	recs, msgs, events := dumpEvents(b)
+	for _, bc := range []struct {
+		name   string
+		resend bool
+	}{{"new", false}, {"resend", true}} {
+		b.Run(bc.name, func(b *testing.B) {
+			var before, after runtime.MemStats
+			var ru0, ru1 syscall.Rusage
+			var cpu time.Duration
+			var mallocs, alloced, gcs uint64
+			for range b.N {
+				b.StopTimer()
+				s := openTest(b, b.TempDir(), DuplicatesDrop)
+				if bc.resend {
+					feedStage(b, s, recs, msgs, 0)
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+				b.StartTimer()
+				feedStage(b, s, recs, msgs, uint64(len(recs))*boolU(bc.resend))
+				b.StopTimer()
+				_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+				runtime.ReadMemStats(&after)
+				cpu += time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
+				mallocs += after.Mallocs - before.Mallocs
+				alloced += after.TotalAlloc - before.TotalAlloc
+				gcs += uint64(after.NumGC - before.NumGC)
+				if err := s.Close(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			n := float64(events * b.N)
+			b.ReportMetric(float64(cpu.Nanoseconds())/n, "cpu-ns/event")
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/n, "ns/event")
+			b.ReportMetric(float64(mallocs)/n, "allocs/event")
+			b.ReportMetric(float64(alloced)/n, "B/event")
+			b.ReportMetric(float64(gcs)/float64(b.N), "gc/op")
+		})
+	}
+}
+
+func boolU(v bool) uint64 {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+// feedStage sequences every record (seqs shifted by off) in batches of
+// 2,048 and commits each batch.
+func feedStage(b *testing.B, s *Stage, recs []record.Record, msgs [][]*forwarder.Outgoing, off uint64) {
+	b.Helper()
+	const batch = 2048
+	emit := func(*forwarder.Outgoing) error { return nil }
+	for lo := 0; lo < len(recs); lo += batch {
+		hi := min(lo+batch, len(recs))
+		for i := lo; i < hi; i++ {
+			rec := recs[i]
+			rec.Seq += off
+			if err := s.Sequence(rec, msgs[i], emit); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := s.CommitThrough(recs[hi-1].Seq + off); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
