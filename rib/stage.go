@@ -68,9 +68,11 @@ type Stage struct {
 	// one runs (committing > 0): a commit that grows the file remaps it and
 	// waits for every read transaction to end.
 	rtx        *bolt.Tx
-	rbuckets   map[string]*bolt.Bucket
+	rbuckets   map[string]*bolt.Cursor // nil: the peer has no routes in the file
 	committing int
 	lookBuf    [routeValueLen]byte
+
+	parse parser // used by Sequence only
 
 	stop      chan struct{}
 	done      sync.WaitGroup
@@ -114,7 +116,8 @@ func Open(opts Options) (*Stage, error) {
 		return nil, err
 	}
 	s := &Stage{cfg: opts.Config, agentID: opts.AgentID, log: opts.Logger.With("component", "rib"), st: st,
-		reg: opts.Registerer, append: opts.Append, stale: map[string]peerMeta{}, committed: map[string]peerMeta{}, fired: map[string]uint32{}, stop: make(chan struct{})}
+		reg: opts.Registerer, append: opts.Append, stale: map[string]peerMeta{}, committed: map[string]peerMeta{}, fired: map[string]uint32{}, stop: make(chan struct{}),
+		parse: parser{peers: map[string]string{}, families: map[string]string{}}}
 	s.reset()
 	if err := s.load(); err != nil {
 		_ = st.close()
@@ -290,21 +293,25 @@ func (s *Stage) read(peer, rk string) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("rib: read: %w", err)
 		}
-		s.rtx, s.rbuckets = tx, map[string]*bolt.Bucket{}
+		s.rtx, s.rbuckets = tx, map[string]*bolt.Cursor{}
 	}
-	pb, ok := s.rbuckets[peer]
+	c, ok := s.rbuckets[peer]
 	if !ok {
 		if r := s.rtx.Bucket(routesBucket); r != nil {
-			pb = r.Bucket([]byte(peer))
+			if pb := r.Bucket([]byte(peer)); pb != nil {
+				c = pb.Cursor()
+			}
 		}
-		s.rbuckets[peer] = pb
+		s.rbuckets[peer] = c
 	}
-	if pb == nil {
+	if c == nil {
 		return nil, nil
 	}
-	// A copy: the page goes away with the transaction.
-	v := pb.Get([]byte(rk))
-	if v == nil {
+	// A cursor per peer, kept: Bucket.Get makes a new one (and its stack)
+	// per call. A copy of the value: the page goes away with the
+	// transaction.
+	k, v := c.Seek(keyBytes(rk))
+	if v == nil || string(k) != rk {
 		return nil, nil
 	}
 	return s.lookBuf[:copy(s.lookBuf[:], v)], nil
@@ -399,7 +406,7 @@ func (s *Stage) one(rec record.Record, m *forwarder.Outgoing, out *output) error
 	if m.Value == nil {
 		return out.emit(m)
 	}
-	if ev, ok := parseRoute(m.Value); ok {
+	if ev, ok := s.parse.route(m.Value); ok {
 		if !ev.eor {
 			return s.route(rec, m, &ev, out)
 		}
@@ -442,7 +449,7 @@ func (s *Stage) one(rec record.Record, m *forwarder.Outgoing, out *output) error
 // state, or handles it as a duplicate: an announcement identical to the
 // state. A duplicate of a stale route confirms it.
 func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, out *output) error {
-	rk := ev.rkey()
+	rk := ev.rk
 	cur, err := s.lookup(ev.peer, rk)
 	if err != nil {
 		return err

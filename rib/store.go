@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+	"unsafe"
 
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
@@ -462,8 +463,7 @@ func (a applier) apply(o *op) error {
 		}
 		// old points into the page (or node) until the Put below; it is
 		// only read before.
-		// bbolt keeps the key until the commit: one copy for Get and Put.
-		k := []byte(o.rk)
+		k := keyBytes(o.rk)
 		old := p.b.Get(k)
 		a.staleGone(p, old)
 		t := tableIndex(tableOf(o.rk))
@@ -487,6 +487,13 @@ func (a applier) apply(o *op) error {
 		return nil
 	}
 	return nil
+}
+
+// keyBytes is s's bytes without a copy, for bbolt's Get, Seek, Delete and
+// Put, which only read a key (Put stores a copy of it). The bytes must not
+// be written.
+func keyBytes(s string) []byte {
+	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
 func countKey(peer, table string) []byte {
