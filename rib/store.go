@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -288,6 +290,7 @@ func (s *store) apply(ops []op, through uint64) (res applyResult, err error) {
 		res = applyResult{}
 		a := applier{routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: &res,
 			byPeer: map[string]*peerTx{}}
+		sortRuns(ops)
 		for i := range ops {
 			if err := a.apply(&ops[i]); err != nil {
 				return err
@@ -310,6 +313,28 @@ func (s *store) apply(ops []op, through uint64) (res applyResult, err error) {
 		return applyResult{}, fmt.Errorf("rib: commit: %w", err)
 	}
 	return res, nil
+}
+
+// sortRuns sorts each run of route sets and deletes between sweeps and
+// meta changes by peer and route key, stably: bbolt then inserts in key
+// order, walking neighbouring pages. Within such a run changes of
+// different routes commute (counts and stale counts only add up), and
+// those of one route keep their order.
+func sortRuns(ops []op) {
+	cmp := func(a, b op) int {
+		if c := strings.Compare(a.peer, b.peer); c != 0 {
+			return c
+		}
+		return strings.Compare(a.rk, b.rk)
+	}
+	for lo := 0; lo < len(ops); {
+		hi := lo
+		for hi < len(ops) && (ops[hi].kind == opSet || ops[hi].kind == opDel) {
+			hi++
+		}
+		slices.SortStableFunc(ops[lo:hi], cmp)
+		lo = hi + 1
+	}
 }
 
 // peerTx is a peer's part of a commit: its routes bucket (nil: none yet or
