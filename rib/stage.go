@@ -49,14 +49,18 @@ type Stage struct {
 	reg     prometheus.Registerer
 	append  func(ctx context.Context, rec record.Record) error
 
-	mu      sync.Mutex
-	ops     []op                          // changes not yet committed, in seq order
-	routes  map[string]map[string]ovEntry // peer → route key → newest change
-	sweeps  map[string][]ovSweep          // peer → sweeps, oldest first
-	metas   map[string]ovMeta             // peer → newest meta
-	gen     uint64
-	applied uint64              // the file holds every change of records ≤ applied
-	stale   map[string]peerMeta // committed stale peers, for the timer
+	// commitMu serialises commits (the forwarder's ack ticker and Rewind
+	// at a session's start): each applies its changes onto the file the
+	// previous one left, as the changes were decided.
+	commitMu sync.Mutex
+	mu       sync.Mutex
+	ops      []op                          // changes not yet committed, in seq order
+	routes   map[string]map[string]ovEntry // peer → route key → newest change
+	sweeps   map[string][]ovSweep          // peer → sweeps, oldest first
+	metas    map[string]ovMeta             // peer → newest meta
+	gen      uint64
+	applied  uint64              // the file holds every change of records ≤ applied
+	stale    map[string]peerMeta // committed stale peers, for the timer
 	// committed is every peer's meta as the file holds it (its epoch and
 	// staleness change only by opMeta), so decisions read no file for it.
 	committed map[string]peerMeta
@@ -196,6 +200,8 @@ func (s *Stage) Rewind(from uint64) error {
 
 // CommitThrough implements forwarder.Sequencer.
 func (s *Stage) CommitThrough(seq uint64) error {
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
 	s.mu.Lock()
 	n := 0
 	for n < len(s.ops) && s.ops[n].seq <= seq {
@@ -456,7 +462,7 @@ func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, out *
 	}
 	if ev.withdraw {
 		if cur != nil {
-			s.change(op{seq: rec.Seq, kind: opDel, peer: ev.peer, rk: rk})
+			s.change(op{seq: rec.Seq, kind: opDel, peer: ev.peer, rk: rk, held: true, heldEpoch: decodeRoute(cur).epoch})
 		}
 		if err := out.emit(m); err != nil {
 			return err
@@ -470,7 +476,7 @@ func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, out *
 	if rv := decodeRoute(cur); cur != nil && rv.hash == ev.hash {
 		if rv.epoch < meta.epoch {
 			rv.epoch = meta.epoch
-			s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, val: rv.encode()})
+			s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, val: rv.encode(), held: true, heldEpoch: decodeRoute(cur).epoch})
 		}
 		s.m.duplicates.WithLabelValues(s.cfg.Duplicates).Inc()
 		switch s.cfg.Duplicates {
@@ -482,7 +488,7 @@ func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, out *
 		return out.emit(m)
 	}
 	rv := routeValue{hash: ev.hash, afi: ev.afi, safi: ev.safi, epoch: meta.epoch}
-	s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, val: rv.encode()})
+	s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, val: rv.encode(), held: cur != nil, heldEpoch: decodeRoute(cur).epoch})
 	if err := out.emit(m); err != nil {
 		return err
 	}

@@ -274,6 +274,12 @@ type op struct {
 	val  []byte
 	sw   sweep
 	meta peerMeta
+	// opSet, opDel: whether the route was held when the change was decided
+	// and its epoch then. The commit applies changes in seq order onto the
+	// file every decision read (plus the overlay before it), so this is
+	// what the file holds then too, and the commit need not read it.
+	held      bool
+	heldEpoch uint32
 }
 
 // applyResult is how a commit changed the totals.
@@ -486,23 +492,24 @@ func (a applier) apply(o *op) error {
 				return err
 			}
 		}
-		// old points into the page (or node) until the Put below; it is
-		// only read before.
+		if o.held && p.meta.stale && o.heldEpoch < p.meta.epoch && p.meta.staleRoutes > 0 {
+			// A stale route re-announced (confirmed or changed) or withdrawn.
+			p.meta.staleRoutes--
+			a.res.stale--
+			p.metaDirty = true
+		}
 		k := keyBytes(o.rk)
-		old := p.b.Get(k)
-		a.staleGone(p, old)
 		t := tableIndex(tableOf(o.rk))
 		if o.kind == opSet {
-			isNew := old == nil
 			if err := p.b.Put(k, o.val); err != nil {
 				return err
 			}
-			if isNew {
+			if !o.held {
 				a.addCount(o.peer, p, t, 1)
 			}
 			return nil
 		}
-		if old == nil {
+		if !o.held {
 			return nil
 		}
 		if err := p.b.Delete(k); err != nil {
