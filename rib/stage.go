@@ -66,11 +66,14 @@ type Stage struct {
 	committed map[string]peerMeta
 	fired     map[string]uint32 // peer → the stale epoch a timer record was spooled for
 
-	// rtx is a read transaction lookups share between commits (opening one
-	// per route event cost more than the look-up), with the peers' buckets
-	// opened in it. It is closed before every commit and not reopened while
-	// one runs (committing > 0): a commit that grows the file remaps it and
-	// waits for every read transaction to end.
+	// rtx is a read transaction look-ups share (opening one per route
+	// event cost more than the look-up), with a cursor per peer. It is
+	// closed when a commit ends, before the committed changes leave the
+	// overlay, and not reopened while a commit runs (committing > 0). It
+	// stays open during a commit (its view is the file the overlay's
+	// changes apply to) unless the commit takes longer than
+	// rtxDuringCommit: a commit that grows the file remaps it and waits for
+	// every read transaction to end, so the commit's timer then closes it.
 	rtx        *bolt.Tx
 	rbuckets   map[string]*bolt.Cursor // nil: the peer has no routes in the file
 	committing int
@@ -212,16 +215,24 @@ func (s *Stage) CommitThrough(seq uint64) error {
 		return nil
 	}
 	batch := slices.Clone(s.ops[:n])
-	s.endRead()
 	s.committing++
 	s.mu.Unlock()
 
 	// Lookups meanwhile still find these changes in the overlay, which
 	// agrees with the file once written.
+	t := time.AfterFunc(rtxDuringCommit, func() {
+		s.mu.Lock()
+		s.endRead()
+		s.mu.Unlock()
+	})
 	res, err := s.st.apply(batch, seq)
+	t.Stop()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.committing--
+	// The shared read transaction would not see this commit's changes once
+	// they leave the overlay.
+	s.endRead()
 	if err != nil {
 		return err
 	}
@@ -236,9 +247,9 @@ func (s *Stage) CommitThrough(seq uint64) error {
 			if s.metas[o.peer].gen == o.gen {
 				delete(s.metas, o.peer)
 			}
-			s.committed[o.peer] = o.meta
+			s.committed[o.peer] = *o.meta
 			if o.meta.stale {
-				s.stale[o.peer] = o.meta
+				s.stale[o.peer] = *o.meta
 			} else {
 				delete(s.stale, o.peer)
 			}
@@ -284,10 +295,14 @@ func (s *Stage) lookup(peer, rk string) ([]byte, error) {
 	return v, nil
 }
 
+// rtxDuringCommit is how long a commit lets the shared read transaction
+// stay open (see Stage.rtx).
+const rtxDuringCommit = 20 * time.Millisecond
+
 // read returns a route's committed value (in lookBuf: valid until the
 // next read), nil if the file does not hold it. Called with mu held.
 func (s *Stage) read(peer, rk string) ([]byte, error) {
-	if s.committing > 0 {
+	if s.rtx == nil && s.committing > 0 {
 		v, err := s.st.get(peer, rk)
 		if v == nil || err != nil {
 			return nil, err
@@ -352,7 +367,7 @@ func (s *Stage) change(o op) {
 	case opSweep:
 		s.sweeps[o.peer] = append(s.sweeps[o.peer], ovSweep{gen: o.gen, sw: o.sw})
 	case opMeta:
-		s.metas[o.peer] = ovMeta{gen: o.gen, meta: o.meta}
+		s.metas[o.peer] = ovMeta{gen: o.gen, meta: *o.meta}
 	default:
 		m := s.routes[o.peer]
 		if m == nil {
@@ -435,7 +450,7 @@ func (s *Stage) one(rec record.Record, m *forwarder.Outgoing, out *output) error
 			// restarting speaker's routes.
 			meta.epoch++
 			meta.stale, meta.since, meta.peerJSON = true, rec.Time, ev.peerJSON
-			s.change(op{seq: rec.Seq, kind: opMeta, peer: ev.peer, meta: meta})
+			s.change(op{seq: rec.Seq, kind: opMeta, peer: ev.peer, meta: &meta})
 			return nil
 		}
 		if err := s.walk(rec, ev.peer, ev.envelope, sweep{}, out); err != nil {
@@ -444,7 +459,7 @@ func (s *Stage) one(rec record.Record, m *forwarder.Outgoing, out *output) error
 		s.change(op{seq: rec.Seq, kind: opSweep, peer: ev.peer})
 		if meta.stale {
 			meta.stale = false
-			s.change(op{seq: rec.Seq, kind: opMeta, peer: ev.peer, meta: meta})
+			s.change(op{seq: rec.Seq, kind: opMeta, peer: ev.peer, meta: &meta})
 		}
 		return nil
 	}
@@ -538,7 +553,7 @@ func (s *Stage) timeout(rec record.Record, out *output) error {
 	}
 	s.change(op{seq: rec.Seq, kind: opSweep, peer: peer, sw: w})
 	meta.stale = false
-	s.change(op{seq: rec.Seq, kind: opMeta, peer: peer, meta: meta})
+	s.change(op{seq: rec.Seq, kind: opMeta, peer: peer, meta: &meta})
 	return nil
 }
 

@@ -31,6 +31,9 @@ var (
 	appliedKey   = []byte("applied")
 )
 
+// initialMmap is the route state's first mapping of its file.
+const initialMmap = 256 << 20
+
 // ErrLocked is returned when another process holds the route state.
 var ErrLocked = errors.New("route state is in use by another process (a running agent)")
 
@@ -104,7 +107,10 @@ func openStore(dir string, readOnly bool) (*store, error) {
 	} else if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("rib: %w", err)
 	}
-	db, err := bolt.Open(path, 0o640, &bolt.Options{Timeout: 2 * time.Second, ReadOnly: readOnly, NoFreelistSync: true})
+	db, err := bolt.Open(path, 0o640, &bolt.Options{Timeout: 2 * time.Second, ReadOnly: readOnly, NoFreelistSync: true,
+		// Address space, not memory: fewer remaps while the file grows
+		// (a remap waits for every read transaction).
+		InitialMmapSize: initialMmap, FreelistType: bolt.FreelistMapType})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("rib: open %s: %w", path, ErrLocked)
 	}
@@ -273,7 +279,7 @@ type op struct {
 	rk   string
 	val  []byte
 	sw   sweep
-	meta peerMeta
+	meta *peerMeta // opMeta (a pointer: most ops are route sets)
 	// opSet, opDel: whether the route was held when the change was decided
 	// and its epoch then. The commit applies changes in seq order onto the
 	// file every decision read (plus the overlay before it), so this is
@@ -296,8 +302,7 @@ func (s *store) apply(ops []op, through uint64) (res applyResult, err error) {
 		res = applyResult{}
 		a := applier{routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: &res,
 			byPeer: map[string]*peerTx{}}
-		sortRuns(ops)
-		for i := range ops {
+		for _, i := range applyOrder(ops) {
 			if err := a.apply(&ops[i]); err != nil {
 				return err
 			}
@@ -321,26 +326,34 @@ func (s *store) apply(ops []op, through uint64) (res applyResult, err error) {
 	return res, nil
 }
 
-// sortRuns sorts each run of route sets and deletes between sweeps and
-// meta changes by peer and route key, stably: bbolt then inserts in key
-// order, walking neighbouring pages. Within such a run changes of
-// different routes commute (counts and stale counts only add up), and
-// those of one route keep their order.
-func sortRuns(ops []op) {
-	cmp := func(a, b op) int {
-		if c := strings.Compare(a.peer, b.peer); c != 0 {
+// applyOrder is the order a commit applies ops in: each run of route sets
+// and deletes between sweeps and meta changes sorted by peer and route key
+// (bbolt then inserts in key order, walking neighbouring pages). Within
+// such a run changes of different routes commute (counts and stale counts
+// only add up), and those of one route keep their order.
+func applyOrder(ops []op) []int32 {
+	order := make([]int32, len(ops))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	cmp := func(a, b int32) int {
+		if c := strings.Compare(ops[a].peer, ops[b].peer); c != 0 {
 			return c
 		}
-		return strings.Compare(a.rk, b.rk)
+		if c := strings.Compare(ops[a].rk, ops[b].rk); c != 0 {
+			return c
+		}
+		return int(a - b)
 	}
 	for lo := 0; lo < len(ops); {
 		hi := lo
 		for hi < len(ops) && (ops[hi].kind == opSet || ops[hi].kind == opDel) {
 			hi++
 		}
-		slices.SortStableFunc(ops[lo:hi], cmp)
+		slices.SortFunc(order[lo:hi], cmp)
 		lo = hi + 1
 	}
+	return order
 }
 
 // peerTx is a peer's part of a commit: its routes bucket (nil: none yet or
@@ -439,7 +452,7 @@ func (a applier) apply(o *op) error {
 	p := a.peer(o.peer)
 	switch o.kind {
 	case opMeta:
-		m := o.meta
+		m := *o.meta
 		a.res.stale -= int64(p.meta.staleRoutes)
 		m.staleRoutes = 0
 		if m.stale {
