@@ -31,6 +31,9 @@ type Options struct {
 	// KindRIBTimer record when a stale peer's timeout expires; nil: stale
 	// routes are withdrawn only at End-of-RIB.
 	Append func(ctx context.Context, rec record.Record) error
+
+	// initialMmap overrides the file's first mapping (tests: remaps).
+	initialMmap int
 }
 
 // Stage keeps the route state in spool order. It implements
@@ -118,7 +121,7 @@ func Open(opts Options) (*Stage, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	st, err := openStore(opts.Dir, false)
+	st, err := openStore(opts.Dir, false, opts.initialMmap)
 	if err != nil {
 		return nil, err
 	}

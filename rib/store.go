@@ -98,7 +98,11 @@ type store struct {
 	db *bolt.DB
 }
 
-func openStore(dir string, readOnly bool) (*store, error) {
+// openStore opens the state file; mmap is its first mapping (0: initialMmap).
+func openStore(dir string, readOnly bool, mmap int) (*store, error) {
+	if mmap == 0 {
+		mmap = initialMmap
+	}
 	path := filepath.Join(dir, FileName)
 	if !readOnly {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -110,7 +114,7 @@ func openStore(dir string, readOnly bool) (*store, error) {
 	db, err := bolt.Open(path, 0o640, &bolt.Options{Timeout: 2 * time.Second, ReadOnly: readOnly, NoFreelistSync: true,
 		// Address space, not memory: fewer remaps while the file grows
 		// (a remap waits for every read transaction).
-		InitialMmapSize: initialMmap, FreelistType: bolt.FreelistMapType})
+		InitialMmapSize: mmap, FreelistType: bolt.FreelistMapType})
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("rib: open %s: %w", path, ErrLocked)
 	}
