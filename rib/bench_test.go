@@ -2,8 +2,14 @@ package rib
 
 import (
 	"bytes"
+	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -80,13 +86,13 @@ func BenchmarkStage(b *testing.B) {
 				b.StopTimer()
 				s := openTest(b, b.TempDir(), DuplicatesDrop)
 				if bc.resend {
-					feedStage(b, s, recs, msgs, 0)
+					feedStage(b, s, recs, msgs, 0, nil)
 				}
 				runtime.GC()
 				runtime.ReadMemStats(&before)
 				_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 				b.StartTimer()
-				feedStage(b, s, recs, msgs, uint64(len(recs))*boolU(bc.resend))
+				feedStage(b, s, recs, msgs, uint64(len(recs))*boolU(bc.resend), nil)
 				b.StopTimer()
 				_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
 				runtime.ReadMemStats(&after)
@@ -115,9 +121,9 @@ func boolU(v bool) uint64 {
 	return 0
 }
 
-// feedStage sequences every record (seqs shifted by off) in batches of
-// 2,048 and commits each batch.
-func feedStage(b *testing.B, s *Stage, recs []record.Record, msgs [][]*forwarder.Outgoing, off uint64) {
+// feedStage sequences every record (seqs shifted by off, values rewritten
+// by rewrite unless nil) in batches of 2,048 and commits each batch.
+func feedStage(b *testing.B, s *Stage, recs []record.Record, msgs [][]*forwarder.Outgoing, off uint64, rewrite func([]byte) []byte) {
 	b.Helper()
 	const batch = 2048
 	emit := func(*forwarder.Outgoing) error { return nil }
@@ -126,7 +132,16 @@ func feedStage(b *testing.B, s *Stage, recs []record.Record, msgs [][]*forwarder
 		for i := lo; i < hi; i++ {
 			rec := recs[i]
 			rec.Seq += off
-			if err := s.Sequence(rec, msgs[i], emit); err != nil {
+			ms := msgs[i]
+			if rewrite != nil {
+				ms = make([]*forwarder.Outgoing, len(msgs[i]))
+				for j, m := range msgs[i] {
+					x := *m
+					x.Value = rewrite(m.Value)
+					ms[j] = &x
+				}
+			}
+			if err := s.Sequence(rec, ms, emit); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -134,4 +149,95 @@ func feedStage(b *testing.B, s *Stage, recs []record.Record, msgs [][]*forwarder
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkStageScale holds the dump's routes COPIES times over (env
+// RIB_SCALE_COPIES, default 3), each copy from another router, so
+// 300,003 × COPIES routes: the state file's size per route and the peak
+// anonymous memory of the process (RssAnon, sampled every 50 ms; the
+// file's pages are file-backed and counted apart) while it grows, and
+// before (base: the benchmark's own copy of the dump's events).
+func BenchmarkStageScale(b *testing.B) {
+	copies := 3
+	if v := os.Getenv("RIB_SCALE_COPIES"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("RIB_SCALE_COPIES=%q: want a positive number", v)
+		}
+		copies = n
+	}
+	recs, msgs, events := dumpEvents(b)
+	for i := range recs {
+		recs[i].Payload = nil // the stage reads only the events
+	}
+	// Little headroom for garbage over the benchmark's own copy of the
+	// events (about 200 MiB), so that the peak shows the stage's memory.
+	defer debug.SetGCPercent(debug.SetGCPercent(10))
+	for range b.N {
+		dir := b.TempDir()
+		s := openTest(b, dir, DuplicatesDrop)
+		var peak atomic.Int64
+		stop := make(chan struct{})
+		sampled := make(chan struct{})
+		go func() {
+			defer close(sampled)
+			t := time.NewTicker(50 * time.Millisecond)
+			defer t.Stop()
+			for {
+				if kb := rssAnonKiB(b); kb > peak.Load() {
+					peak.Store(kb)
+				}
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+				}
+			}
+		}()
+		runtime.GC()
+		base := rssAnonKiB(b)
+		var ru0, ru1 syscall.Rusage
+		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+		start := time.Now()
+		from := []byte(`"router":"192.0.2.1"`)
+		for c := range copies {
+			to := fmt.Appendf(nil, `"router":"198.18.%d.%d"`, c/256, c%256)
+			feedStage(b, s, recs, msgs, uint64(c*len(recs)), func(v []byte) []byte { return bytes.Replace(v, from, to, 1) })
+		}
+		elapsed := time.Since(start)
+		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+		close(stop)
+		<-sampled
+		routes := testutilGauge(s.m.routes)
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+		fi, err := os.Stat(filepath.Join(dir, FileName))
+		if err != nil {
+			b.Fatal(err)
+		}
+		cpu := time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
+		b.ReportMetric(routes, "routes")
+		b.ReportMetric(float64(fi.Size())/(1<<20), "file-MiB")
+		b.ReportMetric(float64(fi.Size())/routes, "file-B/route")
+		b.ReportMetric(float64(base)/1024, "base-RssAnon-MiB")
+		b.ReportMetric(float64(peak.Load())/1024, "peak-RssAnon-MiB")
+		b.ReportMetric(float64(cpu.Nanoseconds())/float64(events*copies), "cpu-ns/event")
+		b.ReportMetric(float64(events*copies)/elapsed.Seconds(), "events/s")
+	}
+}
+
+// rssAnonKiB is the process's anonymous resident memory.
+func rssAnonKiB(b *testing.B) int64 {
+	st, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for line := range strings.Lines(string(st)) {
+		if v, ok := strings.CutPrefix(line, "RssAnon:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb
+		}
+	}
+	return 0
 }
