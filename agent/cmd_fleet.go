@@ -31,6 +31,9 @@ func (f *fleetFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.conn.StatusBucket, "status-bucket", d.StatusBucket, "key-value bucket of agent status")
 }
 
+// cliJetStreamTimeout bounds each JetStream request of `bgpedge fleet`.
+const cliJetStreamTimeout = 20 * time.Second
+
 func (f *fleetFlags) open(ctx context.Context, name string) (jetstream.KeyValue, func(), error) {
 	conn := f.conn
 	conn.NATS = natsFlagsTLS(conn.NATS)
@@ -38,7 +41,10 @@ func (f *fleetFlags) open(ctx context.Context, name string) (jetstream.KeyValue,
 	if err != nil {
 		return nil, nil, err
 	}
-	js, err := jetstream.New(nc)
+	// Creating a bucket is a JetStream stream creation, which a busy server
+	// (every replica syncing to disk) can take longer than the client's
+	// default 5 s to answer; the command line has no retry loop of its own.
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(cliJetStreamTimeout))
 	if err != nil {
 		nc.Close()
 		return nil, nil, fmt.Errorf("fleet: jetstream: %w", err)

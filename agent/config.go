@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,7 +15,7 @@ import (
 	"github.com/bgpedge/bgpedge/buffer"
 	"github.com/bgpedge/bgpedge/exabgp"
 	"github.com/bgpedge/bgpedge/forwarder"
-	"github.com/bgpedge/bgpedge/pipeline"
+	"github.com/bgpedge/bgpedge/record"
 	"github.com/bgpedge/bgpedge/rib"
 )
 
@@ -103,11 +104,18 @@ func DefaultConfig() Config {
 	}
 }
 
+// Streams is every output stream bgpedge emits: those each source declares
+// for its encoder, and the forwarder's own. A new source adds its
+// declaration here, beside its configuration section.
+func Streams() record.Streams {
+	return slices.Concat(bmp.Streams(), rib.Streams(), exabgp.Streams(), forwarder.Streams())
+}
+
 // defaultForwarder is forwarder.DefaultConfig with the topics of every
 // declared stream checked (and created) at connect.
 func defaultForwarder() forwarder.Config {
 	f := forwarder.DefaultConfig()
-	for _, st := range pipeline.Streams() {
+	for _, st := range Streams() {
 		if !st.Optional {
 			f.Topics.Ensure = append(f.Topics.Ensure, st.Name)
 		}
@@ -122,7 +130,7 @@ func (c Config) ForwarderSettings() forwarder.Config {
 	if f.AgentID == "" {
 		f.AgentID = c.Agent.ID
 	}
-	f.Topics.Streams = pipeline.Streams()
+	f.Topics.Streams = Streams()
 	return f
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/bgpedge/bgpedge/exabgp"
 	"github.com/bgpedge/bgpedge/forwarder"
 	"github.com/bgpedge/bgpedge/internal/testenv"
+	"github.com/bgpedge/bgpedge/record"
 )
 
 func TestExampleConfigsValidate(t *testing.T) {
@@ -396,5 +397,28 @@ func TestEnvWarnings(t *testing.T) {
 	}
 	if w := "bgpedge: warning: BGPEDGE_BUFER_DIR sets no configuration key (did you mean BGPEDGE_BUFFER_DIR?)"; !strings.Contains(stderr.String(), w) {
 		t.Fatalf("stderr %q lacks %q", stderr.String(), w)
+	}
+}
+
+// TestStreamsDeclared: every stream is declared once, and every raw stream
+// names the record kind it carries, so the raw encoder needs no list of
+// sources.
+func TestStreamsDeclared(t *testing.T) {
+	seen := map[string]bool{}
+	for _, s := range Streams() {
+		if seen[s.Name] {
+			t.Errorf("stream %q declared twice", s.Name)
+		}
+		seen[s.Name] = true
+		if s.Format == record.FormatRaw && s.Kind != 0 {
+			if r, ok := Streams().RawOf(s.Kind); !ok || r.Name != s.Name {
+				t.Errorf("RawOf(%s) = %+v, want %s", s.Kind, r, s.Name)
+			}
+		}
+	}
+	for _, k := range []record.Kind{record.KindBMP, record.KindExaBGP} {
+		if _, ok := Streams().RawOf(k); !ok {
+			t.Errorf("no raw stream declared for %s", k)
+		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/bgpedge/bgpedge/bmp"
 	"github.com/bgpedge/bgpedge/buffer"
 	"github.com/bgpedge/bgpedge/internal/gctune"
 	"github.com/bgpedge/bgpedge/internal/testenv"
@@ -294,6 +295,7 @@ func BenchmarkDrainBMPJSON(b *testing.B) {
 	}
 	cfg := testConfig(b, brokers)
 	cfg.Kafka.Partitions = 6
+	cfg.Topics.Streams = append(bmp.Streams(), Streams()...)
 	cfg.Topics.Ensure = []string{"bmp.raw", "bmp.route.pre-policy", "bmp.route.post-policy", "bmp.route.loc-rib", "bmp.peer", "bmp.stats", "bmp.router", "bmp.errors", StreamDLQ}
 	deleteTopicsAtEnd(b, brokers, cfg, cfg.Topics.Ensure...)
 	enc := bmpEncoder(b, cfg.AgentID)

@@ -85,6 +85,7 @@ func TestEndToEndCapturesToKafka(t *testing.T) {
 	}
 	spool := &recordingSpool{Spool: sp}
 	cfg := testConfig(t, brokers)
+	cfg.Topics.Streams = append(bmp.Streams(), Streams()...)
 	cfg.Topics.Ensure = append(bmp.Streams().Names(), StreamDLQ)
 	deleteTopicsAtEnd(t, brokers, cfg, cfg.Topics.Ensure...)
 	f, err := New(cfg, sp, bmpEncoder(t, cfg.AgentID), testLogger(t), prometheus.NewRegistry())

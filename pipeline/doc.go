@@ -7,7 +7,5 @@
 //
 // `bgpedge run` (package agent, which keeps configuration, reload and
 // fleet), `bgpedge exabgp` and `bgpedge bridge` each configure one; no other
-// code opens a spool for writing or builds a forwarder. It also lists the
-// output streams the sources declare (Streams), from which the forwarder
-// takes its stream names, default topics and formats.
+// code opens a spool for writing or builds a forwarder.
 package pipeline

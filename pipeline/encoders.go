@@ -195,11 +195,12 @@ func NewExaBGPForwarder(opts ExaBGPOptions, sp forwarder.Source, log *slog.Logge
 }
 
 // NewForwarder is the one construction of a forwarder: enc drains sp, with
-// the streams the sources declare (Streams) unless cfg declares its own. A
-// source with an encoder of its own builds its forwarder here.
+// the streams the sources declare (cfg.Topics.Streams, which the agent fills
+// from its configuration). A source with an encoder of its own builds its
+// forwarder here.
 func NewForwarder(cfg forwarder.Config, sp forwarder.Source, enc forwarder.Encoder, log *slog.Logger, reg prometheus.Registerer) (*forwarder.Forwarder, error) {
 	if len(cfg.Topics.Streams) == 0 {
-		cfg.Topics.Streams = Streams()
+		return nil, errors.New("pipeline: forwarder.topics has no declared streams")
 	}
 	return forwarder.New(cfg, sp, enc, log, reg)
 }

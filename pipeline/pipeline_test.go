@@ -190,26 +190,3 @@ func TestNewRejectsBadBuffer(t *testing.T) {
 		t.Fatalf("New: %v", err)
 	}
 }
-
-// TestStreamsDeclared: every stream is declared once, and every raw stream
-// names the record kind it carries, so the raw encoder needs no list of
-// sources.
-func TestStreamsDeclared(t *testing.T) {
-	seen := map[string]bool{}
-	for _, s := range Streams() {
-		if seen[s.Name] {
-			t.Errorf("stream %q declared twice", s.Name)
-		}
-		seen[s.Name] = true
-		if s.Format == record.FormatRaw && s.Kind != 0 {
-			if r, ok := Streams().RawOf(s.Kind); !ok || r.Name != s.Name {
-				t.Errorf("RawOf(%s) = %+v, want %s", s.Kind, r, s.Name)
-			}
-		}
-	}
-	for _, k := range []record.Kind{record.KindBMP, record.KindExaBGP} {
-		if _, ok := Streams().RawOf(k); !ok {
-			t.Errorf("no raw stream declared for %s", k)
-		}
-	}
-}

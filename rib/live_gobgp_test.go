@@ -8,60 +8,20 @@ package rib_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/IBM/sarama"
 	api "github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
-	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v4/pkg/server"
 
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/bgpedge/bgpedge/rib"
 )
-
-const liveAS = 65001 // iBGP everywhere keeps the 192.0.2.x next hops
-
-type liveRouter struct {
-	srv  *server.BgpServer
-	addr string
-	port int
-}
-
-func startLiveRouter(t *testing.T, routerID, addr string) *liveRouter {
-	t.Helper()
-	port := testenv.FreePorts(t, addr, 1)[0]
-	var level slog.LevelVar
-	level.Set(slog.LevelError)
-	s := server.NewBgpServer(server.LoggerOption(slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: &level})), &level))
-	go s.Serve()
-	if err := s.StartBgp(context.Background(), &api.StartBgpRequest{Global: &api.Global{
-		Asn: liveAS, RouterId: routerID, ListenPort: int32(port), ListenAddresses: []string{addr},
-	}}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = s.StopBgp(context.Background(), &api.StopBgpRequest{})
-		s.Stop()
-	})
-	return &liveRouter{srv: s, addr: addr, port: port}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
 
 // peerLive configures a session between a (active) and b (passive) for
 // IPv4 unicast, b sending Add-Path to a if addPath.
@@ -88,21 +48,7 @@ func peerLive(t *testing.T, a, b *liveRouter, addPath bool) {
 	add(a, b, false, families(true, 0))
 }
 
-func livePath(t *testing.T, i int, third byte, med uint32) *apiutil.Path {
-	t.Helper()
-	nlri, err := bgp.NewIPAddrPrefix(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, third, byte(i >> 8), byte(i)}), 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	nh, err := bgp.NewPathAttributeNextHop(netip.MustParseAddr("192.0.2.254"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &apiutil.Path{Family: bgp.RF_IPv4_UC, Nlri: nlri, Attrs: []bgp.PathAttributeInterface{
-		bgp.NewPathAttributeOrigin(0), nh, bgp.NewPathAttributeMultiExitDisc(med), bgp.NewPathAttributeLocalPref(200),
-	}}
-}
-
+// waitAcceptedLive waits until s has accepted n routes from neighbor.
 func waitAcceptedLive(t *testing.T, s *server.BgpServer, neighbor string, n int) {
 	t.Helper()
 	testenv.Eventually(t, 60*time.Second, fmt.Sprintf("%d routes from %s", n, neighbor), func() bool {
@@ -120,20 +66,7 @@ func waitAcceptedLive(t *testing.T, s *server.BgpServer, neighbor string, n int)
 // pre-policy table.
 func ribCounts(t *testing.T, httpAddr string) map[string]uint64 {
 	t.Helper()
-	resp, err := http.Get("http://" + httpAddr + "/rib?table=" + rib.TableAdjInPre)
-	if err != nil {
-		return nil
-	}
-	defer resp.Body.Close()
-	var rep rib.Report
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&rep) != nil {
-		return nil
-	}
-	out := map[string]uint64{}
-	for _, c := range rep.Counts {
-		out[c.Peer] = c.Routes
-	}
-	return out
+	return ribTableCounts(t, httpAddr, rib.TableAdjInPre)
 }
 
 // TestRIBLiveGoBGP: an in-process GoBGP v4 router A reports over BMP, to
@@ -235,26 +168,10 @@ func TestRIBLiveGoBGP(t *testing.T) {
 	}
 
 	// The route stream after the cut: only the changes and the withdraws.
-	type routeJSON struct {
-		Seq  uint64 `json:"seq"`
-		Peer struct {
-			Address   string `json:"address"`
-			Synthetic bool   `json:"synthetic"`
-		} `json:"peer"`
-		Route struct {
-			Action string  `json:"action"`
-			Prefix string  `json:"prefix"`
-			MED    *uint32 `json:"med"`
-		} `json:"route"`
-	}
 	announced, withdrawn := map[string]uint32{}, map[string]bool{}
 	unexpected := 0
-	testenv.ConsumeEach(t, ag.brokers, ag.prefix+"bmp.route.pre-policy", time.Minute, func(m *sarama.ConsumerMessage) {
-		var ev routeJSON
-		if err := json.Unmarshal(m.Value, &ev); err != nil {
-			t.Fatal(err)
-		}
-		if ev.Seq <= cut || ev.Peer.Address != "127.0.0.2" || ev.Route.Prefix == "" {
+	routeEventsAfter(t, ag, "bmp.route.pre-policy", cut, func(ev liveRouteEvent, raw []byte) {
+		if ev.Peer.Address != "127.0.0.2" {
 			return
 		}
 		switch {
@@ -265,7 +182,7 @@ func TestRIBLiveGoBGP(t *testing.T) {
 		default:
 			unexpected++
 			if unexpected < 5 {
-				t.Errorf("after the reconnect: an event for an unchanged route: %s", m.Value)
+				t.Errorf("after the reconnect: an event for an unchanged route: %s", raw)
 			}
 		}
 	})
@@ -284,31 +201,17 @@ func TestRIBLiveGoBGP(t *testing.T) {
 	}
 
 	// The compacted view: B's table, nothing of C.
-	view := map[string]uint32{}
-	testenv.ConsumeEach(t, ag.brokers, ag.prefix+"bmp.rib", time.Minute, func(m *sarama.ConsumerMessage) {
-		if m.Value == nil {
-			delete(view, string(m.Key))
-			return
-		}
-		var ev routeJSON
-		if err := json.Unmarshal(m.Value, &ev); err != nil || ev.Route.MED == nil {
-			t.Fatalf("bmp.rib %s: %v", m.Key, err)
-		}
-		view[string(m.Key)] = *ev.Route.MED
-	})
 	byPeer := map[string]int{}
-	for k, med := range view {
-		parts := strings.Split(k, "|")
-		byPeer[parts[2]]++
-		if parts[2] == "127.0.0.2" {
-			addr := netip.MustParsePrefix(parts[4]).Addr().As4()
-			i := int(addr[2])<<8 | int(addr[3])
+	for k, r := range ribView(t, ag) {
+		byPeer[r.peer]++
+		if r.peer == "127.0.0.2" {
+			_, i := liveIndex(t, r.prefix)
 			want := uint32(100)
 			if i >= gone && i < gone+changed {
 				want = 101
 			}
-			if i < gone || med != want {
-				t.Errorf("bmp.rib %s: MED %d, want %d (route gone: %v)", k, med, want, i < gone)
+			if i < gone || r.med != want {
+				t.Errorf("bmp.rib %s: MED %d, want %d (route gone: %v)", k, r.med, want, i < gone)
 			}
 		}
 	}
