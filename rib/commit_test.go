@@ -2,6 +2,9 @@ package rib
 
 import (
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -11,16 +14,103 @@ import (
 	"github.com/bgpedge/bgpedge/record"
 )
 
+// remapMmap is a first mapping so small (bbolt's minimum) that the first
+// commits of a few thousand routes grow the file past it, and remap.
+const remapMmap = 32 << 10
+
+// TestStageCommitRemapsWhileLookupsShareRead commits, with the look-ups'
+// shared read transaction open, a batch that grows the file past its
+// mapping: bbolt remaps the file in Tx.Commit, and a remap waits for every
+// read transaction to end. The commit must close the shared one before it
+// writes (and may keep it while it makes its changes in memory); if it
+// did not, the commit would wait forever.
+func TestStageCommitRemapsWhileLookupsShareRead(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Enabled = true
+	s, err := Open(Options{Config: cfg, Dir: t.TempDir(), AgentID: testAgent, initialMmap: remapMmap})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+
+	// Each round doubles the routes held, so each commit outgrows the
+	// mapping, which bbolt doubles.
+	const n = 2000
+	seq, held := uint64(0), 0
+	for round := range 3 {
+		for range n << round {
+			seq++
+			r := testRoute{router: "192.0.2.1", peer: "10.0.0.1", table: TableAdjInPre,
+				prefix: fmt.Sprintf("10.%d.%d.0/24", held/256, held%256), attr: 1}
+			held++
+			err := s.Sequence(record.Record{Seq: seq, Kind: record.KindBMP}, []*forwarder.Outgoing{r.msg(t, seq, 1)},
+				func(*forwarder.Outgoing) error { return nil })
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.mu.Lock()
+		open := s.rtx != nil
+		s.mu.Unlock()
+		if !open {
+			t.Fatal("no shared read transaction open before the commit: the test would not exercise the remap")
+		}
+		before := mappedBytes(t, s)
+		done := make(chan error, 1)
+		go func() { done <- s.CommitThrough(seq) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: commit stuck for 30 s: its remap waits for the shared read transaction", round)
+		}
+		if after := mappedBytes(t, s); after <= before {
+			t.Fatalf("round %d: the file's mapping went from %d to %d bytes: no remap", round, before, after)
+		}
+	}
+	if got := len(fileState(t, s)); got != held {
+		t.Fatalf("file holds %d routes, want %d", got, held)
+	}
+}
+
+// mappedBytes is the size of the process's mapping of the stage's file, as
+// /proc/self/maps lists it (bbolt maps it once, read-only).
+func mappedBytes(t *testing.T, s *Stage) int64 {
+	t.Helper()
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Skipf("no /proc/self/maps (%v): the remap cannot be observed", err)
+	}
+	path := s.st.db.Path()
+	for line := range strings.Lines(string(maps)) {
+		f := strings.Fields(line)
+		if len(f) < 6 || f[5] != path {
+			continue
+		}
+		lo, hi, _ := strings.Cut(f[0], "-")
+		a, err1 := strconv.ParseUint(lo, 16, 64)
+		b, err2 := strconv.ParseUint(hi, 16, 64)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("/proc/self/maps: %q", line)
+		}
+		return int64(b - a)
+	}
+	t.Fatalf("%s is not mapped", path)
+	return 0
+}
+
 // TestStageCommitsWhileSequencing commits from another goroutine while
 // routes are sequenced, as the forwarder's ack ticker does, on a file that
 // starts with a 32 KiB mapping: commits grow it, remap it and so wait for
-// the look-ups' shared read transaction to end. Nothing may hang, and the
+// the look-ups' read transactions to end. Nothing may hang, and the
 // decisions must be those of the state as sequenced: a table sent again is
 // all duplicates, a changed half of it is emitted.
 func TestStageCommitsWhileSequencing(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Enabled = true
-	s, err := Open(Options{Config: cfg, Dir: t.TempDir(), AgentID: testAgent, initialMmap: 32 << 10})
+	s, err := Open(Options{Config: cfg, Dir: t.TempDir(), AgentID: testAgent, initialMmap: remapMmap})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +161,7 @@ func TestStageCommitsWhileSequencing(t *testing.T) {
 		}
 		return emitted
 	}
-	deadline := time.AfterFunc(3*time.Minute, func() { panic("route state stuck: a commit and the look-ups wait for each other") })
+	deadline := time.AfterFunc(time.Minute, func() { panic("route state stuck: a commit and the look-ups wait for each other") })
 	defer deadline.Stop()
 
 	// New routes: the event and its bmp.rib message each.

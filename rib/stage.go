@@ -70,17 +70,18 @@ type Stage struct {
 	fired     map[string]uint32 // peer → the stale epoch a timer record was spooled for
 
 	// rtx is a read transaction look-ups share (opening one per route
-	// event cost more than the look-up), with a cursor per peer. It is
-	// closed when a commit ends, before the committed changes leave the
-	// overlay, and not reopened while a commit runs (committing > 0). It
-	// stays open during a commit (its view is the file the overlay's
-	// changes apply to) unless the commit takes longer than
-	// rtxDuringCommit: a commit that grows the file remaps it and waits for
-	// every read transaction to end, so the commit's timer then closes it.
-	rtx        *bolt.Tx
-	rbuckets   map[string]*bolt.Cursor // nil: the peer has no routes in the file
-	committing int
-	lookBuf    [routeValueLen]byte
+	// event cost more than the look-up), with a cursor per peer. Its view
+	// is the file the overlay's changes apply to, which stays right while
+	// a commit makes its changes in memory (a route the commit changes is
+	// still in the overlay, read first). A commit closes it before it
+	// writes (writing), as a write that grows the file remaps it and
+	// waits for every read transaction to end; look-ups then use a
+	// transaction per call until the commit ends, which closes rtx again
+	// before the committed changes leave the overlay.
+	rtx      *bolt.Tx
+	rbuckets map[string]*bolt.Cursor // nil: the peer has no routes in the file
+	writing  bool
+	lookBuf  [routeValueLen]byte
 
 	parse parser // used by Sequence only
 
@@ -218,23 +219,21 @@ func (s *Stage) CommitThrough(seq uint64) error {
 		return nil
 	}
 	batch := slices.Clone(s.ops[:n])
-	s.committing++
 	s.mu.Unlock()
 
 	// Lookups meanwhile still find these changes in the overlay, which
 	// agrees with the file once written.
-	t := time.AfterFunc(rtxDuringCommit, func() {
+	res, err := s.st.apply(batch, seq, func() {
 		s.mu.Lock()
+		s.writing = true
 		s.endRead()
 		s.mu.Unlock()
 	})
-	res, err := s.st.apply(batch, seq)
-	t.Stop()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.committing--
+	s.writing = false
 	// The shared read transaction would not see this commit's changes once
-	// they leave the overlay.
+	// they leave the overlay (and one opened before the write must go).
 	s.endRead()
 	if err != nil {
 		return err
@@ -298,14 +297,12 @@ func (s *Stage) lookup(peer, rk string) ([]byte, error) {
 	return v, nil
 }
 
-// rtxDuringCommit is how long a commit lets the shared read transaction
-// stay open (see Stage.rtx).
-const rtxDuringCommit = 20 * time.Millisecond
-
 // read returns a route's committed value (in lookBuf: valid until the
 // next read), nil if the file does not hold it. Called with mu held.
 func (s *Stage) read(peer, rk string) ([]byte, error) {
-	if s.rtx == nil && s.committing > 0 {
+	if s.writing {
+		// A transaction of our own, closed before we return: the commit's
+		// remap, if any, waits only for this read.
 		v, err := s.st.get(peer, rk)
 		if v == nil || err != nil {
 			return nil, err

@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -31,8 +33,13 @@ var (
 	appliedKey   = []byte("applied")
 )
 
-// initialMmap is the route state's first mapping of its file.
-const initialMmap = 256 << 20
+// initialMmap is the route state's first mapping of its file: address
+// space, not memory (only the pages read are resident, file-backed), so
+// on 64-bit systems large enough that the file practically never outgrows
+// it (16 GiB: over 100 M routes). Outgrowing it makes a commit remap the
+// file, which is correct but stalls the look-ups for that commit
+// (Stage.rtx); on 32-bit systems bbolt maps at most 2 GiB.
+const initialMmap = 256<<20 + strconv.IntSize/64*(16<<30-256<<20)
 
 // ErrLocked is returned when another process holds the route state.
 var ErrLocked = errors.New("route state is in use by another process (a running agent)")
@@ -111,10 +118,15 @@ func openStore(dir string, readOnly bool, mmap int) (*store, error) {
 	} else if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("rib: %w", err)
 	}
-	db, err := bolt.Open(path, 0o640, &bolt.Options{Timeout: 2 * time.Second, ReadOnly: readOnly, NoFreelistSync: true,
-		// Address space, not memory: fewer remaps while the file grows
-		// (a remap waits for every read transaction).
-		InitialMmapSize: mmap, FreelistType: bolt.FreelistMapType})
+	opts := &bolt.Options{Timeout: 2 * time.Second, ReadOnly: readOnly, NoFreelistSync: true,
+		InitialMmapSize: mmap, FreelistType: bolt.FreelistMapType}
+	db, err := bolt.Open(path, 0o640, opts)
+	if errors.Is(err, syscall.ENOMEM) {
+		// Address space limited (ulimit -v): map only the file, as bbolt
+		// does by default; commits that grow it then remap more often.
+		opts.InitialMmapSize = 0
+		db, err = bolt.Open(path, 0o640, opts)
+	}
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("rib: open %s: %w", path, ErrLocked)
 	}
@@ -301,33 +313,57 @@ type applyResult struct {
 // Counts and peer metas are kept in memory for the transaction and
 // written once at its end: a commit of thousands of new routes of a few
 // peers then puts each route once, not also its count and meta.
-func (s *store) apply(ops []op, through uint64) (res applyResult, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		res = applyResult{}
-		a := applier{routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: &res,
-			byPeer: map[string]*peerTx{}}
-		for _, i := range applyOrder(ops) {
-			if err := a.apply(&ops[i]); err != nil {
-				return err
-			}
+//
+// beforeWrite is called once the changes are made in the transaction's
+// memory and before Tx.Commit writes them. Until then nothing can remap
+// the file: bbolt allocates pages (and grows the mapping, which waits for
+// every read transaction to end) only when Commit spills the changed
+// nodes. So read transactions may stay open until beforeWrite, and must
+// be closed by it.
+func (s *store) apply(ops []op, through uint64, beforeWrite func()) (res applyResult, err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("rib: commit: %w", err)
 		}
-		if err := a.flush(); err != nil {
-			return err
-		}
-		meta := tx.Bucket(metaBucket)
-		prev := uint64(0)
-		if v := meta.Get(appliedKey); len(v) == 8 {
-			prev = binary.BigEndian.Uint64(v)
-		}
-		if through > prev {
-			return meta.Put(appliedKey, binary.BigEndian.AppendUint64(nil, through))
-		}
-		return nil
-	})
+	}()
+	tx, err := s.db.Begin(true)
 	if err != nil {
-		return applyResult{}, fmt.Errorf("rib: commit: %w", err)
+		beforeWrite()
+		return applyResult{}, err
+	}
+	if err := applyTx(tx, ops, through, &res); err != nil {
+		beforeWrite()
+		_ = tx.Rollback()
+		return applyResult{}, err
+	}
+	beforeWrite()
+	if err := tx.Commit(); err != nil {
+		return applyResult{}, err
 	}
 	return res, nil
+}
+
+// applyTx makes a commit's changes in tx.
+func applyTx(tx *bolt.Tx, ops []op, through uint64, res *applyResult) error {
+	a := applier{routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: res,
+		byPeer: map[string]*peerTx{}}
+	for _, i := range applyOrder(ops) {
+		if err := a.apply(&ops[i]); err != nil {
+			return err
+		}
+	}
+	if err := a.flush(); err != nil {
+		return err
+	}
+	meta := tx.Bucket(metaBucket)
+	prev := uint64(0)
+	if v := meta.Get(appliedKey); len(v) == 8 {
+		prev = binary.BigEndian.Uint64(v)
+	}
+	if through > prev {
+		return meta.Put(appliedKey, binary.BigEndian.AppendUint64(nil, through))
+	}
+	return nil
 }
 
 // applyOrder is the order a commit applies ops in: each run of route sets
