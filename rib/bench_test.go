@@ -67,21 +67,23 @@ func dumpEvents(b *testing.B) ([]record.Record, [][]*forwarder.Outgoing, int) {
 }
 
 // BenchmarkStage feeds the dump's route events through Sequence in read
-// batches of 2,048 records and commits after every batch, as the forwarder
-// does (it commits from its ack ticker, every 100 ms): the stage's own cost
-// per route event, every route new (the first run) and every route a
-// duplicate (the same table sent again, over the committed state).
+// batches of 2,048 records and commits after every batch: the stage's own
+// cost per route event, every route new (the first run) and every route a
+// duplicate (the same table sent again, over the committed state). The
+// forwarder commits from its ack ticker, every 100 ms, while it sequences:
+// new-acks does that, so look-ups also run while a commit writes (then
+// with a read transaction each; own-reads is their share).
 func BenchmarkStage(b *testing.B) {
 	recs, msgs, events := dumpEvents(b)
 	for _, bc := range []struct {
-		name   string
-		resend bool
-	}{{"new", false}, {"resend", true}} {
+		name         string
+		resend, acks bool
+	}{{"new", false, false}, {"resend", true, false}, {"new-acks", false, true}} {
 		b.Run(bc.name, func(b *testing.B) {
 			var before, after runtime.MemStats
 			var ru0, ru1 syscall.Rusage
 			var cpu time.Duration
-			var mallocs, alloced, gcs uint64
+			var mallocs, alloced, gcs, ownReads uint64
 			for range b.N {
 				b.StopTimer()
 				s := openTest(b, b.TempDir(), DuplicatesDrop)
@@ -92,8 +94,13 @@ func BenchmarkStage(b *testing.B) {
 				runtime.ReadMemStats(&before)
 				_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 				b.StartTimer()
-				feedStage(b, s, recs, msgs, uint64(len(recs))*boolU(bc.resend), nil)
+				if bc.acks {
+					feedStageAcks(b, s, recs, msgs)
+				} else {
+					feedStage(b, s, recs, msgs, uint64(len(recs))*boolU(bc.resend), nil)
+				}
 				b.StopTimer()
+				ownReads += s.ownReads
 				_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
 				runtime.ReadMemStats(&after)
 				cpu += time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
@@ -110,6 +117,9 @@ func BenchmarkStage(b *testing.B) {
 			b.ReportMetric(float64(mallocs)/n, "allocs/event")
 			b.ReportMetric(float64(alloced)/n, "B/event")
 			b.ReportMetric(float64(gcs)/float64(b.N), "gc/op")
+			if bc.acks {
+				b.ReportMetric(100*float64(ownReads)/n, "own-reads-%")
+			}
 		})
 	}
 }
@@ -148,6 +158,46 @@ func feedStage(b *testing.B, s *Stage, recs []record.Record, msgs [][]*forwarder
 		if err := s.CommitThrough(recs[hi-1].Seq + off); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// feedStageAcks sequences every record while another goroutine commits
+// what was sequenced every 100 ms, as the forwarder's ack ticker does with
+// what the sink acknowledged; then commits the rest.
+func feedStageAcks(b *testing.B, s *Stage, recs []record.Record, msgs [][]*forwarder.Outgoing) {
+	b.Helper()
+	var sequenced atomic.Uint64
+	stop := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				errc <- nil
+				return
+			case <-tick.C:
+			}
+			if err := s.CommitThrough(sequenced.Load()); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	emit := func(*forwarder.Outgoing) error { return nil }
+	for i, rec := range recs {
+		if err := s.Sequence(rec, msgs[i], emit); err != nil {
+			b.Fatal(err)
+		}
+		sequenced.Store(rec.Seq)
+	}
+	close(stop)
+	if err := <-errc; err != nil {
+		b.Fatal(err)
+	}
+	if err := s.CommitThrough(recs[len(recs)-1].Seq); err != nil {
+		b.Fatal(err)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -189,5 +190,63 @@ func TestStageCommitsWhileSequencing(t *testing.T) {
 	}
 	if got := testutilGauge(s.m.routes); got != n {
 		t.Fatalf("bgpedge_rib_routes %v, want %d", got, n)
+	}
+}
+
+// TestOpenAddressSpaceLimited opens the state with too little address
+// space left for its first mapping (ulimit -v): it must still open,
+// mapping only what the file needs, and work.
+func TestOpenAddressSpaceLimited(t *testing.T) {
+	if strconv.IntSize != 64 {
+		t.Skip("the first mapping is large on 64-bit systems only")
+	}
+	st, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Skipf("no /proc/self/status (%v)", err)
+	}
+	var vmKiB uint64
+	for line := range strings.Lines(string(st)) {
+		if v, ok := strings.CutPrefix(line, "VmSize:"); ok {
+			vmKiB, _ = strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		}
+	}
+	if vmKiB == 0 {
+		t.Fatal("no VmSize in /proc/self/status")
+	}
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_AS, &old); err != nil {
+		t.Fatal(err)
+	}
+	// Room for the test's own growth, not for the first mapping.
+	lim := vmKiB<<10 + initialMmap/4
+	if old.Max < lim {
+		t.Skipf("address space already limited to %d bytes", old.Max)
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_AS, &syscall.Rlimit{Cur: lim, Max: old.Max}); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if err := syscall.Setrlimit(syscall.RLIMIT_AS, &old); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer restore()
+
+	s := openTest(t, t.TempDir(), DuplicatesDrop)
+	restore()
+	defer s.Close()
+	if got := mappedBytes(t, s); got >= initialMmap {
+		t.Fatalf("mapped %d bytes under a limit of %d", got, lim)
+	}
+	sequence(t, s, 1, []*forwarder.Outgoing{testRoute{router: "192.0.2.1", peer: "10.0.0.1", table: TableAdjInPre, prefix: "10.0.0.0/8", attr: 1}.msg(t, 1, 1)})
+	if err := s.CommitThrough(1); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(fileState(t, s)); got != 1 {
+		t.Fatalf("file holds %d routes, want 1", got)
 	}
 }

@@ -81,6 +81,7 @@ type Stage struct {
 	rtx      *bolt.Tx
 	rbuckets map[string]*bolt.Cursor // nil: the peer has no routes in the file
 	writing  bool
+	ownReads uint64 // look-ups during a write, with a transaction each (BenchmarkStage)
 	lookBuf  [routeValueLen]byte
 
 	parse parser // used by Sequence only
@@ -303,6 +304,7 @@ func (s *Stage) read(peer, rk string) ([]byte, error) {
 	if s.writing {
 		// A transaction of our own, closed before we return: the commit's
 		// remap, if any, waits only for this read.
+		s.ownReads++
 		v, err := s.st.get(peer, rk)
 		if v == nil || err != nil {
 			return nil, err
