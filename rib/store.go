@@ -319,7 +319,7 @@ type applyResult struct {
 // the file: bbolt allocates pages (and grows the mapping, which waits for
 // every read transaction to end) only when Commit spills the changed
 // nodes. So read transactions may stay open until beforeWrite, and must
-// be closed by it.
+// be closed by it (it is not called when the commit fails before).
 func (s *store) apply(ops []op, through uint64, beforeWrite func()) (res applyResult, err error) {
 	defer func() {
 		if err != nil {
@@ -328,11 +328,9 @@ func (s *store) apply(ops []op, through uint64, beforeWrite func()) (res applyRe
 	}()
 	tx, err := s.db.Begin(true)
 	if err != nil {
-		beforeWrite()
 		return applyResult{}, err
 	}
 	if err := applyTx(tx, ops, through, &res); err != nil {
-		beforeWrite()
 		_ = tx.Rollback()
 		return applyResult{}, err
 	}
