@@ -188,6 +188,9 @@ func TestStageCommitsWhileSequencing(t *testing.T) {
 	if got := len(fileState(t, s)); got != n {
 		t.Fatalf("file holds %d routes, want %d", got, n)
 	}
+	if got := mappedBytes(t, s); got <= remapMmap {
+		t.Fatalf("the file's mapping is %d bytes: the commits never remapped it", got)
+	}
 	if got := testutilGauge(s.m.routes); got != n {
 		t.Fatalf("bgpedge_rib_routes %v, want %d", got, n)
 	}
