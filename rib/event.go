@@ -44,12 +44,13 @@ type event struct {
 	peerRD   string
 	peerAddr string
 	// route events only
-	table, family, rd, prefix string
-	pathID                    uint32
-	afi                       uint16
-	safi                      uint8
-	withdraw, eor             bool
-	hash                      uint64 // of the route object, announcements only
+	table, family string
+	rk            string // the route key within its peer (rkey)
+	pathID        uint32
+	afi           uint16
+	safi          uint8
+	withdraw, eor bool
+	hash          uint64 // of the route object, announcements only
 	// envelope is the event from ,"agent": through the peer object (marked
 	// synthetic), for synthetic events made from a peer-down; peerJSON is
 	// that peer object.
@@ -57,10 +58,8 @@ type event struct {
 	peerJSON []byte
 }
 
-// rkey is the route's key within its peer: table|family|rd|prefix|path id.
-func (e *event) rkey() string {
-	return e.table + "|" + e.family + "|" + e.rd + "|" + e.prefix + "|" + strconv.FormatUint(uint64(e.pathID), 10)
-}
+// A route's key within its peer is table|family|rd|prefix|path id
+// (parser.route builds it).
 
 // peerKey is a peer's key: router|type|distinguisher|address.
 func peerKey(router, typ, rd, addr string) string {
@@ -112,10 +111,35 @@ func ribKey(peer, rk string) []byte {
 	return strconv.AppendUint(b, uint64(pathID), 10)
 }
 
+// parser holds what parseRoute reuses between events: the buffer keys are
+// built in and the peer keys and families seen, so that a route event
+// costs one allocation (its route key) rather than one per field. Not safe
+// for concurrent use; the stage parses in one goroutine.
+type parser struct {
+	buf      []byte
+	peers    map[string]string
+	families map[string]string
+}
+
+// intern returns the string of b from m, adding it; m is bounded by the
+// peers (families) the state holds.
+func intern(m map[string]string, b []byte) string {
+	if s, ok := m[string(b)]; ok {
+		return s
+	}
+	s := string(b)
+	m[s] = s
+	return s
+}
+
 // parseRoute reads a route event; ok is false for anything else and for
 // routes the state does not track (families carried raw, with no prefix).
 // End-of-RIB markers are returned with eor set.
 func parseRoute(v []byte) (e event, ok bool) {
+	return (&parser{peers: map[string]string{}, families: map[string]string{}}).route(v)
+}
+
+func (p *parser) route(v []byte) (e event, ok bool) {
 	if !bytes.HasPrefix(v, routeEventPrefix) {
 		return e, false
 	}
@@ -123,35 +147,55 @@ func parseRoute(v []byte) (e event, ok bool) {
 	if !ok {
 		return e, false
 	}
-	e.router = strField(v[:len(v)-len(routeObj)], `"router":"`)
-	e.peerRD, e.peerAddr = strField(peerObj, `"rd":"`), strField(peerObj, `"address":"`)
-	e.peer = peerKey(e.router, strField(peerObj, `"type":"`), e.peerRD, e.peerAddr)
+	// The peer key, router|type|rd|address, as peerKey builds it.
+	b := append(p.buf[:0], bytesField(v[:len(v)-len(routeObj)], `"router":"`)...)
+	b = append(b, '|')
+	b = append(b, bytesField(peerObj, `"type":"`)...)
+	b = append(b, '|')
+	b = append(b, bytesField(peerObj, `"rd":"`)...)
+	b = append(b, '|')
+	b = append(b, bytesField(peerObj, `"address":"`)...)
+	e.peer = intern(p.peers, b)
 	e.withdraw = bytes.HasPrefix(routeObj, []byte(`{"action":"withdraw"`))
-	e.family = strField(routeObj, `"family":"`)
+	family := bytesField(routeObj, `"family":"`)
+	e.family = intern(p.families, family)
 	e.afi = uint16(numField(routeObj, `"afi":`))
 	e.safi = uint8(numField(routeObj, `"safi":`))
 	e.eor = bytes.Contains(routeObj, []byte(`"end_of_rib":true`))
-	switch rib, policy := strField(routeObj, `"rib":"`), strField(routeObj, `"policy":"`); {
-	case rib == "loc-rib":
+	switch rib, policy := bytesField(routeObj, `"rib":"`), bytesField(routeObj, `"policy":"`); {
+	case string(rib) == "loc-rib":
 		e.table = TableLocRIB
-	case rib == "adj-rib-out" && policy == "post-policy":
+	case string(rib) == "adj-rib-out" && string(policy) == "post-policy":
 		e.table = TableAdjOutPost
-	case rib == "adj-rib-out":
+	case string(rib) == "adj-rib-out":
 		e.table = TableAdjOutPre
-	case policy == "post-policy":
+	case string(policy) == "post-policy":
 		e.table = TableAdjInPost
 	default:
 		e.table = TableAdjInPre
 	}
 	if e.eor {
+		p.buf = b
 		return e, true
 	}
-	e.prefix = strField(routeObj, `"prefix":"`)
-	if e.prefix == "" {
+	prefix := bytesField(routeObj, `"prefix":"`)
+	if len(prefix) == 0 {
+		p.buf = b
 		return e, false
 	}
-	e.rd = strField(routeObj, `"rd":"`)
 	e.pathID = uint32(numField(routeObj, `"path_id":`))
+	// The route key, table|family|rd|prefix|path id, as rkey builds it.
+	b = append(b[:0], e.table...)
+	b = append(b, '|')
+	b = append(b, family...)
+	b = append(b, '|')
+	b = append(b, bytesField(routeObj, `"rd":"`)...)
+	b = append(b, '|')
+	b = append(b, prefix...)
+	b = append(b, '|')
+	b = strconv.AppendUint(b, uint64(e.pathID), 10)
+	e.rk = string(b)
+	p.buf = b
 	if !e.withdraw {
 		e.hash = xxhash.Sum64(routeObj)
 	}
@@ -221,6 +265,20 @@ func objects(v []byte) (peerObj, routeObj []byte, ok bool) {
 		return nil, nil, false
 	}
 	return peerObj, v[rest+j+len(routeObjStart)-1 : len(v)-1], true
+}
+
+// bytesField is the string value of the first `"name":"` in obj, in obj.
+func bytesField(obj []byte, name string) []byte {
+	i := bytes.Index(obj, []byte(name))
+	if i < 0 {
+		return nil
+	}
+	rest := obj[i+len(name):]
+	j := bytes.IndexByte(rest, '"')
+	if j < 0 {
+		return nil
+	}
+	return rest[:j]
 }
 
 // strField is the string value of the first `"name":"` in obj.

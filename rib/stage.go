@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	bolt "go.etcd.io/bbolt"
 
 	"github.com/bgpedge/bgpedge/forwarder"
 	"github.com/bgpedge/bgpedge/record"
@@ -30,6 +31,9 @@ type Options struct {
 	// KindRIBTimer record when a stale peer's timeout expires; nil: stale
 	// routes are withdrawn only at End-of-RIB.
 	Append func(ctx context.Context, rec record.Record) error
+
+	// initialMmap overrides the file's first mapping (tests: remaps).
+	initialMmap int
 }
 
 // Stage keeps the route state in spool order. It implements
@@ -48,18 +52,39 @@ type Stage struct {
 	reg     prometheus.Registerer
 	append  func(ctx context.Context, rec record.Record) error
 
-	mu      sync.Mutex
-	ops     []op                          // changes not yet committed, in seq order
-	routes  map[string]map[string]ovEntry // peer → route key → newest change
-	sweeps  map[string][]ovSweep          // peer → sweeps, oldest first
-	metas   map[string]ovMeta             // peer → newest meta
-	gen     uint64
-	applied uint64              // the file holds every change of records ≤ applied
-	stale   map[string]peerMeta // committed stale peers, for the timer
+	// commitMu serialises commits (the forwarder's ack ticker and Rewind
+	// at a session's start): each applies its changes onto the file the
+	// previous one left, as the changes were decided.
+	commitMu sync.Mutex
+	mu       sync.Mutex
+	ops      []op                          // changes not yet committed, in seq order
+	routes   map[string]map[string]ovEntry // peer → route key → newest change
+	sweeps   map[string][]ovSweep          // peer → sweeps, oldest first
+	metas    map[string]ovMeta             // peer → newest meta
+	gen      uint64
+	applied  uint64              // the file holds every change of records ≤ applied
+	stale    map[string]peerMeta // committed stale peers, for the timer
 	// committed is every peer's meta as the file holds it (its epoch and
 	// staleness change only by opMeta), so decisions read no file for it.
 	committed map[string]peerMeta
 	fired     map[string]uint32 // peer → the stale epoch a timer record was spooled for
+
+	// rtx is a read transaction look-ups share (opening one per route
+	// event cost more than the look-up), with a cursor per peer. Its view
+	// is the file the overlay's changes apply to, which stays right while
+	// a commit makes its changes in memory (a route the commit changes is
+	// still in the overlay, read first). A commit closes it before it
+	// writes (writing), as a write that grows the file remaps it and
+	// waits for every read transaction to end; look-ups then use a
+	// transaction per call until the commit ends, which closes rtx again
+	// before the committed changes leave the overlay.
+	rtx      *bolt.Tx
+	rbuckets map[string]*bolt.Cursor // nil: the peer has no routes in the file
+	writing  bool
+	ownReads uint64 // look-ups during a write, with a transaction each (BenchmarkStage)
+	lookBuf  [routeValueLen]byte
+
+	parse parser // used by Sequence only
 
 	stop      chan struct{}
 	done      sync.WaitGroup
@@ -98,12 +123,13 @@ func Open(opts Options) (*Stage, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	st, err := openStore(opts.Dir, false)
+	st, err := openStore(opts.Dir, false, opts.initialMmap)
 	if err != nil {
 		return nil, err
 	}
 	s := &Stage{cfg: opts.Config, agentID: opts.AgentID, log: opts.Logger.With("component", "rib"), st: st,
-		reg: opts.Registerer, append: opts.Append, stale: map[string]peerMeta{}, committed: map[string]peerMeta{}, fired: map[string]uint32{}, stop: make(chan struct{})}
+		reg: opts.Registerer, append: opts.Append, stale: map[string]peerMeta{}, committed: map[string]peerMeta{}, fired: map[string]uint32{}, stop: make(chan struct{}),
+		parse: parser{peers: map[string]string{}, families: map[string]string{}}}
 	s.reset()
 	if err := s.load(); err != nil {
 		_ = st.close()
@@ -150,6 +176,9 @@ func (s *Stage) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		s.done.Wait()
+		s.mu.Lock()
+		s.endRead()
+		s.mu.Unlock()
 		s.m.unregister(s.reg)
 		s.closeErr = s.st.close()
 	})
@@ -179,6 +208,8 @@ func (s *Stage) Rewind(from uint64) error {
 
 // CommitThrough implements forwarder.Sequencer.
 func (s *Stage) CommitThrough(seq uint64) error {
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
 	s.mu.Lock()
 	n := 0
 	for n < len(s.ops) && s.ops[n].seq <= seq {
@@ -193,12 +224,21 @@ func (s *Stage) CommitThrough(seq uint64) error {
 
 	// Lookups meanwhile still find these changes in the overlay, which
 	// agrees with the file once written.
-	res, err := s.st.apply(batch, seq)
+	res, err := s.st.apply(batch, seq, func() {
+		s.mu.Lock()
+		s.writing = true
+		s.endRead()
+		s.mu.Unlock()
+	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.writing = false
+	// The shared read transaction would not see this commit's changes once
+	// they leave the overlay (and one opened before the write must go).
+	s.endRead()
 	if err != nil {
 		return err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	for _, o := range batch {
 		switch o.kind {
 		case opSweep:
@@ -210,9 +250,9 @@ func (s *Stage) CommitThrough(seq uint64) error {
 			if s.metas[o.peer].gen == o.gen {
 				delete(s.metas, o.peer)
 			}
-			s.committed[o.peer] = o.meta
+			s.committed[o.peer] = *o.meta
 			if o.meta.stale {
-				s.stale[o.peer] = o.meta
+				s.stale[o.peer] = *o.meta
 			} else {
 				delete(s.stale, o.peer)
 			}
@@ -246,7 +286,7 @@ func (s *Stage) lookup(peer, rk string) ([]byte, error) {
 		// Under the lock: a commit removing a change from the overlay
 		// after the file was read could otherwise hide it.
 		var err error
-		if v, err = s.st.get(peer, rk); err != nil {
+		if v, err = s.read(peer, rk); err != nil {
 			return nil, err
 		}
 	}
@@ -256,6 +296,56 @@ func (s *Stage) lookup(peer, rk string) ([]byte, error) {
 		}
 	}
 	return v, nil
+}
+
+// read returns a route's committed value (in lookBuf: valid until the
+// next read), nil if the file does not hold it. Called with mu held.
+func (s *Stage) read(peer, rk string) ([]byte, error) {
+	if s.writing {
+		// A transaction of our own, closed before we return: the commit's
+		// remap, if any, waits only for this read.
+		s.ownReads++
+		v, err := s.st.get(peer, rk)
+		if v == nil || err != nil {
+			return nil, err
+		}
+		return s.lookBuf[:copy(s.lookBuf[:], v)], nil
+	}
+	if s.rtx == nil {
+		tx, err := s.st.db.Begin(false)
+		if err != nil {
+			return nil, fmt.Errorf("rib: read: %w", err)
+		}
+		s.rtx, s.rbuckets = tx, map[string]*bolt.Cursor{}
+	}
+	c, ok := s.rbuckets[peer]
+	if !ok {
+		if r := s.rtx.Bucket(routesBucket); r != nil {
+			if pb := r.Bucket([]byte(peer)); pb != nil {
+				c = pb.Cursor()
+			}
+		}
+		s.rbuckets[peer] = c
+	}
+	if c == nil {
+		return nil, nil
+	}
+	// A cursor per peer, kept: Bucket.Get makes a new one (and its stack)
+	// per call. A copy of the value: the page goes away with the
+	// transaction.
+	k, v := c.Seek(keyBytes(rk))
+	if v == nil || string(k) != rk {
+		return nil, nil
+	}
+	return s.lookBuf[:copy(s.lookBuf[:], v)], nil
+}
+
+// endRead closes the shared read transaction. Called with mu held.
+func (s *Stage) endRead() {
+	if s.rtx != nil {
+		_ = s.rtx.Rollback()
+		s.rtx, s.rbuckets = nil, nil
+	}
 }
 
 // meta returns a peer's meta as of the records sequenced so far.
@@ -279,7 +369,7 @@ func (s *Stage) change(o op) {
 	case opSweep:
 		s.sweeps[o.peer] = append(s.sweeps[o.peer], ovSweep{gen: o.gen, sw: o.sw})
 	case opMeta:
-		s.metas[o.peer] = ovMeta{gen: o.gen, meta: o.meta}
+		s.metas[o.peer] = ovMeta{gen: o.gen, meta: *o.meta}
 	default:
 		m := s.routes[o.peer]
 		if m == nil {
@@ -339,7 +429,7 @@ func (s *Stage) one(rec record.Record, m *forwarder.Outgoing, out *output) error
 	if m.Value == nil {
 		return out.emit(m)
 	}
-	if ev, ok := parseRoute(m.Value); ok {
+	if ev, ok := s.parse.route(m.Value); ok {
 		if !ev.eor {
 			return s.route(rec, m, &ev, out)
 		}
@@ -362,7 +452,7 @@ func (s *Stage) one(rec record.Record, m *forwarder.Outgoing, out *output) error
 			// restarting speaker's routes.
 			meta.epoch++
 			meta.stale, meta.since, meta.peerJSON = true, rec.Time, ev.peerJSON
-			s.change(op{seq: rec.Seq, kind: opMeta, peer: ev.peer, meta: meta})
+			s.change(op{seq: rec.Seq, kind: opMeta, peer: ev.peer, meta: &meta})
 			return nil
 		}
 		if err := s.walk(rec, ev.peer, ev.envelope, sweep{}, out); err != nil {
@@ -371,7 +461,7 @@ func (s *Stage) one(rec record.Record, m *forwarder.Outgoing, out *output) error
 		s.change(op{seq: rec.Seq, kind: opSweep, peer: ev.peer})
 		if meta.stale {
 			meta.stale = false
-			s.change(op{seq: rec.Seq, kind: opMeta, peer: ev.peer, meta: meta})
+			s.change(op{seq: rec.Seq, kind: opMeta, peer: ev.peer, meta: &meta})
 		}
 		return nil
 	}
@@ -382,14 +472,14 @@ func (s *Stage) one(rec record.Record, m *forwarder.Outgoing, out *output) error
 // state, or handles it as a duplicate: an announcement identical to the
 // state. A duplicate of a stale route confirms it.
 func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, out *output) error {
-	rk := ev.rkey()
+	rk := ev.rk
 	cur, err := s.lookup(ev.peer, rk)
 	if err != nil {
 		return err
 	}
 	if ev.withdraw {
 		if cur != nil {
-			s.change(op{seq: rec.Seq, kind: opDel, peer: ev.peer, rk: rk})
+			s.change(op{seq: rec.Seq, kind: opDel, peer: ev.peer, rk: rk, held: true, heldEpoch: decodeRoute(cur).epoch})
 		}
 		if err := out.emit(m); err != nil {
 			return err
@@ -403,7 +493,7 @@ func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, out *
 	if rv := decodeRoute(cur); cur != nil && rv.hash == ev.hash {
 		if rv.epoch < meta.epoch {
 			rv.epoch = meta.epoch
-			s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, val: rv.encode()})
+			s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, val: rv.encode(), held: true, heldEpoch: decodeRoute(cur).epoch})
 		}
 		s.m.duplicates.WithLabelValues(s.cfg.Duplicates).Inc()
 		switch s.cfg.Duplicates {
@@ -415,7 +505,7 @@ func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, out *
 		return out.emit(m)
 	}
 	rv := routeValue{hash: ev.hash, afi: ev.afi, safi: ev.safi, epoch: meta.epoch}
-	s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, val: rv.encode()})
+	s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, val: rv.encode(), held: cur != nil, heldEpoch: decodeRoute(cur).epoch})
 	if err := out.emit(m); err != nil {
 		return err
 	}
@@ -465,7 +555,7 @@ func (s *Stage) timeout(rec record.Record, out *output) error {
 	}
 	s.change(op{seq: rec.Seq, kind: opSweep, peer: peer, sw: w})
 	meta.stale = false
-	s.change(op{seq: rec.Seq, kind: opMeta, peer: peer, meta: meta})
+	s.change(op{seq: rec.Seq, kind: opMeta, peer: peer, meta: &meta})
 	return nil
 }
 

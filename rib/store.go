@@ -6,7 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
+	"unsafe"
 
 	bolt "go.etcd.io/bbolt"
 	bolterrors "go.etcd.io/bbolt/errors"
@@ -27,6 +32,14 @@ var (
 	metaBucket   = []byte("meta")
 	appliedKey   = []byte("applied")
 )
+
+// initialMmap is the route state's first mapping of its file: address
+// space, not memory (only the pages read are resident, file-backed), so
+// on 64-bit systems large enough that the file practically never outgrows
+// it (16 GiB: over 100 M routes). Outgrowing it makes a commit remap the
+// file, which is correct but stalls the look-ups for that commit
+// (Stage.rtx); on 32-bit systems bbolt maps at most 2 GiB.
+const initialMmap = 256<<20 + strconv.IntSize/64*(16<<30-256<<20)
 
 // ErrLocked is returned when another process holds the route state.
 var ErrLocked = errors.New("route state is in use by another process (a running agent)")
@@ -92,7 +105,11 @@ type store struct {
 	db *bolt.DB
 }
 
-func openStore(dir string, readOnly bool) (*store, error) {
+// openStore opens the state file; mmap is its first mapping (0: initialMmap).
+func openStore(dir string, readOnly bool, mmap int) (*store, error) {
+	if mmap == 0 {
+		mmap = initialMmap
+	}
 	path := filepath.Join(dir, FileName)
 	if !readOnly {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
@@ -101,7 +118,15 @@ func openStore(dir string, readOnly bool) (*store, error) {
 	} else if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("rib: %w", err)
 	}
-	db, err := bolt.Open(path, 0o640, &bolt.Options{Timeout: 2 * time.Second, ReadOnly: readOnly, NoFreelistSync: true})
+	opts := &bolt.Options{Timeout: 2 * time.Second, ReadOnly: readOnly, NoFreelistSync: true,
+		InitialMmapSize: mmap, FreelistType: bolt.FreelistMapType}
+	db, err := bolt.Open(path, 0o640, opts)
+	if errors.Is(err, syscall.ENOMEM) {
+		// Address space limited (ulimit -v): map only the file, as bbolt
+		// does by default; commits that grow it then remap more often.
+		opts.InitialMmapSize = 0
+		db, err = bolt.Open(path, 0o640, opts)
+	}
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("rib: open %s: %w", path, ErrLocked)
 	}
@@ -270,7 +295,13 @@ type op struct {
 	rk   string
 	val  []byte
 	sw   sweep
-	meta peerMeta
+	meta *peerMeta // opMeta (a pointer: most ops are route sets)
+	// opSet, opDel: whether the route was held when the change was decided
+	// and its epoch then. The commit applies changes in seq order onto the
+	// file every decision read (plus the overlay before it), so this is
+	// what the file holds then too, and the commit need not read it.
+	held      bool
+	heldEpoch uint32
 }
 
 // applyResult is how a commit changed the totals.
@@ -279,101 +310,219 @@ type applyResult struct {
 }
 
 // apply writes ops (in order) and the applied seq in one transaction.
-func (s *store) apply(ops []op, through uint64) (res applyResult, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		res = applyResult{}
-		a := applier{routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: &res}
-		for i := range ops {
-			if err := a.apply(&ops[i]); err != nil {
-				return err
-			}
+// Counts and peer metas are kept in memory for the transaction and
+// written once at its end: a commit of thousands of new routes of a few
+// peers then puts each route once, not also its count and meta.
+//
+// beforeWrite is called once the changes are made in the transaction's
+// memory and before Tx.Commit writes them. Until then nothing can remap
+// the file: bbolt allocates pages (and grows the mapping, which waits for
+// every read transaction to end) only when Commit spills the changed
+// nodes. So read transactions may stay open until beforeWrite, and must
+// be closed by it (it is not called when the commit fails before).
+func (s *store) apply(ops []op, through uint64, beforeWrite func()) (res applyResult, err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("rib: commit: %w", err)
 		}
-		meta := tx.Bucket(metaBucket)
-		prev := uint64(0)
-		if v := meta.Get(appliedKey); len(v) == 8 {
-			prev = binary.BigEndian.Uint64(v)
-		}
-		if through > prev {
-			return meta.Put(appliedKey, binary.BigEndian.AppendUint64(nil, through))
-		}
-		return nil
-	})
+	}()
+	tx, err := s.db.Begin(true)
 	if err != nil {
-		return applyResult{}, fmt.Errorf("rib: commit: %w", err)
+		return applyResult{}, err
+	}
+	if err := applyTx(tx, ops, through, &res); err != nil {
+		_ = tx.Rollback()
+		return applyResult{}, err
+	}
+	beforeWrite()
+	if err := tx.Commit(); err != nil {
+		return applyResult{}, err
 	}
 	return res, nil
+}
+
+// applyTx makes a commit's changes in tx.
+func applyTx(tx *bolt.Tx, ops []op, through uint64, res *applyResult) error {
+	a := applier{routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: res,
+		byPeer: map[string]*peerTx{}}
+	for _, i := range applyOrder(ops) {
+		if err := a.apply(&ops[i]); err != nil {
+			return err
+		}
+	}
+	if err := a.flush(); err != nil {
+		return err
+	}
+	meta := tx.Bucket(metaBucket)
+	prev := uint64(0)
+	if v := meta.Get(appliedKey); len(v) == 8 {
+		prev = binary.BigEndian.Uint64(v)
+	}
+	if through > prev {
+		return meta.Put(appliedKey, binary.BigEndian.AppendUint64(nil, through))
+	}
+	return nil
+}
+
+// applyOrder is the order a commit applies ops in: each run of route sets
+// and deletes between sweeps and meta changes sorted by peer and route key
+// (bbolt then inserts in key order, walking neighbouring pages). Within
+// such a run changes of different routes commute (counts and stale counts
+// only add up), and those of one route keep their order.
+func applyOrder(ops []op) []int32 {
+	order := make([]int32, len(ops))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	cmp := func(a, b int32) int {
+		if c := strings.Compare(ops[a].peer, ops[b].peer); c != 0 {
+			return c
+		}
+		if c := strings.Compare(ops[a].rk, ops[b].rk); c != 0 {
+			return c
+		}
+		return int(a - b)
+	}
+	for lo := 0; lo < len(ops); {
+		hi := lo
+		for hi < len(ops) && (ops[hi].kind == opSet || ops[hi].kind == opDel) {
+			hi++
+		}
+		slices.SortFunc(order[lo:hi], cmp)
+		lo = hi + 1
+	}
+	return order
+}
+
+// peerTx is a peer's part of a commit: its routes bucket (nil: none yet or
+// deleted), its meta and route counts per table as changed so far.
+type peerTx struct {
+	b         *bolt.Bucket
+	meta      peerMeta
+	metaDirty bool
+	counts    [5]uint64 // per Tables() index
+	countsSet [5]bool   // loaded or changed: written back at flush
 }
 
 type applier struct {
 	routes, counts, peers *bolt.Bucket
 	res                   *applyResult
+	byPeer                map[string]*peerTx
 }
 
-func (a applier) meta(peer string) peerMeta { return decodeMeta(a.peers.Get([]byte(peer))) }
+func tableIndex(table string) int {
+	switch table {
+	case TableAdjInPre:
+		return 0
+	case TableAdjInPost:
+		return 1
+	case TableAdjOutPre:
+		return 2
+	case TableAdjOutPost:
+		return 3
+	}
+	return 4
+}
 
-// staleGone records that a route of peer with value v left the file or
-// was confirmed.
-func (a applier) staleGone(peer string, m *peerMeta, v []byte) {
+func (a applier) peer(peer string) *peerTx {
+	if p := a.byPeer[peer]; p != nil {
+		return p
+	}
+	p := &peerTx{b: a.routes.Bucket([]byte(peer)), meta: decodeMeta(a.peers.Get([]byte(peer)))}
+	a.byPeer[peer] = p
+	return p
+}
+
+// count returns the routes held of a peer's table.
+func (a applier) count(peer string, p *peerTx, t int) uint64 {
+	if !p.countsSet[t] {
+		p.counts[t] = getCount(a.counts, countKey(peer, Tables()[t]))
+		p.countsSet[t] = true
+	}
+	return p.counts[t]
+}
+
+func (a applier) addCount(peer string, p *peerTx, t int, d int64) {
+	n := int64(a.count(peer, p, t)) + d
+	a.res.routes += d
+	p.counts[t] = uint64(max(n, 0))
+}
+
+// staleGone records that a route with value v left the file or was
+// confirmed.
+func (a applier) staleGone(p *peerTx, v []byte) {
+	m := &p.meta
 	if m.stale && v != nil && decodeRoute(v).epoch < m.epoch && m.staleRoutes > 0 {
 		m.staleRoutes--
 		a.res.stale--
+		p.metaDirty = true
 	}
 }
 
-func (a applier) count(peer, table string, d int64) error {
-	ck := countKey(peer, table)
-	n := int64(getCount(a.counts, ck)) + d
-	a.res.routes += d
-	if n <= 0 {
-		return a.counts.Delete(ck)
+// flush writes the counts and metas the transaction changed.
+func (a applier) flush() error {
+	for peer, p := range a.byPeer {
+		for t, set := range p.countsSet {
+			if !set {
+				continue
+			}
+			ck := countKey(peer, Tables()[t])
+			var err error
+			if p.counts[t] == 0 {
+				err = a.counts.Delete(ck)
+			} else {
+				err = a.counts.Put(ck, binary.BigEndian.AppendUint64(nil, p.counts[t]))
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if p.metaDirty {
+			if err := a.peers.Put([]byte(peer), p.meta.encode()); err != nil {
+				return err
+			}
+		}
 	}
-	return a.counts.Put(ck, binary.BigEndian.AppendUint64(nil, uint64(n)))
+	return nil
 }
 
 func (a applier) apply(o *op) error {
+	p := a.peer(o.peer)
 	switch o.kind {
 	case opMeta:
-		m := o.meta
-		old := a.meta(o.peer)
-		a.res.stale -= int64(old.staleRoutes)
+		m := *o.meta
+		a.res.stale -= int64(p.meta.staleRoutes)
 		m.staleRoutes = 0
 		if m.stale {
 			// Every route the peer holds was announced before this epoch.
-			for _, t := range Tables() {
-				m.staleRoutes += getCount(a.counts, countKey(o.peer, t))
+			for t := range Tables() {
+				m.staleRoutes += a.count(o.peer, p, t)
 			}
 		}
 		a.res.stale += int64(m.staleRoutes)
-		return a.peers.Put([]byte(o.peer), m.encode())
+		p.meta, p.metaDirty = m, true
+		return nil
 	case opSweep:
-		pb := a.routes.Bucket([]byte(o.peer))
-		if pb == nil {
+		if p.b == nil {
 			return nil
 		}
-		m := a.meta(o.peer)
 		if o.sw == (sweep{}) {
-			for _, t := range Tables() {
-				if err := a.count(o.peer, t, -int64(getCount(a.counts, countKey(o.peer, t)))); err != nil {
-					return err
-				}
+			for t := range Tables() {
+				a.addCount(o.peer, p, t, -int64(a.count(o.peer, p, t)))
 			}
-			a.res.stale -= int64(m.staleRoutes)
-			m.staleRoutes = 0
-			if err := a.peers.Put([]byte(o.peer), m.encode()); err != nil {
-				return err
-			}
+			a.res.stale -= int64(p.meta.staleRoutes)
+			p.meta.staleRoutes, p.metaDirty = 0, true
+			p.b = nil
 			return a.routes.DeleteBucket([]byte(o.peer))
 		}
-		c := pb.Cursor()
+		c := p.b.Cursor()
 		for k, v := c.First(); k != nil; {
 			if !o.sw.matches(string(k), v) {
 				k, v = c.Next()
 				continue
 			}
-			a.staleGone(o.peer, &m, v)
-			if err := a.count(o.peer, tableOf(string(k)), -1); err != nil {
-				return err
-			}
+			a.staleGone(p, v)
+			a.addCount(o.peer, p, tableIndex(tableOf(string(k))), -1)
 			// A cursor's Next after Delete may skip an item: seek to the
 			// deleted key's successor instead (a copy: k is the page's).
 			deleted := append([]byte(nil), k...)
@@ -382,48 +531,52 @@ func (a applier) apply(o *op) error {
 			}
 			k, v = c.Seek(deleted)
 		}
-		return a.peers.Put([]byte(o.peer), m.encode())
+		p.metaDirty = true
+		return nil
 	case opSet, opDel:
-		pb := a.routes.Bucket([]byte(o.peer))
-		if pb == nil {
+		if p.b == nil {
 			if o.kind == opDel {
 				return nil
 			}
 			var err error
-			if pb, err = a.routes.CreateBucket([]byte(o.peer)); err != nil {
+			if p.b, err = a.routes.CreateBucket([]byte(o.peer)); err != nil {
 				return err
 			}
 		}
-		old := pb.Get([]byte(o.rk))
-		if old != nil {
-			old = append([]byte(nil), old...)
+		if o.held && p.meta.stale && o.heldEpoch < p.meta.epoch && p.meta.staleRoutes > 0 {
+			// A stale route re-announced (confirmed or changed) or withdrawn.
+			p.meta.staleRoutes--
+			a.res.stale--
+			p.metaDirty = true
 		}
-		m := a.meta(o.peer)
-		stale0 := m.staleRoutes
-		a.staleGone(o.peer, &m, old)
-		if m.staleRoutes != stale0 {
-			if err := a.peers.Put([]byte(o.peer), m.encode()); err != nil {
-				return err
-			}
-		}
+		k := keyBytes(o.rk)
+		t := tableIndex(tableOf(o.rk))
 		if o.kind == opSet {
-			if err := pb.Put([]byte(o.rk), o.val); err != nil {
+			if err := p.b.Put(k, o.val); err != nil {
 				return err
 			}
-			if old == nil {
-				return a.count(o.peer, tableOf(o.rk), 1)
+			if !o.held {
+				a.addCount(o.peer, p, t, 1)
 			}
 			return nil
 		}
-		if old == nil {
+		if !o.held {
 			return nil
 		}
-		if err := pb.Delete([]byte(o.rk)); err != nil {
+		if err := p.b.Delete(k); err != nil {
 			return err
 		}
-		return a.count(o.peer, tableOf(o.rk), -1)
+		a.addCount(o.peer, p, t, -1)
+		return nil
 	}
 	return nil
+}
+
+// keyBytes is s's bytes without a copy, for bbolt's Get, Seek, Delete and
+// Put, which only read a key (Put stores a copy of it). The bytes must not
+// be written.
+func keyBytes(s string) []byte {
+	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
 func countKey(peer, table string) []byte {
