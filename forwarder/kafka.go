@@ -166,7 +166,7 @@ func (k *KafkaSink) Connect(ctx context.Context) error {
 
 // openLanes starts forwarder.kafka.producers lanes, the first on client.
 func (k *KafkaSink) openLanes(ctx context.Context, client sarama.Client, sc *sarama.Config, lc laneConfig) ([]*lane, error) {
-	lanes := []*lane{newLane(client, lc)}
+	lanes := []*lane{newLane(client, lc, k.logger)}
 	for range max(k.cfg.Producers, 1) - 1 {
 		c, err := newClient(ctx, k.cfg.Brokers, sc)
 		if err != nil {
@@ -175,7 +175,7 @@ func (k *KafkaSink) openLanes(ctx context.Context, client sarama.Client, sc *sar
 			}
 			return nil, fmt.Errorf("kafka producer: %w", err)
 		}
-		lanes = append(lanes, newLane(c, lc))
+		lanes = append(lanes, newLane(c, lc, k.logger))
 	}
 	return lanes, nil
 }
@@ -393,6 +393,7 @@ func (k *KafkaSink) Close(ctx context.Context) error {
 	if err != nil {
 		for _, l := range lanes {
 			close(l.kill)
+			l.cancel()
 		}
 	}
 	for _, l := range lanes {
@@ -401,6 +402,7 @@ func (k *KafkaSink) Close(ctx context.Context) error {
 	}
 	for _, l := range lanes {
 		<-l.done
+		l.cancel()
 	}
 	return err
 }

@@ -1,11 +1,16 @@
 package forwarder
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/IBM/sarama"
+
+	"github.com/bgpedge/bgpedge/internal/lograte"
 )
 
 // A lane is one producer with its own sarama client, hence its own
@@ -28,18 +33,27 @@ import (
 // the oldest arrived, or the lane is flushing for Close. A retriable error
 // (a leader moved, a broker restarting, the connection cut) puts the failed
 // partitions' messages back at the head of their queues and retries them
-// after retry_backoff with fresh metadata, up to retry_max times; any other
-// error, or a message out of retries, fails it, which ends the forwarder's
-// session: the next one re-reads from the spool (at least once).
+// after retry_backoff with fresh metadata, up to retry_max times; a
+// partition whose leader is not known waits in limbo, its leader looked up
+// again every retry_backoff against the same retries. Any other error, or
+// a message out of retries, fails it, which ends the forwarder's session:
+// the next one re-reads from the spool (at least once).
 type lane struct {
-	client sarama.Client
-	cfg    laneConfig
+	client  sarama.Client
+	cfg     laneConfig
+	logger  *slog.Logger
+	retries lograte.Limiter
 
 	in      chan []laneItem
 	results chan laneResult
 	flush   chan struct{} // closed by Close: send what is queued, then stop
 	kill    chan struct{} // closed when Close gives up: fail what is left, stop now
 	done    chan struct{} // closed when the loop has returned
+
+	// ctx ends when the lane is killed: it bounds the dials of its own
+	// connections.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	// Owned by the loop goroutine.
 	parts   map[topicPartition]*partQueue
@@ -59,6 +73,16 @@ type laneConfig struct {
 	flushEvery   time.Duration
 	retryMax     int
 	retryBackoff time.Duration
+
+	// wire: requests go over the lane's own connections (kafka_wire.go),
+	// as records are uncompressed and there is no SASL; otherwise through
+	// sarama's broker connections.
+	wire         bool
+	clientID     string
+	tls          *tls.Config
+	dialTimeout  time.Duration
+	readTimeout  time.Duration
+	writeTimeout time.Duration
 }
 
 // laneItem is one message on its way through a lane.
@@ -98,6 +122,8 @@ type brokerQueue struct {
 	busy    bool         // a request is in flight
 	holdTil time.Time    // no request before this (retry backoff)
 
+	wire *wireConn // the lane's own connection (laneConfig.wire), nil until dialled
+
 	// The request in flight: its partitions and how many messages of each.
 	sent     []sentPart
 	records  []sarama.Record
@@ -126,12 +152,19 @@ func laneConfigOf(c KafkaConfig, sc *sarama.Config) (laneConfig, error) {
 	if err != nil {
 		return laneConfig{}, err
 	}
-	return laneConfig{
+	lc := laneConfig{
 		version: v, acks: sc.Producer.RequiredAcks, timeout: sc.Producer.Timeout,
 		codec: sc.Producer.Compression, level: sc.Producer.CompressionLevel,
 		maxBatch: c.MaxMessageBytes, flushBytes: c.FlushBytes, flushMsgs: c.FlushMessages,
 		flushEvery: c.FlushFrequency, retryMax: c.RetryMax, retryBackoff: c.RetryBackoff,
-	}, nil
+		wire:     sc.Producer.Compression == sarama.CompressionNone && !sc.Net.SASL.Enable,
+		clientID: sc.ClientID, dialTimeout: sc.Net.DialTimeout,
+		readTimeout: sc.Net.ReadTimeout, writeTimeout: sc.Net.WriteTimeout,
+	}
+	if sc.Net.TLS.Enable {
+		lc.tls = sc.Net.TLS.Config
+	}
+	return lc, nil
 }
 
 // produceVersion is the produce request version sarama's own producer
@@ -152,9 +185,10 @@ func produceVersion(v sarama.KafkaVersion) (int16, error) {
 	return 0, fmt.Errorf("kafka version %s: message headers need at least 0.11.0", v)
 }
 
-func newLane(client sarama.Client, cfg laneConfig) *lane {
+func newLane(client sarama.Client, cfg laneConfig, logger *slog.Logger) *lane {
+	ctx, cancel := context.WithCancel(context.Background())
 	return &lane{
-		client: client, cfg: cfg,
+		client: client, cfg: cfg, logger: logger, ctx: ctx, cancel: cancel,
 		in:      make(chan []laneItem, 64),
 		results: make(chan laneResult, 1),
 		flush:   make(chan struct{}),
@@ -169,6 +203,13 @@ func newLane(client sarama.Client, cfg laneConfig) *lane {
 // acks, until it is flushed empty or killed.
 func (l *lane) run() {
 	defer close(l.done)
+	defer func() {
+		for _, bq := range l.brokers {
+			if bq.wire != nil {
+				bq.wire.close()
+			}
+		}
+	}()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	in, flush, flushing := l.in, l.flush, false
@@ -247,10 +288,10 @@ func (l *lane) limbo(now time.Time) *brokerQueue {
 	return bq
 }
 
-// relead looks up the leaders of the partitions in limbo; a partition whose
-// leader is still unknown counts a failed attempt, and fails the lane once
-// out of retries.
-func (l *lane) relead(limbo *brokerQueue) {
+// relead looks up the leaders of the partitions in limbo and reports
+// whether it found any; a partition whose leader is still unknown counts a
+// failed attempt, and fails the lane once out of retries.
+func (l *lane) relead(limbo *brokerQueue) (found bool) {
 	now := time.Now()
 	for _, q := range append([]*partQueue(nil), limbo.parts...) {
 		if len(q.queued()) == 0 {
@@ -259,6 +300,7 @@ func (l *lane) relead(limbo *brokerQueue) {
 		b, err := l.client.Leader(q.tp.topic, q.tp.partition)
 		if err == nil {
 			l.move(q, l.brokerQueue(b), now)
+			found = true
 			continue
 		}
 		items := q.queued()
@@ -268,10 +310,11 @@ func (l *lane) relead(limbo *brokerQueue) {
 		if items[0].tries > l.cfg.retryMax {
 			l.fail(fmt.Errorf("kafka leader of %s/%d: %w: %w", q.tp.topic, q.tp.partition, ErrUnavailable, err))
 			l.abandon(l.err)
-			return
+			return found
 		}
 	}
 	limbo.holdTil = now.Add(l.cfg.retryBackoff)
+	return found
 }
 
 // move takes q with its messages from its queue to bq.
@@ -337,22 +380,30 @@ func recordSize(m *Outgoing) int {
 }
 
 // sendReady sends a request to every broker that is ready for one, and
-// returns when the next one will be (zero: nothing waits on time).
+// returns when the next one will be (zero: nothing waits on time). A pass
+// that moved partitions to other queues (leaders found, a request failed
+// at once) is followed by another, as the queues it already passed may
+// have become ready.
 func (l *lane) sendReady(flushing bool) time.Time {
-	var next time.Time
+	for {
+		next, moved := l.sendPass(flushing)
+		if !moved || l.err != nil {
+			return next
+		}
+	}
+}
+
+func (l *lane) sendPass(flushing bool) (next time.Time, moved bool) {
 	now := time.Now()
 	for _, bq := range l.brokers {
 		if bq.busy || bq.waiting == 0 {
 			continue
 		}
 		at := bq.holdTil
-		if !flushing && bq.bytes < l.cfg.flushBytes && (l.cfg.flushMsgs == 0 || bq.waiting < l.cfg.flushMsgs) {
+		if bq.b != nil && !flushing && bq.bytes < l.cfg.flushBytes && (l.cfg.flushMsgs == 0 || bq.waiting < l.cfg.flushMsgs) {
 			if t := bq.since.Add(l.cfg.flushEvery); t.After(at) {
 				at = t
 			}
-		}
-		if bq.b == nil {
-			at = bq.holdTil
 		}
 		if at.After(now) {
 			if next.IsZero() || at.Before(next) {
@@ -361,15 +412,20 @@ func (l *lane) sendReady(flushing bool) time.Time {
 			continue
 		}
 		if bq.b == nil {
-			l.relead(bq)
+			if l.relead(bq) {
+				moved = true
+			}
 			if l.err == nil && bq.waiting > 0 && (next.IsZero() || bq.holdTil.Before(next)) {
 				next = bq.holdTil
 			}
 			continue
 		}
 		l.send(bq)
+		if !bq.busy {
+			moved = true // failed at once: its partitions were moved or failed
+		}
 	}
-	return next
+	return next, moved
 }
 
 // send builds one request of what bq holds, each partition's batch up to
@@ -386,9 +442,11 @@ func (l *lane) send(bq *brokerQueue) {
 	}
 	clear(bq.parts[len(parts):])
 	bq.parts = parts
-	n, nh := 0, 0
+	// What each partition sends: its oldest messages, up to
+	// max_message_bytes.
+	bq.sent, bq.sentMsgs = bq.sent[:0], 0
 	for _, q := range bq.parts {
-		size := 0
+		n, size := 0, 0
 		for _, it := range q.queued() {
 			s := recordSize(it.m)
 			if size > 0 && size+s > l.cfg.maxBatch {
@@ -396,6 +454,48 @@ func (l *lane) send(bq *brokerQueue) {
 			}
 			size += s
 			n++
+		}
+		q.head = n
+		bq.sent = append(bq.sent, sentPart{q: q, n: n})
+		bq.sentMsgs += n
+	}
+	bq.busy = true
+	cb := func(resp *sarama.ProduceResponse, err error) {
+		select {
+		case l.results <- laneResult{q: bq, resp: resp, err: err}:
+		case <-l.kill:
+		}
+	}
+	var err error
+	if l.cfg.wire {
+		err = l.sendWire(bq, cb)
+	} else {
+		err = l.sendSarama(bq, cb)
+	}
+	if err != nil {
+		l.complete(laneResult{q: bq, err: err})
+	}
+}
+
+// sendWire sends bq's request over the lane's own connection to its broker.
+func (l *lane) sendWire(bq *brokerQueue, cb func(*sarama.ProduceResponse, error)) error {
+	if bq.wire == nil {
+		c, err := dialWire(l.ctx, bq.b.Addr(), l.cfg)
+		if err != nil {
+			return fmt.Errorf("kafka dial %s: %w", bq.b.Addr(), err)
+		}
+		bq.wire = c
+	}
+	return bq.wire.produce(bq.sent, l.cfg.acks, l.cfg.timeout, cb)
+}
+
+// sendSarama sends bq's request through sarama's connection to its broker,
+// records and headers built in slabs bq reuses.
+func (l *lane) sendSarama(bq *brokerQueue, cb func(*sarama.ProduceResponse, error)) error {
+	n, nh := 0, 0
+	for _, sp := range bq.sent {
+		n += sp.n
+		for _, it := range sp.q.queued()[:sp.n] {
 			nh += len(it.m.Headers)
 		}
 	}
@@ -403,18 +503,12 @@ func (l *lane) send(bq *brokerQueue) {
 	// while the slabs fill, so they must not move.
 	recs, ptrs := grow(bq.records, n), grow(bq.recPtrs, n)
 	hdrs, hptrs := grow(bq.headers, nh), grow(bq.hdrPtrs, nh)
-	bq.batches = grow(bq.batches, len(bq.parts))[:len(bq.parts)]
-	bq.sent, bq.sentMsgs = bq.sent[:0], 0
+	bq.batches = grow(bq.batches, len(bq.sent))[:len(bq.sent)]
 	req := &sarama.ProduceRequest{RequiredAcks: l.cfg.acks, Timeout: int32(l.cfg.timeout / time.Millisecond), Version: l.cfg.version}
 	now := time.Now()
-	for i, q := range bq.parts {
-		first, size := len(recs), 0
-		for _, it := range q.queued() {
-			s := recordSize(it.m)
-			if size > 0 && size+s > l.cfg.maxBatch {
-				break
-			}
-			size += s
+	for i, sp := range bq.sent {
+		first := len(recs)
+		for _, it := range sp.q.queued()[:sp.n] {
 			r := sarama.Record{Value: it.m.Value, OffsetDelta: int64(len(recs) - first)}
 			if len(it.m.Key) > 0 {
 				r.Key = it.m.Key
@@ -430,34 +524,23 @@ func (l *lane) send(bq *brokerQueue) {
 			recs = append(recs, r)
 			ptrs = append(ptrs, &recs[len(recs)-1])
 		}
-		q.head = len(recs) - first
-		bq.sent = append(bq.sent, sentPart{q: q, n: q.head})
-		bq.sentMsgs += q.head
 		b := &bq.batches[i]
 		*b = sarama.RecordBatch{
 			Version: 2, Codec: l.cfg.codec, CompressionLevel: l.cfg.level,
-			FirstTimestamp: now, MaxTimestamp: now, LastOffsetDelta: int32(q.head - 1),
+			FirstTimestamp: now, MaxTimestamp: now, LastOffsetDelta: int32(sp.n - 1),
 			ProducerID: -1, ProducerEpoch: -1, FirstSequence: -1,
 			Records: ptrs[first:len(ptrs):len(ptrs)],
 		}
-		req.AddBatch(q.tp.topic, q.tp.partition, b)
+		req.AddBatch(sp.q.tp.topic, sp.q.tp.partition, b)
 	}
-	bq.busy = true
-	err := bq.b.AsyncProduce(req, func(resp *sarama.ProduceResponse, err error) {
-		select {
-		case l.results <- laneResult{q: bq, resp: resp, err: err}:
-		case <-l.kill:
-		}
-	})
+	err := bq.b.AsyncProduce(req, cb)
 	// The request is encoded and written by now: the slabs are reused by
 	// the next one, cleared so they do not keep the messages alive.
 	clear(recs)
 	clear(hdrs)
 	clear(bq.batches)
 	bq.records, bq.recPtrs, bq.headers, bq.hdrPtrs = recs[:0], ptrs[:0], hdrs[:0], hptrs[:0]
-	if err != nil {
-		l.complete(laneResult{q: bq, err: err})
-	}
+	return err
 }
 
 // grow returns s emptied, with room for n elements.
@@ -473,7 +556,13 @@ func grow[T any](s []T, n int) []T {
 func (l *lane) complete(r laneResult) {
 	bq := r.q
 	bq.busy = false
+	if r.err != nil && bq.wire != nil {
+		// Its reader has stopped: the next request dials again.
+		bq.wire.close()
+		bq.wire = nil
+	}
 	var retry []topicPartition
+	var why error // of the first partition retried
 	for _, sp := range bq.sent {
 		q := sp.q
 		var err error
@@ -503,6 +592,9 @@ func (l *lane) complete(r laneResult) {
 			}
 			q.head = 0
 			retry = append(retry, q.tp)
+			if why == nil {
+				why = err
+			}
 			continue
 		}
 		q.head = 0 // abandon fails them
@@ -514,6 +606,9 @@ func (l *lane) complete(r laneResult) {
 		return
 	}
 	if len(retry) > 0 {
+		if n, ok := l.retries.Allow(); ok {
+			l.logger.Warn("kafka produce retried", "partitions", len(retry), "error", why, "retry_backoff", l.cfg.retryBackoff, "suppressed", n)
+		}
 		l.retry(bq, retry, r.err != nil)
 	}
 }
@@ -559,9 +654,10 @@ func (l *lane) dequeue(q *partQueue, n int) {
 // its leader's queue (perhaps another broker's), keeping their messages in
 // order, to be sent after retry_backoff.
 func (l *lane) retry(bq *brokerQueue, tps []topicPartition, connection bool) {
-	if connection {
+	if connection && !l.cfg.wire {
 		// The connection is broken or answers no more: a fresh one is
-		// opened by the next Leader call.
+		// opened by the next Leader call. (The lane's own connection was
+		// closed by complete.)
 		_ = bq.b.Close()
 	}
 	topics := make([]string, 0, len(tps))
