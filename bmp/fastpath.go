@@ -80,9 +80,27 @@ type fastState struct {
 	ends    []int
 	as2     bool
 	times   [2]timeCache // receive time, per-peer header time
+	chunk   []byte       // what is left of the current output chunk (carve)
 	source  string
 	router  string
 	extStrs []string
+}
+
+// outputChunk is the size of the chunks carve cuts outputs from: about a
+// hundred JSON route events, small enough that the messages still held
+// keep little else alive.
+const outputChunk = 32 << 10
+
+// carve returns n bytes of the current output chunk (capacity n: a
+// consumer appending to one cannot reach the next), starting a new chunk
+// when it has no room left.
+func (st *fastState) carve(n int) []byte {
+	if len(st.chunk) < n {
+		st.chunk = make([]byte, max(outputChunk, n))
+	}
+	b := st.chunk[:n:n]
+	st.chunk = st.chunk[n:]
+	return b
 }
 
 func (st *fastState) reset() {

@@ -203,9 +203,12 @@ func (e *Encoder) encodeFast(rec record.Record, emit func(Output)) bool {
 	}
 	st.buf, st.ends = out, ends
 
-	// One allocation holds every output of the message: consumers may keep
-	// them, so the scratch buffer itself is never handed out.
-	arena := make([]byte, len(out))
+	// The outputs are copied out of the scratch buffer, which is reused,
+	// into a chunk shared by the messages this state encodes next:
+	// consumers keep them until the sink has them, and a chunk is freed
+	// once none of its messages is held any more. One allocation per
+	// chunk, not per message.
+	arena := st.carve(len(out))
 	copy(arena, out)
 	start := 0
 	next := func() []byte {

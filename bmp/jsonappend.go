@@ -68,9 +68,15 @@ type timeCache struct {
 	text  [19]byte // 2006-01-02T15:04:05
 }
 
-// appendJSON is appendJSONTime, with the cache for UTC times.
+// appendJSON is appendJSONTime, with the cache for times at UTC. That
+// includes local times where the local zone is at offset zero (the spool's
+// record times are local): RFC 3339 writes any zero offset as "Z", so the
+// text is the same, without time.Time's general formatting.
 func (c *timeCache) appendJSON(b []byte, t time.Time) ([]byte, bool) {
 	if t.Location() == time.UTC {
+		return c.appendJSONTimeUTC(b, t)
+	}
+	if _, off := t.Zone(); off == 0 {
 		return c.appendJSONTimeUTC(b, t)
 	}
 	return appendJSONTime(b, t)

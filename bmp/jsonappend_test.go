@@ -28,6 +28,14 @@ func TestAppendJSONTime(t *testing.T) {
 		time.Date(2026, 1, 1, 0, 0, 0, 7, time.FixedZone("x", 24*3600)),
 		time.Date(2026, 1, 1, 0, 0, 0, 7, time.FixedZone("x", 3600+7)),
 		time.Date(2026, 6, 1, 0, 0, 0, 7, time.Local),
+		// A zone at offset zero that is not time.UTC, as the spool's local
+		// record times are on a host at UTC: written with "Z" all the same.
+		time.Date(2026, 1, 1, 0, 0, 0, 7, time.FixedZone("zero", 0)),
+		time.Unix(1796605200, 250000000),
+	}
+	// A zone at offset zero in winter only.
+	if london, err := time.LoadLocation("Europe/London"); err == nil {
+		times = append(times, time.Date(2026, 1, 15, 12, 0, 0, 1, london), time.Date(2026, 7, 15, 12, 0, 0, 1, london))
 	}
 	r := rand.New(rand.NewPCG(1, 2))
 	for range 20000 {

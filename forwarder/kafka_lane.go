@@ -91,7 +91,8 @@ type laneItem struct {
 	ack       AckFunc
 	topic     string
 	partition int32
-	tries     int // failed attempts so far
+	size      int32 // recordSize(m), kept
+	tries     int32 // failed attempts so far
 }
 
 type topicPartition struct {
@@ -269,8 +270,9 @@ func (l *lane) enqueue(items []laneItem) {
 				q.broker = l.limbo(now)
 			}
 		}
+		it.size = int32(recordSize(it.m))
 		q.items = append(q.items, it)
-		l.waiting(q, 1, recordSize(it.m), now)
+		l.waiting(q, 1, int(it.size), now)
 	}
 }
 
@@ -307,7 +309,7 @@ func (l *lane) relead(limbo *brokerQueue) (found bool) {
 		for i := range items {
 			items[i].tries++
 		}
-		if items[0].tries > l.cfg.retryMax {
+		if int(items[0].tries) > l.cfg.retryMax {
 			l.fail(fmt.Errorf("kafka leader of %s/%d: %w: %w", q.tp.topic, q.tp.partition, ErrUnavailable, err))
 			l.abandon(l.err)
 			return found
@@ -322,7 +324,7 @@ func (l *lane) move(q *partQueue, bq *brokerQueue, now time.Time) {
 	old := q.broker
 	size := 0
 	for _, it := range q.queued() {
-		size += recordSize(it.m)
+		size += int(it.size)
 	}
 	old.waiting -= len(q.queued())
 	old.bytes -= size
@@ -448,7 +450,7 @@ func (l *lane) send(bq *brokerQueue) {
 	for _, q := range bq.parts {
 		n, size := 0, 0
 		for _, it := range q.queued() {
-			s := recordSize(it.m)
+			s := int(it.size)
 			if size > 0 && size+s > l.cfg.maxBatch {
 				break
 			}
@@ -586,7 +588,7 @@ func (l *lane) complete(r laneResult) {
 			l.dequeue(q, sp.n)
 			continue
 		}
-		if l.err == nil && retriable(err) && sent[0].tries < l.cfg.retryMax {
+		if l.err == nil && retriable(err) && int(sent[0].tries) < l.cfg.retryMax {
 			for i := range sent {
 				sent[i].tries++
 			}
@@ -618,7 +620,7 @@ func (l *lane) dequeue(q *partQueue, n int) {
 	bq := q.broker
 	done := q.queued()[:n]
 	for _, it := range done {
-		bq.bytes -= recordSize(it.m)
+		bq.bytes -= int(it.size)
 	}
 	bq.waiting -= n
 	clear(done)
