@@ -77,7 +77,7 @@ type KafkaConfig struct {
 	// produce request; keep it at or below the brokers' message.max.bytes
 	// (1048588 by default), or whole batches are rejected.
 	MaxMessageBytes int `mapstructure:"max_message_bytes"`
-	// Producers is how many idempotent producers (each with its own
+	// Producers is how many producer lanes (each with its own
 	// connection) share the partitions: partition i goes to producer
 	// i mod producers, after the usual hash of the key.
 	Producers    int           `mapstructure:"producers"`
@@ -340,7 +340,7 @@ func validateKafka(c Config, bad badFunc) {
 		bad("kafka.producers", "must be between 1 and 16")
 	}
 	if k.RetryMax < 1 {
-		bad("kafka.retry_max", "must be at least 1 (the idempotent producer needs retries)")
+		bad("kafka.retry_max", "must be at least 1 (a leader moving would otherwise end the session)")
 	}
 	if k.Partitions < 1 {
 		bad("kafka.partitions", "must be at least 1")

@@ -7,8 +7,9 @@
 // Encoder (records to record.Output messages; packages bmp and exabgp
 // implement it, Raw sends a declared raw stream as spooled), and Sink
 // (Connect/Write/Close, with a per-message ack), and the
-// sinks: KafkaSink (sarama AsyncProducer: idempotent, acks from all in-sync
-// replicas, one request in flight per broker), NATSSink (JetStream async
+// sinks: KafkaSink (lanes that build their own produce requests, acks from
+// all in-sync replicas, one request per broker in flight, retriable errors
+// retried per partition in order; kafka_lane.go), NATSSink (JetStream async
 // publish with every PubAck checked and Nats-Msg-Id set) and FileSink (one
 // directory per stream, JSON lines or raw BMP, fsync'd before the ack;
 // docs/file-sink.md).

@@ -72,8 +72,11 @@ func (k *KafkaSink) ConnectTimeout() time.Duration { return 3 * k.cfg.DialTimeou
 // ProbeTimeout implements Timeouts: a dial and one metadata request.
 func (k *KafkaSink) ProbeTimeout() time.Duration { return 2 * k.cfg.DialTimeout }
 
-// SaramaConfig builds the producer configuration: idempotent, acks from all
-// in-sync replicas, one request in flight per broker so retries keep order.
+// SaramaConfig builds the sarama configuration of the sink's clients
+// (metadata, topics, the broker connections of the lanes that go through
+// sarama) and of the acks, timeouts and compression the lanes take from it.
+// Its producer settings are those of an idempotent AsyncProducer, which
+// BenchmarkSaramaFloor measures the lanes against.
 func SaramaConfig(c KafkaConfig) (*sarama.Config, error) {
 	sc := sarama.NewConfig()
 	v, err := sarama.ParseKafkaVersion(c.Version)

@@ -24,6 +24,9 @@ go build -o "$BIN" ./bmp/internal/benchstation
 run() { # mode, extra args...
 	mode=$1
 	shift
+	# A result of an earlier run in a reused BENCH_DIR must not be read
+	# as this one's address.
+	rm -f "$DIR/$mode.out"
 	"$BIN" "$mode" -listen 127.0.0.1:0 -sessions "$SESSIONS" "$@" >"$DIR/$mode.out" &
 	pid=$!
 	while [ ! -s "$DIR/$mode.out" ]; do sleep 0.05; done
