@@ -481,6 +481,13 @@ func (l *lane) send(bq *brokerQueue) {
 
 // sendWire sends bq's request over the lane's own connection to its broker.
 func (l *lane) sendWire(bq *brokerQueue, cb func(*sarama.ProduceResponse, error)) error {
+	if bq.wire != nil && time.Since(bq.wire.used) > wireIdle {
+		// Brokers close connections idle for connections.max.idle.ms (10
+		// minutes by default); a request written into one that was closed
+		// would fail and be retried: dial afresh instead.
+		bq.wire.close()
+		bq.wire = nil
+	}
 	if bq.wire == nil {
 		c, err := dialWire(l.ctx, bq.b.Addr(), l.cfg)
 		if err != nil {

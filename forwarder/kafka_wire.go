@@ -34,7 +34,8 @@ type wireConn struct {
 	readTO   time.Duration
 	writeTO  time.Duration
 
-	buf    []byte // the request being encoded (reused)
+	used   time.Time // when the last request was written
+	buf    []byte    // the request being encoded (reused)
 	corr   int32
 	expect chan wireExpect
 	done   chan struct{} // closed when the reader has returned
@@ -46,6 +47,11 @@ type wireExpect struct {
 	parts []sentPart // their topics and partitions, for the answer
 	cb    func(*sarama.ProduceResponse, error)
 }
+
+// wireIdle is how long a lane's own connection may stay unused before it
+// is dialled again rather than written to: half the brokers' default
+// connections.max.idle.ms.
+const wireIdle = 5 * time.Minute
 
 // wireVersion is the produce request version a wireConn speaks: the
 // version sarama would use, at most 8, the last before the protocol's
@@ -76,7 +82,7 @@ func dialWire(ctx context.Context, addr string, cfg laneConfig) (*wireConn, erro
 		conn = t
 	}
 	c := &wireConn{
-		conn: conn, clientID: cfg.clientID, version: wireVersion(cfg.version),
+		conn: conn, clientID: cfg.clientID, version: wireVersion(cfg.version), used: time.Now(),
 		readTO: cfg.readTimeout, writeTO: cfg.writeTimeout,
 		expect: make(chan wireExpect, 1),
 		done:   make(chan struct{}),
@@ -153,8 +159,9 @@ func (c *wireConn) produce(parts []sentPart, acks sarama.RequiredAcks, timeout t
 	case <-c.done:
 		return fmt.Errorf("kafka connection closed: %w", sarama.ErrNotConnected)
 	}
+	c.used = time.Now()
 	if c.writeTO > 0 {
-		_ = c.conn.SetWriteDeadline(time.Now().Add(c.writeTO))
+		_ = c.conn.SetWriteDeadline(c.used.Add(c.writeTO))
 	}
 	if _, err := c.conn.Write(b); err != nil {
 		// The reader, reading from a closed connection, fails the
