@@ -393,6 +393,26 @@ func gcAsAgent(b *testing.B) {
 	})
 }
 
+// floorSetup is what both floor benchmarks start from: the agent's GC
+// settings, a fresh 6-partition topic for stream "floor", n records of size
+// bytes (BGPEDGE_BENCH_RECORDS, BGPEDGE_BENCH_SIZE, default 496).
+func floorSetup(b *testing.B) (brokers []string, cfg Config, n, size int) {
+	gcAsAgent(b)
+	brokers = testenv.KafkaBrokers(b)
+	n, size = benchRecords(b), 496
+	if v := os.Getenv("BGPEDGE_BENCH_SIZE"); v != "" {
+		var err error
+		if size, err = strconv.Atoi(v); err != nil || size < 1 {
+			b.Fatalf("BGPEDGE_BENCH_SIZE=%q", v)
+		}
+	}
+	cfg = testConfig(b, brokers)
+	cfg.Kafka.Partitions = 6
+	benchKafkaOverrides(b, &cfg)
+	createTopic(b, brokers, cfg.Topics.Topic("floor"), cfg.Kafka.Partitions)
+	return brokers, cfg, n, size
+}
+
 // BenchmarkSaramaFloor is what sarama's producer alone costs per message,
 // with nothing of the forwarder around it: no spool, no encoding, no
 // tracker. Messages shaped like the JSON route events of the 100k dump
@@ -403,20 +423,8 @@ func gcAsAgent(b *testing.B) {
 // CPU per message is the floor under the forwarder's own
 // (docs/BENCHMARKS.md, "End to end, decoded").
 func BenchmarkSaramaFloor(b *testing.B) {
-	gcAsAgent(b)
-	brokers := testenv.KafkaBrokers(b)
-	n, size := benchRecords(b), 496
-	if v := os.Getenv("BGPEDGE_BENCH_SIZE"); v != "" {
-		var err error
-		if size, err = strconv.Atoi(v); err != nil || size < 1 {
-			b.Fatalf("BGPEDGE_BENCH_SIZE=%q", v)
-		}
-	}
-	cfg := testConfig(b, brokers)
-	cfg.Kafka.Partitions = 6
-	benchKafkaOverrides(b, &cfg)
+	brokers, cfg, n, size := floorSetup(b)
 	topic := cfg.Topics.Topic("floor")
-	createTopic(b, brokers, topic, cfg.Kafka.Partitions)
 	sc, err := SaramaConfig(cfg.Kafka)
 	if err != nil {
 		b.Fatal(err)
@@ -501,19 +509,7 @@ func BenchmarkSaramaFloor(b *testing.B) {
 // AsyncProducer, in Write batches of forwarder.read_batch messages: run
 // both in one sitting to compare the two on the same broker and load.
 func BenchmarkKafkaSinkFloor(b *testing.B) {
-	gcAsAgent(b)
-	brokers := testenv.KafkaBrokers(b)
-	n, size := benchRecords(b), 496
-	if v := os.Getenv("BGPEDGE_BENCH_SIZE"); v != "" {
-		var err error
-		if size, err = strconv.Atoi(v); err != nil || size < 1 {
-			b.Fatalf("BGPEDGE_BENCH_SIZE=%q", v)
-		}
-	}
-	cfg := testConfig(b, brokers)
-	cfg.Kafka.Partitions = 6
-	benchKafkaOverrides(b, &cfg)
-	createTopic(b, brokers, cfg.Topics.Topic("floor"), cfg.Kafka.Partitions)
+	_, cfg, n, size := floorSetup(b)
 	sink := NewKafkaSink(cfg.Kafka, cfg.Topics, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

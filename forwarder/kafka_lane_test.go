@@ -77,21 +77,9 @@ func laneBatch(from, n int, stream string) []*Outgoing {
 // deadline.
 func TestKafkaLanesRetryAcrossCut(t *testing.T) {
 	t.Parallel()
-	k := testenv.KafkaControlWith(t, testenv.KafkaOptions{Gated: true})
-	gate := k.Gate(t)
-	cfg := testConfig(t, []string{gate.Addr()})
-	cfg.Kafka.RetryMax = 20
-	cfg.Kafka.RetryBackoff = 250 * time.Millisecond
-	topic := testenv.NewTopic(t, k.Brokers(), 3)
-	cfg.Topics.Overrides = map[string]string{StreamBMPRaw: topic}
-	cfg.Topics.Ensure = []string{StreamBMPRaw}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-
-	sink := NewKafkaSink(cfg.Kafka, cfg.Topics, testLogger(t))
-	if err := sink.Connect(ctx); err != nil {
-		t.Fatal(err)
-	}
+	k, gate, topic, sink := gatedSink(ctx, t, 20)
 	acks := newAckLog()
 	const total = 20000
 	for i := 0; i < total; i += 500 {
@@ -155,6 +143,25 @@ func TestKafkaLanesRetryAcrossCut(t *testing.T) {
 	}
 }
 
+// gatedSink connects a KafkaSink with retry_max retries (250 ms apart) to a
+// private broker behind a gate, writing stream bmp.raw to a new 3-partition
+// topic.
+func gatedSink(ctx context.Context, t *testing.T, retryMax int) (*testenv.Kafka, *testenv.Gate, string, *KafkaSink) {
+	k := testenv.KafkaControlWith(t, testenv.KafkaOptions{Gated: true})
+	gate := k.Gate(t)
+	cfg := testConfig(t, []string{gate.Addr()})
+	cfg.Kafka.RetryMax = retryMax
+	cfg.Kafka.RetryBackoff = 250 * time.Millisecond
+	topic := testenv.NewTopic(t, k.Brokers(), 3)
+	cfg.Topics.Overrides = map[string]string{StreamBMPRaw: topic}
+	cfg.Topics.Ensure = []string{StreamBMPRaw}
+	sink := NewKafkaSink(cfg.Kafka, cfg.Topics, testLogger(t))
+	if err := sink.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return k, gate, topic, sink
+}
+
 func firstErr(a *ackLog) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -168,19 +175,9 @@ func firstErr(a *ackLog) error {
 // returns by its deadline with every message reported.
 func TestKafkaLanesCloseByDeadline(t *testing.T) {
 	t.Parallel()
-	k := testenv.KafkaControlWith(t, testenv.KafkaOptions{Gated: true})
-	gate := k.Gate(t)
-	cfg := testConfig(t, []string{gate.Addr()})
-	cfg.Kafka.RetryMax = 1000
-	topic := testenv.NewTopic(t, k.Brokers(), 3)
-	cfg.Topics.Overrides = map[string]string{StreamBMPRaw: topic}
-	cfg.Topics.Ensure = []string{StreamBMPRaw}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	sink := NewKafkaSink(cfg.Kafka, cfg.Topics, testLogger(t))
-	if err := sink.Connect(ctx); err != nil {
-		t.Fatal(err)
-	}
+	_, gate, _, sink := gatedSink(ctx, t, 1000)
 	gate.Close()
 	acks := newAckLog()
 	if err := sink.Write(ctx, laneBatch(0, 1000, StreamBMPRaw), acks.ack); err != nil {
