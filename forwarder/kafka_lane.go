@@ -126,13 +126,12 @@ type brokerQueue struct {
 	wire *wireConn // the lane's own connection (laneConfig.wire), nil until dialled
 
 	// The request in flight: its partitions and how many messages of each.
-	sent     []sentPart
-	records  []sarama.Record
-	recPtrs  []*sarama.Record
-	headers  []sarama.RecordHeader
-	hdrPtrs  []*sarama.RecordHeader
-	batches  []sarama.RecordBatch
-	sentMsgs int
+	sent    []sentPart
+	records []sarama.Record
+	recPtrs []*sarama.Record
+	headers []sarama.RecordHeader
+	hdrPtrs []*sarama.RecordHeader
+	batches []sarama.RecordBatch
 }
 
 type sentPart struct {
@@ -446,7 +445,7 @@ func (l *lane) send(bq *brokerQueue) {
 	bq.parts = parts
 	// What each partition sends: its oldest messages, up to
 	// max_message_bytes.
-	bq.sent, bq.sentMsgs = bq.sent[:0], 0
+	bq.sent = bq.sent[:0]
 	for _, q := range bq.parts {
 		n, size := 0, 0
 		for _, it := range q.queued() {
@@ -459,7 +458,6 @@ func (l *lane) send(bq *brokerQueue) {
 		}
 		q.head = n
 		bq.sent = append(bq.sent, sentPart{q: q, n: n})
-		bq.sentMsgs += n
 	}
 	bq.busy = true
 	cb := func(resp *sarama.ProduceResponse, err error) {

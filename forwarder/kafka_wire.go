@@ -117,11 +117,10 @@ func (c *wireConn) produce(parts []sentPart, acks sarama.RequiredAcks, timeout t
 	// Topics, each with its partitions: parts are grouped by topic here,
 	// as the request nests them.
 	ntopics := 0
-	for i, p := range parts {
+	for i := range parts {
 		if firstOfTopic(parts, i) {
 			ntopics++
 		}
-		_ = p
 	}
 	b = binary.BigEndian.AppendUint32(b, uint32(ntopics))
 	now := time.Now().UnixMilli()
