@@ -34,6 +34,10 @@ type Options struct {
 
 	// initialMmap overrides the file's first mapping (tests: remaps).
 	initialMmap int
+	// maxCommitOps and maxOverlayOps override the constants (tests: 0
+	// keeps them); beforeWrite runs in a commit before it writes (tests).
+	maxCommitOps, maxOverlayOps int
+	beforeWrite                 func()
 }
 
 // Stage keeps the route state in spool order. It implements
@@ -57,13 +61,24 @@ type Stage struct {
 	// previous one left, as the changes were decided.
 	commitMu sync.Mutex
 	mu       sync.Mutex
-	ops      []op                          // changes not yet committed, in seq order
-	routes   map[string]map[string]ovEntry // peer → route key → newest change
-	sweeps   map[string][]ovSweep          // peer → sweeps, oldest first
-	metas    map[string]ovMeta             // peer → newest meta
-	gen      uint64
-	applied  uint64              // the file holds every change of records ≤ applied
-	stale    map[string]peerMeta // committed stale peers, for the timer
+	// committing is set while CommitThrough runs; commitEnd (on mu) is
+	// signalled when it ends. Sequence waits on it while the overlay is
+	// over maxOverlayOps (see there).
+	committing bool
+	commitEnd  *sync.Cond
+	waits      uint64 // times Sequence waited for a commit (tests)
+	parts      uint64 // commit transactions (tests)
+	// commitOps, overlayOps: maxCommitOps, maxOverlayOps unless a test
+	// set them.
+	commitOps, overlayOps int
+	beforeWrite           func()
+	ops                   []op                          // changes not yet committed, in seq order
+	routes                map[string]map[string]ovEntry // peer → route key → newest change
+	sweeps                map[string][]ovSweep          // peer → sweeps, oldest first
+	metas                 map[string]ovMeta             // peer → newest meta
+	gen                   uint64
+	applied               uint64              // the file holds every change of records ≤ applied
+	stale                 map[string]peerMeta // committed stale peers, for the timer
 	// committed is every peer's meta as the file holds it (its epoch and
 	// staleness change only by opMeta), so decisions read no file for it.
 	committed map[string]peerMeta
@@ -130,6 +145,14 @@ func Open(opts Options) (*Stage, error) {
 	s := &Stage{cfg: opts.Config, agentID: opts.AgentID, log: opts.Logger.With("component", "rib"), st: st,
 		reg: opts.Registerer, append: opts.Append, stale: map[string]peerMeta{}, committed: map[string]peerMeta{}, fired: map[string]uint32{}, stop: make(chan struct{}),
 		parse: parser{peers: map[string]string{}, families: map[string]string{}}}
+	s.commitEnd = sync.NewCond(&s.mu)
+	s.commitOps, s.overlayOps, s.beforeWrite = maxCommitOps, maxOverlayOps, opts.beforeWrite
+	if opts.maxCommitOps > 0 {
+		s.commitOps = opts.maxCommitOps
+	}
+	if opts.maxOverlayOps > 0 {
+		s.overlayOps = opts.maxOverlayOps
+	}
 	s.reset()
 	if err := s.load(); err != nil {
 		_ = st.close()
@@ -206,10 +229,48 @@ func (s *Stage) Rewind(from uint64) error {
 	return nil
 }
 
+// maxCommitOps bounds the changes one commit transaction applies. bbolt
+// keeps what a transaction changes in memory until it writes it (a node
+// per touched page with its keys, then a page buffer per written page), so
+// a commit's memory grows with the changes it takes; a commit that fell
+// behind the acks (it runs while the sink goes on acknowledging) would take
+// more each time. A CommitThrough with more changes writes them in several
+// transactions, each ending at a record boundary: every transaction leaves
+// the file holding all the changes of the records up to its applied seq,
+// which is all the invariant asks.
+const maxCommitOps = 8192
+
+// maxOverlayOps is the overlay size over which Sequence waits for the
+// running commit to end before it decides a record. Without it the overlay
+// (about 300 bytes a change) grows as long as commits are slower than the
+// sink: the forwarder's in-flight limits count what the sink has not
+// acknowledged, not what the state has not committed.
+const maxOverlayOps = 65536
+
 // CommitThrough implements forwarder.Sequencer.
 func (s *Stage) CommitThrough(seq uint64) error {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
+	s.mu.Lock()
+	s.committing = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.committing = false
+		s.commitEnd.Broadcast()
+		s.mu.Unlock()
+	}()
+	for {
+		done, err := s.commitPart(seq)
+		if done || err != nil {
+			return err
+		}
+	}
+}
+
+// commitPart commits the overlay's changes of records ≤ seq, at most about
+// maxCommitOps of them; done reports that it reached seq.
+func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 	s.mu.Lock()
 	n := 0
 	for n < len(s.ops) && s.ops[n].seq <= seq {
@@ -217,14 +278,29 @@ func (s *Stage) CommitThrough(seq uint64) error {
 	}
 	if n == 0 && seq <= s.applied {
 		s.mu.Unlock()
-		return nil
+		return true, nil
+	}
+	through := seq
+	if n > s.commitOps {
+		// Cut after the record of the commitOps-th change: a record's
+		// changes go into one transaction.
+		cut := s.commitOps
+		for cut < n && s.ops[cut].seq == s.ops[cut-1].seq {
+			cut++
+		}
+		if cut < n {
+			n, through = cut, s.ops[cut-1].seq
+		}
 	}
 	batch := slices.Clone(s.ops[:n])
 	s.mu.Unlock()
 
 	// Lookups meanwhile still find these changes in the overlay, which
 	// agrees with the file once written.
-	res, err := s.st.apply(batch, seq, func() {
+	res, err := s.st.apply(batch, through, func() {
+		if s.beforeWrite != nil {
+			s.beforeWrite()
+		}
 		s.mu.Lock()
 		s.writing = true
 		s.endRead()
@@ -237,7 +313,7 @@ func (s *Stage) CommitThrough(seq uint64) error {
 	// they leave the overlay (and one opened before the write must go).
 	s.endRead()
 	if err != nil {
-		return err
+		return false, err
 	}
 	for _, o := range batch {
 		switch o.kind {
@@ -266,10 +342,12 @@ func (s *Stage) CommitThrough(seq uint64) error {
 		}
 	}
 	s.ops = slices.Delete(s.ops, 0, n)
-	s.applied = max(s.applied, seq)
+	s.applied = max(s.applied, through)
+	s.parts++
 	s.m.routes.Add(float64(res.routes))
 	s.m.stale.Add(float64(res.stale))
-	return nil
+	s.commitEnd.Broadcast()
+	return through == seq, nil
 }
 
 // lookup returns a route's value in the state as of the records sequenced
@@ -400,6 +478,15 @@ func (s *Stage) Sequence(rec record.Record, msgs []*forwarder.Outgoing, emit fun
 		out.next = max(out.next, m.Index+1)
 	}
 	s.mu.Lock()
+	// Backpressure: while the overlay is large and a commit runs, wait for
+	// it (or a part of it) to end. Only for a running commit, which needs
+	// nothing from this goroutine: the records it commits were sent
+	// already. Waiting for acks instead could wait for records of the
+	// batch being sequenced, which the forwarder sends only after it.
+	for len(s.ops) > s.overlayOps && s.committing {
+		s.waits++
+		s.commitEnd.Wait()
+	}
 	replay := rec.Seq <= s.applied
 	s.mu.Unlock()
 	if replay {
