@@ -37,6 +37,8 @@
 #   MANY_SESSIONS=0 scripts/bench-e2e.sh   # without the many-sessions run
 #   PPROF=1 scripts/bench-e2e.sh   # CPU profile (first PPROF_SECONDS, 8) and
 #                                  # heap profile (at the end) of each bgpedge run
+#   MEASURE_TIMEOUT=60m SESSIONS=34 MODES=json-rib MANY_SESSIONS=0 REPS=1 \
+#     scripts/bench-e2e.sh   # 34 routers' tables (10.2 M routes) in the route state
 #   BASE=main scripts/bench-e2e.sh # also run bgpedge built from git revision
 #                                  # BASE (json, raw, both), interleaved, for
 #                                  # before/after rows measured in one sitting
@@ -55,6 +57,7 @@ PPROF=${PPROF:-}
 MANY_SESSIONS=${MANY_SESSIONS:-1000}
 MANY_FILE=${MANY_FILE:-../shared/bmpdata/raw/gobgp-3.10.0-loopback.bmp}
 MANY_LOOP=${MANY_LOOP:-20}
+MEASURE_TIMEOUT=${MEASURE_TIMEOUT:-10m} # a bgpedge run not drained by then fails
 DIR=${BENCH_DIR:-$(mktemp -d)}
 mkdir -p "$DIR"
 results=$DIR/results.jsonl
@@ -136,7 +139,10 @@ run_bgpedge() { # mode sessions rep [file loop]; mode json, json-rib, raw, both,
 		prof=$!
 	fi
 	out=$("$bench" measure -pid "$pid" -to "127.0.0.1:$port" -file "$file" -sessions "$s" -loop "$loop" \
-		-metrics "http://127.0.0.1:$hport/metrics")
+		-metrics "http://127.0.0.1:$hport/metrics" -timeout "$MEASURE_TIMEOUT")
+	if [[ $rib == true ]]; then # the route state's file, once drained
+		out=$(jq -c --argjson b "$(stat -c %s "$DIR/state/rib.db")" '. + {rib_file_bytes: $b}' <<<"$out")
+	fi
 	if [[ -n $prof ]]; then
 		wait "$prof" || true
 		curl -sf -o "$DIR/heap-$mode-$s-$rep.pprof" "http://127.0.0.1:$hport/debug/pprof/heap" || true
