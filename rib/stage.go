@@ -230,22 +230,25 @@ func (s *Stage) Rewind(from uint64) error {
 }
 
 // maxCommitOps bounds the changes one commit transaction applies. bbolt
-// keeps what a transaction changes in memory until it writes it (a node
-// per touched page with its keys, then a page buffer per written page), so
-// a commit's memory grows with the changes it takes; a commit that fell
-// behind the acks (it runs while the sink goes on acknowledging) would take
-// more each time. A CommitThrough with more changes writes them in several
-// transactions, each ending at a record boundary: every transaction leaves
+// keeps what a transaction changes in memory until it writes it: a node per
+// touched page with an entry per key, then a page buffer per page written.
+// Routes arrive in no useful key order (a router sends its table in its
+// own order), so in a large state nearly every change touches a page of its
+// own: about 5 KB of memory per change (a 14-router run's commits of 8,192
+// changes held 28 MB of nodes and 18 MB of page buffers). A commit that
+// fell behind the acks (it runs while the sink goes on acknowledging) would
+// take more each time. A CommitThrough with more changes writes them in
+// several transactions, each ending at a record boundary: every one leaves
 // the file holding all the changes of the records up to its applied seq,
 // which is all the invariant asks.
-const maxCommitOps = 8192
+const maxCommitOps = 2048
 
 // maxOverlayOps is the overlay size over which Sequence waits for the
-// running commit to end before it decides a record. Without it the overlay
-// (about 300 bytes a change) grows as long as commits are slower than the
-// sink: the forwarder's in-flight limits count what the sink has not
-// acknowledged, not what the state has not committed.
-const maxOverlayOps = 65536
+// running commit to end before it decides a record: about 300 bytes a
+// change, so about 10 MB. Without it the overlay grows as long as commits
+// are slower than the sink: the forwarder's in-flight limits count what the
+// sink has not acknowledged, not what the state has not committed.
+const maxOverlayOps = 32768
 
 // CommitThrough implements forwarder.Sequencer.
 func (s *Stage) CommitThrough(seq uint64) error {
