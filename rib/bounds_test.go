@@ -142,3 +142,33 @@ func TestStageOverlayBackpressure(t *testing.T) {
 		t.Errorf("overlay holds %d changes after committing records ≤ 5, want 48", left)
 	}
 }
+
+// TestStageCommitPartsSizedByPages: without a fixed part size, a commit
+// part takes as many changes as the previous part's pages per change
+// predict fit in maxCommitNodes: routes in key order share pages, so parts
+// grow past maxCommitNodes changes (up to the overlay's bound), and never
+// shrink below minCommitOps.
+func TestStageCommitPartsSizedByPages(t *testing.T) {
+	s := openBounded(t, t.TempDir(), 0, 0, nil)
+	defer s.Close()
+	if s.partOps != maxCommitNodes {
+		t.Fatalf("first part size %d, want %d", s.partOps, maxCommitNodes)
+	}
+	const records = 3000 // 9,000 routes in key order: a few hundred pages
+	for seq := uint64(1); seq <= records; seq++ {
+		sequence(t, s, seq, threeRoutes(t, seq))
+	}
+	if err := s.CommitThrough(records); err != nil {
+		t.Fatal(err)
+	}
+	if s.parts < 2 {
+		t.Fatalf("9,000 changes committed in %d part, want the first cut at about %d", s.parts, maxCommitNodes)
+	}
+	t.Logf("%d parts, next part %d changes", s.parts, s.partOps)
+	if s.partOps <= maxCommitNodes || s.partOps > maxOverlayOps {
+		t.Errorf("part size after commits of routes sharing pages: %d, want more than %d and at most %d", s.partOps, maxCommitNodes, maxOverlayOps)
+	}
+	if got := len(fileState(t, s)); got != 3*records {
+		t.Errorf("file holds %d routes, want %d", got, 3*records)
+	}
+}

@@ -34,8 +34,11 @@ type Options struct {
 
 	// initialMmap overrides the file's first mapping (tests: remaps).
 	initialMmap int
-	// maxCommitOps and maxOverlayOps override the constants (tests: 0
-	// keeps them); beforeWrite runs in a commit before it writes (tests).
+	// pageSize overrides the page size of a new file (benchmarks).
+	pageSize int
+	// maxCommitOps fixes the changes of a commit part (tests: 0 sizes
+	// parts by maxCommitNodes); maxOverlayOps overrides the constant;
+	// beforeWrite runs in a commit before it writes (tests).
 	maxCommitOps, maxOverlayOps int
 	beforeWrite                 func()
 }
@@ -68,17 +71,18 @@ type Stage struct {
 	commitEnd  *sync.Cond
 	waits      uint64 // times Sequence waited for a commit (tests)
 	parts      uint64 // commit transactions (tests)
-	// commitOps, overlayOps: maxCommitOps, maxOverlayOps unless a test
-	// set them.
-	commitOps, overlayOps int
-	beforeWrite           func()
-	ops                   []op                          // changes not yet committed, in seq order
-	routes                map[string]map[string]ovEntry // peer → route key → newest change
-	sweeps                map[string][]ovSweep          // peer → sweeps, oldest first
-	metas                 map[string]ovMeta             // peer → newest meta
-	gen                   uint64
-	applied               uint64              // the file holds every change of records ≤ applied
-	stale                 map[string]peerMeta // committed stale peers, for the timer
+	// partOps is the changes the next commit part takes (fixedParts: a
+	// test set it); overlayOps is maxOverlayOps unless a test set it.
+	partOps, overlayOps int
+	fixedParts          bool
+	beforeWrite         func()
+	ops                 []op                          // changes not yet committed, in seq order
+	routes              map[string]map[string]ovEntry // peer → route key → newest change
+	sweeps              map[string][]ovSweep          // peer → sweeps, oldest first
+	metas               map[string]ovMeta             // peer → newest meta
+	gen                 uint64
+	applied             uint64              // the file holds every change of records ≤ applied
+	stale               map[string]peerMeta // committed stale peers, for the timer
 	// committed is every peer's meta as the file holds it (its epoch and
 	// staleness change only by opMeta), so decisions read no file for it.
 	committed map[string]peerMeta
@@ -138,7 +142,7 @@ func Open(opts Options) (*Stage, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	st, err := openStore(opts.Dir, false, opts.initialMmap)
+	st, err := openStore(opts.Dir, false, opts.initialMmap, opts.pageSize)
 	if err != nil {
 		return nil, err
 	}
@@ -146,9 +150,9 @@ func Open(opts Options) (*Stage, error) {
 		reg: opts.Registerer, append: opts.Append, stale: map[string]peerMeta{}, committed: map[string]peerMeta{}, fired: map[string]uint32{}, stop: make(chan struct{}),
 		parse: parser{peers: map[string]string{}, families: map[string]string{}}}
 	s.commitEnd = sync.NewCond(&s.mu)
-	s.commitOps, s.overlayOps, s.beforeWrite = maxCommitOps, maxOverlayOps, opts.beforeWrite
+	s.partOps, s.overlayOps, s.beforeWrite = maxCommitNodes, maxOverlayOps, opts.beforeWrite
 	if opts.maxCommitOps > 0 {
-		s.commitOps = opts.maxCommitOps
+		s.partOps, s.fixedParts = opts.maxCommitOps, true
 	}
 	if opts.maxOverlayOps > 0 {
 		s.overlayOps = opts.maxOverlayOps
@@ -229,19 +233,27 @@ func (s *Stage) Rewind(from uint64) error {
 	return nil
 }
 
-// maxCommitOps bounds the changes one commit transaction applies. bbolt
-// keeps what a transaction changes in memory until it writes it: a node per
-// touched page with an entry per key, then a page buffer per page written.
-// Routes arrive in no useful key order (a router sends its table in its
-// own order), so in a large state nearly every change touches a page of its
-// own: about 5 KB of memory per change (a 14-router run's commits of 8,192
-// changes held 28 MB of nodes and 18 MB of page buffers). A commit that
-// fell behind the acks (it runs while the sink goes on acknowledging) would
-// take more each time. A CommitThrough with more changes writes them in
-// several transactions, each ending at a record boundary: every one leaves
-// the file holding all the changes of the records up to its applied seq,
-// which is all the invariant asks.
-const maxCommitOps = 2048
+// maxCommitNodes bounds the pages one commit transaction changes. bbolt
+// keeps what a transaction changes in memory until it writes it: a node
+// per touched page (an entry per key of that page), then a 4 KB buffer per
+// page written, about 10 KB a page. Routers send their tables in no useful
+// key order, so in a large state nearly every change touches a page of its
+// own (a 14-router run's commits of 8,192 changes held 28 MB of nodes and
+// 18 MB of page buffers), while in a small one a commit's changes share
+// pages, which is what makes large commits cheap per change (a page written
+// once for many routes). Commits run from the forwarder's ack ticker while
+// the sink goes on acknowledging, so a commit that fell behind takes more
+// changes each time. So a CommitThrough with many changes writes them in
+// parts, each one transaction ending at a record boundary: every part
+// leaves the file holding all the changes of the records up to its applied
+// seq, which is all the invariant asks. A part takes as many changes as
+// the previous part's pages per change predict fit in maxCommitNodes
+// (bbolt counts the nodes a transaction materialises), within
+// [minCommitOps, maxOverlayOps].
+const (
+	maxCommitNodes = 2048
+	minCommitOps   = 256
+)
 
 // maxOverlayOps is the overlay size over which Sequence waits for the
 // running commit to end before it decides a record: about 300 bytes a
@@ -271,8 +283,8 @@ func (s *Stage) CommitThrough(seq uint64) error {
 	}
 }
 
-// commitPart commits the overlay's changes of records ≤ seq, at most about
-// maxCommitOps of them; done reports that it reached seq.
+// commitPart commits the overlay's changes of records ≤ seq, about partOps
+// of them at most; done reports that it reached seq.
 func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 	s.mu.Lock()
 	n := 0
@@ -284,10 +296,10 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 		return true, nil
 	}
 	through := seq
-	if n > s.commitOps {
-		// Cut after the record of the commitOps-th change: a record's
+	if n > s.partOps {
+		// Cut after the record of the partOps-th change: a record's
 		// changes go into one transaction.
-		cut := s.commitOps
+		cut := s.partOps
 		for cut < n && s.ops[cut].seq == s.ops[cut-1].seq {
 			cut++
 		}
@@ -347,6 +359,9 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 	s.ops = slices.Delete(s.ops, 0, n)
 	s.applied = max(s.applied, through)
 	s.parts++
+	if !s.fixedParts && res.nodes > 0 {
+		s.partOps = int(min(max(int64(n)*maxCommitNodes/res.nodes, minCommitOps), int64(s.overlayOps)))
+	}
 	s.m.routes.Add(float64(res.routes))
 	s.m.stale.Add(float64(res.stale))
 	s.commitEnd.Broadcast()

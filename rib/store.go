@@ -105,8 +105,9 @@ type store struct {
 	db *bolt.DB
 }
 
-// openStore opens the state file; mmap is its first mapping (0: initialMmap).
-func openStore(dir string, readOnly bool, mmap int) (*store, error) {
+// openStore opens the state file; mmap is its first mapping (0:
+// initialMmap), pageSize the page size of a new file (0: the OS's).
+func openStore(dir string, readOnly bool, mmap, pageSize int) (*store, error) {
 	if mmap == 0 {
 		mmap = initialMmap
 	}
@@ -119,7 +120,7 @@ func openStore(dir string, readOnly bool, mmap int) (*store, error) {
 		return nil, fmt.Errorf("rib: %w", err)
 	}
 	opts := &bolt.Options{Timeout: 2 * time.Second, ReadOnly: readOnly, NoFreelistSync: true,
-		InitialMmapSize: mmap, FreelistType: bolt.FreelistMapType}
+		InitialMmapSize: mmap, FreelistType: bolt.FreelistMapType, PageSize: pageSize}
 	db, err := bolt.Open(path, 0o640, opts)
 	if errors.Is(err, syscall.ENOMEM) {
 		// Address space limited (ulimit -v): map only the file, as bbolt
@@ -307,6 +308,7 @@ type op struct {
 // applyResult is how a commit changed the totals.
 type applyResult struct {
 	routes, stale int64
+	nodes         int64 // pages the transaction changed (bbolt's nodes)
 }
 
 // apply writes ops (in order) and the applied seq in one transaction.
@@ -334,6 +336,8 @@ func (s *store) apply(ops []op, through uint64, beforeWrite func()) (res applyRe
 		_ = tx.Rollback()
 		return applyResult{}, err
 	}
+	stats := tx.Stats()
+	res.nodes = stats.GetNodeCount()
 	beforeWrite()
 	if err := tx.Commit(); err != nil {
 		return applyResult{}, err
