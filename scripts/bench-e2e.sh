@@ -58,6 +58,11 @@ MANY_SESSIONS=${MANY_SESSIONS:-1000}
 MANY_FILE=${MANY_FILE:-../shared/bmpdata/raw/gobgp-3.10.0-loopback.bmp}
 MANY_LOOP=${MANY_LOOP:-20}
 MEASURE_TIMEOUT=${MEASURE_TIMEOUT:-10m} # a bgpedge run not drained by then fails
+# json-rib: the replay ends its sessions once sent, which makes the routers'
+# routes stale; a drain longer than bmp.rib.stale_timeout would withdraw
+# them (each a walk of the peer's routes) before the run ends. Routes held
+# and memory are measured with the routers' tables in place.
+RIB_STALE_TIMEOUT=${RIB_STALE_TIMEOUT:-24h}
 DIR=${BENCH_DIR:-$(mktemp -d)}
 mkdir -p "$DIR"
 results=$DIR/results.jsonl
@@ -123,6 +128,7 @@ run_bgpedge() { # mode sessions rep [file loop]; mode json, json-rib, raw, both,
 		BGPEDGE_BMP_LISTEN="127.0.0.1:$port" BGPEDGE_HTTP_LISTEN="127.0.0.1:$hport" \
 		BGPEDGE_HTTP_PPROF=$pprof \
 		BGPEDGE_BMP_ENCODING_RAW=$raw BGPEDGE_BMP_ENCODING_JSON=$json BGPEDGE_BMP_RIB_ENABLED=$rib \
+		BGPEDGE_BMP_RIB_STALE_TIMEOUT=$RIB_STALE_TIMEOUT \
 		BGPEDGE_FORWARDER_KAFKA_BROKERS="$brokers" BGPEDGE_FORWARDER_TOPICS_PREFIX="$prefix" \
 		BGPEDGE_LOG_LEVEL=warn \
 		"$bin" run --config configs/bgpedge.yaml 2>"$DIR/bgpedge-$mode-$s-$rep.log" &
