@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"github.com/bgpedge/bgpedge/forwarder"
 	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/bgpedge/bgpedge/record"
@@ -170,5 +172,68 @@ func TestStageCommitPartsSizedByPages(t *testing.T) {
 	}
 	if got := len(fileState(t, s)); got != 3*records {
 		t.Errorf("file holds %d routes, want %d", got, 3*records)
+	}
+}
+
+// TestStageTimeoutSweepDeletesBucket: a stale timeout of a peer none of
+// whose routes came back deletes the peer's bucket (no walk materialising
+// its pages); with one route confirmed it walks, and keeps that route.
+func TestStageTimeoutSweepDeletesBucket(t *testing.T) {
+	for _, confirm := range []bool{false, true} {
+		t.Run(fmt.Sprintf("confirmed=%v", confirm), func(t *testing.T) {
+			s := openTest(t, t.TempDir(), DuplicatesDrop)
+			defer s.Close()
+			const n = 2000
+			r := func(i int) testRoute {
+				return testRoute{router: "192.0.2.1", peer: "198.51.100.1", table: TableAdjInPre, prefix: fmt.Sprintf("10.%d.%d.0/24", i/256, i%256), attr: 1}
+			}
+			seq := uint64(0)
+			for i := range n {
+				seq++
+				sequence(t, s, seq, []*forwarder.Outgoing{r(i).msg(t, seq, 1)})
+			}
+			seq++
+			rec, msgs := r(0).synthDown(t, seq)
+			sequenceRec(t, s, rec, msgs)
+			if confirm {
+				seq++
+				sequence(t, s, seq, []*forwarder.Outgoing{r(7).msg(t, seq, 1)})
+			}
+			if err := s.CommitThrough(seq); err != nil {
+				t.Fatal(err)
+			}
+			meta, err := s.meta(r(0).peerKey())
+			if err != nil {
+				t.Fatal(err)
+			}
+			seq++
+			got := sequenceRec(t, s, record.Record{Seq: seq, Kind: record.KindRIBTimer, Payload: timerPayload(r(0).peerKey(), meta.epoch)}, nil)
+			want := n
+			if confirm {
+				want = n - 1
+			}
+			if len(got) != 2*want {
+				t.Fatalf("timer: %d messages, want %d withdraws and their tombstones", len(got), want)
+			}
+			if err := s.CommitThrough(seq); err != nil {
+				t.Fatal(err)
+			}
+			file := fileState(t, s)
+			if confirm != (len(file) == 1) || (!confirm && len(file) != 0) {
+				t.Fatalf("file after the timeout holds %d routes, want %d", len(file), boolU(confirm))
+			}
+			if confirm {
+				return
+			}
+			err = s.st.db.View(func(tx *bolt.Tx) error {
+				if tx.Bucket(routesBucket).Bucket([]byte(r(0).peerKey())) != nil {
+					return fmt.Errorf("the peer's bucket is still there")
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
