@@ -237,3 +237,38 @@ func TestStageTimeoutSweepDeletesBucket(t *testing.T) {
 		})
 	}
 }
+
+// TestStageCommitPartTooLarge: a part whose changes touch more pages than
+// maxPartNodes (the previous part predicted fewer) is rolled back before it
+// writes and committed in smaller parts; everything reaches the file.
+func TestStageCommitPartTooLarge(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Enabled = true
+	s, err := Open(Options{Config: cfg, Dir: t.TempDir(), AgentID: testAgent, maxPartNodes: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	seq := uint64(0)
+	for round := range 2 {
+		for i := range 3000 {
+			seq++
+			r := testRoute{router: "192.0.2.1", peer: "198.51.100.1", table: TableAdjInPre,
+				prefix: fmt.Sprintf("10.%d.%d.%d/32", i%97, i%89, 2*(i%83)+round), attr: 1}
+			sequence(t, s, seq, []*forwarder.Outgoing{r.msg(t, seq, 1)})
+		}
+		if round == 1 {
+			s.partOps = 100000 // as if the last part had shared its pages
+		}
+		if err := s.CommitThrough(seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s.rollbacks == 0 {
+		t.Fatalf("no part rolled back: 3,000 changes over the pages of 3,000 routes fit in %d nodes?", s.partNodes)
+	}
+	if got := len(fileState(t, s)); got != 6000 || s.applied != seq {
+		t.Fatalf("file holds %d routes through %d, want 6000 through %d", got, s.applied, seq)
+	}
+	t.Logf("%d parts, %d rolled back", s.parts, s.rollbacks)
+}

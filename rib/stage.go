@@ -41,6 +41,7 @@ type Options struct {
 	// beforeWrite runs in a commit before it writes (tests).
 	maxCommitOps, maxOverlayOps int
 	beforeWrite                 func()
+	maxPartNodes                int64 // overrides the constant (tests)
 }
 
 // Stage keeps the route state in spool order. It implements
@@ -71,6 +72,8 @@ type Stage struct {
 	commitEnd  *sync.Cond
 	waits      uint64 // times Sequence waited for a commit (tests)
 	parts      uint64 // commit transactions (tests)
+	rollbacks  uint64 // commit parts rolled back as too large (tests)
+	partNodes  int64  // maxPartNodes unless a test set it
 	// partOps is the changes the next commit part takes (fixedParts: a
 	// test set it); overlayOps is maxOverlayOps unless a test set it.
 	partOps, overlayOps int
@@ -156,6 +159,10 @@ func Open(opts Options) (*Stage, error) {
 	}
 	if opts.maxOverlayOps > 0 {
 		s.overlayOps = opts.maxOverlayOps
+	}
+	s.partNodes = maxPartNodes
+	if opts.maxPartNodes > 0 {
+		s.partNodes = opts.maxPartNodes
 	}
 	s.reset()
 	if err := s.load(); err != nil {
@@ -250,8 +257,14 @@ func (s *Stage) Rewind(from uint64) error {
 // the previous part's pages per change predict fit in maxCommitNodes
 // (bbolt counts the nodes a transaction materialises), within
 // [minCommitOps, maxOverlayOps].
+//
+// The prediction can be wrong (a part's changes may share fewer pages than
+// the previous part's): a part that materialises more than maxPartNodes is
+// rolled back before it writes and committed as two halves, so that no
+// transaction holds more than about maxPartNodes pages (some 30 MB).
 const (
 	maxCommitNodes = 2048
+	maxPartNodes   = 3072
 	minCommitOps   = 256
 )
 
@@ -312,7 +325,12 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 
 	// Lookups meanwhile still find these changes in the overlay, which
 	// agrees with the file once written.
-	res, err := s.st.apply(batch, through, func() {
+	maxNodes := int64(0)
+	if !s.fixedParts && len(batch) > 1 && batch[0].seq != batch[len(batch)-1].seq {
+		// More than one record: the part can be cut smaller.
+		maxNodes = s.partNodes
+	}
+	res, err := s.st.apply(batch, through, maxNodes, func() {
 		if s.beforeWrite != nil {
 			s.beforeWrite()
 		}
@@ -327,6 +345,13 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 	// The shared read transaction would not see this commit's changes once
 	// they leave the overlay (and one opened before the write must go).
 	s.endRead()
+	if errors.Is(err, errPartTooLarge) {
+		// The previous part's pages per change predicted too few pages:
+		// half as many changes (rolled back, nothing written).
+		s.partOps = max(n/2, 1)
+		s.rollbacks++
+		return false, nil
+	}
 	if err != nil {
 		return false, err
 	}

@@ -305,6 +305,9 @@ type op struct {
 	heldEpoch uint32
 }
 
+// errPartTooLarge: a commit part changed more pages than it may hold.
+var errPartTooLarge = errors.New("commit part changes too many pages")
+
 // applyResult is how a commit changed the totals.
 type applyResult struct {
 	routes, stale int64
@@ -322,7 +325,11 @@ type applyResult struct {
 // every read transaction to end) only when Commit spills the changed
 // nodes. So read transactions may stay open until beforeWrite, and must
 // be closed by it (it is not called when the commit fails before).
-func (s *store) apply(ops []op, through uint64, beforeWrite func()) (res applyResult, err error) {
+//
+// With maxNodes > 0 a transaction that materialises more than maxNodes of
+// bbolt's nodes is rolled back with errPartTooLarge: the caller commits
+// fewer changes instead.
+func (s *store) apply(ops []op, through uint64, maxNodes int64, beforeWrite func()) (res applyResult, err error) {
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("rib: commit: %w", err)
@@ -332,7 +339,7 @@ func (s *store) apply(ops []op, through uint64, beforeWrite func()) (res applyRe
 	if err != nil {
 		return applyResult{}, err
 	}
-	if err := applyTx(tx, ops, through, &res); err != nil {
+	if err := applyTx(tx, ops, through, &res, maxNodes); err != nil {
 		_ = tx.Rollback()
 		return applyResult{}, err
 	}
@@ -346,12 +353,17 @@ func (s *store) apply(ops []op, through uint64, beforeWrite func()) (res applyRe
 }
 
 // applyTx makes a commit's changes in tx.
-func applyTx(tx *bolt.Tx, ops []op, through uint64, res *applyResult) error {
+func applyTx(tx *bolt.Tx, ops []op, through uint64, res *applyResult, maxNodes int64) error {
 	a := applier{routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: res,
 		byPeer: map[string]*peerTx{}}
-	for _, i := range applyOrder(ops) {
+	for n, i := range applyOrder(ops) {
 		if err := a.apply(&ops[i]); err != nil {
 			return err
+		}
+		if maxNodes > 0 && n%64 == 63 {
+			if st := tx.Stats(); st.GetNodeCount() > maxNodes {
+				return errPartTooLarge
+			}
 		}
 	}
 	if err := a.flush(); err != nil {
