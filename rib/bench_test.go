@@ -86,7 +86,7 @@ func BenchmarkStage(b *testing.B) {
 			var mallocs, alloced, gcs, ownReads uint64
 			for range b.N {
 				b.StopTimer()
-				s := openTest(b, b.TempDir(), DuplicatesDrop)
+				s := openBench(b)
 				if bc.resend {
 					feedStage(b, s, recs, msgs, 0, nil)
 				}
@@ -290,4 +290,21 @@ func rssAnonKiB(b *testing.B) int64 {
 		}
 	}
 	return 0
+}
+
+// openBench opens a stage for a benchmark; RIB_PAGE_SIZE sets the file's
+// page size (default: the OS's), RIB_COMMIT_OPS a fixed size of commit
+// parts (default: sized by maxCommitNodes), RIB_OVERLAY_OPS the overlay's
+// bound (default: maxOverlayOps).
+func openBench(b *testing.B) *Stage {
+	cfg := DefaultConfig()
+	cfg.Enabled, cfg.Duplicates = true, DuplicatesDrop
+	ps, _ := strconv.Atoi(os.Getenv("RIB_PAGE_SIZE"))
+	co, _ := strconv.Atoi(os.Getenv("RIB_COMMIT_OPS"))
+	oo, _ := strconv.Atoi(os.Getenv("RIB_OVERLAY_OPS"))
+	s, err := Open(Options{Config: cfg, Dir: b.TempDir(), AgentID: testAgent, pageSize: ps, maxCommitOps: co, maxOverlayOps: oo})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return s
 }

@@ -183,7 +183,7 @@ func (s *Stage) Show(q Query) (Report, error) {
 // ShowDir reports the state in dir, read-only; it fails with ErrLocked
 // while an agent holds it.
 func ShowDir(dir string, q Query) (Report, error) {
-	st, err := openStore(dir, true, 0)
+	st, err := openStore(dir, true, 0, 0)
 	if err != nil {
 		return Report{}, err
 	}

@@ -34,6 +34,14 @@ type Options struct {
 
 	// initialMmap overrides the file's first mapping (tests: remaps).
 	initialMmap int
+	// pageSize overrides the page size of a new file (benchmarks).
+	pageSize int
+	// maxCommitOps fixes the changes of a commit part (tests: 0 sizes
+	// parts by maxCommitNodes); maxOverlayOps overrides the constant;
+	// beforeWrite runs in a commit before it writes (tests).
+	maxCommitOps, maxOverlayOps int
+	beforeWrite                 func()
+	maxPartNodes                int64 // overrides the constant (tests)
 }
 
 // Stage keeps the route state in spool order. It implements
@@ -57,13 +65,27 @@ type Stage struct {
 	// previous one left, as the changes were decided.
 	commitMu sync.Mutex
 	mu       sync.Mutex
-	ops      []op                          // changes not yet committed, in seq order
-	routes   map[string]map[string]ovEntry // peer → route key → newest change
-	sweeps   map[string][]ovSweep          // peer → sweeps, oldest first
-	metas    map[string]ovMeta             // peer → newest meta
-	gen      uint64
-	applied  uint64              // the file holds every change of records ≤ applied
-	stale    map[string]peerMeta // committed stale peers, for the timer
+	// committing is set while CommitThrough runs; commitEnd (on mu) is
+	// signalled when it ends. Sequence waits on it while the overlay is
+	// over maxOverlayOps (see there).
+	committing bool
+	commitEnd  *sync.Cond
+	waits      uint64 // times Sequence waited for a commit (tests)
+	parts      uint64 // commit transactions (tests)
+	rollbacks  uint64 // commit parts rolled back as too large (tests)
+	partNodes  int64  // maxPartNodes unless a test set it
+	// partOps is the changes the next commit part takes (fixedParts: a
+	// test set it); overlayOps is maxOverlayOps unless a test set it.
+	partOps, overlayOps int
+	fixedParts          bool
+	beforeWrite         func()
+	ops                 []op                          // changes not yet committed, in seq order
+	routes              map[string]map[string]ovEntry // peer → route key → newest change
+	sweeps              map[string][]ovSweep          // peer → sweeps, oldest first
+	metas               map[string]ovMeta             // peer → newest meta
+	gen                 uint64
+	applied             uint64              // the file holds every change of records ≤ applied
+	stale               map[string]peerMeta // committed stale peers, for the timer
 	// committed is every peer's meta as the file holds it (its epoch and
 	// staleness change only by opMeta), so decisions read no file for it.
 	committed map[string]peerMeta
@@ -123,13 +145,25 @@ func Open(opts Options) (*Stage, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	st, err := openStore(opts.Dir, false, opts.initialMmap)
+	st, err := openStore(opts.Dir, false, opts.initialMmap, opts.pageSize)
 	if err != nil {
 		return nil, err
 	}
 	s := &Stage{cfg: opts.Config, agentID: opts.AgentID, log: opts.Logger.With("component", "rib"), st: st,
 		reg: opts.Registerer, append: opts.Append, stale: map[string]peerMeta{}, committed: map[string]peerMeta{}, fired: map[string]uint32{}, stop: make(chan struct{}),
 		parse: parser{peers: map[string]string{}, families: map[string]string{}}}
+	s.commitEnd = sync.NewCond(&s.mu)
+	s.partOps, s.overlayOps, s.beforeWrite = maxCommitNodes, maxOverlayOps, opts.beforeWrite
+	if opts.maxCommitOps > 0 {
+		s.partOps, s.fixedParts = opts.maxCommitOps, true
+	}
+	if opts.maxOverlayOps > 0 {
+		s.overlayOps = opts.maxOverlayOps
+	}
+	s.partNodes = maxPartNodes
+	if opts.maxPartNodes > 0 {
+		s.partNodes = opts.maxPartNodes
+	}
 	s.reset()
 	if err := s.load(); err != nil {
 		_ = st.close()
@@ -206,10 +240,65 @@ func (s *Stage) Rewind(from uint64) error {
 	return nil
 }
 
+// maxCommitNodes bounds the pages one commit transaction changes. bbolt
+// keeps what a transaction changes in memory until it writes it: a node
+// per touched page (an entry per key of that page), then a 4 KB buffer per
+// page written, about 10 KB a page. Routers send their tables in no useful
+// key order, so in a large state nearly every change touches a page of its
+// own (a 14-router run's commits of 8,192 changes held 28 MB of nodes and
+// 18 MB of page buffers), while in a small one a commit's changes share
+// pages, which is what makes large commits cheap per change (a page written
+// once for many routes). Commits run from the forwarder's ack ticker while
+// the sink goes on acknowledging, so a commit that fell behind takes more
+// changes each time. So a CommitThrough with many changes writes them in
+// parts, each one transaction ending at a record boundary: every part
+// leaves the file holding all the changes of the records up to its applied
+// seq, which is all the invariant asks. A part takes as many changes as
+// the previous part's pages per change predict fit in maxCommitNodes
+// (bbolt counts the nodes a transaction materialises), within
+// [minCommitOps, maxOverlayOps].
+//
+// The prediction can be wrong (a part's changes may share fewer pages than
+// the previous part's): a part that materialises more than maxPartNodes is
+// rolled back before it writes and committed as two halves, so that no
+// transaction holds more than about maxPartNodes pages (some 30 MB).
+const (
+	maxCommitNodes = 2048
+	maxPartNodes   = 3072
+	minCommitOps   = 256
+)
+
+// maxOverlayOps is the overlay size over which Sequence waits for the
+// running commit to end before it decides a record: about 300 bytes a
+// change, so about 10 MB. Without it the overlay grows as long as commits
+// are slower than the sink: the forwarder's in-flight limits count what the
+// sink has not acknowledged, not what the state has not committed.
+const maxOverlayOps = 32768
+
 // CommitThrough implements forwarder.Sequencer.
 func (s *Stage) CommitThrough(seq uint64) error {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
+	s.mu.Lock()
+	s.committing = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.committing = false
+		s.commitEnd.Broadcast()
+		s.mu.Unlock()
+	}()
+	for {
+		done, err := s.commitPart(seq)
+		if done || err != nil {
+			return err
+		}
+	}
+}
+
+// commitPart commits the overlay's changes of records ≤ seq, about partOps
+// of them at most; done reports that it reached seq.
+func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 	s.mu.Lock()
 	n := 0
 	for n < len(s.ops) && s.ops[n].seq <= seq {
@@ -217,14 +306,34 @@ func (s *Stage) CommitThrough(seq uint64) error {
 	}
 	if n == 0 && seq <= s.applied {
 		s.mu.Unlock()
-		return nil
+		return true, nil
+	}
+	through := seq
+	if n > s.partOps {
+		// Cut after the record of the partOps-th change: a record's
+		// changes go into one transaction.
+		cut := s.partOps
+		for cut < n && s.ops[cut].seq == s.ops[cut-1].seq {
+			cut++
+		}
+		if cut < n {
+			n, through = cut, s.ops[cut-1].seq
+		}
 	}
 	batch := slices.Clone(s.ops[:n])
 	s.mu.Unlock()
 
 	// Lookups meanwhile still find these changes in the overlay, which
 	// agrees with the file once written.
-	res, err := s.st.apply(batch, seq, func() {
+	maxNodes := int64(0)
+	if !s.fixedParts && len(batch) > 1 && batch[0].seq != batch[len(batch)-1].seq {
+		// More than one record: the part can be cut smaller.
+		maxNodes = s.partNodes
+	}
+	res, err := s.st.apply(batch, through, maxNodes, func() {
+		if s.beforeWrite != nil {
+			s.beforeWrite()
+		}
 		s.mu.Lock()
 		s.writing = true
 		s.endRead()
@@ -236,8 +345,15 @@ func (s *Stage) CommitThrough(seq uint64) error {
 	// The shared read transaction would not see this commit's changes once
 	// they leave the overlay (and one opened before the write must go).
 	s.endRead()
+	if errors.Is(err, errPartTooLarge) {
+		// The previous part's pages per change predicted too few pages:
+		// half as many changes (rolled back, nothing written).
+		s.partOps = max(n/2, 1)
+		s.rollbacks++
+		return false, nil
+	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	for _, o := range batch {
 		switch o.kind {
@@ -266,10 +382,15 @@ func (s *Stage) CommitThrough(seq uint64) error {
 		}
 	}
 	s.ops = slices.Delete(s.ops, 0, n)
-	s.applied = max(s.applied, seq)
+	s.applied = max(s.applied, through)
+	s.parts++
+	if !s.fixedParts && res.nodes > 0 {
+		s.partOps = int(min(max(int64(n)*maxCommitNodes/res.nodes, minCommitOps), int64(s.overlayOps)))
+	}
 	s.m.routes.Add(float64(res.routes))
 	s.m.stale.Add(float64(res.stale))
-	return nil
+	s.commitEnd.Broadcast()
+	return through == seq, nil
 }
 
 // lookup returns a route's value in the state as of the records sequenced
@@ -400,6 +521,15 @@ func (s *Stage) Sequence(rec record.Record, msgs []*forwarder.Outgoing, emit fun
 		out.next = max(out.next, m.Index+1)
 	}
 	s.mu.Lock()
+	// Backpressure: while the overlay is large and a commit runs, wait for
+	// it (or a part of it) to end. Only for a running commit, which needs
+	// nothing from this goroutine: the records it commits were sent
+	// already. Waiting for acks instead could wait for records of the
+	// batch being sequenced, which the forwarder sends only after it.
+	for len(s.ops) > s.overlayOps && s.committing {
+		s.waits++
+		s.commitEnd.Wait()
+	}
 	replay := rec.Seq <= s.applied
 	s.mu.Unlock()
 	if replay {

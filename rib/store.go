@@ -105,8 +105,9 @@ type store struct {
 	db *bolt.DB
 }
 
-// openStore opens the state file; mmap is its first mapping (0: initialMmap).
-func openStore(dir string, readOnly bool, mmap int) (*store, error) {
+// openStore opens the state file; mmap is its first mapping (0:
+// initialMmap), pageSize the page size of a new file (0: the OS's).
+func openStore(dir string, readOnly bool, mmap, pageSize int) (*store, error) {
 	if mmap == 0 {
 		mmap = initialMmap
 	}
@@ -119,7 +120,7 @@ func openStore(dir string, readOnly bool, mmap int) (*store, error) {
 		return nil, fmt.Errorf("rib: %w", err)
 	}
 	opts := &bolt.Options{Timeout: 2 * time.Second, ReadOnly: readOnly, NoFreelistSync: true,
-		InitialMmapSize: mmap, FreelistType: bolt.FreelistMapType}
+		InitialMmapSize: mmap, FreelistType: bolt.FreelistMapType, PageSize: pageSize}
 	db, err := bolt.Open(path, 0o640, opts)
 	if errors.Is(err, syscall.ENOMEM) {
 		// Address space limited (ulimit -v): map only the file, as bbolt
@@ -304,9 +305,13 @@ type op struct {
 	heldEpoch uint32
 }
 
+// errPartTooLarge: a commit part changed more pages than it may hold.
+var errPartTooLarge = errors.New("commit part changes too many pages")
+
 // applyResult is how a commit changed the totals.
 type applyResult struct {
 	routes, stale int64
+	nodes         int64 // pages the transaction changed (bbolt's nodes)
 }
 
 // apply writes ops (in order) and the applied seq in one transaction.
@@ -320,7 +325,11 @@ type applyResult struct {
 // every read transaction to end) only when Commit spills the changed
 // nodes. So read transactions may stay open until beforeWrite, and must
 // be closed by it (it is not called when the commit fails before).
-func (s *store) apply(ops []op, through uint64, beforeWrite func()) (res applyResult, err error) {
+//
+// With maxNodes > 0 a transaction that materialises more than maxNodes of
+// bbolt's nodes is rolled back with errPartTooLarge: the caller commits
+// fewer changes instead.
+func (s *store) apply(ops []op, through uint64, maxNodes int64, beforeWrite func()) (res applyResult, err error) {
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("rib: commit: %w", err)
@@ -330,10 +339,12 @@ func (s *store) apply(ops []op, through uint64, beforeWrite func()) (res applyRe
 	if err != nil {
 		return applyResult{}, err
 	}
-	if err := applyTx(tx, ops, through, &res); err != nil {
+	if err := applyTx(tx, ops, through, &res, maxNodes); err != nil {
 		_ = tx.Rollback()
 		return applyResult{}, err
 	}
+	stats := tx.Stats()
+	res.nodes = stats.GetNodeCount()
 	beforeWrite()
 	if err := tx.Commit(); err != nil {
 		return applyResult{}, err
@@ -342,12 +353,17 @@ func (s *store) apply(ops []op, through uint64, beforeWrite func()) (res applyRe
 }
 
 // applyTx makes a commit's changes in tx.
-func applyTx(tx *bolt.Tx, ops []op, through uint64, res *applyResult) error {
+func applyTx(tx *bolt.Tx, ops []op, through uint64, res *applyResult, maxNodes int64) error {
 	a := applier{routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: res,
 		byPeer: map[string]*peerTx{}}
-	for _, i := range applyOrder(ops) {
+	for n, i := range applyOrder(ops) {
 		if err := a.apply(&ops[i]); err != nil {
 			return err
+		}
+		if maxNodes > 0 && n%64 == 63 {
+			if st := tx.Stats(); st.GetNodeCount() > maxNodes {
+				return errPartTooLarge
+			}
 		}
 	}
 	if err := a.flush(); err != nil {
@@ -459,6 +475,24 @@ func (a applier) staleGone(p *peerTx, v []byte) {
 	}
 }
 
+// sweepsAll reports that sweep w matches every route peer holds: a stale
+// timeout's sweep (all tables and families, routes announced before the
+// current epoch) of a peer none of whose routes were confirmed since. Such a
+// sweep deletes the peer's bucket instead of walking it: a walk that deletes
+// makes bbolt materialise every page of the bucket in the transaction (about
+// 10 KB a page, 50 MB for a peer of 300,000 routes), the deletion frees the
+// pages without reading them.
+func (a applier) sweepsAll(peer string, p *peerTx, w sweep) bool {
+	if w.table != "" || w.family != "" || w.before == 0 || !p.meta.stale || w.before != p.meta.epoch {
+		return false
+	}
+	total := uint64(0)
+	for t := range Tables() {
+		total += a.count(peer, p, t)
+	}
+	return p.meta.staleRoutes == total
+}
+
 // flush writes the counts and metas the transaction changed.
 func (a applier) flush() error {
 	for peer, p := range a.byPeer {
@@ -506,7 +540,7 @@ func (a applier) apply(o *op) error {
 		if p.b == nil {
 			return nil
 		}
-		if o.sw == (sweep{}) {
+		if o.sw == (sweep{}) || a.sweepsAll(o.peer, p, o.sw) {
 			for t := range Tables() {
 				a.addCount(o.peer, p, t, -int64(a.count(o.peer, p, t)))
 			}

@@ -37,6 +37,8 @@
 #   MANY_SESSIONS=0 scripts/bench-e2e.sh   # without the many-sessions run
 #   PPROF=1 scripts/bench-e2e.sh   # CPU profile (first PPROF_SECONDS, 8) and
 #                                  # heap profile (at the end) of each bgpedge run
+#   MEASURE_TIMEOUT=60m SESSIONS=34 MODES=json-rib MANY_SESSIONS=0 REPS=1 \
+#     scripts/bench-e2e.sh   # 34 routers' tables (10.2 M routes) in the route state
 #   BASE=main scripts/bench-e2e.sh # also run bgpedge built from git revision
 #                                  # BASE (json, raw, both), interleaved, for
 #                                  # before/after rows measured in one sitting
@@ -55,6 +57,12 @@ PPROF=${PPROF:-}
 MANY_SESSIONS=${MANY_SESSIONS:-1000}
 MANY_FILE=${MANY_FILE:-../shared/bmpdata/raw/gobgp-3.10.0-loopback.bmp}
 MANY_LOOP=${MANY_LOOP:-20}
+MEASURE_TIMEOUT=${MEASURE_TIMEOUT:-10m} # a bgpedge run not drained by then fails
+# json-rib: the replay ends its sessions once sent, which makes the routers'
+# routes stale; a drain longer than bmp.rib.stale_timeout would withdraw
+# them (each a walk of the peer's routes) before the run ends. Routes held
+# and memory are measured with the routers' tables in place.
+RIB_STALE_TIMEOUT=${RIB_STALE_TIMEOUT:-24h}
 DIR=${BENCH_DIR:-$(mktemp -d)}
 mkdir -p "$DIR"
 results=$DIR/results.jsonl
@@ -120,6 +128,7 @@ run_bgpedge() { # mode sessions rep [file loop]; mode json, json-rib, raw, both,
 		BGPEDGE_BMP_LISTEN="127.0.0.1:$port" BGPEDGE_HTTP_LISTEN="127.0.0.1:$hport" \
 		BGPEDGE_HTTP_PPROF=$pprof \
 		BGPEDGE_BMP_ENCODING_RAW=$raw BGPEDGE_BMP_ENCODING_JSON=$json BGPEDGE_BMP_RIB_ENABLED=$rib \
+		BGPEDGE_BMP_RIB_STALE_TIMEOUT=$RIB_STALE_TIMEOUT \
 		BGPEDGE_FORWARDER_KAFKA_BROKERS="$brokers" BGPEDGE_FORWARDER_TOPICS_PREFIX="$prefix" \
 		BGPEDGE_LOG_LEVEL=warn \
 		"$bin" run --config configs/bgpedge.yaml 2>"$DIR/bgpedge-$mode-$s-$rep.log" &
@@ -136,7 +145,10 @@ run_bgpedge() { # mode sessions rep [file loop]; mode json, json-rib, raw, both,
 		prof=$!
 	fi
 	out=$("$bench" measure -pid "$pid" -to "127.0.0.1:$port" -file "$file" -sessions "$s" -loop "$loop" \
-		-metrics "http://127.0.0.1:$hport/metrics")
+		-metrics "http://127.0.0.1:$hport/metrics" -timeout "$MEASURE_TIMEOUT")
+	if [[ $rib == true ]]; then # the route state's file, once drained
+		out=$(jq -c --argjson b "$(stat -c %s "$DIR/state/rib.db")" '. + {rib_file_bytes: $b}' <<<"$out")
+	fi
 	if [[ -n $prof ]]; then
 		wait "$prof" || true
 		curl -sf -o "$DIR/heap-$mode-$s-$rep.pprof" "http://127.0.0.1:$hport/debug/pprof/heap" || true

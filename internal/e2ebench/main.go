@@ -67,6 +67,11 @@ type result struct {
 	CPUMicrosPerE float64 `json:"cpu_us_per_event"`
 	VmHWMMiB      float64 `json:"vmhwm_mib"`
 	RssAnonMiB    float64 `json:"peak_rss_anon_mib"`
+	// Peak RssFile: file-backed resident pages, among them the route
+	// state's mapping of its file (bmp.rib), reported apart from RssAnon.
+	RssFileMiB float64 `json:"peak_rss_file_mib"`
+	// bgpedge with the route state on: routes it held at the end.
+	RIBRoutes     float64 `json:"rib_routes,omitempty"`
 	SentSeconds   float64 `json:"sent_seconds"`             // until the last byte was written
 	IngestSeconds float64 `json:"ingest_seconds,omitempty"` // bgpedge: until every message sent was spooled
 	// bgpedge: heap bytes and objects allocated per event and garbage
@@ -117,7 +122,7 @@ func measure(args []string) error {
 		}
 	}
 
-	var peakAnon atomic.Int64
+	var peakAnon, peakFile atomic.Int64
 	sampleDone := make(chan struct{})
 	sctx, stopSample := context.WithCancel(ctx)
 	defer stopSample()
@@ -128,6 +133,9 @@ func measure(args []string) error {
 		for {
 			if kb := statusKB(*pid, "RssAnon:"); kb > peakAnon.Load() {
 				peakAnon.Store(kb)
+			}
+			if kb := statusKB(*pid, "RssFile:"); kb > peakFile.Load() {
+				peakFile.Store(kb)
 			}
 			select {
 			case <-sctx.Done():
@@ -199,6 +207,7 @@ func measure(args []string) error {
 				res.Events = m["bgpedge_bmp_route_events_total"]
 				res.Messages = m["bgpedge_forwarder_messages_total"]
 				res.ValueBytes = m["bgpedge_forwarder_bytes_total"]
+				res.RIBRoutes = m["bgpedge_rib_routes"]
 				res.AllocBytesPerE = m["go_memstats_alloc_bytes_total"] - m0["go_memstats_alloc_bytes_total"]
 				res.AllocsPerE = m["go_memstats_mallocs_total"] - m0["go_memstats_mallocs_total"]
 				res.GCCycles = m["go_gc_duration_seconds_count"] - m0["go_gc_duration_seconds_count"]
@@ -245,6 +254,7 @@ func measure(args []string) error {
 	res.AllocsPerE /= res.Events
 	res.VmHWMMiB = float64(statusKB(*pid, "VmHWM:")) / 1024
 	res.RssAnonMiB = float64(peakAnon.Load()) / 1024
+	res.RssFileMiB = float64(peakFile.Load()) / 1024
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
