@@ -83,7 +83,7 @@ func BenchmarkStage(b *testing.B) {
 			var before, after runtime.MemStats
 			var ru0, ru1 syscall.Rusage
 			var cpu time.Duration
-			var mallocs, alloced, gcs, ownReads uint64
+			var mallocs, alloced, gcs uint64
 			for range b.N {
 				b.StopTimer()
 				s := openBench(b)
@@ -100,7 +100,6 @@ func BenchmarkStage(b *testing.B) {
 					feedStage(b, s, recs, msgs, uint64(len(recs))*boolU(bc.resend), nil)
 				}
 				b.StopTimer()
-				ownReads += s.ownReads
 				_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
 				runtime.ReadMemStats(&after)
 				cpu += time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
@@ -117,9 +116,6 @@ func BenchmarkStage(b *testing.B) {
 			b.ReportMetric(float64(mallocs)/n, "allocs/event")
 			b.ReportMetric(float64(alloced)/n, "B/event")
 			b.ReportMetric(float64(gcs)/float64(b.N), "gc/op")
-			if bc.acks {
-				b.ReportMetric(100*float64(ownReads)/n, "own-reads-%")
-			}
 		})
 	}
 }

@@ -100,10 +100,10 @@ func TestStageDecisions(t *testing.T) {
 			{func(seq uint64) []*forwarder.Outgoing {
 				return []*forwarder.Outgoing{peerDownMsg(t, seq, 1, "192.0.2.1", "198.51.100.1", false)}
 			}, []string{
-				"bmp.peer 192.0.2.1 peer-down", // then in route key order: table first
-				"bmp.route.post-policy 192.0.2.1||198.51.100.1||10.0.1.0/24 synthetic-withdraw", ribB + " tombstone",
+				"bmp.peer 192.0.2.1 peer-down", // then in the order first announced
 				routeAKey + " synthetic-withdraw", ribA + " tombstone",
 				routeAKey + " synthetic-withdraw", ribA2 + " tombstone",
+				"bmp.route.post-policy 192.0.2.1||198.51.100.1||10.0.1.0/24 synthetic-withdraw", ribB + " tombstone",
 			}},
 			{one(a), []string{routeA + " value", ribA + " value"}},
 		}},
@@ -255,10 +255,10 @@ func TestStageStale(t *testing.T) {
 				t.Fatalf("timer of an old epoch: %q", summary(got))
 			}
 			return summary(sequenceRec(t, s, record.Record{Seq: seq + 1, Kind: record.KindRIBTimer, Payload: timerPayload(a.peerKey(), meta.epoch)}, nil))
-		}, []string{"bmp.route.post-policy 192.0.2.1||198.51.100.1||10.0.3.0/24 synthetic-withdraw",
-			"bmp.rib 192.0.2.1||198.51.100.1||10.0.3.0/24|adj-rib-in-post|ipv4-unicast|0 tombstone",
-			key + "||198.51.100.1||10.0.2.0/24 synthetic-withdraw",
-			"bmp.rib 192.0.2.1||198.51.100.1||10.0.2.0/24|adj-rib-in-pre|ipv4-unicast|0 tombstone"}},
+		}, []string{key + "||198.51.100.1||10.0.2.0/24 synthetic-withdraw", // in the order first announced
+			"bmp.rib 192.0.2.1||198.51.100.1||10.0.2.0/24|adj-rib-in-pre|ipv4-unicast|0 tombstone",
+			"bmp.route.post-policy 192.0.2.1||198.51.100.1||10.0.3.0/24 synthetic-withdraw",
+			"bmp.rib 192.0.2.1||198.51.100.1||10.0.3.0/24|adj-rib-in-post|ipv4-unicast|0 tombstone"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := openTest(t, t.TempDir(), DuplicatesDrop)
