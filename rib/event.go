@@ -91,9 +91,12 @@ func splitRoute(rk string) (table, family, rd, prefix string, pathID uint32) {
 // ribKey is the bmp.rib key: the route streams' key
 // (router|peer RD|peer address|route RD|prefix) and |table|family|path id.
 func ribKey(peer, rk string) []byte {
+	return appendRIBKey(make([]byte, 0, len(peer)+len(rk)+8), peer, rk)
+}
+
+func appendRIBKey(b []byte, peer, rk string) []byte {
 	router, _, peerRD, addr := splitPeer(peer)
 	table, family, rd, prefix, pathID := splitRoute(rk)
-	b := make([]byte, 0, len(peer)+len(rk)+8)
 	b = append(b, router...)
 	b = append(b, '|')
 	b = append(b, peerRD...)

@@ -102,6 +102,7 @@ type Stage struct {
 	broken        error // the index could not follow a commit: the stage is unusable
 
 	parse parser // used by Sequence only
+	mem   outMem // used by Sequence only
 
 	stop      chan struct{}
 	done      sync.WaitGroup
@@ -401,11 +402,11 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 	return through == seq, nil
 }
 
-// lookup returns a route's value and position in the state as of the
+// lookup returns a route's value and position (h: its index hash) in the state as of the
 // records sequenced so far: the overlay's newest change, else the file (its
 // index), less what sweeps after it removed; held is false when the state
 // does not hold the route.
-func (s *Stage) lookup(peer, rk string) (v routeValue, pos uint64, held bool, err error) {
+func (s *Stage) lookup(peer, rk string, h ixHash) (v routeValue, pos uint64, held bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.broken != nil {
@@ -417,7 +418,7 @@ func (s *Stage) lookup(peer, rk string) (v routeValue, pos uint64, held bool, er
 	} else {
 		// Under mu: a commit removes its changes from the overlay (under
 		// mu) only after the index has them.
-		pos, v, held = s.ix.get(s.ix.hash(peer, rk))
+		pos, v, held = s.ix.get(h)
 	}
 	for _, w := range s.sweeps[peer] {
 		if w.gen > g && held && w.sw.matches(rk, v) {
@@ -472,17 +473,53 @@ func (s *Stage) change(o op) {
 type output struct {
 	emit func(*forwarder.Outgoing) error
 	next int
+	mem  *outMem
 }
 
 func (o *output) add(stream string, key, value []byte) error {
-	m := &forwarder.Outgoing{Stream: stream, Key: key, Value: value, Index: o.next}
+	m := o.mem.outgoing()
+	*m = forwarder.Outgoing{Stream: stream, Key: key, Value: value, Index: o.next}
 	o.next++
 	return o.emit(m)
 }
 
+// ribKey is a bmp.rib key in the stage's key memory.
+func (o *output) ribKey(peer, rk string) []byte {
+	return o.mem.key(appendRIBKey(o.mem.scratch[:0], peer, rk))
+}
+
+// outMem is where the messages the stage adds live: slabs of messages and
+// of key bytes, a fresh one when one is used up (never reused: a message
+// lives until its sink acknowledges it, and a slab until all of its have),
+// instead of two allocations per route event. Used by Sequence only.
+type outMem struct {
+	msgs    []forwarder.Outgoing
+	keys    []byte
+	scratch []byte
+}
+
+func (m *outMem) outgoing() *forwarder.Outgoing {
+	if len(m.msgs) == 0 {
+		m.msgs = make([]forwarder.Outgoing, 256)
+	}
+	o := &m.msgs[0]
+	m.msgs = m.msgs[1:]
+	return o
+}
+
+func (m *outMem) key(b []byte) []byte {
+	m.scratch = b
+	if cap(m.keys)-len(m.keys) < len(b) {
+		m.keys = make([]byte, 0, max(16<<10, len(b)))
+	}
+	n := len(m.keys)
+	m.keys = append(m.keys, b...)
+	return m.keys[n:len(m.keys):len(m.keys)]
+}
+
 // Sequence implements forwarder.Sequencer.
 func (s *Stage) Sequence(rec record.Record, msgs []*forwarder.Outgoing, emit func(*forwarder.Outgoing) error) error {
-	out := &output{emit: emit}
+	out := &output{emit: emit, mem: &s.mem}
 	for _, m := range msgs {
 		out.next = max(out.next, m.Index+1)
 	}
@@ -569,18 +606,19 @@ func (s *Stage) one(rec record.Record, m *forwarder.Outgoing, out *output) error
 // state. A duplicate of a stale route confirms it.
 func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, out *output) error {
 	rk := ev.rk
-	cur, pos, held, err := s.lookup(ev.peer, rk)
+	h := s.ix.hash(ev.peer, rk)
+	cur, pos, held, err := s.lookup(ev.peer, rk, h)
 	if err != nil {
 		return err
 	}
 	if ev.withdraw {
 		if held {
-			s.change(op{seq: rec.Seq, kind: opDel, peer: ev.peer, rk: rk, pos: pos, held: true, heldEpoch: cur.epoch})
+			s.change(op{seq: rec.Seq, kind: opDel, peer: ev.peer, rk: rk, h: h, pos: pos, held: true, heldEpoch: cur.epoch})
 		}
 		if err := out.emit(m); err != nil {
 			return err
 		}
-		return out.add(StreamRIB, ribKey(ev.peer, rk), nil)
+		return out.add(StreamRIB, out.ribKey(ev.peer, rk), nil)
 	}
 	meta, err := s.meta(ev.peer)
 	if err != nil {
@@ -590,7 +628,7 @@ func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, out *
 		if cur.epoch < meta.epoch {
 			rv := cur
 			rv.epoch = meta.epoch
-			s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, val: rv, pos: pos, held: true, heldEpoch: cur.epoch})
+			s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, h: h, val: rv, pos: pos, held: true, heldEpoch: cur.epoch})
 		}
 		s.m.duplicates.WithLabelValues(s.cfg.Duplicates).Inc()
 		switch s.cfg.Duplicates {
@@ -602,11 +640,11 @@ func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, out *
 		return out.emit(m)
 	}
 	rv := routeValue{hash: ev.hash, afi: ev.afi, safi: ev.safi, epoch: meta.epoch}
-	s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, val: rv, pos: pos, held: held, heldEpoch: cur.epoch})
+	s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, h: h, val: rv, pos: pos, held: held, heldEpoch: cur.epoch})
 	if err := out.emit(m); err != nil {
 		return err
 	}
-	return out.add(StreamRIB, ribKey(ev.peer, rk), m.Value)
+	return out.add(StreamRIB, out.ribKey(ev.peer, rk), m.Value)
 }
 
 // endOfRIB withdraws what is still stale of the marker's peer, table and
@@ -702,7 +740,7 @@ func (s *Stage) walk(rec record.Record, peer string, envelope []byte, filter swe
 		if err := out.add(tableStream(tableOf(rk)), routeStreamKey(peer, rk), withdrawEvent(id, envelope, rk, v.afi, v.safi)); err != nil {
 			return err
 		}
-		return out.add(StreamRIB, ribKey(peer, rk), nil)
+		return out.add(StreamRIB, out.ribKey(peer, rk), nil)
 	}
 	oi := 0
 	overlayBefore := func(limit uint64, all bool) error {

@@ -355,8 +355,10 @@ type op struct {
 	rk   string
 	val  routeValue // opSet
 	// opSet, opDel: the route's position in its peer's bucket (a new
-	// route's is given when the change is made, Stage.change).
+	// route's is given when the change is made, Stage.change) and its
+	// index hash.
 	pos  uint64
+	h    ixHash
 	sw   sweep
 	meta *peerMeta // opMeta (a pointer: most ops are route sets)
 	// opSet, opDel: whether the route was held when the change was decided
@@ -692,7 +694,7 @@ func (a *applier) apply(o *op) error {
 			if err := p.b.Put(k, a.value(o.val, o.rk)); err != nil {
 				return err
 			}
-			a.res.ix = append(a.res.ix, ixChange{h: a.hash(o.peer, o.rk), pos: o.pos, val: o.val})
+			a.res.ix = append(a.res.ix, ixChange{h: o.h, pos: o.pos, val: o.val})
 			if !o.held {
 				a.addCount(o.peer, p, t, 1)
 			}
@@ -704,7 +706,7 @@ func (a *applier) apply(o *op) error {
 		if err := p.b.Delete(k); err != nil {
 			return err
 		}
-		a.res.ix = append(a.res.ix, ixChange{h: a.hash(o.peer, o.rk), del: true})
+		a.res.ix = append(a.res.ix, ixChange{h: o.h, del: true})
 		a.addCount(o.peer, p, t, -1)
 		return nil
 	}
