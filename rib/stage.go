@@ -240,6 +240,9 @@ func (s *Stage) Rewind(from uint64) error {
 			return err
 		}
 	}
+	// Not while a commit holds a part of ops.
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.reset()
@@ -326,7 +329,9 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 			n, through = cut, s.ops[cut-1].seq
 		}
 	}
-	batch := slices.Clone(s.ops[:n])
+	// Not a copy: Sequence only appends to ops (past n), and only this
+	// commit, serialised by commitMu, removes them, after the write.
+	batch := s.ops[:n:n]
 	s.mu.Unlock()
 
 	// Lookups meanwhile still find these changes in the overlay, which
@@ -390,7 +395,8 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 			}
 		}
 	}
-	s.ops = slices.Delete(s.ops, 0, n)
+	clear(s.ops[:n]) // their keys may go
+	s.ops = s.ops[n:]
 	s.applied = max(s.applied, through)
 	s.parts++
 	if !s.fixedParts && res.nodes > 0 {
