@@ -395,8 +395,7 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 			}
 		}
 	}
-	clear(s.ops[:n]) // their keys may go
-	s.ops = s.ops[n:]
+	s.ops = slices.Delete(s.ops, 0, n) // keeps the capacity appends reuse
 	s.applied = max(s.applied, through)
 	s.parts++
 	if !s.fixedParts && res.nodes > 0 {
