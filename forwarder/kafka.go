@@ -221,9 +221,17 @@ func (k *KafkaSink) ensureTopics(ctx context.Context, client sarama.Client, topi
 	if err := client.RefreshMetadata(ask...); err != nil && !errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
 		return fmt.Errorf("kafka metadata for %s: %w: %w", strings.Join(ask, ", "), ErrUnavailable, explainRefusal(k.cfg, err))
 	}
+	// What the refresh learnt (Partitions of a topic it does not know
+	// would refresh again, and wait retry_backoff).
+	cached, err := client.Topics()
+	if err != nil {
+		return fmt.Errorf("kafka metadata: %w: %w", ErrUnavailable, err)
+	}
 	var missing []string
 	for _, t := range ask {
-		if parts, err := client.Partitions(t); err == nil && len(parts) > 0 {
+		if !slices.Contains(cached, t) {
+			missing = append(missing, t)
+		} else if parts, err := client.Partitions(t); err == nil && len(parts) > 0 {
 			k.known[t] = true
 		} else {
 			missing = append(missing, t)
