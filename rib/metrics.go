@@ -11,6 +11,8 @@ type metrics struct {
 	duplicates *prometheus.CounterVec
 	synthetic  prometheus.Counter
 	stale      prometheus.Gauge
+	commits    prometheus.Histogram
+	waits      prometheus.Counter
 	registered []prometheus.Collector
 }
 
@@ -28,6 +30,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "bgpedge_rib_stale_routes",
 			Help: "Routes held stale (committed): their peer's session ended without a Peer Down and they were not re-announced, withdrawn or timed out yet.",
 		}),
+		commits: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "bgpedge_rib_commit_seconds",
+			Help:    "Time to write one commit part of the route state (one bbolt transaction, synced) and apply it to the index.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+		waits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bgpedge_rib_sequence_waits_total",
+			Help: "Times the route state's decisions waited for a commit because its overlay of unacknowledged changes was full: the state's commits, not the sink, set the pace then.",
+		}),
 		synthetic: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgpedge_rib_synthetic_withdraws_total",
 			Help: "Withdraws the route state synthesised (a Peer Down's routes, stale routes at End-of-RIB or stale_timeout); counted again when a record is re-delivered.",
@@ -39,7 +50,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.routes, m.duplicates, m.synthetic, m.stale} {
+	for _, c := range []prometheus.Collector{m.routes, m.duplicates, m.synthetic, m.stale, m.commits, m.waits} {
 		if err := reg.Register(c); err != nil {
 			m.unregister(reg)
 			return nil, fmt.Errorf("register metrics: %w", err)

@@ -341,6 +341,7 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 		// More than one record: the part can be cut smaller.
 		maxNodes = s.partNodes
 	}
+	start := time.Now()
 	res, err := s.st.apply(batch, through, maxNodes, s.ix.hash, func() {
 		if s.beforeWrite != nil {
 			s.beforeWrite()
@@ -355,6 +356,7 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 			s.mu.Unlock()
 			s.log.Error("route state index failed; the route state stops deciding until the agent restarts", "err", ierr)
 		}
+		s.m.commits.Observe(time.Since(start).Seconds())
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -536,6 +538,7 @@ func (s *Stage) Sequence(rec record.Record, msgs []*forwarder.Outgoing, emit fun
 	// batch being sequenced, which the forwarder sends only after it.
 	for len(s.ops) > s.overlayOps && s.committing {
 		s.waits++
+		s.m.waits.Inc()
 		s.commitEnd.Wait()
 	}
 	replay := rec.Seq <= s.applied
