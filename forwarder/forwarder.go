@@ -123,6 +123,12 @@ func newForwarderSinks(cfg Config, src Source, enc Encoder, sinks []Sink, logger
 		f.seq, _ = p.Encoder.(Sequencer)
 	}
 	f.arenas = make([]outArena, f.workers)
+	for i := range f.arenas {
+		// A Sequencer may keep, copy or re-emit the messages it is given
+		// (the route state does), so their memory is left to the garbage
+		// collector there rather than handed back at the ack.
+		f.arenas[i].release = f.seq == nil
+	}
 	f.active.Store(SinkNone)
 	f.states.init(SinkNone)
 	names := make([]string, 0, len(sinks)+1)
@@ -892,12 +898,19 @@ type outArena struct {
 	seq  uint64
 	out  []*Outgoing
 	emit func(record.Output) // a.add, bound once
+
+	// release: the messages keep their output's Owner, released by the
+	// tracker once the sink acknowledged them.
+	release bool
 }
 
 // add is the emit function of the record being encoded.
 func (a *outArena) add(m record.Output) {
 	o := a.msg()
 	*o = Outgoing{Seq: a.seq, Index: m.Index, Stream: m.Stream, Key: m.Key, Value: m.Value}
+	if a.release {
+		o.owner = m.Owner
+	}
 	a.out = append(a.out, o)
 }
 

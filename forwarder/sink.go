@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/bgpedge/bgpedge/record"
 )
 
 // Header names carried by every output message (Kafka headers, NATS headers).
@@ -42,6 +44,10 @@ type Outgoing struct {
 	Headers []Header
 
 	reported bool // its ack was counted by the session's tracker
+	// owner owns the memory of Key and Value (record.Output.Owner): the
+	// tracker releases it once the sink acknowledged the message, the
+	// last time anything reads them. nil: left to the garbage collector.
+	owner record.Releaser
 }
 
 // MessageID is the stable id of a record's output message: "<agent>:<seq>",

@@ -126,6 +126,13 @@ func (t *tracker) ack(m *Outgoing, err error) {
 	if err == nil && t.onMsg != nil {
 		t.onMsg(m)
 	}
+	if err == nil && m.owner != nil {
+		// Acknowledged: the sink is done with the bytes, and the session
+		// never re-sends this message (a retry re-reads the record from
+		// the spool and encodes it anew). A failed message keeps them:
+		// left to the garbage collector.
+		m.owner.Release()
+	}
 	if first && t.onFail != nil {
 		t.onFail()
 	}

@@ -101,3 +101,27 @@ func TestTrackerWaitRoom(t *testing.T) {
 		t.Fatal("waitRoom returned nil after a failure")
 	}
 }
+
+// countOwner counts its releases.
+type countOwner struct{ n int }
+
+func (c *countOwner) Release() { c.n++ }
+
+// TestTrackerReleasesOwner: a message's owner is released once, when the
+// sink acknowledges it, never for a duplicate report, a failure, or a
+// success reported after the failure.
+func TestTrackerReleasesOwner(t *testing.T) {
+	tr := newTracker(func() {}, nil)
+	var ok, failed countOwner
+	m1 := &Outgoing{Seq: 1, Index: -1, owner: &ok}
+	m2 := &Outgoing{Seq: 2, Index: -1, owner: &failed}
+	tr.add(1, 1)
+	tr.add(2, 1)
+	tr.ack(m1, nil)
+	tr.ack(m1, nil)
+	tr.ack(m2, errors.New("refused"))
+	tr.ack(m2, nil)
+	if ok.n != 1 || failed.n != 0 {
+		t.Fatalf("released %d times when acknowledged (want 1), %d times when failed (want 0)", ok.n, failed.n)
+	}
+}
