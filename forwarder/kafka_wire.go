@@ -34,8 +34,8 @@ type wireConn struct {
 	readTO   time.Duration
 	writeTO  time.Duration
 
-	used   time.Time // when the last request was written
-	buf    []byte    // the request being encoded (reused)
+	used time.Time // when the last request was written
+	buf  []byte    // the request being encoded (reused)
 	// splice: values of at least spliceMin bytes are not copied into buf
 	// but written from where they are, beside it, in one writev (plain
 	// TCP only: through TLS each piece would become a record of its own).
