@@ -34,14 +34,8 @@ type wireConn struct {
 	readTO   time.Duration
 	writeTO  time.Duration
 
-	used time.Time // when the last request was written
-	buf  []byte    // the request being encoded (reused)
-	// splice: values of at least spliceMin bytes are not copied into buf
-	// but written from where they are, beside it, in one writev (plain
-	// TCP only: through TLS each piece would become a record of its own).
-	splice bool
-	vals   []splicedValue // the values left out of buf, in order
-	iov    [][]byte       // the pieces written, reused
+	used   time.Time // when the last request was written
+	buf    []byte    // the request being encoded (reused)
 	corr   int32
 	expect chan wireExpect
 	done   chan struct{} // closed when the reader has returned
@@ -87,9 +81,8 @@ func dialWire(ctx context.Context, addr string, cfg laneConfig) (*wireConn, erro
 		}
 		conn = t
 	}
-	_, plain := conn.(*net.TCPConn)
 	c := &wireConn{
-		conn: conn, clientID: cfg.clientID, version: wireVersion(cfg.version), used: time.Now(), splice: plain,
+		conn: conn, clientID: cfg.clientID, version: wireVersion(cfg.version), used: time.Now(),
 		readTO: cfg.readTimeout, writeTO: cfg.writeTimeout,
 		expect: make(chan wireExpect, 1),
 		done:   make(chan struct{}),
@@ -131,11 +124,6 @@ func (c *wireConn) produce(parts []sentPart, acks sarama.RequiredAcks, timeout t
 	}
 	b = binary.BigEndian.AppendUint32(b, uint32(ntopics))
 	now := time.Now().UnixMilli()
-	var sp *[]splicedValue
-	if c.splice {
-		c.vals = c.vals[:0]
-		sp = &c.vals
-	}
 	for i, p := range parts {
 		if !firstOfTopic(parts, i) {
 			continue
@@ -154,10 +142,10 @@ func (c *wireConn) produce(parts []sentPart, acks sarama.RequiredAcks, timeout t
 				continue
 			}
 			b = binary.BigEndian.AppendUint32(b, uint32(o.q.tp.partition))
-			b = appendRecordBatch(b, o.q.queued()[:o.n], now, sp)
+			b = appendRecordBatch(b, o.q.queued()[:o.n], now)
 		}
 	}
-	binary.BigEndian.PutUint32(b, uint32(len(b)-4+splicedLen(c.vals)))
+	binary.BigEndian.PutUint32(b, uint32(len(b)-4))
 	c.buf = b
 	// The reader takes the expectation before the answer can arrive.
 	select {
@@ -174,17 +162,7 @@ func (c *wireConn) produce(parts []sentPart, acks sarama.RequiredAcks, timeout t
 	if c.writeTO > 0 {
 		_ = c.conn.SetWriteDeadline(c.used.Add(c.writeTO))
 	}
-	var err error
-	if len(c.vals) == 0 {
-		_, err = c.conn.Write(b)
-	} else {
-		c.iov = splicePieces(c.iov[:0], b, c.vals)
-		bufs := net.Buffers(c.iov)
-		_, err = bufs.WriteTo(c.conn)
-		clear(c.iov) // holds no message after the write
-		clear(c.vals)
-	}
-	if err != nil {
+	if _, err := c.conn.Write(b); err != nil {
 		// The reader, reading from a closed connection, fails the
 		// expectation: the request has one outcome, reported once.
 		_ = c.conn.Close()
@@ -336,48 +314,9 @@ func appendString(b []byte, s string) []byte {
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// splicedValue is a value written at offset at of the request buffer
-// rather than copied into it.
-type splicedValue struct {
-	at int
-	v  []byte
-}
-
-// spliceMin is the smallest value written from where it is: below it, the
-// copy costs less than a piece of the writev (raw BMP messages are about
-// a hundred bytes; JSON route events about five hundred).
-const spliceMin = 256
-
-func splicedLen(vals []splicedValue) int {
-	n := 0
-	for _, v := range vals {
-		n += len(v.v)
-	}
-	return n
-}
-
-// splicePieces appends to iov the pieces of the request b with vals put
-// back in place.
-func splicePieces(iov [][]byte, b []byte, vals []splicedValue) [][]byte {
-	pos := 0
-	for _, v := range vals {
-		if v.at > pos {
-			iov = append(iov, b[pos:v.at])
-		}
-		iov = append(iov, v.v)
-		pos = v.at
-	}
-	if pos < len(b) {
-		iov = append(iov, b[pos:])
-	}
-	return iov
-}
-
 // appendRecordBatch appends the records field of a partition: its length,
 // then a record batch (magic 2, uncompressed, no producer id) of items.
-// With sp set, values of spliceMin bytes or more are left out of b and
-// appended to *sp (the lengths and the CRC count them where they go).
-func appendRecordBatch(b []byte, items []laneItem, nowMillis int64, sp *[]splicedValue) []byte {
+func appendRecordBatch(b []byte, items []laneItem, nowMillis int64) []byte {
 	lenAt := len(b)
 	b = append(b, 0, 0, 0, 0)               // records field length
 	b = binary.BigEndian.AppendUint64(b, 0) // base offset
@@ -396,35 +335,19 @@ func appendRecordBatch(b []byte, items []laneItem, nowMillis int64, sp *[]splice
 	b = binary.BigEndian.AppendUint16(b, 0xffff)             // producer epoch: -1
 	b = binary.BigEndian.AppendUint32(b, 0xffffffff)         // base sequence: -1
 	b = binary.BigEndian.AppendUint32(b, uint32(len(items)))
-	v0 := 0
-	if sp != nil {
-		v0 = len(*sp)
-	}
 	for i, it := range items {
-		b = appendRecord(b, it.m, i, sp)
+		b = appendRecord(b, it.m, i)
 	}
-	var crc uint32
-	spliced := 0
-	pos := attrAt
-	if sp != nil {
-		for _, v := range (*sp)[v0:] {
-			crc = crc32.Update(crc, castagnoli, b[pos:v.at])
-			crc = crc32.Update(crc, castagnoli, v.v)
-			pos = v.at
-			spliced += len(v.v)
-		}
-	}
-	crc = crc32.Update(crc, castagnoli, b[pos:])
-	binary.BigEndian.PutUint32(b[crcAt:], crc)
-	binary.BigEndian.PutUint32(b[batchLenAt:], uint32(len(b)-batchLenAt-4+spliced))
-	binary.BigEndian.PutUint32(b[lenAt:], uint32(len(b)-lenAt-4+spliced))
+	binary.BigEndian.PutUint32(b[crcAt:], crc32.Checksum(b[attrAt:], castagnoli))
+	binary.BigEndian.PutUint32(b[batchLenAt:], uint32(len(b)-batchLenAt-4))
+	binary.BigEndian.PutUint32(b[lenAt:], uint32(len(b)-lenAt-4))
 	return b
 }
 
 // appendRecord appends one record (timestamp delta 0): its length, then
 // attributes, deltas, key (null when empty), value (null for a tombstone)
 // and headers.
-func appendRecord(b []byte, m *Outgoing, offsetDelta int, sp *[]splicedValue) []byte {
+func appendRecord(b []byte, m *Outgoing, offsetDelta int) []byte {
 	n := 1 + 1 + varintLen(int64(offsetDelta)) + bytesLen(len(m.Key), len(m.Key) == 0) +
 		bytesLen(len(m.Value), m.Value == nil) + varintLen(int64(len(m.Headers)))
 	for _, h := range m.Headers {
@@ -443,11 +366,7 @@ func appendRecord(b []byte, m *Outgoing, offsetDelta int, sp *[]splicedValue) []
 		b = binary.AppendVarint(b, -1)
 	} else {
 		b = binary.AppendVarint(b, int64(len(m.Value)))
-		if sp != nil && len(m.Value) >= spliceMin {
-			*sp = append(*sp, splicedValue{at: len(b), v: m.Value})
-		} else {
-			b = append(b, m.Value...)
-		}
+		b = append(b, m.Value...)
 	}
 	b = binary.AppendVarint(b, int64(len(m.Headers)))
 	for _, h := range m.Headers {

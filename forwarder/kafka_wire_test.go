@@ -1,9 +1,7 @@
 package forwarder
 
 import (
-	"bytes"
 	"encoding/binary"
-	"fmt"
 	"math"
 	"testing"
 
@@ -96,45 +94,4 @@ func FuzzProduceAnswer(f *testing.F) {
 			t.Fatal("no answer and no error")
 		}
 	})
-}
-
-// TestRecordBatchSpliced: a record batch whose large values are left out of
-// the buffer and written beside it is, put back together, byte for byte
-// the batch with every value copied in (lengths and CRC included).
-func TestRecordBatchSpliced(t *testing.T) {
-	var items []laneItem
-	for i, size := range []int{0, 10, spliceMin - 1, spliceMin, 500, 3000, 40, 700} {
-		m := &Outgoing{Key: []byte(fmt.Sprintf("key-%d", i)), Value: bytes.Repeat([]byte{byte('a' + i)}, size),
-			Headers: []Header{{HeaderID, fmt.Sprintf("edge:%d", i)}, {HeaderStream, "bmp.route.loc-rib"}}}
-		if size == 0 {
-			m.Value = nil // a tombstone
-		}
-		items = append(items, laneItem{m: m})
-	}
-	prefix := []byte("request header")
-	want := appendRecordBatch(bytes.Clone(prefix), items, 1700000000000, nil)
-	for _, split := range []int{len(items), 3} { // one batch, or two in one request
-		var vals []splicedValue
-		b := appendRecordBatch(bytes.Clone(prefix), items[:split], 1700000000000, &vals)
-		wantHere := want
-		if split < len(items) {
-			b = appendRecordBatch(b, items[split:], 1700000000000, &vals)
-			wantHere = appendRecordBatch(bytes.Clone(prefix), items[:split], 1700000000000, nil)
-			wantHere = appendRecordBatch(wantHere, items[split:], 1700000000000, nil)
-		}
-		if len(vals) == 0 {
-			t.Fatal("no value was spliced")
-		}
-		got := bytes.Join(splicePieces(nil, b, vals), nil)
-		if !bytes.Equal(got, wantHere) {
-			at := 0
-			for at < min(len(got), len(wantHere)) && got[at] == wantHere[at] {
-				at++
-			}
-			t.Fatalf("split %d: spliced batch (%d bytes) differs from the copied one (%d bytes) at byte %d", split, len(got), len(wantHere), at)
-		}
-		if len(b)+splicedLen(vals) != len(wantHere) {
-			t.Fatalf("split %d: %d bytes in the buffer and %d spliced, want %d in all", split, len(b), splicedLen(vals), len(wantHere))
-		}
-	}
 }
