@@ -727,8 +727,12 @@ func (f *Forwarder) encodeBatch(recs []record.Record, limit int) *encodedBatch {
 			b.msgs = append(b.msgs, o...)
 		}
 	}
-	for _, m := range b.msgs {
-		b.bytes += msgBytes(m)
+	if f.seq == nil {
+		// A Sequencer may change the messages: sequenceBatch counts
+		// what it emits instead (msgBytes keeps the first count).
+		for _, m := range b.msgs {
+			b.bytes += msgBytes(m)
+		}
 	}
 	return b
 }

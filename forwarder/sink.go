@@ -48,6 +48,7 @@ type Outgoing struct {
 	// tracker releases it once the sink acknowledged the message, the
 	// last time anything reads them. nil: left to the garbage collector.
 	owner record.Releaser
+	size  int32 // msgBytes, once computed
 }
 
 // MessageID is the stable id of a record's output message: "<agent>:<seq>",

@@ -2,6 +2,7 @@ package forwarder
 
 import (
 	"context"
+	"math"
 	"sort"
 	"sync"
 	"time"
@@ -82,11 +83,19 @@ func (t *tracker) addBytes(n int) {
 // value and headers, and msgOverhead for what the forwarder and the sink's
 // client hold beside them (the Outgoing, sarama's ProducerMessage and
 // record headers, the id): with small raw BMP messages that is most of it.
+//
+// It is computed once, when the forwarder counts the message before
+// handing it to the sink (the goroutine that encoded it), and kept: the
+// ack takes off what was added, without walking the headers again.
 func msgBytes(m *Outgoing) int {
+	if m.size > 0 {
+		return int(m.size)
+	}
 	n := len(m.Key) + len(m.Value) + msgOverhead
 	for _, h := range m.Headers {
 		n += len(h.Value)
 	}
+	m.size = int32(min(n, math.MaxInt32))
 	return n
 }
 
