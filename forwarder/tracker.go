@@ -107,7 +107,17 @@ const msgOverhead = 512
 func (t *tracker) ack(m *Outgoing, err error) {
 	t.mu.Lock()
 	live := t.entries[t.head:]
-	i := sort.Search(len(live), func(i int) bool { return live[i].seq >= m.Seq })
+	// Records' seqs are consecutive but for the gaps of skipped damage:
+	// look where the record would be if there were none first.
+	i := len(live)
+	if len(live) > 0 && m.Seq >= live[0].seq {
+		if k := m.Seq - live[0].seq; k < uint64(len(live)) && live[k].seq == m.Seq {
+			i = int(k)
+		}
+	}
+	if i == len(live) {
+		i = sort.Search(len(live), func(i int) bool { return live[i].seq >= m.Seq })
+	}
 	if i == len(live) || live[i].seq != m.Seq || m.reported {
 		t.mu.Unlock()
 		return // already counted (duplicate report): never double-count

@@ -125,3 +125,23 @@ func TestTrackerReleasesOwner(t *testing.T) {
 		t.Fatalf("released %d times when acknowledged (want 1), %d times when failed (want 0)", ok.n, failed.n)
 	}
 }
+
+// TestTrackerGaps: records whose seqs are not consecutive (ranges skipped
+// as damaged) are found all the same.
+func TestTrackerGaps(t *testing.T) {
+	tr := newTracker(func() {}, nil)
+	seqs := []uint64{3, 4, 9, 10, 30}
+	for _, s := range seqs {
+		tr.add(s, 1)
+	}
+	for _, s := range []uint64{10, 4, 30, 3} {
+		tr.ack(&Outgoing{Seq: s, Index: -1}, nil)
+	}
+	if wm, n := tr.watermark(); wm != 4 || n != 2 {
+		t.Fatalf("watermark %d (%d records), want 4 (2): record 9 is not acked", wm, n)
+	}
+	tr.ack(&Outgoing{Seq: 9, Index: -1}, nil)
+	if wm, _ := tr.watermark(); wm != 30 {
+		t.Fatalf("watermark %d, want 30", wm)
+	}
+}
