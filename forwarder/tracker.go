@@ -24,7 +24,8 @@ type tracker struct {
 	err      error  // first failure
 	failedAt time.Time
 	onFail   func()
-	onMsg    func(m *Outgoing)
+	// Acknowledged without error: messages, and the bytes of their values.
+	ackedMsgs, ackedBytes uint64
 	// want is what the goroutine in waitRoom waits for; acks wake it only
 	// once that fits (or nothing is in flight), not on each ack: a read
 	// batch waits for thousands of acks, and a wake-up per ack cost a
@@ -45,8 +46,8 @@ type entry struct {
 	open      bool // more messages of this record follow (a Sequencer's long expansion)
 }
 
-func newTracker(onFail func(), onMsg func(*Outgoing)) *tracker {
-	t := &tracker{onFail: onFail, onMsg: onMsg}
+func newTracker(onFail func()) *tracker {
+	t := &tracker{onFail: onFail}
 	t.room = sync.NewCond(&t.mu)
 	return t
 }
@@ -133,6 +134,8 @@ func (t *tracker) ack(m *Outgoing, err error) {
 			t.err, t.failedAt, first = err, time.Now(), true
 		}
 	} else {
+		t.ackedMsgs++
+		t.ackedBytes += uint64(len(m.Value))
 		e.remaining--
 		if e.remaining == 0 {
 			t.advance()
@@ -142,9 +145,6 @@ func (t *tracker) ack(m *Outgoing, err error) {
 		t.room.Broadcast()
 	}
 	t.mu.Unlock()
-	if err == nil && t.onMsg != nil {
-		t.onMsg(m)
-	}
 	if err == nil && m.owner != nil {
 		// Acknowledged: the sink is done with the bytes, and the session
 		// never re-sends this message (a retry re-reads the record from
@@ -155,6 +155,14 @@ func (t *tracker) ack(m *Outgoing, err error) {
 	if first && t.onFail != nil {
 		t.onFail()
 	}
+}
+
+// delivered returns how many messages were acknowledged without error, and
+// the bytes of their values.
+func (t *tracker) delivered() (msgs, valueBytes uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.ackedMsgs, t.ackedBytes
 }
 
 // advance moves the watermark over fully acked records; t.mu held.
