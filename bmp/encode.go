@@ -111,7 +111,7 @@ type Encoder struct {
 	// across garbage collections, which empty the pool.
 	spare atomic.Pointer[fastState]
 	pool  sync.Pool  // *fastState, for concurrent calls
-	outs  *chunkPool // the fast path's output chunks, reused once released
+	outs  *sync.Pool // *outChunk: the fast path's output chunks, reused once released
 
 	fastHits atomic.Uint64
 }

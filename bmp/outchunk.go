@@ -1,6 +1,7 @@
 package bmp
 
 import (
+	"sync"
 	"sync/atomic"
 
 	"github.com/bgpedge/bgpedge/record"
@@ -22,7 +23,7 @@ import (
 type outChunk struct {
 	buf  []byte
 	refs atomic.Int64
-	pool *chunkPool // nil: an oversized chunk, not reused
+	pool *sync.Pool // nil: an oversized chunk, not reused
 }
 
 var _ record.Releaser = (*outChunk)(nil)
@@ -30,7 +31,7 @@ var _ record.Releaser = (*outChunk)(nil)
 // Release lets go of one reference.
 func (c *outChunk) Release() {
 	if c.refs.Add(-1) == 0 && c.pool != nil {
-		c.pool.put(c)
+		c.pool.Put(c)
 	}
 }
 
@@ -42,40 +43,16 @@ func (c *outChunk) hold(n int) { c.refs.Add(int64(n)) }
 // all is copied into a new chunk.
 const chunkReserve = 4 << 10
 
-// chunkPool holds the chunks released, up to a bound: what it holds is
-// memory kept whatever the garbage collector does, so it is kept to a
-// few MiB; a chunk released while it is full is left to the collector.
-// (A sync.Pool keeps what it holds through a collection, which let the
-// heap, and so the agent's anonymous memory, grow by what had been
-// released since the last one.)
-type chunkPool struct {
-	free chan *outChunk
-}
-
-// freeChunks bounds a pool: 2 MiB.
-const freeChunks = 64
-
-func newChunkPool() *chunkPool { return &chunkPool{free: make(chan *outChunk, freeChunks)} }
-
-func (p *chunkPool) get() *outChunk {
-	select {
-	case c := <-p.free:
-		return c
-	default:
-		return &outChunk{buf: make([]byte, outputChunk), pool: p}
-	}
-}
-
-func (p *chunkPool) put(c *outChunk) {
-	select {
-	case p.free <- c:
-	default:
-	}
+// newChunkPool makes the pool an Encoder's fast path takes its chunks from.
+func newChunkPool() *sync.Pool {
+	p := &sync.Pool{}
+	p.New = func() any { return &outChunk{buf: make([]byte, outputChunk), pool: p} }
+	return p
 }
 
 // ensureChunk makes sure the current chunk has at least want bytes left,
 // retiring it and taking a fresh one from pool when not.
-func (st *fastState) ensureChunk(pool *chunkPool, want int) {
+func (st *fastState) ensureChunk(pool *sync.Pool, want int) {
 	if st.cur != nil && len(st.chunk) >= want {
 		return
 	}
@@ -89,7 +66,7 @@ func (st *fastState) ensureChunk(pool *chunkPool, want int) {
 		st.cur, st.chunk = c, c.buf
 		return
 	}
-	c := pool.get()
+	c := pool.Get().(*outChunk)
 	c.refs.Store(1)
 	st.cur, st.chunk = c, c.buf[:outputChunk]
 }
