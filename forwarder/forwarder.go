@@ -58,10 +58,12 @@ type Forwarder struct {
 
 	// arenas[i] is used by encoder goroutine i; arenas[0] also by the
 	// sequential path. encodeBatch runs in one goroutine at a time.
-	arenas  []outArena
-	workers int
-	ordered func(record.Record) bool // records a Parallel encoder must see alone
-	seq     Sequencer                // nil unless the encoder keeps state across records
+	// seqArena is the Sequencer goroutine's (pump), for the messages it adds.
+	arenas   []outArena
+	seqArena outArena
+	workers  int
+	ordered  func(record.Record) bool // records a Parallel encoder must see alone
+	seq      Sequencer                // nil unless the encoder keeps state across records
 }
 
 // Parallel marks an encoder as safe to call from several goroutines at
@@ -555,34 +557,50 @@ func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker, limit int)
 			}
 		}
 	}()
+	// Encoded batches: with a Sequencer, it runs in a goroutine of its
+	// own, on one batch while the next is encoded (its work is in record
+	// order, the encoding's is spread over the workers).
+	encoded := outs
+	if f.seq != nil {
+		encoded = make(chan *encodedBatch, 1)
+	}
+	send := func(ch chan<- *encodedBatch, b *encodedBatch) bool {
+		select {
+		case ch <- b:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
 	go func() {
 		defer wg.Done()
-		defer close(outs)
-		send := func(b *encodedBatch) bool {
-			select {
-			case outs <- b:
-				return true
-			case <-ctx.Done():
-				return false
-			}
-		}
+		defer close(encoded)
 		for recs := range reads {
-			b := f.encodeBatch(recs, limit)
-			if f.seq != nil {
-				if err := f.sequenceBatch(ctx, b, send); err != nil {
-					if ctx.Err() == nil {
-						seqErr = err
-						cancel()
-					}
-					return
-				}
-				continue
-			}
-			if !send(b) {
+			if !send(encoded, f.encodeBatch(recs, limit)) {
 				return
 			}
 		}
 	}()
+	if f.seq != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(outs)
+			for b := range encoded {
+				err := f.sequenceBatch(ctx, b, func(b *encodedBatch) bool { return send(outs, b) })
+				if err != nil {
+					if ctx.Err() == nil {
+						seqErr = err
+						cancel()
+					}
+					// Unblock the encoder (ctx is done now).
+					for range encoded {
+					}
+					return
+				}
+			}
+		}()
+	}
 	for b := range outs {
 		if err := tr.waitRoom(ctx, len(b.msgs), b.bytes, f.cfg.MaxInFlight, f.cfg.MaxInFlightBytes); err != nil {
 			// Nothing of this batch is registered: a failed or stopped
@@ -616,7 +634,9 @@ const seqPart = 4096
 // what it emits, cutting a batch whenever it reaches seqPart messages; a
 // record cut that way is sent open, in several parts.
 func (f *Forwarder) sequenceBatch(ctx context.Context, b *encodedBatch, send func(*encodedBatch) bool) error {
-	out := &encodedBatch{}
+	// Room for a second message per route event (the route state's).
+	out := &encodedBatch{msgs: make([]*Outgoing, 0, min(seqPart, 2*len(b.msgs)+16)),
+		recs: make([]record.Record, 0, len(b.recs)), counts: make([]int, 0, len(b.recs))}
 	off := 0
 	for i, rec := range b.recs {
 		msgs := b.msgs[off : off+b.counts[i]]
@@ -625,8 +645,8 @@ func (f *Forwarder) sequenceBatch(ctx context.Context, b *encodedBatch, send fun
 		err := f.seq.Sequence(rec, msgs, func(m *Outgoing) error {
 			if m.ID == "" {
 				m.Seq = rec.Seq
-				m.ID = f.arenas[0].id(f.cfg.AgentID, rec.Seq, m.Index)
-				m.Headers = f.headers(&f.arenas[0], rec, m)
+				m.ID = f.seqArena.id(f.cfg.AgentID, rec.Seq, m.Index)
+				m.Headers = f.headers(&f.seqArena, rec, m)
 			}
 			out.msgs = append(out.msgs, m)
 			out.bytes += msgBytes(m)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"time"
 	"unsafe"
@@ -150,11 +151,13 @@ func (k *KafkaSink) Connect(ctx context.Context) error {
 		return err
 	}
 	k.known, k.streamTopics = map[string]bool{}, nil
+	ensure := make([]string, 0, len(k.topics.Ensure))
 	for _, s := range k.topics.Ensure {
-		if err := k.ensureTopic(client, k.topics.Topic(s)); err != nil {
-			_ = client.Close()
-			return err
-		}
+		ensure = append(ensure, k.topics.Topic(s))
+	}
+	if err := k.ensureTopics(ctx, client, ensure); err != nil {
+		_ = client.Close()
+		return err
 	}
 	lanes, err := k.openLanes(ctx, client, sc, lc)
 	if err != nil {
@@ -201,43 +204,101 @@ func newClient(ctx context.Context, brokers []string, sc *sarama.Config) (sarama
 	return c, nil
 }
 
-func (k *KafkaSink) ensureTopic(client sarama.Client, topic string) error {
-	if k.known[topic] {
+// ensureTopics checks that topics exist, creating the missing ones
+// (forwarder.kafka.create_topics) and waiting until their partitions have
+// leaders. One metadata refresh asks for all of them: it retries topics it
+// does not know after retry_backoff, which per topic made a first start
+// with some 16 topics to create take seconds.
+func (k *KafkaSink) ensureTopics(ctx context.Context, client sarama.Client, topics []string) error {
+	var ask []string
+	for _, t := range topics {
+		if !k.known[t] && !slices.Contains(ask, t) {
+			ask = append(ask, t)
+		}
+	}
+	if len(ask) == 0 {
 		return nil
 	}
-	if err := client.RefreshMetadata(topic); err == nil {
-		if parts, err := client.Partitions(topic); err == nil && len(parts) > 0 {
-			k.known[topic] = true
-			return nil
+	ctx, cancel := context.WithTimeout(ctx, k.ConnectTimeout())
+	defer cancel()
+	// One refresh for all: it waits retry_backoff once if some are unknown.
+	if err := client.RefreshMetadata(ask...); err != nil && !errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
+		return fmt.Errorf("kafka metadata for %s: %w: %w", strings.Join(ask, ", "), ErrUnavailable, explainRefusal(k.cfg, err))
+	}
+	var missing []string
+	for _, t := range ask {
+		if parts, err := client.Partitions(t); err == nil && len(parts) > 0 {
+			k.known[t] = true
+		} else {
+			missing = append(missing, t)
 		}
-	} else if !errors.Is(err, sarama.ErrUnknownTopicOrPartition) {
-		return fmt.Errorf("kafka metadata for %s: %w: %w", topic, ErrUnavailable, explainRefusal(k.cfg, err))
+	}
+	if len(missing) == 0 {
+		return nil
 	}
 	if !k.cfg.CreateTopics {
-		return fmt.Errorf("kafka topic %s: %w (forwarder.kafka.create_topics is false)", topic, ErrMissingTopic)
+		return fmt.Errorf("kafka topic %s: %w (forwarder.kafka.create_topics is false)", missing[0], ErrMissingTopic)
 	}
 	admin, err := sarama.NewClusterAdminFromClient(client)
 	if err != nil {
 		return fmt.Errorf("kafka admin: %w: %w", ErrUnavailable, err)
 	}
 	// Not admin.Close(): it would close the shared client.
-	detail := &sarama.TopicDetail{NumPartitions: k.cfg.Partitions, ReplicationFactor: k.cfg.ReplicationFactor}
-	if k.compact[topic] {
-		// The route state's stream: the latest value per key, tombstones
-		// removing keys, is what a consumer bootstraps from.
-		compact := "compact"
-		detail.ConfigEntries = map[string]*string{"cleanup.policy": &compact}
+	for _, topic := range missing {
+		detail := &sarama.TopicDetail{NumPartitions: k.cfg.Partitions, ReplicationFactor: k.cfg.ReplicationFactor}
+		if k.compact[topic] {
+			// The route state's stream: the latest value per key, tombstones
+			// removing keys, is what a consumer bootstraps from.
+			compact := "compact"
+			detail.ConfigEntries = map[string]*string{"cleanup.policy": &compact}
+		}
+		err := admin.CreateTopic(topic, detail, false)
+		if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
+			var te *sarama.TopicError
+			if !errors.As(err, &te) || !errors.Is(te.Err, sarama.ErrTopicAlreadyExists) {
+				return fmt.Errorf("create kafka topic %s: %w", topic, err)
+			}
+		}
+		k.logger.Info("created kafka topic", "topic", topic, "partitions", k.cfg.Partitions, "replication_factor", k.cfg.ReplicationFactor)
 	}
-	err = admin.CreateTopic(topic, detail, false)
-	if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
-		var te *sarama.TopicError
-		if !errors.As(err, &te) || !errors.Is(te.Err, sarama.ErrTopicAlreadyExists) {
-			return fmt.Errorf("create kafka topic %s: %w", topic, err)
+	// New partitions get leaders a moment after the creation returns; the
+	// lanes need them, and the client's refresh would wait retry_backoff
+	// per try.
+	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		metas, err := admin.DescribeTopics(missing)
+		if err == nil && allLed(metas) {
+			break
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("kafka topics %s: no partition leaders yet: %w: %w", strings.Join(missing, ", "), ErrUnavailable, ctx.Err())
+		case <-t.C:
 		}
 	}
-	k.logger.Info("created kafka topic", "topic", topic, "partitions", k.cfg.Partitions, "replication_factor", k.cfg.ReplicationFactor)
-	k.known[topic] = true
+	if err := client.RefreshMetadata(missing...); err != nil {
+		return fmt.Errorf("kafka metadata for %s: %w: %w", strings.Join(missing, ", "), ErrUnavailable, explainRefusal(k.cfg, err))
+	}
+	for _, t := range missing {
+		k.known[t] = true
+	}
 	return nil
+}
+
+// allLed reports that every topic exists and every partition has a leader.
+func allLed(metas []*sarama.TopicMetadata) bool {
+	for _, m := range metas {
+		if m.Err != sarama.ErrNoError || len(m.Partitions) == 0 {
+			return false
+		}
+		for _, p := range m.Partitions {
+			if p.Err != sarama.ErrNoError || p.Leader < 0 {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // Write implements Sink: it picks each message's partition (sarama's
@@ -345,7 +406,10 @@ func (k *KafkaSink) topicOf(stream string) (route, error) {
 	}
 	r := route{topic: k.topics.Topic(stream)}
 	if !k.known[r.topic] {
-		if err := k.ensureTopic(k.client, r.topic); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), k.ConnectTimeout())
+		err := k.ensureTopics(ctx, k.client, []string{r.topic})
+		cancel()
+		if err != nil {
 			return route{}, err
 		}
 	}

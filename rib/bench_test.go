@@ -25,9 +25,15 @@ import (
 
 // dumpEvents encodes the 100k-route GoBGP dump with the BMP encoder (JSON
 // only), per record, as the forwarder hands them to the stage.
-func dumpEvents(b *testing.B) ([]record.Record, [][]*forwarder.Outgoing, int) {
+func dumpEvents(b testing.TB) ([]record.Record, [][]*forwarder.Outgoing, int) {
 	b.Helper()
-	path := filepath.Join(testenv.Shared(b, "bmpdata", "raw"), "gobgp-3.10-all-dump-100k.bmp.gz")
+	return captureEvents(b, filepath.Join(testenv.Shared(b, "bmpdata", "raw"), "gobgp-3.10-all-dump-100k.bmp.gz"))
+}
+
+// captureEvents encodes the first stream of a capture as the forwarder
+// would (JSON only).
+func captureEvents(b testing.TB, path string) ([]record.Record, [][]*forwarder.Outgoing, int) {
+	b.Helper()
 	streams, err := capture.Open(path)
 	if err != nil {
 		b.Fatal(err)
@@ -71,8 +77,7 @@ func dumpEvents(b *testing.B) ([]record.Record, [][]*forwarder.Outgoing, int) {
 // cost per route event, every route new (the first run) and every route a
 // duplicate (the same table sent again, over the committed state). The
 // forwarder commits from its ack ticker, every 100 ms, while it sequences:
-// new-acks does that, so look-ups also run while a commit writes (then
-// with a read transaction each; own-reads is their share).
+// new-acks does that.
 func BenchmarkStage(b *testing.B) {
 	recs, msgs, events := dumpEvents(b)
 	for _, bc := range []struct {
@@ -83,7 +88,7 @@ func BenchmarkStage(b *testing.B) {
 			var before, after runtime.MemStats
 			var ru0, ru1 syscall.Rusage
 			var cpu time.Duration
-			var mallocs, alloced, gcs, ownReads uint64
+			var mallocs, alloced, gcs uint64
 			for range b.N {
 				b.StopTimer()
 				s := openBench(b)
@@ -100,7 +105,6 @@ func BenchmarkStage(b *testing.B) {
 					feedStage(b, s, recs, msgs, uint64(len(recs))*boolU(bc.resend), nil)
 				}
 				b.StopTimer()
-				ownReads += s.ownReads
 				_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
 				runtime.ReadMemStats(&after)
 				cpu += time.Duration(ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano())
@@ -117,9 +121,6 @@ func BenchmarkStage(b *testing.B) {
 			b.ReportMetric(float64(mallocs)/n, "allocs/event")
 			b.ReportMetric(float64(alloced)/n, "B/event")
 			b.ReportMetric(float64(gcs)/float64(b.N), "gc/op")
-			if bc.acks {
-				b.ReportMetric(100*float64(ownReads)/n, "own-reads-%")
-			}
 		})
 	}
 }
@@ -307,4 +308,29 @@ func openBench(b *testing.B) *Stage {
 		b.Fatal(err)
 	}
 	return s
+}
+
+// BenchmarkParseRoute is the stage's reading of a route event alone, over
+// the dump's events.
+func BenchmarkParseRoute(b *testing.B) {
+	_, msgs, _ := dumpEvents(b)
+	var vals [][]byte
+	for _, ms := range msgs {
+		for _, m := range ms {
+			if bytes.HasPrefix(m.Value, routeEventPrefix) {
+				vals = append(vals, m.Value)
+			}
+			if len(vals) == 20000 {
+				break
+			}
+		}
+	}
+	p := parser{peers: map[string]string{}, families: map[string]string{}}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		if _, ok := p.route(vals[i%len(vals)]); !ok {
+			b.Fatal("not a route")
+		}
+	}
 }

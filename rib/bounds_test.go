@@ -240,7 +240,9 @@ func TestStageTimeoutSweepDeletesBucket(t *testing.T) {
 
 // TestStageCommitPartTooLarge: a part whose changes touch more pages than
 // maxPartNodes (the previous part predicted fewer) is rolled back before it
-// writes and committed in smaller parts; everything reaches the file.
+// writes and committed in smaller parts; everything reaches the file. New
+// routes are appended (they share pages), so the second round changes the
+// attributes of every route: changes on every page of the peer's bucket.
 func TestStageCommitPartTooLarge(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.Enabled = true
@@ -254,7 +256,7 @@ func TestStageCommitPartTooLarge(t *testing.T) {
 		for i := range 3000 {
 			seq++
 			r := testRoute{router: "192.0.2.1", peer: "198.51.100.1", table: TableAdjInPre,
-				prefix: fmt.Sprintf("10.%d.%d.%d/32", i%97, i%89, 2*(i%83)+round), attr: 1}
+				prefix: fmt.Sprintf("10.%d.%d.%d/32", i%97, i%89, i%83), attr: 1 + uint32(round)}
 			sequence(t, s, seq, []*forwarder.Outgoing{r.msg(t, seq, 1)})
 		}
 		if round == 1 {
@@ -267,8 +269,14 @@ func TestStageCommitPartTooLarge(t *testing.T) {
 	if s.rollbacks == 0 {
 		t.Fatalf("no part rolled back: 3,000 changes over the pages of 3,000 routes fit in %d nodes?", s.partNodes)
 	}
-	if got := len(fileState(t, s)); got != 6000 || s.applied != seq {
-		t.Fatalf("file holds %d routes through %d, want 6000 through %d", got, s.applied, seq)
+	file := fileState(t, s)
+	if len(file) != 3000 || s.applied != seq {
+		t.Fatalf("file holds %d routes through %d, want 3000 through %d", len(file), s.applied, seq)
+	}
+	changed := testRoute{router: "192.0.2.1", peer: "198.51.100.1", table: TableAdjInPre, prefix: "10.0.0.0/32", attr: 2}
+	ev, _ := parseRoute(changed.msg(t, 1, 1).Value)
+	if file[ev.peer+"#"+ev.rk] != ev.hash {
+		t.Fatalf("route %s holds attribute hash %x, want the second round's %x", ev.rk, file[ev.peer+"#"+ev.rk], ev.hash)
 	}
 	t.Logf("%d parts, %d rolled back", s.parts, s.rollbacks)
 }

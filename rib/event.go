@@ -91,9 +91,12 @@ func splitRoute(rk string) (table, family, rd, prefix string, pathID uint32) {
 // ribKey is the bmp.rib key: the route streams' key
 // (router|peer RD|peer address|route RD|prefix) and |table|family|path id.
 func ribKey(peer, rk string) []byte {
+	return appendRIBKey(make([]byte, 0, len(peer)+len(rk)+8), peer, rk)
+}
+
+func appendRIBKey(b []byte, peer, rk string) []byte {
 	router, _, peerRD, addr := splitPeer(peer)
 	table, family, rd, prefix, pathID := splitRoute(rk)
-	b := make([]byte, 0, len(peer)+len(rk)+8)
 	b = append(b, router...)
 	b = append(b, '|')
 	b = append(b, peerRD...)
@@ -156,13 +159,17 @@ func (p *parser) route(v []byte) (e event, ok bool) {
 	b = append(b, '|')
 	b = append(b, bytesField(peerObj, `"address":"`)...)
 	e.peer = intern(p.peers, b)
-	e.withdraw = bytes.HasPrefix(routeObj, []byte(`{"action":"withdraw"`))
-	family := bytesField(routeObj, `"family":"`)
-	e.family = intern(p.families, family)
-	e.afi = uint16(numField(routeObj, `"afi":`))
-	e.safi = uint8(numField(routeObj, `"safi":`))
-	e.eor = bytes.Contains(routeObj, []byte(`"end_of_rib":true`))
-	switch rib, policy := bytesField(routeObj, `"rib":"`), bytesField(routeObj, `"policy":"`); {
+	h, ok := parseHead(routeObj)
+	if !ok {
+		h = searchHead(routeObj)
+	}
+	e.withdraw, e.eor, e.afi, e.safi, e.pathID = h.withdraw, h.eor, h.afi, h.safi, h.pathID
+	e.family = intern(p.families, h.family)
+	rib, policy, ok := parseTail(routeObj)
+	if !ok {
+		rib, policy = bytesField(routeObj, `"rib":"`), bytesField(routeObj, `"policy":"`)
+	}
+	switch {
 	case string(rib) == "loc-rib":
 		e.table = TableLocRIB
 	case string(rib) == "adj-rib-out" && string(policy) == "post-policy":
@@ -178,20 +185,18 @@ func (p *parser) route(v []byte) (e event, ok bool) {
 		p.buf = b
 		return e, true
 	}
-	prefix := bytesField(routeObj, `"prefix":"`)
-	if len(prefix) == 0 {
+	if len(h.prefix) == 0 {
 		p.buf = b
 		return e, false
 	}
-	e.pathID = uint32(numField(routeObj, `"path_id":`))
 	// The route key, table|family|rd|prefix|path id, as rkey builds it.
 	b = append(b[:0], e.table...)
 	b = append(b, '|')
-	b = append(b, family...)
+	b = append(b, h.family...)
 	b = append(b, '|')
-	b = append(b, bytesField(routeObj, `"rd":"`)...)
+	b = append(b, bytesField(routeObj[h.end:], `"rd":"`)...)
 	b = append(b, '|')
-	b = append(b, prefix...)
+	b = append(b, h.prefix...)
 	b = append(b, '|')
 	b = strconv.AppendUint(b, uint64(e.pathID), 10)
 	e.rk = string(b)
@@ -200,6 +205,132 @@ func (p *parser) route(v []byte) (e event, ok bool) {
 		e.hash = xxhash.Sum64(routeObj)
 	}
 	return e, true
+}
+
+// head is what a route object says before its attributes.
+type head struct {
+	withdraw, eor  bool
+	prefix, family []byte
+	pathID         uint32
+	afi            uint16
+	safi           uint8
+	end            int // where the head ends in the route object
+}
+
+// parseHead reads the head of a route object in the order the encoder
+// writes it (docs/schema.md): action, prefix, path_id, afi, safi, family,
+// end_of_rib. Searching each field from the object's start instead cost
+// more than the rest of the stage per route (JSON is dense in the quotes
+// and commas such a search starts from); ok is false for any other
+// layout, which searchHead then reads.
+func parseHead(o []byte) (h head, ok bool) {
+	var c cursor
+	c.b = o
+	switch {
+	case c.lit(`{"action":"announce"`):
+	case c.lit(`{"action":"withdraw"`):
+		h.withdraw = true
+	default:
+		return h, false
+	}
+	if c.lit(`,"prefix":"`) {
+		if h.prefix, ok = c.str(); !ok {
+			return h, false
+		}
+	}
+	if c.lit(`,"path_id":`) {
+		h.pathID = uint32(c.num())
+	}
+	if !c.lit(`,"afi":`) {
+		return h, false
+	}
+	h.afi = uint16(c.num())
+	if !c.lit(`,"safi":`) {
+		return h, false
+	}
+	h.safi = uint8(c.num())
+	if !c.lit(`,"family":"`) {
+		return h, false
+	}
+	if h.family, ok = c.str(); !ok {
+		return h, false
+	}
+	h.eor = c.lit(`,"end_of_rib":true`)
+	h.end = c.i
+	return h, true
+}
+
+// searchHead reads the head's fields wherever they are in the object.
+func searchHead(o []byte) head {
+	return head{
+		withdraw: bytes.HasPrefix(o, []byte(`{"action":"withdraw"`)),
+		eor:      bytes.Contains(o, []byte(`"end_of_rib":true`)),
+		prefix:   bytesField(o, `"prefix":"`),
+		family:   bytesField(o, `"family":"`),
+		pathID:   uint32(numField(o, `"path_id":`)),
+		afi:      uint16(numField(o, `"afi":`)),
+		safi:     uint8(numField(o, `"safi":`)),
+	}
+}
+
+// parseTail reads the rib and policy a route object ends with:
+// [,"policy":"P"],"rib":"R"}.
+func parseTail(o []byte) (rib, policy []byte, ok bool) {
+	if len(o) < 2 || o[len(o)-1] != '}' || o[len(o)-2] != '"' {
+		return nil, nil, false
+	}
+	body := o[:len(o)-2]
+	q := bytes.LastIndexByte(body, '"')
+	if q < 0 || !bytes.HasSuffix(body[:q+1], []byte(`,"rib":"`)) {
+		return nil, nil, false
+	}
+	rib, body = body[q+1:], body[:q+1-len(`,"rib":"`)]
+	if len(body) > 0 && body[len(body)-1] == '"' {
+		q = bytes.LastIndexByte(body[:len(body)-1], '"')
+		if q >= 0 && bytes.HasSuffix(body[:q+1], []byte(`,"policy":"`)) {
+			policy = body[q+1 : len(body)-1]
+		}
+	}
+	return rib, policy, true
+}
+
+// cursor reads a JSON text the encoder wrote, front to back.
+type cursor struct {
+	b []byte
+	i int
+}
+
+// lit consumes s if the text continues with it.
+func (c *cursor) lit(s string) bool {
+	if len(c.b)-c.i < len(s) || string(c.b[c.i:c.i+len(s)]) != s {
+		return false
+	}
+	c.i += len(s)
+	return true
+}
+
+// str consumes a string's rest up to its closing quote (the fields read
+// this way never need escaping); ok is false at a backslash.
+func (c *cursor) str() (s []byte, ok bool) {
+	j := bytes.IndexByte(c.b[c.i:], '"')
+	if j < 0 {
+		return nil, false
+	}
+	s = c.b[c.i : c.i+j]
+	if bytes.IndexByte(s, '\\') >= 0 {
+		return nil, false
+	}
+	c.i += j + 1
+	return s, true
+}
+
+// num consumes an unsigned number.
+func (c *cursor) num() uint64 {
+	var n uint64
+	for ; c.i < len(c.b) && c.b[c.i] >= '0' && c.b[c.i] <= '9'; c.i++ {
+		n = n*10 + uint64(c.b[c.i]-'0')
+	}
+	return n
 }
 
 // parsePeerDown reads a peer-down event (real or synthetic).
@@ -250,7 +381,7 @@ func envelopeOf(v []byte) []byte {
 // objects returns the peer object and the route object (each with its
 // braces; the route object is the event's last field).
 func objects(v []byte) (peerObj, routeObj []byte, ok bool) {
-	i := bytes.Index(v, peerObjStart)
+	i := indexKey(v, string(peerObjStart))
 	if i < 0 {
 		return nil, nil, false
 	}
@@ -260,7 +391,7 @@ func objects(v []byte) (peerObj, routeObj []byte, ok bool) {
 	}
 	peerObj = v[i+len(peerObjStart)-1 : i+len(peerObjStart)+end+1]
 	rest := i + len(peerObjStart) + end + 1
-	j := bytes.Index(v[rest:], routeObjStart)
+	j := indexKey(v[rest:], string(routeObjStart))
 	if j < 0 || len(v) < 2 || v[len(v)-1] != '}' {
 		return nil, nil, false
 	}
@@ -269,7 +400,7 @@ func objects(v []byte) (peerObj, routeObj []byte, ok bool) {
 
 // bytesField is the string value of the first `"name":"` in obj, in obj.
 func bytesField(obj []byte, name string) []byte {
-	i := bytes.Index(obj, []byte(name))
+	i := indexKey(obj, name)
 	if i < 0 {
 		return nil
 	}
@@ -281,9 +412,30 @@ func bytesField(obj []byte, name string) []byte {
 	return rest[:j]
 }
 
+// indexKey is bytes.Index(obj, key) for a key that starts with
+// punctuation (a quote, a comma) and then a letter: it searches from the
+// letter, as JSON text has a quote or a comma every few bytes (a search
+// for them stops at every one) and letters of a given kind far less often.
+func indexKey(obj []byte, key string) int {
+	k := 0
+	for k < len(key) && (key[k] == '"' || key[k] == ',') {
+		k++
+	}
+	for off := 0; ; {
+		i := bytes.Index(obj[off:], []byte(key[k:]))
+		if i < 0 {
+			return -1
+		}
+		if i += off; i >= k && string(obj[i-k:i]) == key[:k] {
+			return i - k
+		}
+		off = i + 1
+	}
+}
+
 // strField is the string value of the first `"name":"` in obj.
 func strField(obj []byte, name string) string {
-	i := bytes.Index(obj, []byte(name))
+	i := indexKey(obj, name)
 	if i < 0 {
 		return ""
 	}
@@ -297,7 +449,7 @@ func strField(obj []byte, name string) string {
 
 // numField is the unsigned number after the first `"name":` in obj.
 func numField(obj []byte, name string) uint64 {
-	i := bytes.Index(obj, []byte(name))
+	i := indexKey(obj, name)
 	if i < 0 {
 		return 0
 	}

@@ -161,24 +161,36 @@ func fileState(t testing.TB, s *Stage) map[string]uint64 {
 	t.Helper()
 	got := map[string]uint64{}
 	err := s.st.forEachPeer(func(peer string) error {
-		after := ""
+		from := uint64(0)
 		for {
-			chunk, err := s.st.scan(peer, after, 100)
+			chunk, err := s.st.scan(peer, from, 100)
 			if err != nil {
 				return err
 			}
 			for _, r := range chunk {
-				h := decodeRoute(r.val).hash
-				got[peer+"#"+r.rk] = h
+				if _, dup := got[peer+"#"+r.rk]; dup {
+					return fmt.Errorf("peer %s holds route %s twice", peer, r.rk)
+				}
+				got[peer+"#"+r.rk] = r.val.hash
+				if pos, v, ok := s.ix.get(s.ix.hash(peer, r.rk)); !ok || pos != r.pos || v != r.val {
+					return fmt.Errorf("index disagrees with the file on %s %s: %d %+v %v, file %d %+v", peer, r.rk, pos, v, ok, r.pos, r.val)
+				}
 			}
 			if len(chunk) < 100 {
-				return nil
+				break
 			}
-			after = chunk[len(chunk)-1].rk
+			from = chunk[len(chunk)-1].pos + 1
 		}
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	s.ix.mu.RLock()
+	indexed := s.ix.used
+	s.ix.mu.RUnlock()
+	if indexed != uint64(len(got)) {
+		t.Fatalf("index holds %d routes, the file %d", indexed, len(got))
 	}
 	return got
 }

@@ -125,8 +125,11 @@ func (s *store) show(q Query) (Report, error) {
 			router, typ, peerRD, addr := splitPeer(peer)
 			longest := map[string][]RouteRow{} // per table
 			var more []RouteRow
-			err := tx.Bucket(routesBucket).Bucket(pk).ForEach(func(k, v []byte) error {
-				table, family, rd, prefix, pathID := splitRoute(string(k))
+			err := tx.Bucket(routesBucket).Bucket(pk).ForEach(func(_, v []byte) error {
+				if len(v) < routeValueLen {
+					return errCorrupt
+				}
+				table, family, rd, prefix, pathID := splitRoute(string(v[routeValueLen:]))
 				if q.Table != "" && q.Table != table {
 					return nil
 				}

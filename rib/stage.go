@@ -1,6 +1,7 @@
 package rib
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -13,7 +14,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	bolt "go.etcd.io/bbolt"
 
 	"github.com/bgpedge/bgpedge/forwarder"
 	"github.com/bgpedge/bgpedge/record"
@@ -22,7 +22,8 @@ import (
 // Options configures a Stage.
 type Options struct {
 	Config Config
-	// Dir is the state directory; the state lives in Dir/rib.db.
+	// Dir is the state directory; the state lives in Dir/rib.db (and its
+	// index in Dir/rib.index).
 	Dir        string
 	AgentID    string
 	Logger     *slog.Logger
@@ -54,6 +55,7 @@ type Options struct {
 type Stage struct {
 	cfg     Config
 	agentID string
+	dir     string
 	log     *slog.Logger
 	st      *store
 	m       *metrics
@@ -91,22 +93,16 @@ type Stage struct {
 	committed map[string]peerMeta
 	fired     map[string]uint32 // peer → the stale epoch a timer record was spooled for
 
-	// rtx is a read transaction look-ups share (opening one per route
-	// event cost more than the look-up), with a cursor per peer. Its view
-	// is the file the overlay's changes apply to, which stays right while
-	// a commit makes its changes in memory (a route the commit changes is
-	// still in the overlay, read first). A commit closes it before it
-	// writes (writing), as a write that grows the file remaps it and
-	// waits for every read transaction to end; look-ups then use a
-	// transaction per call until the commit ends, which closes rtx again
-	// before the committed changes leave the overlay.
-	rtx      *bolt.Tx
-	rbuckets map[string]*bolt.Cursor // nil: the peer has no routes in the file
-	writing  bool
-	ownReads uint64 // look-ups during a write, with a transaction each (BenchmarkStage)
-	lookBuf  [routeValueLen]byte
+	// ix finds committed routes (index.go); next is each peer's next
+	// position as of the records sequenced (Stage.change), committedNext
+	// as of the file.
+	ix            *index
+	next          map[string]uint64
+	committedNext map[string]uint64
+	broken        error // the index could not follow a commit: the stage is unusable
 
 	parse parser // used by Sequence only
+	mem   outMem // used by Sequence only
 
 	stop      chan struct{}
 	done      sync.WaitGroup
@@ -116,7 +112,9 @@ type Stage struct {
 
 type ovEntry struct {
 	gen uint64
-	val []byte // nil: withdrawn
+	pos uint64
+	val routeValue
+	del bool // withdrawn
 }
 
 type ovSweep struct {
@@ -149,7 +147,7 @@ func Open(opts Options) (*Stage, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Stage{cfg: opts.Config, agentID: opts.AgentID, log: opts.Logger.With("component", "rib"), st: st,
+	s := &Stage{cfg: opts.Config, agentID: opts.AgentID, dir: opts.Dir, log: opts.Logger.With("component", "rib"), st: st,
 		reg: opts.Registerer, append: opts.Append, stale: map[string]peerMeta{}, committed: map[string]peerMeta{}, fired: map[string]uint32{}, stop: make(chan struct{}),
 		parse: parser{peers: map[string]string{}, families: map[string]string{}}}
 	s.commitEnd = sync.NewCond(&s.mu)
@@ -166,6 +164,9 @@ func Open(opts Options) (*Stage, error) {
 	}
 	s.reset()
 	if err := s.load(); err != nil {
+		if s.ix != nil {
+			s.ix.close()
+		}
 		_ = st.close()
 		return nil, fmt.Errorf("rib: %w", err)
 	}
@@ -195,6 +196,12 @@ func (s *Stage) load() error {
 			s.stale[p] = m
 		}
 	}
+	if s.ix, err = newIndex(s.dir, routes); err != nil {
+		return err
+	}
+	if s.committedNext, err = s.st.rebuild(s.ix); err != nil {
+		return err
+	}
 	if s.m, err = newMetrics(s.reg); err != nil {
 		return err
 	}
@@ -210,10 +217,8 @@ func (s *Stage) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		s.done.Wait()
-		s.mu.Lock()
-		s.endRead()
-		s.mu.Unlock()
 		s.m.unregister(s.reg)
+		s.ix.close()
 		s.closeErr = s.st.close()
 	})
 	return s.closeErr
@@ -221,6 +226,7 @@ func (s *Stage) Close() error {
 
 func (s *Stage) reset() {
 	s.ops = nil
+	s.next = map[string]uint64{}
 	s.routes = map[string]map[string]ovEntry{}
 	s.sweeps = map[string][]ovSweep{}
 	s.metas = map[string]ovMeta{}
@@ -234,6 +240,9 @@ func (s *Stage) Rewind(from uint64) error {
 			return err
 		}
 	}
+	// Not while a commit holds a part of ops.
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.reset()
@@ -320,7 +329,9 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 			n, through = cut, s.ops[cut-1].seq
 		}
 	}
-	batch := slices.Clone(s.ops[:n])
+	// Not a copy: Sequence only appends to ops (past n), and only this
+	// commit, serialised by commitMu, removes them, after the write.
+	batch := s.ops[:n:n]
 	s.mu.Unlock()
 
 	// Lookups meanwhile still find these changes in the overlay, which
@@ -330,21 +341,23 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 		// More than one record: the part can be cut smaller.
 		maxNodes = s.partNodes
 	}
-	res, err := s.st.apply(batch, through, maxNodes, func() {
+	res, err := s.st.apply(batch, through, maxNodes, s.ix.hash, func() {
 		if s.beforeWrite != nil {
 			s.beforeWrite()
 		}
-		s.mu.Lock()
-		s.writing = true
-		s.endRead()
-		s.mu.Unlock()
 	})
+	if err == nil {
+		// Before the changes leave the overlay: a look-up finds each
+		// route in one or the other.
+		if ierr := s.ix.apply(res.ix); ierr != nil {
+			s.mu.Lock()
+			s.broken = fmt.Errorf("rib: index: %w", ierr)
+			s.mu.Unlock()
+			s.log.Error("route state index failed; the route state stops deciding until the agent restarts", "err", ierr)
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.writing = false
-	// The shared read transaction would not see this commit's changes once
-	// they leave the overlay (and one opened before the write must go).
-	s.endRead()
 	if errors.Is(err, errPartTooLarge) {
 		// The previous part's pages per change predicted too few pages:
 		// half as many changes (rolled back, nothing written).
@@ -373,6 +386,7 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 				delete(s.stale, o.peer)
 			}
 		default:
+			s.committedNext[o.peer] = max(s.committedNext[o.peer], o.pos+1)
 			if m := s.routes[o.peer]; m != nil && m[o.rk].gen == o.gen {
 				delete(m, o.rk)
 				if len(m) == 0 {
@@ -381,7 +395,7 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 			}
 		}
 	}
-	s.ops = slices.Delete(s.ops, 0, n)
+	s.ops = slices.Delete(s.ops, 0, n) // keeps the capacity appends reuse
 	s.applied = max(s.applied, through)
 	s.parts++
 	if !s.fixedParts && res.nodes > 0 {
@@ -393,80 +407,30 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 	return through == seq, nil
 }
 
-// lookup returns a route's value in the state as of the records sequenced
-// so far: the overlay's newest change, else the file, less what sweeps
-// after it removed.
-func (s *Stage) lookup(peer, rk string) ([]byte, error) {
+// lookup returns a route's value and position (h: its index hash) in the state as of the
+// records sequenced so far: the overlay's newest change, else the file (its
+// index), less what sweeps after it removed; held is false when the state
+// does not hold the route.
+func (s *Stage) lookup(peer, rk string, h ixHash) (v routeValue, pos uint64, held bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var v []byte
+	if s.broken != nil {
+		return v, 0, false, s.broken
+	}
 	var g uint64
 	if e, ok := s.routes[peer][rk]; ok {
-		v, g = e.val, e.gen
+		v, pos, held, g = e.val, e.pos, !e.del, e.gen
 	} else {
-		// Under the lock: a commit removing a change from the overlay
-		// after the file was read could otherwise hide it.
-		var err error
-		if v, err = s.read(peer, rk); err != nil {
-			return nil, err
-		}
+		// Under mu: a commit removes its changes from the overlay (under
+		// mu) only after the index has them.
+		pos, v, held = s.ix.get(h)
 	}
 	for _, w := range s.sweeps[peer] {
-		if w.gen > g && v != nil && w.sw.matches(rk, v) {
-			v = nil
+		if w.gen > g && held && w.sw.matches(rk, v) {
+			held = false
 		}
 	}
-	return v, nil
-}
-
-// read returns a route's committed value (in lookBuf: valid until the
-// next read), nil if the file does not hold it. Called with mu held.
-func (s *Stage) read(peer, rk string) ([]byte, error) {
-	if s.writing {
-		// A transaction of our own, closed before we return: the commit's
-		// remap, if any, waits only for this read.
-		s.ownReads++
-		v, err := s.st.get(peer, rk)
-		if v == nil || err != nil {
-			return nil, err
-		}
-		return s.lookBuf[:copy(s.lookBuf[:], v)], nil
-	}
-	if s.rtx == nil {
-		tx, err := s.st.db.Begin(false)
-		if err != nil {
-			return nil, fmt.Errorf("rib: read: %w", err)
-		}
-		s.rtx, s.rbuckets = tx, map[string]*bolt.Cursor{}
-	}
-	c, ok := s.rbuckets[peer]
-	if !ok {
-		if r := s.rtx.Bucket(routesBucket); r != nil {
-			if pb := r.Bucket([]byte(peer)); pb != nil {
-				c = pb.Cursor()
-			}
-		}
-		s.rbuckets[peer] = c
-	}
-	if c == nil {
-		return nil, nil
-	}
-	// A cursor per peer, kept: Bucket.Get makes a new one (and its stack)
-	// per call. A copy of the value: the page goes away with the
-	// transaction.
-	k, v := c.Seek(keyBytes(rk))
-	if v == nil || string(k) != rk {
-		return nil, nil
-	}
-	return s.lookBuf[:copy(s.lookBuf[:], v)], nil
-}
-
-// endRead closes the shared read transaction. Called with mu held.
-func (s *Stage) endRead() {
-	if s.rtx != nil {
-		_ = s.rtx.Rollback()
-		s.rtx, s.rbuckets = nil, nil
-	}
+	return v, pos, held, nil
 }
 
 // meta returns a peer's meta as of the records sequenced so far.
@@ -485,6 +449,14 @@ func (s *Stage) change(o op) {
 	defer s.mu.Unlock()
 	s.gen++
 	o.gen = s.gen
+	if o.kind == opSet && !o.held {
+		// A new route: after every position the peer held.
+		n, ok := s.next[o.peer]
+		if !ok {
+			n = s.committedNext[o.peer]
+		}
+		o.pos, s.next[o.peer] = n, n+1
+	}
 	s.ops = append(s.ops, o)
 	switch o.kind {
 	case opSweep:
@@ -497,7 +469,7 @@ func (s *Stage) change(o op) {
 			m = map[string]ovEntry{}
 			s.routes[o.peer] = m
 		}
-		m[o.rk] = ovEntry{gen: o.gen, val: o.val}
+		m[o.rk] = ovEntry{gen: o.gen, pos: o.pos, val: o.val, del: o.kind == opDel}
 	}
 }
 
@@ -506,17 +478,53 @@ func (s *Stage) change(o op) {
 type output struct {
 	emit func(*forwarder.Outgoing) error
 	next int
+	mem  *outMem
 }
 
 func (o *output) add(stream string, key, value []byte) error {
-	m := &forwarder.Outgoing{Stream: stream, Key: key, Value: value, Index: o.next}
+	m := o.mem.outgoing()
+	*m = forwarder.Outgoing{Stream: stream, Key: key, Value: value, Index: o.next}
 	o.next++
 	return o.emit(m)
 }
 
+// ribKey is a bmp.rib key in the stage's key memory.
+func (o *output) ribKey(peer, rk string) []byte {
+	return o.mem.key(appendRIBKey(o.mem.scratch[:0], peer, rk))
+}
+
+// outMem is where the messages the stage adds live: slabs of messages and
+// of key bytes, a fresh one when one is used up (never reused: a message
+// lives until its sink acknowledges it, and a slab until all of its have),
+// instead of two allocations per route event. Used by Sequence only.
+type outMem struct {
+	msgs    []forwarder.Outgoing
+	keys    []byte
+	scratch []byte
+}
+
+func (m *outMem) outgoing() *forwarder.Outgoing {
+	if len(m.msgs) == 0 {
+		m.msgs = make([]forwarder.Outgoing, 256)
+	}
+	o := &m.msgs[0]
+	m.msgs = m.msgs[1:]
+	return o
+}
+
+func (m *outMem) key(b []byte) []byte {
+	m.scratch = b
+	if cap(m.keys)-len(m.keys) < len(b) {
+		m.keys = make([]byte, 0, max(16<<10, len(b)))
+	}
+	n := len(m.keys)
+	m.keys = append(m.keys, b...)
+	return m.keys[n:len(m.keys):len(m.keys)]
+}
+
 // Sequence implements forwarder.Sequencer.
 func (s *Stage) Sequence(rec record.Record, msgs []*forwarder.Outgoing, emit func(*forwarder.Outgoing) error) error {
-	out := &output{emit: emit}
+	out := &output{emit: emit, mem: &s.mem}
 	for _, m := range msgs {
 		out.next = max(out.next, m.Index+1)
 	}
@@ -603,27 +611,29 @@ func (s *Stage) one(rec record.Record, m *forwarder.Outgoing, out *output) error
 // state. A duplicate of a stale route confirms it.
 func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, out *output) error {
 	rk := ev.rk
-	cur, err := s.lookup(ev.peer, rk)
+	h := s.ix.hash(ev.peer, rk)
+	cur, pos, held, err := s.lookup(ev.peer, rk, h)
 	if err != nil {
 		return err
 	}
 	if ev.withdraw {
-		if cur != nil {
-			s.change(op{seq: rec.Seq, kind: opDel, peer: ev.peer, rk: rk, held: true, heldEpoch: decodeRoute(cur).epoch})
+		if held {
+			s.change(op{seq: rec.Seq, kind: opDel, peer: ev.peer, rk: rk, h: h, pos: pos, held: true, heldEpoch: cur.epoch})
 		}
 		if err := out.emit(m); err != nil {
 			return err
 		}
-		return out.add(StreamRIB, ribKey(ev.peer, rk), nil)
+		return out.add(StreamRIB, out.ribKey(ev.peer, rk), nil)
 	}
 	meta, err := s.meta(ev.peer)
 	if err != nil {
 		return err
 	}
-	if rv := decodeRoute(cur); cur != nil && rv.hash == ev.hash {
-		if rv.epoch < meta.epoch {
+	if held && cur.hash == ev.hash {
+		if cur.epoch < meta.epoch {
+			rv := cur
 			rv.epoch = meta.epoch
-			s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, val: rv.encode(), held: true, heldEpoch: decodeRoute(cur).epoch})
+			s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, h: h, val: rv, pos: pos, held: true, heldEpoch: cur.epoch})
 		}
 		s.m.duplicates.WithLabelValues(s.cfg.Duplicates).Inc()
 		switch s.cfg.Duplicates {
@@ -635,11 +645,11 @@ func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, out *
 		return out.emit(m)
 	}
 	rv := routeValue{hash: ev.hash, afi: ev.afi, safi: ev.safi, epoch: meta.epoch}
-	s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, val: rv.encode(), held: cur != nil, heldEpoch: decodeRoute(cur).epoch})
+	s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, h: h, val: rv, pos: pos, held: held, heldEpoch: cur.epoch})
 	if err := out.emit(m); err != nil {
 		return err
 	}
-	return out.add(StreamRIB, ribKey(ev.peer, rk), m.Value)
+	return out.add(StreamRIB, out.ribKey(ev.peer, rk), m.Value)
 }
 
 // endOfRIB withdraws what is still stale of the marker's peer, table and
@@ -693,65 +703,72 @@ func (s *Stage) timeout(rec record.Record, out *output) error {
 const scanChunk = 1024
 
 // walk emits a synthetic withdraw, and a bmp.rib tombstone, for every route
-// of peer that filter matches, in route key order (so a re-delivery numbers
-// them alike), reading the file in chunks. envelope is the events' JSON from
-// ,"agent": through the peer object.
+// of peer that filter matches, in position order (the order the peer first
+// announced them: the same order whichever of them the overlay holds, so a
+// re-delivery numbers them alike), reading the file in chunks. envelope is
+// the events' JSON from ,"agent": through the peer object.
 func (s *Stage) walk(rec record.Record, peer string, envelope []byte, filter sweep, out *output) error {
 	// The overlay's changes of this peer, taken now: a commit during the
 	// walk moves some of them into the file, where the walk must not read
 	// them again.
 	s.mu.Lock()
-	var ov []kvGen
+	var ov []ovRoute
 	for rk, e := range s.routes[peer] {
-		ov = append(ov, kvGen{kv{rk: rk, val: e.val}, e.gen})
+		ov = append(ov, ovRoute{rk: rk, ovEntry: e})
+	}
+	// Every position the overlay changed: a route withdrawn and announced
+	// again has a new one, and its old one must not be read from the file.
+	inOverlay := make(map[uint64]bool, len(ov))
+	for i := range s.ops {
+		if o := &s.ops[i]; o.peer == peer && (o.kind == opSet || o.kind == opDel) {
+			inOverlay[o.pos] = true
+		}
 	}
 	sweeps := slices.Clone(s.sweeps[peer])
 	s.mu.Unlock()
-	slices.SortFunc(ov, func(a, b kvGen) int { return strings.Compare(a.rk, b.rk) })
-	inOverlay := make(map[string]bool, len(ov))
+	slices.SortFunc(ov, func(a, b ovRoute) int { return cmp.Compare(a.pos, b.pos) })
 	fileCleared := false
-	for _, o := range ov {
-		inOverlay[o.rk] = true
-	}
 	for _, w := range sweeps {
 		fileCleared = fileCleared || w.sw == (sweep{})
 	}
-	visit := func(rk string, v []byte, gen uint64) error {
+	visit := func(rk string, v routeValue, gen uint64) error {
 		for _, w := range sweeps {
-			if w.gen > gen && v != nil && w.sw.matches(rk, v) {
-				v = nil
+			if w.gen > gen && w.sw.matches(rk, v) {
+				return nil
 			}
 		}
-		if v == nil || !filter.matches(rk, v) {
+		if !filter.matches(rk, v) {
 			return nil
 		}
-		rv := decodeRoute(v)
 		s.m.synthetic.Inc()
 		id := s.agentID + ":" + strconv.FormatUint(rec.Seq, 10) + ":" + strconv.Itoa(out.next)
-		if err := out.add(tableStream(tableOf(rk)), routeStreamKey(peer, rk), withdrawEvent(id, envelope, rk, rv.afi, rv.safi)); err != nil {
+		if err := out.add(tableStream(tableOf(rk)), routeStreamKey(peer, rk), withdrawEvent(id, envelope, rk, v.afi, v.safi)); err != nil {
 			return err
 		}
-		return out.add(StreamRIB, ribKey(peer, rk), nil)
+		return out.add(StreamRIB, out.ribKey(peer, rk), nil)
 	}
 	oi := 0
-	overlayBefore := func(limit string, all bool) error {
-		for ; oi < len(ov) && (all || ov[oi].rk < limit); oi++ {
+	overlayBefore := func(limit uint64, all bool) error {
+		for ; oi < len(ov) && (all || ov[oi].pos < limit); oi++ {
+			if ov[oi].del {
+				continue
+			}
 			if err := visit(ov[oi].rk, ov[oi].val, ov[oi].gen); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	for after := ""; !fileCleared; {
-		chunk, err := s.st.scan(peer, after, scanChunk)
+	for from := uint64(0); !fileCleared; {
+		chunk, err := s.st.scan(peer, from, scanChunk)
 		if err != nil {
 			return err
 		}
 		for _, r := range chunk {
-			if err := overlayBefore(r.rk, false); err != nil {
+			if err := overlayBefore(r.pos, false); err != nil {
 				return err
 			}
-			if inOverlay[r.rk] {
+			if inOverlay[r.pos] {
 				continue
 			}
 			if err := visit(r.rk, r.val, 0); err != nil {
@@ -761,14 +778,14 @@ func (s *Stage) walk(rec record.Record, peer string, envelope []byte, filter swe
 		if len(chunk) < scanChunk {
 			break
 		}
-		after = chunk[len(chunk)-1].rk
+		from = chunk[len(chunk)-1].pos + 1
 	}
-	return overlayBefore("", true)
+	return overlayBefore(0, true)
 }
 
-type kvGen struct {
-	kv
-	gen uint64
+type ovRoute struct {
+	rk string
+	ovEntry
 }
 
 func tableOf(rk string) string {

@@ -3,11 +3,14 @@ package rib
 import (
 	"bytes"
 	"fmt"
+	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/bgpedge/bgpedge/forwarder"
+	"github.com/bgpedge/bgpedge/internal/testenv"
 	"github.com/bgpedge/bgpedge/record"
 )
 
@@ -100,10 +103,10 @@ func TestStageDecisions(t *testing.T) {
 			{func(seq uint64) []*forwarder.Outgoing {
 				return []*forwarder.Outgoing{peerDownMsg(t, seq, 1, "192.0.2.1", "198.51.100.1", false)}
 			}, []string{
-				"bmp.peer 192.0.2.1 peer-down", // then in route key order: table first
-				"bmp.route.post-policy 192.0.2.1||198.51.100.1||10.0.1.0/24 synthetic-withdraw", ribB + " tombstone",
+				"bmp.peer 192.0.2.1 peer-down", // then in the order first announced
 				routeAKey + " synthetic-withdraw", ribA + " tombstone",
 				routeAKey + " synthetic-withdraw", ribA2 + " tombstone",
+				"bmp.route.post-policy 192.0.2.1||198.51.100.1||10.0.1.0/24 synthetic-withdraw", ribB + " tombstone",
 			}},
 			{one(a), []string{routeA + " value", ribA + " value"}},
 		}},
@@ -255,10 +258,10 @@ func TestStageStale(t *testing.T) {
 				t.Fatalf("timer of an old epoch: %q", summary(got))
 			}
 			return summary(sequenceRec(t, s, record.Record{Seq: seq + 1, Kind: record.KindRIBTimer, Payload: timerPayload(a.peerKey(), meta.epoch)}, nil))
-		}, []string{"bmp.route.post-policy 192.0.2.1||198.51.100.1||10.0.3.0/24 synthetic-withdraw",
-			"bmp.rib 192.0.2.1||198.51.100.1||10.0.3.0/24|adj-rib-in-post|ipv4-unicast|0 tombstone",
-			key + "||198.51.100.1||10.0.2.0/24 synthetic-withdraw",
-			"bmp.rib 192.0.2.1||198.51.100.1||10.0.2.0/24|adj-rib-in-pre|ipv4-unicast|0 tombstone"}},
+		}, []string{key + "||198.51.100.1||10.0.2.0/24 synthetic-withdraw", // in the order first announced
+			"bmp.rib 192.0.2.1||198.51.100.1||10.0.2.0/24|adj-rib-in-pre|ipv4-unicast|0 tombstone",
+			"bmp.route.post-policy 192.0.2.1||198.51.100.1||10.0.3.0/24 synthetic-withdraw",
+			"bmp.rib 192.0.2.1||198.51.100.1||10.0.3.0/24|adj-rib-in-post|ipv4-unicast|0 tombstone"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := openTest(t, t.TempDir(), DuplicatesDrop)
@@ -314,5 +317,58 @@ func TestStageStale(t *testing.T) {
 				t.Fatalf("confirmed route announced again: %q", summary(got))
 			}
 		})
+	}
+}
+
+// TestParseRouteLayout: reading a route event's head and tail in the
+// encoder's order (parseHead, parseTail) gives what searching each field
+// gives, for every route event the encoder makes of the shared captures
+// (the 100k-route dump's IPv4, IPv6, pre- and post-policy, Loc-RIB and
+// Add-Path; the routers' VPN, labeled and EVPN routes), and for events of
+// other layouts the search is used.
+func TestParseRouteLayout(t *testing.T) {
+	paths, err := filepath.Glob(filepath.Join(testenv.Shared(t, "bmpdata", "raw"), "*.bmp*"))
+	if err != nil || len(paths) < 2 {
+		t.Fatalf("captures: %v %v", paths, err)
+	}
+	var msgs [][]*forwarder.Outgoing
+	for _, p := range paths {
+		_, m, _ := captureEvents(t, p)
+		msgs = append(msgs, m...)
+	}
+	n := 0
+	for _, ms := range msgs {
+		for _, m := range ms {
+			if !bytes.HasPrefix(m.Value, routeEventPrefix) {
+				continue
+			}
+			_, o, ok := objects(m.Value)
+			if !ok {
+				t.Fatalf("no route object: %s", m.Value)
+			}
+			h, ok := parseHead(o)
+			if !ok {
+				t.Fatalf("head not in the encoder's order: %s", o)
+			}
+			want := searchHead(o)
+			want.end = h.end
+			if !reflect.DeepEqual(h, want) {
+				t.Fatalf("%s\nhead %+v\nsearch %+v", o, h, want)
+			}
+			rib, policy, ok := parseTail(o)
+			if !ok || !bytes.Equal(rib, bytesField(o, `"rib":"`)) || !bytes.Equal(policy, bytesField(o, `"policy":"`)) {
+				t.Fatalf("%s: tail %q %q %v", o, rib, policy, ok)
+			}
+			n++
+		}
+	}
+	if n < 300000 {
+		t.Fatalf("%d route events compared, want the dump's 300,000", n)
+	}
+	// Another order: read by searching, the same fields.
+	other := []byte(`{"v":1,"type":"route","id":"a:1:1","agent":"a","source":"bmp","router":"192.0.2.1","peer":{"address":"198.51.100.1","type":"global"},"route":{"afi":1,"action":"announce","safi":1,"family":"ipv4-unicast","prefix":"10.0.0.0/8","rib":"adj-rib-in","policy":"post-policy","path_id":3}}`)
+	e, ok := parseRoute(other)
+	if !ok || e.rk != "adj-rib-in-post|ipv4-unicast||10.0.0.0/8|3" || e.peer != "192.0.2.1|global||198.51.100.1" || e.afi != 1 || e.safi != 1 {
+		t.Fatalf("fields out of order: %+v %v", e, ok)
 	}
 }

@@ -1,6 +1,7 @@
 package rib
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -20,25 +21,43 @@ import (
 // FileName is the route state's file inside the state directory.
 const FileName = "rib.db"
 
-// Layout: routes/<peer key>/<route key> → route value (attribute hash, AFI,
-// SAFI, the peer epoch it was last announced in); counts/<peer key>\x00<table>
-// → routes held (uint64); peers/<peer key> → peer meta; meta/applied → the
-// highest seq whose changes are in the file. One bucket per peer makes a
-// Peer Down one bucket deletion and its walk one cursor.
+// Layout: routes/<peer key>/<position> → route value (attribute hash, AFI,
+// SAFI, the peer epoch it was last announced in) and route key;
+// counts/<peer key>\x00<table> → routes held (uint64); peers/<peer key> →
+// peer meta; meta/applied → the highest seq whose changes are in the file;
+// meta/layout → layoutVersion. One bucket per peer makes a Peer Down one
+// bucket deletion and its walk one cursor.
+//
+// A route's position (8 bytes, big-endian) is given when the peer first
+// holds it, one more than any position the peer held before, and kept
+// until the route is withdrawn: so new routes are appended to their peer's
+// bucket (a B+tree insert in key order, pages filled and written once)
+// however the router orders its table, and a peer's walk visits its routes
+// in the order they were first announced. The index (index.go) finds a
+// route's position by its key.
 var (
 	routesBucket = []byte("routes")
 	countsBucket = []byte("counts")
 	peersBucket  = []byte("peers")
 	metaBucket   = []byte("meta")
 	appliedKey   = []byte("applied")
+	layoutKey    = []byte("layout")
 )
+
+// layoutVersion is the layout above; a file of an earlier layout (routes
+// keyed by route key) is refused with ErrOldLayout.
+const layoutVersion = 2
+
+// ErrOldLayout is returned for a state file written by an earlier bgpedge
+// that keyed routes differently.
+var ErrOldLayout = errors.New("route state file has an older layout: stop the agent and remove it (the state starts empty and fills from the routers' tables)")
 
 // initialMmap is the route state's first mapping of its file: address
 // space, not memory (only the pages read are resident, file-backed), so
 // on 64-bit systems large enough that the file practically never outgrows
 // it (16 GiB: over 100 M routes). Outgrowing it makes a commit remap the
-// file, which is correct but stalls the look-ups for that commit
-// (Stage.rtx); on 32-bit systems bbolt maps at most 2 GiB.
+// file, which is correct but waits for every read transaction (a walk's
+// chunk, a rib show) to end; on 32-bit systems bbolt maps at most 2 GiB.
 const initialMmap = 256<<20 + strconv.IntSize/64*(16<<30-256<<20)
 
 // ErrLocked is returned when another process holds the route state.
@@ -54,13 +73,18 @@ type routeValue struct {
 
 const routeValueLen = 15
 
-func (v routeValue) encode() []byte {
-	b := make([]byte, routeValueLen)
+// put writes v into b[:routeValueLen].
+func (v routeValue) put(b []byte) {
 	binary.BigEndian.PutUint64(b, v.hash)
 	binary.BigEndian.PutUint16(b[8:], v.afi)
 	b[10] = v.safi
 	binary.BigEndian.PutUint32(b[11:], v.epoch)
-	return b
+}
+
+// posKey is a route's key in its peer's bucket.
+func posKey(b *[8]byte, pos uint64) []byte {
+	binary.BigEndian.PutUint64(b[:], pos)
+	return b[:]
 }
 
 func decodeRoute(b []byte) routeValue {
@@ -141,14 +165,39 @@ func openStore(dir string, readOnly bool, mmap, pageSize int) (*store, error) {
 					return err
 				}
 			}
-			return nil
+			return checkLayout(tx, true)
 		})
-		if err != nil {
-			_ = db.Close()
-			return nil, fmt.Errorf("rib: init %s: %w", path, err)
-		}
+	} else {
+		err = db.View(func(tx *bolt.Tx) error { return checkLayout(tx, false) })
+	}
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("rib: open %s: %w", path, err)
 	}
 	return &store{db: db}, nil
+}
+
+// checkLayout refuses a file of another layout; set marks a file without
+// routes as this layout's.
+func checkLayout(tx *bolt.Tx, set bool) error {
+	meta := tx.Bucket(metaBucket)
+	if meta != nil {
+		if v := meta.Get(layoutKey); v != nil {
+			if len(v) != 8 || binary.BigEndian.Uint64(v) != layoutVersion {
+				return ErrOldLayout
+			}
+			return nil
+		}
+	}
+	if r := tx.Bucket(routesBucket); r != nil {
+		if k, _ := r.Cursor().First(); k != nil {
+			return ErrOldLayout
+		}
+	}
+	if !set || meta == nil {
+		return nil
+	}
+	return meta.Put(layoutKey, binary.BigEndian.AppendUint64(nil, layoutVersion))
 }
 
 func (s *store) close() error { return s.db.Close() }
@@ -164,23 +213,6 @@ func (s *store) applied() (seq uint64, err error) {
 		return nil
 	})
 	return seq, err
-}
-
-// get reads a route's value; nil when the state does not hold it.
-func (s *store) get(peer, rk string) (v []byte, err error) {
-	err = s.db.View(func(tx *bolt.Tx) error {
-		r := tx.Bucket(routesBucket)
-		if r == nil {
-			return nil
-		}
-		if pb := r.Bucket([]byte(peer)); pb != nil {
-			if x := pb.Get([]byte(rk)); x != nil {
-				v = append([]byte(nil), x...)
-			}
-		}
-		return nil
-	})
-	return v, err
 }
 
 // metas reads every peer's meta.
@@ -201,13 +233,14 @@ func (s *store) metas() (map[string]peerMeta, error) {
 
 // kv is one stored route.
 type kv struct {
+	pos uint64
 	rk  string
-	val []byte
+	val routeValue
 }
 
-// scan returns up to n routes of peer with keys after the route key after
-// ("" for the first), in key order.
-func (s *store) scan(peer, after string, n int) (out []kv, err error) {
+// scan returns up to n routes of peer at positions from on, in position
+// order.
+func (s *store) scan(peer string, from uint64, n int) (out []kv, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		r := tx.Bucket(routesBucket)
 		if r == nil {
@@ -218,21 +251,47 @@ func (s *store) scan(peer, after string, n int) (out []kv, err error) {
 			return nil
 		}
 		c := pb.Cursor()
-		var k, v []byte
-		if after == "" {
-			k, v = c.First()
-		} else {
-			k, v = c.Seek([]byte(after))
-			if k != nil && string(k) == after {
-				k, v = c.Next()
+		var kb [8]byte
+		for k, v := c.Seek(posKey(&kb, from)); k != nil && len(out) < n; k, v = c.Next() {
+			if len(k) != 8 || len(v) < routeValueLen {
+				return fmt.Errorf("peer %q: route entry %x: %w", peer, k, errCorrupt)
 			}
-		}
-		for ; k != nil && len(out) < n; k, v = c.Next() {
-			out = append(out, kv{rk: string(k), val: append([]byte(nil), v...)})
+			out = append(out, kv{pos: binary.BigEndian.Uint64(k), rk: string(v[routeValueLen:]), val: decodeRoute(v)})
 		}
 		return nil
 	})
 	return out, err
+}
+
+// errCorrupt marks an entry of the state file that no bgpedge writes.
+var errCorrupt = errors.New("corrupt route state entry")
+
+// rebuild fills ix with every route of the file and returns each peer's
+// next position.
+func (s *store) rebuild(ix *index) (next map[string]uint64, err error) {
+	next = map[string]uint64{}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		r := tx.Bucket(routesBucket)
+		return r.ForEachBucket(func(pk []byte) error {
+			peer := string(pk)
+			c := r.Bucket(pk).Cursor()
+			for k, v := c.First(); k != nil; k, v = c.Next() {
+				if len(k) != 8 || len(v) < routeValueLen {
+					return fmt.Errorf("peer %q: route entry %x: %w", peer, k, errCorrupt)
+				}
+				pos := binary.BigEndian.Uint64(k)
+				if err := ix.set(ix.hash(peer, bytesString(v[routeValueLen:])), pos, decodeRoute(v)); err != nil {
+					return err
+				}
+				next[peer] = pos + 1
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rib: index: %w", err)
+	}
+	return next, nil
 }
 
 // forEachPeer calls fn with every peer that holds routes, in key order.
@@ -276,8 +335,8 @@ type sweep struct {
 	table, family string
 }
 
-func (w sweep) matches(rk string, v []byte) bool {
-	if w.before != 0 && decodeRoute(v).epoch >= w.before {
+func (w sweep) matches(rk string, v routeValue) bool {
+	if w.before != 0 && v.epoch >= w.before {
 		return false
 	}
 	if w.table == "" && w.family == "" {
@@ -294,7 +353,12 @@ type op struct {
 	kind opKind
 	peer string
 	rk   string
-	val  []byte
+	val  routeValue // opSet
+	// opSet, opDel: the route's position in its peer's bucket (a new
+	// route's is given when the change is made, Stage.change) and its
+	// index hash.
+	pos  uint64
+	h    ixHash
 	sw   sweep
 	meta *peerMeta // opMeta (a pointer: most ops are route sets)
 	// opSet, opDel: whether the route was held when the change was decided
@@ -312,6 +376,9 @@ var errPartTooLarge = errors.New("commit part changes too many pages")
 type applyResult struct {
 	routes, stale int64
 	nodes         int64 // pages the transaction changed (bbolt's nodes)
+	// ix is the index's changes, in order, to be made once the
+	// transaction is written.
+	ix []ixChange
 }
 
 // apply writes ops (in order) and the applied seq in one transaction.
@@ -329,7 +396,7 @@ type applyResult struct {
 // With maxNodes > 0 a transaction that materialises more than maxNodes of
 // bbolt's nodes is rolled back with errPartTooLarge: the caller commits
 // fewer changes instead.
-func (s *store) apply(ops []op, through uint64, maxNodes int64, beforeWrite func()) (res applyResult, err error) {
+func (s *store) apply(ops []op, through uint64, maxNodes int64, hash func(peer, rk string) ixHash, beforeWrite func()) (res applyResult, err error) {
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("rib: commit: %w", err)
@@ -339,7 +406,7 @@ func (s *store) apply(ops []op, through uint64, maxNodes int64, beforeWrite func
 	if err != nil {
 		return applyResult{}, err
 	}
-	if err := applyTx(tx, ops, through, &res, maxNodes); err != nil {
+	if err := applyTx(tx, ops, through, &res, maxNodes, hash); err != nil {
 		_ = tx.Rollback()
 		return applyResult{}, err
 	}
@@ -353,9 +420,10 @@ func (s *store) apply(ops []op, through uint64, maxNodes int64, beforeWrite func
 }
 
 // applyTx makes a commit's changes in tx.
-func applyTx(tx *bolt.Tx, ops []op, through uint64, res *applyResult, maxNodes int64) error {
-	a := applier{routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: res,
-		byPeer: map[string]*peerTx{}}
+func applyTx(tx *bolt.Tx, ops []op, through uint64, res *applyResult, maxNodes int64, hash func(peer, rk string) ixHash) error {
+	a := &applier{routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: res,
+		byPeer: map[string]*peerTx{}, hash: hash}
+	res.ix = make([]ixChange, 0, len(ops))
 	for n, i := range applyOrder(ops) {
 		if err := a.apply(&ops[i]); err != nil {
 			return err
@@ -381,20 +449,21 @@ func applyTx(tx *bolt.Tx, ops []op, through uint64, res *applyResult, maxNodes i
 }
 
 // applyOrder is the order a commit applies ops in: each run of route sets
-// and deletes between sweeps and meta changes sorted by peer and route key
-// (bbolt then inserts in key order, walking neighbouring pages). Within
-// such a run changes of different routes commute (counts and stale counts
-// only add up), and those of one route keep their order.
+// and deletes between sweeps and meta changes sorted by peer and position
+// (bbolt then appends new routes and changes the others in key order,
+// walking neighbouring pages). Within such a run changes of different
+// routes commute (counts and stale counts only add up), and those of one
+// route keep their order.
 func applyOrder(ops []op) []int32 {
 	order := make([]int32, len(ops))
 	for i := range order {
 		order[i] = int32(i)
 	}
-	cmp := func(a, b int32) int {
+	byKey := func(a, b int32) int {
 		if c := strings.Compare(ops[a].peer, ops[b].peer); c != 0 {
 			return c
 		}
-		if c := strings.Compare(ops[a].rk, ops[b].rk); c != 0 {
+		if c := cmp.Compare(ops[a].pos, ops[b].pos); c != 0 {
 			return c
 		}
 		return int(a - b)
@@ -404,7 +473,7 @@ func applyOrder(ops []op) []int32 {
 		for hi < len(ops) && (ops[hi].kind == opSet || ops[hi].kind == opDel) {
 			hi++
 		}
-		slices.SortFunc(order[lo:hi], cmp)
+		slices.SortFunc(order[lo:hi], byKey)
 		lo = hi + 1
 	}
 	return order
@@ -424,6 +493,24 @@ type applier struct {
 	routes, counts, peers *bolt.Bucket
 	res                   *applyResult
 	byPeer                map[string]*peerTx
+	hash                  func(peer, rk string) ixHash
+	// vals holds the values put: bbolt keeps a value (not a copy) until
+	// the transaction is written.
+	vals []byte
+	kb   [8]byte
+}
+
+// value returns v and rk as a bucket entry's value, in a.vals.
+func (a *applier) value(v routeValue, rk string) []byte {
+	n := routeValueLen + len(rk)
+	if cap(a.vals)-len(a.vals) < n {
+		a.vals = make([]byte, 0, max(64<<10, n))
+	}
+	b := a.vals[len(a.vals) : len(a.vals)+n : len(a.vals)+n]
+	a.vals = a.vals[:len(a.vals)+n]
+	v.put(b)
+	copy(b[routeValueLen:], rk)
+	return b
 }
 
 func tableIndex(table string) int {
@@ -440,7 +527,7 @@ func tableIndex(table string) int {
 	return 4
 }
 
-func (a applier) peer(peer string) *peerTx {
+func (a *applier) peer(peer string) *peerTx {
 	if p := a.byPeer[peer]; p != nil {
 		return p
 	}
@@ -450,7 +537,7 @@ func (a applier) peer(peer string) *peerTx {
 }
 
 // count returns the routes held of a peer's table.
-func (a applier) count(peer string, p *peerTx, t int) uint64 {
+func (a *applier) count(peer string, p *peerTx, t int) uint64 {
 	if !p.countsSet[t] {
 		p.counts[t] = getCount(a.counts, countKey(peer, Tables()[t]))
 		p.countsSet[t] = true
@@ -458,7 +545,7 @@ func (a applier) count(peer string, p *peerTx, t int) uint64 {
 	return p.counts[t]
 }
 
-func (a applier) addCount(peer string, p *peerTx, t int, d int64) {
+func (a *applier) addCount(peer string, p *peerTx, t int, d int64) {
 	n := int64(a.count(peer, p, t)) + d
 	a.res.routes += d
 	p.counts[t] = uint64(max(n, 0))
@@ -466,9 +553,9 @@ func (a applier) addCount(peer string, p *peerTx, t int, d int64) {
 
 // staleGone records that a route with value v left the file or was
 // confirmed.
-func (a applier) staleGone(p *peerTx, v []byte) {
+func (a *applier) staleGone(p *peerTx, v routeValue) {
 	m := &p.meta
-	if m.stale && v != nil && decodeRoute(v).epoch < m.epoch && m.staleRoutes > 0 {
+	if m.stale && v.epoch < m.epoch && m.staleRoutes > 0 {
 		m.staleRoutes--
 		a.res.stale--
 		p.metaDirty = true
@@ -482,7 +569,7 @@ func (a applier) staleGone(p *peerTx, v []byte) {
 // makes bbolt materialise every page of the bucket in the transaction (about
 // 10 KB a page, 50 MB for a peer of 300,000 routes), the deletion frees the
 // pages without reading them.
-func (a applier) sweepsAll(peer string, p *peerTx, w sweep) bool {
+func (a *applier) sweepsAll(peer string, p *peerTx, w sweep) bool {
 	if w.table != "" || w.family != "" || w.before == 0 || !p.meta.stale || w.before != p.meta.epoch {
 		return false
 	}
@@ -494,7 +581,7 @@ func (a applier) sweepsAll(peer string, p *peerTx, w sweep) bool {
 }
 
 // flush writes the counts and metas the transaction changed.
-func (a applier) flush() error {
+func (a *applier) flush() error {
 	for peer, p := range a.byPeer {
 		for t, set := range p.countsSet {
 			if !set {
@@ -520,7 +607,7 @@ func (a applier) flush() error {
 	return nil
 }
 
-func (a applier) apply(o *op) error {
+func (a *applier) apply(o *op) error {
 	p := a.peer(o.peer)
 	switch o.kind {
 	case opMeta:
@@ -541,6 +628,15 @@ func (a applier) apply(o *op) error {
 			return nil
 		}
 		if o.sw == (sweep{}) || a.sweepsAll(o.peer, p, o.sw) {
+			// Reading the routes to take them out of the index
+			// materialises no page; deleting the bucket frees them
+			// unread.
+			c := p.b.Cursor()
+			for k, v := c.First(); k != nil; k, v = c.Next() {
+				if len(v) >= routeValueLen {
+					a.res.ix = append(a.res.ix, ixChange{h: a.hash(o.peer, bytesString(v[routeValueLen:])), del: true})
+				}
+			}
 			for t := range Tables() {
 				a.addCount(o.peer, p, t, -int64(a.count(o.peer, p, t)))
 			}
@@ -551,19 +647,25 @@ func (a applier) apply(o *op) error {
 		}
 		c := p.b.Cursor()
 		for k, v := c.First(); k != nil; {
-			if !o.sw.matches(string(k), v) {
+			if len(v) < routeValueLen {
 				k, v = c.Next()
 				continue
 			}
-			a.staleGone(p, v)
-			a.addCount(o.peer, p, tableIndex(tableOf(string(k))), -1)
+			rk, rv := bytesString(v[routeValueLen:]), decodeRoute(v)
+			if !o.sw.matches(rk, rv) {
+				k, v = c.Next()
+				continue
+			}
+			a.res.ix = append(a.res.ix, ixChange{h: a.hash(o.peer, rk), del: true})
+			a.staleGone(p, rv)
+			a.addCount(o.peer, p, tableIndex(tableOf(rk)), -1)
 			// A cursor's Next after Delete may skip an item: seek to the
-			// deleted key's successor instead (a copy: k is the page's).
-			deleted := append([]byte(nil), k...)
+			// deleted key's successor instead.
+			next := binary.BigEndian.Uint64(k) + 1
 			if err := c.Delete(); err != nil {
 				return err
 			}
-			k, v = c.Seek(deleted)
+			k, v = c.Seek(posKey(&a.kb, next))
 		}
 		p.metaDirty = true
 		return nil
@@ -577,18 +679,22 @@ func (a applier) apply(o *op) error {
 				return err
 			}
 		}
+		// New routes are appended: full pages, not bbolt's half-full
+		// splits for random inserts.
+		p.b.FillPercent = 0.95
 		if o.held && p.meta.stale && o.heldEpoch < p.meta.epoch && p.meta.staleRoutes > 0 {
 			// A stale route re-announced (confirmed or changed) or withdrawn.
 			p.meta.staleRoutes--
 			a.res.stale--
 			p.metaDirty = true
 		}
-		k := keyBytes(o.rk)
+		k := posKey(&a.kb, o.pos)
 		t := tableIndex(tableOf(o.rk))
 		if o.kind == opSet {
-			if err := p.b.Put(k, o.val); err != nil {
+			if err := p.b.Put(k, a.value(o.val, o.rk)); err != nil {
 				return err
 			}
+			a.res.ix = append(a.res.ix, ixChange{h: o.h, pos: o.pos, val: o.val})
 			if !o.held {
 				a.addCount(o.peer, p, t, 1)
 			}
@@ -600,17 +706,17 @@ func (a applier) apply(o *op) error {
 		if err := p.b.Delete(k); err != nil {
 			return err
 		}
+		a.res.ix = append(a.res.ix, ixChange{h: o.h, del: true})
 		a.addCount(o.peer, p, t, -1)
 		return nil
 	}
 	return nil
 }
 
-// keyBytes is s's bytes without a copy, for bbolt's Get, Seek, Delete and
-// Put, which only read a key (Put stores a copy of it). The bytes must not
-// be written.
-func keyBytes(s string) []byte {
-	return unsafe.Slice(unsafe.StringData(s), len(s))
+// bytesString is b as a string without a copy, for hashing and reading
+// keys; b must not change while the string is used.
+func bytesString(b []byte) string {
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }
 
 func countKey(peer, table string) []byte {

@@ -1,0 +1,146 @@
+package rib
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/bgpedge/bgpedge/forwarder"
+)
+
+// TestIndexModel drives the index with random sets and deletes against a
+// map, in a table small enough that runs wrap around its end and it grows
+// several times, and with hashes forced into few home slots so that
+// deletes move entries back.
+func TestIndexModel(t *testing.T) {
+	ix, err := newIndex(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ix.close()
+	rng := rand.New(rand.NewPCG(1, 2))
+	model := map[ixHash]uint64{}
+	var keys []ixHash
+	for step := range 300000 {
+		var h ixHash
+		if len(keys) > 0 && rng.IntN(3) > 0 {
+			h = keys[rng.IntN(len(keys))]
+		} else {
+			h = ixHash{rng.Uint64() | 1, rng.Uint64()}
+			if rng.IntN(50) == 0 {
+				// Homes near the table's end: runs that wrap around it.
+				h[1] = ix.mask - uint64(rng.IntN(4)) + (h[1] &^ ix.mask)
+			}
+			keys = append(keys, h)
+		}
+		if rng.IntN(2) == 0 {
+			pos := uint64(step)
+			if err := ix.set(h, pos, routeValue{hash: pos, afi: 1, safi: 1, epoch: 7}); err != nil {
+				t.Fatal(err)
+			}
+			model[h] = pos
+		} else {
+			ix.del(h)
+			delete(model, h)
+		}
+		if step%50000 == 0 || step == 299999 {
+			if ix.used != uint64(len(model)) {
+				t.Fatalf("step %d: index holds %d, model %d", step, ix.used, len(model))
+			}
+			for _, k := range keys {
+				pos, v, ok := ix.get(k)
+				want, in := model[k]
+				if ok != in || (in && (pos != want || v.hash != want || v.epoch != 7)) {
+					t.Fatalf("step %d: get %x = %d %+v %v, want %d %v", step, k, pos, v, ok, want, in)
+				}
+			}
+		}
+	}
+	if ix.mask+1 <= minSlots {
+		t.Fatalf("the table never grew (%d slots)", ix.mask+1)
+	}
+}
+
+// TestOpenRebuildsIndex: the index is rebuilt from the file at open, so a
+// reopened state decides as the one before (a re-sent table is all
+// duplicates), and new routes of a peer go after the ones it holds.
+func TestOpenRebuildsIndex(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, DuplicatesDrop)
+	seq := uint64(0)
+	routes := func(n, attr int) (emitted int) {
+		for i := range n {
+			seq++
+			r := testRoute{router: "192.0.2.1", peer: "198.51.100.1", table: TableAdjInPre, prefix: fmt.Sprintf("10.1.%d.0/24", i), attr: uint32(attr)}
+			emitted += len(sequence(t, s, seq, []*forwarder.Outgoing{r.msg(t, seq, 1)}))
+		}
+		return emitted
+	}
+	if n := routes(200, 1); n != 400 {
+		t.Fatalf("200 new routes emitted %d messages, want 400 (event and bmp.rib each)", n)
+	}
+	if err := s.CommitThrough(seq); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = openTest(t, dir, DuplicatesDrop)
+	defer s.Close()
+	if got := len(fileState(t, s)); got != 200 {
+		t.Fatalf("reopened state holds %d routes, want 200", got)
+	}
+	if n := routes(200, 1); n != 0 {
+		t.Fatalf("the same table after reopening emitted %d messages, want none (all duplicates)", n)
+	}
+	if n := routes(1, 2); n != 2 {
+		t.Fatalf("a changed route after reopening emitted %d messages, want 2", n)
+	}
+	p := testRoute{router: "192.0.2.1", peer: "198.51.100.1"}.peerKey()
+	if s.committedNext[p] != 200 {
+		t.Fatalf("next position after reopening %d, want 200", s.committedNext[p])
+	}
+}
+
+// TestOpenRefusesOldLayout: a state file whose routes are keyed by route
+// key (an earlier layout) is refused with ErrOldLayout, not misread.
+func TestOpenRefusesOldLayout(t *testing.T) {
+	dir := t.TempDir()
+	db, err := bolt.Open(filepath.Join(dir, FileName), 0o640, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		r, err := tx.CreateBucket(routesBucket)
+		if err != nil {
+			return err
+		}
+		pb, err := r.CreateBucket([]byte("192.0.2.1|global||198.51.100.1"))
+		if err != nil {
+			return err
+		}
+		return pb.Put([]byte("adj-rib-in-pre|ipv4-unicast||10.0.0.0/24|0"), make([]byte, routeValueLen))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultConfig()
+	cfg.Enabled = true
+	if _, err := Open(Options{Config: cfg, Dir: dir, AgentID: testAgent}); !errors.Is(err, ErrOldLayout) {
+		t.Fatalf("Open = %v, want ErrOldLayout", err)
+	}
+	if _, err := ShowDir(dir, Query{}); !errors.Is(err, ErrOldLayout) {
+		t.Fatalf("ShowDir = %v, want ErrOldLayout", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, IndexFileName)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("index file left behind: %v", err)
+	}
+}
