@@ -814,7 +814,11 @@ func (f *Forwarder) encodeWith(a *outArena, rec record.Record, out []*Outgoing, 
 	}
 	for _, m := range msgs {
 		m.ID = a.id(f.cfg.AgentID, rec.Seq, m.Index)
-		m.Headers = f.headers(a, rec, m)
+		if a.release {
+			m.implied, m.kind, m.router, m.agent = true, rec.Kind.String(), rec.Source, f.cfg.AgentID
+		} else {
+			m.Headers = f.headers(a, rec, m)
+		}
 	}
 	return out
 }
@@ -930,8 +934,10 @@ type outArena struct {
 	out  []*Outgoing
 	emit func(record.Output) // a.add, bound once
 
-	// release: the messages keep their output's Owner, released by the
-	// tracker once the sink acknowledged them.
+	// release (no Sequencer): the messages keep their output's Owner,
+	// released by the tracker once the sink acknowledged them, and their
+	// first headers are implied (Outgoing.implied). A Sequencer is given
+	// messages with every header stored, as it always was.
 	release bool
 }
 

@@ -391,7 +391,8 @@ func (l *lane) waiting(q *partQueue, n, size int, now time.Time) {
 // recordSize estimates a message's size in a record batch.
 func recordSize(m *Outgoing) int {
 	n := len(m.Key) + len(m.Value) + 16
-	for _, h := range m.Headers {
+	for i := range m.headerCount() {
+		h := m.header(i)
 		n += len(h.Key) + len(h.Value) + 4
 	}
 	return n
@@ -520,7 +521,7 @@ func (l *lane) sendSarama(bq *brokerQueue, cb func(*sarama.ProduceResponse, erro
 	for _, sp := range bq.sent {
 		n += sp.n
 		for _, it := range sp.q.queued()[:sp.n] {
-			nh += len(it.m.Headers)
+			nh += it.m.headerCount()
 		}
 	}
 	// Room for everything up front: records and headers are pointed to
@@ -537,9 +538,10 @@ func (l *lane) sendSarama(bq *brokerQueue, cb func(*sarama.ProduceResponse, erro
 			if len(it.m.Key) > 0 {
 				r.Key = it.m.Key
 			}
-			if len(it.m.Headers) > 0 {
+			if it.m.headerCount() > 0 {
 				h0 := len(hptrs)
-				for _, x := range it.m.Headers {
+				for i := range it.m.headerCount() {
+					x := it.m.header(i)
 					hdrs = append(hdrs, sarama.RecordHeader{Key: readOnlyBytes(x.Key), Value: readOnlyBytes(x.Value)})
 					hptrs = append(hptrs, &hdrs[len(hdrs)-1])
 				}

@@ -350,8 +350,9 @@ func appendRecordBatch(b []byte, items []laneItem, nowMillis int64) []byte {
 // and headers.
 func appendRecord(b []byte, m *Outgoing, offsetDelta int) []byte {
 	n := 1 + 1 + varintLen(int64(offsetDelta)) + bytesLen(len(m.Key), len(m.Key) == 0) +
-		bytesLen(len(m.Value), m.Value == nil) + varintLen(int64(len(m.Headers)))
-	for _, h := range m.Headers {
+		bytesLen(len(m.Value), m.Value == nil) + varintLen(int64(m.headerCount()))
+	for i := range m.headerCount() {
+		h := m.header(i)
 		n += bytesLen(len(h.Key), false) + bytesLen(len(h.Value), false)
 	}
 	b = binary.AppendVarint(b, int64(n))
@@ -369,8 +370,9 @@ func appendRecord(b []byte, m *Outgoing, offsetDelta int) []byte {
 		b = binary.AppendVarint(b, int64(len(m.Value)))
 		b = append(b, m.Value...)
 	}
-	b = binary.AppendVarint(b, int64(len(m.Headers)))
-	for _, h := range m.Headers {
+	b = binary.AppendVarint(b, int64(m.headerCount()))
+	for i := range m.headerCount() {
+		h := m.header(i)
 		b = binary.AppendVarint(b, int64(len(h.Key)))
 		b = append(b, h.Key...)
 		b = binary.AppendVarint(b, int64(len(h.Value)))

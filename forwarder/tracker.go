@@ -93,8 +93,8 @@ func msgBytes(m *Outgoing) int {
 		return int(m.size)
 	}
 	n := len(m.Key) + len(m.Value) + msgOverhead
-	for _, h := range m.Headers {
-		n += len(h.Value)
+	for i := range m.headerCount() {
+		n += len(m.header(i).Value)
 	}
 	m.size = int32(min(n, math.MaxInt32))
 	return n
