@@ -110,7 +110,8 @@ type Encoder struct {
 	// spare keeps one warm scratch (buffers, remembered peer and times)
 	// across garbage collections, which empty the pool.
 	spare atomic.Pointer[fastState]
-	pool  sync.Pool // *fastState, for concurrent calls
+	pool  sync.Pool  // *fastState, for concurrent calls
+	outs  *sync.Pool // *outChunk: the fast path's output chunks, reused once released
 
 	fastHits atomic.Uint64
 }
@@ -127,6 +128,7 @@ func NewEncoder(opts EncoderOptions) (*Encoder, error) {
 	e := &Encoder{enc: opts.Encoding, agentID: opts.AgentID, dec: dec, fast: true}
 	e.agentPlain = string(appendJSONString(nil, opts.AgentID)) == `"`+opts.AgentID+`"`
 	e.pool.New = func() any { return &fastState{} }
+	e.outs = newChunkPool()
 	return e, nil
 }
 

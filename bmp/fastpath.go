@@ -76,11 +76,11 @@ type fastState struct {
 	asns    []uint32
 	segs    []int // segment boundaries in asns, two per segment: type, end
 	frag    []byte
-	buf     []byte
 	ends    []int
 	as2     bool
 	times   [2]timeCache // receive time, per-peer header time
 	chunk   []byte       // what is left of the current output chunk (carve)
+	cur     *outChunk    // the chunk chunk is the rest of; nil before the first
 	source  string
 	router  string
 	extStrs []string
@@ -90,18 +90,6 @@ type fastState struct {
 // hundred JSON route events, small enough that the messages still held
 // keep little else alive.
 const outputChunk = 32 << 10
-
-// carve returns n bytes of the current output chunk (capacity n: a
-// consumer appending to one cannot reach the next), starting a new chunk
-// when it has no room left.
-func (st *fastState) carve(n int) []byte {
-	if len(st.chunk) < n {
-		st.chunk = make([]byte, max(outputChunk, n))
-	}
-	b := st.chunk[:n:n]
-	st.chunk = st.chunk[n:]
-	return b
-}
 
 func (st *fastState) reset() {
 	if st.attrs.libAny {
@@ -113,7 +101,6 @@ func (st *fastState) reset() {
 	st.asns = st.asns[:0]
 	st.segs = st.segs[:0]
 	st.frag = st.frag[:0]
-	st.buf = st.buf[:0]
 	st.ends = st.ends[:0]
 	st.extStrs = st.extStrs[:0]
 }

@@ -115,7 +115,12 @@ func (e *Encoder) encodeFast(rec record.Record, emit func(Output)) bool {
 	st.frag = b
 	env, attrs, other, tail := b[:envEnd], b[envEnd:attrsEnd], b[attrsEnd:otherEnd], b[otherEnd:]
 
-	out := st.buf[:0]
+	// The outputs are written straight into the current output chunk
+	// when they fit in what is left of it (the common case), else into
+	// the scratch buffer append grew them into, and copied from there into
+	// a new chunk. Consumers keep them until the sink has them.
+	st.ensureChunk(e.outs, chunkReserve)
+	out := st.chunk[:0]
 	ends := st.ends[:0]
 	if e.enc.Raw && !e.enc.OpenBMPEnvelope {
 		out = append(out, router...)
@@ -201,15 +206,22 @@ func (e *Encoder) encodeFast(rec record.Record, emit func(Output)) bool {
 		}
 		ends = append(ends, len(out))
 	}
-	st.buf, st.ends = out, ends
-
-	// The outputs are copied out of the scratch buffer, which is reused,
-	// into a chunk shared by the messages this state encodes next:
-	// consumers keep them until the sink has them, and a chunk is freed
-	// once none of its messages is held any more. One allocation per
-	// chunk, not per message.
-	arena := st.carve(len(out))
-	copy(arena, out)
+	st.ends = ends
+	var arena []byte
+	if len(out) > 0 && len(out) <= len(st.chunk) && &out[0] == &st.chunk[0] {
+		arena = st.carve(len(out))
+	} else {
+		// It outgrew the chunk: append moved it to a buffer of its own.
+		st.ensureChunk(e.outs, max(len(out), chunkReserve))
+		arena = st.carve(len(out))
+		copy(arena, out)
+	}
+	owner := st.cur
+	n := len(st.routes)
+	if e.enc.Raw && !e.enc.OpenBMPEnvelope {
+		n++
+	}
+	owner.hold(n)
 	start := 0
 	next := func() []byte {
 		end := ends[0]
@@ -222,12 +234,12 @@ func (e *Encoder) encodeFast(rec record.Record, emit func(Output)) bool {
 		if e.enc.OpenBMPEnvelope {
 			e.emitRaw(rec, router, emit)
 		} else {
-			emit(Output{Stream: StreamRaw, Key: next(), Value: rec.Payload, Index: 0})
+			emit(Output{Stream: StreamRaw, Key: next(), Value: rec.Payload, Index: 0, Owner: owner})
 		}
 	}
 	for i := range st.routes {
 		v := next()
-		emit(Output{Stream: stream, Key: next(), Value: v, Index: i + 1})
+		emit(Output{Stream: stream, Key: next(), Value: v, Index: i + 1, Owner: owner})
 	}
 	e.dec.m.rmDecoded.Inc()
 	e.dec.m.routesByRIB(rib).Add(float64(len(st.routes)))

@@ -136,6 +136,9 @@ func decodeBlock(b []byte, first uint64, dst []record.Record) ([]record.Record, 
 	seq := first
 	lastSource := ""
 	start := len(dst)
+	// Room for all of the block's records at once: grown chunk by chunk,
+	// the slice was allocated (and copied) once per chunk.
+	dst = growRecords(dst, countRecords(b))
 	for off := 0; off < len(b); {
 		body, count, next, err := chunkAt(b, off, tab)
 		if err != nil {
@@ -229,6 +232,22 @@ func timeInBlock(b []byte, first, seq uint64) (t time.Time, found bool, err erro
 		}
 	}
 	return time.Time{}, false, nil
+}
+
+// countRecords adds up the record counts of b's chunk headers, as far as
+// they are plausible (chunkAt checks them, and the CRCs, when decoding).
+func countRecords(b []byte) int {
+	total := 0
+	for off := 0; len(b)-off >= chunkHeaderLen; {
+		n := int(binary.BigEndian.Uint32(b[off : off+4]))
+		count := int(binary.BigEndian.Uint32(b[off+4 : off+8]))
+		if n > len(b)-off-chunkHeaderLen || count == 0 || count > n/12 {
+			break
+		}
+		total += count
+		off += chunkHeaderLen + n
+	}
+	return total
 }
 
 func growRecords(dst []record.Record, n int) []record.Record {

@@ -1093,13 +1093,31 @@ func (s *Spool) skipCorrupt(seg *segment, cerr *corruptRangeError) bool {
 }
 
 func (s *Spool) readSegment(seg *segment, from, end uint64, maxRecords int) ([]record.Record, error) {
-	out := make([]record.Record, 0, min(uint64(maxRecords), end-from))
+	// out is, while it comes from one decoded block, a slice of that
+	// block's records (capacity cut to its length, so that appending the
+	// next block's copies rather than writing into the cached rest): a
+	// read batch is most often within one block, and copying it cost an
+	// allocation of its size per read. Nobody writes to records read.
+	var out []record.Record
+	want := int(min(uint64(maxRecords), end-from))
+	take := func(recs []record.Record) {
+		if out == nil {
+			out = recs[:len(recs):len(recs)]
+			return
+		}
+		if len(out)+len(recs) > cap(out) {
+			grown := make([]record.Record, len(out), max(want, len(out)+len(recs)))
+			copy(grown, out)
+			out = grown
+		}
+		out = append(out, recs...)
+	}
 	// Serve from the decoded block kept by the previous partial read.
 	s.cacheMu.Lock()
 	if c := s.cache; c.seg == seg && from >= c.first && from < c.first+uint64(len(c.recs)) {
 		i := int(from - c.first)
 		j := min(len(c.recs), i+maxRecords)
-		out = append(out, c.recs[i:j]...)
+		take(c.recs[i:j])
 		from += uint64(j - i)
 		if j == len(c.recs) {
 			s.cache = blockCache{}
@@ -1147,7 +1165,7 @@ func (s *Spool) readSegment(seg *segment, from, end uint64, maxRecords int) ([]r
 			}
 			i := int(from - min(from, bf))
 			j := min(len(recs), i+maxRecords-len(out))
-			out = append(out, recs[i:j]...)
+			take(recs[i:j])
 			from = bf + uint64(j)
 			if j < len(recs) {
 				s.cacheMu.Lock()

@@ -203,7 +203,8 @@ func appendFileRecord(b []byte, m *Outgoing, raw bool) []byte {
 		}
 	}
 	env := fileEnvelope{ID: m.ID, Stream: m.Stream, Key: m.Key, Value: v, Headers: map[string]string{}}
-	for _, h := range m.Headers {
+	for i := range m.headerCount() {
+		h := m.header(i)
 		env.Headers[h.Key] = h.Value
 	}
 	line, err := json.Marshal(env)

@@ -452,8 +452,8 @@ func TestEncodeIndexes(t *testing.T) {
 			var got []string
 			for _, m := range out {
 				got = append(got, m.ID)
-				if headerValue2(m.Headers, HeaderID) != m.ID {
-					t.Errorf("id header %q != id %q", headerValue2(m.Headers, HeaderID), m.ID)
+				if headerValue2(m.AllHeaders(), HeaderID) != m.ID {
+					t.Errorf("id header %q != id %q", headerValue2(m.AllHeaders(), HeaderID), m.ID)
 				}
 			}
 			if strings.Join(got, ",") != strings.Join(tt.want, ",") {
@@ -490,7 +490,7 @@ func TestOversizeRecordIsDeadLettered(t *testing.T) {
 	if n := len(out[0].Key) + len(out[0].Value); n > cfg.Kafka.MaxMessageBytes {
 		t.Errorf("dead letter of %d bytes exceeds the limit", n)
 	}
-	if e := headerValue2(out[0].Headers, HeaderError); !strings.Contains(e, ErrTooLarge.Error()) {
+	if e := headerValue2(out[0].AllHeaders(), HeaderError); !strings.Contains(e, ErrTooLarge.Error()) {
 		t.Errorf("error header %q", e)
 	}
 	small := bmpRecord("192.0.2.1", 100)

@@ -40,6 +40,8 @@ type KafkaSink struct {
 	compact map[string]bool
 	// perLane holds Write's messages per lane (reused).
 	perLane [][]laneItem
+	// spent: slices the lanes are done with, for perLane.
+	spent chan []laneItem
 }
 
 var (
@@ -164,7 +166,9 @@ func (k *KafkaSink) Connect(ctx context.Context) error {
 	}
 	k.client, k.lanes = client, lanes
 	k.perLane = make([][]laneItem, len(lanes))
+	k.spent = make(chan []laneItem, 4*len(lanes))
 	for _, l := range lanes {
+		l.spent = k.spent
 		go l.run()
 	}
 	return nil
@@ -339,7 +343,11 @@ func (k *KafkaSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc) e
 		}
 		n := int(p) % len(per)
 		if per[n] == nil {
-			per[n] = make([]laneItem, 0, len(batch)/len(per)+1)
+			select {
+			case per[n] = <-k.spent:
+			default:
+				per[n] = make([]laneItem, 0, len(batch)/len(per)+1)
+			}
 		}
 		per[n] = append(per[n], laneItem{m: m, ack: ack, topic: rt.topic, partition: p})
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math/bits"
 	"net"
 	"time"
 
@@ -349,8 +350,9 @@ func appendRecordBatch(b []byte, items []laneItem, nowMillis int64) []byte {
 // and headers.
 func appendRecord(b []byte, m *Outgoing, offsetDelta int) []byte {
 	n := 1 + 1 + varintLen(int64(offsetDelta)) + bytesLen(len(m.Key), len(m.Key) == 0) +
-		bytesLen(len(m.Value), m.Value == nil) + varintLen(int64(len(m.Headers)))
-	for _, h := range m.Headers {
+		bytesLen(len(m.Value), m.Value == nil) + varintLen(int64(m.headerCount()))
+	for i := range m.headerCount() {
+		h := m.header(i)
 		n += bytesLen(len(h.Key), false) + bytesLen(len(h.Value), false)
 	}
 	b = binary.AppendVarint(b, int64(n))
@@ -368,8 +370,9 @@ func appendRecord(b []byte, m *Outgoing, offsetDelta int) []byte {
 		b = binary.AppendVarint(b, int64(len(m.Value)))
 		b = append(b, m.Value...)
 	}
-	b = binary.AppendVarint(b, int64(len(m.Headers)))
-	for _, h := range m.Headers {
+	b = binary.AppendVarint(b, int64(m.headerCount()))
+	for i := range m.headerCount() {
+		h := m.header(i)
 		b = binary.AppendVarint(b, int64(len(h.Key)))
 		b = append(b, h.Key...)
 		b = binary.AppendVarint(b, int64(len(h.Value)))
@@ -392,10 +395,7 @@ func varintLen(x int64) int {
 	if x < 0 {
 		ux = ^ux
 	}
-	n := 1
-	for ux >= 0x80 {
-		ux >>= 7
-		n++
-	}
-	return n
+	// Seven bits a byte, at least one byte: no loop, it runs several
+	// times for every record of every request.
+	return (bits.Len64(ux|1) + 6) / 7
 }

@@ -33,11 +33,11 @@ func newMetrics(reg prometheus.Registerer, states *stateClock, sinkNames []strin
 		}, []string{"sink"}),
 		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bgpedge_forwarder_messages_total",
-			Help: "Output messages acknowledged by a sink.",
+			Help: "Output messages acknowledged by a sink (added every forwarder.ack_interval).",
 		}, []string{"sink"}),
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bgpedge_forwarder_bytes_total",
-			Help: "Value bytes of output messages acknowledged by a sink.",
+			Help: "Value bytes of output messages acknowledged by a sink (added every forwarder.ack_interval).",
 		}, []string{"sink"}),
 		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "bgpedge_forwarder_sink_errors_total",

@@ -182,7 +182,8 @@ func (n *NATSSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc) er
 	}
 	for i, m := range batch {
 		msg := &nats.Msg{Subject: n.cfg.Subject(n.agent, m.Stream), Data: m.Value, Header: nats.Header{}}
-		for _, h := range m.Headers {
+		for i := range m.headerCount() {
+			h := m.header(i)
 			msg.Header.Set(h.Key, h.Value)
 		}
 		if len(m.Key) > 0 {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/bgpedge/bgpedge/record"
 )
 
 // Header names carried by every output message (Kafka headers, NATS headers).
@@ -42,6 +44,64 @@ type Outgoing struct {
 	Headers []Header
 
 	reported bool // its ack was counted by the session's tracker
+	// owner owns the memory of Key and Value (record.Output.Owner): the
+	// tracker releases it once the sink acknowledged the message, the
+	// last time anything reads them. nil: left to the garbage collector.
+	owner record.Releaser
+	size  int32 // msgBytes, once computed
+
+	// implied: the headers every output carries first (HeaderID,
+	// HeaderKind, HeaderRouter, HeaderAgent, HeaderStream) are given by
+	// ID, kind, router, agent and Stream instead of stored in Headers,
+	// which then holds only those that follow them. Stored, the five
+	// cost 160 bytes a message for the collector to scan; sinks walk
+	// all of them with headerCount and header, or AllHeaders.
+	implied             bool
+	kind, router, agent string
+}
+
+// headerCount is the number of headers m carries.
+func (m *Outgoing) headerCount() int {
+	if m.implied {
+		return impliedHeaders + len(m.Headers)
+	}
+	return len(m.Headers)
+}
+
+// impliedHeaders is how many headers implied stands for.
+const impliedHeaders = 5
+
+// header returns m's i-th header, i < headerCount.
+func (m *Outgoing) header(i int) Header {
+	if !m.implied {
+		return m.Headers[i]
+	}
+	switch i {
+	case 0:
+		return Header{HeaderID, m.ID}
+	case 1:
+		return Header{HeaderKind, m.kind}
+	case 2:
+		return Header{HeaderRouter, m.router}
+	case 3:
+		return Header{HeaderAgent, m.agent}
+	case 4:
+		return Header{HeaderStream, m.Stream}
+	}
+	return m.Headers[i-impliedHeaders]
+}
+
+// AllHeaders returns every header of m, in order: Headers itself, or a
+// new slice when some are implied.
+func (m *Outgoing) AllHeaders() []Header {
+	if !m.implied {
+		return m.Headers
+	}
+	h := make([]Header, 0, m.headerCount())
+	for i := range m.headerCount() {
+		h = append(h, m.header(i))
+	}
+	return h
 }
 
 // MessageID is the stable id of a record's output message: "<agent>:<seq>",

@@ -2,6 +2,7 @@ package forwarder
 
 import (
 	"context"
+	"math"
 	"sort"
 	"sync"
 	"time"
@@ -23,7 +24,8 @@ type tracker struct {
 	err      error  // first failure
 	failedAt time.Time
 	onFail   func()
-	onMsg    func(m *Outgoing)
+	// Acknowledged without error: messages, and the bytes of their values.
+	ackedMsgs, ackedBytes uint64
 	// want is what the goroutine in waitRoom waits for; acks wake it only
 	// once that fits (or nothing is in flight), not on each ack: a read
 	// batch waits for thousands of acks, and a wake-up per ack cost a
@@ -44,8 +46,8 @@ type entry struct {
 	open      bool // more messages of this record follow (a Sequencer's long expansion)
 }
 
-func newTracker(onFail func(), onMsg func(*Outgoing)) *tracker {
-	t := &tracker{onFail: onFail, onMsg: onMsg}
+func newTracker(onFail func()) *tracker {
+	t := &tracker{onFail: onFail}
 	t.room = sync.NewCond(&t.mu)
 	return t
 }
@@ -82,11 +84,19 @@ func (t *tracker) addBytes(n int) {
 // value and headers, and msgOverhead for what the forwarder and the sink's
 // client hold beside them (the Outgoing, sarama's ProducerMessage and
 // record headers, the id): with small raw BMP messages that is most of it.
+//
+// It is computed once, when the forwarder counts the message before
+// handing it to the sink (the goroutine that encoded it), and kept: the
+// ack takes off what was added, without walking the headers again.
 func msgBytes(m *Outgoing) int {
-	n := len(m.Key) + len(m.Value) + msgOverhead
-	for _, h := range m.Headers {
-		n += len(h.Value)
+	if m.size > 0 {
+		return int(m.size)
 	}
+	n := len(m.Key) + len(m.Value) + msgOverhead
+	for i := range m.headerCount() {
+		n += len(m.header(i).Value)
+	}
+	m.size = int32(min(n, math.MaxInt32))
 	return n
 }
 
@@ -98,7 +108,17 @@ const msgOverhead = 512
 func (t *tracker) ack(m *Outgoing, err error) {
 	t.mu.Lock()
 	live := t.entries[t.head:]
-	i := sort.Search(len(live), func(i int) bool { return live[i].seq >= m.Seq })
+	// Records' seqs are consecutive but for the gaps of skipped damage:
+	// look where the record would be if there were none first.
+	i := len(live)
+	if len(live) > 0 && m.Seq >= live[0].seq {
+		if k := m.Seq - live[0].seq; k < uint64(len(live)) && live[k].seq == m.Seq {
+			i = int(k)
+		}
+	}
+	if i == len(live) {
+		i = sort.Search(len(live), func(i int) bool { return live[i].seq >= m.Seq })
+	}
 	if i == len(live) || live[i].seq != m.Seq || m.reported {
 		t.mu.Unlock()
 		return // already counted (duplicate report): never double-count
@@ -114,6 +134,8 @@ func (t *tracker) ack(m *Outgoing, err error) {
 			t.err, t.failedAt, first = err, time.Now(), true
 		}
 	} else {
+		t.ackedMsgs++
+		t.ackedBytes += uint64(len(m.Value))
 		e.remaining--
 		if e.remaining == 0 {
 			t.advance()
@@ -123,12 +145,24 @@ func (t *tracker) ack(m *Outgoing, err error) {
 		t.room.Broadcast()
 	}
 	t.mu.Unlock()
-	if err == nil && t.onMsg != nil {
-		t.onMsg(m)
+	if err == nil && m.owner != nil {
+		// Acknowledged: the sink is done with the bytes, and the session
+		// never re-sends this message (a retry re-reads the record from
+		// the spool and encodes it anew). A failed message keeps them:
+		// left to the garbage collector.
+		m.owner.Release()
 	}
 	if first && t.onFail != nil {
 		t.onFail()
 	}
+}
+
+// delivered returns how many messages were acknowledged without error, and
+// the bytes of their values.
+func (t *tracker) delivered() (msgs, valueBytes uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.ackedMsgs, t.ackedBytes
 }
 
 // advance moves the watermark over fully acked records; t.mu held.

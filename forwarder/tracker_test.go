@@ -11,7 +11,7 @@ import (
 // twice; a failure stops the watermark at its record.
 func TestTrackerWatermark(t *testing.T) {
 	failed := 0
-	tr := newTracker(func() { failed++ }, nil)
+	tr := newTracker(func() { failed++ })
 	msg := func(seq uint64, i int) *Outgoing { return &Outgoing{Seq: seq, Index: i} }
 	r1a, r1b, r2, r3 := msg(1, 0), msg(1, 1), msg(2, -1), msg(3, -1)
 	tr.add(1, 2)
@@ -39,7 +39,7 @@ func TestTrackerWatermark(t *testing.T) {
 // by count and by bytes, or once nothing is in flight, or at a failure.
 func TestTrackerWaitRoom(t *testing.T) {
 	ctx := context.Background()
-	tr := newTracker(nil, nil)
+	tr := newTracker(nil)
 	var msgs []*Outgoing
 	for seq := uint64(1); seq <= 10; seq++ {
 		m := &Outgoing{Seq: seq, Index: -1, Value: make([]byte, 100)}
@@ -99,5 +99,52 @@ func TestTrackerWaitRoom(t *testing.T) {
 	tr.ack(m, errors.New("refused"))
 	if err := <-done; err == nil {
 		t.Fatal("waitRoom returned nil after a failure")
+	}
+}
+
+// countOwner counts its releases.
+type countOwner struct{ n int }
+
+func (c *countOwner) Release() { c.n++ }
+
+// TestTrackerReleasesOwner: a message's owner is released once, when the
+// sink acknowledges it, never for a duplicate report, a failure, or a
+// success reported after the failure.
+func TestTrackerReleasesOwner(t *testing.T) {
+	tr := newTracker(func() {})
+	var ok, failed countOwner
+	m1 := &Outgoing{Seq: 1, Index: -1, owner: &ok, Value: []byte("abc")}
+	m2 := &Outgoing{Seq: 2, Index: -1, owner: &failed}
+	tr.add(1, 1)
+	tr.add(2, 1)
+	tr.ack(m1, nil)
+	tr.ack(m1, nil)
+	tr.ack(m2, errors.New("refused"))
+	tr.ack(m2, nil)
+	if ok.n != 1 || failed.n != 0 {
+		t.Fatalf("released %d times when acknowledged (want 1), %d times when failed (want 0)", ok.n, failed.n)
+	}
+	if msgs, bytes := tr.delivered(); msgs != 1 || bytes != 3 {
+		t.Fatalf("%d messages of %d bytes counted as delivered, want 1 of 3", msgs, bytes)
+	}
+}
+
+// TestTrackerGaps: records whose seqs are not consecutive (ranges skipped
+// as damaged) are found all the same.
+func TestTrackerGaps(t *testing.T) {
+	tr := newTracker(func() {})
+	seqs := []uint64{3, 4, 9, 10, 30}
+	for _, s := range seqs {
+		tr.add(s, 1)
+	}
+	for _, s := range []uint64{10, 4, 30, 3} {
+		tr.ack(&Outgoing{Seq: s, Index: -1}, nil)
+	}
+	if wm, n := tr.watermark(); wm != 4 || n != 2 {
+		t.Fatalf("watermark %d (%d records), want 4 (2): record 9 is not acked", wm, n)
+	}
+	tr.ack(&Outgoing{Seq: 9, Index: -1}, nil)
+	if wm, _ := tr.watermark(); wm != 30 {
+		t.Fatalf("watermark %d, want 30", wm)
 	}
 }

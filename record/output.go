@@ -17,6 +17,18 @@ type Output struct {
 	// must be stable across re-deliveries of the record. Indexes that are
 	// not unique within a record are replaced by the emit order.
 	Index int
+	// Owner, when set, owns the memory Key and Value point into and reuses
+	// it once released: a consumer that is done with both (the forwarder,
+	// once the sink acknowledged the message) calls Owner.Release() exactly
+	// once. A consumer that never calls it leaves the memory to the garbage
+	// collector; one that calls it and then reads Key or Value, or calls it
+	// twice, reads bytes already reused.
+	Owner Releaser
+}
+
+// Releaser is told, once, that a holder of its memory is done with it.
+type Releaser interface {
+	Release()
 }
 
 // Format says what a stream's values are.

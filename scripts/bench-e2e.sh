@@ -37,6 +37,7 @@
 #   MANY_SESSIONS=0 scripts/bench-e2e.sh   # without the many-sessions run
 #   PPROF=1 scripts/bench-e2e.sh   # CPU profile (first PPROF_SECONDS, 8) and
 #                                  # heap profile (at the end) of each bgpedge run
+#   PPROF=1 PPROF_HEAP_AT=10 ...   # also the live heap 10 s into each run
 #   MEASURE_TIMEOUT=60m SESSIONS=34 MODES=json-rib MANY_SESSIONS=0 REPS=1 \
 #     scripts/bench-e2e.sh   # 34 routers' tables (10.2 M routes) in the route state
 #   BASE=main scripts/bench-e2e.sh # also run bgpedge built from git revision
@@ -143,6 +144,9 @@ run_bgpedge() { # mode sessions rep [file loop]; mode json, json-rib, raw, both,
 	if [[ -n $PPROF ]]; then
 		curl -sf -o "$DIR/cpu-$mode-$s-$rep.pprof" "http://127.0.0.1:$hport/debug/pprof/profile?seconds=${PPROF_SECONDS:-8}" &
 		prof=$!
+		if [[ -n ${PPROF_HEAP_AT:-} ]]; then # live heap mid-run, not only at the end
+			(sleep "$PPROF_HEAP_AT" && curl -sf -o "$DIR/heap-mid-$mode-$s-$rep.pprof" "http://127.0.0.1:$hport/debug/pprof/heap") &
+		fi
 	fi
 	out=$("$bench" measure -pid "$pid" -to "127.0.0.1:$port" -file "$file" -sessions "$s" -loop "$loop" \
 		-metrics "http://127.0.0.1:$hport/metrics" -timeout "$MEASURE_TIMEOUT")
