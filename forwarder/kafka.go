@@ -414,10 +414,8 @@ func (k *KafkaSink) topicOf(stream string) (route, error) {
 	}
 	r := route{topic: k.topics.Topic(stream)}
 	if !k.known[r.topic] {
-		ctx, cancel := context.WithTimeout(context.Background(), k.ConnectTimeout())
-		err := k.ensureTopics(ctx, k.client, []string{r.topic})
-		cancel()
-		if err != nil {
+		// ensureTopics bounds its own wait by ConnectTimeout.
+		if err := k.ensureTopics(context.Background(), k.client, []string{r.topic}); err != nil {
 			return route{}, err
 		}
 	}

@@ -88,12 +88,8 @@ func splitRoute(rk string) (table, family, rd, prefix string, pathID uint32) {
 	return table, family, rd, rest[:i], uint32(id)
 }
 
-// ribKey is the bmp.rib key: the route streams' key
+// appendRIBKey appends the bmp.rib key: the route streams' key
 // (router|peer RD|peer address|route RD|prefix) and |table|family|path id.
-func ribKey(peer, rk string) []byte {
-	return appendRIBKey(make([]byte, 0, len(peer)+len(rk)+8), peer, rk)
-}
-
 func appendRIBKey(b []byte, peer, rk string) []byte {
 	router, _, peerRD, addr := splitPeer(peer)
 	table, family, rd, prefix, pathID := splitRoute(rk)

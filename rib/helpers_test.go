@@ -202,3 +202,8 @@ func testutilGauge(g prometheus.Gauge) float64 {
 	}
 	return m.GetGauge().GetValue()
 }
+
+// ribKey is a route's bmp.rib key, as the stage makes it.
+func ribKey(peer, rk string) []byte {
+	return appendRIBKey(nil, peer, rk)
+}
