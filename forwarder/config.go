@@ -164,7 +164,7 @@ func DefaultConfig() Config {
 		BackoffMax:       30 * time.Second,
 		ReadBatch:        2048,
 		MaxInFlight:      100000,
-		MaxInFlightBytes: 16 << 20,
+		MaxInFlightBytes: 8 << 20,
 		AckInterval:      100 * time.Millisecond,
 		ShutdownTimeout:  10 * time.Second,
 		Kafka: KafkaConfig{

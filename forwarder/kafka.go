@@ -349,7 +349,9 @@ func (k *KafkaSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc) e
 				per[n] = make([]laneItem, 0, len(batch)/len(per)+1)
 			}
 		}
-		per[n] = append(per[n], laneItem{m: m, ack: ack, topic: rt.topic, partition: p})
+		// The size is taken here, where m was just read for its key, not
+		// by the lane, which would read it again once it has left the cache.
+		per[n] = append(per[n], laneItem{m: m, ack: ack, topic: rt.topic, partition: p, size: int32(recordSize(m))})
 	}
 	return k.handOver(ctx, per)
 }

@@ -62,6 +62,11 @@ type lane struct {
 	// Owned by the loop goroutine.
 	parts   map[topicPartition]*partQueue
 	brokers map[*sarama.Broker]*brokerQueue
+	// The queues of the topic enqueued last, by partition: a Write's
+	// messages nearly all share one topic, and a map lookup per message
+	// hashed its topic's name each time.
+	lastTopic string
+	lastParts []*partQueue
 	err     error // set once the lane failed: every later message fails with it
 }
 
@@ -274,22 +279,41 @@ func (l *lane) enqueue(items []laneItem) {
 			it.ack(it.m, l.err)
 			continue
 		}
-		tp := topicPartition{it.topic, it.partition}
-		q := l.parts[tp]
-		if q == nil {
-			q = &partQueue{tp: tp}
-			l.parts[tp] = q
-		}
+		q := l.partQueue(it.topic, it.partition)
 		if q.broker == nil {
 			if err := l.lead(q); err != nil {
 				// Retried like a failed request (relead).
 				q.broker = l.limbo(now)
 			}
 		}
-		it.size = int32(recordSize(it.m))
 		q.items = append(q.items, it)
 		l.waiting(q, 1, int(it.size), now)
 	}
+}
+
+// partQueue returns the queue of a topic's partition, made on first use.
+func (l *lane) partQueue(topic string, partition int32) *partQueue {
+	if topic != l.lastTopic || l.lastParts == nil {
+		l.lastTopic, l.lastParts = topic, l.lastParts[:0]
+	}
+	if int(partition) < len(l.lastParts) {
+		if q := l.lastParts[partition]; q != nil {
+			return q
+		}
+	}
+	tp := topicPartition{topic, partition}
+	q := l.parts[tp]
+	if q == nil {
+		q = &partQueue{tp: tp}
+		l.parts[tp] = q
+	}
+	if partition >= 0 && partition < 1<<16 {
+		for int(partition) >= len(l.lastParts) {
+			l.lastParts = append(l.lastParts, nil)
+		}
+		l.lastParts[partition] = q
+	}
+	return q
 }
 
 // limbo is the queue of partitions whose leader is not known (its broker
