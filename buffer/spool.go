@@ -1124,7 +1124,12 @@ func (s *Spool) readSegment(seg *segment, from, end uint64, maxRecords int) ([]r
 		}
 	}
 	s.cacheMu.Unlock()
-	if len(out) == maxRecords || from >= end {
+	// A read that already holds half its records stops at the block's end
+	// rather than copying them beside the next block's (a copy of the
+	// batch, half its records' pointers written again): the next read
+	// starts with that block.
+	enough := max(1, maxRecords/2)
+	if len(out) >= enough || from >= end {
 		return out, nil
 	}
 	err := safeView(seg.db, func(tx *bolt.Tx) error {
@@ -1140,7 +1145,7 @@ func (s *Spool) readSegment(seg *segment, from, end uint64, maxRecords int) ([]r
 				k, _ = c.First()
 			}
 		}
-		for ; k != nil && len(out) < maxRecords; k, _ = c.Next() {
+		for ; k != nil && len(out) < enough; k, _ = c.Next() {
 			bf := binary.BigEndian.Uint64(k)
 			if bf >= end {
 				// Committed in bbolt but not yet synced: not durable, and

@@ -683,6 +683,12 @@ type encodedBatch struct {
 	bytes  int // msgBytes of msgs
 }
 
+// encodedRun is what one encoder goroutine made of a chunk of a batch.
+type encodedRun struct {
+	arena *outArena
+	msgs  []*Outgoing
+}
+
 // minChunk is the fewest records worth a goroutine of their own.
 const minChunk = 64
 
@@ -693,7 +699,6 @@ const minChunk = 64
 // Output order is record order either way.
 func (f *Forwarder) encodeBatch(recs []record.Record, limit int) *encodedBatch {
 	b := &encodedBatch{recs: recs, counts: make([]int, len(recs))}
-	outs := make([][]*Outgoing, len(recs)) // per record, only when parallel
 	parallel := f.workers > 1 && len(recs) >= 2*minChunk
 	if !parallel {
 		b.msgs = make([]*Outgoing, 0, len(recs))
@@ -703,56 +708,61 @@ func (f *Forwarder) encodeBatch(recs []record.Record, limit int) *encodedBatch {
 			b.counts[i] = len(b.msgs) - n
 		}
 	} else {
-		// Each goroutine appends a chunk's messages to one slice of its
-		// own (outs[first record of the chunk]) and counts them per record;
-		// the slices are joined in record order at the end.
+		// Each goroutine appends a chunk's messages to a slice of its
+		// arena's (reused from batch to batch: only the join below reads
+		// it) and counts them per record; the runs are joined in record
+		// order at the end.
 		var wg sync.WaitGroup
-		encodeRun := func(a *outArena, lo, hi int) {
-			var out []*Outgoing
-			if hi-lo > 1 {
-				out = make([]*Outgoing, 0, 2*(hi-lo))
-			}
+		var runs []encodedRun
+		encodeRun := func(a *outArena, lo, hi int) []*Outgoing {
+			out := a.run[:0]
 			for i := lo; i < hi; i++ {
 				n := len(out)
 				out = f.encodeWith(a, recs[i], out, limit)
 				b.counts[i] = len(out) - n
 			}
-			outs[lo] = out
+			a.run = out
+			return out
 		}
 		run := func(lo, hi int) { // recs[lo:hi] have no Ordered record
 			n := hi - lo
 			chunks := min(f.workers, max(1, n/minChunk))
 			size := (n + chunks - 1) / chunks
+			first := len(runs)
+			// Room for every run first: the goroutines write into runs.
+			runs = slices.Grow(runs, chunks)[:first+chunks]
 			for c := range chunks {
 				clo, chi := lo+c*size, min(hi, lo+(c+1)*size)
 				if clo >= chi {
+					runs = runs[:first+c]
 					break
 				}
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					encodeRun(&f.arenas[c], clo, chi)
+					runs[first+c] = encodedRun{arena: &f.arenas[c], msgs: encodeRun(&f.arenas[c], clo, chi)}
 				}()
 			}
 			wg.Wait()
+			// The joins below would be wrong once an arena's run is
+			// reused: copy what this pass made before the next one.
+			for _, r := range runs[first:] {
+				b.msgs = append(b.msgs, r.msgs...)
+				clear(r.arena.run)
+			}
+			runs = runs[:first]
 		}
 		lo := 0
+		b.msgs = make([]*Outgoing, 0, 2*len(recs))
 		for i := range recs {
 			if f.ordered(recs[i]) {
 				run(lo, i)
-				encodeRun(&f.arenas[0], i, i+1)
+				b.msgs = append(b.msgs, encodeRun(&f.arenas[0], i, i+1)...)
+				clear(f.arenas[0].run)
 				lo = i + 1
 			}
 		}
 		run(lo, len(recs))
-		total := 0
-		for _, o := range outs {
-			total += len(o)
-		}
-		b.msgs = make([]*Outgoing, 0, total)
-		for _, o := range outs {
-			b.msgs = append(b.msgs, o...)
-		}
 	}
 	if f.seq == nil {
 		// A Sequencer may change the messages: sequenceBatch counts
@@ -815,7 +825,7 @@ func (f *Forwarder) encodeWith(a *outArena, rec record.Record, out []*Outgoing, 
 	for _, m := range msgs {
 		m.ID = a.id(f.cfg.AgentID, rec.Seq, m.Index)
 		if a.release {
-			m.implied, m.kind, m.router, m.agent = true, rec.Kind.String(), rec.Source, f.cfg.AgentID
+			m.implied, m.kind, m.router, m.agent = true, rec.Kind, rec.Source, &f.cfg.AgentID
 		} else {
 			m.Headers = f.headers(a, rec, m)
 		}
@@ -928,6 +938,10 @@ type outArena struct {
 	msgs []Outgoing
 	hdrs []Header
 	ids  []byte
+
+	// run is the slice encodeBatch's goroutine on this arena appends a
+	// chunk's messages to, kept for the next batch once they are copied.
+	run []*Outgoing
 
 	// The record being encoded: add appends its messages to out.
 	seq  uint64

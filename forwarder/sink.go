@@ -43,21 +43,27 @@ type Outgoing struct {
 	Value   []byte
 	Headers []Header
 
-	reported bool // its ack was counted by the session's tracker
 	// owner owns the memory of Key and Value (record.Output.Owner): the
 	// tracker releases it once the sink acknowledged the message, the
 	// last time anything reads them. nil: left to the garbage collector.
 	owner record.Releaser
-	size  int32 // msgBytes, once computed
 
 	// implied: the headers every output carries first (HeaderID,
 	// HeaderKind, HeaderRouter, HeaderAgent, HeaderStream) are given by
 	// ID, kind, router, agent and Stream instead of stored in Headers,
 	// which then holds only those that follow them. Stored, the five
 	// cost 160 bytes a message for the collector to scan; sinks walk
-	// all of them with headerCount and header, or AllHeaders.
-	implied             bool
-	kind, router, agent string
+	// all of them with headerCount and header, or AllHeaders. The kind
+	// is the record's (its name is a constant) and the agent a pointer
+	// to the forwarder's id: a message is allocated, written and scanned
+	// for every event, so its size counts.
+	router string
+	agent  *string
+
+	size     int32 // msgBytes, once computed
+	reported bool  // its ack was counted by the session's tracker
+	implied  bool
+	kind     record.Kind
 }
 
 // headerCount is the number of headers m carries.
@@ -80,11 +86,11 @@ func (m *Outgoing) header(i int) Header {
 	case 0:
 		return Header{HeaderID, m.ID}
 	case 1:
-		return Header{HeaderKind, m.kind}
+		return Header{HeaderKind, m.kind.String()}
 	case 2:
 		return Header{HeaderRouter, m.router}
 	case 3:
-		return Header{HeaderAgent, m.agent}
+		return Header{HeaderAgent, *m.agent}
 	case 4:
 		return Header{HeaderStream, m.Stream}
 	}
