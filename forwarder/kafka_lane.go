@@ -67,7 +67,7 @@ type lane struct {
 	// hashed its topic's name each time.
 	lastTopic string
 	lastParts []*partQueue
-	err     error // set once the lane failed: every later message fails with it
+	err       error // set once the lane failed: every later message fails with it
 }
 
 type laneConfig struct {
