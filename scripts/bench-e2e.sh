@@ -41,7 +41,8 @@
 #   MEASURE_TIMEOUT=60m SESSIONS=34 MODES=json-rib MANY_SESSIONS=0 REPS=1 \
 #     scripts/bench-e2e.sh   # 34 routers' tables (10.2 M routes) in the route state
 #   BASE=main scripts/bench-e2e.sh # also run bgpedge built from git revision
-#                                  # BASE (json, raw, both), interleaved, for
+#                                  # BASE (json, raw, both) with that revision's
+#                                  # configs/bgpedge.yaml, interleaved, for
 #                                  # before/after rows measured in one sitting
 #
 # Needs pmacct (apt-get install pmacct) for the pmbmpd rows. Uses the broker
@@ -112,7 +113,10 @@ bgpedge_ready() { curl -sf "http://127.0.0.1:$1/readyz" | grep -q '"kafka"'; }
 
 run_bgpedge() { # mode sessions rep [file loop]; mode json, json-rib, raw, both, many, or one of them with -base
 	local mode=$1 s=$2 rep=$3 file=${4:-$FILE} loop=${5:-1} raw=true json=true rib=false bin=$DIR/bgpedge
-	if [[ $mode == *-base ]]; then bin=$DIR/bgpedge-base; fi
+	local config=configs/bgpedge.yaml
+	if [[ $mode == *-base ]]; then # the base revision with its own shipped defaults
+		bin=$DIR/bgpedge-base config=$DIR/base-src/configs/bgpedge.yaml
+	fi
 	case ${mode%-base} in
 	json) raw=false ;;
 	json-rib) raw=false rib=true ;;
@@ -132,7 +136,7 @@ run_bgpedge() { # mode sessions rep [file loop]; mode json, json-rib, raw, both,
 		BGPEDGE_BMP_RIB_STALE_TIMEOUT=$RIB_STALE_TIMEOUT \
 		BGPEDGE_FORWARDER_KAFKA_BROKERS="$brokers" BGPEDGE_FORWARDER_TOPICS_PREFIX="$prefix" \
 		BGPEDGE_LOG_LEVEL=warn \
-		"$bin" run --config configs/bgpedge.yaml 2>"$DIR/bgpedge-$mode-$s-$rep.log" &
+		"$bin" run --config "$config" 2>"$DIR/bgpedge-$mode-$s-$rep.log" &
 	pid=$!
 	if ! wait_for "$pid" bgpedge_ready "$hport" || ! wait_for "$pid" port_open "$port"; then
 		echo "bgpedge run did not get ready:" >&2
