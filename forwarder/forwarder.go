@@ -602,19 +602,10 @@ func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker, limit int)
 		}()
 	}
 	for b := range outs {
-		if err := tr.waitRoom(ctx, len(b.msgs), b.bytes, f.cfg.MaxInFlight, f.cfg.MaxInFlightBytes); err != nil {
-			// Nothing of this batch is registered: a failed or stopped
-			// session re-reads it from the watermark next time.
-			return nil
-		}
-		for i := range b.recs {
-			tr.addPart(b.recs[i].Seq, b.counts[i], b.open != nil && b.open[i])
-		}
-		if len(b.msgs) == 0 {
-			continue
-		}
-		tr.addBytes(b.bytes)
-		if err := sink.Write(ctx, b.msgs, tr.ack); err != nil {
+		if !f.handOver(ctx, sink, tr, b) {
+			// What of this batch is not registered, or registered open,
+			// holds the watermark: a failed or stopped session re-reads
+			// it from there next time.
 			return nil
 		}
 	}
@@ -623,6 +614,62 @@ func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker, limit int)
 		return seqErr
 	}
 	return readErr
+}
+
+// handPart is the most messages handed to the sink at once. A batch
+// waits for room in parts, not whole: waiting until a whole read batch
+// fit let what is in flight drop by a batch (thousands of messages) before
+// each hand-over, and the Kafka lanes, one request on the wire per broker,
+// then ran dry between batches unless max_in_flight_bytes held several.
+const handPart = 512
+
+// handOver registers b's records with the tracker and hands its messages
+// to the sink, handPart at a time, each part once it fits in flight. A
+// record whose messages span two parts is registered open with the first
+// (the watermark stays below it until its last part is in). It reports
+// false once the session ends (ctx, a failed sink).
+func (f *Forwarder) handOver(ctx context.Context, sink Sink, tr *tracker, b *encodedBatch) bool {
+	ri, rdone := 0, 0 // the next record to register, and how many of its messages are
+	for off := 0; off < len(b.msgs) || ri < len(b.recs); {
+		end := min(off+handPart, len(b.msgs))
+		size := 0
+		for _, m := range b.msgs[off:end] {
+			size += msgBytes(m)
+		}
+		if err := tr.waitRoom(ctx, end-off, size, f.cfg.MaxInFlight, f.cfg.MaxInFlightBytes); err != nil {
+			return false
+		}
+		for pos := off; ri < len(b.recs); {
+			left := b.counts[ri] - rdone
+			if pos+left <= end {
+				tr.addPart(b.recs[ri].Seq, left, b.open != nil && b.open[ri])
+				pos += left
+				ri, rdone = ri+1, 0
+				continue
+			}
+			if k := end - pos; k > 0 {
+				tr.addPart(b.recs[ri].Seq, k, true)
+				rdone += k
+			}
+			break
+		}
+		if end == off && ri < len(b.recs) {
+			// Counts that do not add up to the messages (cannot happen):
+			// register the rest rather than loop; the watermark then
+			// waits on messages never sent, and nothing is lost.
+			for ; ri < len(b.recs); ri, rdone = ri+1, 0 {
+				tr.addPart(b.recs[ri].Seq, b.counts[ri]-rdone, b.open != nil && b.open[ri])
+			}
+		}
+		if end > off {
+			tr.addBytes(size)
+			if err := sink.Write(ctx, b.msgs[off:end], tr.ack); err != nil {
+				return false
+			}
+		}
+		off = end
+	}
+	return true
 }
 
 // seqPart bounds the messages of one part of a record a Sequencer expands

@@ -291,3 +291,77 @@ func (s *failingSource) Read(ctx context.Context, from uint64, max int) ([]recor
 	}
 	return s.memSource.Read(ctx, from, max)
 }
+
+// partsSink keeps what it is given without acknowledging it.
+type partsSink struct {
+	*fakeSink
+	writes [][]*Outgoing
+	ack    AckFunc
+}
+
+func (s *partsSink) Write(_ context.Context, batch []*Outgoing, ack AckFunc) error {
+	s.writes, s.ack = append(s.writes, batch), ack
+	return nil
+}
+
+// TestHandOverInParts: a batch reaches the sink handPart messages at a
+// time, in order, each part once it fits in flight; a record whose
+// messages span two parts holds the watermark until every one of them,
+// in both parts, is acknowledged, and records without messages pass
+// with those before them.
+func TestHandOverInParts(t *testing.T) {
+	sink := &partsSink{fakeSink: newFakeSink(SinkKafka)}
+	cfg := unitConfig()
+	cfg.MaxInFlight = handPart + 100 // room for one part at a time
+	f, err := newForwarder(cfg, newMemSource(), rawBMP, sink, nil, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Records 1 to 4: 300, none, 400 (across the first part's end) and 5.
+	b := &encodedBatch{}
+	for i, n := range []int{300, 0, 400, 5} {
+		seq := uint64(i + 1)
+		b.recs, b.counts = append(b.recs, record.Record{Seq: seq}), append(b.counts, n)
+		for j := range n {
+			b.msgs = append(b.msgs, &Outgoing{Seq: seq, Index: j, Stream: "s", Value: []byte("v")})
+		}
+	}
+	tr := newTracker(nil)
+	done := make(chan bool)
+	go func() { done <- f.handOver(context.Background(), sink, tr, b) }()
+	// The second part waits for room: the first is all the sink has.
+	testenv.Eventually(t, 5*time.Second, "the first part written", func() bool {
+		tr.mu.Lock()
+		defer tr.mu.Unlock()
+		return tr.want.waiting
+	})
+	if len(sink.writes) != 1 || len(sink.writes[0]) != handPart || sink.writes[0][0] != b.msgs[0] {
+		t.Fatalf("first hand-over: %d writes, want one of the batch's first %d messages", len(sink.writes), handPart)
+	}
+	for _, m := range sink.writes[0] {
+		sink.ack(m, nil)
+	}
+	if !<-done {
+		t.Fatal("handOver failed")
+	}
+	if len(sink.writes) != 2 || len(sink.writes[1]) != len(b.msgs)-handPart || sink.writes[1][0] != b.msgs[handPart] {
+		t.Fatalf("second hand-over: %d writes, want the batch's other %d messages", len(sink.writes), len(b.msgs)-handPart)
+	}
+	// Records 1 and 2 are through; record 3 waits for its second part.
+	if wm, _ := tr.watermark(); wm != 2 {
+		t.Fatalf("watermark %d after the first part's acks, want 2", wm)
+	}
+	rest := sink.writes[1]
+	for _, m := range rest[:len(rest)-5] { // record 3's second part
+		sink.ack(m, nil)
+	}
+	if wm, _ := tr.watermark(); wm != 3 {
+		t.Fatalf("watermark %d once record 3 is acknowledged, want 3", wm)
+	}
+	for _, m := range rest[len(rest)-5:] {
+		sink.ack(m, nil)
+	}
+	if wm, _ := tr.watermark(); wm != 4 {
+		t.Fatalf("watermark %d at the end, want 4", wm)
+	}
+}
