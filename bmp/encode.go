@@ -107,10 +107,11 @@ type Encoder struct {
 	fast bool
 	// agentPlain: the agent id needs no JSON escaping.
 	agentPlain bool
-	// spare keeps one warm scratch (buffers, remembered peer and times)
-	// across garbage collections, which empty the pool.
+	// pool holds the fast path's scratch (*fastState: buffers,
+	// remembered peer and times), one per concurrent call; spare keeps
+	// one across the garbage collections that empty the pool.
+	pool  sync.Pool
 	spare atomic.Pointer[fastState]
-	pool  sync.Pool  // *fastState, for concurrent calls
 	outs  *sync.Pool // *outChunk: the fast path's output chunks, reused once released
 
 	fastHits atomic.Uint64
@@ -127,7 +128,6 @@ func NewEncoder(opts EncoderOptions) (*Encoder, error) {
 	}
 	e := &Encoder{enc: opts.Encoding, agentID: opts.AgentID, dec: dec, fast: true}
 	e.agentPlain = string(appendJSONString(nil, opts.AgentID)) == `"`+opts.AgentID+`"`
-	e.pool.New = func() any { return &fastState{} }
 	e.outs = newChunkPool()
 	return e, nil
 }

@@ -29,12 +29,21 @@ func (e *Encoder) encodeFast(rec record.Record, emit func(Output)) bool {
 	if err != nil || typ != bgpMsgUpdate {
 		return false
 	}
-	st := e.spare.Swap(nil)
-	if st == nil {
-		st = e.pool.Get().(*fastState)
+	// The pool keeps a scratch per P (CPU): the forwarder's encoder
+	// goroutines each find their own, whose buffers and output chunk are
+	// in that CPU's cache. Only a call that finds its P's slot empty
+	// (after garbage collections emptied the pool) takes the spare, kept
+	// warm beside it, and puts it back; taking the spare first, as
+	// before, moved it from one CPU to the other about every other
+	// message, with its buffers.
+	st, pooled := e.pool.Get().(*fastState)
+	if !pooled {
+		if st = e.spare.Swap(nil); st == nil {
+			st = &fastState{}
+		}
 	}
 	defer func() {
-		if !e.spare.CompareAndSwap(nil, st) {
+		if pooled || !e.spare.CompareAndSwap(nil, st) {
 			e.pool.Put(st)
 		}
 	}()
