@@ -64,7 +64,7 @@ func (e *Encoder) encodeFast(rec record.Record, emit func(Output)) bool {
 		}
 	}
 	st.peerOf(msg, router, &ph)
-	state, known := e.dec.peers.lookupKey(st.peer.storeKey, rec.Seq)
+	state, known := e.dec.peers.lookupPeer(&st.peer, rec.Seq)
 	as2 := ph.TwoByteAS()
 	var addPath []uint32
 	if known {
@@ -264,6 +264,12 @@ type fastPeer struct {
 	storeKey  []byte   // peerStoreKey
 	json      []byte   // peerOf, as JSON
 	keyPrefix []byte   // eventKey up to the route: router|peer RD|peer address|
+
+	// The peer's state versions as of the store's gen (lookupPeer);
+	// versOK false: not looked up since the peer changed.
+	vers   []peerVersion
+	gen    uint64
+	versOK bool
 }
 
 func (st *fastState) peerOf(msg []byte, router string, ph *PeerHeader) {
@@ -274,6 +280,7 @@ func (st *fastState) peerOf(msg []byte, router string, ph *PeerHeader) {
 	}
 	p.router, p.hdr = router, [34]byte(hdr)
 	p.storeKey = appendPeerStoreKey(p.storeKey[:0], router, ph)
+	p.vers, p.versOK = nil, false
 	p.json = appendPeerJSON(p.json[:0], ph)
 	kb := append(p.keyPrefix[:0], router...)
 	kb = append(kb, '|')

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
@@ -145,6 +146,10 @@ type peerStore struct {
 	mu    sync.Mutex
 	peers map[string]*peerRecord
 	db    *bolt.DB // nil: memory only
+	// gen counts the changes record made (under mu). A peerRecord's
+	// Versions are never written in place, only replaced, so a reader
+	// that took them at one gen may keep reading them until gen moves.
+	gen atomic.Uint64
 }
 
 const peersBucket = "peers"
@@ -210,9 +215,15 @@ func (r *peerRecord) at(seq uint64) (peerVersion, bool) {
 	if r == nil {
 		return peerVersion{}, false
 	}
-	for i := len(r.Versions) - 1; i >= 0; i-- {
-		if seq == 0 || r.Versions[i].Seq < seq {
-			return r.Versions[i], true
+	return versionAt(r.Versions, seq)
+}
+
+// versionAt is the version of vs (oldest first) in force for a record
+// with sequence seq.
+func versionAt(vs []peerVersion, seq uint64) (peerVersion, bool) {
+	for i := len(vs) - 1; i >= 0; i-- {
+		if seq == 0 || vs[i].Seq < seq {
+			return vs[i], true
 		}
 	}
 	return peerVersion{}, false
@@ -237,17 +248,23 @@ func (s *peerStore) record(key string, v peerVersion) error {
 		}
 		return 0
 	})
+	// Versions are replaced, never written in place: the fast path reads
+	// the ones it looked up without the lock (lookupPeer).
 	if found {
 		if equalVersion(r.Versions[i], v) {
 			return nil
 		}
-		r.Versions[i] = v
+		vs := slices.Clone(r.Versions)
+		vs[i] = v
+		r.Versions = vs
 	} else {
-		r.Versions = slices.Insert(r.Versions, i, v)
-		if len(r.Versions) > peerStateVersions {
-			r.Versions = r.Versions[len(r.Versions)-peerStateVersions:]
+		vs := slices.Insert(slices.Clip(slices.Clone(r.Versions)), i, v)
+		if len(vs) > peerStateVersions {
+			vs = vs[len(vs)-peerStateVersions:]
 		}
+		r.Versions = vs
 	}
+	s.gen.Add(1)
 	if s.db == nil {
 		return nil
 	}
@@ -286,9 +303,19 @@ func appendPeerStoreKey(b []byte, router string, ph *PeerHeader) []byte {
 	return ph.Address.AppendTo(b)
 }
 
-// lookupKey is lookup with the key as bytes.
-func (s *peerStore) lookupKey(key []byte, seq uint64) (peerVersion, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.peers[string(key)].at(seq) // the conversion in a map index does not allocate
+// lookupPeer is lookup for the fast path's current peer p, whose versions
+// it keeps: they are taken again under the lock only once the store
+// changed (gen), not for every message. The encoder goroutines, on
+// different CPUs, contended for the lock and its cache line.
+func (s *peerStore) lookupPeer(p *fastPeer, seq uint64) (peerVersion, bool) {
+	if !p.versOK || p.gen != s.gen.Load() {
+		s.mu.Lock()
+		p.vers = nil
+		if r := s.peers[string(p.storeKey)]; r != nil {
+			p.vers = r.Versions
+		}
+		p.gen, p.versOK = s.gen.Load(), true
+		s.mu.Unlock()
+	}
+	return versionAt(p.vers, seq)
 }
