@@ -872,7 +872,7 @@ func (f *Forwarder) encodeWith(a *outArena, rec record.Record, out []*Outgoing, 
 	for _, m := range msgs {
 		m.ID = a.id(f.cfg.AgentID, rec.Seq, m.Index)
 		if a.release {
-			m.implied, m.kind, m.router, m.agent = true, rec.Kind, rec.Source, &f.cfg.AgentID
+			m.implied, m.kind, m.router, m.agent = true, rec.Kind.String(), rec.Source, f.cfg.AgentID
 		} else {
 			m.Headers = f.headers(a, rec, m)
 		}

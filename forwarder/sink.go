@@ -53,17 +53,14 @@ type Outgoing struct {
 	// ID, kind, router, agent and Stream instead of stored in Headers,
 	// which then holds only those that follow them. Stored, the five
 	// cost 160 bytes a message for the collector to scan; sinks walk
-	// all of them with headerCount and header, or AllHeaders. The kind
-	// is the record's (its name is a constant) and the agent a pointer
-	// to the forwarder's id: a message is allocated, written and scanned
-	// for every event, so its size counts.
-	router string
-	agent  *string
+	// all of them with headerCount and header, or AllHeaders.
+	kind, router, agent string
 
+	// Packed together: a message is allocated, written and scanned for
+	// every event, so its size counts.
 	size     int32 // msgBytes, once computed
 	reported bool  // its ack was counted by the session's tracker
 	implied  bool
-	kind     record.Kind
 }
 
 // headerCount is the number of headers m carries.
@@ -86,11 +83,11 @@ func (m *Outgoing) header(i int) Header {
 	case 0:
 		return Header{HeaderID, m.ID}
 	case 1:
-		return Header{HeaderKind, m.kind.String()}
+		return Header{HeaderKind, m.kind}
 	case 2:
 		return Header{HeaderRouter, m.router}
 	case 3:
-		return Header{HeaderAgent, *m.agent}
+		return Header{HeaderAgent, m.agent}
 	case 4:
 		return Header{HeaderStream, m.Stream}
 	}
