@@ -74,8 +74,12 @@ type Stage struct {
 	commitEnd  *sync.Cond
 	waits      uint64 // times Sequence waited for a commit (tests)
 	parts      uint64 // commit transactions (tests)
-	rollbacks  uint64 // commit parts rolled back as too large (tests)
-	partNodes  int64  // maxPartNodes unless a test set it
+	sweepParts uint64 // transactions that ended inside a sweep (tests)
+	// sweepResume is where the last transaction cut the sweep of the
+	// overlay's first change; nil: it cut none.
+	sweepResume *sweepCut
+	rollbacks   uint64 // commit parts rolled back as too large (tests)
+	partNodes   int64  // maxPartNodes unless a test set it
 	// partOps is the changes the next commit part takes (fixedParts: a
 	// test set it); overlayOps is maxOverlayOps unless a test set it.
 	partOps, overlayOps int
@@ -231,6 +235,7 @@ func (s *Stage) Close() error {
 
 func (s *Stage) reset() {
 	s.ops = nil
+	s.sweepResume = nil
 	s.next = map[string]uint64{}
 	s.routes = map[ixHash]ovEntry{}
 	s.sweeps = map[string][]ovSweep{}
@@ -347,7 +352,7 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 		maxNodes = s.partNodes
 	}
 	start := time.Now()
-	res, err := s.st.apply(batch, through, maxNodes, s.ix.hash, func() {
+	res, err := s.st.apply(batch, through, maxNodes, s.partNodes, s.sweepResume, s.ix.hash, func() {
 		if s.beforeWrite != nil {
 			s.beforeWrite()
 		}
@@ -374,6 +379,13 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 	}
 	if err != nil {
 		return false, err
+	}
+	s.sweepResume = res.cut
+	if res.cut != nil {
+		// The ops before the cut sweep are in the file; the sweep stays
+		// in the overlay until its last part.
+		n, through = res.cut.op, batch[res.cut.op].seq-1
+		batch = batch[:n]
 	}
 	for _, o := range batch {
 		switch o.kind {
@@ -402,13 +414,15 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 	s.ops = slices.Delete(s.ops, 0, n) // keeps the capacity appends reuse
 	s.applied = max(s.applied, through)
 	s.parts++
-	if !s.fixedParts && res.nodes > 0 {
+	if res.cut != nil {
+		s.sweepParts++
+	} else if !s.fixedParts && res.nodes > 0 {
 		s.partOps = int(min(max(int64(n)*maxCommitNodes/res.nodes, minCommitOps), int64(s.overlayOps)))
 	}
 	s.m.routes.Add(float64(res.routes))
 	s.m.stale.Add(float64(res.stale))
 	s.commitEnd.Broadcast()
-	return through == seq, nil
+	return res.cut == nil && through == seq, nil
 }
 
 // lookupLocked returns a route's value and position (h: its index hash) in the state as of the

@@ -391,6 +391,17 @@ type applyResult struct {
 	// ix is the index's changes, in order, to be made once the
 	// transaction is written.
 	ix []ixChange
+	// cut, when set, is where a sweep stopped: the transaction holds
+	// every change before it and the sweep's groups before cut.from.
+	cut *sweepCut
+}
+
+// sweepCut is a sweep that a commit cut into several transactions: ops[op]
+// (of generation gen) has swept its peer's groups before from.
+type sweepCut struct {
+	op   int
+	gen  uint64
+	from uint64
 }
 
 // apply writes ops (in order) and the applied seq in one transaction.
@@ -408,7 +419,12 @@ type applyResult struct {
 // With maxNodes > 0 a transaction that materialises more than maxNodes of
 // bbolt's nodes is rolled back with errPartTooLarge: the caller commits
 // fewer changes instead.
-func (s *store) apply(ops []op, through uint64, maxNodes int64, hash func(peer, rk string) ixHash, beforeWrite func()) (res applyResult, err error) {
+//
+// A sweep that walks its peer's groups stops once the transaction holds
+// more than sweepNodes nodes (res.cut; the changes after it are not made,
+// applied is set to the seq before its record's); resume, when set, is where
+// an earlier transaction stopped the sweep of that generation.
+func (s *store) apply(ops []op, through uint64, maxNodes, sweepNodes int64, resume *sweepCut, hash func(peer, rk string) ixHash, beforeWrite func()) (res applyResult, err error) {
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("rib: commit: %w", err)
@@ -418,7 +434,7 @@ func (s *store) apply(ops []op, through uint64, maxNodes int64, hash func(peer, 
 	if err != nil {
 		return applyResult{}, err
 	}
-	if err := applyTx(tx, ops, through, &res, maxNodes, hash); err != nil {
+	if err := applyTx(tx, ops, through, &res, maxNodes, sweepNodes, resume, hash); err != nil {
 		_ = tx.Rollback()
 		return applyResult{}, err
 	}
@@ -432,13 +448,19 @@ func (s *store) apply(ops []op, through uint64, maxNodes int64, hash func(peer, 
 }
 
 // applyTx makes a commit's changes in tx.
-func applyTx(tx *bolt.Tx, ops []op, through uint64, res *applyResult, maxNodes int64, hash func(peer, rk string) ixHash) error {
-	a := &applier{routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: res,
-		byPeer: map[string]*peerTx{}, hash: hash}
+func applyTx(tx *bolt.Tx, ops []op, through uint64, res *applyResult, maxNodes, sweepNodes int64, resume *sweepCut, hash func(peer, rk string) ixHash) error {
+	a := &applier{tx: tx, routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: res,
+		byPeer: map[string]*peerTx{}, hash: hash, sweepNodes: sweepNodes, resume: resume}
 	res.ix = make([]ixChange, 0, len(ops))
 	for n, i := range applyOrder(ops) {
 		if err := a.apply(&ops[i]); err != nil {
 			return err
+		}
+		if res.cut != nil {
+			// Sweeps end runs: every op before it is applied, none after.
+			res.cut.op = int(i)
+			through = ops[i].seq - 1
+			break
 		}
 		if maxNodes > 0 && n%64 == 63 {
 			if st := tx.Stats(); st.GetNodeCount() > maxNodes {
@@ -505,6 +527,9 @@ type peerTx struct {
 }
 
 type applier struct {
+	tx                    *bolt.Tx
+	sweepNodes            int64
+	resume                *sweepCut
 	routes, counts, peers *bolt.Bucket
 	res                   *applyResult
 	byPeer                map[string]*peerTx
@@ -710,7 +735,24 @@ func (a *applier) apply(o *op) error {
 			return a.routes.DeleteBucket([]byte(o.peer))
 		}
 		c := p.b.Cursor()
-		for k, v := c.First(); k != nil; {
+		k, v := c.First()
+		if r := a.resume; r != nil && r.gen == o.gen {
+			k, v = c.Seek(groupKey(&a.kb, r.from))
+		}
+		for changed := 0; k != nil; {
+			if changed > 0 && a.sweepNodes > 0 {
+				if st := a.tx.Stats(); st.GetNodeCount() > a.sweepNodes {
+					// Bounded: the rest in the next transaction. Until
+					// then the file holds part of the sweep, which a
+					// re-delivered record decides the same over: it
+					// withdraws what is left of what the sweep
+					// matches, and the sink acknowledged the withdraws
+					// of the rest before this commit began.
+					a.res.cut = &sweepCut{gen: o.gen, from: binary.BigEndian.Uint64(k)}
+					p.metaDirty = true
+					return nil
+				}
+			}
 			var err error
 			if a.es, err = decodeGroup(k, v, a.es[:0]); err != nil {
 				return err
@@ -740,6 +782,7 @@ func (a *applier) apply(o *op) error {
 			if err != nil {
 				return err
 			}
+			changed++
 			k, v = c.Seek(groupKey(&a.kb, g+1))
 		}
 		p.metaDirty = true
