@@ -26,7 +26,7 @@ type outChunk struct {
 	pool *sync.Pool // nil: an oversized chunk, not reused
 }
 
-var _ record.Releaser = (*outChunk)(nil)
+var _ record.Holder = (*outChunk)(nil)
 
 // Release lets go of one reference.
 func (c *outChunk) Release() {
@@ -34,6 +34,10 @@ func (c *outChunk) Release() {
 		c.pool.Put(c)
 	}
 }
+
+// Hold adds a reference, for a consumer that makes a second message of
+// an output's bytes (record.Holder).
+func (c *outChunk) Hold() { c.refs.Add(1) }
 
 // hold adds n references, before outputs that point into c are emitted.
 func (c *outChunk) hold(n int) { c.refs.Add(int64(n)) }

@@ -30,6 +30,10 @@ type Sequencer interface {
 	// drop, change or add messages. A message it adds leaves ID and Headers
 	// empty (the forwarder fills them) and sets an Index unique within the
 	// record. emit fails once the session ends; Sequence then returns.
+	// The messages' Key and Value bytes are reused once the sink
+	// acknowledged them: Sequence keeps none past its return, a message it
+	// adds that points into another's bytes calls Share, and a message it
+	// drops calls Discard.
 	Sequence(rec record.Record, msgs []*Outgoing, emit func(*Outgoing) error) error
 	// CommitThrough makes the changes of every record ≤ seq durable. The
 	// forwarder calls it before it acknowledges seq to the spool.

@@ -58,9 +58,11 @@ type Forwarder struct {
 
 	// arenas[i] is used by encoder goroutine i; arenas[0] also by the
 	// sequential path. encodeBatch runs in one goroutine at a time.
-	// seqArena is the Sequencer goroutine's (pump), for the messages it adds.
+	// seqArena and seqBatch are the Sequencer goroutine's (pump): for the
+	// messages it adds, and its state.
 	arenas   []outArena
 	seqArena outArena
+	seqBatch seqBatch
 	workers  int
 	ordered  func(record.Record) bool // records a Parallel encoder must see alone
 	seq      Sequencer                // nil unless the encoder keeps state across records
@@ -126,10 +128,11 @@ func newForwarderSinks(cfg Config, src Source, enc Encoder, sinks []Sink, logger
 	}
 	f.arenas = make([]outArena, f.workers)
 	for i := range f.arenas {
-		// A Sequencer may keep, copy or re-emit the messages it is given
-		// (the route state does), so their memory is left to the garbage
-		// collector there rather than handed back at the ack.
-		f.arenas[i].release = f.seq == nil
+		// A Sequencer keeps nothing of the messages it is given past
+		// Sequence; one that adds a message sharing another's bytes holds
+		// them once more (Outgoing.Share), one that drops a message lets
+		// go of them (Outgoing.Discard).
+		f.arenas[i].release = true
 	}
 	f.active.Store(SinkNone)
 	f.states.init(SinkNone)
@@ -681,42 +684,66 @@ const seqPart = 4096
 // what it emits, cutting a batch whenever it reaches seqPart messages; a
 // record cut that way is sent open, in several parts.
 func (f *Forwarder) sequenceBatch(ctx context.Context, b *encodedBatch, send func(*encodedBatch) bool) error {
+	sb := &f.seqBatch
+	if sb.emit == nil {
+		sb.emit = sb.add
+	}
 	// Room for a second message per route event (the route state's).
-	out := &encodedBatch{msgs: make([]*Outgoing, 0, min(seqPart, 2*len(b.msgs)+16)),
+	sb.f, sb.ctx, sb.send = f, ctx, send
+	sb.out = &encodedBatch{msgs: make([]*Outgoing, 0, min(seqPart, 2*len(b.msgs)+16)),
 		recs: make([]record.Record, 0, len(b.recs)), counts: make([]int, 0, len(b.recs))}
+	defer func() { sb.ctx, sb.send, sb.out = nil, nil, nil }()
 	off := 0
 	for i, rec := range b.recs {
 		msgs := b.msgs[off : off+b.counts[i]]
 		off += b.counts[i]
-		n := 0
-		err := f.seq.Sequence(rec, msgs, func(m *Outgoing) error {
-			if m.ID == "" {
-				m.Seq = rec.Seq
-				m.ID = f.seqArena.id(f.cfg.AgentID, rec.Seq, m.Index)
-				m.Headers = f.headers(&f.seqArena, rec, m)
-			}
-			out.msgs = append(out.msgs, m)
-			out.bytes += msgBytes(m)
-			n++
-			if len(out.msgs) < seqPart {
-				return nil
-			}
-			out.recs, out.counts = append(out.recs, rec), append(out.counts, n)
-			out.open = append(make([]bool, len(out.recs)-1, len(out.recs)), true)
-			if !send(out) {
-				return ctx.Err()
-			}
-			out, n = &encodedBatch{}, 0
-			return nil
-		})
-		if err != nil {
+		sb.rec, sb.n = rec, 0
+		if err := f.seq.Sequence(rec, msgs, sb.emit); err != nil {
 			return fmt.Errorf("sequence record %d: %w", rec.Seq, err)
 		}
-		out.recs, out.counts = append(out.recs, rec), append(out.counts, n)
+		sb.out.recs, sb.out.counts = append(sb.out.recs, rec), append(sb.out.counts, sb.n)
 	}
-	if len(out.recs) > 0 && !send(out) {
+	if len(sb.out.recs) > 0 && !send(sb.out) {
 		return ctx.Err()
 	}
+	return nil
+}
+
+// seqBatch is sequenceBatch's state for the record being sequenced, with
+// its emit function bound once: a closure per record cost two allocations
+// a record.
+type seqBatch struct {
+	f    *Forwarder
+	ctx  context.Context
+	send func(*encodedBatch) bool
+	out  *encodedBatch
+	rec  record.Record
+	n    int // messages of rec in out
+	emit func(*Outgoing) error
+}
+
+func (sb *seqBatch) add(m *Outgoing) error {
+	f, rec := sb.f, &sb.rec
+	if m.ID == "" {
+		// A message the Sequencer added.
+		m.Seq = rec.Seq
+		m.ID = f.seqArena.id(f.cfg.AgentID, rec.Seq, m.Index)
+		m.Headers = nil
+		m.implied, m.kind, m.router, m.agent = true, rec.Kind.String(), rec.Source, f.cfg.AgentID
+	}
+	out := sb.out
+	out.msgs = append(out.msgs, m)
+	out.bytes += msgBytes(m)
+	sb.n++
+	if len(out.msgs) < seqPart {
+		return nil
+	}
+	out.recs, out.counts = append(out.recs, *rec), append(out.counts, sb.n)
+	out.open = append(make([]bool, len(out.recs)-1, len(out.recs)), true)
+	if !sb.send(out) {
+		return sb.ctx.Err()
+	}
+	sb.out, sb.n = &encodedBatch{}, 0
 	return nil
 }
 

@@ -63,6 +63,32 @@ type Outgoing struct {
 	implied  bool
 }
 
+// Share makes m hold the memory of o's Key and Value as o does: a Sequencer
+// that adds a message pointing into o's bytes calls it, so that the bytes
+// are reused only once both are acknowledged. An owner that cannot be held
+// twice is taken from o instead: its bytes are then left to the garbage
+// collector.
+func (m *Outgoing) Share(o *Outgoing) {
+	if o.owner == nil {
+		return
+	}
+	if h, ok := o.owner.(record.Holder); ok {
+		h.Hold()
+		m.owner = o.owner
+		return
+	}
+	o.owner = nil
+}
+
+// Discard lets go of the memory of a message that will not be sent (a
+// Sequencer that drops it calls it); it must not be read afterwards.
+func (m *Outgoing) Discard() {
+	if m.owner != nil {
+		m.owner.Release()
+		m.owner = nil
+	}
+}
+
 // headerCount is the number of headers m carries.
 func (m *Outgoing) headerCount() int {
 	if m.implied {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"testing"
+
+	"github.com/bgpedge/bgpedge/record"
 )
 
 // TestTrackerWatermark: the watermark passes a record only once every one
@@ -146,5 +148,52 @@ func TestTrackerGaps(t *testing.T) {
 	tr.ack(&Outgoing{Seq: 9, Index: -1}, nil)
 	if wm, _ := tr.watermark(); wm != 30 {
 		t.Fatalf("watermark %d, want 30", wm)
+	}
+}
+
+// holdOwner counts the holders of its memory.
+type holdOwner struct{ refs int }
+
+func (h *holdOwner) Release() { h.refs-- }
+func (h *holdOwner) Hold()    { h.refs++ }
+
+// TestOutgoingShare: a message a Sequencer adds over another's bytes holds
+// their owner once more, so they are reused only when both are
+// acknowledged; a dropped message lets go of its hold once.
+func TestOutgoingShare(t *testing.T) {
+	tr := newTracker(func() {})
+	h := &holdOwner{refs: 1}
+	m := &Outgoing{Seq: 1, Index: 0, owner: h, Value: []byte("route")}
+	rm := &Outgoing{Seq: 1, Index: 1, Value: m.Value}
+	rm.Share(m)
+	if h.refs != 2 || rm.owner != record.Releaser(h) {
+		t.Fatalf("after Share: %d holders, owner %v; want 2, shared", h.refs, rm.owner)
+	}
+	tr.add(1, 2)
+	tr.ack(m, nil)
+	if h.refs != 1 {
+		t.Fatalf("%d holders once the first message was acknowledged, want 1: the second still reads the bytes", h.refs)
+	}
+	tr.ack(rm, nil)
+	if h.refs != 0 {
+		t.Fatalf("%d holders once both were acknowledged, want 0", h.refs)
+	}
+
+	d := &holdOwner{refs: 1}
+	dropped := &Outgoing{owner: d}
+	dropped.Discard()
+	dropped.Discard()
+	if d.refs != 0 {
+		t.Fatalf("a dropped message left %d holders, want 0 (released once)", d.refs)
+	}
+
+	// An owner that cannot be held twice is taken from the message: both
+	// are left to the garbage collector, never released early.
+	var c countOwner
+	m2 := &Outgoing{owner: &c}
+	rm2 := &Outgoing{}
+	rm2.Share(m2)
+	if m2.owner != nil || rm2.owner != nil {
+		t.Fatalf("a Releaser that is not a Holder was shared: %v %v", m2.owner, rm2.owner)
 	}
 }

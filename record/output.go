@@ -31,6 +31,14 @@ type Releaser interface {
 	Release()
 }
 
+// Holder is a Releaser that takes another holder: a consumer that makes a
+// second message of the same bytes holds the owner once more, and each
+// hold is released once, so the memory is reused only when both are done.
+type Holder interface {
+	Releaser
+	Hold()
+}
+
 // Format says what a stream's values are.
 type Format uint8
 

@@ -314,22 +314,22 @@ func openBench(b *testing.B) *Stage {
 // the dump's events.
 func BenchmarkParseRoute(b *testing.B) {
 	_, msgs, _ := dumpEvents(b)
-	var vals [][]byte
+	var vals, keys [][]byte
 	for _, ms := range msgs {
 		for _, m := range ms {
 			if bytes.HasPrefix(m.Value, routeEventPrefix) {
-				vals = append(vals, m.Value)
+				vals, keys = append(vals, m.Value), append(keys, m.Key)
 			}
 			if len(vals) == 20000 {
 				break
 			}
 		}
 	}
-	p := parser{peers: map[string]string{}, families: map[string]string{}}
+	p := newParser()
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
-		if _, ok := p.route(vals[i%len(vals)]); !ok {
+		if _, ok := p.route(vals[i%len(vals)], keys[i%len(vals)]); !ok {
 			b.Fatal("not a route")
 		}
 	}

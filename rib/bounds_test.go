@@ -280,3 +280,103 @@ func TestStageCommitPartTooLarge(t *testing.T) {
 	}
 	t.Logf("%d parts, %d rolled back", s.parts, s.rollbacks)
 }
+
+// TestStageSweepInParts: a sweep that walks (an End-of-RIB withdrawing the
+// stale routes of a peer some of whose routes came back) is committed in
+// several transactions, each bounded by maxPartNodes. Between parts the
+// stage decides as if the sweep were whole; a crash between parts leaves
+// the file partly swept with applied before the sweep's record, and the
+// re-delivered record withdraws what is left, ending in the same state.
+func TestStageSweepInParts(t *testing.T) {
+	for _, crash := range []bool{false, true} {
+		t.Run(fmt.Sprintf("crash=%v", crash), func(t *testing.T) {
+			dir := t.TempDir()
+			open := func() *Stage {
+				cfg := DefaultConfig()
+				cfg.Enabled, cfg.Duplicates = true, DuplicatesDrop
+				s, err := Open(Options{Config: cfg, Dir: dir, AgentID: testAgent, maxPartNodes: 8})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return s
+			}
+			s := open()
+			defer func() { _ = s.Close() }()
+			const n = 6000
+			r := func(i int) testRoute {
+				return testRoute{router: "192.0.2.1", peer: "198.51.100.1", table: TableAdjInPre, prefix: fmt.Sprintf("10.%d.%d.0/24", i/256, i%256), attr: 1}
+			}
+			seq := uint64(0)
+			for i := range n {
+				seq++
+				sequence(t, s, seq, []*forwarder.Outgoing{r(i).msg(t, seq, 1)})
+			}
+			seq++
+			rec, msgs := r(0).synthDown(t, seq)
+			sequenceRec(t, s, rec, msgs)
+			confirmed := 0
+			for i := 0; i < n; i += 3 { // every third route comes back
+				seq++
+				sequence(t, s, seq, []*forwarder.Outgoing{r(i).msg(t, seq, 1)})
+				confirmed++
+			}
+			if err := s.CommitThrough(seq); err != nil {
+				t.Fatal(err)
+			}
+			seq++
+			eor := seq
+			if got := sequence(t, s, eor, []*forwarder.Outgoing{r(0).eorMsg(t, eor, 1)}); len(got) != 1+2*(n-confirmed) {
+				t.Fatalf("End-of-RIB: %d messages, want the marker, %d withdraws and their tombstones", len(got), n-confirmed)
+			}
+			if done, err := s.commitPart(eor); err != nil || done || s.sweepParts != 1 {
+				t.Fatalf("first part: done %v, err %v, %d cut sweeps; want the sweep cut", done, err, s.sweepParts)
+			}
+			partly := len(fileState(t, s))
+			if partly <= confirmed || partly >= n {
+				t.Fatalf("after one part the file holds %d routes, want fewer than %d and more than the %d confirmed", partly, n, confirmed)
+			}
+			if crash {
+				if err := s.Close(); err != nil {
+					t.Fatal(err)
+				}
+				s = open()
+				if s.applied != eor-1 {
+					t.Fatalf("applied %d after the crash, want %d: the sweep's record is not all in the file", s.applied, eor-1)
+				}
+				// The record again: it withdraws what the file still holds
+				// of the stale routes (the sink acknowledged the rest).
+				if got := sequence(t, s, eor, []*forwarder.Outgoing{r(0).eorMsg(t, eor, 1)}); len(got) != 1+2*(partly-confirmed) {
+					t.Fatalf("End-of-RIB again: %d messages, want the marker and %d withdraws with tombstones", len(got), partly-confirmed)
+				}
+			}
+			// Decisions between parts see the whole sweep: a swept route
+			// is new, a confirmed one a duplicate.
+			seq++
+			if got := sequence(t, s, seq, []*forwarder.Outgoing{r(1).msg(t, seq, 1)}); len(got) != 2 {
+				t.Fatalf("a swept route announced again: %q, want it and its bmp.rib value", summary(got))
+			}
+			seq++
+			if got := sequence(t, s, seq, []*forwarder.Outgoing{r(3).msg(t, seq, 1)}); len(got) != 0 {
+				t.Fatalf("a confirmed route announced again: %q, want it dropped as a duplicate", summary(got))
+			}
+			if err := s.CommitThrough(seq); err != nil {
+				t.Fatal(err)
+			}
+			if s.sweepParts < 2 || s.sweepResume != nil || len(s.ops) != 0 {
+				t.Fatalf("%d cut parts, resume %v, %d changes left; want the sweep in several parts, all committed", s.sweepParts, s.sweepResume, len(s.ops))
+			}
+			file := fileState(t, s)
+			routes, stale, err := s.st.totals()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(file) != confirmed+1 || routes != uint64(confirmed+1) || stale != 0 {
+				t.Fatalf("file holds %d routes (counted %d, %d stale), want the %d confirmed and the one announced again, none stale",
+					len(file), routes, stale, confirmed)
+			}
+			if _, ok := file[r(1).peerKey()+"#"+r(1).rkey()]; !ok {
+				t.Fatalf("the route announced again after the sweep is not in the file")
+			}
+		})
+	}
+}

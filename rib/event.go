@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strconv"
 	"strings"
+	"unsafe"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -56,6 +57,9 @@ type event struct {
 	// that peer object.
 	envelope []byte
 	peerJSON []byte
+	// streamKey is a route's key in the route streams (routeStreamKey);
+	// valid until the next event is parsed.
+	streamKey []byte
 }
 
 // A route's key within its peer is table|family|rd|prefix|path id
@@ -102,6 +106,12 @@ func appendRIBKey(b []byte, peer, rk string) []byte {
 	b = append(b, rd...)
 	b = append(b, '|')
 	b = append(b, prefix...)
+	return appendRIBKeyTail(b, table, family, pathID)
+}
+
+// appendRIBKeyTail appends what a bmp.rib key adds to the route streams'
+// key.
+func appendRIBKeyTail(b []byte, table, family string, pathID uint32) []byte {
 	b = append(b, '|')
 	b = append(b, table...)
 	b = append(b, '|')
@@ -111,17 +121,51 @@ func appendRIBKey(b []byte, peer, rk string) []byte {
 }
 
 // parser holds what parseRoute reuses between events: the buffer keys are
-// built in and the peer keys and families seen, so that a route event
-// costs one allocation (its route key) rather than one per field. Not safe
-// for concurrent use; the stage parses in one goroutine.
+// built in, the peers and families seen, and the memory route keys live
+// in. Not safe for concurrent use; the stage parses in one goroutine.
 type parser struct {
 	buf      []byte
-	peers    map[string]string
+	peers    map[string]*peerInfo // router, 0, peer object → the peer
 	families map[string]string
+	last     *peerInfo // the previous event's peer: most events repeat it
+	keys     slab
+}
+
+// peerInfo is what the stage needs of a peer object.
+type peerInfo struct {
+	src string // router, 0, peer object: what it was read from
+	key string // peerKey
+	// stream is the route streams' key up to the route's distinguisher:
+	// router|peer RD|peer address|.
+	stream string
+}
+
+// maxPeers bounds parser.peers; past it the map starts again.
+const maxPeers = 4096
+
+// slab hands out strings carved from large byte slices, one allocation for
+// hundreds of route keys instead of one each; a slice is freed once no
+// string of it is referenced (they are never written again).
+type slab struct{ b []byte }
+
+func (s *slab) string(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	if cap(s.b)-len(s.b) < len(b) {
+		s.b = make([]byte, 0, max(16<<10, len(b)))
+	}
+	n := len(s.b)
+	s.b = append(s.b, b...)
+	return unsafe.String(&s.b[n], len(b))
+}
+
+func newParser() parser {
+	return parser{peers: map[string]*peerInfo{}, families: map[string]string{}}
 }
 
 // intern returns the string of b from m, adding it; m is bounded by the
-// peers (families) the state holds.
+// families the state holds.
 func intern(m map[string]string, b []byte) string {
 	if s, ok := m[string(b)]; ok {
 		return s
@@ -135,26 +179,25 @@ func intern(m map[string]string, b []byte) string {
 // routes the state does not track (families carried raw, with no prefix).
 // End-of-RIB markers are returned with eor set.
 func parseRoute(v []byte) (e event, ok bool) {
-	return (&parser{peers: map[string]string{}, families: map[string]string{}}).route(v)
+	p := newParser()
+	return p.route(v, nil)
 }
 
-func (p *parser) route(v []byte) (e event, ok bool) {
+// route reads route event v; key is its route streams' key
+// (router|peer RD|peer address|RD|prefix, bmp's eventKey), nil if unknown.
+func (p *parser) route(v, key []byte) (e event, ok bool) {
 	if !bytes.HasPrefix(v, routeEventPrefix) {
 		return e, false
 	}
-	peerObj, routeObj, ok := objects(v)
+	router, peerObj, routeObj, ok := routeEnvelope(v)
 	if !ok {
-		return e, false
+		if peerObj, routeObj, ok = objects(v); !ok {
+			return e, false
+		}
+		router = bytesField(v[:len(v)-len(routeObj)], `"router":"`)
 	}
-	// The peer key, router|type|rd|address, as peerKey builds it.
-	b := append(p.buf[:0], bytesField(v[:len(v)-len(routeObj)], `"router":"`)...)
-	b = append(b, '|')
-	b = append(b, bytesField(peerObj, `"type":"`)...)
-	b = append(b, '|')
-	b = append(b, bytesField(peerObj, `"rd":"`)...)
-	b = append(b, '|')
-	b = append(b, bytesField(peerObj, `"address":"`)...)
-	e.peer = intern(p.peers, b)
+	pi := p.peer(router, peerObj)
+	e.peer = pi.key
 	h, ok := parseHead(routeObj)
 	if !ok {
 		h = searchHead(routeObj)
@@ -178,29 +221,119 @@ func (p *parser) route(v []byte) (e event, ok bool) {
 		e.table = TableAdjInPre
 	}
 	if e.eor {
-		p.buf = b
 		return e, true
 	}
 	if len(h.prefix) == 0 {
-		p.buf = b
 		return e, false
 	}
+	// The route's distinguisher: from the key, which ends with it and the
+	// prefix, when the key is the one the encoder makes; else from the
+	// route object, after its head.
+	var rd []byte
+	if k, ok := bytes.CutPrefix(key, []byte(pi.stream)); ok && len(k) > len(h.prefix) &&
+		k[len(k)-len(h.prefix)-1] == '|' && bytes.HasSuffix(k, h.prefix) &&
+		bytes.IndexByte(k[:len(k)-len(h.prefix)-1], '|') < 0 {
+		rd = k[:len(k)-len(h.prefix)-1]
+		e.streamKey = key
+	} else {
+		rd = bytesField(routeObj[h.end:], `"rd":"`)
+		b := append(p.buf[:0], pi.stream...)
+		b = append(b, rd...)
+		b = append(b, '|')
+		b = append(b, h.prefix...)
+		e.streamKey, p.buf = b, b
+	}
 	// The route key, table|family|rd|prefix|path id, as rkey builds it.
-	b = append(b[:0], e.table...)
+	var kb [160]byte
+	b := append(kb[:0], e.table...)
 	b = append(b, '|')
 	b = append(b, h.family...)
 	b = append(b, '|')
-	b = append(b, bytesField(routeObj[h.end:], `"rd":"`)...)
+	b = append(b, rd...)
 	b = append(b, '|')
 	b = append(b, h.prefix...)
 	b = append(b, '|')
 	b = strconv.AppendUint(b, uint64(e.pathID), 10)
-	e.rk = string(b)
-	p.buf = b
+	e.rk = p.keys.string(b)
 	if !e.withdraw {
 		e.hash = xxhash.Sum64(routeObj)
 	}
 	return e, true
+}
+
+// peer returns the peer of an event from its router and peer object.
+func (p *parser) peer(router, peerObj []byte) *peerInfo {
+	if l := p.last; l != nil && len(l.src) == len(router)+1+len(peerObj) &&
+		l.src[:len(router)] == string(router) && l.src[len(router)+1:] == string(peerObj) {
+		return l
+	}
+	b := append(append(append(p.buf[:0], router...), 0), peerObj...)
+	p.buf = b
+	pi, ok := p.peers[string(b)]
+	if !ok {
+		if len(p.peers) >= maxPeers {
+			clear(p.peers)
+		}
+		rd, addr := bytesField(peerObj, `"rd":"`), bytesField(peerObj, `"address":"`)
+		pi = &peerInfo{
+			src:    string(b),
+			key:    peerKey(string(router), string(bytesField(peerObj, `"type":"`)), string(rd), string(addr)),
+			stream: string(router) + "|" + string(rd) + "|" + string(addr) + "|",
+		}
+		p.peers[pi.src] = pi
+	}
+	p.last = pi
+	return pi
+}
+
+// routeEnvelope reads a route event's router, peer object and route object (each
+// object with its braces) in the order the encoder writes the event; ok is
+// false for any other layout (objects and bytesField then search for
+// them) and for strings with escapes.
+func routeEnvelope(v []byte) (router, peerObj, routeObj []byte, ok bool) {
+	c := cursor{b: v, i: len(routeEventPrefix)}
+	if !c.lit(`"id":"`) {
+		return
+	}
+	if _, ok = c.str(); !ok || !c.lit(`,"agent":"`) {
+		return nil, nil, nil, false
+	}
+	if _, ok = c.str(); !ok || !c.lit(`,"source":"bmp"`) {
+		return nil, nil, nil, false
+	}
+	if c.lit(`,"router":"`) {
+		if router, ok = c.str(); !ok {
+			return nil, nil, nil, false
+		}
+	}
+	if !c.lit(`,"seq":`) {
+		return nil, nil, nil, false
+	}
+	c.num()
+	if !c.lit(`,"received_at":"`) {
+		return nil, nil, nil, false
+	}
+	if _, ok = c.str(); !ok {
+		return nil, nil, nil, false
+	}
+	if c.lit(`,"timestamp":"`) {
+		if _, ok = c.str(); !ok {
+			return nil, nil, nil, false
+		}
+	}
+	if !c.lit(`,"peer":{`) {
+		return nil, nil, nil, false
+	}
+	j := bytes.IndexByte(v[c.i:], '}')
+	if j < 0 {
+		return nil, nil, nil, false
+	}
+	peerObj = v[c.i-1 : c.i+j+1]
+	c.i += j + 1
+	if !c.lit(`,"route":{`) || v[len(v)-1] != '}' {
+		return nil, nil, nil, false
+	}
+	return router, peerObj, v[c.i-1 : len(v)-1], true
 }
 
 // head is what a route object says before its attributes.

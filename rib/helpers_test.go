@@ -147,9 +147,16 @@ func sequenceRec(t testing.TB, s *Stage, rec record.Record, msgs []*forwarder.Ou
 
 func openTest(t testing.TB, dir, dups string) *Stage {
 	t.Helper()
+	return openTestNodes(t, dir, dups, 0)
+}
+
+// openTestNodes is openTest with commit parts bounded to partNodes pages
+// (0: the default).
+func openTestNodes(t testing.TB, dir, dups string, partNodes int64) *Stage {
+	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Enabled, cfg.Duplicates = true, dups
-	s, err := Open(Options{Config: cfg, Dir: dir, AgentID: testAgent})
+	s, err := Open(Options{Config: cfg, Dir: dir, AgentID: testAgent, maxPartNodes: partNodes})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -171,13 +171,27 @@ func (m *model) gen(rng *rand.Rand) modelRecord {
 // everything the sink received, re-deliveries included) is the model's
 // table; every announcement the model calls a change, and every synthetic
 // tombstone of a Peer Down, reached the sink.
+//
+// The last seeds commit in transactions of a few pages, so that sweeps are
+// cut into several (TestStageSweepInParts crashes between them).
 func TestStageModel(t *testing.T) {
-	for seed := range uint64(12) {
-		t.Run("", func(t *testing.T) { runModel(t, seed, 400) })
+	cuts := uint64(0)
+	for seed := range uint64(16) {
+		nodes := int64(0)
+		if seed >= 12 {
+			nodes = 1
+		}
+		t.Run("", func(t *testing.T) { cuts += runModel(t, seed, 400, nodes) })
+	}
+	if cuts == 0 {
+		t.Errorf("the runs with bounded commit parts cut no sweep: cut sweeps are not covered")
 	}
 }
 
-func runModel(t *testing.T, seed uint64, n int) {
+// runModel runs the model over n random records; partNodes, when not 0,
+// bounds the stage's commit parts (Options.maxPartNodes). It returns how
+// many commit transactions ended inside a sweep.
+func runModel(t *testing.T, seed uint64, n int, partNodes int64) (cuts uint64) {
 	rng := rand.New(rand.NewPCG(seed, 7))
 	dups := []string{DuplicatesDrop, DuplicatesMark, DuplicatesKeep}[seed%3]
 	// Records and what the model expects of them, over the whole sequence.
@@ -204,7 +218,7 @@ func runModel(t *testing.T, seed uint64, n int) {
 	}
 
 	dir := t.TempDir()
-	s := openTest(t, dir, dups)
+	s := openTestNodes(t, dir, dups, partNodes)
 	defer func() { _ = s.Close() }()
 	var delivered []*forwarder.Outgoing // what the sink received, in order
 	spoolAcked := uint64(0)
@@ -255,8 +269,9 @@ func runModel(t *testing.T, seed uint64, n int) {
 				delivered = append(delivered, f.msgs...)
 			}
 			inflight = nil
+			cuts += s.sweepParts
 			_ = s.Close()
-			s = openTest(t, dir, dups)
+			s = openTestNodes(t, dir, dups, partNodes)
 			applied := s.applied
 			if got, want := fileState(t, s), prefixModels[applied]; !equalModel(got, want) {
 				t.Fatalf("seed %d: after a crash the file (applied %d) holds %v, want %v", seed, applied, got, want)
@@ -329,8 +344,10 @@ func runModel(t *testing.T, seed uint64, n int) {
 			t.Fatalf("seed %d: peer down at seq %d: no tombstone for %s", seed, w.seq, w.key)
 		}
 	}
-	t.Logf("seed %d (%s): %d records, %d crashes, %d sink failures, %d messages delivered, %d routes at the end",
-		seed, dups, n, crashes, failures, len(delivered), len(final.routes))
+	cuts += s.sweepParts
+	t.Logf("seed %d (%s): %d records, %d crashes, %d sink failures, %d messages delivered, %d routes at the end, %d sweep transactions cut",
+		seed, dups, n, crashes, failures, len(delivered), len(final.routes), cuts)
+	return cuts
 }
 
 func equalModel(a, b map[string]uint64) bool {

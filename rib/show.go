@@ -125,19 +125,17 @@ func (s *store) show(q Query) (Report, error) {
 			router, typ, peerRD, addr := splitPeer(peer)
 			longest := map[string][]RouteRow{} // per table
 			var more []RouteRow
-			err := tx.Bucket(routesBucket).Bucket(pk).ForEach(func(_, v []byte) error {
-				if len(v) < routeValueLen {
-					return errCorrupt
-				}
-				table, family, rd, prefix, pathID := splitRoute(string(v[routeValueLen:]))
+			visit := func(rk string, rv routeValue) {
+				// rk points into the file: what a row keeps is copied.
+				table, _, _, prefix, _ := splitRoute(rk)
 				if q.Table != "" && q.Table != table {
-					return nil
+					return
 				}
 				p, err := netip.ParsePrefix(prefix)
 				if err != nil || p.Addr().Is4() != want.Addr().Is4() {
-					return nil // EVPN and other non-IP NLRI, other family
+					return // EVPN and other non-IP NLRI, other family
 				}
-				rv := decodeRoute(v)
+				table, family, rd, prefix, pathID := splitRoute(strings.Clone(rk))
 				row := RouteRow{Router: router, PeerType: typ, PeerRD: peerRD, Peer: addr, Table: table, Family: family, RD: rd,
 					Prefix: prefix, PathID: pathID, AttrHash: strconv.FormatUint(rv.hash, 16), Stale: meta.stale && rv.epoch < meta.epoch}
 				switch {
@@ -150,13 +148,23 @@ func (s *store) show(q Query) (Report, error) {
 					if len(cur) > 0 {
 						best, _ := netip.ParsePrefix(cur[0].Prefix)
 						if best.Bits() > p.Bits() {
-							return nil
+							return
 						}
 						if best.Bits() < p.Bits() {
 							cur = cur[:0]
 						}
 					}
 					longest[table] = append(cur, row) // several: paths, RDs
+				}
+			}
+			var es []groupRoute
+			err := tx.Bucket(routesBucket).Bucket(pk).ForEach(func(k, v []byte) error {
+				var err error
+				if es, err = decodeGroup(k, v, es[:0]); err != nil {
+					return err
+				}
+				for _, e := range es {
+					visit(e.rk, e.val)
 				}
 				return nil
 			})

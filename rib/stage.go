@@ -74,20 +74,27 @@ type Stage struct {
 	commitEnd  *sync.Cond
 	waits      uint64 // times Sequence waited for a commit (tests)
 	parts      uint64 // commit transactions (tests)
-	rollbacks  uint64 // commit parts rolled back as too large (tests)
-	partNodes  int64  // maxPartNodes unless a test set it
+	sweepParts uint64 // transactions that ended inside a sweep (tests)
+	// sweepResume is where the last transaction cut the sweep of the
+	// overlay's first change; nil: it cut none.
+	sweepResume *sweepCut
+	rollbacks   uint64 // commit parts rolled back as too large (tests)
+	partNodes   int64  // maxPartNodes unless a test set it
 	// partOps is the changes the next commit part takes (fixedParts: a
 	// test set it); overlayOps is maxOverlayOps unless a test set it.
 	partOps, overlayOps int
 	fixedParts          bool
 	beforeWrite         func()
-	ops                 []op                          // changes not yet committed, in seq order
-	routes              map[string]map[string]ovEntry // peer → route key → newest change
-	sweeps              map[string][]ovSweep          // peer → sweeps, oldest first
-	metas               map[string]ovMeta             // peer → newest meta
-	gen                 uint64
-	applied             uint64              // the file holds every change of records ≤ applied
-	stale               map[string]peerMeta // committed stale peers, for the timer
+	ops                 []op // changes not yet committed, in seq order
+	// routes is each route's newest change by its index hash (which
+	// covers the peer): no keys to hash again or for the collector to
+	// scan; the changes (ops) have the keys.
+	routes  map[ixHash]ovEntry
+	sweeps  map[string][]ovSweep // peer → sweeps, oldest first
+	metas   map[string]ovMeta    // peer → newest meta
+	gen     uint64
+	applied uint64              // the file holds every change of records ≤ applied
+	stale   map[string]peerMeta // committed stale peers, for the timer
 	// committed is every peer's meta as the file holds it (its epoch and
 	// staleness change only by opMeta), so decisions read no file for it.
 	committed map[string]peerMeta
@@ -101,8 +108,9 @@ type Stage struct {
 	committedNext map[string]uint64
 	broken        error // the index could not follow a commit: the stage is unusable
 
-	parse parser // used by Sequence only
-	mem   outMem // used by Sequence only
+	parse    parser // used by Sequence only
+	dupCount prometheus.Counter
+	mem      outMem // used by Sequence only
 
 	stop      chan struct{}
 	done      sync.WaitGroup
@@ -149,7 +157,7 @@ func Open(opts Options) (*Stage, error) {
 	}
 	s := &Stage{cfg: opts.Config, agentID: opts.AgentID, dir: opts.Dir, log: opts.Logger.With("component", "rib"), st: st,
 		reg: opts.Registerer, append: opts.Append, stale: map[string]peerMeta{}, committed: map[string]peerMeta{}, fired: map[string]uint32{}, stop: make(chan struct{}),
-		parse: parser{peers: map[string]string{}, families: map[string]string{}}}
+		parse: newParser()}
 	s.commitEnd = sync.NewCond(&s.mu)
 	s.partOps, s.overlayOps, s.beforeWrite = maxCommitNodes, maxOverlayOps, opts.beforeWrite
 	if opts.maxCommitOps > 0 {
@@ -206,6 +214,7 @@ func (s *Stage) load() error {
 		return err
 	}
 	s.applied = applied
+	s.dupCount = s.m.duplicates.WithLabelValues(s.cfg.Duplicates)
 	s.m.routes.Set(float64(routes))
 	s.m.stale.Set(float64(stale))
 	return nil
@@ -226,8 +235,9 @@ func (s *Stage) Close() error {
 
 func (s *Stage) reset() {
 	s.ops = nil
+	s.sweepResume = nil
 	s.next = map[string]uint64{}
-	s.routes = map[string]map[string]ovEntry{}
+	s.routes = map[ixHash]ovEntry{}
 	s.sweeps = map[string][]ovSweep{}
 	s.metas = map[string]ovMeta{}
 }
@@ -342,7 +352,7 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 		maxNodes = s.partNodes
 	}
 	start := time.Now()
-	res, err := s.st.apply(batch, through, maxNodes, s.ix.hash, func() {
+	res, err := s.st.apply(batch, through, maxNodes, s.partNodes, s.sweepResume, s.ix.hash, func() {
 		if s.beforeWrite != nil {
 			s.beforeWrite()
 		}
@@ -370,6 +380,13 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	s.sweepResume = res.cut
+	if res.cut != nil {
+		// The ops before the cut sweep are in the file; the sweep stays
+		// in the overlay until its last part.
+		n, through = res.cut.op, batch[res.cut.op].seq-1
+		batch = batch[:n]
+	}
 	for _, o := range batch {
 		switch o.kind {
 		case opSweep:
@@ -389,38 +406,35 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 			}
 		default:
 			s.committedNext[o.peer] = max(s.committedNext[o.peer], o.pos+1)
-			if m := s.routes[o.peer]; m != nil && m[o.rk].gen == o.gen {
-				delete(m, o.rk)
-				if len(m) == 0 {
-					delete(s.routes, o.peer)
-				}
+			if s.routes[o.h].gen == o.gen {
+				delete(s.routes, o.h)
 			}
 		}
 	}
 	s.ops = slices.Delete(s.ops, 0, n) // keeps the capacity appends reuse
 	s.applied = max(s.applied, through)
 	s.parts++
-	if !s.fixedParts && res.nodes > 0 {
+	if res.cut != nil {
+		s.sweepParts++
+	} else if !s.fixedParts && res.nodes > 0 {
 		s.partOps = int(min(max(int64(n)*maxCommitNodes/res.nodes, minCommitOps), int64(s.overlayOps)))
 	}
 	s.m.routes.Add(float64(res.routes))
 	s.m.stale.Add(float64(res.stale))
 	s.commitEnd.Broadcast()
-	return through == seq, nil
+	return res.cut == nil && through == seq, nil
 }
 
-// lookup returns a route's value and position (h: its index hash) in the state as of the
+// lookupLocked returns a route's value and position (h: its index hash) in the state as of the
 // records sequenced so far: the overlay's newest change, else the file (its
 // index), less what sweeps after it removed; held is false when the state
-// does not hold the route.
-func (s *Stage) lookup(peer, rk string, h ixHash) (v routeValue, pos uint64, held bool, err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// does not hold the route. Called with mu held.
+func (s *Stage) lookupLocked(peer, rk string, h ixHash) (v routeValue, pos uint64, held bool, err error) {
 	if s.broken != nil {
 		return v, 0, false, s.broken
 	}
 	var g uint64
-	if e, ok := s.routes[peer][rk]; ok {
+	if e, ok := s.routes[h]; ok {
 		v, pos, held, g = e.val, e.pos, !e.del, e.gen
 	} else {
 		// Under mu: a commit removes its changes from the overlay (under
@@ -439,16 +453,24 @@ func (s *Stage) lookup(peer, rk string, h ixHash) (v routeValue, pos uint64, hel
 func (s *Stage) meta(peer string) (peerMeta, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.metaLocked(peer), nil
+}
+
+func (s *Stage) metaLocked(peer string) peerMeta {
 	if m, ok := s.metas[peer]; ok {
-		return m.meta, nil
+		return m.meta
 	}
-	return s.committed[peer], nil
+	return s.committed[peer]
 }
 
 // change records a change made by record seq.
 func (s *Stage) change(o op) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.changeLocked(o)
+}
+
+func (s *Stage) changeLocked(o op) {
 	s.gen++
 	o.gen = s.gen
 	if o.kind == opSet && !o.held {
@@ -466,12 +488,7 @@ func (s *Stage) change(o op) {
 	case opMeta:
 		s.metas[o.peer] = ovMeta{gen: o.gen, meta: *o.meta}
 	default:
-		m := s.routes[o.peer]
-		if m == nil {
-			m = map[string]ovEntry{}
-			s.routes[o.peer] = m
-		}
-		m[o.rk] = ovEntry{gen: o.gen, pos: o.pos, val: o.val, del: o.kind == opDel}
+		s.routes[o.h] = ovEntry{gen: o.gen, pos: o.pos, val: o.val, del: o.kind == opDel}
 	}
 }
 
@@ -483,16 +500,28 @@ type output struct {
 	mem  *outMem
 }
 
+// add emits a message the stage adds, of its own bytes.
 func (o *output) add(stream string, key, value []byte) error {
+	return o.emit(o.message(stream, key, value))
+}
+
+// message is a message the stage adds, not yet emitted.
+func (o *output) message(stream string, key, value []byte) *forwarder.Outgoing {
 	m := o.mem.outgoing()
 	*m = forwarder.Outgoing{Stream: stream, Key: key, Value: value, Index: o.next}
 	o.next++
-	return o.emit(m)
+	return m
 }
 
 // ribKey is a bmp.rib key in the stage's key memory.
 func (o *output) ribKey(peer, rk string) []byte {
 	return o.mem.key(appendRIBKey(o.mem.scratch[:0], peer, rk))
+}
+
+// eventRIBKey is the bmp.rib key of a parsed route event.
+func (o *output) eventRIBKey(ev *event) []byte {
+	b := append(o.mem.scratch[:0], ev.streamKey...)
+	return o.mem.key(appendRIBKeyTail(b, ev.table, ev.family, ev.pathID))
 }
 
 // outMem is where the messages the stage adds live: slabs of messages and
@@ -570,14 +599,24 @@ func (s *Stage) one(rec record.Record, m *forwarder.Outgoing, out *output) error
 	if m.Value == nil {
 		return out.emit(m)
 	}
-	if ev, ok := s.parse.route(m.Value); ok {
+	// Nothing of m is read once it is emitted: it may be acknowledged and
+	// its bytes reused at once.
+	if ev, ok := s.parse.route(m.Value, m.Key); ok {
 		if !ev.eor {
 			return s.route(rec, m, &ev, out)
+		}
+		meta, err := s.meta(ev.peer)
+		if err != nil {
+			return err
+		}
+		var env []byte
+		if meta.stale {
+			env = envelopeOf(m.Value)
 		}
 		if err := out.emit(m); err != nil {
 			return err
 		}
-		return s.endOfRIB(rec, m, &ev, out)
+		return s.endOfRIB(rec, meta, &ev, env, out)
 	}
 	if ev, ok := parsePeerDown(m.Value); ok {
 		if err := out.emit(m); err != nil {
@@ -615,55 +654,65 @@ func (s *Stage) one(rec record.Record, m *forwarder.Outgoing, out *output) error
 func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, out *output) error {
 	rk := ev.rk
 	h := s.ix.hash(ev.peer, rk)
-	cur, pos, held, err := s.lookup(ev.peer, rk, h)
+	// One critical section for the decision: the commit goroutine takes
+	// the same lock for every part it commits.
+	s.mu.Lock()
+	cur, pos, held, err := s.lookupLocked(ev.peer, rk, h)
 	if err != nil {
+		s.mu.Unlock()
 		return err
 	}
 	if ev.withdraw {
 		if held {
-			s.change(op{seq: rec.Seq, kind: opDel, peer: ev.peer, rk: rk, h: h, pos: pos, held: true, heldEpoch: cur.epoch})
+			s.changeLocked(op{seq: rec.Seq, kind: opDel, peer: ev.peer, rk: rk, h: h, pos: pos, held: true, heldEpoch: cur.epoch})
 		}
+		s.mu.Unlock()
+		tomb := out.message(StreamRIB, out.eventRIBKey(ev), nil)
 		if err := out.emit(m); err != nil {
 			return err
 		}
-		return out.add(StreamRIB, out.ribKey(ev.peer, rk), nil)
+		return out.emit(tomb)
 	}
-	meta, err := s.meta(ev.peer)
-	if err != nil {
-		return err
-	}
+	epoch := s.metaLocked(ev.peer).epoch
 	if held && cur.hash == ev.hash {
-		if cur.epoch < meta.epoch {
+		if cur.epoch < epoch {
 			rv := cur
-			rv.epoch = meta.epoch
-			s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, h: h, val: rv, pos: pos, held: true, heldEpoch: cur.epoch})
+			rv.epoch = epoch
+			s.changeLocked(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, h: h, val: rv, pos: pos, held: true, heldEpoch: cur.epoch})
 		}
-		s.m.duplicates.WithLabelValues(s.cfg.Duplicates).Inc()
+		s.mu.Unlock()
+		s.dupCount.Inc()
 		switch s.cfg.Duplicates {
 		case DuplicatesDrop:
+			m.Discard()
 			return nil
 		case DuplicatesMark:
 			m.Value = markDuplicate(m.Value)
 		}
 		return out.emit(m)
 	}
-	rv := routeValue{hash: ev.hash, afi: ev.afi, safi: ev.safi, epoch: meta.epoch}
-	s.change(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, h: h, val: rv, pos: pos, held: held, heldEpoch: cur.epoch})
+	rv := routeValue{hash: ev.hash, afi: ev.afi, safi: ev.safi, epoch: epoch}
+	s.changeLocked(op{seq: rec.Seq, kind: opSet, peer: ev.peer, rk: rk, h: h, val: rv, pos: pos, held: held, heldEpoch: cur.epoch})
+	s.mu.Unlock()
+	// The bmp.rib message holds m's bytes before m is emitted: once
+	// emitted, m may be acknowledged and its bytes reused.
+	rm := out.message(StreamRIB, out.eventRIBKey(ev), m.Value)
+	rm.Share(m)
 	if err := out.emit(m); err != nil {
 		return err
 	}
-	return out.add(StreamRIB, out.ribKey(ev.peer, rk), m.Value)
+	return out.emit(rm)
 }
 
 // endOfRIB withdraws what is still stale of the marker's peer, table and
-// family: a restarted router has re-sent that part of its table.
-func (s *Stage) endOfRIB(rec record.Record, m *forwarder.Outgoing, ev *event, out *output) error {
-	meta, err := s.meta(ev.peer)
-	if err != nil || !meta.stale {
-		return err
+// family: a restarted router has re-sent that part of its table. meta is
+// the peer's, env the marker's envelope (envelopeOf) if the peer is stale.
+func (s *Stage) endOfRIB(rec record.Record, meta peerMeta, ev *event, env []byte, out *output) error {
+	if !meta.stale {
+		return nil
 	}
 	w := sweep{before: meta.epoch, table: ev.table, family: ev.family}
-	if err := s.walk(rec, ev.peer, envelopeOf(m.Value), w, out); err != nil {
+	if err := s.walk(rec, ev.peer, env, w, out); err != nil {
 		return err
 	}
 	s.change(op{seq: rec.Seq, kind: opSweep, peer: ev.peer, sw: w})
@@ -715,16 +764,18 @@ func (s *Stage) walk(rec record.Record, peer string, envelope []byte, filter swe
 	// walk moves some of them into the file, where the walk must not read
 	// them again.
 	s.mu.Lock()
+	// The peer's routes the overlay changed, each at its newest change,
+	// and every position the overlay changed: a route withdrawn and
+	// announced again has a new one, and its old one must not be read from
+	// the file.
 	var ov []ovRoute
-	for rk, e := range s.routes[peer] {
-		ov = append(ov, ovRoute{rk: rk, ovEntry: e})
-	}
-	// Every position the overlay changed: a route withdrawn and announced
-	// again has a new one, and its old one must not be read from the file.
-	inOverlay := make(map[uint64]bool, len(ov))
+	inOverlay := map[uint64]bool{}
 	for i := range s.ops {
 		if o := &s.ops[i]; o.peer == peer && (o.kind == opSet || o.kind == opDel) {
 			inOverlay[o.pos] = true
+			if e := s.routes[o.h]; e.gen == o.gen {
+				ov = append(ov, ovRoute{rk: o.rk, ovEntry: e})
+			}
 		}
 	}
 	sweeps := slices.Clone(s.sweeps[peer])

@@ -337,6 +337,7 @@ func TestParseRouteLayout(t *testing.T) {
 		msgs = append(msgs, m...)
 	}
 	n := 0
+	fast, slow := newParser(), newParser()
 	for _, ms := range msgs {
 		for _, m := range ms {
 			if !bytes.HasPrefix(m.Value, routeEventPrefix) {
@@ -358,6 +359,24 @@ func TestParseRouteLayout(t *testing.T) {
 			rib, policy, ok := parseTail(o)
 			if !ok || !bytes.Equal(rib, bytesField(o, `"rib":"`)) || !bytes.Equal(policy, bytesField(o, `"policy":"`)) {
 				t.Fatalf("%s: tail %q %q %v", o, rib, policy, ok)
+			}
+			router, peerObj, routeObj, ok := routeEnvelope(m.Value)
+			wantPeer, wantRoute, _ := objects(m.Value)
+			if !ok || !bytes.Equal(router, bytesField(m.Value, `"router":"`)) || !bytes.Equal(peerObj, wantPeer) || !bytes.Equal(routeObj, wantRoute) {
+				t.Fatalf("%s: envelope %q %q %q %v", m.Value, router, peerObj, routeObj, ok)
+			}
+			// With the encoder's key (read from it) and without (searched):
+			// the same event.
+			withKey, ok1 := fast.route(m.Value, m.Key)
+			stream := string(withKey.streamKey)
+			searched, ok2 := slow.route(m.Value, nil)
+			if ok1 != ok2 || withKey.rk != searched.rk || withKey.peer != searched.peer || withKey.hash != searched.hash ||
+				withKey.table != searched.table || withKey.family != searched.family || withKey.withdraw != searched.withdraw ||
+				withKey.eor != searched.eor || withKey.pathID != searched.pathID || stream != string(searched.streamKey) {
+				t.Fatalf("%s: with key %+v, searched %+v", m.Value, withKey, searched)
+			}
+			if ok1 && !withKey.eor && (stream != string(m.Key) || stream != string(routeStreamKey(withKey.peer, withKey.rk))) {
+				t.Fatalf("%s: stream key %q, message key %q", m.Value, stream, m.Key)
 			}
 			n++
 		}

@@ -21,20 +21,22 @@ import (
 // FileName is the route state's file inside the state directory.
 const FileName = "rib.db"
 
-// Layout: routes/<peer key>/<position> → route value (attribute hash, AFI,
-// SAFI, the peer epoch it was last announced in) and route key;
-// counts/<peer key>\x00<table> → routes held (uint64); peers/<peer key> →
-// peer meta; meta/applied → the highest seq whose changes are in the file;
-// meta/layout → layoutVersion. One bucket per peer makes a Peer Down one
-// bucket deletion and its walk one cursor.
+// Layout: routes/<peer key>/<group> → the group's routes (group.go): for
+// each, its slot, route value (attribute hash, AFI, SAFI, the peer epoch it
+// was last announced in) and route key; counts/<peer key>\x00<table> →
+// routes held (uint64); peers/<peer key> → peer meta; meta/applied → the
+// highest seq whose changes are in the file; meta/layout → layoutVersion.
+// One bucket per peer makes a Peer Down one bucket deletion and its walk
+// one cursor.
 //
-// A route's position (8 bytes, big-endian) is given when the peer first
-// holds it, one more than any position the peer held before, and kept
-// until the route is withdrawn: so new routes are appended to their peer's
-// bucket (a B+tree insert in key order, pages filled and written once)
-// however the router orders its table, and a peer's walk visits its routes
-// in the order they were first announced. The index (index.go) finds a
-// route's position by its key.
+// A route's position is given when the peer first holds it, one more than
+// any position the peer held before, and kept until the route is
+// withdrawn: so new routes are appended to their peer's bucket (B+tree
+// inserts in key order, pages filled and written once) however the router
+// orders its table, and a peer's walk visits its routes in the order they
+// were first announced. A position's group (8 bytes, big-endian) is the
+// position divided by groupSize, its slot the rest. The index (index.go)
+// finds a route's position by its key.
 var (
 	routesBucket = []byte("routes")
 	countsBucket = []byte("counts")
@@ -45,8 +47,9 @@ var (
 )
 
 // layoutVersion is the layout above; a file of an earlier layout (routes
-// keyed by route key) is refused with ErrOldLayout.
-const layoutVersion = 2
+// keyed by route key, or by position one to an entry) is refused with
+// ErrOldLayout.
+const layoutVersion = 3
 
 // ErrOldLayout is returned for a state file written by an earlier bgpedge
 // that keyed routes differently.
@@ -81,9 +84,9 @@ func (v routeValue) put(b []byte) {
 	binary.BigEndian.PutUint32(b[11:], v.epoch)
 }
 
-// posKey is a route's key in its peer's bucket.
-func posKey(b *[8]byte, pos uint64) []byte {
-	binary.BigEndian.PutUint64(b[:], pos)
+// groupKey is a group's key in its peer's bucket.
+func groupKey(b *[8]byte, g uint64) []byte {
+	binary.BigEndian.PutUint64(b[:], g)
 	return b[:]
 }
 
@@ -238,8 +241,9 @@ type kv struct {
 	val routeValue
 }
 
-// scan returns up to n routes of peer at positions from on, in position
-// order.
+// scan returns about n routes (whole groups, so up to groupSize-1 more)
+// of peer at positions from on, in position order; fewer only when the
+// peer has no more.
 func (s *store) scan(peer string, from uint64, n int) (out []kv, err error) {
 	err = s.db.View(func(tx *bolt.Tx) error {
 		r := tx.Bucket(routesBucket)
@@ -252,11 +256,16 @@ func (s *store) scan(peer string, from uint64, n int) (out []kv, err error) {
 		}
 		c := pb.Cursor()
 		var kb [8]byte
-		for k, v := c.Seek(posKey(&kb, from)); k != nil && len(out) < n; k, v = c.Next() {
-			if len(k) != 8 || len(v) < routeValueLen {
-				return fmt.Errorf("peer %q: route entry %x: %w", peer, k, errCorrupt)
+		var es []groupRoute
+		for k, v := c.Seek(groupKey(&kb, from/groupSize)); k != nil && len(out) < n; k, v = c.Next() {
+			if es, err = decodeGroup(k, v, es[:0]); err != nil {
+				return fmt.Errorf("peer %q: %w", peer, err)
 			}
-			out = append(out, kv{pos: binary.BigEndian.Uint64(k), rk: string(v[routeValueLen:]), val: decodeRoute(v)})
+			for _, e := range es {
+				if pos := groupPos(k, e.slot); pos >= from {
+					out = append(out, kv{pos: pos, rk: strings.Clone(e.rk), val: e.val})
+				}
+			}
 		}
 		return nil
 	})
@@ -275,15 +284,18 @@ func (s *store) rebuild(ix *index) (next map[string]uint64, err error) {
 		return r.ForEachBucket(func(pk []byte) error {
 			peer := string(pk)
 			c := r.Bucket(pk).Cursor()
+			var es []groupRoute
 			for k, v := c.First(); k != nil; k, v = c.Next() {
-				if len(k) != 8 || len(v) < routeValueLen {
-					return fmt.Errorf("peer %q: route entry %x: %w", peer, k, errCorrupt)
+				if es, err = decodeGroup(k, v, es[:0]); err != nil {
+					return fmt.Errorf("peer %q: %w", peer, err)
 				}
-				pos := binary.BigEndian.Uint64(k)
-				if err := ix.set(ix.hash(peer, bytesString(v[routeValueLen:])), pos, decodeRoute(v)); err != nil {
-					return err
+				for _, e := range es {
+					pos := groupPos(k, e.slot)
+					if err := ix.set(ix.hash(peer, e.rk), pos, e.val); err != nil {
+						return err
+					}
+					next[peer] = pos + 1
 				}
-				next[peer] = pos + 1
 			}
 			return nil
 		})
@@ -379,6 +391,17 @@ type applyResult struct {
 	// ix is the index's changes, in order, to be made once the
 	// transaction is written.
 	ix []ixChange
+	// cut, when set, is where a sweep stopped: the transaction holds
+	// every change before it and the sweep's groups before cut.from.
+	cut *sweepCut
+}
+
+// sweepCut is a sweep that a commit cut into several transactions: ops[op]
+// (of generation gen) has swept its peer's groups before from.
+type sweepCut struct {
+	op   int
+	gen  uint64
+	from uint64
 }
 
 // apply writes ops (in order) and the applied seq in one transaction.
@@ -396,7 +419,12 @@ type applyResult struct {
 // With maxNodes > 0 a transaction that materialises more than maxNodes of
 // bbolt's nodes is rolled back with errPartTooLarge: the caller commits
 // fewer changes instead.
-func (s *store) apply(ops []op, through uint64, maxNodes int64, hash func(peer, rk string) ixHash, beforeWrite func()) (res applyResult, err error) {
+//
+// A sweep that walks its peer's groups stops once the transaction holds
+// more than sweepNodes nodes (res.cut; the changes after it are not made,
+// applied is set to the seq before its record's); resume, when set, is where
+// an earlier transaction stopped the sweep of that generation.
+func (s *store) apply(ops []op, through uint64, maxNodes, sweepNodes int64, resume *sweepCut, hash func(peer, rk string) ixHash, beforeWrite func()) (res applyResult, err error) {
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("rib: commit: %w", err)
@@ -406,7 +434,7 @@ func (s *store) apply(ops []op, through uint64, maxNodes int64, hash func(peer, 
 	if err != nil {
 		return applyResult{}, err
 	}
-	if err := applyTx(tx, ops, through, &res, maxNodes, hash); err != nil {
+	if err := applyTx(tx, ops, through, &res, maxNodes, sweepNodes, resume, hash); err != nil {
 		_ = tx.Rollback()
 		return applyResult{}, err
 	}
@@ -420,19 +448,28 @@ func (s *store) apply(ops []op, through uint64, maxNodes int64, hash func(peer, 
 }
 
 // applyTx makes a commit's changes in tx.
-func applyTx(tx *bolt.Tx, ops []op, through uint64, res *applyResult, maxNodes int64, hash func(peer, rk string) ixHash) error {
-	a := &applier{routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: res,
-		byPeer: map[string]*peerTx{}, hash: hash}
+func applyTx(tx *bolt.Tx, ops []op, through uint64, res *applyResult, maxNodes, sweepNodes int64, resume *sweepCut, hash func(peer, rk string) ixHash) error {
+	a := &applier{tx: tx, routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: res,
+		byPeer: map[string]*peerTx{}, hash: hash, sweepNodes: sweepNodes, resume: resume}
 	res.ix = make([]ixChange, 0, len(ops))
 	for n, i := range applyOrder(ops) {
 		if err := a.apply(&ops[i]); err != nil {
 			return err
+		}
+		if res.cut != nil {
+			// Sweeps end runs: every op before it is applied, none after.
+			res.cut.op = int(i)
+			through = ops[i].seq - 1
+			break
 		}
 		if maxNodes > 0 && n%64 == 63 {
 			if st := tx.Stats(); st.GetNodeCount() > maxNodes {
 				return errPartTooLarge
 			}
 		}
+	}
+	if err := a.flushGroup(); err != nil {
+		return err
 	}
 	if err := a.flush(); err != nil {
 		return err
@@ -490,6 +527,9 @@ type peerTx struct {
 }
 
 type applier struct {
+	tx                    *bolt.Tx
+	sweepNodes            int64
+	resume                *sweepCut
 	routes, counts, peers *bolt.Bucket
 	res                   *applyResult
 	byPeer                map[string]*peerTx
@@ -498,19 +538,57 @@ type applier struct {
 	// the transaction is written.
 	vals []byte
 	kb   [8]byte
+	grp  groupEdit
+	es   []groupRoute // a sweep's
 }
 
-// value returns v and rk as a bucket entry's value, in a.vals.
-func (a *applier) value(v routeValue, rk string) []byte {
-	n := routeValueLen + len(rk)
+// value returns rs as a group entry's value, in a.vals.
+func (a *applier) value(rs []groupRoute) []byte {
+	n := groupLen(rs)
 	if cap(a.vals)-len(a.vals) < n {
 		a.vals = make([]byte, 0, max(64<<10, n))
 	}
-	b := a.vals[len(a.vals) : len(a.vals)+n : len(a.vals)+n]
+	b := appendGroup(a.vals[len(a.vals):len(a.vals):len(a.vals)+n], rs)
 	a.vals = a.vals[:len(a.vals)+n]
-	v.put(b)
-	copy(b[routeValueLen:], rk)
 	return b
+}
+
+// edit makes group g of peer p (whose bucket exists) the group being
+// changed, writing back the one before.
+func (a *applier) edit(p *peerTx, g uint64) error {
+	if e := &a.grp; e.active && e.p == p && e.g == g {
+		return nil
+	}
+	if err := a.flushGroup(); err != nil {
+		return err
+	}
+	e := &a.grp
+	e.p, e.g, e.rs, e.dirty, e.active = p, g, e.rs[:0], false, true
+	k := groupKey(&a.kb, g)
+	if v := p.b.Get(k); v != nil {
+		var err error
+		if e.rs, err = decodeGroup(k, v, e.rs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// flushGroup writes back the group being changed.
+func (a *applier) flushGroup() error {
+	e := &a.grp
+	if !e.active {
+		return nil
+	}
+	e.active = false
+	if !e.dirty {
+		return nil
+	}
+	k := groupKey(&a.kb, e.g)
+	if len(e.rs) == 0 {
+		return e.p.b.Delete(k)
+	}
+	return e.p.b.Put(k, a.value(e.rs))
 }
 
 func tableIndex(table string) int {
@@ -609,6 +687,13 @@ func (a *applier) flush() error {
 
 func (a *applier) apply(o *op) error {
 	p := a.peer(o.peer)
+	if o.kind != opSet && o.kind != opDel {
+		// Sweeps and metas read the bucket and the counts as the route
+		// changes before them left them.
+		if err := a.flushGroup(); err != nil {
+			return err
+		}
+	}
 	switch o.kind {
 	case opMeta:
 		m := *o.meta
@@ -633,8 +718,12 @@ func (a *applier) apply(o *op) error {
 			// unread.
 			c := p.b.Cursor()
 			for k, v := c.First(); k != nil; k, v = c.Next() {
-				if len(v) >= routeValueLen {
-					a.res.ix = append(a.res.ix, ixChange{h: a.hash(o.peer, bytesString(v[routeValueLen:])), del: true})
+				var err error
+				if a.es, err = decodeGroup(k, v, a.es[:0]); err != nil {
+					return err
+				}
+				for _, e := range a.es {
+					a.res.ix = append(a.res.ix, ixChange{h: a.hash(o.peer, e.rk), del: true})
 				}
 			}
 			for t := range Tables() {
@@ -646,26 +735,55 @@ func (a *applier) apply(o *op) error {
 			return a.routes.DeleteBucket([]byte(o.peer))
 		}
 		c := p.b.Cursor()
-		for k, v := c.First(); k != nil; {
-			if len(v) < routeValueLen {
-				k, v = c.Next()
-				continue
+		k, v := c.First()
+		if r := a.resume; r != nil && r.gen == o.gen {
+			k, v = c.Seek(groupKey(&a.kb, r.from))
+		}
+		for changed := 0; k != nil; {
+			if changed > 0 && a.sweepNodes > 0 {
+				if st := a.tx.Stats(); st.GetNodeCount() > a.sweepNodes {
+					// Bounded: the rest in the next transaction. Until
+					// then the file holds part of the sweep, which a
+					// re-delivered record decides the same over: it
+					// withdraws what is left of what the sweep
+					// matches, and the sink acknowledged the withdraws
+					// of the rest before this commit began.
+					a.res.cut = &sweepCut{gen: o.gen, from: binary.BigEndian.Uint64(k)}
+					p.metaDirty = true
+					return nil
+				}
 			}
-			rk, rv := bytesString(v[routeValueLen:]), decodeRoute(v)
-			if !o.sw.matches(rk, rv) {
-				k, v = c.Next()
-				continue
-			}
-			a.res.ix = append(a.res.ix, ixChange{h: a.hash(o.peer, rk), del: true})
-			a.staleGone(p, rv)
-			a.addCount(o.peer, p, tableIndex(tableOf(rk)), -1)
-			// A cursor's Next after Delete may skip an item: seek to the
-			// deleted key's successor instead.
-			next := binary.BigEndian.Uint64(k) + 1
-			if err := c.Delete(); err != nil {
+			var err error
+			if a.es, err = decodeGroup(k, v, a.es[:0]); err != nil {
 				return err
 			}
-			k, v = c.Seek(posKey(&a.kb, next))
+			kept := make([]groupRoute, 0, len(a.es))
+			for _, e := range a.es {
+				if !o.sw.matches(e.rk, e.val) {
+					kept = append(kept, e)
+					continue
+				}
+				a.res.ix = append(a.res.ix, ixChange{h: a.hash(o.peer, e.rk), del: true})
+				a.staleGone(p, e.val)
+				a.addCount(o.peer, p, tableIndex(tableOf(e.rk)), -1)
+			}
+			if len(kept) == len(a.es) {
+				k, v = c.Next()
+				continue
+			}
+			// A cursor's Next after a change may skip an entry: seek to
+			// the changed group's successor instead.
+			g := binary.BigEndian.Uint64(k)
+			if len(kept) == 0 {
+				err = c.Delete()
+			} else {
+				err = p.b.Put(groupKey(&a.kb, g), a.value(kept))
+			}
+			if err != nil {
+				return err
+			}
+			changed++
+			k, v = c.Seek(groupKey(&a.kb, g+1))
 		}
 		p.metaDirty = true
 		return nil
@@ -688,24 +806,23 @@ func (a *applier) apply(o *op) error {
 			a.res.stale--
 			p.metaDirty = true
 		}
-		k := posKey(&a.kb, o.pos)
 		t := tableIndex(tableOf(o.rk))
+		if o.kind == opDel && !o.held {
+			return nil
+		}
+		if err := a.edit(p, o.pos/groupSize); err != nil {
+			return err
+		}
+		slot := uint8(o.pos % groupSize)
 		if o.kind == opSet {
-			if err := p.b.Put(k, a.value(o.val, o.rk)); err != nil {
-				return err
-			}
+			a.grp.set(slot, o.val, o.rk)
 			a.res.ix = append(a.res.ix, ixChange{h: o.h, pos: o.pos, val: o.val})
 			if !o.held {
 				a.addCount(o.peer, p, t, 1)
 			}
 			return nil
 		}
-		if !o.held {
-			return nil
-		}
-		if err := p.b.Delete(k); err != nil {
-			return err
-		}
+		a.grp.del(slot)
 		a.res.ix = append(a.res.ix, ixChange{h: o.h, del: true})
 		a.addCount(o.peer, p, t, -1)
 		return nil
