@@ -335,9 +335,12 @@ func (k *KafkaSink) Write(ctx context.Context, batch []*Outgoing, ack AckFunc) e
 			stream, rt = m.Stream, r
 		}
 		var p int32
-		if len(m.Key) > 0 {
+		switch {
+		case m.hashed:
+			p = partitionOf(m.keyHash, rt.partitions)
+		case len(m.Key) > 0:
 			p = hashPartition(m.Key, rt.partitions)
-		} else {
+		default:
 			p = int32(k.next % uint32(rt.partitions))
 			k.next++
 		}
@@ -382,16 +385,38 @@ func (k *KafkaSink) handOver(ctx context.Context, per [][]laneItem) error {
 // hashPartition is sarama's default (hash) partitioner: FNV-1a of the key,
 // as a signed number modulo the partitions, negated when negative.
 func hashPartition(key []byte, partitions int32) int32 {
+	return partitionOf(keyHash(key), partitions)
+}
+
+// keyHash is the FNV-1a hash of a key, as sarama's partitioner takes it.
+func keyHash(key []byte) uint32 {
 	h := uint32(2166136261)
 	for _, c := range key {
 		h ^= uint32(c)
 		h *= 16777619
 	}
+	return h
+}
+
+// partitionOf is the partition of a key hash: as a signed number modulo
+// the partitions, negated when negative.
+func partitionOf(h uint32, partitions int32) int32 {
 	p := int32(h) % partitions
 	if p < 0 {
 		p = -p
 	}
 	return p
+}
+
+// hashesKeys says whether one of sinks partitions by the key's hash, so
+// that the forwarder takes it while the key is fresh (Outgoing.keyHash).
+func hashesKeys(sinks []Sink) bool {
+	for _, s := range sinks {
+		if _, ok := s.(*KafkaSink); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // routeTTL bounds how long a learnt partition count is used.

@@ -11,6 +11,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/bgpedge/bgpedge/internal/testenv"
+	"github.com/bgpedge/bgpedge/record"
 )
 
 // The lanes partition keyed messages exactly as sarama's default
@@ -30,6 +31,12 @@ func TestHashPartitionMatchesSarama(t *testing.T) {
 		}
 		if got := hashPartition(key, parts); got != want {
 			t.Fatalf("key %x over %d partitions: %d, sarama %d", key, parts, got, want)
+		}
+		// The hash the forwarder takes while encoding, for the Kafka sink.
+		a := outArena{hashKeys: true}
+		a.add(record.Output{Key: key})
+		if m := a.out[0]; !m.hashed || partitionOf(m.keyHash, parts) != want {
+			t.Fatalf("key %x over %d partitions: hashed %v, %d, sarama %d", key, parts, m.hashed, partitionOf(m.keyHash, parts), want)
 		}
 	}
 }

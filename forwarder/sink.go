@@ -58,9 +58,11 @@ type Outgoing struct {
 
 	// Packed together: a message is allocated, written and scanned for
 	// every event, so its size counts.
-	size     int32 // msgBytes, once computed
-	reported bool  // its ack was counted by the session's tracker
+	size     int32  // msgBytes, once computed
+	keyHash  uint32 // keyHash(Key) when hashed, taken where the key was written
+	reported bool   // its ack was counted by the session's tracker
 	implied  bool
+	hashed   bool
 }
 
 // Share makes m hold the memory of o's Key and Value as o does: a Sequencer
