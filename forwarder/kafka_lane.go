@@ -62,13 +62,21 @@ type lane struct {
 	// Owned by the loop goroutine.
 	parts   map[topicPartition]*partQueue
 	brokers map[*sarama.Broker]*brokerQueue
-	// The queues of the topic enqueued last, by partition: a Write's
-	// messages nearly all share one topic, and a map lookup per message
-	// hashed its topic's name each time.
-	lastTopic string
-	lastParts []*partQueue
-	err       error // set once the lane failed: every later message fails with it
+	// The queues of the topics enqueued lately (a few: raw and JSON
+	// messages alternate), by partition: a map lookup per message hashed
+	// its topic's name each time.
+	recent []topicQueues
+	err    error // set once the lane failed: every later message fails with it
 }
+
+// topicQueues are a topic's partition queues, by partition.
+type topicQueues struct {
+	topic string
+	parts []*partQueue
+}
+
+// recentTopics bounds lane.recent.
+const recentTopics = 4
 
 type laneConfig struct {
 	version      int16 // produce request version
@@ -293,11 +301,22 @@ func (l *lane) enqueue(items []laneItem) {
 
 // partQueue returns the queue of a topic's partition, made on first use.
 func (l *lane) partQueue(topic string, partition int32) *partQueue {
-	if topic != l.lastTopic || l.lastParts == nil {
-		l.lastTopic, l.lastParts = topic, l.lastParts[:0]
+	var tq *topicQueues
+	for i := range l.recent {
+		if l.recent[i].topic == topic {
+			tq = &l.recent[i]
+			break
+		}
 	}
-	if int(partition) < len(l.lastParts) {
-		if q := l.lastParts[partition]; q != nil {
+	if tq == nil {
+		if len(l.recent) == recentTopics {
+			l.recent = l.recent[:0]
+		}
+		l.recent = append(l.recent, topicQueues{topic: topic})
+		tq = &l.recent[len(l.recent)-1]
+	}
+	if partition >= 0 && int(partition) < len(tq.parts) {
+		if q := tq.parts[partition]; q != nil {
 			return q
 		}
 	}
@@ -308,10 +327,10 @@ func (l *lane) partQueue(topic string, partition int32) *partQueue {
 		l.parts[tp] = q
 	}
 	if partition >= 0 && partition < 1<<16 {
-		for int(partition) >= len(l.lastParts) {
-			l.lastParts = append(l.lastParts, nil)
+		for int(partition) >= len(tq.parts) {
+			tq.parts = append(tq.parts, nil)
 		}
-		l.lastParts[partition] = q
+		tq.parts[partition] = q
 	}
 	return q
 }
