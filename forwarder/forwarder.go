@@ -621,7 +621,8 @@ func (f *Forwarder) pump(ctx context.Context, sink Sink, tr *tracker, limit int)
 	return readErr
 }
 
-// handPart is the most messages handed to the sink at once. A batch
+// handPart is the most messages handed to the sink at once (handOver
+// also keeps a part within a quarter of the in-flight limits). A batch
 // waits for room in parts, not whole: waiting until a whole read batch
 // fit let what is in flight drop by a batch (thousands of messages) before
 // each hand-over, and the Kafka lanes, one request on the wire per broker,
@@ -635,11 +636,19 @@ const handPart = 512
 // false once the session ends (ctx, a failed sink).
 func (f *Forwarder) handOver(ctx context.Context, sink Sink, tr *tracker, b *encodedBatch) bool {
 	ri, rdone := 0, 0 // the next record to register, and how many of its messages are
+	// A part also stays within a quarter of each limit (but holds at least
+	// one message): large messages or small limits are handed over a few
+	// at a time rather than let through beyond them.
+	most, mostBytes := min(handPart, max(1, f.cfg.MaxInFlight/4)), max(1, f.cfg.MaxInFlightBytes/4)
 	for off := 0; off < len(b.msgs) || ri < len(b.recs); {
-		end := min(off+handPart, len(b.msgs))
-		size := 0
-		for _, m := range b.msgs[off:end] {
-			size += msgBytes(m)
+		end, size := off, 0
+		for end < len(b.msgs) && end-off < most {
+			n := msgBytes(b.msgs[end])
+			if end > off && size+n > mostBytes {
+				break
+			}
+			size += n
+			end++
 		}
 		if err := tr.waitRoom(ctx, end-off, size, f.cfg.MaxInFlight, f.cfg.MaxInFlightBytes); err != nil {
 			return false

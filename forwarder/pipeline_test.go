@@ -312,25 +312,34 @@ func (s *partsSink) Write(_ context.Context, batch []*Outgoing, ack AckFunc) err
 func TestHandOverInParts(t *testing.T) {
 	sink := &partsSink{fakeSink: newFakeSink(SinkKafka)}
 	cfg := unitConfig()
-	cfg.MaxInFlight = handPart + 100 // room for one part at a time
+	cfg.MaxInFlight = 4 * handPart // parts of handPart
 	f, err := newForwarder(cfg, newMemSource(), rawBMP, sink, nil, nil, prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Records 1 to 4: 300, none, 400 (across the first part's end) and 5.
-	b := &encodedBatch{}
-	for i, n := range []int{300, 0, 400, 5} {
-		seq := uint64(i + 1)
-		b.recs, b.counts = append(b.recs, record.Record{Seq: seq}), append(b.counts, n)
-		for j := range n {
-			b.msgs = append(b.msgs, &Outgoing{Seq: seq, Index: j, Stream: "s", Value: []byte("v")})
-		}
+	msg := func(seq uint64, i int) *Outgoing {
+		return &Outgoing{Seq: seq, Index: i, Stream: "s", Value: []byte("v")}
 	}
 	tr := newTracker(nil)
+	// Record 10, handed over before, holds most of the room.
+	var earlier []*Outgoing
+	for i := range cfg.MaxInFlight - handPart - 10 {
+		earlier = append(earlier, msg(10, i))
+	}
+	tr.add(10, len(earlier))
+	// Records 11 to 14: 300, none, 400 (across the first part's end) and 5.
+	b := &encodedBatch{}
+	for i, n := range []int{300, 0, 400, 5} {
+		seq := uint64(11 + i)
+		b.recs, b.counts = append(b.recs, record.Record{Seq: seq}), append(b.counts, n)
+		for j := range n {
+			b.msgs = append(b.msgs, msg(seq, j))
+		}
+	}
 	done := make(chan bool)
 	go func() { done <- f.handOver(context.Background(), sink, tr, b) }()
-	// The second part waits for room: the first is all the sink has.
-	testenv.Eventually(t, 5*time.Second, "the first part written", func() bool {
+	// The second part waits for room: the first filled what was left.
+	testenv.Eventually(t, 5*time.Second, "the second part waiting for room", func() bool {
 		tr.mu.Lock()
 		defer tr.mu.Unlock()
 		return tr.want.waiting
@@ -338,8 +347,10 @@ func TestHandOverInParts(t *testing.T) {
 	if len(sink.writes) != 1 || len(sink.writes[0]) != handPart || sink.writes[0][0] != b.msgs[0] {
 		t.Fatalf("first hand-over: %d writes, want one of the batch's first %d messages", len(sink.writes), handPart)
 	}
-	for _, m := range sink.writes[0] {
-		sink.ack(m, nil)
+	// Taken before the acks: the second part's Write sets them again.
+	first, ack := sink.writes[0], sink.ack
+	for _, m := range first {
+		ack(m, nil)
 	}
 	if !<-done {
 		t.Fatal("handOver failed")
@@ -347,21 +358,27 @@ func TestHandOverInParts(t *testing.T) {
 	if len(sink.writes) != 2 || len(sink.writes[1]) != len(b.msgs)-handPart || sink.writes[1][0] != b.msgs[handPart] {
 		t.Fatalf("second hand-over: %d writes, want the batch's other %d messages", len(sink.writes), len(b.msgs)-handPart)
 	}
-	// Records 1 and 2 are through; record 3 waits for its second part.
-	if wm, _ := tr.watermark(); wm != 2 {
-		t.Fatalf("watermark %d after the first part's acks, want 2", wm)
+	if wm, _ := tr.watermark(); wm != 0 {
+		t.Fatalf("watermark %d with record 10 unacknowledged, want 0", wm)
+	}
+	for _, m := range earlier {
+		tr.ack(m, nil)
+	}
+	// Records 10 to 12 are through; record 13 waits for its second part.
+	if wm, _ := tr.watermark(); wm != 12 {
+		t.Fatalf("watermark %d after the first part's acks, want 12", wm)
 	}
 	rest := sink.writes[1]
-	for _, m := range rest[:len(rest)-5] { // record 3's second part
+	for _, m := range rest[:len(rest)-5] { // record 13's second part
 		sink.ack(m, nil)
 	}
-	if wm, _ := tr.watermark(); wm != 3 {
-		t.Fatalf("watermark %d once record 3 is acknowledged, want 3", wm)
+	if wm, _ := tr.watermark(); wm != 13 {
+		t.Fatalf("watermark %d once record 13 is acknowledged, want 13", wm)
 	}
 	for _, m := range rest[len(rest)-5:] {
 		sink.ack(m, nil)
 	}
-	if wm, _ := tr.watermark(); wm != 4 {
-		t.Fatalf("watermark %d at the end, want 4", wm)
+	if wm, _ := tr.watermark(); wm != 14 {
+		t.Fatalf("watermark %d at the end, want 14", wm)
 	}
 }
