@@ -214,3 +214,22 @@ func testutilGauge(g prometheus.Gauge) float64 {
 func ribKey(peer, rk string) []byte {
 	return appendRIBKey(nil, peer, rk)
 }
+
+// crashClose closes s as a crash leaves it: the index's file with no mark
+// of a clean stop, so the next open rebuilds it.
+func crashClose(s *Stage) {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		s.done.Wait()
+		s.m.unregister(s.reg)
+		s.ix.release()
+		s.closeErr = s.st.close()
+	})
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -270,7 +270,11 @@ func runModel(t *testing.T, seed uint64, n int, partNodes int64) (cuts uint64) {
 			}
 			inflight = nil
 			cuts += s.sweepParts
-			_ = s.Close()
+			if crashes%2 == 0 {
+				crashClose(s) // the index rebuilt at open
+			} else {
+				_ = s.Close() // a clean stop: the index kept
+			}
 			s = openTestNodes(t, dir, dups, partNodes)
 			applied := s.applied
 			if got, want := fileState(t, s), prefixModels[applied]; !equalModel(got, want) {

@@ -74,6 +74,7 @@ type Stage struct {
 	commitEnd  *sync.Cond
 	waits      uint64 // times Sequence waited for a commit (tests)
 	parts      uint64 // commit transactions (tests)
+	rebuilt    bool   // Open rebuilt the index (tests)
 	sweepParts uint64 // transactions that ended inside a sweep (tests)
 	// sweepResume is where the last transaction cut the sweep of the
 	// overlay's first change; nil: it cut none.
@@ -204,10 +205,7 @@ func (s *Stage) load() error {
 			s.stale[p] = m
 		}
 	}
-	if s.ix, err = newIndex(s.dir, routes); err != nil {
-		return err
-	}
-	if s.committedNext, err = s.st.rebuild(s.ix); err != nil {
+	if err := s.openIndex(routes); err != nil {
 		return err
 	}
 	if s.m, err = newMetrics(s.reg); err != nil {
@@ -220,14 +218,56 @@ func (s *Stage) load() error {
 	return nil
 }
 
+// openIndex reuses the index a clean close left, else rebuilds it from the
+// file.
+func (s *Stage) openIndex(routes uint64) error {
+	start := time.Now()
+	tx, err := s.st.lastTx()
+	if err != nil {
+		return err
+	}
+	ix, err := reuseIndex(s.dir, tx, routes)
+	if err == nil {
+		if s.committedNext, err = s.st.nextPositions(); err == nil {
+			s.ix = ix
+			s.log.Info("route state index kept from the last clean stop", "routes", routes, "seconds", time.Since(start).Seconds())
+			return nil
+		}
+		ix.close()
+	}
+	if !errors.Is(err, errNoMark) {
+		s.log.Warn("route state index not kept, rebuilding it", "err", err)
+	}
+	if s.ix, err = newIndex(s.dir, routes); err != nil {
+		return err
+	}
+	if s.committedNext, err = s.st.rebuild(s.ix); err != nil {
+		return err
+	}
+	s.rebuilt = true
+	s.log.Info("route state index rebuilt", "routes", routes, "seconds", time.Since(start).Seconds())
+	return nil
+}
+
 // Close stops the timer and releases the state file and the metrics; later
-// calls do nothing.
+// calls do nothing. The index is kept for the next open when every commit
+// it followed succeeded.
 func (s *Stage) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		s.done.Wait()
 		s.m.unregister(s.reg)
-		s.ix.close()
+		s.commitMu.Lock()
+		defer s.commitMu.Unlock()
+		s.mu.Lock()
+		broken := s.broken
+		s.mu.Unlock()
+		tx, err := s.st.lastTx()
+		if err != nil || broken != nil {
+			s.ix.close()
+		} else if err := s.ix.closeClean(tx); err != nil {
+			s.log.Warn("route state index not kept; the next start rebuilds it", "err", err)
+		}
 		s.closeErr = s.st.close()
 	})
 	return s.closeErr

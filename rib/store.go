@@ -161,7 +161,19 @@ func openStore(dir string, readOnly bool, mmap, pageSize int) (*store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rib: open %s: %w", path, err)
 	}
-	if !readOnly {
+	// A file set up already is only read: a write transaction would
+	// change its last transaction id, which the index's mark names
+	// (index.go).
+	ready := false
+	err = db.View(func(tx *bolt.Tx) error {
+		if err := checkLayout(tx, false); err != nil {
+			return err
+		}
+		ready = tx.Bucket(routesBucket) != nil && tx.Bucket(countsBucket) != nil && tx.Bucket(peersBucket) != nil &&
+			tx.Bucket(metaBucket) != nil && tx.Bucket(metaBucket).Get(layoutKey) != nil
+		return nil
+	})
+	if err == nil && !readOnly && !ready {
 		err = db.Update(func(tx *bolt.Tx) error {
 			for _, b := range [][]byte{routesBucket, countsBucket, peersBucket, metaBucket} {
 				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -170,8 +182,6 @@ func openStore(dir string, readOnly bool, mmap, pageSize int) (*store, error) {
 			}
 			return checkLayout(tx, true)
 		})
-	} else {
-		err = db.View(func(tx *bolt.Tx) error { return checkLayout(tx, false) })
 	}
 	if err != nil {
 		_ = db.Close()
@@ -304,6 +314,37 @@ func (s *store) rebuild(ix *index) (next map[string]uint64, err error) {
 		return nil, fmt.Errorf("rib: index: %w", err)
 	}
 	return next, nil
+}
+
+// lastTx is the id of the file's last committed transaction.
+func (s *store) lastTx() (id uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		id = uint64(tx.ID())
+		return nil
+	})
+	return id, err
+}
+
+// nextPositions returns each peer's next position: one after the last it
+// holds (what rebuild returns, from each peer's last group alone).
+func (s *store) nextPositions() (next map[string]uint64, err error) {
+	next = map[string]uint64{}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		r := tx.Bucket(routesBucket)
+		return r.ForEachBucket(func(pk []byte) error {
+			k, v := r.Bucket(pk).Cursor().Last()
+			if k == nil {
+				return nil
+			}
+			es, err := decodeGroup(k, v, nil)
+			if err != nil {
+				return fmt.Errorf("peer %q: %w", pk, err)
+			}
+			next[string(pk)] = groupPos(k, es[len(es)-1].slot) + 1
+			return nil
+		})
+	})
+	return next, err
 }
 
 // forEachPeer calls fn with every peer that holds routes, in key order.
