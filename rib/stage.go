@@ -576,7 +576,7 @@ type outMem struct {
 
 func (m *outMem) outgoing() *forwarder.Outgoing {
 	if len(m.msgs) == 0 {
-		m.msgs = make([]forwarder.Outgoing, 256)
+		m.msgs = make([]forwarder.Outgoing, 128) // under 32 KB: a small allocation
 	}
 	o := &m.msgs[0]
 	m.msgs = m.msgs[1:]
