@@ -524,7 +524,7 @@ func (s *Stage) changeLocked(o op) {
 	s.ops = append(s.ops, o)
 	switch o.kind {
 	case opSweep:
-		s.sweeps[o.peer] = append(s.sweeps[o.peer], ovSweep{gen: o.gen, sw: o.sw})
+		s.sweeps[o.peer] = append(s.sweeps[o.peer], ovSweep{gen: o.gen, sw: o.sweep()})
 	case opMeta:
 		s.metas[o.peer] = ovMeta{gen: o.gen, meta: *o.meta}
 	default:
@@ -755,7 +755,7 @@ func (s *Stage) endOfRIB(rec record.Record, meta peerMeta, ev *event, env []byte
 	if err := s.walk(rec, ev.peer, env, w, out); err != nil {
 		return err
 	}
-	s.change(op{seq: rec.Seq, kind: opSweep, peer: ev.peer, sw: w})
+	s.change(op{seq: rec.Seq, kind: opSweep, peer: ev.peer, sw: &w})
 	return nil
 }
 
@@ -785,7 +785,7 @@ func (s *Stage) timeout(rec record.Record, out *output) error {
 	if err := s.walk(rec, peer, env, w, out); err != nil {
 		return err
 	}
-	s.change(op{seq: rec.Seq, kind: opSweep, peer: peer, sw: w})
+	s.change(op{seq: rec.Seq, kind: opSweep, peer: peer, sw: &w})
 	meta.stale = false
 	s.change(op{seq: rec.Seq, kind: opMeta, peer: peer, meta: &meta})
 	return nil

@@ -400,10 +400,11 @@ func (w sweep) matches(rk string, v routeValue) bool {
 }
 
 // op is one change of the route state, by the record seq that made it.
+// The overlay holds tens of thousands: the rare kinds' fields are behind
+// pointers, and the small ones packed.
 type op struct {
 	seq  uint64
 	gen  uint64 // overlay generation, to tell the newest change of a key
-	kind opKind
 	peer string
 	rk   string
 	val  routeValue // opSet
@@ -412,14 +413,23 @@ type op struct {
 	// index hash.
 	pos  uint64
 	h    ixHash
-	sw   sweep
-	meta *peerMeta // opMeta (a pointer: most ops are route sets)
+	sw   *sweep    // opSweep; nil: every route of the peer
+	meta *peerMeta // opMeta
+	kind opKind
 	// opSet, opDel: whether the route was held when the change was decided
 	// and its epoch then. The commit applies changes in seq order onto the
 	// file every decision read (plus the overlay before it), so this is
 	// what the file holds then too, and the commit need not read it.
 	held      bool
 	heldEpoch uint32
+}
+
+// sweep returns an opSweep's sweep.
+func (o *op) sweep() sweep {
+	if o.sw == nil {
+		return sweep{}
+	}
+	return *o.sw
 }
 
 // errPartTooLarge: a commit part changed more pages than it may hold.
@@ -753,7 +763,7 @@ func (a *applier) apply(o *op) error {
 		if p.b == nil {
 			return nil
 		}
-		if o.sw == (sweep{}) || a.sweepsAll(o.peer, p, o.sw) {
+		if o.sweep() == (sweep{}) || a.sweepsAll(o.peer, p, o.sweep()) {
 			// Reading the routes to take them out of the index
 			// materialises no page; deleting the bucket frees them
 			// unread.
@@ -800,7 +810,7 @@ func (a *applier) apply(o *op) error {
 			}
 			kept := make([]groupRoute, 0, len(a.es))
 			for _, e := range a.es {
-				if !o.sw.matches(e.rk, e.val) {
+				if !o.sweep().matches(e.rk, e.val) {
 					kept = append(kept, e)
 					continue
 				}
