@@ -233,3 +233,17 @@ func must(t testing.TB, err error) {
 		t.Fatal(err)
 	}
 }
+
+// checkOverlayCounts checks Stage.ovCount against the overlay's map.
+func checkOverlayCounts(t testing.TB, s *Stage) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var want [1 << 16]uint16
+	for h := range s.routes {
+		want[ovSlot(h)]++
+	}
+	if want != *s.ovCount {
+		t.Fatalf("overlay counts disagree with its %d routes", len(s.routes))
+	}
+}

@@ -228,6 +228,7 @@ func runModel(t *testing.T, seed uint64, n int, partNodes int64) (cuts uint64) {
 	}
 	crashes, failures := 0, 0
 	for spoolAcked < uint64(n) {
+		checkOverlayCounts(t, s)
 		if err := s.Rewind(spoolAcked + 1); err != nil {
 			t.Fatal(err)
 		}

@@ -90,7 +90,11 @@ type Stage struct {
 	// routes is each route's newest change by its index hash (which
 	// covers the peer): no keys to hash again or for the collector to
 	// scan; the changes (ops) have the keys.
-	routes  map[ixHash]ovEntry
+	routes map[ixHash]ovEntry
+	// ovCount counts the routes entries by ovSlot: most routes a record
+	// names are not in the overlay, and a count of 0 says so without a
+	// look-up in a map of tens of thousands (a cache miss).
+	ovCount *[1 << 16]uint16
 	sweeps  map[string][]ovSweep // peer → sweeps, oldest first
 	metas   map[string]ovMeta    // peer → newest meta
 	gen     uint64
@@ -278,6 +282,7 @@ func (s *Stage) reset() {
 	s.sweepResume = nil
 	s.next = map[string]uint64{}
 	s.routes = map[ixHash]ovEntry{}
+	s.ovCount = new([1 << 16]uint16)
 	s.sweeps = map[string][]ovSweep{}
 	s.metas = map[string]ovMeta{}
 }
@@ -448,6 +453,7 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 			s.committedNext[o.peer] = max(s.committedNext[o.peer], o.pos+1)
 			if s.routes[o.h].gen == o.gen {
 				delete(s.routes, o.h)
+				s.ovCount[ovSlot(o.h)]--
 			}
 		}
 	}
@@ -474,7 +480,12 @@ func (s *Stage) lookupLocked(peer, rk string, h ixHash) (v routeValue, pos uint6
 		return v, 0, false, s.broken
 	}
 	var g uint64
-	if e, ok := s.routes[h]; ok {
+	var e ovEntry
+	ok := false
+	if s.ovCount[ovSlot(h)] != 0 {
+		e, ok = s.routes[h]
+	}
+	if ok {
 		v, pos, held, g = e.val, e.pos, !e.del, e.gen
 	} else {
 		// Under mu: a commit removes its changes from the overlay (under
@@ -528,9 +539,16 @@ func (s *Stage) changeLocked(o op) {
 	case opMeta:
 		s.metas[o.peer] = ovMeta{gen: o.gen, meta: *o.meta}
 	default:
+		n := len(s.routes)
 		s.routes[o.h] = ovEntry{gen: o.gen, pos: o.pos, val: o.val, del: o.kind == opDel}
+		if len(s.routes) > n {
+			s.ovCount[ovSlot(o.h)]++
+		}
 	}
 }
+
+// ovSlot is a route's counter in Stage.ovCount.
+func ovSlot(h ixHash) uint16 { return uint16(h[0] >> 48) }
 
 // output emits a record's messages; messages the stage adds are numbered
 // after the encoder's, in the order added.
