@@ -479,6 +479,10 @@ func TestRIBAgentKafka(t *testing.T) {
 	checkShow(t, bin, m, "--http", run.HTTP, "--state-dir", filepath.Join(dir, "nowhere"))
 	run.Stop()
 	checkShow(t, bin, m, "--http", testenv.LoopbackAddr(t), "--state-dir", filepath.Join(dir, "state"))
+	// A clean stop keeps the index for the next start.
+	if _, err := os.Stat(filepath.Join(dir, "state", rib.IndexMarkName)); err != nil {
+		t.Errorf("the agent's stop left no index mark: %v", err)
+	}
 }
 
 // checkShow runs `bgpedge rib show` and compares its counts, a prefix query

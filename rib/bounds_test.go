@@ -175,6 +175,26 @@ func TestStageCommitPartsSizedByPages(t *testing.T) {
 	}
 }
 
+// staleRoute is route i of staleTable's peer.
+func staleRoute(i int) testRoute {
+	return testRoute{router: "192.0.2.1", peer: "198.51.100.1", table: TableAdjInPre, prefix: fmt.Sprintf("10.%d.%d.0/24", i/256, i%256), attr: 1}
+}
+
+// staleTable sequences n routes of one peer (staleRoute), one a record,
+// then a synthetic peer-down that makes them stale; it returns the last seq.
+func staleTable(t *testing.T, s *Stage, n int) uint64 {
+	t.Helper()
+	seq := uint64(0)
+	for i := range n {
+		seq++
+		sequence(t, s, seq, []*forwarder.Outgoing{staleRoute(i).msg(t, seq, 1)})
+	}
+	seq++
+	rec, msgs := staleRoute(0).synthDown(t, seq)
+	sequenceRec(t, s, rec, msgs)
+	return seq
+}
+
 // TestStageTimeoutSweepDeletesBucket: a stale timeout of a peer none of
 // whose routes came back deletes the peer's bucket (no walk materialising
 // its pages); with one route confirmed it walks, and keeps that route.
@@ -184,30 +204,20 @@ func TestStageTimeoutSweepDeletesBucket(t *testing.T) {
 			s := openTest(t, t.TempDir(), DuplicatesDrop)
 			defer s.Close()
 			const n = 2000
-			r := func(i int) testRoute {
-				return testRoute{router: "192.0.2.1", peer: "198.51.100.1", table: TableAdjInPre, prefix: fmt.Sprintf("10.%d.%d.0/24", i/256, i%256), attr: 1}
-			}
-			seq := uint64(0)
-			for i := range n {
-				seq++
-				sequence(t, s, seq, []*forwarder.Outgoing{r(i).msg(t, seq, 1)})
-			}
-			seq++
-			rec, msgs := r(0).synthDown(t, seq)
-			sequenceRec(t, s, rec, msgs)
+			seq := staleTable(t, s, n)
 			if confirm {
 				seq++
-				sequence(t, s, seq, []*forwarder.Outgoing{r(7).msg(t, seq, 1)})
+				sequence(t, s, seq, []*forwarder.Outgoing{staleRoute(7).msg(t, seq, 1)})
 			}
 			if err := s.CommitThrough(seq); err != nil {
 				t.Fatal(err)
 			}
-			meta, err := s.meta(r(0).peerKey())
+			meta, err := s.meta(staleRoute(0).peerKey())
 			if err != nil {
 				t.Fatal(err)
 			}
 			seq++
-			got := sequenceRec(t, s, record.Record{Seq: seq, Kind: record.KindRIBTimer, Payload: timerPayload(r(0).peerKey(), meta.epoch)}, nil)
+			got := sequenceRec(t, s, record.Record{Seq: seq, Kind: record.KindRIBTimer, Payload: timerPayload(staleRoute(0).peerKey(), meta.epoch)}, nil)
 			want := n
 			if confirm {
 				want = n - 1
@@ -226,7 +236,7 @@ func TestStageTimeoutSweepDeletesBucket(t *testing.T) {
 				return
 			}
 			err = s.st.db.View(func(tx *bolt.Tx) error {
-				if tx.Bucket(routesBucket).Bucket([]byte(r(0).peerKey())) != nil {
+				if tx.Bucket(routesBucket).Bucket([]byte(staleRoute(0).peerKey())) != nil {
 					return fmt.Errorf("the peer's bucket is still there")
 				}
 				return nil
@@ -303,21 +313,11 @@ func TestStageSweepInParts(t *testing.T) {
 			s := open()
 			defer func() { _ = s.Close() }()
 			const n = 6000
-			r := func(i int) testRoute {
-				return testRoute{router: "192.0.2.1", peer: "198.51.100.1", table: TableAdjInPre, prefix: fmt.Sprintf("10.%d.%d.0/24", i/256, i%256), attr: 1}
-			}
-			seq := uint64(0)
-			for i := range n {
-				seq++
-				sequence(t, s, seq, []*forwarder.Outgoing{r(i).msg(t, seq, 1)})
-			}
-			seq++
-			rec, msgs := r(0).synthDown(t, seq)
-			sequenceRec(t, s, rec, msgs)
+			seq := staleTable(t, s, n)
 			confirmed := 0
 			for i := 0; i < n; i += 3 { // every third route comes back
 				seq++
-				sequence(t, s, seq, []*forwarder.Outgoing{r(i).msg(t, seq, 1)})
+				sequence(t, s, seq, []*forwarder.Outgoing{staleRoute(i).msg(t, seq, 1)})
 				confirmed++
 			}
 			if err := s.CommitThrough(seq); err != nil {
@@ -325,7 +325,7 @@ func TestStageSweepInParts(t *testing.T) {
 			}
 			seq++
 			eor := seq
-			if got := sequence(t, s, eor, []*forwarder.Outgoing{r(0).eorMsg(t, eor, 1)}); len(got) != 1+2*(n-confirmed) {
+			if got := sequence(t, s, eor, []*forwarder.Outgoing{staleRoute(0).eorMsg(t, eor, 1)}); len(got) != 1+2*(n-confirmed) {
 				t.Fatalf("End-of-RIB: %d messages, want the marker, %d withdraws and their tombstones", len(got), n-confirmed)
 			}
 			if done, err := s.commitPart(eor); err != nil || done || s.sweepParts != 1 {
@@ -345,18 +345,18 @@ func TestStageSweepInParts(t *testing.T) {
 				}
 				// The record again: it withdraws what the file still holds
 				// of the stale routes (the sink acknowledged the rest).
-				if got := sequence(t, s, eor, []*forwarder.Outgoing{r(0).eorMsg(t, eor, 1)}); len(got) != 1+2*(partly-confirmed) {
+				if got := sequence(t, s, eor, []*forwarder.Outgoing{staleRoute(0).eorMsg(t, eor, 1)}); len(got) != 1+2*(partly-confirmed) {
 					t.Fatalf("End-of-RIB again: %d messages, want the marker and %d withdraws with tombstones", len(got), partly-confirmed)
 				}
 			}
 			// Decisions between parts see the whole sweep: a swept route
 			// is new, a confirmed one a duplicate.
 			seq++
-			if got := sequence(t, s, seq, []*forwarder.Outgoing{r(1).msg(t, seq, 1)}); len(got) != 2 {
+			if got := sequence(t, s, seq, []*forwarder.Outgoing{staleRoute(1).msg(t, seq, 1)}); len(got) != 2 {
 				t.Fatalf("a swept route announced again: %q, want it and its bmp.rib value", summary(got))
 			}
 			seq++
-			if got := sequence(t, s, seq, []*forwarder.Outgoing{r(3).msg(t, seq, 1)}); len(got) != 0 {
+			if got := sequence(t, s, seq, []*forwarder.Outgoing{staleRoute(3).msg(t, seq, 1)}); len(got) != 0 {
 				t.Fatalf("a confirmed route announced again: %q, want it dropped as a duplicate", summary(got))
 			}
 			if err := s.CommitThrough(seq); err != nil {
@@ -374,7 +374,7 @@ func TestStageSweepInParts(t *testing.T) {
 				t.Fatalf("file holds %d routes (counted %d, %d stale), want the %d confirmed and the one announced again, none stale",
 					len(file), routes, stale, confirmed)
 			}
-			if _, ok := file[r(1).peerKey()+"#"+r(1).rkey()]; !ok {
+			if _, ok := file[staleRoute(1).peerKey()+"#"+staleRoute(1).rkey()]; !ok {
 				t.Fatalf("the route announced again after the sweep is not in the file")
 			}
 		})

@@ -72,17 +72,9 @@ func appendGroup(b []byte, rs []groupRoute) []byte {
 // groupLen is len(appendGroup(nil, rs)).
 func groupLen(rs []groupRoute) int {
 	n := 0
+	var v [binary.MaxVarintLen64]byte
 	for _, r := range rs {
-		n += 1 + routeValueLen + uvarintLen(uint64(len(r.rk))) + len(r.rk)
-	}
-	return n
-}
-
-func uvarintLen(x uint64) int {
-	n := 1
-	for x >= 0x80 {
-		x >>= 7
-		n++
+		n += 1 + routeValueLen + len(binary.AppendUvarint(v[:0], uint64(len(r.rk)))) + len(r.rk)
 	}
 	return n
 }

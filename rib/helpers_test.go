@@ -214,3 +214,36 @@ func testutilGauge(g prometheus.Gauge) float64 {
 func ribKey(peer, rk string) []byte {
 	return appendRIBKey(nil, peer, rk)
 }
+
+// crashClose closes s as a crash leaves it: the index's file with no mark
+// of a clean stop, so the next open rebuilds it.
+func crashClose(s *Stage) {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		s.done.Wait()
+		s.m.unregister(s.reg)
+		s.ix.release()
+		s.closeErr = s.st.close()
+	})
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkOverlayCounts checks Stage.ovCount against the overlay's map.
+func checkOverlayCounts(t testing.TB, s *Stage) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var want [1 << 16]uint16
+	for h := range s.routes {
+		want[ovSlot(h)]++
+	}
+	if want != *s.ovCount {
+		t.Fatalf("overlay counts disagree with its %d routes", len(s.routes))
+	}
+}

@@ -2,11 +2,15 @@ package rib
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
-	"hash/maphash"
+	"hash/crc32"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // IndexFileName is the route index's file inside the state directory.
@@ -19,8 +23,12 @@ const IndexFileName = "rib.index"
 // per route at each commit; with it rib.db's route buckets are keyed by
 // position, so new routes are appended.
 //
-// It is derived data: rebuilt from rib.db at every open, never synced, so a
-// crash cannot leave it disagreeing with the file. It lives in a
+// It is derived data, never synced while the agent runs: a clean close
+// syncs it and leaves a mark (rib.index.clean) naming rib.db's last
+// transaction, and the next open reuses it only if the mark is there and
+// names the same transaction, removing the mark before anything changes
+// the index; any other open (after a crash, a failed close) rebuilds it
+// from rib.db, so a crash cannot leave it disagreeing with the file. It lives in a
 // file-backed shared mapping (rib.index, open addressing with linear
 // probing, slotSize bytes a slot), not in the heap: 50 M routes need about
 // 3 GB of slots, which the kernel pages in and out like rib.db's own pages
@@ -28,7 +36,7 @@ const IndexFileName = "rib.index"
 //
 // A slot holds a 127-bit hash of the peer and route key, not the keys: two
 // routes in the state collide with a probability of about n²/2¹²⁸ (10⁻²³
-// for 50 M routes), with seeds chosen at each open.
+// for 50 M routes), with seeds chosen when the index is built (kept in the mark).
 type index struct {
 	mu    sync.RWMutex
 	dir   string
@@ -36,7 +44,7 @@ type index struct {
 	file  *os.File
 	mask  uint64 // slots - 1
 	used  uint64
-	seeds [2]maphash.Seed
+	seeds [2]uint64
 }
 
 // ixHash is a route's hash in the index; h[0] is never 0 (an empty slot).
@@ -49,7 +57,7 @@ const slotSize = 40
 const minSlots = 1 << 16
 
 func newIndex(dir string, routes uint64) (*index, error) {
-	ix := &index{dir: dir, seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}}
+	ix := &index{dir: dir, seeds: [2]uint64{rand.Uint64(), rand.Uint64()}}
 	if err := ix.alloc(slotsFor(routes)); err != nil {
 		return nil, err
 	}
@@ -65,15 +73,17 @@ func slotsFor(n uint64) uint64 {
 	return s
 }
 
+// hash is two xxHash64s of a seed, the peer, 0 and the route key: one
+// call each over one buffer, which costs a third of a streaming digest's.
 func (ix *index) hash(peer, rk string) ixHash {
-	var h maphash.Hash
+	var buf [160]byte
+	b := append(buf[:8], peer...)
+	b = append(b, 0)
+	b = append(b, rk...)
 	var out ixHash
 	for i := range out {
-		h.SetSeed(ix.seeds[i])
-		h.WriteString(peer)
-		h.WriteByte(0)
-		h.WriteString(rk)
-		out[i] = h.Sum64()
+		binary.LittleEndian.PutUint64(b, ix.seeds[i])
+		out[i] = xxhash.Sum64(b)
 	}
 	out[0] |= 1
 	return out
@@ -117,6 +127,145 @@ func (ix *index) close() {
 	defer ix.mu.Unlock()
 	ix.release()
 	_ = os.Remove(filepath.Join(ix.dir, IndexFileName))
+}
+
+// IndexMarkName is the file a clean close leaves beside rib.index: the
+// index matches rib.db as of the transaction it names.
+const IndexMarkName = "rib.index.clean"
+
+// indexMark is what the mark holds: the table's size and entries, its
+// hash seeds and rib.db's last transaction.
+type indexMark struct {
+	slots, used uint64
+	seeds       [2]uint64
+	dbTx        uint64
+}
+
+var indexMarkMagic = [8]byte{'b', 'g', 'p', 'e', 'r', 'i', 'x', '1'}
+
+const indexMarkLen = 8 + 5*8 + 4
+
+func (m indexMark) encode() []byte {
+	b := append([]byte(nil), indexMarkMagic[:]...)
+	for _, v := range []uint64{m.slots, m.used, m.seeds[0], m.seeds[1], m.dbTx} {
+		b = binary.BigEndian.AppendUint64(b, v)
+	}
+	return binary.BigEndian.AppendUint32(b, crc32.ChecksumIEEE(b))
+}
+
+func decodeIndexMark(b []byte) (m indexMark, ok bool) {
+	if len(b) != indexMarkLen || [8]byte(b[:8]) != indexMarkMagic ||
+		binary.BigEndian.Uint32(b[indexMarkLen-4:]) != crc32.ChecksumIEEE(b[:indexMarkLen-4]) {
+		return m, false
+	}
+	v := func(i int) uint64 { return binary.BigEndian.Uint64(b[8+8*i:]) }
+	return indexMark{slots: v(0), used: v(1), seeds: [2]uint64{v(2), v(3)}, dbTx: v(4)}, true
+}
+
+// closeClean releases the table and keeps its file for the next open,
+// marked as matching rib.db as of transaction dbTx; when that fails the
+// file is removed instead.
+func (ix *index) closeClean(dbTx uint64) error {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	path := filepath.Join(ix.dir, IndexFileName)
+	m := indexMark{slots: ix.mask + 1, used: ix.used, seeds: ix.seeds, dbTx: dbTx}
+	err := syncMapping(ix.mem)
+	if err == nil {
+		err = ix.file.Sync()
+	}
+	ix.release()
+	if err == nil {
+		err = writeFileSynced(filepath.Join(ix.dir, IndexMarkName), m.encode())
+	}
+	if err != nil {
+		_ = os.Remove(path)
+		return fmt.Errorf("rib: index: keep: %w", err)
+	}
+	return nil
+}
+
+// errNoMark: no clean close left the index to reuse.
+var errNoMark = errors.New("no mark of a clean close")
+
+// reuseIndex opens the index a clean close left, if its mark names dbTx
+// (rib.db's last transaction) and routes entries. The mark is removed
+// first, before anything can change the index: only the open right after
+// a clean close reuses it.
+func reuseIndex(dir string, dbTx, routes uint64) (*index, error) {
+	markPath := filepath.Join(dir, IndexMarkName)
+	b, err := os.ReadFile(markPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, errNoMark
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Remove(markPath); err != nil {
+		return nil, err
+	}
+	if err := syncDir(dir); err != nil {
+		return nil, err
+	}
+	m, ok := decodeIndexMark(b)
+	switch {
+	case !ok:
+		return nil, errors.New("mark unreadable")
+	case m.dbTx != dbTx:
+		return nil, fmt.Errorf("mark of transaction %d, the file is at %d", m.dbTx, dbTx)
+	case m.used != routes:
+		return nil, fmt.Errorf("mark of %d routes, the file holds %d", m.used, routes)
+	case m.slots < minSlots || m.slots&(m.slots-1) != 0 || m.used*10 > m.slots*7:
+		return nil, fmt.Errorf("mark of %d slots for %d routes", m.slots, m.used)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, IndexFileName), os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	mem, err := mapExisting(f, int64(m.slots*slotSize))
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return &index{dir: dir, mem: mem, file: f, mask: m.slots - 1, used: m.used, seeds: m.seeds}, nil
+}
+
+// writeFileSynced writes a small file durably: a temporary file synced,
+// renamed into place, the directory synced.
+func writeFileSynced(path string, b []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+// syncDir makes a directory's entries (a rename, a removal) durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 func (ix *index) slot(i uint64) []byte { return ix.mem[i*slotSize : (i+1)*slotSize : (i+1)*slotSize] }

@@ -66,10 +66,17 @@ func TestIndexModel(t *testing.T) {
 	}
 }
 
-// TestOpenRebuildsIndex: the index is rebuilt from the file at open, so a
+// TestOpenRebuildsIndex: after a crash the index is rebuilt from the file
+// at open, after a clean stop the one it left is kept; either way a
 // reopened state decides as the one before (a re-sent table is all
 // duplicates), and new routes of a peer go after the ones it holds.
 func TestOpenRebuildsIndex(t *testing.T) {
+	for _, crash := range []bool{false, true} {
+		t.Run(fmt.Sprintf("crash=%v", crash), func(t *testing.T) { testReopenIndex(t, crash) })
+	}
+}
+
+func testReopenIndex(t *testing.T, crash bool) {
 	dir := t.TempDir()
 	s := openTest(t, dir, DuplicatesDrop)
 	seq := uint64(0)
@@ -87,11 +94,16 @@ func TestOpenRebuildsIndex(t *testing.T) {
 	if err := s.CommitThrough(seq); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Close(); err != nil {
+	if crash {
+		crashClose(s)
+	} else if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
 	s = openTest(t, dir, DuplicatesDrop)
 	defer s.Close()
+	if s.rebuilt != crash {
+		t.Fatalf("index rebuilt %v at the open after a crash %v", s.rebuilt, crash)
+	}
 	if got := len(fileState(t, s)); got != 200 {
 		t.Fatalf("reopened state holds %d routes, want 200", got)
 	}
@@ -104,6 +116,66 @@ func TestOpenRebuildsIndex(t *testing.T) {
 	p := testRoute{router: "192.0.2.1", peer: "198.51.100.1"}.peerKey()
 	if s.committedNext[p] != 200 {
 		t.Fatalf("next position after reopening %d, want 200", s.committedNext[p])
+	}
+}
+
+// TestIndexKeptOnlyWhenMarked: the index a clean stop left is kept only by
+// the open right after it, and only when its mark names the file's last
+// transaction and route count; anything else rebuilds it.
+func TestIndexKeptOnlyWhenMarked(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir, DuplicatesDrop)
+	for seq := uint64(1); seq <= 50; seq++ {
+		sequence(t, s, seq, threeRoutes(t, seq))
+	}
+	if err := s.CommitThrough(50); err != nil {
+		t.Fatal(err)
+	}
+	next := uint64(50)
+	for _, c := range []struct {
+		name    string
+		spoil   func(t *testing.T)
+		rebuild bool
+	}{
+		{"clean", func(*testing.T) {}, false},
+		{"mark gone", func(t *testing.T) { must(t, os.Remove(filepath.Join(dir, IndexMarkName))) }, true},
+		{"mark damaged", func(t *testing.T) {
+			b, err := os.ReadFile(filepath.Join(dir, IndexMarkName))
+			must(t, err)
+			b[20] ^= 1
+			must(t, os.WriteFile(filepath.Join(dir, IndexMarkName), b, 0o640))
+		}, true},
+		{"file changed since", func(t *testing.T) {
+			db, err := bolt.Open(filepath.Join(dir, FileName), 0o640, nil)
+			must(t, err)
+			must(t, db.Update(func(tx *bolt.Tx) error { return tx.Bucket(metaBucket).Put([]byte("x"), []byte("y")) }))
+			must(t, db.Close())
+		}, true},
+		{"index file short", func(t *testing.T) { must(t, os.Truncate(filepath.Join(dir, IndexFileName), 4096)) }, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			c.spoil(t)
+			s = openTest(t, dir, DuplicatesDrop)
+			if s.rebuilt != c.rebuild {
+				t.Fatalf("index rebuilt %v, want %v", s.rebuilt, c.rebuild)
+			}
+			if _, err := os.Stat(filepath.Join(dir, IndexMarkName)); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the mark outlived the open that read it: %v", err)
+			}
+			if got := len(fileState(t, s)); got != 150 {
+				t.Fatalf("state holds %d routes, want 150", got)
+			}
+			next++
+			if got := sequence(t, s, next, threeRoutes(t, 1)); len(got) != 0 {
+				t.Fatalf("a held route announced again: %q, want a duplicate, dropped", summary(got))
+			}
+		})
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -228,6 +228,7 @@ func runModel(t *testing.T, seed uint64, n int, partNodes int64) (cuts uint64) {
 	}
 	crashes, failures := 0, 0
 	for spoolAcked < uint64(n) {
+		checkOverlayCounts(t, s)
 		if err := s.Rewind(spoolAcked + 1); err != nil {
 			t.Fatal(err)
 		}
@@ -270,7 +271,11 @@ func runModel(t *testing.T, seed uint64, n int, partNodes int64) (cuts uint64) {
 			}
 			inflight = nil
 			cuts += s.sweepParts
-			_ = s.Close()
+			if crashes%2 == 0 {
+				crashClose(s) // the index rebuilt at open
+			} else {
+				_ = s.Close() // a clean stop: the index kept
+			}
 			s = openTestNodes(t, dir, dups, partNodes)
 			applied := s.applied
 			if got, want := fileState(t, s), prefixModels[applied]; !equalModel(got, want) {

@@ -74,6 +74,7 @@ type Stage struct {
 	commitEnd  *sync.Cond
 	waits      uint64 // times Sequence waited for a commit (tests)
 	parts      uint64 // commit transactions (tests)
+	rebuilt    bool   // Open rebuilt the index (tests)
 	sweepParts uint64 // transactions that ended inside a sweep (tests)
 	// sweepResume is where the last transaction cut the sweep of the
 	// overlay's first change; nil: it cut none.
@@ -89,7 +90,11 @@ type Stage struct {
 	// routes is each route's newest change by its index hash (which
 	// covers the peer): no keys to hash again or for the collector to
 	// scan; the changes (ops) have the keys.
-	routes  map[ixHash]ovEntry
+	routes map[ixHash]ovEntry
+	// ovCount counts the routes entries by ovSlot: most routes a record
+	// names are not in the overlay, and a count of 0 says so without a
+	// look-up in a map of tens of thousands (a cache miss).
+	ovCount *[1 << 16]uint16
 	sweeps  map[string][]ovSweep // peer → sweeps, oldest first
 	metas   map[string]ovMeta    // peer → newest meta
 	gen     uint64
@@ -204,10 +209,7 @@ func (s *Stage) load() error {
 			s.stale[p] = m
 		}
 	}
-	if s.ix, err = newIndex(s.dir, routes); err != nil {
-		return err
-	}
-	if s.committedNext, err = s.st.rebuild(s.ix); err != nil {
+	if err := s.openIndex(routes); err != nil {
 		return err
 	}
 	if s.m, err = newMetrics(s.reg); err != nil {
@@ -220,14 +222,56 @@ func (s *Stage) load() error {
 	return nil
 }
 
+// openIndex reuses the index a clean close left, else rebuilds it from the
+// file.
+func (s *Stage) openIndex(routes uint64) error {
+	start := time.Now()
+	tx, err := s.st.lastTx()
+	if err != nil {
+		return err
+	}
+	ix, err := reuseIndex(s.dir, tx, routes)
+	if err == nil {
+		if s.committedNext, err = s.st.nextPositions(); err == nil {
+			s.ix = ix
+			s.log.Info("route state index kept from the last clean stop", "routes", routes, "seconds", time.Since(start).Seconds())
+			return nil
+		}
+		ix.close()
+	}
+	if !errors.Is(err, errNoMark) {
+		s.log.Warn("route state index not kept, rebuilding it", "err", err)
+	}
+	if s.ix, err = newIndex(s.dir, routes); err != nil {
+		return err
+	}
+	if s.committedNext, err = s.st.rebuild(s.ix); err != nil {
+		return err
+	}
+	s.rebuilt = true
+	s.log.Info("route state index rebuilt", "routes", routes, "seconds", time.Since(start).Seconds())
+	return nil
+}
+
 // Close stops the timer and releases the state file and the metrics; later
-// calls do nothing.
+// calls do nothing. The index is kept for the next open when every commit
+// it followed succeeded.
 func (s *Stage) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
 		s.done.Wait()
 		s.m.unregister(s.reg)
-		s.ix.close()
+		s.commitMu.Lock()
+		defer s.commitMu.Unlock()
+		s.mu.Lock()
+		broken := s.broken
+		s.mu.Unlock()
+		tx, err := s.st.lastTx()
+		if err != nil || broken != nil {
+			s.ix.close()
+		} else if err := s.ix.closeClean(tx); err != nil {
+			s.log.Warn("route state index not kept; the next start rebuilds it", "err", err)
+		}
 		s.closeErr = s.st.close()
 	})
 	return s.closeErr
@@ -238,6 +282,7 @@ func (s *Stage) reset() {
 	s.sweepResume = nil
 	s.next = map[string]uint64{}
 	s.routes = map[ixHash]ovEntry{}
+	s.ovCount = new([1 << 16]uint16)
 	s.sweeps = map[string][]ovSweep{}
 	s.metas = map[string]ovMeta{}
 }
@@ -408,6 +453,7 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 			s.committedNext[o.peer] = max(s.committedNext[o.peer], o.pos+1)
 			if s.routes[o.h].gen == o.gen {
 				delete(s.routes, o.h)
+				s.ovCount[ovSlot(o.h)]--
 			}
 		}
 	}
@@ -434,7 +480,12 @@ func (s *Stage) lookupLocked(peer, rk string, h ixHash) (v routeValue, pos uint6
 		return v, 0, false, s.broken
 	}
 	var g uint64
-	if e, ok := s.routes[h]; ok {
+	var e ovEntry
+	ok := false
+	if s.ovCount[ovSlot(h)] != 0 {
+		e, ok = s.routes[h]
+	}
+	if ok {
 		v, pos, held, g = e.val, e.pos, !e.del, e.gen
 	} else {
 		// Under mu: a commit removes its changes from the overlay (under
@@ -484,13 +535,20 @@ func (s *Stage) changeLocked(o op) {
 	s.ops = append(s.ops, o)
 	switch o.kind {
 	case opSweep:
-		s.sweeps[o.peer] = append(s.sweeps[o.peer], ovSweep{gen: o.gen, sw: o.sw})
+		s.sweeps[o.peer] = append(s.sweeps[o.peer], ovSweep{gen: o.gen, sw: o.sweep()})
 	case opMeta:
 		s.metas[o.peer] = ovMeta{gen: o.gen, meta: *o.meta}
 	default:
+		n := len(s.routes)
 		s.routes[o.h] = ovEntry{gen: o.gen, pos: o.pos, val: o.val, del: o.kind == opDel}
+		if len(s.routes) > n {
+			s.ovCount[ovSlot(o.h)]++
+		}
 	}
 }
+
+// ovSlot is a route's counter in Stage.ovCount.
+func ovSlot(h ixHash) uint16 { return uint16(h[0] >> 48) }
 
 // output emits a record's messages; messages the stage adds are numbered
 // after the encoder's, in the order added.
@@ -536,7 +594,7 @@ type outMem struct {
 
 func (m *outMem) outgoing() *forwarder.Outgoing {
 	if len(m.msgs) == 0 {
-		m.msgs = make([]forwarder.Outgoing, 256)
+		m.msgs = make([]forwarder.Outgoing, 128) // under 32 KB: a small allocation
 	}
 	o := &m.msgs[0]
 	m.msgs = m.msgs[1:]
@@ -715,7 +773,7 @@ func (s *Stage) endOfRIB(rec record.Record, meta peerMeta, ev *event, env []byte
 	if err := s.walk(rec, ev.peer, env, w, out); err != nil {
 		return err
 	}
-	s.change(op{seq: rec.Seq, kind: opSweep, peer: ev.peer, sw: w})
+	s.change(op{seq: rec.Seq, kind: opSweep, peer: ev.peer, sw: &w})
 	return nil
 }
 
@@ -745,7 +803,7 @@ func (s *Stage) timeout(rec record.Record, out *output) error {
 	if err := s.walk(rec, peer, env, w, out); err != nil {
 		return err
 	}
-	s.change(op{seq: rec.Seq, kind: opSweep, peer: peer, sw: w})
+	s.change(op{seq: rec.Seq, kind: opSweep, peer: peer, sw: &w})
 	meta.stale = false
 	s.change(op{seq: rec.Seq, kind: opMeta, peer: peer, meta: &meta})
 	return nil

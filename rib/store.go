@@ -161,7 +161,19 @@ func openStore(dir string, readOnly bool, mmap, pageSize int) (*store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rib: open %s: %w", path, err)
 	}
-	if !readOnly {
+	// A file set up already is only read: a write transaction would
+	// change its last transaction id, which the index's mark names
+	// (index.go).
+	ready := false
+	err = db.View(func(tx *bolt.Tx) error {
+		if err := checkLayout(tx, false); err != nil {
+			return err
+		}
+		ready = tx.Bucket(routesBucket) != nil && tx.Bucket(countsBucket) != nil && tx.Bucket(peersBucket) != nil &&
+			tx.Bucket(metaBucket) != nil && tx.Bucket(metaBucket).Get(layoutKey) != nil
+		return nil
+	})
+	if err == nil && !readOnly && !ready {
 		err = db.Update(func(tx *bolt.Tx) error {
 			for _, b := range [][]byte{routesBucket, countsBucket, peersBucket, metaBucket} {
 				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -170,8 +182,6 @@ func openStore(dir string, readOnly bool, mmap, pageSize int) (*store, error) {
 			}
 			return checkLayout(tx, true)
 		})
-	} else {
-		err = db.View(func(tx *bolt.Tx) error { return checkLayout(tx, false) })
 	}
 	if err != nil {
 		_ = db.Close()
@@ -306,6 +316,37 @@ func (s *store) rebuild(ix *index) (next map[string]uint64, err error) {
 	return next, nil
 }
 
+// lastTx is the id of the file's last committed transaction.
+func (s *store) lastTx() (id uint64, err error) {
+	err = s.db.View(func(tx *bolt.Tx) error {
+		id = uint64(tx.ID())
+		return nil
+	})
+	return id, err
+}
+
+// nextPositions returns each peer's next position: one after the last it
+// holds (what rebuild returns, from each peer's last group alone).
+func (s *store) nextPositions() (next map[string]uint64, err error) {
+	next = map[string]uint64{}
+	err = s.db.View(func(tx *bolt.Tx) error {
+		r := tx.Bucket(routesBucket)
+		return r.ForEachBucket(func(pk []byte) error {
+			k, v := r.Bucket(pk).Cursor().Last()
+			if k == nil {
+				return nil
+			}
+			es, err := decodeGroup(k, v, nil)
+			if err != nil {
+				return fmt.Errorf("peer %q: %w", pk, err)
+			}
+			next[string(pk)] = groupPos(k, es[len(es)-1].slot) + 1
+			return nil
+		})
+	})
+	return next, err
+}
+
 // forEachPeer calls fn with every peer that holds routes, in key order.
 func (s *store) forEachPeer(fn func(peer string) error) error {
 	var peers []string
@@ -359,10 +400,11 @@ func (w sweep) matches(rk string, v routeValue) bool {
 }
 
 // op is one change of the route state, by the record seq that made it.
+// The overlay holds tens of thousands: the rare kinds' fields are behind
+// pointers, and the small ones packed.
 type op struct {
 	seq  uint64
 	gen  uint64 // overlay generation, to tell the newest change of a key
-	kind opKind
 	peer string
 	rk   string
 	val  routeValue // opSet
@@ -371,14 +413,23 @@ type op struct {
 	// index hash.
 	pos  uint64
 	h    ixHash
-	sw   sweep
-	meta *peerMeta // opMeta (a pointer: most ops are route sets)
+	sw   *sweep    // opSweep; nil: every route of the peer
+	meta *peerMeta // opMeta
+	kind opKind
 	// opSet, opDel: whether the route was held when the change was decided
 	// and its epoch then. The commit applies changes in seq order onto the
 	// file every decision read (plus the overlay before it), so this is
 	// what the file holds then too, and the commit need not read it.
 	held      bool
 	heldEpoch uint32
+}
+
+// sweep returns an opSweep's sweep.
+func (o *op) sweep() sweep {
+	if o.sw == nil {
+		return sweep{}
+	}
+	return *o.sw
 }
 
 // errPartTooLarge: a commit part changed more pages than it may hold.
@@ -712,7 +763,7 @@ func (a *applier) apply(o *op) error {
 		if p.b == nil {
 			return nil
 		}
-		if o.sw == (sweep{}) || a.sweepsAll(o.peer, p, o.sw) {
+		if o.sweep() == (sweep{}) || a.sweepsAll(o.peer, p, o.sweep()) {
 			// Reading the routes to take them out of the index
 			// materialises no page; deleting the bucket frees them
 			// unread.
@@ -759,7 +810,7 @@ func (a *applier) apply(o *op) error {
 			}
 			kept := make([]groupRoute, 0, len(a.es))
 			for _, e := range a.es {
-				if !o.sw.matches(e.rk, e.val) {
+				if !o.sweep().matches(e.rk, e.val) {
 					kept = append(kept, e)
 					continue
 				}
