@@ -128,11 +128,6 @@ func newForwarderSinks(cfg Config, src Source, enc Encoder, sinks []Sink, logger
 	}
 	f.arenas = make([]outArena, f.workers)
 	for i := range f.arenas {
-		// A Sequencer keeps nothing of the messages it is given past
-		// Sequence; one that adds a message sharing another's bytes holds
-		// them once more (Outgoing.Share), one that drops a message lets
-		// go of them (Outgoing.Discard).
-		f.arenas[i].release = true
 		// Not with a Sequencer, which may change a message's key.
 		f.arenas[i].hashKeys = f.seq == nil && hashesKeys(sinks)
 	}
@@ -909,11 +904,7 @@ func (f *Forwarder) encodeWith(a *outArena, rec record.Record, out []*Outgoing, 
 	}
 	for _, m := range msgs {
 		m.ID = a.id(f.cfg.AgentID, rec.Seq, m.Index)
-		if a.release {
-			m.implied, m.kind, m.router, m.agent = true, rec.Kind.String(), rec.Source, f.cfg.AgentID
-		} else {
-			m.Headers = f.headers(a, rec, m)
-		}
+		m.implied, m.kind, m.router, m.agent = true, rec.Kind.String(), rec.Source, f.cfg.AgentID
 	}
 	return out
 }
@@ -1033,11 +1024,6 @@ type outArena struct {
 	out  []*Outgoing
 	emit func(record.Output) // a.add, bound once
 
-	// release (no Sequencer): the messages keep their output's Owner,
-	// released by the tracker once the sink acknowledged them, and their
-	// first headers are implied (Outgoing.implied). A Sequencer is given
-	// messages with every header stored, as it always was.
-	release bool
 	// hashKeys: a sink partitions by the key's hash (Kafka), taken by add.
 	hashKeys bool
 }
@@ -1045,10 +1031,12 @@ type outArena struct {
 // add is the emit function of the record being encoded.
 func (a *outArena) add(m record.Output) {
 	o := a.msg()
-	*o = Outgoing{Seq: a.seq, Index: m.Index, Stream: m.Stream, Key: m.Key, Value: m.Value}
-	if a.release {
-		o.owner = m.Owner
-	}
+	// The message keeps its output's Owner, released by the tracker once
+	// the sink acknowledged it. A Sequencer keeps nothing of the messages
+	// it is given past Sequence; one that adds a message sharing another's
+	// bytes holds them once more (Outgoing.Share), one that drops a
+	// message lets go of them (Outgoing.Discard).
+	*o = Outgoing{Seq: a.seq, Index: m.Index, Stream: m.Stream, Key: m.Key, Value: m.Value, owner: m.Owner}
 	if a.hashKeys && len(m.Key) > 0 {
 		// Hashed here, where the encoder has just written the key: the
 		// Kafka sink, reading it a read batch later for the partition,
