@@ -17,6 +17,7 @@ import (
 
 	api "github.com/osrg/gobgp/v4/api"
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v4/pkg/server"
 
 	"github.com/bgpedge/bgpedge/internal/testenv"
@@ -60,6 +61,44 @@ func waitAcceptedLive(t *testing.T, s *server.BgpServer, neighbor string, n int)
 		})
 		return total == n
 	})
+}
+
+// waitAdjInLive waits until s's Adj-RIB-In from neighbor holds exactly the
+// routes livePath(i, 1, med(i)) for which med(i) is not 0. Its count of
+// accepted routes is not enough: it reaches the count while updates that
+// change routes are still on their way, and a BMP session that starts
+// then sends the old paths in its initial dump and the new ones as they
+// arrive. GoBGP encodes the two differently for an Add-Path peer (the
+// initial dump without path ids, the updates it relays with them), so the
+// route state rightly holds both paths.
+func waitAdjInLive(t *testing.T, s *server.BgpServer, neighbor string, routes int, med func(i int) uint32) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; {
+		held, wrong := 0, 0
+		err := s.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_ADJ_IN, Name: neighbor, Family: bgp.RF_IPv4_UC},
+			func(prefix bgp.NLRI, paths []*apiutil.Path) {
+				_, i := liveIndex(t, prefix.String())
+				for _, p := range paths {
+					held++
+					got := uint32(0)
+					for _, a := range p.Attrs {
+						if m, ok := a.(*bgp.PathAttributeMultiExitDisc); ok {
+							got = m.Value
+						}
+					}
+					if want := med(i); want == 0 || got != want {
+						wrong++
+					}
+				}
+			})
+		if err == nil && wrong == 0 && held == routes {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Adj-RIB-In from %s after a minute: %d paths (want %d), %d of them unexpected (err %v)", neighbor, held, routes, wrong, err)
+		}
+		time.Sleep(100 * time.Millisecond) // polling the router's table
+	}
 }
 
 // ribCounts asks the agent's GET /rib for the routes held per peer, in the
@@ -150,7 +189,15 @@ func TestRIBLiveGoBGP(t *testing.T) {
 	if _, err := b.srv.AddPath(apiutil.AddPathRequest{Paths: changes}); err != nil {
 		t.Fatal(err)
 	}
-	waitAcceptedLive(t, a.srv, "127.0.0.2", bRoutes-gone)
+	waitAdjInLive(t, a.srv, "127.0.0.2", bRoutes-gone, func(i int) uint32 {
+		switch {
+		case i < gone:
+			return 0
+		case i < gone+changed:
+			return 101
+		}
+		return 100
+	})
 	gate.Open() // A reconnects on its own and sends its table again
 	var last string
 	for deadline := time.Now().Add(2 * time.Minute); ; {
@@ -162,7 +209,9 @@ func TestRIBLiveGoBGP(t *testing.T) {
 		last = fmt.Sprintf("sessions %v, stale %v, unacknowledged %v, B's routes held %d (want %d)", m["bgpedge_bmp_sessions_active"],
 			m["bgpedge_rib_stale_routes"], m["bgpedge_buffer_records"], held, bRoutes-gone)
 		if time.Now().After(deadline) {
-			t.Fatalf("B's table not re-sent, or routes still stale, after 2 minutes: %s\n%s", last, ag.run.Log())
+			// Not fatal: what reached the route stream tells why.
+			t.Errorf("B's table not re-sent, or routes still stale, after 2 minutes: %s\n%s\n%s", last, ribMetrics(m), ag.run.Log())
+			break
 		}
 		time.Sleep(100 * time.Millisecond) // polling the agent's metrics
 	}

@@ -9,9 +9,11 @@ package rib_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -171,4 +173,17 @@ func liveIndex(t *testing.T, prefix string) (third byte, i int) {
 	}
 	a := p.Addr().As4()
 	return a[1], int(a[2])<<8 | int(a[3])
+}
+
+// ribMetrics lists the route state's and the forwarder's metrics, for a
+// failure's message.
+func ribMetrics(m map[string]float64) string {
+	var lines []string
+	for k, v := range m {
+		if strings.HasPrefix(k, "bgpedge_rib_") || strings.HasPrefix(k, "bgpedge_forwarder_") || strings.HasPrefix(k, "bgpedge_bmp_") {
+			lines = append(lines, fmt.Sprintf("%s %v", k, v))
+		}
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
 }
