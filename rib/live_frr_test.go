@@ -332,20 +332,15 @@ func TestRIBLiveFRR(t *testing.T) {
 	lastChanged := livePath(t, gone+changed-1, 1, 101).Nlri.String()
 	testenv.Eventually(t, time.Minute, "FRR holding B's changed routes", func() bool { return frr.med(lastChanged) == 101 })
 	gate.Open() // FRR reconnects on its own and sends its table again
-	var last string
-	for deadline := time.Now().Add(time.Minute); ; {
+	if ok, last := testenv.Poll(time.Minute, func() (bool, string) {
 		m := ag.run.Metrics()
 		pre, post := held(rib.TableAdjInPre, "127.0.0.2"), held(rib.TableAdjInPost, "127.0.0.2")
-		if m["bgpedge_bmp_sessions_active"] == 1 && m["bgpedge_rib_stale_routes"] == 0 && m["bgpedge_buffer_records"] == 0 &&
-			pre == bRoutes-gone && post == bRoutes-gone {
-			break
-		}
-		last = fmt.Sprintf("sessions %v, stale %v, unacknowledged %v, B's routes held pre %d post %d (want %d)", m["bgpedge_bmp_sessions_active"],
-			m["bgpedge_rib_stale_routes"], m["bgpedge_buffer_records"], pre, post, bRoutes-gone)
-		if time.Now().After(deadline) {
-			t.Fatalf("FRR's table not re-sent, or routes still stale, after a minute: %s\n%s", last, ag.run.Log())
-		}
-		time.Sleep(100 * time.Millisecond) // polling the agent's metrics
+		return m["bgpedge_bmp_sessions_active"] == 1 && m["bgpedge_rib_stale_routes"] == 0 && m["bgpedge_buffer_records"] == 0 &&
+				pre == bRoutes-gone && post == bRoutes-gone,
+			fmt.Sprintf("sessions %v, stale %v, unacknowledged %v, B's routes held pre %d post %d (want %d)", m["bgpedge_bmp_sessions_active"],
+				m["bgpedge_rib_stale_routes"], m["bgpedge_buffer_records"], pre, post, bRoutes-gone)
+	}); !ok {
+		t.Fatalf("FRR's table not re-sent, or routes still stale, after a minute: %s\n%s", last, ag.run.Log())
 	}
 	t.Logf("BMP cut, B changed, FRR reconnected and the route state settled in %v", time.Since(start).Round(time.Millisecond))
 

@@ -73,7 +73,7 @@ func waitAcceptedLive(t *testing.T, s *server.BgpServer, neighbor string, n int)
 // route state rightly holds both paths.
 func waitAdjInLive(t *testing.T, s *server.BgpServer, neighbor string, routes int, med func(i int) uint32) {
 	t.Helper()
-	for deadline := time.Now().Add(time.Minute); ; {
+	ok, last := testenv.Poll(time.Minute, func() (bool, string) {
 		held, wrong := 0, 0
 		err := s.ListPath(apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_ADJ_IN, Name: neighbor, Family: bgp.RF_IPv4_UC},
 			func(prefix bgp.NLRI, paths []*apiutil.Path) {
@@ -91,13 +91,10 @@ func waitAdjInLive(t *testing.T, s *server.BgpServer, neighbor string, routes in
 					}
 				}
 			})
-		if err == nil && wrong == 0 && held == routes {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Adj-RIB-In from %s after a minute: %d paths (want %d), %d of them unexpected (err %v)", neighbor, held, routes, wrong, err)
-		}
-		time.Sleep(100 * time.Millisecond) // polling the router's table
+		return err == nil && wrong == 0 && held == routes, fmt.Sprintf("%d paths (want %d), %d of them unexpected (err %v)", held, routes, wrong, err)
+	})
+	if !ok {
+		t.Fatalf("Adj-RIB-In from %s after a minute: %s", neighbor, last)
 	}
 }
 
@@ -199,21 +196,16 @@ func TestRIBLiveGoBGP(t *testing.T) {
 		return 100
 	})
 	gate.Open() // A reconnects on its own and sends its table again
-	var last string
-	for deadline := time.Now().Add(2 * time.Minute); ; {
-		m := ag.run.Metrics()
+	var m map[string]float64
+	if ok, last := testenv.Poll(2*time.Minute, func() (bool, string) {
+		m = ag.run.Metrics()
 		held := ribCounts(t, ag.run.HTTP)["127.0.0.2"]
-		if m["bgpedge_bmp_sessions_active"] == 1 && m["bgpedge_rib_stale_routes"] == 0 && m["bgpedge_buffer_records"] == 0 && held == bRoutes-gone {
-			break
-		}
-		last = fmt.Sprintf("sessions %v, stale %v, unacknowledged %v, B's routes held %d (want %d)", m["bgpedge_bmp_sessions_active"],
-			m["bgpedge_rib_stale_routes"], m["bgpedge_buffer_records"], held, bRoutes-gone)
-		if time.Now().After(deadline) {
-			// Not fatal: what reached the route stream tells why.
-			t.Errorf("B's table not re-sent, or routes still stale, after 2 minutes: %s\n%s\n%s", last, ribMetrics(m), ag.run.Log())
-			break
-		}
-		time.Sleep(100 * time.Millisecond) // polling the agent's metrics
+		return m["bgpedge_bmp_sessions_active"] == 1 && m["bgpedge_rib_stale_routes"] == 0 && m["bgpedge_buffer_records"] == 0 && held == bRoutes-gone,
+			fmt.Sprintf("sessions %v, stale %v, unacknowledged %v, B's routes held %d (want %d)", m["bgpedge_bmp_sessions_active"],
+				m["bgpedge_rib_stale_routes"], m["bgpedge_buffer_records"], held, bRoutes-gone)
+	}); !ok {
+		// Not fatal: what reached the route stream tells why.
+		t.Errorf("B's table not re-sent, or routes still stale, after 2 minutes: %s\n%s\n%s", last, ribMetrics(m), ag.run.Log())
 	}
 
 	// The route stream after the cut: only the changes and the withdraws.

@@ -116,6 +116,19 @@ func Eventually(t testing.TB, timeout time.Duration, msg string, cond func() boo
 	}
 }
 
+// Poll calls cond every 100 ms until it reports done or timeout passes, and
+// returns whether it did and cond's last state: for a caller whose failure
+// should say what it saw last, and which decides whether that is fatal.
+func Poll(timeout time.Duration, cond func() (done bool, state string)) (bool, string) {
+	for deadline := time.Now().Add(timeout); ; {
+		done, state := cond()
+		if done || time.Now().After(deadline) {
+			return done, state
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval, not a synchronisation point
+	}
+}
+
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
