@@ -31,9 +31,11 @@ type Sequencer interface {
 	// empty (the forwarder fills them) and sets an Index unique within the
 	// record. emit fails once the session ends; Sequence then returns.
 	// The messages' Key and Value bytes are reused once the sink
-	// acknowledged them: Sequence keeps none past its return, a message it
-	// adds that points into another's bytes calls Share, and a message it
-	// drops calls Discard.
+	// acknowledged them, which can happen before emit returns (a long
+	// expansion is handed to the sink in parts while Sequence runs):
+	// nothing of a message is read once it is passed to emit, a message
+	// Sequence adds that points into another's bytes calls Share before
+	// either is emitted, and a message it drops calls Discard.
 	Sequence(rec record.Record, msgs []*Outgoing, emit func(*Outgoing) error) error
 	// CommitThrough makes the changes of every record ≤ seq durable. The
 	// forwarder calls it before it acknowledges seq to the spool.

@@ -666,6 +666,8 @@ func (f *Forwarder) handOver(ctx context.Context, sink Sink, tr *tracker, b *enc
 			// Counts that do not add up to the messages (cannot happen):
 			// register the rest rather than loop; the watermark then
 			// waits on messages never sent, and nothing is lost.
+			f.logger.Error("encoded batch: message counts exceed its messages; the watermark stops here until the session restarts",
+				"seq", b.recs[ri].Seq, "records_left", len(b.recs)-ri)
 			for ; ri < len(b.recs); ri, rdone = ri+1, 0 {
 				tr.addPart(b.recs[ri].Seq, b.counts[ri]-rdone, b.open != nil && b.open[ri])
 			}
@@ -739,7 +741,7 @@ func (sb *seqBatch) add(m *Outgoing) error {
 	}
 	out := sb.out
 	out.msgs = append(out.msgs, m)
-	out.bytes += msgBytes(m)
+	msgBytes(m) // computed here, in the Sequencer's goroutine, and kept
 	sb.n++
 	if len(out.msgs) < seqPart {
 		return nil
@@ -760,7 +762,6 @@ type encodedBatch struct {
 	counts []int
 	open   []bool // nil, or per record: more of its messages follow in the next batch
 	msgs   []*Outgoing
-	bytes  int // msgBytes of msgs
 }
 
 // encodedRun is what one encoder goroutine made of a chunk of a batch.
@@ -817,10 +818,13 @@ func (f *Forwarder) encodeBatch(recs []record.Record, limit int) *encodedBatch {
 					runs = runs[:first+c]
 					break
 				}
+				// Through a pointer taken now: runs itself may be
+				// resliced below while the goroutines run.
+				dst, a := &runs[first+c], &f.arenas[c]
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					runs[first+c] = encodedRun{arena: &f.arenas[c], msgs: encodeRun(&f.arenas[c], clo, chi)}
+					*dst = encodedRun{arena: a, msgs: encodeRun(a, clo, chi)}
 				}()
 			}
 			wg.Wait()
@@ -845,10 +849,12 @@ func (f *Forwarder) encodeBatch(recs []record.Record, limit int) *encodedBatch {
 		run(lo, len(recs))
 	}
 	if f.seq == nil {
-		// A Sequencer may change the messages: sequenceBatch counts
-		// what it emits instead (msgBytes keeps the first count).
+		// Each message's size is computed once, here, in the encoder's
+		// goroutine rather than in the hand-over's (msgBytes keeps it). A
+		// Sequencer may change the messages: it computes them for what it
+		// emits.
 		for _, m := range b.msgs {
-			b.bytes += msgBytes(m)
+			msgBytes(m)
 		}
 	}
 	return b
@@ -1032,8 +1038,8 @@ type outArena struct {
 func (a *outArena) add(m record.Output) {
 	o := a.msg()
 	// The message keeps its output's Owner, released by the tracker once
-	// the sink acknowledged it. A Sequencer keeps nothing of the messages
-	// it is given past Sequence; one that adds a message sharing another's
+	// the sink acknowledged it. A Sequencer reads nothing of a message
+	// once it emitted it; one that adds a message sharing another's
 	// bytes holds them once more (Outgoing.Share), one that drops a
 	// message lets go of them (Outgoing.Discard).
 	*o = Outgoing{Seq: a.seq, Index: m.Index, Stream: m.Stream, Key: m.Key, Value: m.Value, owner: m.Owner}

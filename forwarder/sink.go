@@ -48,7 +48,8 @@ type Outgoing struct {
 	// last time anything reads them. nil: left to the garbage collector.
 	owner record.Releaser
 
-	// implied: the headers every output carries first (HeaderID,
+	// kind, router and agent stand for headers when implied (below) is
+	// set: the headers every output carries first (HeaderID,
 	// HeaderKind, HeaderRouter, HeaderAgent, HeaderStream) are given by
 	// ID, kind, router, agent and Stream instead of stored in Headers,
 	// which then holds only those that follow them. Stored, the five

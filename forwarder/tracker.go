@@ -43,7 +43,7 @@ type entry struct {
 	seq       uint64
 	remaining int
 	failed    bool
-	open      bool // more messages of this record follow (a Sequencer's long expansion)
+	open      bool // more messages of this record follow (a record handed over in parts)
 }
 
 func newTracker(onFail func()) *tracker {

@@ -185,6 +185,10 @@ func (ix *index) closeClean(dbTx uint64) error {
 	return nil
 }
 
+// errHeapIndex: an index in the heap (systems without mmap) is not kept
+// across opens.
+var errHeapIndex = errors.New("the index is not kept on this system")
+
 // errNoMark: no clean close left the index to reuse.
 var errNoMark = errors.New("no mark of a clean close")
 

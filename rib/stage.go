@@ -269,7 +269,7 @@ func (s *Stage) Close() error {
 		tx, err := s.st.lastTx()
 		if err != nil || broken != nil {
 			s.ix.close()
-		} else if err := s.ix.closeClean(tx); err != nil {
+		} else if err := s.ix.closeClean(tx); err != nil && !errors.Is(err, errHeapIndex) {
 			s.log.Warn("route state index not kept; the next start rebuilds it", "err", err)
 		}
 		s.closeErr = s.st.close()
