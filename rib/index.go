@@ -11,6 +11,8 @@ import (
 	"sync"
 
 	"github.com/cespare/xxhash/v2"
+
+	"github.com/bgpedge/bgpedge/internal/atomicfile"
 )
 
 // IndexFileName is the route index's file inside the state directory.
@@ -176,7 +178,7 @@ func (ix *index) closeClean(dbTx uint64) error {
 	}
 	ix.release()
 	if err == nil {
-		err = writeFileSynced(filepath.Join(ix.dir, IndexMarkName), m.encode())
+		err = atomicfile.Write(filepath.Join(ix.dir, IndexMarkName), m.encode())
 	}
 	if err != nil {
 		_ = os.Remove(path)
@@ -208,7 +210,7 @@ func reuseIndex(dir string, dbTx, routes uint64) (*index, error) {
 	if err := os.Remove(markPath); err != nil {
 		return nil, err
 	}
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return nil, err
 	}
 	m, ok := decodeIndexMark(b)
@@ -232,44 +234,6 @@ func reuseIndex(dir string, dbTx, routes uint64) (*index, error) {
 		return nil, err
 	}
 	return &index{dir: dir, mem: mem, file: f, mask: m.slots - 1, used: m.used, seeds: m.seeds}, nil
-}
-
-// writeFileSynced writes a small file durably: a temporary file synced,
-// renamed into place, the directory synced.
-func writeFileSynced(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-// syncDir makes a directory's entries (a rename, a removal) durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 func (ix *index) slot(i uint64) []byte { return ix.mem[i*slotSize : (i+1)*slotSize : (i+1)*slotSize] }
