@@ -301,8 +301,10 @@ func (l *Listener) admit(conn net.Conn) {
 }
 
 func (l *Listener) refuse(conn net.Conn, remote netip.AddrPort, reason string) {
-	conn.Close()
+	// Counted before the close: whoever sees the connection refused then
+	// finds it counted.
 	l.m.refused.WithLabelValues(reason).Inc()
+	conn.Close()
 	if n, ok := l.refusedLog.Allow(); ok {
 		l.log.Warn("bmp connection refused", "router", remote.String(), "reason", reason, "suppressed_since_last", n)
 	}
