@@ -425,10 +425,15 @@ start() {
 	fi
 	# setsid: the broker must not receive the terminal's or test runner's
 	# signals; only stop/kill end it. No inherited fds, or CI would wait on it.
+	# The G1 options are those of Kafka's operations guide ("Java Version").
+	# Its 16M regions matter even with this small heap: with the default
+	# (1M here) every produce request over 512 KB is a humongous object, and
+	# the collector then took about a third of the broker's CPU under
+	# bgpedge's 1 MiB requests (docs/BENCHMARKS.md).
 	local jvm_opts
 	read -r -a jvm_opts <<<"${BGPEDGE_KAFKA_JVM_OPTS:-}"
 	setsid java -Xms128m -Xmx"$heap" \
-		-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+		-XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:G1HeapRegionSize=16M \
 		-XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
 		"${jvm_opts[@]}" \
 		-Dlog4j2.configurationFile="$here/kafka/log4j2-broker.properties" \

@@ -101,6 +101,7 @@ func (r *AgentRun) StartProcess() {
 	defer f.Close()
 	cmd := exec.Command(r.Bin, r.Args...)
 	cmd.Env = ChildEnviron()
+	cmd.SysProcAttr = childAttr()
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -266,6 +267,7 @@ func StartReplay(t testing.TB, bin string, args ...string) *Replay {
 	r := &Replay{t: t, exited: make(chan struct{})}
 	r.cmd = exec.Command(bin, append([]string{"replay"}, args...)...)
 	r.cmd.Env = ChildEnviron()
+	r.cmd.SysProcAttr = childAttr()
 	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
 	if err := r.cmd.Start(); err != nil {
 		t.Fatal(err)
