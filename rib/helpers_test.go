@@ -240,10 +240,15 @@ func checkOverlayCounts(t testing.TB, s *Stage) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var want [1 << 16]uint16
-	for h := range s.routes {
+	n := 0
+	s.routes.each(func(h ixHash, _ ovEntry) {
 		want[ovSlot(h)]++
+		n++
+	})
+	if n != s.routes.len() {
+		t.Fatalf("overlay holds %d routes, counts %d", n, s.routes.len())
 	}
 	if want != *s.ovCount {
-		t.Fatalf("overlay counts disagree with its %d routes", len(s.routes))
+		t.Fatalf("overlay counts disagree with its %d routes", n)
 	}
 }

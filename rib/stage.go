@@ -90,7 +90,7 @@ type Stage struct {
 	// routes is each route's newest change by its index hash (which
 	// covers the peer): no keys to hash again or for the collector to
 	// scan; the changes (ops) have the keys.
-	routes map[ixHash]ovEntry
+	routes ovRoutes
 	// ovCount counts the routes entries by ovSlot: most routes a record
 	// names are not in the overlay, and a count of 0 says so without a
 	// look-up in a map of tens of thousands (a cache miss).
@@ -281,7 +281,7 @@ func (s *Stage) reset() {
 	s.ops = nil
 	s.sweepResume = nil
 	s.next = map[string]uint64{}
-	s.routes = map[ixHash]ovEntry{}
+	s.routes = ovRoutes{}
 	s.ovCount = new([1 << 16]uint16)
 	s.sweeps = map[string][]ovSweep{}
 	s.metas = map[string]ovMeta{}
@@ -451,8 +451,7 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 			}
 		default:
 			s.committedNext[o.peer] = max(s.committedNext[o.peer], o.pos+1)
-			if s.routes[o.h].gen == o.gen {
-				delete(s.routes, o.h)
+			if s.routes.removeGen(o.h, o.gen) {
 				s.ovCount[ovSlot(o.h)]--
 			}
 		}
@@ -483,7 +482,7 @@ func (s *Stage) lookupLocked(peer, rk string, h ixHash) (v routeValue, pos uint6
 	var e ovEntry
 	ok := false
 	if s.ovCount[ovSlot(h)] != 0 {
-		e, ok = s.routes[h]
+		e, ok = s.routes.get(h)
 	}
 	if ok {
 		v, pos, held, g = e.val, e.pos, !e.del, e.gen
@@ -539,9 +538,7 @@ func (s *Stage) changeLocked(o op) {
 	case opMeta:
 		s.metas[o.peer] = ovMeta{gen: o.gen, meta: *o.meta}
 	default:
-		n := len(s.routes)
-		s.routes[o.h] = ovEntry{gen: o.gen, pos: o.pos, val: o.val, del: o.kind == opDel}
-		if len(s.routes) > n {
+		if s.routes.put(o.h, ovEntry{gen: o.gen, pos: o.pos, val: o.val, del: o.kind == opDel}) {
 			s.ovCount[ovSlot(o.h)]++
 		}
 	}
@@ -831,7 +828,7 @@ func (s *Stage) walk(rec record.Record, peer string, envelope []byte, filter swe
 	for i := range s.ops {
 		if o := &s.ops[i]; o.peer == peer && (o.kind == opSet || o.kind == opDel) {
 			inOverlay[o.pos] = true
-			if e := s.routes[o.h]; e.gen == o.gen {
+			if e, _ := s.routes.get(o.h); e.gen == o.gen {
 				ov = append(ov, ovRoute{rk: o.rk, ovEntry: e})
 			}
 		}
