@@ -128,9 +128,11 @@ func newForwarderSinks(cfg Config, src Source, enc Encoder, sinks []Sink, logger
 	}
 	f.arenas = make([]outArena, f.workers)
 	for i := range f.arenas {
-		// Not with a Sequencer, which may change a message's key.
+		// Not with a Sequencer, which may change a message's key: then
+		// seqBatch.add hashes what it emits.
 		f.arenas[i].hashKeys = f.seq == nil && hashesKeys(sinks)
 	}
+	f.seqArena.hashKeys = f.seq != nil && hashesKeys(sinks)
 	f.active.Store(SinkNone)
 	f.states.init(SinkNone)
 	names := make([]string, 0, len(sinks)+1)
@@ -738,6 +740,11 @@ func (sb *seqBatch) add(m *Outgoing) error {
 		m.ID = f.seqArena.id(f.cfg.AgentID, rec.Seq, m.Index)
 		m.Headers = nil
 		m.implied, m.kind, m.router, m.agent = true, rec.Kind.String(), rec.Source, f.cfg.AgentID
+	}
+	if f.seqArena.hashKeys && len(m.Key) > 0 {
+		// As outArena.add does: the Sequencer has just read or written the
+		// message, the sink would find its key out of the cache.
+		m.keyHash, m.hashed = keyHash(m.Key), true
 	}
 	out := sb.out
 	out.msgs = append(out.msgs, m)
