@@ -69,10 +69,15 @@ type KafkaConfig struct {
 	// Version is the Kafka protocol version to speak, e.g. "3.9.0".
 	Version string `mapstructure:"version"`
 	// Compression is none, gzip, snappy, lz4 or zstd.
-	Compression    string        `mapstructure:"compression"`
-	FlushBytes     int           `mapstructure:"flush_bytes"`
-	FlushMessages  int           `mapstructure:"flush_messages"`
-	FlushFrequency time.Duration `mapstructure:"flush_frequency"`
+	Compression string `mapstructure:"compression"`
+	// CompactedCompression is the compression of the compacted topics
+	// (bmp.rib): "" follows Compression. Such a topic keeps every router's
+	// table for good and is read whole by every consumer that joins, and
+	// its copies of the route events are what the broker stores twice.
+	CompactedCompression string        `mapstructure:"compacted_compression"`
+	FlushBytes           int           `mapstructure:"flush_bytes"`
+	FlushMessages        int           `mapstructure:"flush_messages"`
+	FlushFrequency       time.Duration `mapstructure:"flush_frequency"`
 	// MaxMessageBytes bounds a message and a partition's record batch in one
 	// produce request; keep it at or below the brokers' message.max.bytes
 	// (1048588 by default), or whole batches are rejected.
@@ -168,21 +173,22 @@ func DefaultConfig() Config {
 		AckInterval:      100 * time.Millisecond,
 		ShutdownTimeout:  10 * time.Second,
 		Kafka: KafkaConfig{
-			Brokers:           []string{"127.0.0.1:9092"},
-			ClientID:          "bgpedge",
-			Version:           "3.9.0",
-			Compression:       "none",
-			FlushBytes:        1 << 20,
-			FlushMessages:     0,
-			FlushFrequency:    5 * time.Millisecond,
-			MaxMessageBytes:   1000000,
-			Producers:         3,
-			RetryMax:          5,
-			RetryBackoff:      200 * time.Millisecond,
-			DialTimeout:       5 * time.Second,
-			CreateTopics:      true,
-			Partitions:        6,
-			ReplicationFactor: 1,
+			Brokers:              []string{"127.0.0.1:9092"},
+			ClientID:             "bgpedge",
+			Version:              "3.9.0",
+			Compression:          "none",
+			CompactedCompression: "lz4",
+			FlushBytes:           1 << 20,
+			FlushMessages:        0,
+			FlushFrequency:       5 * time.Millisecond,
+			MaxMessageBytes:      1000000,
+			Producers:            3,
+			RetryMax:             5,
+			RetryBackoff:         200 * time.Millisecond,
+			DialTimeout:          5 * time.Second,
+			CreateTopics:         true,
+			Partitions:           6,
+			ReplicationFactor:    1,
 		},
 		File: DefaultFileConfig(),
 		NATS: NATSConfig{
@@ -324,6 +330,11 @@ func validateKafka(c Config, bad badFunc) {
 	}
 	if _, err := compressionCodec(k.Compression); err != nil {
 		bad("kafka.compression", "%v", err)
+	}
+	if k.CompactedCompression != "" {
+		if _, err := compressionCodec(k.CompactedCompression); err != nil {
+			bad("kafka.compacted_compression", "%v", err)
+		}
 	}
 	for _, f := range []struct {
 		key string

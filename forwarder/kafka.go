@@ -142,7 +142,7 @@ func (k *KafkaSink) Connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	lc, err := laneConfigOf(k.cfg, sc)
+	lc, err := laneConfigOf(k.cfg, sc, k.compact)
 	if err != nil {
 		return err
 	}

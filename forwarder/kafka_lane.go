@@ -79,11 +79,15 @@ type topicQueues struct {
 const recentTopics = 4
 
 type laneConfig struct {
-	version      int16 // produce request version
-	acks         sarama.RequiredAcks
-	timeout      time.Duration
-	codec        sarama.CompressionCodec
-	level        int
+	version int16 // produce request version
+	acks    sarama.RequiredAcks
+	timeout time.Duration
+	codec   sarama.CompressionCodec
+	level   int
+	// compact holds the compacted topics, whose batches are compressed
+	// with compactCodec instead of codec.
+	compact      map[string]bool
+	compactCodec sarama.CompressionCodec
 	maxBatch     int // bytes of one partition's batch (max_message_bytes)
 	flushBytes   int
 	flushMsgs    int
@@ -92,8 +96,8 @@ type laneConfig struct {
 	retryBackoff time.Duration
 
 	// wire: requests go over the lane's own connections (kafka_wire.go),
-	// as records are uncompressed and there is no SASL; otherwise through
-	// sarama's broker connections.
+	// as records are uncompressed or LZ4 and there is no SASL; otherwise
+	// through sarama's broker connections.
 	wire         bool
 	clientID     string
 	tls          *tls.Config
@@ -163,18 +167,26 @@ type laneResult struct {
 }
 
 // laneConfigOf takes the lane's settings from the forwarder's Kafka
-// configuration and the sarama configuration built from it.
-func laneConfigOf(c KafkaConfig, sc *sarama.Config) (laneConfig, error) {
+// configuration and the sarama configuration built from it; compact holds
+// the compacted topics.
+func laneConfigOf(c KafkaConfig, sc *sarama.Config, compact map[string]bool) (laneConfig, error) {
 	v, err := produceVersion(sc.Version)
 	if err != nil {
 		return laneConfig{}, err
 	}
+	compactCodec := sc.Producer.Compression
+	if c.CompactedCompression != "" {
+		if compactCodec, err = compressionCodec(c.CompactedCompression); err != nil {
+			return laneConfig{}, fmt.Errorf("kafka compacted_compression: %w", err)
+		}
+	}
 	lc := laneConfig{
 		version: v, acks: sc.Producer.RequiredAcks, timeout: sc.Producer.Timeout,
 		codec: sc.Producer.Compression, level: sc.Producer.CompressionLevel,
+		compact: compact, compactCodec: compactCodec,
 		maxBatch: c.MaxMessageBytes, flushBytes: c.FlushBytes, flushMsgs: c.FlushMessages,
 		flushEvery: c.FlushFrequency, retryMax: c.RetryMax, retryBackoff: c.RetryBackoff,
-		wire:     sc.Producer.Compression == sarama.CompressionNone && !sc.Net.SASL.Enable,
+		wire:     wireCodec(sc.Producer.Compression) && wireCodec(compactCodec) && !sc.Net.SASL.Enable,
 		clientID: sc.ClientID, dialTimeout: sc.Net.DialTimeout,
 		readTimeout: sc.Net.ReadTimeout, writeTimeout: sc.Net.WriteTimeout,
 	}
@@ -182,6 +194,20 @@ func laneConfigOf(c KafkaConfig, sc *sarama.Config) (laneConfig, error) {
 		lc.tls = sc.Net.TLS.Config
 	}
 	return lc, nil
+}
+
+// codecOf is the compression of topic's batches.
+func (c *laneConfig) codecOf(topic string) sarama.CompressionCodec {
+	if c.compact[topic] {
+		return c.compactCodec
+	}
+	return c.codec
+}
+
+// wireCodec tells whether the lanes' own encoding (kafka_wire.go) writes
+// batches compressed with c.
+func wireCodec(c sarama.CompressionCodec) bool {
+	return c == sarama.CompressionNone || c == sarama.CompressionLZ4
 }
 
 // produceVersion is the produce request version sarama's own producer
@@ -595,7 +621,7 @@ func (l *lane) sendSarama(bq *brokerQueue, cb func(*sarama.ProduceResponse, erro
 		}
 		b := &bq.batches[i]
 		*b = sarama.RecordBatch{
-			Version: 2, Codec: l.cfg.codec, CompressionLevel: l.cfg.level,
+			Version: 2, Codec: l.cfg.codecOf(sp.q.tp.topic), CompressionLevel: l.cfg.level,
 			FirstTimestamp: now, MaxTimestamp: now, LastOffsetDelta: int32(sp.n - 1),
 			ProducerID: -1, ProducerEpoch: -1, FirstSequence: -1,
 			Records: ptrs[first:len(ptrs):len(ptrs)],

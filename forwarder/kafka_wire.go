@@ -13,11 +13,12 @@ import (
 	"time"
 
 	"github.com/IBM/sarama"
+	"github.com/pierrec/lz4/v4"
 )
 
 // wireConn is a lane's own produce connection to one broker, used where
-// the records go uncompressed and without SASL (the shipped defaults; TLS
-// is fine): each request is encoded once, straight from the messages into
+// the records go uncompressed or LZ4-compressed and without SASL (the
+// shipped defaults; TLS is fine): each request is encoded once, straight from the messages into
 // a buffer the connection reuses, and written. sarama's encoder copies
 // every record twice, into a records buffer and then into the request, and
 // allocates both per request, which was most of what a Kafka message
@@ -35,12 +36,16 @@ type wireConn struct {
 	readTO   time.Duration
 	writeTO  time.Duration
 
-	used   time.Time // when the last request was written
-	buf    []byte    // the request being encoded (reused)
-	corr   int32
-	expect chan wireExpect
-	done   chan struct{} // closed when the reader has returned
-	closed bool          // by the lane
+	used time.Time // when the last request was written
+	buf  []byte    // the request being encoded (reused)
+	// codecOf says how each topic's batches are compressed (none or LZ4);
+	// z compresses them, made on first use.
+	codecOf func(topic string) sarama.CompressionCodec
+	z       *lz4Batch
+	corr    int32
+	expect  chan wireExpect
+	done    chan struct{} // closed when the reader has returned
+	closed  bool          // by the lane
 }
 
 type wireExpect struct {
@@ -84,7 +89,8 @@ func dialWire(ctx context.Context, addr string, cfg laneConfig) (*wireConn, erro
 	}
 	c := &wireConn{
 		conn: conn, clientID: cfg.clientID, version: wireVersion(cfg.version), used: time.Now(),
-		readTO: cfg.readTimeout, writeTO: cfg.writeTimeout,
+		codecOf: cfg.codecOf,
+		readTO:  cfg.readTimeout, writeTO: cfg.writeTimeout,
 		expect: make(chan wireExpect, 1),
 		done:   make(chan struct{}),
 	}
@@ -143,7 +149,14 @@ func (c *wireConn) produce(parts []sentPart, acks sarama.RequiredAcks, timeout t
 				continue
 			}
 			b = binary.BigEndian.AppendUint32(b, uint32(o.q.tp.partition))
-			b = appendRecordBatch(b, o.q.queued()[:o.n], now)
+			var z *lz4Batch
+			if c.codecOf(topic) == sarama.CompressionLZ4 {
+				if c.z == nil {
+					c.z = newLZ4Batch()
+				}
+				z = c.z
+			}
+			b = appendRecordBatch(b, o.q.queued()[:o.n], now, z)
 		}
 	}
 	binary.BigEndian.PutUint32(b, uint32(len(b)-4))
@@ -316,8 +329,9 @@ func appendString(b []byte, s string) []byte {
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // appendRecordBatch appends the records field of a partition: its length,
-// then a record batch (magic 2, uncompressed, no producer id) of items.
-func appendRecordBatch(b []byte, items []laneItem, nowMillis int64) []byte {
+// then a record batch (magic 2, no producer id) of items, its records
+// compressed by z (nil: uncompressed).
+func appendRecordBatch(b []byte, items []laneItem, nowMillis int64, z *lz4Batch) []byte {
 	lenAt := len(b)
 	b = append(b, 0, 0, 0, 0)               // records field length
 	b = binary.BigEndian.AppendUint64(b, 0) // base offset
@@ -328,7 +342,11 @@ func appendRecordBatch(b []byte, items []laneItem, nowMillis int64) []byte {
 	crcAt := len(b)
 	b = append(b, 0, 0, 0, 0) // crc
 	attrAt := len(b)
-	b = binary.BigEndian.AppendUint16(b, 0) // attributes: no compression, create time
+	attrs := uint16(0) // no compression, create time
+	if z != nil {
+		attrs = uint16(sarama.CompressionLZ4)
+	}
+	b = binary.BigEndian.AppendUint16(b, attrs)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(items)-1))
 	b = binary.BigEndian.AppendUint64(b, uint64(nowMillis))  // base timestamp
 	b = binary.BigEndian.AppendUint64(b, uint64(nowMillis))  // max timestamp
@@ -336,13 +354,68 @@ func appendRecordBatch(b []byte, items []laneItem, nowMillis int64) []byte {
 	b = binary.BigEndian.AppendUint16(b, 0xffff)             // producer epoch: -1
 	b = binary.BigEndian.AppendUint32(b, 0xffffffff)         // base sequence: -1
 	b = binary.BigEndian.AppendUint32(b, uint32(len(items)))
-	for i, it := range items {
-		b = appendRecord(b, it.m, i)
+	if z != nil {
+		b = z.append(b, items)
+	} else {
+		for i, it := range items {
+			b = appendRecord(b, it.m, i)
+		}
 	}
 	binary.BigEndian.PutUint32(b[crcAt:], crc32.Checksum(b[attrAt:], castagnoli))
 	binary.BigEndian.PutUint32(b[batchLenAt:], uint32(len(b)-batchLenAt-4))
 	binary.BigEndian.PutUint32(b[lenAt:], uint32(len(b)-lenAt-4))
 	return b
+}
+
+// lz4Batch compresses a batch's records as Kafka's own producer does: one
+// LZ4 frame of independent 64 KB blocks without checksums (the batch's
+// CRC covers the compressed bytes). A connection keeps one, and with it
+// the encoder's tables and a buffer of uncompressed records.
+type lz4Batch struct {
+	w   *lz4.Writer
+	raw []byte
+	dst appendWriter
+}
+
+func newLZ4Batch() *lz4Batch {
+	z := &lz4Batch{}
+	z.w = lz4.NewWriter(&z.dst)
+	// Only fixed, valid options: Apply cannot fail with them.
+	_ = z.w.Apply(lz4.BlockSizeOption(lz4.Block64Kb), lz4.ChecksumOption(false), lz4.ConcurrencyOption(1))
+	return z
+}
+
+// maxKeptRecords bounds the uncompressed buffer an lz4Batch keeps between
+// requests: a batch is at most kafka.max_message_bytes anyway.
+const maxKeptRecords = 1 << 20
+
+// append appends items' records, compressed.
+func (z *lz4Batch) append(b []byte, items []laneItem) []byte {
+	raw := z.raw[:0]
+	for i, it := range items {
+		raw = appendRecord(raw, it.m, i)
+	}
+	z.dst.b = b
+	z.w.Reset(&z.dst)
+	// Writing to memory, the frame cannot fail.
+	_, _ = z.w.Write(raw)
+	_ = z.w.Close()
+	b, z.dst.b = z.dst.b, nil
+	if cap(raw) <= maxKeptRecords {
+		// The records are copied, not referenced: nothing is kept alive.
+		z.raw = raw[:0]
+	} else {
+		z.raw = nil
+	}
+	return b
+}
+
+// appendWriter appends what is written to b.
+type appendWriter struct{ b []byte }
+
+func (w *appendWriter) Write(p []byte) (int, error) {
+	w.b = append(w.b, p...)
+	return len(p), nil
 }
 
 // appendRecord appends one record (timestamp delta 0): its length, then
