@@ -266,6 +266,8 @@ func TestConfigValidate(t *testing.T) {
 		{"no brokers", func(c *Config) { c.Kafka.Brokers = nil }, "forwarder.kafka.brokers: at least one broker is required"},
 		{"bad compression", func(c *Config) { c.Kafka.Compression = "brotli" }, "forwarder.kafka.compression"},
 		{"zstd", func(c *Config) { c.Kafka.Compression = "zstd" }, ""},
+		{"bad compacted compression", func(c *Config) { c.Kafka.CompactedCompression = "brotli" }, "forwarder.kafka.compacted_compression"},
+		{"compacted compression follows", func(c *Config) { c.Kafka.CompactedCompression = "" }, ""},
 		{"bad sasl", func(c *Config) { c.Kafka.SASL.Mechanism = "GSSAPI" }, "forwarder.kafka.sasl.mechanism"},
 		{"scram without user", func(c *Config) { c.Kafka.SASL.Mechanism = "SCRAM-SHA-512" }, "forwarder.kafka.sasl.user"},
 		{"tls half cert", func(c *Config) { c.Kafka.TLS = TLSConfig{Enabled: true, CertFile: "x"} }, "forwarder.kafka.tls.cert_file"},
