@@ -241,8 +241,8 @@ func checkOverlayCounts(t testing.TB, s *Stage) {
 	defer s.mu.Unlock()
 	var want [1 << 16]uint16
 	n := 0
-	s.routes.each(func(h ixHash, _ ovEntry) {
-		want[ovSlot(h)]++
+	s.routes.each(func(h0, _ uint64) {
+		want[ovSlot(ixHash{h0})]++
 		n++
 	})
 	if n != s.routes.len() {

@@ -1,21 +1,24 @@
 package rib
 
-// ovRoutes holds the overlay's newest change of each route by its index
-// hash. It replaces a Go map, which cost about 0.7 µs of CPU per route
-// event with the route state on (docs/BENCHMARKS.md): the map hashed the
-// hash again, and every commit deleted most of its entries, leaving
-// tombstones that lengthened its probes until it was rebuilt. Here h[1],
-// already a hash, picks the slot, probing is linear, and a removal moves
-// the rest of its run back (as in the index), so a probe ends at the first
-// empty slot and a slot is about one cache line.
+// ovRoutes finds the overlay's newest change of each route by its index
+// hash. It replaces a Go map of the changes' values, which cost about 0.7
+// µs of CPU per route event with the route state on (docs/BENCHMARKS.md):
+// the map hashed the hash again, its entries were 56 bytes, and every
+// commit deleted most of them, leaving tombstones that lengthened its
+// probes until it was rebuilt. Here a slot is 16 bytes, the route's h[0]
+// and the generation of its newest change: the change itself, with the
+// full hash, is in the stage's ops (gen − ops[0].gen, as ops are
+// consecutive generations). h[0] picks the slot (it is a hash already),
+// probing is linear, and a removal moves the rest of its run back (as in
+// the index), so a probe ends at the first empty slot.
 type ovRoutes struct {
-	slots []ovRouteSlot // a power of two, at most maxOvLoad full
+	slots []ovSlotTag // a power of two, at most three quarters full
 	n     int
 }
 
-type ovRouteSlot struct {
-	h ixHash // h[0] == 0: empty (an index hash has h[0] odd)
-	e ovEntry
+type ovSlotTag struct {
+	h0  uint64 // the route's h[0]; 0: empty (an index hash has h[0] odd)
+	gen uint64
 }
 
 const minOvSlots = 1 << 10
@@ -23,92 +26,117 @@ const minOvSlots = 1 << 10
 // len is how many routes the table holds.
 func (t *ovRoutes) len() int { return t.n }
 
-// find returns the slot of h, or the empty slot where it would go; the
-// table must have slots.
-func (t *ovRoutes) find(h ixHash) (i uint64, found bool) {
+func (t *ovRoutes) home(h0 uint64) uint64 { return (h0 >> 1) & uint64(len(t.slots)-1) }
+
+// find returns the slot of h, or the empty slot where it would go. ops
+// holds the change of every entry; the table must have slots.
+func (t *ovRoutes) find(h ixHash, ops []op) (i uint64, found bool) {
 	mask := uint64(len(t.slots) - 1)
-	for i = h[1] & mask; ; i = (i + 1) & mask {
+	for i = t.home(h[0]); ; i = (i + 1) & mask {
 		s := &t.slots[i]
-		if s.h[0] == 0 {
+		if s.h0 == 0 {
 			return i, false
 		}
-		if s.h == h {
+		// h[0] alone may be shared (one in 2⁶⁴): the change has all of h.
+		if s.h0 == h[0] && ops[s.gen-ops[0].gen].h == h {
 			return i, true
 		}
 	}
 }
 
-// get returns h's entry.
-func (t *ovRoutes) get(h ixHash) (ovEntry, bool) {
+// get returns h's newest change in ops.
+func (t *ovRoutes) get(h ixHash, ops []op) (*op, bool) {
 	if t.n == 0 {
-		return ovEntry{}, false
+		return nil, false
 	}
-	i, ok := t.find(h)
+	i, ok := t.find(h, ops)
 	if !ok {
-		return ovEntry{}, false
+		return nil, false
 	}
-	return t.slots[i].e, true
+	return &ops[t.slots[i].gen-ops[0].gen], true
 }
 
-// put sets h's entry and reports whether h was new to the table.
-func (t *ovRoutes) put(h ixHash, e ovEntry) bool {
+// gen returns the generation of h's newest change, 0 if none.
+func (t *ovRoutes) gen(h ixHash, ops []op) uint64 {
+	if o, ok := t.get(h, ops); ok {
+		return o.gen
+	}
+	return 0
+}
+
+// put makes change gen, already in ops, h's newest and reports whether h
+// was new to the table.
+func (t *ovRoutes) put(h ixHash, gen uint64, ops []op) bool {
 	if 4*(t.n+1) > 3*len(t.slots) {
 		t.grow()
 	}
-	i, found := t.find(h)
-	t.slots[i] = ovRouteSlot{h: h, e: e}
+	i, found := t.find(h, ops)
+	t.slots[i] = ovSlotTag{h0: h[0], gen: gen}
 	if !found {
 		t.n++
 	}
 	return !found
 }
 
-// removeGen removes h's entry if it is change gen, not a newer one, and
-// reports whether it did.
+// removeGen removes h's entry if change gen is its newest (not a later
+// one) and reports whether it did. Generations are unique: h[0] and gen
+// name the entry without reading the change.
 func (t *ovRoutes) removeGen(h ixHash, gen uint64) bool {
 	if t.n == 0 {
 		return false
 	}
-	i, ok := t.find(h)
-	if !ok || t.slots[i].e.gen != gen {
-		return false
-	}
 	mask := uint64(len(t.slots) - 1)
+	i := t.home(h[0])
+	for ; ; i = (i + 1) & mask {
+		s := &t.slots[i]
+		if s.h0 == 0 {
+			return false
+		}
+		if s.h0 == h[0] && s.gen == gen {
+			break
+		}
+	}
 	for j := (i + 1) & mask; ; j = (j + 1) & mask {
 		s := &t.slots[j]
-		if s.h[0] == 0 {
+		if s.h0 == 0 {
 			break
 		}
 		// The entry at j may move to i when its home is not in (i, j]
 		// (cyclically).
-		home := s.h[1] & mask
+		home := t.home(s.h0)
 		if (i < j && (home <= i || home > j)) || (i > j && home <= i && home > j) {
 			t.slots[i] = *s
 			i = j
 		}
 	}
-	t.slots[i] = ovRouteSlot{}
+	t.slots[i] = ovSlotTag{}
 	t.n--
 	return true
 }
 
-// grow doubles the table (or makes the first one), reinserting every entry.
+// grow doubles the table (or makes the first one), reinserting every entry
+// at the first empty slot of its run (entries are distinct).
 func (t *ovRoutes) grow() {
 	old := t.slots
-	t.slots = make([]ovRouteSlot, max(minOvSlots, 2*len(old)))
-	for k := range old {
-		if old[k].h[0] != 0 {
-			i, _ := t.find(old[k].h)
-			t.slots[i] = old[k]
+	t.slots = make([]ovSlotTag, max(minOvSlots, 2*len(old)))
+	mask := uint64(len(t.slots) - 1)
+	for _, s := range old {
+		if s.h0 == 0 {
+			continue
 		}
+		i := t.home(s.h0)
+		for t.slots[i].h0 != 0 {
+			i = (i + 1) & mask
+		}
+		t.slots[i] = s
 	}
 }
 
-// each calls fn with every entry, in no order.
-func (t *ovRoutes) each(fn func(ixHash, ovEntry)) {
-	for k := range t.slots {
-		if t.slots[k].h[0] != 0 {
-			fn(t.slots[k].h, t.slots[k].e)
+// each calls fn with every entry's h[0] and generation, in no order.
+func (t *ovRoutes) each(fn func(h0, gen uint64)) {
+	for _, s := range t.slots {
+		if s.h0 != 0 {
+			fn(s.h0, s.gen)
 		}
 	}
 }

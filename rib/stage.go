@@ -479,13 +479,13 @@ func (s *Stage) lookupLocked(peer, rk string, h ixHash) (v routeValue, pos uint6
 		return v, 0, false, s.broken
 	}
 	var g uint64
-	var e ovEntry
+	var o *op
 	ok := false
 	if s.ovCount[ovSlot(h)] != 0 {
-		e, ok = s.routes.get(h)
+		o, ok = s.routes.get(h, s.ops)
 	}
 	if ok {
-		v, pos, held, g = e.val, e.pos, !e.del, e.gen
+		v, pos, held, g = o.val, o.pos, o.kind != opDel, o.gen
 	} else {
 		// Under mu: a commit removes its changes from the overlay (under
 		// mu) only after the index has them.
@@ -538,7 +538,7 @@ func (s *Stage) changeLocked(o op) {
 	case opMeta:
 		s.metas[o.peer] = ovMeta{gen: o.gen, meta: *o.meta}
 	default:
-		if s.routes.put(o.h, ovEntry{gen: o.gen, pos: o.pos, val: o.val, del: o.kind == opDel}) {
+		if s.routes.put(o.h, o.gen, s.ops) {
 			s.ovCount[ovSlot(o.h)]++
 		}
 	}
@@ -828,8 +828,8 @@ func (s *Stage) walk(rec record.Record, peer string, envelope []byte, filter swe
 	for i := range s.ops {
 		if o := &s.ops[i]; o.peer == peer && (o.kind == opSet || o.kind == opDel) {
 			inOverlay[o.pos] = true
-			if e, _ := s.routes.get(o.h); e.gen == o.gen {
-				ov = append(ov, ovRoute{rk: o.rk, ovEntry: e})
+			if s.routes.gen(o.h, s.ops) == o.gen {
+				ov = append(ov, ovRoute{rk: o.rk, ovEntry: ovEntry{gen: o.gen, pos: o.pos, val: o.val, del: o.kind == opDel}})
 			}
 		}
 	}
