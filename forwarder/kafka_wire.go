@@ -18,12 +18,12 @@ import (
 
 // wireConn is a lane's own produce connection to one broker, used where
 // the records go uncompressed or LZ4-compressed and without SASL (the
-// shipped defaults; TLS is fine): each request is encoded once, straight from the messages into
-// a buffer the connection reuses, and written. sarama's encoder copies
-// every record twice, into a records buffer and then into the request, and
-// allocates both per request, which was most of what a Kafka message
-// still cost once the lanes had replaced sarama's producer
-// (docs/BENCHMARKS.md). Metadata, leaders, topics and the other settings
+// shipped defaults; TLS is fine): each request is encoded once, straight
+// from the messages into a buffer the connection reuses, and written.
+// sarama's encoder copies every record twice, into a records buffer and
+// then into the request, and allocates both per request, which was most of
+// what a Kafka message still cost once the lanes had replaced sarama's
+// producer (docs/BENCHMARKS.md). Metadata, leaders, topics and the other settings
 // keep going through sarama.
 //
 // One request is in flight at a time (the lane waits for its answer before
