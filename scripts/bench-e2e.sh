@@ -19,8 +19,9 @@
 # unacknowledged (polled on /metrics every 50 ms); for pmbmpd, the last
 # growth of its topic's end offsets (the run ends after 3 s without growth).
 # CPU is the process's user+system time over that span; for bgpedge runs the
-# broker's (kafka.sh's) over the same span is reported beside it, since it
-# shares the machine's CPUs. Events: for json and
+# broker's (kafka.sh's) is reported beside it, from just before the replay
+# starts until the measurement ends, since it shares the machine's CPUs
+# (topic creation and deletion left out). Events: for json and
 # both, the route events decoded (bgpedge_bmp_route_events_total); for raw,
 # the raw messages; for pmbmpd, every message it wrote (route events plus a
 # few peer, stats and log-init/close messages); perf: its records.
@@ -43,7 +44,7 @@
 #   MEASURE_TIMEOUT=60m SESSIONS=34 MODES=json-rib MANY_SESSIONS=0 REPS=1 \
 #     scripts/bench-e2e.sh   # 34 routers' tables (10.2 M routes) in the route state
 #   BASE=main scripts/bench-e2e.sh # also run bgpedge built from git revision
-#                                  # BASE (json, raw, both) with that revision's
+#                                  # BASE (json, json-rib, raw, both) with that revision's
 #                                  # configs/bgpedge.yaml, interleaved, for
 #                                  # before/after rows measured in one sitting
 #
@@ -281,12 +282,12 @@ def med(mode, s, key):
 names = {"json": "bgpedge run, JSON only", "json-rib": "bgpedge run, JSON only, route state on", "raw": "bgpedge run, raw only",
          "both": "bgpedge run, raw + JSON (default)", "pmbmpd": "pmacct pmbmpd",
          "perf": "Kafka ProducerPerformance"}
-for m in ["json", "raw", "both"]:
+for m in ["json", "json-rib", "raw", "both"]:
     names[m + "-base"] = names[m] + ", base revision"
 many = [r for r in rows if r["mode"] == "many"]
 rows = [r for r in rows if r["mode"] != "many"]
 sessions = sorted({r["sessions_asked"] for r in rows})
-modes = [m for m in ["json", "json-base", "json-rib", "raw", "raw-base", "both", "both-base", "pmbmpd", "perf"] if any(r["mode"] == m for r in rows)]
+modes = [m for m in ["json", "json-base", "json-rib", "json-rib-base", "raw", "raw-base", "both", "both-base", "pmbmpd", "perf"] if any(r["mode"] == m for r in rows)]
 n = max((len([r for r in rows if r["mode"] == m and r["sessions_asked"] == s]) for m in modes for s in sessions), default=0)
 if n:
     print(f"\nmedians of {n} runs")
