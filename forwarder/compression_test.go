@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math/rand/v2"
 	"slices"
 	"testing"
 	"time"
@@ -23,10 +24,18 @@ import (
 // uncompressed batch carries.
 func TestLZ4RecordBatch(t *testing.T) {
 	var items []laneItem
+	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range 3000 { // several 64 KB blocks
 		m := &Outgoing{Key: fmt.Appendf(nil, "key-%d", i%7), Value: fmt.Appendf(nil, `{"route":%d,"as_path":[65000,%d]}`, i, i*31)}
 		if i%5 == 0 {
 			m.Value = nil // a tombstone
+		}
+		if i >= 1500 && i < 1600 {
+			// Random bytes: blocks that do not shrink, stored as they are.
+			m.Value = make([]byte, 2000)
+			for j := range m.Value {
+				m.Value[j] = byte(rng.Uint32())
+			}
 		}
 		m.Headers = []Header{{HeaderID, fmt.Sprintf("edge1:%d:1", i)}}
 		items = append(items, laneItem{m: m})
@@ -44,8 +53,11 @@ func TestLZ4RecordBatch(t *testing.T) {
 		if got := binary.BigEndian.Uint16(zh[25:]); got != uint16(sarama.CompressionLZ4) {
 			t.Fatalf("round %d: attributes %#x, want LZ4", round, got)
 		}
-		if len(zr) >= len(pr)/2 {
+		if random := 100 * 2000; len(zr) >= random+(len(pr)-random)/2 { // the rest shrinks to less than half
 			t.Errorf("round %d: %d bytes compressed from %d", round, len(zr), len(pr))
+		}
+		if !storedBlock(t, zr) {
+			t.Errorf("round %d: no block stored uncompressed", round)
 		}
 		raw, err := io.ReadAll(lz4.NewReader(bytes.NewReader(zr)))
 		if err != nil {
@@ -64,6 +76,28 @@ func TestLZ4RecordBatch(t *testing.T) {
 		if !bytes.Equal(zh2, ph2) {
 			t.Fatalf("round %d: batch headers differ:\n%x\n%x", round, zh2, ph2)
 		}
+	}
+}
+
+// storedBlock walks an LZ4 frame of the header lz4Batch writes and
+// reports whether a block is stored uncompressed.
+func storedBlock(t *testing.T, f []byte) (stored bool) {
+	t.Helper()
+	f = f[len(lz4FrameHeader):]
+	for {
+		if len(f) < 4 {
+			t.Fatal("LZ4 frame cut short")
+		}
+		n := binary.LittleEndian.Uint32(f)
+		f = f[4:]
+		if n == 0 {
+			if len(f) != 0 {
+				t.Fatalf("%d bytes after the end mark", len(f))
+			}
+			return stored
+		}
+		stored = stored || n&(1<<31) != 0
+		f = f[n&^(1<<31):]
 	}
 }
 

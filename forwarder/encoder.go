@@ -42,6 +42,17 @@ type Sequencer interface {
 	CommitThrough(seq uint64) error
 }
 
+// Prefetcher is implemented by a Sequencer that can start work for the
+// messages it will be passed next: the forwarder calls Prefetch, from
+// Sequence's goroutine, with the messages of the next few records before
+// passing them to Sequence. The route state reads the messages and starts
+// the memory reads of their look-ups then, a run of them at once, instead
+// of waiting for each in turn. Prefetch decides nothing: a Sequencer must
+// give the same results without it.
+type Prefetcher interface {
+	Prefetch(msgs []*Outgoing)
+}
+
 // EncoderFunc adapts a function to Encoder.
 type EncoderFunc func(rec record.Record, emit func(record.Output)) error
 

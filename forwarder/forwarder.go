@@ -700,12 +700,22 @@ func (f *Forwarder) sequenceBatch(ctx context.Context, b *encodedBatch, send fun
 	}
 	// Room for a second message per route event (the route state's).
 	sb.f, sb.ctx, sb.send = f, ctx, send
+	// The first batch out takes b's records and counts in place (b is
+	// this goroutine's and used by nothing else): it never holds more
+	// records than were read from b, and its entry for a record is written
+	// after that record was read. Batches after a cut get their own.
 	sb.out = &encodedBatch{msgs: make([]*Outgoing, 0, min(seqPart, 2*len(b.msgs)+16)),
-		recs: make([]record.Record, 0, len(b.recs)), counts: make([]int, 0, len(b.recs))}
+		recs: b.recs[:0], counts: b.counts[:0]}
 	defer func() { sb.ctx, sb.send, sb.out = nil, nil, nil }()
-	off := 0
+	pf, _ := f.seq.(Prefetcher)
+	off, fetched := 0, 0 // fetched: the messages passed to Prefetch
 	for i, rec := range b.recs {
 		msgs := b.msgs[off : off+b.counts[i]]
+		if pf != nil && off+len(msgs) > fetched {
+			from := fetched
+			fetched = min(len(b.msgs), max(off+len(msgs), fetched+prefetchMsgs))
+			pf.Prefetch(b.msgs[from:fetched])
+		}
 		off += b.counts[i]
 		sb.rec, sb.n = rec, 0
 		if err := f.seq.Sequence(rec, msgs, sb.emit); err != nil {
@@ -718,6 +728,11 @@ func (f *Forwarder) sequenceBatch(ctx context.Context, b *encodedBatch, send fun
 	}
 	return nil
 }
+
+// prefetchMsgs is how many messages ahead a Prefetcher is told of: enough
+// for a run of memory reads to overlap, few enough that what it reads is
+// still cached when Sequence gets there.
+const prefetchMsgs = 16
 
 // seqBatch is sequenceBatch's state for the record being sequenced, with
 // its emit function bound once: a closure per record cost two allocations

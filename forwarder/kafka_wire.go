@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/bits"
 	"net"
+	"slices"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -370,20 +371,23 @@ func appendRecordBatch(b []byte, items []laneItem, nowMillis int64, z *lz4Batch)
 // lz4Batch compresses a batch's records as Kafka's own producer does: one
 // LZ4 frame of independent 64 KB blocks without checksums (the batch's
 // CRC covers the compressed bytes). A connection keeps one, and with it
-// the encoder's tables and a buffer of uncompressed records.
+// the compressor's table and a buffer of uncompressed records. The frame
+// is written here, each block compressed straight into the request: an
+// lz4.Writer copied every block into a buffer of its own first.
 type lz4Batch struct {
-	w   *lz4.Writer
+	c   lz4.Compressor
 	raw []byte
-	dst appendWriter
 }
 
-func newLZ4Batch() *lz4Batch {
-	z := &lz4Batch{}
-	z.w = lz4.NewWriter(&z.dst)
-	// Only fixed, valid options: Apply cannot fail with them.
-	_ = z.w.Apply(lz4.BlockSizeOption(lz4.Block64Kb), lz4.ChecksumOption(false), lz4.ConcurrencyOption(1))
-	return z
-}
+func newLZ4Batch() *lz4Batch { return &lz4Batch{} }
+
+// lz4FrameHeader: the magic number, then FLG (version 01, independent
+// blocks, no checksums, no content size), BD (blocks of at most 64 KB) and
+// the descriptor's checksum (the second byte of xxHash32 of FLG and BD).
+var lz4FrameHeader = [...]byte{0x04, 0x22, 0x4d, 0x18, 0x60, 0x40, 0x82}
+
+// lz4Block is the frame's block size (BD above).
+const lz4Block = 64 << 10
 
 // maxKeptRecords bounds the uncompressed buffer an lz4Batch keeps between
 // requests: a batch is at most kafka.max_message_bytes anyway.
@@ -395,12 +399,25 @@ func (z *lz4Batch) append(b []byte, items []laneItem) []byte {
 	for i, it := range items {
 		raw = appendRecord(raw, it.m, i)
 	}
-	z.dst.b = b
-	z.w.Reset(&z.dst)
-	// Writing to memory, the frame cannot fail.
-	_, _ = z.w.Write(raw)
-	_ = z.w.Close()
-	b, z.dst.b = z.dst.b, nil
+	// At most every block stored as it is, with its size.
+	b = slices.Grow(b, len(lz4FrameHeader)+len(raw)+4*(len(raw)/lz4Block+1)+4)
+	b = append(b, lz4FrameHeader[:]...)
+	for src := raw; len(src) > 0; {
+		blk := src[:min(len(src), lz4Block)]
+		src = src[len(blk):]
+		at := len(b)
+		// A destination no larger than the block: a block that would not
+		// shrink is not compressed (n == 0) and is stored as it is.
+		n, err := z.c.CompressBlock(blk, b[at+4:at+4+len(blk)])
+		if err != nil || n == 0 {
+			b = binary.LittleEndian.AppendUint32(b, uint32(len(blk))|1<<31)
+			b = append(b, blk...)
+			continue
+		}
+		b = binary.LittleEndian.AppendUint32(b, uint32(n))
+		b = b[:at+4+n]
+	}
+	b = append(b, 0, 0, 0, 0) // end mark
 	if cap(raw) <= maxKeptRecords {
 		// The records are copied, not referenced: nothing is kept alive.
 		z.raw = raw[:0]
@@ -408,14 +425,6 @@ func (z *lz4Batch) append(b []byte, items []laneItem) []byte {
 		z.raw = nil
 	}
 	return b
-}
-
-// appendWriter appends what is written to b.
-type appendWriter struct{ b []byte }
-
-func (w *appendWriter) Write(p []byte) (int, error) {
-	w.b = append(w.b, p...)
-	return len(p), nil
 }
 
 // appendRecord appends one record (timestamp delta 0): its length, then

@@ -99,11 +99,16 @@ type ribEncoder struct {
 	ef *encodingForwarder
 }
 
-var _ forwarder.Sequencer = ribEncoder{}
+var (
+	_ forwarder.Sequencer  = ribEncoder{}
+	_ forwarder.Prefetcher = ribEncoder{}
+)
 
 func (r ribEncoder) Rewind(from uint64) error { return r.ef.rib.Rewind(from) }
 
 func (r ribEncoder) CommitThrough(seq uint64) error { return r.ef.rib.CommitThrough(seq) }
+
+func (r ribEncoder) Prefetch(msgs []*forwarder.Outgoing) { r.ef.rib.Prefetch(msgs) }
 
 func (r ribEncoder) Sequence(rec record.Record, msgs []*forwarder.Outgoing, emit func(*forwarder.Outgoing) error) error {
 	return r.ef.rib.Sequence(rec, msgs, emit)

@@ -122,15 +122,26 @@ func sequence(t testing.TB, s *Stage, seq uint64, msgs []*forwarder.Outgoing) []
 // sequenceRec is sequence for any record.
 func sequenceRec(t testing.TB, s *Stage, rec record.Record, msgs []*forwarder.Outgoing) []*forwarder.Outgoing {
 	t.Helper()
-	seq := rec.Seq
-	var out []*forwarder.Outgoing
 	// Copies: the stage may change a message (mark), and a re-delivery
 	// starts from the encoder's output again.
+	return sequenceIn(t, s, rec, copyMsgs(msgs))
+}
+
+// copyMsgs copies each message.
+func copyMsgs(msgs []*forwarder.Outgoing) []*forwarder.Outgoing {
 	in := make([]*forwarder.Outgoing, len(msgs))
 	for i, m := range msgs {
 		c := *m
 		in[i] = &c
 	}
+	return in
+}
+
+// sequenceIn is sequenceRec for messages the stage may keep and change.
+func sequenceIn(t testing.TB, s *Stage, rec record.Record, in []*forwarder.Outgoing) []*forwarder.Outgoing {
+	t.Helper()
+	seq := rec.Seq
+	var out []*forwarder.Outgoing
 	err := s.Sequence(rec, in, func(m *forwarder.Outgoing) error {
 		if m.ID == "" {
 			m.Seq = seq

@@ -116,6 +116,12 @@ type Stage struct {
 	parse    parser // used by Sequence only
 	dupCount prometheus.Counter
 	mem      outMem // used by Sequence only
+	// pre is what Prefetch made of the messages Sequence gets next, in
+	// their order, from preAt on; touched is the index's touch sum. Used
+	// by Sequence's goroutine only.
+	pre     []prepared
+	preAt   int
+	touched uint64
 
 	stop      chan struct{}
 	done      sync.WaitGroup
@@ -285,6 +291,8 @@ func (s *Stage) reset() {
 	s.ovCount = new([1 << 16]uint16)
 	s.sweeps = map[string][]ovSweep{}
 	s.metas = map[string]ovMeta{}
+	clear(s.pre)
+	s.pre, s.preAt = s.pre[:0], 0
 }
 
 // Rewind implements forwarder.Sequencer: changes of records before from
@@ -608,6 +616,67 @@ func (m *outMem) key(b []byte) []byte {
 	return m.keys[n:len(m.keys):len(m.keys)]
 }
 
+// prepared is a message as Prefetch read it: ready when it is a route
+// event (not an End-of-RIB) with its parse and index hash.
+type prepared struct {
+	m     *forwarder.Outgoing
+	ev    event
+	h     ixHash
+	ready bool
+}
+
+var _ forwarder.Prefetcher = (*Stage)(nil)
+
+// Prefetch implements forwarder.Prefetcher: it reads the route events
+// among msgs, as Sequence would, and touches their slots in the index, a
+// run at once; Sequence then takes each from pre instead of reading it
+// again, and finds its slot cached.
+func (s *Stage) Prefetch(msgs []*forwarder.Outgoing) {
+	if s.preAt == len(s.pre) {
+		clear(s.pre) // nothing kept alive from here
+		s.pre, s.preAt = s.pre[:0], 0
+	}
+	start := len(s.pre)
+	for _, m := range msgs {
+		p := prepared{m: m}
+		if m.Value != nil {
+			if ev, ok := s.parse.route(m.Value, m.Key); ok && !ev.eor && sameBytes(ev.streamKey, m.Key) {
+				// Only with the stream key in the message's own bytes:
+				// the parser's buffer for it is reused by the next parse.
+				p.ev, p.h, p.ready = ev, s.ix.hash(ev.peer, ev.rk), true
+			}
+		}
+		s.pre = append(s.pre, p)
+	}
+	s.touched += s.ix.touchPrepared(s.pre[start:])
+}
+
+// prepared returns what Prefetch made of m, the message Sequence has come
+// to, if it is ready; every message Sequence gets passes here, so that pre
+// stays in step with them. A message out of step (Prefetch not called for
+// it) empties pre: m and what follows are then read as they come.
+func (s *Stage) prepared(m *forwarder.Outgoing) *prepared {
+	if s.preAt == len(s.pre) {
+		return nil
+	}
+	p := &s.pre[s.preAt]
+	if p.m != m {
+		clear(s.pre)
+		s.pre, s.preAt = s.pre[:0], 0
+		return nil
+	}
+	s.preAt++
+	if !p.ready {
+		return nil
+	}
+	return p
+}
+
+// sameBytes reports whether a and b are the same memory.
+func sameBytes(a, b []byte) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
 // Sequence implements forwarder.Sequencer.
 func (s *Stage) Sequence(rec record.Record, msgs []*forwarder.Outgoing, emit func(*forwarder.Outgoing) error) error {
 	out := &output{emit: emit, mem: &s.mem}
@@ -633,6 +702,7 @@ func (s *Stage) Sequence(rec record.Record, msgs []*forwarder.Outgoing, emit fun
 		// acknowledged everything the record made, bmp.rib messages and
 		// synthetic withdraws included, so it passes through unchanged.
 		for _, m := range msgs {
+			s.prepared(m)
 			if err := emit(m); err != nil {
 				return err
 			}
@@ -651,14 +721,18 @@ func (s *Stage) Sequence(rec record.Record, msgs []*forwarder.Outgoing, emit fun
 }
 
 func (s *Stage) one(rec record.Record, m *forwarder.Outgoing, out *output) error {
+	p := s.prepared(m)
 	if m.Value == nil {
 		return out.emit(m)
+	}
+	if p != nil {
+		return s.route(rec, m, &p.ev, p.h, out)
 	}
 	// Nothing of m is read once it is emitted: it may be acknowledged and
 	// its bytes reused at once.
 	if ev, ok := s.parse.route(m.Value, m.Key); ok {
 		if !ev.eor {
-			return s.route(rec, m, &ev, out)
+			return s.route(rec, m, &ev, s.ix.hash(ev.peer, ev.rk), out)
 		}
 		meta, err := s.meta(ev.peer)
 		if err != nil {
@@ -706,9 +780,8 @@ func (s *Stage) one(rec record.Record, m *forwarder.Outgoing, out *output) error
 // route emits a route event m and its bmp.rib message and changes the
 // state, or handles it as a duplicate: an announcement identical to the
 // state. A duplicate of a stale route confirms it.
-func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, out *output) error {
+func (s *Stage) route(rec record.Record, m *forwarder.Outgoing, ev *event, h ixHash, out *output) error {
 	rk := ev.rk
-	h := s.ix.hash(ev.peer, rk)
 	// One critical section for the decision: the commit goroutine takes
 	// the same lock for every part it commits.
 	s.mu.Lock()

@@ -130,7 +130,25 @@ func decodeMeta(b []byte) peerMeta {
 // store is the committed route state.
 type store struct {
 	db *bolt.DB
+	// scratch is apply's memory, kept from one commit to the next: a
+	// commit every ack interval allocated its slabs afresh, about a tenth
+	// of what the agent allocates with the route state on.
+	scratch applyScratch
 }
+
+// applyScratch is what a commit's transaction uses and lets go of once
+// written: bbolt reads the values put until then, the index's changes are
+// made from res.ix after apply returns and before the next apply (commits
+// are serialised).
+type applyScratch struct {
+	slabs [][]byte // value slabs, free
+	ix    []ixChange
+	order []int32
+}
+
+// maxKeptSlabs bounds the value slabs kept between commits (64 KiB each):
+// a commit of new routes fills about one per 1,000 routes.
+const maxKeptSlabs = 32
 
 // openStore opens the state file; mmap is its first mapping (0:
 // initialMmap), pageSize the page size of a new file (0: the OS's).
@@ -485,7 +503,13 @@ func (s *store) apply(ops []op, through uint64, maxNodes, sweepNodes int64, resu
 	if err != nil {
 		return applyResult{}, err
 	}
-	if err := applyTx(tx, ops, through, &res, maxNodes, sweepNodes, resume, hash); err != nil {
+	// Only now, under bbolt's writer lock: the scratch is one commit's.
+	a := &applier{tx: tx, routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: &res,
+		byPeer: map[string]*peerTx{}, hash: hash, sweepNodes: sweepNodes, resume: resume, scratch: &s.scratch}
+	// The slabs are free again once the transaction is written or rolled
+	// back, whichever way apply returns.
+	defer a.releaseSlabs()
+	if err := applyTx(a, ops, through, maxNodes); err != nil {
 		_ = tx.Rollback()
 		return applyResult{}, err
 	}
@@ -495,15 +519,26 @@ func (s *store) apply(ops []op, through uint64, maxNodes, sweepNodes int64, resu
 	if err := tx.Commit(); err != nil {
 		return applyResult{}, err
 	}
+	if cap(res.ix) <= maxKeptIxChanges {
+		s.scratch.ix = res.ix[:0]
+	}
 	return res, nil
 }
 
-// applyTx makes a commit's changes in tx.
-func applyTx(tx *bolt.Tx, ops []op, through uint64, res *applyResult, maxNodes, sweepNodes int64, resume *sweepCut, hash func(peer, rk string) ixHash) error {
-	a := &applier{tx: tx, routes: tx.Bucket(routesBucket), counts: tx.Bucket(countsBucket), peers: tx.Bucket(peersBucket), res: res,
-		byPeer: map[string]*peerTx{}, hash: hash, sweepNodes: sweepNodes, resume: resume}
-	res.ix = make([]ixChange, 0, len(ops))
-	for n, i := range applyOrder(ops) {
+// maxKeptIxChanges bounds the index changes' slice kept between commits
+// (48 bytes each): a sweep of a large table is cut into parts, but its
+// part may still change more routes than an ordinary commit.
+const maxKeptIxChanges = 1 << 16
+
+// applyTx makes a commit's changes in a's transaction.
+func applyTx(a *applier, ops []op, through uint64, maxNodes int64) error {
+	tx, res := a.tx, a.res
+	res.ix = a.scratch.ix[:0]
+	if cap(res.ix) < len(ops) {
+		res.ix = make([]ixChange, 0, len(ops))
+	}
+	a.scratch.order = applyOrder(ops, a.scratch.order)
+	for n, i := range a.scratch.order {
 		if err := a.apply(&ops[i]); err != nil {
 			return err
 		}
@@ -542,8 +577,13 @@ func applyTx(tx *bolt.Tx, ops []op, through uint64, res *applyResult, maxNodes, 
 // walking neighbouring pages). Within such a run changes of different
 // routes commute (counts and stale counts only add up), and those of one
 // route keep their order.
-func applyOrder(ops []op) []int32 {
-	order := make([]int32, len(ops))
+// The order is written into buf's memory when it is large enough.
+func applyOrder(ops []op, buf []int32) []int32 {
+	order := buf[:0]
+	if cap(order) < len(ops) {
+		order = make([]int32, len(ops))
+	}
+	order = order[:len(ops)]
 	for i := range order {
 		order[i] = int32(i)
 	}
@@ -586,8 +626,11 @@ type applier struct {
 	byPeer                map[string]*peerTx
 	hash                  func(peer, rk string) ixHash
 	// vals holds the values put: bbolt keeps a value (not a copy) until
-	// the transaction is written.
-	vals []byte
+	// the transaction is written. It is a slab of scratch, and so are the
+	// full ones before it (used).
+	vals    []byte
+	used    [][]byte
+	scratch *applyScratch
 	kb   [8]byte
 	grp  groupEdit
 	es   []groupRoute // a sweep's
@@ -597,11 +640,43 @@ type applier struct {
 func (a *applier) value(rs []groupRoute) []byte {
 	n := groupLen(rs)
 	if cap(a.vals)-len(a.vals) < n {
-		a.vals = make([]byte, 0, max(64<<10, n))
+		a.vals = a.slab(n)
 	}
 	b := appendGroup(a.vals[len(a.vals):len(a.vals):len(a.vals)+n], rs)
 	a.vals = a.vals[:len(a.vals)+n]
 	return b
+}
+
+// slab returns an empty value slab of at least n bytes, a kept one if it
+// is large enough.
+func (a *applier) slab(n int) []byte {
+	if a.vals != nil {
+		a.used = append(a.used, a.vals)
+	}
+	free := a.scratch.slabs
+	if k := len(free) - 1; k >= 0 && cap(free[k]) >= n {
+		b := free[k]
+		a.scratch.slabs = free[:k]
+		return b[:0]
+	}
+	return make([]byte, 0, max(slabSize, n))
+}
+
+// slabSize is a value slab's usual size.
+const slabSize = 64 << 10
+
+// releaseSlabs returns the transaction's slabs to the scratch, once it is
+// written or rolled back (bbolt no longer reads them).
+func (a *applier) releaseSlabs() {
+	if a.vals != nil {
+		a.used = append(a.used, a.vals)
+	}
+	for _, b := range a.used {
+		if cap(b) == slabSize && len(a.scratch.slabs) < maxKeptSlabs {
+			a.scratch.slabs = append(a.scratch.slabs, b[:0])
+		}
+	}
+	a.vals, a.used = nil, nil
 }
 
 // edit makes group g of peer p (whose bucket exists) the group being

@@ -178,6 +178,8 @@ run_bgpedge() { # mode sessions rep [file loop]; mode json, json-rib, raw, both,
 	out=$("$bench" measure -pid "$pid" -to "127.0.0.1:$port" -file "$file" -sessions "$s" -loop "$loop" \
 		-metrics "http://127.0.0.1:$hport/metrics" -timeout "$MEASURE_TIMEOUT")
 	out=$(broker_cpu_field "$out" "$bcpu" "$bpid")
+	# The agent's own counters at the end (route state waits, commit times).
+	curl -sf -o "$DIR/metrics-$mode-$s-$rep.txt" "http://127.0.0.1:$hport/metrics" || true
 	if [[ $rib == true ]]; then # the route state's file, once drained
 		out=$(jq -c --argjson b "$(stat -c %s "$DIR/state/rib.db")" '. + {rib_file_bytes: $b}' <<<"$out")
 	fi
