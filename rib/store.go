@@ -631,9 +631,9 @@ type applier struct {
 	vals    []byte
 	used    [][]byte
 	scratch *applyScratch
-	kb   [8]byte
-	grp  groupEdit
-	es   []groupRoute // a sweep's
+	kb      [8]byte
+	grp     groupEdit
+	es      []groupRoute // a sweep's
 }
 
 // value returns rs as a group entry's value, in a.vals.
