@@ -48,6 +48,9 @@
 #                                  # configs/bgpedge.yaml, interleaved, for
 #                                  # before/after rows measured in one sitting
 #
+# Each bgpedge run leaves BENCH_DIR/metrics-<mode>-<sessions>-<rep>.txt, the
+# agent's /metrics at the end (route state waits and commit times, for one).
+#
 # Needs pmacct (apt-get install pmacct) for the pmbmpd rows. Uses the broker
 # of scripts/kafka.sh on 127.0.0.1:9092, starting it (and stopping it again at
 # the end) when it is not running.
