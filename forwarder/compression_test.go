@@ -37,6 +37,10 @@ func TestLZ4RecordBatch(t *testing.T) {
 				m.Value[j] = byte(rng.Uint32())
 			}
 		}
+		if i == 2500 {
+			// A record of several blocks.
+			m.Value = bytes.Repeat(fmt.Appendf(nil, `{"route":%d}`, i), 15000)
+		}
 		m.Headers = []Header{{HeaderID, fmt.Sprintf("edge1:%d:1", i)}}
 		items = append(items, laneItem{m: m})
 	}

@@ -390,21 +390,44 @@ var lz4FrameHeader = [...]byte{0x04, 0x22, 0x4d, 0x18, 0x60, 0x40, 0x82}
 const lz4Block = 64 << 10
 
 // maxKeptRecords bounds the uncompressed buffer an lz4Batch keeps between
-// requests: a batch is at most kafka.max_message_bytes anyway.
+// requests: a block and the record that overflowed it, unless a record is
+// larger than that.
 const maxKeptRecords = 1 << 20
 
-// append appends items' records, compressed.
+// append appends items' records, compressed. Records are compressed a
+// block at a time as they fill one, not once the whole batch is written:
+// the block is still in the cache, and the buffer holds one block, not a
+// whole request.
 func (z *lz4Batch) append(b []byte, items []laneItem) []byte {
+	b = append(b, lz4FrameHeader[:]...)
 	raw := z.raw[:0]
 	for i, it := range items {
 		raw = appendRecord(raw, it.m, i)
+		if len(raw) >= lz4Block {
+			full := len(raw) / lz4Block * lz4Block
+			b = z.blocks(b, raw[:full])
+			raw = raw[:copy(raw, raw[full:])]
+		}
 	}
-	// At most every block stored as it is, with its size.
-	b = slices.Grow(b, len(lz4FrameHeader)+len(raw)+4*(len(raw)/lz4Block+1)+4)
-	b = append(b, lz4FrameHeader[:]...)
-	for src := raw; len(src) > 0; {
+	b = z.blocks(b, raw)
+	b = append(b, 0, 0, 0, 0) // end mark
+	if cap(raw) <= maxKeptRecords {
+		// The records are copied, not referenced: nothing is kept alive.
+		z.raw = raw[:0]
+	} else {
+		z.raw = nil
+	}
+	return b
+}
+
+// blocks appends src as frame blocks of lz4Block bytes (the last one
+// shorter).
+func (z *lz4Batch) blocks(b, src []byte) []byte {
+	for len(src) > 0 {
 		blk := src[:min(len(src), lz4Block)]
 		src = src[len(blk):]
+		// Room for the block stored as it is, with its size.
+		b = slices.Grow(b, 4+len(blk))
 		at := len(b)
 		// A destination no larger than the block: a block that would not
 		// shrink is not compressed (n == 0) and is stored as it is.
@@ -416,13 +439,6 @@ func (z *lz4Batch) append(b []byte, items []laneItem) []byte {
 		}
 		b = binary.LittleEndian.AppendUint32(b, uint32(n))
 		b = b[:at+4+n]
-	}
-	b = append(b, 0, 0, 0, 0) // end mark
-	if cap(raw) <= maxKeptRecords {
-		// The records are copied, not referenced: nothing is kept alive.
-		z.raw = raw[:0]
-	} else {
-		z.raw = nil
 	}
 	return b
 }

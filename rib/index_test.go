@@ -16,7 +16,9 @@ import (
 // TestIndexModel drives the index with random sets and deletes against a
 // map, in a table small enough that runs wrap around its end and it grows
 // several times, and with hashes forced into few home slots so that
-// deletes move entries back.
+// deletes move entries back. The changes are made in runs, as commits make
+// them (apply: growing before it takes the lock, reading ahead), or one by
+// one.
 func TestIndexModel(t *testing.T) {
 	ix, err := newIndex(t.TempDir(), 0)
 	if err != nil {
@@ -26,6 +28,29 @@ func TestIndexModel(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	model := map[ixHash]uint64{}
 	var keys []ixHash
+	var pending []ixChange
+	runLen, applied, reserved := 1+rng.IntN(3000), 0, 0
+	flush := func() {
+		if rng.IntN(2) == 0 {
+			before := ix.mask
+			if err := ix.apply(pending); err != nil {
+				t.Fatal(err)
+			}
+			applied++
+			if ix.mask != before {
+				reserved++
+			}
+		} else {
+			for _, c := range pending {
+				if c.del {
+					ix.del(c.h)
+				} else if err := ix.set(c.h, c.pos, c.val); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		pending, runLen = pending[:0], 1+rng.IntN(3000)
+	}
 	for step := range 300000 {
 		var h ixHash
 		if len(keys) > 0 && rng.IntN(3) > 0 {
@@ -40,15 +65,17 @@ func TestIndexModel(t *testing.T) {
 		}
 		if rng.IntN(2) == 0 {
 			pos := uint64(step)
-			if err := ix.set(h, pos, routeValue{hash: pos, afi: 1, safi: 1, epoch: 7}); err != nil {
-				t.Fatal(err)
-			}
+			pending = append(pending, ixChange{h: h, pos: pos, val: routeValue{hash: pos, afi: 1, safi: 1, epoch: 7}})
 			model[h] = pos
 		} else {
-			ix.del(h)
+			pending = append(pending, ixChange{h: h, del: true})
 			delete(model, h)
 		}
+		if len(pending) >= runLen {
+			flush()
+		}
 		if step%50000 == 0 || step == 299999 {
+			flush()
 			if ix.used != uint64(len(model)) {
 				t.Fatalf("step %d: index holds %d, model %d", step, ix.used, len(model))
 			}
@@ -61,8 +88,8 @@ func TestIndexModel(t *testing.T) {
 			}
 		}
 	}
-	if ix.mask+1 <= minSlots {
-		t.Fatalf("the table never grew (%d slots)", ix.mask+1)
+	if ix.mask+1 <= minSlots || reserved == 0 {
+		t.Fatalf("the table never grew (%d slots), or never before a run of changes (%d of %d runs)", ix.mask+1, reserved, applied)
 	}
 }
 
