@@ -305,8 +305,12 @@ var errCorrupt = errors.New("corrupt route state entry")
 
 // rebuild fills ix with every route of the file and returns each peer's
 // next position.
+//
+// The routes go into the index in runs, as a commit's changes do (apply
+// reads their slots ahead), not one by one.
 func (s *store) rebuild(ix *index) (next map[string]uint64, err error) {
 	next = map[string]uint64{}
+	run := make([]ixChange, 0, rebuildRun)
 	err = s.db.View(func(tx *bolt.Tx) error {
 		r := tx.Bucket(routesBucket)
 		return r.ForEachBucket(func(pk []byte) error {
@@ -318,21 +322,31 @@ func (s *store) rebuild(ix *index) (next map[string]uint64, err error) {
 					return fmt.Errorf("peer %q: %w", peer, err)
 				}
 				for _, e := range es {
-					pos := groupPos(k, e.slot)
-					if err := ix.set(ix.hash(peer, e.rk), pos, e.val); err != nil {
+					run = append(run, ixChange{h: ix.hash(peer, e.rk), pos: groupPos(k, e.slot), val: e.val})
+				}
+				// Groups come in position order, and a group's routes in slot order.
+				next[peer] = groupPos(k, es[len(es)-1].slot) + 1
+				if len(run) >= rebuildRun-groupSize {
+					if err := ix.apply(run); err != nil {
 						return err
 					}
-					next[peer] = pos + 1
+					run = run[:0]
 				}
 			}
 			return nil
 		})
 	})
+	if err == nil {
+		err = ix.apply(run)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("rib: index: %w", err)
 	}
 	return next, nil
 }
+
+// rebuildRun is how many routes rebuild puts into the index at a time.
+const rebuildRun = 4096
 
 // lastTx is the id of the file's last committed transaction.
 func (s *store) lastTx() (id uint64, err error) {
