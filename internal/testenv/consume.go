@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -104,6 +105,7 @@ func consumerConfig(t testing.TB) *sarama.Config {
 // offset (-1: until ctx ends), calling fn under one lock.
 type readBack struct {
 	t        testing.TB
+	client   sarama.Client
 	consumer sarama.Consumer
 	startErr error
 	fnMu     sync.Mutex
@@ -118,7 +120,7 @@ type readBack struct {
 }
 
 func newReadBack(t testing.TB, client sarama.Client, fn func(*sarama.ConsumerMessage)) *readBack {
-	r := &readBack{t: t, fn: fn, errs: map[string]int{}, lastErr: map[string]error{}}
+	r := &readBack{t: t, client: client, fn: fn, errs: map[string]int{}, lastErr: map[string]error{}}
 	r.consumer, r.startErr = sarama.NewConsumerFromClient(client)
 	return r
 }
@@ -128,12 +130,17 @@ func (r *readBack) start(ctx context.Context, topic string, ends map[int32]int64
 		return
 	}
 	for p, end := range ends {
-		pc, err := r.consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
+		name := fmt.Sprintf("%s/%d", topic, p)
+		pc, err := consumeOldest(ctx, r.client, r.consumer, topic, p, func(err error) {
+			r.mu.Lock()
+			r.errs[name]++
+			r.lastErr[name] = err
+			r.mu.Unlock()
+		})
 		if err != nil {
 			r.startErr = fmt.Errorf("consume %s/%d: %w", topic, p, err)
 			return
 		}
-		name := fmt.Sprintf("%s/%d", topic, p)
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
@@ -165,6 +172,40 @@ func (r *readBack) start(ctx context.Context, topic string, ends map[int32]int64
 			}
 		}()
 	}
+}
+
+// startRetryFor bounds how long a partition may stay without a usable
+// leader when a read-back starts.
+const startRetryFor = 30 * time.Second
+
+// consumeOldest starts reading a partition from its oldest offset. A topic
+// the agent has just created can be listed before the broker has settled
+// its partitions' leaders; the errors that say so are retried with fresh
+// metadata for at most startRetryFor, each passed to retried.
+func consumeOldest(ctx context.Context, client sarama.Client, consumer sarama.Consumer, topic string, p int32, retried func(error)) (sarama.PartitionConsumer, error) {
+	deadline := time.Now().Add(startRetryFor)
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
+		if err == nil || !leaderSettling(err) || time.Now().After(deadline) {
+			return pc, err
+		}
+		retried(err)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+		_ = client.RefreshMetadata(topic)
+	}
+}
+
+// leaderSettling tells the errors a broker answers while a new topic's
+// partitions are still getting their leaders.
+func leaderSettling(err error) bool {
+	return errors.Is(err, sarama.ErrNotLeaderForPartition) ||
+		errors.Is(err, sarama.ErrLeaderNotAvailable) ||
+		errors.Is(err, sarama.ErrUnknownTopicOrPartition) ||
+		errors.Is(err, sarama.ErrOffsetsLoadInProgress)
 }
 
 // wait waits for the partition loops to end (at their end offsets, or when

@@ -113,7 +113,12 @@ func ConsumeAllWith(t testing.TB, cfg *sarama.Config, brokers []string, topic st
 	t.Helper()
 	cfg.Consumer.Return.Errors = true
 	cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
-	consumer, err := sarama.NewConsumer(brokers, cfg)
+	client, err := sarama.NewClient(brokers, cfg)
+	if err != nil {
+		t.Fatalf("kafka client on %v: %v", brokers, err)
+	}
+	defer client.Close()
+	consumer, err := sarama.NewConsumerFromClient(client)
 	if err != nil {
 		t.Fatalf("kafka consumer on %v: %v", brokers, err)
 	}
@@ -129,7 +134,7 @@ func ConsumeAllWith(t testing.TB, cfg *sarama.Config, brokers []string, topic st
 	errs := make(chan error, 1)
 	var wg sync.WaitGroup
 	for _, p := range partitions {
-		pc, err := consumer.ConsumePartition(topic, p, sarama.OffsetOldest)
+		pc, err := consumeOldest(ctx, client, consumer, topic, p, func(error) {})
 		if err != nil {
 			t.Fatalf("consume %s/%d: %v", topic, p, err)
 		}
