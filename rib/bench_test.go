@@ -187,7 +187,9 @@ func feedStageAcks(b *testing.B, s *Stage, recs []record.Record, msgs [][]*forwa
 		}
 	}()
 	emit := func(*forwarder.Outgoing) error { return nil }
+	ahead := prefetchAhead(s, msgs)
 	for i, rec := range recs {
+		ahead(i)
 		if err := s.Sequence(rec, msgs[i], emit); err != nil {
 			b.Fatal(err)
 		}
@@ -199,6 +201,26 @@ func feedStageAcks(b *testing.B, s *Stage, recs []record.Record, msgs [][]*forwa
 	}
 	if err := s.CommitThrough(recs[len(recs)-1].Seq); err != nil {
 		b.Fatal(err)
+	}
+}
+
+// prefetchAhead returns a function to call before sequencing record i: it
+// passes Prefetch the next 16 messages once Sequence is about to reach the
+// end of what it was passed, as the forwarder does.
+func prefetchAhead(s *Stage, msgs [][]*forwarder.Outgoing) func(i int) {
+	var flat []*forwarder.Outgoing
+	ends := make([]int, len(msgs))
+	for i, ms := range msgs {
+		flat = append(flat, ms...)
+		ends[i] = len(flat)
+	}
+	fetched := 0
+	return func(i int) {
+		if ends[i] > fetched {
+			from := fetched
+			fetched = min(len(flat), max(ends[i], fetched+16))
+			s.Prefetch(flat[from:fetched])
+		}
 	}
 }
 

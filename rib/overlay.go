@@ -14,6 +14,9 @@ package rib
 type ovRoutes struct {
 	slots []ovSlotTag // a power of two, at most three quarters full
 	n     int
+	// touched is the touch functions' sum, kept only so that their reads
+	// stay; like the rest, written under the stage's mu.
+	touched uint64
 }
 
 type ovSlotTag struct {
@@ -112,6 +115,34 @@ func (t *ovRoutes) removeGen(h ixHash, gen uint64) bool {
 	t.slots[i] = ovSlotTag{}
 	t.n--
 	return true
+}
+
+// touchPrepared touches the overlay counters and home slots of the route
+// events Prefetch read, as index.touchPrepared does the index's: the
+// table is about a megabyte when the overlay is full, and the look-up and
+// the change that follow read the same words. Called with the stage's mu.
+func (t *ovRoutes) touchPrepared(ps []prepared, count *[1 << 16]uint16) {
+	if len(t.slots) == 0 {
+		return
+	}
+	for i := range ps {
+		if ps[i].ready {
+			t.touched += uint64(count[ovSlot(ps[i].h)]) + t.slots[t.home(ps[i].h[0])].h0
+		}
+	}
+}
+
+// touchOps touches the home slots of a commit's route changes before it
+// removes them from the table, a run at once.
+func (t *ovRoutes) touchOps(ops []op) {
+	if len(t.slots) == 0 {
+		return
+	}
+	for i := range ops {
+		if k := ops[i].kind; k == opSet || k == opDel {
+			t.touched += t.slots[t.home(ops[i].h[0])].h0
+		}
+	}
 }
 
 // grow doubles the table (or makes the first one), reinserting every entry

@@ -440,7 +440,11 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 		n, through = res.cut.op, batch[res.cut.op].seq-1
 		batch = batch[:n]
 	}
-	for _, o := range batch {
+	for i := range batch {
+		if i%touchRun == 0 {
+			s.routes.touchOps(batch[i:min(i+touchRun, len(batch))])
+		}
+		o := &batch[i]
 		switch o.kind {
 		case opSweep:
 			s.sweeps[o.peer] = slices.DeleteFunc(s.sweeps[o.peer], func(w ovSweep) bool { return w.gen == o.gen })
@@ -649,6 +653,9 @@ func (s *Stage) Prefetch(msgs []*forwarder.Outgoing) {
 		s.pre = append(s.pre, p)
 	}
 	s.touched += s.ix.touchPrepared(s.pre[start:])
+	s.mu.Lock()
+	s.routes.touchPrepared(s.pre[start:], s.ovCount)
+	s.mu.Unlock()
 }
 
 // prepared returns what Prefetch made of m, the message Sequence has come
