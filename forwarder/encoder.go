@@ -27,9 +27,11 @@ type Sequencer interface {
 	Rewind(from uint64) error
 	// Sequence sees every record's messages once per session, in spool
 	// order, from one goroutine, and emits what is sent instead: it may
-	// drop, change or add messages. A message it adds leaves ID and Headers
-	// empty (the forwarder fills them) and sets an Index unique within the
-	// record. emit fails once the session ends; Sequence then returns.
+	// drop messages, change their Value or add messages. It keeps the Key
+	// of a message it was passed: the key's hash, which picks the
+	// partition, was taken as the message was encoded (checked in race
+	// builds). A message it adds leaves ID and Headers empty (the
+	// forwarder fills them) and sets an Index unique within the record. emit fails once the session ends; Sequence then returns.
 	// The messages' Key and Value bytes are reused once the sink
 	// acknowledged them, which can happen before emit returns (a long
 	// expansion is handed to the sink in parts while Sequence runs):

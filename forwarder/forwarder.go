@@ -128,9 +128,10 @@ func newForwarderSinks(cfg Config, src Source, enc Encoder, sinks []Sink, logger
 	}
 	f.arenas = make([]outArena, f.workers)
 	for i := range f.arenas {
-		// Not with a Sequencer, which may change a message's key: then
-		// seqBatch.add hashes what it emits.
-		f.arenas[i].hashKeys = f.seq == nil && hashesKeys(sinks)
+		// Also with a Sequencer, which keeps the keys it is passed: the
+		// hash is taken by the encoders, in parallel, and the Sequencer's
+		// goroutine hashes only the messages it adds (seqBatch.add).
+		f.arenas[i].hashKeys = hashesKeys(sinks)
 	}
 	f.seqArena.hashKeys = f.seq != nil && hashesKeys(sinks)
 	f.active.Store(SinkNone)
@@ -757,9 +758,15 @@ func (sb *seqBatch) add(m *Outgoing) error {
 		m.implied, m.kind, m.router, m.agent = true, rec.Kind.String(), rec.Source, f.cfg.AgentID
 	}
 	if f.seqArena.hashKeys && len(m.Key) > 0 {
-		// As outArena.add does: the Sequencer has just read or written the
-		// message, the sink would find its key out of the cache.
-		m.keyHash, m.hashed = keyHash(m.Key), true
+		switch {
+		case !m.hashed:
+			// A message the Sequencer added. As outArena.add does: the
+			// Sequencer has just written it, the sink would find its key
+			// out of the cache.
+			m.keyHash, m.hashed = keyHash(m.Key), true
+		case raceEnabled && keyHash(m.Key) != m.keyHash:
+			return fmt.Errorf("record %d: the sequencer changed the key of message %d (%s)", rec.Seq, m.Index, m.Stream)
+		}
 	}
 	out := sb.out
 	out.msgs = append(out.msgs, m)

@@ -136,3 +136,67 @@ func TestForwarderSequencer(t *testing.T) {
 		t.Fatalf("rewinds %v: want one per session, the second from at most the failed record 20", seq.rewinds)
 	}
 }
+
+// keySequencer changes the key of record 2's message and adds a message of
+// its own to every record.
+type keySequencer struct{ Encoder }
+
+func (keySequencer) Rewind(uint64) error        { return nil }
+func (keySequencer) CommitThrough(uint64) error { return nil }
+
+func (keySequencer) Sequence(rec record.Record, msgs []*Outgoing, emit func(*Outgoing) error) error {
+	for _, m := range msgs {
+		if rec.Seq == 2 {
+			m.Key = []byte("changed")
+		}
+		if err := emit(m); err != nil {
+			return err
+		}
+	}
+	return emit(&Outgoing{Stream: "test.added", Key: []byte{'k', byte(rec.Seq)}, Value: []byte{1}, Index: 1})
+}
+
+// TestSequencerKeepsKeys: keys are hashed as messages are encoded, and
+// the Sequencer's goroutine hashes only the messages it adds; a Sequencer
+// that changes a key it was passed fails in race builds, where the tests
+// run (the hash would pick another partition than the key's).
+func TestSequencerKeepsKeys(t *testing.T) {
+	mem := newMemSource()
+	for i := range 2 {
+		mem.Append(record.Record{Kind: record.KindBMP, Key: []byte("r1"), Payload: []byte{'r', byte(i)}})
+	}
+	f, err := newForwarder(unitConfig(), mem, Parallel{Encoder: keySequencer{Encoder: Raw{Kind: record.KindBMP, Stream: "test.raw"}}}, newFakeSink(SinkKafka), nil, nil, prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As with a Kafka sink, which partitions by the key's hash.
+	for i := range f.arenas {
+		f.arenas[i].hashKeys = true
+	}
+	f.seqArena.hashKeys = true
+	recs, err := mem.Read(t.Context(), 1, 10)
+	if err != nil || len(recs) != 2 {
+		t.Fatalf("read: %d records, %v", len(recs), err)
+	}
+	b := f.encodeBatch(recs[:1], 1<<20)
+	var out []*Outgoing
+	send := func(b *encodedBatch) bool { out = append(out, b.msgs...); return true }
+	if err := f.sequenceBatch(t.Context(), b, send); err != nil {
+		t.Fatalf("keys kept: %v", err)
+	}
+	if len(out) != 2 {
+		t.Fatalf("%d messages, want the record's and the added one", len(out))
+	}
+	for _, m := range out {
+		if !m.hashed || m.keyHash != keyHash(m.Key) {
+			t.Errorf("%s message: hashed %v, hash %x, want %x", m.Stream, m.hashed, m.keyHash, keyHash(m.Key))
+		}
+	}
+	err = f.sequenceBatch(t.Context(), f.encodeBatch(recs[1:], 1<<20), send)
+	if raceEnabled && err == nil {
+		t.Fatal("a changed key passed")
+	}
+	if !raceEnabled && err != nil {
+		t.Fatalf("without the race detector keys are not checked: %v", err)
+	}
+}
