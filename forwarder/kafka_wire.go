@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/bits"
 	"net"
+	"runtime"
 	"slices"
 	"time"
 
@@ -355,10 +356,14 @@ func appendRecordBatch(b []byte, items []laneItem, nowMillis int64, z *lz4Batch)
 	b = binary.BigEndian.AppendUint16(b, 0xffff)             // producer epoch: -1
 	b = binary.BigEndian.AppendUint32(b, 0xffffffff)         // base sequence: -1
 	b = binary.BigEndian.AppendUint32(b, uint32(len(items)))
+	touchRecords(items, 0)
 	if z != nil {
 		b = z.append(b, items)
 	} else {
 		for i, it := range items {
+			if i%touchAhead == 0 {
+				touchRecords(items, i+touchAhead)
+			}
 			b = appendRecord(b, it.m, i)
 		}
 	}
@@ -366,6 +371,28 @@ func appendRecordBatch(b []byte, items []laneItem, nowMillis int64, z *lz4Batch)
 	binary.BigEndian.PutUint32(b[batchLenAt:], uint32(len(b)-batchLenAt-4))
 	binary.BigEndian.PutUint32(b[lenAt:], uint32(len(b)-lenAt-4))
 	return b
+}
+
+// touchAhead is how many records ahead of the one written touchRecords
+// reads, and how many at once.
+const touchAhead = 16
+
+// touchRecords reads the first byte of the keys and values of the
+// touchAhead messages from items[from] on, so that the cache misses of a run of messages overlap: a lane writes
+// messages long after they were encoded, and reading each one as it is
+// written stalled on each miss in turn. KeepAlive keeps the reads.
+func touchRecords(items []laneItem, from int) {
+	var sum byte
+	for i := from; i < min(from+touchAhead, len(items)); i++ {
+		m := items[i].m
+		if len(m.Key) > 0 {
+			sum += m.Key[0]
+		}
+		if len(m.Value) > 0 {
+			sum += m.Value[0]
+		}
+	}
+	runtime.KeepAlive(sum)
 }
 
 // lz4Batch compresses a batch's records as Kafka's own producer does: one
@@ -402,6 +429,9 @@ func (z *lz4Batch) append(b []byte, items []laneItem) []byte {
 	b = append(b, lz4FrameHeader[:]...)
 	raw := z.raw[:0]
 	for i, it := range items {
+		if i%touchAhead == 0 {
+			touchRecords(items, i+touchAhead)
+		}
 		raw = appendRecord(raw, it.m, i)
 		if len(raw) >= lz4Block {
 			full := len(raw) / lz4Block * lz4Block
