@@ -58,15 +58,16 @@ func TestSessionJournal(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			// Peer 2 goes down in a later batch than it came up in.
-			if _, err := c.Write(bytes.Join([][]byte{initiation(), peerUp(1), peerUp(2), peerUp(3)}, nil)); err != nil {
+			// Peer 2 goes down in a later batch than it came up in; peer 4
+			// sends routes without a Peer Up.
+			if _, err := c.Write(bytes.Join([][]byte{initiation(), peerUp(1), peerUp(2), peerUp(3), routeMonitoring(4, 1)}, nil)); err != nil {
 				t.Fatal(err)
 			}
-			testenv.Eventually(t, 5*time.Second, "4 messages spooled", func() bool { return spool.len() == 4 })
+			testenv.Eventually(t, 5*time.Second, "5 messages spooled", func() bool { return spool.len() == 5 })
 			if _, err := c.Write(peerDown(2)); err != nil {
 				t.Fatal(err)
 			}
-			testenv.Eventually(t, 5*time.Second, "the peer down spooled", func() bool { return spool.len() == 5 })
+			testenv.Eventually(t, 5*time.Second, "the peer down spooled", func() bool { return spool.len() == 6 })
 			if crash {
 				// The process dies: nothing after this reaches the journal.
 				if err := j.Close(); err != nil {
@@ -93,18 +94,18 @@ func TestSessionJournal(t *testing.T) {
 				if n != 0 || len(got) != 0 {
 					t.Fatalf("after a clean close Recover marked %d peers down", n)
 				}
-				if downs := syntheticDowns(spool.snapshot()); len(downs) != 2 {
-					t.Fatalf("clean close spooled %d synthetic peer downs, want 2", len(downs))
+				if downs := syntheticDowns(spool.snapshot()); len(downs) != 3 {
+					t.Fatalf("clean close spooled %d synthetic peer downs, want 3", len(downs))
 				}
 				return
 			}
-			if n != 2 || len(got) != 2 {
-				t.Fatalf("Recover marked %d peers down (%d records), want peers 1 and 3", n, len(got))
+			if n != 3 || len(got) != 3 {
+				t.Fatalf("Recover marked %d peers down (%d records), want peers 1, 3 and 4", n, len(got))
 			}
-			want := map[string]bool{string(peerHeader(1)): true, string(peerHeader(3)): true}
+			want := map[string]bool{string(peerHeader(1)): true, string(peerHeader(3)): true, string(peerHeader(4)): true}
 			for _, h := range got {
 				if !want[string(h)] {
-					t.Fatalf("synthetic peer down for %x, want peers 1 and 3 only", h)
+					t.Fatalf("synthetic peer down for %x, want peers 1, 3 and 4 only", h)
 				}
 				delete(want, string(h))
 			}

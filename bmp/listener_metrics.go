@@ -86,7 +86,7 @@ func newMetrics(reg prometheus.Registerer, b *bufferBudget) (*metrics, error) {
 		}),
 		syntheticDown: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgpedge_bmp_synthetic_peer_downs_total",
-			Help: "Synthetic peer-down records spooled for peers still up when their session ended.",
+			Help: "Synthetic peer-down records spooled for peers still up when their session ended (with peers that sent routes without a Peer Up).",
 		}),
 		journalErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgpedge_bmp_session_journal_errors_total",

@@ -72,7 +72,9 @@ func TestListenerSpoolsInOrder(t *testing.T) {
 
 // TestSyntheticPeerDown checks that peers left up when a session ends get a
 // synthetic peer-down record with their last per-peer header, after the
-// session's last message; and that peers that went down do not.
+// session's last message; and that peers that went down do not. A peer that
+// sent routes without a Peer Up (as routers do for the Loc-RIB) counts as
+// up, with the header of its first Route Monitoring message.
 func TestSyntheticPeerDown(t *testing.T) {
 	tests := []struct {
 		name     string
@@ -96,7 +98,13 @@ func TestSyntheticPeerDown(t *testing.T) {
 			// Peer 1 up, 2 up, 3 up; 2 down; 1 up again (refreshed header).
 			again := peerUp(1)
 			again[HeaderLen+PerPeerHeaderLen-1] = 0x42 // newer timestamp
-			sent := [][]byte{initiation(), peerUp(1), peerUp(2), peerUp(3), peerDown(2), again, routeMonitoring(3, 1)}
+			// Peer 4 sends routes without a Peer Up, pre- and post-policy
+			// (L flag), between peer 3's; peer 5 too, then goes down.
+			rm4post := routeMonitoring(4, 3)
+			rm4post[HeaderLen+1] |= 0x40
+			sent := [][]byte{initiation(), peerUp(1), peerUp(2), peerUp(3), peerDown(2), again, routeMonitoring(3, 1),
+				routeMonitoring(4, 1), routeMonitoring(3, 2), rm4post, routeMonitoring(4, 2),
+				routeMonitoring(5, 1), peerDown(5)}
 			c.Write(bytes.Join(sent, nil))
 			testenv.Eventually(t, 10*time.Second, "station state", func() bool { return spool.len() == len(sent) })
 			tt.end(st, c)
@@ -104,12 +112,13 @@ func TestSyntheticPeerDown(t *testing.T) {
 			testenv.Eventually(t, 10*time.Second, "station state", func() bool { return st.metric(t, "bgpedge_bmp_sessions_closed_total", "reason", tt.reason) == 1 })
 
 			recs := spool.snapshot()
-			if len(recs) != len(sent)+2 {
-				t.Fatalf("%d records, want %d messages + 2 synthetic", len(recs), len(sent))
+			if len(recs) != len(sent)+3 {
+				t.Fatalf("%d records, want %d messages + 3 synthetic", len(recs), len(sent))
 			}
 			want := map[string]bool{
-				string(again[HeaderLen : HeaderLen+PerPeerHeaderLen]):     true,
-				string(peerUp(3)[HeaderLen : HeaderLen+PerPeerHeaderLen]): true,
+				string(again[HeaderLen : HeaderLen+PerPeerHeaderLen]):                 true,
+				string(peerUp(3)[HeaderLen : HeaderLen+PerPeerHeaderLen]):             true,
+				string(routeMonitoring(4, 1)[HeaderLen : HeaderLen+PerPeerHeaderLen]): true,
 			}
 			for _, r := range recs[len(sent):] {
 				if r.Kind != record.KindBMPSyntheticPeerDown || !want[string(r.Payload)] {
@@ -117,7 +126,7 @@ func TestSyntheticPeerDown(t *testing.T) {
 				}
 				delete(want, string(r.Payload))
 			}
-			if v := st.metric(t, "bgpedge_bmp_synthetic_peer_downs_total"); v != 2 {
+			if v := st.metric(t, "bgpedge_bmp_synthetic_peer_downs_total"); v != 3 {
 				t.Errorf("synthetic counter %v", v)
 			}
 		})

@@ -30,8 +30,14 @@ type session struct {
 	nMsgs  [numTypes]uint64
 	nBytes [numTypes]uint64
 
-	// peers that are up: the 42-byte per-peer header of their last Peer Up
+	// peers that are up: the 42-byte per-peer header of their last Peer Up,
+	// or of the first Route Monitoring message of a peer that sent routes
+	// without a Peer Up (notePeer)
 	peers map[PeerKey][]byte
+	// the identity bytes (type, flags, distinguisher, address) of the last
+	// Route Monitoring message's peer, known to be in peers while rmKnown
+	rmPeer  [peerIdentityLen]byte
+	rmKnown bool
 	// what the session journal holds for this session (id), when there is
 	// one, and whether peers may differ from it (a Peer Up or Down was read)
 	id           string
@@ -446,7 +452,10 @@ func (s *session) add(msg []byte) {
 		if p, err := ParsePeerHeader(msg); err == nil {
 			delete(s.peers, p.Key())
 			s.peersChanged = true
+			s.rmKnown = false
 		}
+	case MsgRouteMonitoring:
+		s.notePeer(msg)
 	}
 	i := typeIndex(t)
 	s.nMsgs[i]++
@@ -458,6 +467,46 @@ func (s *session) add(msg []byte) {
 		Payload: msg,
 	})
 	s.l.batched.Add(1)
+}
+
+// peerIdentityLen is how much of the per-peer header names the peer: type,
+// flags (for the V flag: how to read the address), distinguisher, address.
+const peerIdentityLen = 26
+
+// notePeer counts the peer of a Route Monitoring message as up when no Peer
+// Up announced it: routers send Loc-RIB routes without a Loc-RIB Peer Up
+// (FRR, GoBGP), and some instance peers' routes without one (IOS-XR). Such
+// a peer is marked down with the others when the session ends, and kept in
+// the session journal for a crash, so that the route state can treat its
+// routes as stale; without this they were never withdrawn once the router
+// stopped announcing them. One comparison of the message's peer with the
+// previous message's on the common path; a parse and a look-up only when
+// the peer changes.
+func (s *session) notePeer(msg []byte) {
+	if len(msg) < HeaderLen+PerPeerHeaderLen {
+		return
+	}
+	id := msg[HeaderLen : HeaderLen+peerIdentityLen]
+	// Flags but for V may differ between one peer's messages (pre- and
+	// post-policy, Adj-RIB-In and -Out).
+	if s.rmKnown && id[0] == s.rmPeer[0] && (id[1]^s.rmPeer[1])&0x80 == 0 && bytes.Equal(id[2:], s.rmPeer[2:]) {
+		return
+	}
+	p, err := ParsePeerHeader(msg)
+	if err != nil {
+		return
+	}
+	copy(s.rmPeer[:], id)
+	s.rmKnown = true
+	if _, ok := s.peers[p.Key()]; ok {
+		return
+	}
+	if s.peers == nil {
+		s.peers = make(map[PeerKey][]byte)
+	}
+	// Copied: msg lives in the framer's buffer.
+	s.peers[p.Key()] = bytes.Clone(msg[HeaderLen : HeaderLen+PerPeerHeaderLen])
+	s.peersChanged = true
 }
 
 // flush appends the batch, retrying with backoff until the spool accepts it
