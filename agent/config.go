@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/bgpedge/bgpedge/bmp"
 	"github.com/bgpedge/bgpedge/buffer"
@@ -158,6 +159,8 @@ func (c Config) Validate() error {
 		bad("agent.id", "must not be empty")
 	} else if strings.ContainsAny(c.Agent.ID, ".*> \t:/") {
 		bad("agent.id", "%q must not contain '.', '*', '>', ':', '/' or spaces (it is a NATS subject token)", c.Agent.ID)
+	} else if strings.ContainsAny(c.Agent.ID, `"\`) || strings.IndexFunc(c.Agent.ID, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		bad("agent.id", "%q must not contain '\"', '\\' or unprintable characters (it is written into every event's id)", c.Agent.ID)
 	}
 	if c.Agent.StateDir == "" || !filepath.IsAbs(c.Agent.StateDir) && !strings.HasPrefix(c.Agent.StateDir, ".") {
 		bad("agent.state_dir", "must be an absolute path (or start with ./ for development)")
