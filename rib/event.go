@@ -392,7 +392,7 @@ func parseHead(o []byte) (h head, ok bool) {
 // searchHead reads the head's fields wherever they are in the object.
 func searchHead(o []byte) head {
 	return head{
-		withdraw: bytes.HasPrefix(o, []byte(`{"action":"withdraw"`)),
+		withdraw: bytes.Equal(bytesField(o, `"action":"`), []byte("withdraw")),
 		eor:      bytes.Contains(o, []byte(`"end_of_rib":true`)),
 		prefix:   bytesField(o, `"prefix":"`),
 		family:   bytesField(o, `"family":"`),

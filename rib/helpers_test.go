@@ -21,6 +21,7 @@ const testAgent = "edge-1"
 type testRoute struct {
 	router, peer, peerRD string
 	table                string
+	rd                   string // a VPN route's distinguisher (vpnv4-unicast)
 	prefix               string
 	pathID               uint32
 	withdraw             bool
@@ -40,6 +41,9 @@ func (r testRoute) event(seq uint64, index int) record.Event {
 		Router: r.router, Seq: seq, ReceivedAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
 		Peer:  &record.Peer{Address: addr, AS: 64500, RD: r.peerRD, Type: typ},
 		Route: &record.Route{Prefix: r.prefix, PathID: r.pathID, AFI: 1, SAFI: 1, Family: "ipv4-unicast", Policy: policy, RIB: rib}}
+	if r.rd != "" {
+		ev.Route.SAFI, ev.Route.Family, ev.Route.RD = 128, "vpnv4-unicast", r.rd
+	}
 	if r.withdraw {
 		ev.Route.Action = "withdraw"
 	} else {

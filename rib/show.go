@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -123,7 +124,9 @@ func (s *store) show(q Query) (Report, error) {
 			}
 			meta := decodeMeta(peers.Get(pk))
 			router, typ, peerRD, addr := splitPeer(peer)
-			longest := map[string][]RouteRow{} // per table
+			// Per table, family and route distinguisher: each VRF of a VPN
+			// table (and unicast beside it) has its own covering route.
+			longest := map[string][]RouteRow{}
 			var more []RouteRow
 			visit := func(rk string, rv routeValue) {
 				// rk points into the file: what a row keeps is copied.
@@ -144,7 +147,8 @@ func (s *store) show(q Query) (Report, error) {
 					more = append(more, row)
 				case p.Bits() <= want.Bits() && p.Contains(want.Addr()):
 					row.Match = "longest-match"
-					cur := longest[table]
+					at := table + "|" + family + "|" + rd
+					cur := longest[at]
 					if len(cur) > 0 {
 						best, _ := netip.ParsePrefix(cur[0].Prefix)
 						if best.Bits() > p.Bits() {
@@ -154,7 +158,7 @@ func (s *store) show(q Query) (Report, error) {
 							cur = cur[:0]
 						}
 					}
-					longest[table] = append(cur, row) // several: paths, RDs
+					longest[at] = append(cur, row) // several: Add-Path paths
 				}
 			}
 			var es []groupRoute
@@ -168,8 +172,14 @@ func (s *store) show(q Query) (Report, error) {
 				}
 				return nil
 			})
+			// Tables in their order, then by family and distinguisher.
+			ats := slices.Sorted(maps.Keys(longest))
 			for _, t := range Tables() {
-				rep.Routes = append(rep.Routes, longest[t]...)
+				for _, at := range ats {
+					if strings.HasPrefix(at, t+"|") {
+						rep.Routes = append(rep.Routes, longest[at]...)
+					}
+				}
 			}
 			rep.Routes = append(rep.Routes, more...)
 			return err

@@ -31,13 +31,20 @@ func TestShow(t *testing.T) {
 	r = base
 	r.peer, r.prefix = "198.51.100.2", "10.1.2.0/24"
 	add(r)
+	// Two VRFs beside the unicast routes of the same table: each has its
+	// own longest match.
+	for _, v := range []struct{ rd, prefix string }{{"65000:1", "10.1.0.0/16"}, {"65000:1", "10.1.2.0/23"}, {"65000:2", "10.0.0.0/8"}} {
+		r = base
+		r.peer, r.rd, r.prefix = "198.51.100.3", v.rd, v.prefix
+		add(r)
+	}
 	if err := s.CommitThrough(seq); err != nil {
 		t.Fatal(err)
 	}
 	rows := func(rep Report) []string {
 		var out []string
 		for _, r := range rep.Routes {
-			out = append(out, r.Match+" "+r.Peer+" "+r.Table+" "+r.Prefix+" "+string(rune('0'+r.PathID)))
+			out = append(out, r.Match+" "+r.Peer+" "+r.Table+" "+r.RD+r.Prefix+" "+string(rune('0'+r.PathID)))
 		}
 		slices.Sort(out)
 		return out
@@ -51,6 +58,8 @@ func TestShow(t *testing.T) {
 			"longest-match 198.51.100.1 adj-rib-in-pre 10.1.2.0/24 0",
 			"longest-match 198.51.100.1 adj-rib-in-pre 10.1.2.0/24 7",
 			"longest-match 198.51.100.2 adj-rib-in-pre 10.1.2.0/24 0",
+			"longest-match 198.51.100.3 adj-rib-in-pre 65000:110.1.2.0/23 0",
+			"longest-match 198.51.100.3 adj-rib-in-pre 65000:210.0.0.0/8 0",
 		}},
 		{Query{Prefix: "10.1.0.0/16", Peer: "198.51.100.1", Table: TableAdjInPre}, []string{
 			"longest-match 198.51.100.1 adj-rib-in-pre 10.1.0.0/16 0",
@@ -76,7 +85,7 @@ func TestShow(t *testing.T) {
 	for _, c := range rep.Counts {
 		counts = append(counts, c.Peer+" "+c.Table+" "+string(rune('0'+c.Routes)))
 	}
-	if want := []string{"198.51.100.1 adj-rib-in-post 1", "198.51.100.1 adj-rib-in-pre 6", "198.51.100.2 adj-rib-in-pre 1"}; !slices.Equal(counts, want) {
+	if want := []string{"198.51.100.1 adj-rib-in-post 1", "198.51.100.1 adj-rib-in-pre 6", "198.51.100.2 adj-rib-in-pre 1", "198.51.100.3 adj-rib-in-pre 3"}; !slices.Equal(counts, want) {
 		t.Errorf("counts %q, want %q", counts, want)
 	}
 	if _, err := s.Show(Query{Table: "adj-rib-sideways"}); !errors.Is(err, ErrBadQuery) {

@@ -686,7 +686,9 @@ func sameBytes(a, b []byte) bool {
 
 // Sequence implements forwarder.Sequencer.
 func (s *Stage) Sequence(rec record.Record, msgs []*forwarder.Outgoing, emit func(*forwarder.Outgoing) error) error {
-	out := &output{emit: emit, mem: &s.mem}
+	// Index 0 is the raw message's (docs/schema.md, Ids), also for a
+	// record with no messages of its own (a stale timer's).
+	out := &output{emit: emit, mem: &s.mem, next: 1}
 	for _, m := range msgs {
 		out.next = max(out.next, m.Index+1)
 	}

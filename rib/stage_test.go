@@ -257,7 +257,14 @@ func TestStageStale(t *testing.T) {
 			if got := sequenceRec(t, s, record.Record{Seq: seq, Kind: record.KindRIBTimer, Payload: timerPayload(a.peerKey(), meta.epoch-1)}, nil); len(got) != 0 {
 				t.Fatalf("timer of an old epoch: %q", summary(got))
 			}
-			return summary(sequenceRec(t, s, record.Record{Seq: seq + 1, Kind: record.KindRIBTimer, Payload: timerPayload(a.peerKey(), meta.epoch)}, nil))
+			got := sequenceRec(t, s, record.Record{Seq: seq + 1, Kind: record.KindRIBTimer, Payload: timerPayload(a.peerKey(), meta.epoch)}, nil)
+			for i, m := range got {
+				// Index 0 is a record's raw message, also of a timer's.
+				if m.Index != i+1 {
+					t.Errorf("timer's message %d has index %d, want %d", i, m.Index, i+1)
+				}
+			}
+			return summary(got)
 		}, []string{key + "||198.51.100.1||10.0.2.0/24 synthetic-withdraw", // in the order first announced
 			"bmp.rib 192.0.2.1||198.51.100.1||10.0.2.0/24|adj-rib-in-pre|ipv4-unicast|0 tombstone",
 			"bmp.route.post-policy 192.0.2.1||198.51.100.1||10.0.3.0/24 synthetic-withdraw",
@@ -387,7 +394,12 @@ func TestParseRouteLayout(t *testing.T) {
 	// Another order: read by searching, the same fields.
 	other := []byte(`{"v":1,"type":"route","id":"a:1:1","agent":"a","source":"bmp","router":"192.0.2.1","peer":{"address":"198.51.100.1","type":"global"},"route":{"afi":1,"action":"announce","safi":1,"family":"ipv4-unicast","prefix":"10.0.0.0/8","rib":"adj-rib-in","policy":"post-policy","path_id":3}}`)
 	e, ok := parseRoute(other)
-	if !ok || e.rk != "adj-rib-in-post|ipv4-unicast||10.0.0.0/8|3" || e.peer != "192.0.2.1|global||198.51.100.1" || e.afi != 1 || e.safi != 1 {
+	if !ok || e.rk != "adj-rib-in-post|ipv4-unicast||10.0.0.0/8|3" || e.peer != "192.0.2.1|global||198.51.100.1" || e.afi != 1 || e.safi != 1 || e.withdraw {
 		t.Fatalf("fields out of order: %+v %v", e, ok)
+	}
+	// A withdraw whose action is not the first field.
+	w, ok := parseRoute(bytes.Replace(other, []byte(`"action":"announce"`), []byte(`"action":"withdraw"`), 1))
+	if !ok || !w.withdraw || w.rk != e.rk {
+		t.Fatalf("withdraw out of order: %+v %v", w, ok)
 	}
 }
