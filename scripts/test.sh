@@ -121,7 +121,7 @@ read -r passed failed skipped <"$work/counts" || {
 # run those once more without it, at full size.
 if [[ -z ${BGPEDGE_TEST_RUN:-}${BGPEDGE_TEST_PKGS:-} ]]; then
 	step "go test without -race: full-size and race-excluded tests"
-	norace_run='^(TestLiveGoBGP|TestRIBLiveGoBGP|TestDecodeRawCaptures|TestEndToEndCapturesToKafka|TestRunCapturesAgainstTshark|TestBadInputMemoryBounded|TestFastPathMatchesLibrary)$'
+	norace_run='^(TestLiveGoBGP|TestRIBLiveGoBGP|TestCaptureOracle|TestDecodeRawCaptures|TestEndToEndCapturesToKafka|TestRunCapturesAgainstTshark|TestBadInputMemoryBounded|TestFastPathMatchesLibrary)$'
 	t0=$SECONDS
 	set +e
 	go test -count=1 -timeout "$timeout" -json -run "$norace_run" ./bmp/ ./forwarder/ ./rib/ 2>&1 |
