@@ -30,6 +30,19 @@ func dumpEvents(b testing.TB) ([]record.Record, [][]*forwarder.Outgoing, int) {
 	return captureEvents(b, filepath.Join(testenv.Shared(b, "bmpdata", "raw"), "gobgp-3.10-all-dump-100k.bmp.gz"))
 }
 
+// jsonEncoder is the BMP encoder as the agent runs it with the route
+// state on: JSON events only.
+func jsonEncoder(t testing.TB) *bmp.Encoder {
+	t.Helper()
+	enc := bmp.DefaultEncoding()
+	enc.Raw = false
+	e, err := bmp.NewEncoder(bmp.EncoderOptions{Encoding: enc, AgentID: testAgent, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
 // captureEvents encodes the first stream of a capture as the forwarder
 // would (JSON only).
 func captureEvents(b testing.TB, path string) ([]record.Record, [][]*forwarder.Outgoing, int) {
@@ -38,12 +51,7 @@ func captureEvents(b testing.TB, path string) ([]record.Record, [][]*forwarder.O
 	if err != nil {
 		b.Fatal(err)
 	}
-	enc := bmp.DefaultEncoding()
-	enc.Raw = false
-	e, err := bmp.NewEncoder(bmp.EncoderOptions{Encoding: enc, AgentID: testAgent, Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		b.Fatal(err)
-	}
+	e := jsonEncoder(b)
 	defer e.Close()
 	var recs []record.Record
 	var msgs [][]*forwarder.Outgoing

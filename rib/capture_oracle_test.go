@@ -19,18 +19,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/bgpedge/bgpedge/bmp"
 	"github.com/bgpedge/bgpedge/bmp/capture"
@@ -47,17 +46,10 @@ type capRec struct {
 	timerPeer string
 }
 
-// capturePaths lists every shared capture.
+// capturePaths lists every shared capture (RIB_CAPTURES: those whose path
+// contains it).
 func capturePaths(t *testing.T) []string {
-	root := testenv.Shared(t, "bmpdata")
-	var paths []string
-	for _, pat := range []string{"raw/*.bmp*", "pcap/*/*.pcap*"} {
-		p, err := filepath.Glob(filepath.Join(root, pat))
-		if err != nil {
-			t.Fatal(err)
-		}
-		paths = append(paths, p...)
-	}
+	paths := testenv.BMPCaptures(t, 20)
 	if only := os.Getenv("RIB_CAPTURES"); only != "" {
 		paths = slices.DeleteFunc(paths, func(p string) bool { return !strings.Contains(p, only) })
 	}
@@ -71,12 +63,7 @@ func capEncode(t *testing.T, path string, twoPasses bool, skip int) []capRec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	enc := bmp.DefaultEncoding()
-	enc.Raw = false
-	e, err := bmp.NewEncoder(bmp.EncoderOptions{Encoding: enc, AgentID: testAgent, Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := jsonEncoder(t)
 	defer e.Close()
 	var out []capRec
 	seq := uint64(0)
@@ -473,7 +460,7 @@ func capRun(t *testing.T, recs []capRec, dups string) (st capStats) {
 			}
 			gotRibOwn = append(gotRibOwn, g)
 		}
-		if !mapsEqualBool(gotSynth, wantSynth) || !mapsEqualBool(synthTombs, wantSynth) {
+		if !maps.Equal(gotSynth, wantSynth) || !maps.Equal(synthTombs, wantSynth) {
 			errorf("record %d (%s): synthetic withdraws %d (tombstones %d), want %d\n got %v\nwant %v", rec.Seq, rec.Kind, len(gotSynth), len(synthTombs), len(wantSynth), sortedKeys(gotSynth), sortedKeys(wantSynth))
 		}
 		if len(gotRibOwn) != len(wantRib) {
@@ -549,51 +536,31 @@ func capRun(t *testing.T, recs []capRec, dups string) (st capStats) {
 			wantFile[pk+"#"+rk] = xxhash.Sum64String(x.obj)
 		}
 	}
-	for k, v := range want {
-		if g, ok := consumer[k]; !ok || g != v {
-			errorf("bmp.rib view: %s = %q (held %v), want %s", k, g, ok, v)
-		}
-	}
-	for k := range consumer {
-		if _, ok := want[k]; !ok {
-			errorf("bmp.rib view holds %s, the model does not", k)
-		}
-	}
-	got := fileState(t, s)
-	for k, v := range wantFile {
-		if g, ok := got[k]; !ok || g != v {
-			errorf("file: %s = %x (held %v), want %x", k, g, ok, v)
-		}
-	}
-	for k := range got {
-		if _, ok := wantFile[k]; !ok {
-			errorf("file holds %s, the model does not", k)
-		}
-	}
+	compareMaps("bmp.rib view", consumer, want, errorf)
+	compareMaps("file", fileState(t, s), wantFile, errorf)
 	if testutilGauge(s.m.routes) != float64(len(wantFile)) {
 		errorf("routes gauge %v, want %d", testutilGauge(s.m.routes), len(wantFile))
 	}
 	return st
 }
 
-func mapsEqualBool(a, b map[string]bool) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k := range a {
-		if !b[k] {
-			return false
+// compareMaps reports every key where got differs from want.
+func compareMaps[V comparable](what string, got, want map[string]V, errorf func(string, ...any)) {
+	for k, v := range want {
+		if g, ok := got[k]; !ok || g != v {
+			errorf("%s: %s = %v (held %v), want %v", what, k, g, ok, v)
 		}
 	}
-	return true
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			errorf("%s holds %s, the model does not", what, k)
+		}
+	}
 }
 
+// sortedKeys is m's first keys in order, for a message.
 func sortedKeys(m map[string]bool) []string {
-	var k []string
-	for x := range m {
-		k = append(k, x)
-	}
-	sort.Strings(k)
+	k := slices.Sorted(maps.Keys(m))
 	if len(k) > 10 {
 		k = append(k[:10], "…")
 	}
