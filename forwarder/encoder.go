@@ -31,7 +31,8 @@ type Sequencer interface {
 	// of a message it was passed: the key's hash, which picks the
 	// partition, was taken as the message was encoded (checked in race
 	// builds). A message it adds leaves ID and Headers empty (the
-	// forwarder fills them) and sets an Index unique within the record. emit fails once the session ends; Sequence then returns.
+	// forwarder fills them) and sets an Index unique within the record.
+	// emit fails once the session ends; Sequence then returns.
 	// The messages' Key and Value bytes are reused once the sink
 	// acknowledged them, which can happen before emit returns (a long
 	// expansion is handed to the sink in parts while Sequence runs):

@@ -378,9 +378,10 @@ func appendRecordBatch(b []byte, items []laneItem, nowMillis int64, z *lz4Batch)
 const touchAhead = 16
 
 // touchRecords reads the first byte of the keys and values of the
-// touchAhead messages from items[from] on, so that the cache misses of a run of messages overlap: a lane writes
-// messages long after they were encoded, and reading each one as it is
-// written stalled on each miss in turn. KeepAlive keeps the reads.
+// touchAhead messages from items[from] on, so that the cache misses of a
+// run of messages overlap: a lane writes messages long after they were
+// encoded, and reading each one as it was written stalled on each miss in
+// turn. KeepAlive keeps the reads.
 func touchRecords(items []laneItem, from int) {
 	var sum byte
 	for i := from; i < min(from+touchAhead, len(items)); i++ {
