@@ -26,7 +26,8 @@ type Config struct {
 	// MaxPeers bounds the peers one session may have up at once (a peer is
 	// its type, distinguisher and address). It is checked after each spooled
 	// batch: a session beyond it is closed after spooling what it sent, so a
-	// router or client flooding Peer Ups cannot grow the session's memory and
+	// router or client flooding Peer Ups (or routes of peers without one,
+	// which count as up) cannot grow the session's memory and
 	// its journal without bound (one batch, batch_messages at most, may
 	// overshoot).
 	MaxPeers int `mapstructure:"max_peers"`
