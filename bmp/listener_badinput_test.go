@@ -184,34 +184,41 @@ func TestMaxSessions(t *testing.T) {
 
 // TestMaxPeers: a session with more peers up at once than max_peers is
 // closed after what it sent is spooled, and every peer it had up gets its
-// synthetic peer-down; peers that went down do not count.
+// synthetic peer-down; peers that went down do not count, peers that send
+// routes without a Peer Up do.
 func TestMaxPeers(t *testing.T) {
-	sp := &memSpool{}
-	st := startStation(t, sp, func(c *Config) { c.MaxPeers = 3 })
-	c := dialFrom(t, st.addr, "")
-	var stream []byte
-	for _, m := range [][]byte{initiation(), peerUp(1), peerUp(2), peerUp(3), peerDown(2), peerUp(4), peerUp(3), peerUp(5)} {
-		stream = append(stream, m...)
-	}
-	if _, err := c.Write(stream); err != nil {
-		t.Fatal(err)
-	}
-	awaitStationClose(t, c)
-	testenv.Eventually(t, 5*time.Second, "session closed", func() bool {
-		return st.metric(t, "bgpedge_bmp_sessions_closed_total", "reason", CloseTooManyPeers) == 1
-	})
-	recs := sp.snapshot()
-	var spooled, synthetic int
-	for _, r := range recs {
-		switch r.Kind {
-		case record.KindBMP:
-			spooled++
-		case record.KindBMPSyntheticPeerDown:
-			synthetic++
-		}
-	}
-	if spooled != 8 || synthetic != 4 { // peers 1, 3, 4 and 5 were up
-		t.Fatalf("spooled %d messages and %d synthetic peer-downs, want 8 and 4", spooled, synthetic)
+	for _, tc := range []struct {
+		name       string
+		msgs       [][]byte
+		synthetics int
+	}{
+		{"peer ups", [][]byte{initiation(), peerUp(1), peerUp(2), peerUp(3), peerDown(2), peerUp(4), peerUp(3), peerUp(5)}, 4}, // 1, 3, 4, 5
+		{"routes without peer ups", [][]byte{initiation(), routeMonitoring(1, 1), peerUp(2), routeMonitoring(3, 1), routeMonitoring(1, 2), routeMonitoring(4, 1)}, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sp := &memSpool{}
+			st := startStation(t, sp, func(c *Config) { c.MaxPeers = 3 })
+			c := dialFrom(t, st.addr, "")
+			if _, err := c.Write(bytes.Join(tc.msgs, nil)); err != nil {
+				t.Fatal(err)
+			}
+			awaitStationClose(t, c)
+			testenv.Eventually(t, 5*time.Second, "session closed", func() bool {
+				return st.metric(t, "bgpedge_bmp_sessions_closed_total", "reason", CloseTooManyPeers) == 1
+			})
+			var spooled, synthetic int
+			for _, r := range sp.snapshot() {
+				switch r.Kind {
+				case record.KindBMP:
+					spooled++
+				case record.KindBMPSyntheticPeerDown:
+					synthetic++
+				}
+			}
+			if spooled != len(tc.msgs) || synthetic != tc.synthetics {
+				t.Fatalf("spooled %d messages and %d synthetic peer-downs, want %d and %d", spooled, synthetic, len(tc.msgs), tc.synthetics)
+			}
+		})
 	}
 }
 
