@@ -131,12 +131,16 @@ func printFileRecord(p *tailPrinter, file string, off int64, rec []byte, raw boo
 			Stream  string            `json:"stream"`
 			Key     []byte            `json:"key"`
 			Headers map[string]string `json:"headers"`
-			Value   []byte            `json:"value_base64"`
+			// Present in an envelope only; null for a tombstone.
+			Value json.RawMessage `json:"value_base64"`
 		}
 		if err := json.Unmarshal(rec, &env); err == nil {
 			tm.ID = env.ID
 			if env.Value != nil {
-				value, tm.Key, tm.Headers = env.Value, string(env.Key), env.Headers
+				var v []byte // nil for null
+				if err := json.Unmarshal(env.Value, &v); err == nil {
+					value, tm.Key, tm.Headers = v, string(env.Key), env.Headers
+				}
 			}
 		}
 	}

@@ -499,13 +499,15 @@ func TestFileSinkEnvelopeAndCompaction(t *testing.T) {
 	dl := &Outgoing{Seq: 5, Index: -1, ID: "a1:5", Stream: StreamDLQ, Key: []byte("192.0.2.1"), Value: []byte{0, 1, '\n', 0xff},
 		Headers: []Header{{HeaderID, "a1:5"}, {HeaderError, "decode: bad length"}}}
 	ev := &Outgoing{Seq: 6, Index: -1, ID: "a1:6", Stream: StreamDLQ, Value: []byte("{\n  \"id\": \"a1:6\",\n  \"type\": \"route\"\n}")}
+	// A tombstone (bmp.rib's, on a withdraw): its key is all it says.
+	tomb := &Outgoing{Seq: 7, Index: 2, ID: "a1:7:2", Stream: StreamDLQ, Key: []byte("192.0.2.1|route")}
 	var acked int
-	if err := s.Write(ctx, []*Outgoing{dl, ev}, func(_ *Outgoing, err error) {
+	if err := s.Write(ctx, []*Outgoing{dl, ev, tomb}, func(_ *Outgoing, err error) {
 		if err != nil {
 			t.Errorf("ack: %v", err)
 		}
 		acked++
-	}); err != nil || acked != 2 {
+	}); err != nil || acked != 3 {
 		t.Fatalf("write: %v, %d acked", err, acked)
 	}
 	if err := s.Close(ctx); err != nil {
@@ -516,10 +518,16 @@ func TestFileSinkEnvelopeAndCompaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 2 {
+	if len(lines) != 3 {
 		t.Fatalf("tail printed %d lines: %q", len(lines), out.String())
 	}
-	var first, second TailedMessage
+	var first, second, third TailedMessage
+	if err := json.Unmarshal([]byte(lines[2]), &third); err != nil {
+		t.Fatal(err)
+	}
+	if third.ID != "a1:7:2" || third.Key != "192.0.2.1|route" || third.Bytes != 0 || third.Event != nil || third.Summary != "tombstone" {
+		t.Errorf("tombstone read back as %+v", third)
+	}
 	if err := json.Unmarshal([]byte(lines[0]), &first); err != nil {
 		t.Fatal(err)
 	}

@@ -145,6 +145,9 @@ var bmpTypes = []string{"route-monitoring", "statistics", "peer-down", "peer-up"
 // Summarize describes a message value in one line: for a JSON event its
 // type, router, peer and route; for raw BMP its type, router and length.
 func Summarize(value []byte, router string) string {
+	if value == nil {
+		return "tombstone" // a compacted stream's withdrawn key (bmp.rib)
+	}
 	if len(value) > 0 && value[0] == '{' {
 		var ev record.Event
 		if err := json.Unmarshal(value, &ev); err == nil && ev.Type != "" {
@@ -316,7 +319,11 @@ func tailNATS(ctx context.Context, o TailOptions, p *tailPrinter) error {
 		if k, err := base64.StdEncoding.DecodeString(tm.Headers[HeaderKey]); err == nil {
 			tm.Key = string(bytes.ToValidUTF8(k, []byte("?")))
 		}
-		if err := p.print(tm, msg.Data()); err != nil {
+		data := msg.Data()
+		if tm.Headers[HeaderTombstone] != "" {
+			data = nil // a tombstone, as on Kafka (bridge.go)
+		}
+		if err := p.print(tm, data); err != nil {
 			return err
 		}
 	}

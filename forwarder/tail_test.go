@@ -64,6 +64,8 @@ func tailSample(t testing.TB) []*Outgoing {
 	return []*Outgoing{
 		{Seq: 1, Index: -1, ID: "edge1:1", Stream: StreamBMPRaw, Key: []byte("192.0.2.1"), Value: raw, Headers: hdr("edge1:1", StreamBMPRaw)},
 		{Seq: 2, Index: 1, ID: "edge1:2:1", Stream: StreamBMPRaw, Key: []byte("192.0.2.1"), Value: routeEventJSON(t), Headers: hdr("edge1:2:1", StreamBMPRaw)},
+		// A tombstone, as bmp.rib carries when a route goes.
+		{Seq: 3, Index: 2, ID: "edge1:3:2", Stream: StreamBMPRaw, Key: []byte("192.0.2.1"), Headers: hdr("edge1:3:2", StreamBMPRaw)},
 	}
 }
 
@@ -79,7 +81,7 @@ func TestTailKafka(t *testing.T) {
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	err := Tail(ctx, TailOptions{Kafka: cfg.Kafka, Topic: cfg.Topics.Topic(StreamBMPRaw), FromBeginning: true, Limit: 2, Out: &out})
+	err := Tail(ctx, TailOptions{Kafka: cfg.Kafka, Topic: cfg.Topics.Topic(StreamBMPRaw), FromBeginning: true, Limit: 3, Out: &out})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,6 +90,7 @@ func TestTailKafka(t *testing.T) {
 	want := []string{
 		topic + "[0]@0 edge1:1 bmp initiation router=192.0.2.1 len=64",
 		topic + "[0]@1 edge1:2:1 bmp route router=192.0.2.1 peer=203.0.113.1 as=65001 announce ipv4-unicast 198.51.100.0/24 nh=203.0.113.1",
+		topic + "[0]@2 edge1:3:2 tombstone",
 	}
 	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
 		t.Errorf("tail printed\n%s\nwant\n%s", out.String(), strings.Join(want, "\n"))
@@ -105,12 +108,12 @@ func TestTailJetStreamJSON(t *testing.T) {
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	err := Tail(ctx, TailOptions{NATS: cfg.NATS, Subject: "bgpedge.edge1.>", JSON: true, FromBeginning: true, Limit: 2, Out: &out})
+	err := Tail(ctx, TailOptions{NATS: cfg.NATS, Subject: "bgpedge.edge1.>", JSON: true, FromBeginning: true, Limit: 3, Out: &out})
 	if err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != 2 {
+	if len(lines) != 3 {
 		t.Fatalf("tail printed %d lines:\n%s", len(lines), out.String())
 	}
 	for i, l := range lines {
@@ -123,6 +126,9 @@ func TestTailJetStreamJSON(t *testing.T) {
 		}
 		if i == 0 && (m.ID != "edge1:1" || m.Event != nil || !strings.HasPrefix(m.Summary, "bmp initiation")) {
 			t.Errorf("raw line: %s", l)
+		}
+		if i == 2 && (m.ID != "edge1:3:2" || m.Event != nil || m.Bytes != 0 || m.Summary != "tombstone") {
+			t.Errorf("tombstone line: %s", l)
 		}
 		if i == 1 {
 			var ev record.Event
@@ -145,6 +151,7 @@ func TestSummarize(t *testing.T) {
 		{"openbmp envelope", append([]byte{'O', 'B', 'M', 'P', 1, 7, 0, 10, 0, 0}, raw...), "openbmp bmp initiation router=10.0.0.1 len=48"},
 		{"json other", []byte(`{"a":1}`), "json 7 bytes"},
 		{"bytes", []byte{1, 2, 3}, "3 bytes"},
+		{"tombstone", nil, "tombstone"},
 	}
 	for _, tt := range tests {
 		if got := Summarize(tt.value, "10.0.0.1"); got != tt.want {
