@@ -22,7 +22,8 @@ import (
 // stay up for every consumer: the router, reconnecting, only sends Peer Up
 // for the peers that are up then. The session journal closes that gap. It
 // durably records which peers each session has up, written before the Peer
-// Up reaches the spool and cleared only after the Peer Down (or the
+// Up (or a peer's first Route Monitoring, for a peer without one) reaches
+// the spool and cleared only after the Peer Down (or the
 // session's synthetic ones) did; the next start marks whatever it still
 // holds down.
 

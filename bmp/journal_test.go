@@ -28,8 +28,9 @@ func syntheticDowns(recs []record.Record) [][]byte {
 }
 
 // TestSessionJournal: the journal holds the peers a session has up, from
-// before their Peer Up is spooled until their Peer Down (or the session's
-// synthetic ones) is; Recover marks down what a run left behind, once.
+// before their Peer Up (or first Route Monitoring, without one) is spooled
+// until their Peer Down (or the session's synthetic ones) is; Recover marks
+// down what a run left behind, once.
 func TestSessionJournal(t *testing.T) {
 	for _, crash := range []bool{false, true} {
 		name := "clean close"

@@ -39,7 +39,8 @@ type session struct {
 	rmPeer  [peerIdentityLen]byte
 	rmKnown bool
 	// what the session journal holds for this session (id), when there is
-	// one, and whether peers may differ from it (a Peer Up or Down was read)
+	// one, and whether peers may differ from it (a Peer Up or Down, or a
+	// new peer's first Route Monitoring, was read)
 	id           string
 	journaled    map[PeerKey][]byte
 	peersChanged bool
