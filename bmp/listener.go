@@ -49,6 +49,7 @@ type Listener struct {
 	mu       sync.Mutex
 	ln       net.Listener
 	sessions map[*session]struct{}
+	routers  map[netip.Addr]*router // by router address, while it has sessions
 	closed   bool
 
 	closing atomic.Bool
@@ -114,6 +115,7 @@ func NewListener(cfg Config, spool Spool, logger *slog.Logger, reg prometheus.Re
 		log:        logger,
 		m:          m,
 		sessions:   make(map[*session]struct{}),
+		routers:    make(map[netip.Addr]*router),
 		done:       make(chan struct{}),
 		budget:     budget,
 		maxBatched: batchedLimit(cfg.BufferBudgetBytes),
@@ -285,6 +287,14 @@ func (l *Listener) admit(conn net.Conn) {
 	}
 	s := newSession(l, conn, remote)
 	l.sessions[s] = struct{}{}
+	r := l.routers[remote.Addr()]
+	if r == nil {
+		r = &router{owner: make(map[PeerKey]*session)}
+		l.routers[remote.Addr()] = r
+	}
+	s.router = r
+	r.sessions = append(r.sessions, s)
+	r.live.Add(1)
 	l.wg.Add(1)
 	l.mu.Unlock()
 
@@ -295,9 +305,30 @@ func (l *Listener) admit(conn net.Conn) {
 		s.run()
 		l.mu.Lock()
 		delete(l.sessions, s)
+		r.sessions = slices.DeleteFunc(r.sessions, func(o *session) bool { return o == s })
+		r.live.Add(-1)
+		if len(r.sessions) == 0 {
+			delete(l.routers, remote.Addr())
+		}
 		l.mu.Unlock()
 		l.m.active.Dec()
 	}()
+}
+
+// router orders the sessions of one router address. A router that
+// reconnects while its previous session is still open (a connection that
+// died without a FIN ends only at a keepalive or idle timeout) has two: the
+// old one must not mark down, when it ends, the peers the new one has
+// announced since, and what it does mark down must reach the spool before
+// the new session's records that follow. So each peer belongs to the
+// session that announced it last (a Peer Up, or the first Route Monitoring
+// of a peer without one), a session that ends marks down only the peers it
+// still owns, and a session's flush waits while an earlier session of its
+// router is ending. Guarded by Listener.mu.
+type router struct {
+	sessions []*session           // admitted and not yet ended, oldest first
+	owner    map[PeerKey]*session // the session each peer was last announced by
+	live     atomic.Int32         // len(sessions), read without the lock
 }
 
 func (l *Listener) refuse(conn net.Conn, remote netip.AddrPort, reason string) {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -31,12 +32,22 @@ type memSpool struct {
 	gate chan struct{}
 	// attempts counts Append calls, including blocked and failed ones.
 	attempts atomic.Int64
+	// holdSynthetic, if set, is received from before an append that holds
+	// a synthetic peer-down.
+	holdSynthetic chan struct{}
 }
 
 var _ Spool = (*memSpool)(nil)
 
 func (m *memSpool) Append(ctx context.Context, recs ...record.Record) (uint64, error) {
 	m.attempts.Add(1)
+	if m.holdSynthetic != nil && slices.ContainsFunc(recs, func(r record.Record) bool { return r.Kind == record.KindBMPSyntheticPeerDown }) {
+		select {
+		case <-m.holdSynthetic:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
 	if m.gate != nil {
 		select {
 		case <-m.gate:

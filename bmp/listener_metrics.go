@@ -45,6 +45,7 @@ type metrics struct {
 	appendSeconds prometheus.Histogram
 	appendErrors  prometheus.Counter
 	syntheticDown prometheus.Counter
+	orderWaits    prometheus.Counter
 	journalErrors prometheus.Counter
 	dropped       prometheus.Counter
 	budgetWaits   prometheus.Counter
@@ -87,6 +88,10 @@ func newMetrics(reg prometheus.Registerer, b *bufferBudget) (*metrics, error) {
 		syntheticDown: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgpedge_bmp_synthetic_peer_downs_total",
 			Help: "Synthetic peer-down records spooled for peers still up when their session ended (with peers that sent routes without a Peer Up).",
+		}),
+		orderWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bgpedge_bmp_session_order_waits_total",
+			Help: "Flushes of a session that waited for an earlier session of the same router to end, so that the earlier one's synthetic peer-downs are spooled first.",
 		}),
 		journalErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgpedge_bmp_session_journal_errors_total",
@@ -142,7 +147,7 @@ func newMetrics(reg prometheus.Registerer, b *bufferBudget) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{
 		m.active, m.accepted, m.refused, m.closed, m.framingErrors, msgs, byts,
-		m.appendSeconds, m.appendErrors, m.syntheticDown, m.journalErrors, m.dropped,
+		m.appendSeconds, m.appendErrors, m.syntheticDown, m.orderWaits, m.journalErrors, m.dropped,
 		m.budgetWaits, m.bufferBytes, m.budgetUsed, m.budgetLimit,
 	} {
 		if err := reg.Register(c); err != nil {

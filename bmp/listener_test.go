@@ -133,6 +133,64 @@ func TestSyntheticPeerDown(t *testing.T) {
 	}
 }
 
+// TestReconnectedRouter: a router reconnects while its old session is
+// still open (a connection that died without a FIN) and announces two of
+// its three peers again. When the old session ends, it marks down only the
+// peer the new one did not announce, and that synthetic peer-down is
+// spooled before what the new session sends after the old one began to
+// end, even when the new session is faster to flush.
+func TestReconnectedRouter(t *testing.T) {
+	spool := &memSpool{holdSynthetic: make(chan struct{})}
+	st := startStation(t, spool, nil)
+	a := dialFrom(t, st.addr, "127.0.0.1")
+	if _, err := a.Write(bytes.Join([][]byte{initiation(), peerUp(1), peerUp(2), routeMonitoring(3, 1)}, nil)); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "the old session's messages spooled", func() bool { return spool.len() == 4 })
+	b := dialFrom(t, st.addr, "127.0.0.1")
+	if _, err := b.Write(bytes.Join([][]byte{initiation(), peerUp(1), routeMonitoring(3, 2)}, nil)); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "the new session's messages spooled", func() bool { return spool.len() == 7 })
+
+	// The old session ends; its synthetic peer-down waits in the spool's
+	// append, and the new session announces peer 2 meanwhile.
+	tried := spool.attempts.Load()
+	if err := a.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "the old session's last append", func() bool { return spool.attempts.Load() > tried })
+	if _, err := b.Write(peerUp(2)); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "the new session waiting, or ahead", func() bool {
+		return st.metric(t, "bgpedge_bmp_session_order_waits_total") == 1 || spool.len() == 8
+	})
+	close(spool.holdSynthetic)
+	testenv.Eventually(t, 10*time.Second, "both spooled", func() bool { return spool.len() == 9 })
+	recs := spool.snapshot()
+	if r := recs[7]; r.Kind != record.KindBMPSyntheticPeerDown || r.Source != a.LocalAddr().String() || !bytes.Equal(r.Payload, peerHeader(2)) {
+		t.Fatalf("record 8: %v from %s %x, want the old session's synthetic peer-down of peer 2 (and nothing else of it)", r.Kind, r.Source, r.Payload)
+	}
+	if r := recs[8]; r.Kind != record.KindBMP || r.Source != b.LocalAddr().String() || !bytes.Equal(r.Payload, peerUp(2)) {
+		t.Fatalf("record 9: %v from %s, want the new session's Peer Up of peer 2 after the old session's peer-down", r.Kind, r.Source)
+	}
+
+	// The new session ends: its three peers go down.
+	if err := b.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 10*time.Second, "the new session's synthetic peer-downs", func() bool { return spool.len() == 12 })
+	for _, r := range spool.snapshot()[9:] {
+		if r.Kind != record.KindBMPSyntheticPeerDown || r.Source != b.LocalAddr().String() {
+			t.Fatalf("after the new session: %v from %s", r.Kind, r.Source)
+		}
+	}
+	if v := st.metric(t, "bgpedge_bmp_synthetic_peer_downs_total"); v != 4 {
+		t.Errorf("synthetic peer-downs %v, want 4", v)
+	}
+}
+
 // TestAppendFailureRetried makes the spool fail (as on a full disk) and
 // checks the session keeps its data, retries, stays open and delivers all.
 func TestAppendFailureRetried(t *testing.T) {

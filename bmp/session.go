@@ -38,6 +38,12 @@ type session struct {
 	// Route Monitoring message's peer, known to be in peers while rmKnown
 	rmPeer  [peerIdentityLen]byte
 	rmKnown bool
+	// the router's sessions and which owns each peer (Listener.mu);
+	// ending is set under the same lock once reading stopped, and ended
+	// is closed after the session's last flush
+	router *router
+	ending bool
+	ended  chan struct{}
 	// what the session journal holds for this session (id), when there is
 	// one, and whether peers may differ from it (a Peer Up or Down, or a
 	// new peer's first Route Monitoring, was read)
@@ -70,6 +76,7 @@ func newSession(l *Listener, conn net.Conn, remote netip.AddrPort) *session {
 		key:    []byte(remote.Addr().String()),
 		source: remote.String(),
 		id:     remote.String() + "@" + strconv.FormatInt(time.Now().UnixNano(), 10),
+		ended:  make(chan struct{}),
 	}
 }
 
@@ -85,9 +92,21 @@ func (s *session) run() {
 	reason, detail := s.read()
 
 	// Whatever was read is flushed, then the peers the router left up are
-	// marked down, in the same append so they follow the session's last message.
+	// marked down, in the same append so they follow the session's last
+	// message: those this session still owns, not those a newer session of
+	// the router has announced since (router).
 	now := time.Now()
-	for _, hdr := range s.peers {
+	defer close(s.ended)
+	synthetic := 0
+	l.mu.Lock()
+	s.ending = true
+	for k, hdr := range s.peers {
+		if s.router != nil && s.router.owner[k] != s {
+			continue
+		}
+		if s.router != nil {
+			delete(s.router.owner, k)
+		}
 		s.batch = append(s.batch, record.Record{
 			Kind:    record.KindBMPSyntheticPeerDown,
 			Key:     s.key,
@@ -95,8 +114,9 @@ func (s *session) run() {
 			Source:  s.source,
 			Payload: hdr,
 		})
+		synthetic++
 	}
-	synthetic := len(s.peers)
+	l.mu.Unlock()
 	l.batched.Add(int64(synthetic))
 	if !s.flush() {
 		// The journal keeps the peers: the next start marks them down.
@@ -448,12 +468,14 @@ func (s *session) add(msg []byte) {
 			// Copied: msg lives in the framer's buffer.
 			s.peers[p.Key()] = bytes.Clone(msg[HeaderLen : HeaderLen+PerPeerHeaderLen])
 			s.peersChanged = true
+			s.own(p.Key(), true)
 		}
 	case MsgPeerDown:
 		if p, err := ParsePeerHeader(msg); err == nil {
 			delete(s.peers, p.Key())
 			s.peersChanged = true
 			s.rmKnown = false
+			s.own(p.Key(), false)
 		}
 	case MsgRouteMonitoring:
 		s.notePeer(msg)
@@ -508,6 +530,61 @@ func (s *session) notePeer(msg []byte) {
 	// Copied: msg lives in the framer's buffer.
 	s.peers[p.Key()] = bytes.Clone(msg[HeaderLen : HeaderLen+PerPeerHeaderLen])
 	s.peersChanged = true
+	s.own(p.Key(), true)
+}
+
+// own makes this session the owner of peer k (up), or lets go of it if it
+// is the owner (down: the router's Peer Down, spooled by this session).
+func (s *session) own(k PeerKey, up bool) {
+	if s.router == nil {
+		return
+	}
+	s.l.mu.Lock()
+	if up {
+		s.router.owner[k] = s
+	} else if s.router.owner[k] == s {
+		delete(s.router.owner, k)
+	}
+	s.l.mu.Unlock()
+}
+
+// waitEarlier waits while an earlier session of the router is ending, so
+// that its last records (its synthetic peer-downs) reach the spool before
+// this session's next ones. Free when the router has one session.
+func (s *session) waitEarlier() {
+	if s.router == nil || s.router.live.Load() < 2 {
+		return
+	}
+	for {
+		var wait chan struct{}
+		s.l.mu.Lock()
+		for _, o := range s.router.sessions {
+			if o == s {
+				break
+			}
+			if !o.ending {
+				continue
+			}
+			select {
+			case <-o.ended: // done, not yet removed from the list
+			default:
+				wait = o.ended
+			}
+			if wait != nil {
+				break
+			}
+		}
+		s.l.mu.Unlock()
+		if wait == nil {
+			return
+		}
+		s.l.m.orderWaits.Inc()
+		select {
+		case <-wait:
+		case <-s.l.appendCtx.Done():
+			return
+		}
+	}
 }
 
 // flush appends the batch, retrying with backoff until the spool accepts it
@@ -518,6 +595,7 @@ func (s *session) flush() bool {
 		return true
 	}
 	l := s.l
+	s.waitEarlier()
 	now := time.Now()
 	for i := range s.batch {
 		s.batch[i].Time = now
