@@ -421,8 +421,8 @@ func (ix *index) reserve(n uint64) error {
 }
 
 // grow doubles the table, reinserting every entry; called with the write
-// lock held (apply reserves room first, so only a table that reserve
-// could not grow gets here).
+// lock held, by a set of its own only: apply reserves room for all of its
+// changes first (and returns reserve's error before changing anything).
 func (ix *index) grow() error {
 	slots := (ix.mask + 1) * 2
 	mem, f, err := newTable(ix.dir, slots)
