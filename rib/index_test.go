@@ -1,6 +1,8 @@
 package rib
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -17,28 +19,52 @@ import (
 // map, in a table small enough that runs wrap around its end and it grows
 // several times, and with hashes forced into few home slots so that
 // deletes move entries back. The changes are made in runs, as commits make
-// them (apply: growing before it takes the lock, reading ahead), or one by
-// one.
+// them (apply: growing before it takes the lock, reading ahead, copying a
+// slice of a growth in progress), or one by one; some runs are large
+// enough to make apply build a table in one go. A growth in progress is
+// checked against its invariant. (TestIndexGrowthEnds takes the ways of
+// ending a growth at once.)
 func TestIndexModel(t *testing.T) {
 	ix, err := newIndex(t.TempDir(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ix.close()
+	// Smaller than newIndex makes one: more growths.
+	if err := ix.alloc(1024); err != nil {
+		t.Fatal(err)
+	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	model := map[ixHash]uint64{}
 	var keys []ixHash
 	var pending []ixChange
-	runLen, applied, reserved := 1+rng.IntN(3000), 0, 0
-	flush := func() {
+	runLength := func() int {
+		if rng.IntN(40) == 0 {
+			return 20000 + rng.IntN(40000)
+		}
+		return 1 + rng.IntN(3000)
+	}
+	runLen, midGrowth := runLength(), 0
+	check := func(step int) {
+		if ix.used != uint64(len(model)) {
+			t.Fatalf("step %d: index holds %d, model %d", step, ix.used, len(model))
+		}
+		for _, k := range keys {
+			pos, v, ok := ix.get(k)
+			want, in := model[k]
+			if ok != in || (in && (pos != want || v.hash != want || v.epoch != 7)) {
+				t.Fatalf("step %d: get %x = %d %+v %v, want %d %v", step, k, pos, v, ok, want, in)
+			}
+		}
+		if ix.next != nil {
+			midGrowth++
+			checkGrowth(t, ix)
+		}
+	}
+	flush := func(step int) {
 		if rng.IntN(2) == 0 {
-			before := ix.mask
 			if err := ix.apply(pending); err != nil {
 				t.Fatal(err)
-			}
-			applied++
-			if ix.mask != before {
-				reserved++
 			}
 		} else {
 			for _, c := range pending {
@@ -49,11 +75,14 @@ func TestIndexModel(t *testing.T) {
 				}
 			}
 		}
-		pending, runLen = pending[:0], 1+rng.IntN(3000)
+		pending, runLen = pending[:0], runLength()
+		if rng.IntN(20) == 0 || (ix.next != nil && rng.IntN(3) == 0) {
+			check(step)
+		}
 	}
-	for step := range 300000 {
+	for step := range 600000 {
 		var h ixHash
-		if len(keys) > 0 && rng.IntN(3) > 0 {
+		if len(keys) > 0 && rng.IntN(2) > 0 {
 			h = keys[rng.IntN(len(keys))]
 		} else {
 			h = ixHash{rng.Uint64() | 1, rng.Uint64()}
@@ -63,7 +92,7 @@ func TestIndexModel(t *testing.T) {
 			}
 			keys = append(keys, h)
 		}
-		if rng.IntN(2) == 0 {
+		if rng.IntN(3) > 0 {
 			pos := uint64(step)
 			pending = append(pending, ixChange{h: h, pos: pos, val: routeValue{hash: pos, afi: 1, safi: 1, epoch: 7}})
 			model[h] = pos
@@ -72,24 +101,129 @@ func TestIndexModel(t *testing.T) {
 			delete(model, h)
 		}
 		if len(pending) >= runLen {
-			flush()
-		}
-		if step%50000 == 0 || step == 299999 {
-			flush()
-			if ix.used != uint64(len(model)) {
-				t.Fatalf("step %d: index holds %d, model %d", step, ix.used, len(model))
-			}
-			for _, k := range keys {
-				pos, v, ok := ix.get(k)
-				want, in := model[k]
-				if ok != in || (in && (pos != want || v.hash != want || v.epoch != 7)) {
-					t.Fatalf("step %d: get %x = %d %+v %v, want %d %v", step, k, pos, v, ok, want, in)
-				}
-			}
+			flush(step)
 		}
 	}
-	if ix.mask+1 <= minSlots || reserved == 0 {
-		t.Fatalf("the table never grew (%d slots), or never before a run of changes (%d of %d runs)", ix.mask+1, reserved, applied)
+	flush(600000)
+	check(600000)
+	g := ix.grows
+	t.Logf("%d slots; growths %+v; %d checks during a growth", ix.mask+1, g, midGrowth)
+	if g.started == 0 || g.ended == 0 || g.rehashed == 0 || midGrowth == 0 {
+		t.Fatalf("a way of growing was never taken: %+v, %d checks during a growth", g, midGrowth)
+	}
+	if g.dropped != 0 {
+		t.Fatalf("%d growths ended disagreeing with the table", g.dropped)
+	}
+}
+
+// TestIndexGrowthEnds starts a growth (a table just over half full) and
+// ends it each way: by apply's slices, by reserve when a commit would fill
+// the table past 70 %, by a set that would, and by a clean close, after
+// which the index is reused.
+func TestIndexGrowthEnds(t *testing.T) {
+	for _, end := range []string{"slices", "reserve", "set", "close"} {
+		t.Run(end, func(t *testing.T) {
+			dir := t.TempDir()
+			ix, err := newIndex(dir, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { ix.close() }()
+			rng := rand.New(rand.NewPCG(3, 4))
+			model := map[ixHash]uint64{}
+			changes := func(n int) []ixChange {
+				var cs []ixChange
+				for range n {
+					h := ixHash{rng.Uint64() | 1, rng.Uint64()}
+					pos := uint64(len(model))
+					model[h] = pos
+					cs = append(cs, ixChange{h: h, pos: pos, val: routeValue{hash: pos, epoch: 3}})
+				}
+				return cs
+			}
+			slots := ix.mask + 1
+			for ix.next == nil {
+				if err := ix.apply(changes(1000)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			checkGrowth(t, ix)
+			switch end {
+			case "slices":
+				for ix.next != nil {
+					if err := ix.apply(changes(1000)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			case "reserve":
+				if err := ix.apply(changes(int(slots * 2 / 10))); err != nil {
+					t.Fatal(err)
+				}
+			case "set":
+				for _, c := range changes(int(slots * 2 / 10)) {
+					ix.mu.Lock()
+					err := ix.set(c.h, c.pos, c.val)
+					ix.mu.Unlock()
+					if err != nil {
+						t.Fatal(err)
+					}
+				}
+			case "close":
+				if err := ix.closeClean(7); err != nil {
+					t.Fatal(err)
+				}
+				if ix, err = reuseIndex(dir, 7, uint64(len(model))); err != nil {
+					t.Fatalf("index not reused after a clean close during a growth: %v", err)
+				}
+			}
+			if ix.next != nil || ix.mask+1 <= slots {
+				t.Fatalf("growth not ended: %d slots, next %v", ix.mask+1, ix.next != nil)
+			}
+			if g := ix.grows; end != "close" && (g.dropped != 0 || g.rehashed != 0 || (end == "slices") != (g.ended == 1) || (end != "slices") != (g.finished == 1)) {
+				t.Fatalf("growths %+v", g)
+			}
+			if ix.used != uint64(len(model)) {
+				t.Fatalf("index holds %d, model %d", ix.used, len(model))
+			}
+			for h, want := range model {
+				if pos, v, ok := ix.get(h); !ok || pos != want || v.hash != want || v.epoch != 3 {
+					t.Fatalf("get %x = %d %+v %v, want %d", h, pos, v, ok, want)
+				}
+			}
+		})
+	}
+}
+
+// checkGrowth checks a growth in progress against its invariant: every
+// entry of the table being built is the current table's, and every entry
+// of the current table below the growth's cursor is in it.
+func checkGrowth(t *testing.T, ix *index) {
+	t.Helper()
+	g := ix.next
+	n := uint64(0)
+	for i := uint64(0); i <= g.mask; i++ {
+		s := g.mem[i*slotSize : (i+1)*slotSize]
+		if binary.LittleEndian.Uint64(s) == 0 {
+			continue
+		}
+		n++
+		j, ok := findIn(ix.mem, ix.mask, ixHash{binary.LittleEndian.Uint64(s), binary.LittleEndian.Uint64(s[8:])})
+		if !ok || !bytes.Equal(ix.slot(j), s) {
+			t.Fatalf("growth slot %d: %x, the table has %v %x", i, s, ok, ix.slot(j))
+		}
+	}
+	if n != g.used {
+		t.Fatalf("growth holds %d entries, counts %d", n, g.used)
+	}
+	for i := range g.cursor {
+		s := ix.slot(i)
+		if binary.LittleEndian.Uint64(s) == 0 {
+			continue
+		}
+		j, ok := findIn(g.mem, g.mask, ixHash{binary.LittleEndian.Uint64(s), binary.LittleEndian.Uint64(s[8:])})
+		if !ok || !bytes.Equal(g.mem[j*slotSize:(j+1)*slotSize], s) {
+			t.Fatalf("slot %d below the growth's cursor %d: %x not in the growth", i, g.cursor, s)
+		}
 	}
 }
 

@@ -13,6 +13,7 @@ type metrics struct {
 	stale      prometheus.Gauge
 	commits    prometheus.Histogram
 	waits      prometheus.Counter
+	waitTime   prometheus.Counter
 	registered []prometheus.Collector
 }
 
@@ -39,6 +40,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "bgpedge_rib_sequence_waits_total",
 			Help: "Times the route state's decisions waited for a commit because its overlay of unacknowledged changes was full: the state's commits, not the sink, set the pace then.",
 		}),
+		waitTime: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "bgpedge_rib_sequence_wait_seconds_total",
+			Help: "Time the route state's decisions spent waiting for a commit because its overlay of unacknowledged changes was full (see bgpedge_rib_sequence_waits_total).",
+		}),
 		synthetic: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "bgpedge_rib_synthetic_withdraws_total",
 			Help: "Withdraws the route state synthesised (a Peer Down's routes, stale routes at End-of-RIB or stale_timeout); counted again when a record is re-delivered.",
@@ -50,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.routes, m.duplicates, m.synthetic, m.stale, m.commits, m.waits} {
+	for _, c := range []prometheus.Collector{m.routes, m.duplicates, m.synthetic, m.stale, m.commits, m.waits, m.waitTime} {
 		if err := reg.Register(c); err != nil {
 			m.unregister(reg)
 			return nil, fmt.Errorf("register metrics: %w", err)

@@ -698,10 +698,14 @@ func (s *Stage) Sequence(rec record.Record, msgs []*forwarder.Outgoing, emit fun
 	// nothing from this goroutine: the records it commits were sent
 	// already. Waiting for acks instead could wait for records of the
 	// batch being sequenced, which the forwarder sends only after it.
-	for len(s.ops) > s.overlayOps && s.committing {
-		s.waits++
-		s.m.waits.Inc()
-		s.commitEnd.Wait()
+	if len(s.ops) > s.overlayOps && s.committing {
+		start := time.Now()
+		for len(s.ops) > s.overlayOps && s.committing {
+			s.waits++
+			s.m.waits.Inc()
+			s.commitEnd.Wait()
+		}
+		s.m.waitTime.Add(time.Since(start).Seconds())
 	}
 	replay := rec.Seq <= s.applied
 	s.mu.Unlock()
