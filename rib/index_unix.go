@@ -3,18 +3,48 @@
 package rib
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"syscall"
 	"unsafe"
 )
 
-// mapFile sizes f to size bytes (zeros) and maps it shared, read-write.
+// mapFile sizes f to size bytes (zeros), gives them their disk blocks and
+// maps it shared, read-write.
 func mapFile(f *os.File, size int) ([]byte, error) {
 	if err := f.Truncate(int64(size)); err != nil {
 		return nil, err
 	}
+	if err := allocate(f, int64(size), true); err != nil {
+		return nil, err
+	}
 	return syscall.Mmap(int(f.Fd()), 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
+}
+
+// allocate gives f's first size bytes their disk blocks now. A page of a
+// shared mapping that has none gets them when it is first written, and
+// when the disk is full then, the kernel can only answer the write with
+// SIGBUS, which Go cannot recover from: the agent died, and died again
+// rebuilding the index at every start until the disk had room. Allocated
+// here, a full disk is an error of the open or of a growth. Where the file
+// system cannot allocate without writing, a fresh (all-zero) file is
+// written with zeros; an existing one is left as it is.
+func allocate(f *os.File, size int64, fresh bool) error {
+	err := fallocate(f, size)
+	if err == nil || !errors.Is(err, errors.ErrUnsupported) {
+		return err
+	}
+	if !fresh {
+		return nil
+	}
+	zeros := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(zeros)) {
+		if _, err := f.WriteAt(zeros[:min(int64(len(zeros)), size-off)], off); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func unmapFile(b []byte) error { return syscall.Munmap(b) }
@@ -27,6 +57,9 @@ func mapExisting(f *os.File, size int64) ([]byte, error) {
 	}
 	if st.Size() != size {
 		return nil, fmt.Errorf("%s: %d bytes, want %d", f.Name(), st.Size(), size)
+	}
+	if err := allocate(f, size, false); err != nil {
+		return nil, err
 	}
 	return syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
 }
