@@ -128,7 +128,7 @@ func TestStageOverlayBackpressure(t *testing.T) {
 	select {
 	case <-seqDone:
 		t.Fatal("Sequence decided a record while the overlay was over its bound and a commit ran")
-	default:
+	case <-time.After(50 * time.Millisecond): // still waiting, and long enough to be counted
 	}
 	close(release)
 	if err := <-commitErr; err != nil {
@@ -136,6 +136,9 @@ func TestStageOverlayBackpressure(t *testing.T) {
 	}
 	if got := <-seqDone; len(got) != 6 {
 		t.Fatalf("record 21 after the commit: got %q", summary(got))
+	}
+	if w := testutilCounter(s.m.waitTime); w < 0.05 {
+		t.Errorf("bgpedge_rib_sequence_wait_seconds_total %v after a wait of at least 0.05 s", w)
 	}
 	s.mu.Lock()
 	left := len(s.ops)

@@ -225,6 +225,14 @@ func testutilGauge(g prometheus.Gauge) float64 {
 	return m.GetGauge().GetValue()
 }
 
+func testutilCounter(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetCounter().GetValue()
+}
+
 // ribKey is a route's bmp.rib key, as the stage makes it.
 func ribKey(peer, rk string) []byte {
 	return appendRIBKey(nil, peer, rk)
