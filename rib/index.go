@@ -53,6 +53,10 @@ type index struct {
 	// only the writer (apply, set, del) uses it.
 	next  *growth
 	grows growthCounts
+	// growthErr is why the last growth could not start; growthErrNew
+	// says it has not been reported yet (growthFailure).
+	growthErr    error
+	growthErrNew bool
 }
 
 // growthCounts counts how the table grew (tests).
@@ -504,8 +508,11 @@ func (ix *index) advanceGrowth(sets uint64) {
 		}
 		mem, f, err := newTable(ix.dir, 2*slots)
 		if err != nil {
+			ix.growthErrNew = ix.growthErrNew || ix.growthErr == nil
+			ix.growthErr = err
 			return
 		}
+		ix.growthErr = nil
 		ix.next = &growth{mem: mem, file: f, mask: 2*slots - 1}
 		ix.grows.started++
 	}
@@ -520,6 +527,16 @@ func (ix *index) advanceGrowth(sets uint64) {
 		ix.mu.Unlock()
 		ix.grows.ended++
 	}
+}
+
+// growthFailure returns why a growth could not start, once per run of
+// failures; the writer calls it after apply.
+func (ix *index) growthFailure() error {
+	if !ix.growthErrNew {
+		return nil
+	}
+	ix.growthErrNew = false
+	return ix.growthErr
 }
 
 // copySlots copies up to n more slots of the table into the growth's.
@@ -597,6 +614,7 @@ func (ix *index) reserve(n uint64) error {
 	}
 	rehash(mem, slots-1, ix.mem, ix.mask)
 	ix.grows.rehashed++
+	ix.growthErr, ix.growthErrNew = nil, false
 	ix.mu.Lock()
 	old, oldFile := ix.mem, ix.file
 	ix.mem, ix.file, ix.mask = mem, f, slots-1
@@ -622,6 +640,7 @@ func (ix *index) grow() error {
 	}
 	rehash(mem, slots-1, ix.mem, ix.mask)
 	ix.grows.rehashed++
+	ix.growthErr, ix.growthErrNew = nil, false
 	_ = unmapFile(ix.mem)
 	_ = ix.file.Close()
 	ix.mem, ix.file, ix.mask = mem, f, slots-1

@@ -194,6 +194,65 @@ func TestIndexGrowthEnds(t *testing.T) {
 	}
 }
 
+// TestIndexGrowthFailure: a growth that cannot make its table (here, its
+// directory is gone; in the field, a full disk) leaves the table serving,
+// is reported once (growthFailure) and tried again at each apply; once the
+// table could pass 70 %, apply fails; with room again, the growth is made.
+func TestIndexGrowthFailure(t *testing.T) {
+	dir := t.TempDir()
+	ix, err := newIndex(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { ix.close() }()
+	rng := rand.New(rand.NewPCG(7, 8))
+	model := map[ixHash]uint64{}
+	changes := func(n int) []ixChange {
+		cs := make([]ixChange, n)
+		for i := range cs {
+			h := ixHash{rng.Uint64() | 1, rng.Uint64()}
+			model[h] = uint64(len(model))
+			cs[i] = ixChange{h: h, pos: model[h]}
+		}
+		return cs
+	}
+	ix.dir = filepath.Join(dir, "gone")
+	slots := ix.mask + 1
+	reported := 0
+	var applyErr error
+	for applyErr == nil {
+		applyErr = ix.apply(changes(1000))
+		if err := ix.growthFailure(); err != nil {
+			reported++
+		}
+	}
+	if reported != 1 || ix.growthErr == nil || ix.next != nil || ix.mask+1 != slots {
+		t.Fatalf("growth failure reported %d times (err %v), growth %v, %d slots", reported, ix.growthErr, ix.next != nil, ix.mask+1)
+	}
+	if !errors.Is(applyErr, os.ErrNotExist) {
+		t.Fatalf("apply past 70 %%: %v, want the table's error", applyErr)
+	}
+	for h := range model { // the failed apply's changes were not made
+		if _, _, ok := ix.get(h); !ok {
+			delete(model, h)
+		}
+	}
+	ix.dir = dir
+	for ix.mask+1 == slots {
+		if err := ix.apply(changes(1000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ix.growthErr != nil || ix.growthFailure() != nil || ix.used != uint64(len(model)) {
+		t.Fatalf("after the growth: err %v, %d entries, model %d", ix.growthErr, ix.used, len(model))
+	}
+	for h, want := range model {
+		if pos, _, ok := ix.get(h); !ok || pos != want {
+			t.Fatalf("get %x = %d %v, want %d", h, pos, ok, want)
+		}
+	}
+}
+
 // checkGrowth checks a growth in progress against its invariant: every
 // entry of the table being built is the current table's, and every entry
 // of the current table below the growth's cursor is in it.

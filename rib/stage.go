@@ -418,6 +418,8 @@ func (s *Stage) commitPart(seq uint64) (done bool, err error) {
 			s.broken = fmt.Errorf("rib: index: %w", ierr)
 			s.mu.Unlock()
 			s.log.Error("route state index failed; the route state stops deciding until the agent restarts", "err", ierr)
+		} else if gerr := s.ix.growthFailure(); gerr != nil {
+			s.log.Warn("route state index cannot grow; it is tried again at each commit, and the route state stops deciding if the index fills to 70 % first", "err", gerr)
 		}
 		s.m.commits.Observe(time.Since(start).Seconds())
 	}
