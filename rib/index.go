@@ -483,7 +483,7 @@ func delIn(mem []byte, mask uint64, h ixHash, moved func(from, to uint64)) (remo
 // A growth starts once the table is 60 % full; reserve lets the table
 // reach 70 % at most, and finishes a growth at once when a commit would
 // pass that. Each apply copies a slice in proportion to the routes it
-// adds, so that the copy ends by the time half of the room left to 70 %
+// sets (an upper bound on those it adds), so that the copy ends by the time half of the room left to 70 %
 // is used, and growthMinSlots at least, so that it also ends when commits
 // change more routes than they add. (Started at half load, a growth
 // doubled tables that would have stayed under 70 %: a 300,000-route run
@@ -495,7 +495,7 @@ const (
 )
 
 // advanceGrowth starts a growth once the table is 60 % full, and copies a
-// slice of the table for a commit that added sets routes; the last slice
+// slice of the table for a commit that set sets routes; the last slice
 // swaps the tables. Called by the writer without the lock: only the writer
 // changes the table, and nobody reads the one being built. A table that
 // cannot be made now (a full disk) is tried again at the next commit; the

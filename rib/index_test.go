@@ -131,16 +131,7 @@ func TestIndexGrowthEnds(t *testing.T) {
 			defer func() { ix.close() }()
 			rng := rand.New(rand.NewPCG(3, 4))
 			model := map[ixHash]uint64{}
-			changes := func(n int) []ixChange {
-				var cs []ixChange
-				for range n {
-					h := ixHash{rng.Uint64() | 1, rng.Uint64()}
-					pos := uint64(len(model))
-					model[h] = pos
-					cs = append(cs, ixChange{h: h, pos: pos, val: routeValue{hash: pos, epoch: 3}})
-				}
-				return cs
-			}
+			changes := newRoutes(rng, model)
 			slots := ix.mask + 1
 			for ix.next == nil {
 				if err := ix.apply(changes(1000)); err != nil {
@@ -207,15 +198,7 @@ func TestIndexGrowthFailure(t *testing.T) {
 	defer func() { ix.close() }()
 	rng := rand.New(rand.NewPCG(7, 8))
 	model := map[ixHash]uint64{}
-	changes := func(n int) []ixChange {
-		cs := make([]ixChange, n)
-		for i := range cs {
-			h := ixHash{rng.Uint64() | 1, rng.Uint64()}
-			model[h] = uint64(len(model))
-			cs[i] = ixChange{h: h, pos: model[h]}
-		}
-		return cs
-	}
+	changes := newRoutes(rng, model)
 	ix.dir = filepath.Join(dir, "gone")
 	slots := ix.mask + 1
 	reported := 0
@@ -250,6 +233,22 @@ func TestIndexGrowthFailure(t *testing.T) {
 		if pos, _, ok := ix.get(h); !ok || pos != want {
 			t.Fatalf("get %x = %d %v, want %d", h, pos, ok, want)
 		}
+	}
+}
+
+// newRoutes returns a maker of n changes that each set a new random route,
+// recorded in model with its position (its value's hash is the position,
+// its epoch 3).
+func newRoutes(rng *rand.Rand, model map[ixHash]uint64) func(n int) []ixChange {
+	return func(n int) []ixChange {
+		cs := make([]ixChange, n)
+		for i := range cs {
+			h := ixHash{rng.Uint64() | 1, rng.Uint64()}
+			pos := uint64(len(model))
+			model[h] = pos
+			cs[i] = ixChange{h: h, pos: pos, val: routeValue{hash: pos, epoch: 3}}
+		}
+		return cs
 	}
 }
 
