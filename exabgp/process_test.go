@@ -167,8 +167,13 @@ func TestProcessQueuePolicies(t *testing.T) {
 				}
 				// While the spool is stuck the gauges move: the queue plus
 				// the batch held in Append, and the reader's blocked time.
-				if got := gathered(t, reg, "bgpedge_exabgp_queue_lines"); got != float64(cfg.QueueLines+1) {
-					t.Errorf("queue_lines %v while stuck, want %d", got, cfg.QueueLines+1)
+				// The gauge follows the queue a moment after the batch
+				// handler takes its line into Append: polled, not read once.
+				if ok, last := testenv.Poll(5*time.Second, func() (bool, string) {
+					got := gathered(t, reg, "bgpedge_exabgp_queue_lines")
+					return got == float64(cfg.QueueLines+1), fmt.Sprint(got)
+				}); !ok {
+					t.Errorf("queue_lines %s while stuck, want %d", last, cfg.QueueLines+1)
 				}
 				testenv.Eventually(t, 5*time.Second, "blocked time counted during the stall", func() bool {
 					return testutil.ToFloat64(p.m.readerBlocked) >= 1
